@@ -1,0 +1,3 @@
+"""orch: a declarative, config-driven process orchestrator."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,248 @@
+"""`orch ...`: the command line. One `main()` maps error types to exit codes:
+0 ok, 1 operation failed, 2 usage or config error, 3 no master running."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .config import find_config, load_config, load_settings
+from .control import ControlClient, ControlError, request
+from .errors import ConfigError, NoMasterError, OrchError
+from .expand import expand, summary
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("run the master in the foreground", "orch up -c workers.toml"),
+    "check": ("validate the config and print a one-line summary", "orch check -c workers.toml"),
+    "plan": ("print the expanded instances (or, with --diff, what a reload would do)",
+             "orch plan --json | jq '.[].name'"),
+    "diff": ("ask the running master what a reload of the current file would do", "orch diff"),
+    "status": ("show every instance of the running master", "orch status 'consumer-*' --json"),
+    "reload": ("re-read the config and apply only what changed", "orch reload -c workers.toml"),
+    "down": ("stop every instance and the master; returns when all are gone", "orch down"),
+    "start": ("start instances (names, globs or template:NAME)", "orch start template:consumer"),
+    "stop": ("stop instances; they stay stopped across reloads", "orch stop 'consumer-10.0.0.2-*'"),
+    "restart": ("restart instances", "orch restart --rolling template:consumer"),
+    "logs": ("print an instance's log (or every log), optionally following",
+             "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
+                        help="config file (default: $ORCH_CONFIG, then ./workers.toml)")
+    parser = argparse.ArgumentParser(
+        prog="orch", description="Declarative process orchestrator: templates x matrices, live reload by diff.",
+        epilog="example: orch up -c configs/workers.toml", parents=[common])
+    parser.add_argument("--version", action="version", version=f"orch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    parsers = {}
+    for name, (text, example) in COMMANDS.items():
+        parsers[name] = sub.add_parser(name, help=text, description=text, parents=[common],
+                                       epilog=f"example: {example}")
+    up = parsers["up"]
+    up.add_argument("-q", "--quiet", action="store_true", help="do not echo children's output on stdout")
+    up.add_argument("-d", "--detach", action="store_true",
+                    help="run in the background (daemonize); returns once the master is listening")
+    parsers["plan"].add_argument("--json", action="store_true", help="print a JSON list of instances")
+    parsers["plan"].add_argument("--diff", action="store_true", help="same as `orch diff`")
+    parsers["status"].add_argument("patterns", nargs="*", metavar="PATTERN")
+    parsers["status"].add_argument("--json", action="store_true", help="print a JSON list of instances")
+    for name in ("start", "stop", "restart"):
+        parsers[name].add_argument("patterns", nargs="+", metavar="PATTERN")
+    parsers["restart"].add_argument("--rolling", action="store_true",
+                                    help="restart in batches of the template's max_unavailable")
+    parsers["down"].add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                                 help="give up waiting after this long (exit 1)")
+    logs = parsers["logs"]
+    logs.add_argument("patterns", nargs="*", metavar="PATTERN")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = find_config(getattr(args, "config", None))
+    try:
+        return HANDLERS[args.command](args, path)
+    except ConfigError as exc:
+        print(f"orch: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoMasterError as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+        return EXIT_NO_MASTER
+    except ControlError as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+        return exc.code
+    except OrchError as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace, path: Path) -> int:
+    from .run import run_up
+    return run_up(path, quiet=args.quiet, detach=args.detach)
+
+
+def cmd_check(args: argparse.Namespace, path: Path) -> int:
+    config = load_config(path)
+    print(summary(config, expand(config)))
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace, path: Path) -> int:
+    if args.diff:
+        return cmd_diff(args, path)
+    config = load_config(path)
+    specs = expand(config)
+    if args.json:
+        print(json.dumps([{
+            "name": s.name, "template": s.template, "params": dict(s.params), "replica": s.replica,
+            "argv": list(s.argv), "env": dict(s.env), "cwd": s.cwd, "hash": s.process_hash,
+            "policy_hash": s.policy_hash,
+        } for s in specs], indent=2, default=str))
+        return EXIT_OK
+    width = max([len(s.name) for s in specs] + [4])
+    print(f"{'NAME':<{width}}  {'HASH':<16}  COMMAND")
+    for s in specs:
+        print(f"{s.name:<{width}}  {s.process_hash:<16}  {' '.join(_quote(a) for a in s.argv)}")
+    print(summary(config, specs))
+    return EXIT_OK
+
+
+def _quote(arg: str) -> str:
+    import shlex
+    return shlex.quote(arg)
+
+
+def _socket(path: Path) -> Path:
+    return load_settings(path).control_socket
+
+
+def cmd_diff(args: argparse.Namespace, path: Path) -> int:
+    result = request(_socket(path), "diff")
+    for line in result["lines"]:
+        print(line)
+    print(f"{result['start']} to start, {result['stop']} to stop, {result['restart']} to restart, "
+          f"{result['update']} updated in place, {result['keep']} unchanged")
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace, path: Path) -> int:
+    result = request(_socket(path), "reload")
+    if result.get("queued"):
+        print("reload queued behind the one being applied")
+    elif not result.get("applied"):
+        print(f"nothing to do: {result.get('reason', 'unchanged')}")
+    else:
+        print(f"applied: {result['start']} started, {result['stop']} stopped, {result['restart']} "
+              f"restarted, {result['update']} updated in place, {result['keep']} unchanged")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, path: Path) -> int:
+    from .status_view import render_status
+    result = request(_socket(path), "status", patterns=args.patterns or None)
+    if args.json:
+        print(json.dumps(result["instances"], indent=1))
+    else:
+        print(render_status(result))
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace, path: Path) -> int:
+    client = ControlClient(_socket(path))
+    try:
+        result = client.call("down")
+        if not client.wait_closed(args.timeout):
+            print(f"orch: master {result['pid']} is still stopping after {args.timeout}s", file=sys.stderr)
+            return EXIT_FAILED
+    finally:
+        client.close()
+    print(f"master {result['pid']} and all its instances are gone")
+    return EXIT_OK
+
+
+def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
+    def run(args: argparse.Namespace, path: Path) -> int:
+        extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
+        names = request(_socket(path), action, patterns=args.patterns, **extra)
+        print(f"{action}: {', '.join(names)}")
+        return EXIT_OK
+    return run
+
+
+def cmd_logs(args: argparse.Namespace, path: Path) -> int:
+    from .logs import log_path
+    import fnmatch
+    settings = load_settings(path)
+    files = sorted(settings.log_dir.glob("*.log"))
+    if args.patterns:
+        chosen = []
+        for pattern in args.patterns:
+            exact = log_path(settings.log_dir, pattern)
+            matched = [exact] if exact.exists() else [f for f in files if fnmatch.fnmatchcase(f.stem, pattern)]
+            if not matched:
+                raise OrchError(f"no log matches {pattern!r} in {settings.log_dir}")
+            chosen += [m for m in matched if m not in chosen]
+        files = chosen
+    prefix = len(files) > 1
+    positions = {}
+    for f in files:
+        lines = f.read_bytes().decode(errors="replace").splitlines()[-args.lines:] if args.lines > 0 else []
+        for line in lines:
+            print(f"{f.stem} | {line}" if prefix else line)
+        positions[f] = f.stat().st_size
+    sys.stdout.flush()
+    while args.follow:
+        time.sleep(0.2)
+        for f in files:
+            try:
+                size = f.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size < positions[f]:  # rotated or truncated
+                positions[f] = 0
+            if size > positions[f]:
+                with open(f, "rb") as handle:
+                    handle.seek(positions[f])
+                    data = handle.read()
+                positions[f] += len(data)
+                for line in data.decode(errors="replace").splitlines():
+                    print(f"{f.stem} | {line}" if prefix else line)
+                sys.stdout.flush()
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
+    "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
+    "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
+    "restart": _control("restart"), "logs": cmd_logs,
+}
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s orch %(levelname)s %(message)s"))
+    root = logging.getLogger("orch")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    os.environ.pop("ORCH_INSTANCE", None)

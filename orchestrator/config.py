@@ -1,0 +1,445 @@
+"""workers.toml -> a validated, frozen `Config`; every problem located by file, key path and line.
+
+Validation happens in full before anything is used: a config either loads with no
+problem at all, or raises `ConfigError` listing every problem found.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError, ConfigProblem
+from .units import parse_duration, parse_signal, parse_size
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CONFIG_NAME = "workers.toml"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How an instance is supervised. Changing only these never restarts a process."""
+
+    restart: str = "always"
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    min_uptime: float = 5.0
+    stop_signal: int = 15
+    stop_timeout: float = 10.0
+    memory_soft: int | None = None
+    memory_hard: int | None = None
+    max_lifetime: float | None = None
+    timeout: float | None = None
+    max_requests: int | None = None
+    rolling: bool = False
+    max_unavailable: int = 1
+    log_max_size: int = 50 * 2**20
+    log_backups: int = 5
+
+
+@dataclass(frozen=True)
+class Template:
+    """One validated `[workers.NAME]` table, defaults merged, not yet rendered."""
+
+    name: str
+    command: str | tuple[str, ...] | None
+    target: str | None
+    kwargs: tuple[tuple[str, Any], ...]
+    name_pattern: str | None
+    matrix: tuple[tuple[str, Any], ...]
+    include: tuple[tuple[tuple[str, Any], ...], ...]
+    exclude: tuple[tuple[tuple[str, Any], ...], ...]
+    replicas: int
+    env: tuple[tuple[str, Any], ...]
+    inherit: bool
+    cwd: str
+    shell: bool
+    preload: bool
+    check_point: float
+    pythonpath: tuple[str, ...]
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The `[orchestrator]` table, paths resolved against the config file's folder."""
+
+    name: str
+    control_socket: Path
+    pidfile: Path
+    log_dir: Path
+    graceful_timeout: float = 10.0
+    check_interval: float = 1.0
+    watch: bool = True
+    max_instances: int = 10_000
+    log_level: str = "info"
+    log_max_size: int = 50 * 2**20
+    log_backups: int = 5
+    metrics: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated config file."""
+
+    path: Path
+    settings: Settings
+    vars: tuple[tuple[str, Any], ...]
+    templates: tuple[Template, ...]
+    files: tuple[Path, ...] = field(default=())
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+# --- field parsers: each takes a TOML value and returns the clean value or raises ValueError ---
+
+def _str(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {_tname(v)}")
+    return v
+
+
+def _bool(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {_tname(v)}")
+    return v
+
+
+def _int_at_least(low: int) -> Callable[[object], int]:
+    def parse(v: object) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected a whole number, got {_tname(v)}")
+        if v < low:
+            raise ValueError(f"must be at least {low}, got {v}")
+        return v
+    return parse
+
+
+def _enum(*choices: str) -> Callable[[object], str]:
+    def parse(v: object) -> str:
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
+        return v  # type: ignore[return-value]
+    return parse
+
+
+def _command(v: object) -> str | tuple[str, ...]:
+    if isinstance(v, str):
+        if not v.strip():
+            raise ValueError("command is empty")
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    raise ValueError("expected a string or a non-empty array of strings")
+
+
+def _table(v: object) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a table, got {_tname(v)}")
+    return v
+
+
+def _list_of_tables(v: object) -> list:
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise ValueError("expected an array of tables like [{ ip = \"10.0.0.1\" }]")
+    return v
+
+
+def _str_list(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError("expected an array of strings")
+    return tuple(v)
+
+
+def _positive_duration(v: object) -> float:
+    seconds = parse_duration(v)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than zero, got {v!r}")
+    return seconds
+
+
+def _signal(v: object) -> int:
+    return int(parse_signal(v))
+
+
+def _tname(v: object) -> str:
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            list: "an array", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+# One declaration per setting: validation, defaults and the docs' key list all read these.
+WORKER_KEYS: dict[str, Callable[[object], object]] = {
+    "command": _command, "target": _str, "kwargs": _table, "name": _str,
+    "matrix": _table, "include": _list_of_tables, "exclude": _list_of_tables,
+    "replicas": _int_at_least(1), "env": _table, "inherit": _bool, "cwd": _str,
+    "shell": _bool, "preload": _bool, "check_point": parse_duration, "pythonpath": _str_list,
+    "restart": _enum("always", "on-failure", "never"), "backoff": _table,
+    "min_uptime": parse_duration, "stop_signal": _signal, "stop_timeout": parse_duration,
+    "memory": _table, "max_lifetime": _positive_duration, "timeout": _positive_duration,
+    "max_requests": _int_at_least(1), "rolling": _bool, "max_unavailable": _int_at_least(1),
+    "log_max_size": parse_size, "log_backups": _int_at_least(0),
+}
+BACKOFF_KEYS = {"initial": parse_duration, "max": parse_duration}
+MEMORY_KEYS = {"soft": parse_size, "hard": parse_size}
+ORCHESTRATOR_KEYS: dict[str, Callable[[object], object]] = {
+    "name": _str, "control_socket": _str, "pidfile": _str, "log_dir": _str,
+    "graceful_timeout": parse_duration, "check_interval": _positive_duration, "watch": _bool,
+    "max_instances": _int_at_least(1), "log_level": _enum("debug", "info", "warning", "error"),
+    "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _str,
+}
+TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
+# Keys that are rendered per instance by expand.py (and checked there).
+RENDERED_KEYS = ("command", "name", "env", "cwd", "kwargs", "matrix")
+
+
+class _Problems:
+    """Collects problems against one file, locating each key path in its text."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.items: list[ConfigProblem] = []
+        self.lines = locate_keys(text)
+
+    def add(self, keypath: str, message: str) -> None:
+        self.items.append(ConfigProblem(str(self.path), keypath, message, self.line_of(keypath)))
+
+    def line_of(self, keypath: str) -> int | None:
+        parts = keypath.split(".")
+        while parts:
+            line = self.lines.get(".".join(parts))
+            if line:
+                return line
+            parts.pop()
+        return None
+
+    def unknown(self, prefix: str, key: str, known: Any) -> None:
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.add(f"{prefix}{key}", f"unknown key {key!r}{hint}")
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
+_KEY = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
+_INLINE_KEY = re.compile(r"[{,]\s*([A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
+
+
+def _split_key(key: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", key)]
+
+
+def locate_keys(text: str) -> dict[str, int]:
+    """Map dotted key paths to the 1-based line that defines them (best effort, tables and inline tables)."""
+    found: dict[str, int] = {}
+    table: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            table = _split_key(header.group(1))
+            found.setdefault(".".join(table), number)
+            continue
+        key = _KEY.match(line)
+        if not key:
+            continue
+        path = table + _split_key(key.group(1))
+        found.setdefault(".".join(path), number)
+        rest = line[key.end():]
+        for inner in _INLINE_KEY.finditer(rest):
+            found.setdefault(".".join(path + [inner.group(1).strip("\"")]), number)
+    return found
+
+
+def find_config(explicit: str | None) -> Path:
+    """The config path from `-c`, then `$ORCH_CONFIG`, then `./workers.toml`."""
+    return Path(explicit or os.environ.get("ORCH_CONFIG") or DEFAULT_CONFIG_NAME).absolute()
+
+
+def read_toml(path: Path) -> tuple[dict, str]:
+    """Parse a TOML file; syntax errors become a located `ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(str(path), "", "config file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"cannot read config file: {exc}")]) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column \d+\)", message)
+        line = int(match.group(1)) if match else None
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
+        raise ConfigError([ConfigProblem(str(path), "", f"TOML syntax error: {message}", line)]) from None
+
+
+def load_settings(path: Path) -> Settings:
+    """Only the `[orchestrator]` table: what client commands need, without validating the fleet."""
+    data, text = read_toml(path)
+    problems = _Problems(path, text)
+    settings = _settings(data.get("orchestrator", {}), path, problems)
+    if problems.items:
+        raise ConfigError(problems.items)
+    return settings
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a whole config file."""
+    path = path.absolute()
+    data, text = read_toml(path)
+    problems = _Problems(path, text)
+    for key in data:
+        if key not in TOP_KEYS:
+            problems.unknown("", key, TOP_KEYS)
+    settings = _settings(data.get("orchestrator", {}), path, problems)
+    variables = data.get("vars", {})
+    if not isinstance(variables, dict):
+        problems.add("vars", "expected a table")
+        variables = {}
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        problems.add("defaults", "expected a table")
+        defaults = {}
+    for key in defaults:
+        if key in ("matrix", "include", "exclude", "name"):
+            problems.add(f"defaults.{key}", f"{key!r} belongs to a template, not to [defaults]")
+    workers = data.get("workers", {})
+    if not isinstance(workers, dict):
+        problems.add("workers", "expected a table of templates like [workers.consumer]")
+        workers = {}
+    templates = []
+    for name, table in workers.items():
+        if not isinstance(table, dict):
+            problems.add(f"workers.{name}", "expected a table")
+            continue
+        template = _template(name, _merge(defaults, table), path.parent, settings, problems)
+        if template is not None:
+            templates.append(template)
+    if problems.items:
+        raise ConfigError(problems.items)
+    return Config(path, settings, tuple(variables.items()), tuple(templates), (path,))
+
+
+def _merge(defaults: dict, table: dict) -> dict:
+    merged = dict(defaults)
+    for key, value in table.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key in ("backoff", "memory", "env"):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _settings(table: object, path: Path, problems: _Problems) -> Settings:
+    folder = path.parent
+    values: dict[str, Any] = {}
+    if not isinstance(table, dict):
+        problems.add("orchestrator", "expected a table")
+        table = {}
+    for key, raw in table.items():
+        parse = ORCHESTRATOR_KEYS.get(key)
+        if parse is None:
+            problems.unknown("orchestrator.", key, ORCHESTRATOR_KEYS)
+            continue
+        try:
+            values[key] = parse(raw)
+        except ValueError as exc:
+            problems.add(f"orchestrator.{key}", str(exc))
+    for key, default in (("control_socket", ".orch/orch.sock"), ("pidfile", ".orch/orch.pid"),
+                         ("log_dir", ".orch/logs")):
+        values[key] = (folder / values.get(key, default)).absolute()
+    values.setdefault("name", path.stem if path.stem != "workers" else folder.name or "orch")
+    if len(str(values["control_socket"]).encode()) > 107:
+        problems.add("orchestrator.control_socket",
+                     f"socket path is longer than the 107 bytes Unix sockets allow: {values['control_socket']}")
+    return Settings(**values)
+
+
+def _template(name: str, table: dict, folder: Path, settings: Settings,
+              problems: _Problems) -> Template | None:
+    prefix = f"workers.{name}."
+    clean: dict[str, Any] = {}
+    before = len(problems.items)
+    for key, raw in table.items():
+        parse = WORKER_KEYS.get(key)
+        if parse is None:
+            problems.unknown(prefix, key, WORKER_KEYS)
+            continue
+        try:
+            clean[key] = parse(raw)
+        except ValueError as exc:
+            problems.add(prefix + key, str(exc))
+    if "command" not in clean and "target" not in clean and "command" not in table and "target" not in table:
+        problems.add(f"workers.{name}", "missing 'command' (or 'target' for a Python worker)")
+    if "command" in clean and "target" in clean:
+        problems.add(prefix + "target", "give either 'command' or 'target', not both")
+    if clean.get("shell") and isinstance(clean.get("command"), tuple):
+        problems.add(prefix + "shell", "shell = true needs command as a string")
+    policy = _policy(clean, prefix, settings, problems)
+    for axis, values in clean.get("matrix", {}).items():
+        if isinstance(values, list) and not values:
+            problems.add(f"{prefix}matrix.{axis}", "empty matrix axis: give at least one value")
+        elif not isinstance(values, (list, str)):
+            problems.add(f"{prefix}matrix.{axis}", "expected an array of values or a Jinja expression like \"{{ queues }}\"")
+    for key, value in clean.get("env", {}).items():
+        if not isinstance(value, (str, int, float, bool)):
+            problems.add(f"{prefix}env.{key}", f"expected a string or number, got {_tname(value)}")
+    if len(problems.items) > before or policy is None:
+        return None
+    return Template(
+        name=name,
+        command=clean.get("command"),
+        target=clean.get("target"),
+        kwargs=tuple(clean.get("kwargs", {}).items()),
+        name_pattern=clean.get("name"),
+        matrix=tuple(clean.get("matrix", {}).items()),
+        include=tuple(tuple(d.items()) for d in clean.get("include", [])),
+        exclude=tuple(tuple(d.items()) for d in clean.get("exclude", [])),
+        replicas=clean.get("replicas", 1),
+        env=tuple(clean.get("env", {}).items()),
+        inherit=clean.get("inherit", True),
+        cwd=clean.get("cwd", "."),
+        shell=clean.get("shell", False),
+        preload=clean.get("preload", False),
+        check_point=clean.get("check_point", 0.0),
+        pythonpath=clean.get("pythonpath", ()),
+        policy=policy,
+    )
+
+
+def _policy(clean: dict, prefix: str, settings: Settings, problems: _Problems) -> Policy | None:
+    values: dict[str, Any] = {}
+    for table_key, keys in (("backoff", BACKOFF_KEYS), ("memory", MEMORY_KEYS)):
+        for key, raw in clean.get(table_key, {}).items():
+            parse = keys.get(key)
+            if parse is None:
+                problems.unknown(f"{prefix}{table_key}.", key, keys)
+                continue
+            try:
+                values[f"{table_key}_{key}"] = parse(raw)
+            except ValueError as exc:
+                problems.add(f"{prefix}{table_key}.{key}", str(exc))
+    for key in ("restart", "min_uptime", "stop_signal", "stop_timeout", "max_lifetime", "timeout",
+                "max_requests", "rolling", "max_unavailable"):
+        if key in clean:
+            values[key] = clean[key]
+    values["log_max_size"] = clean.get("log_max_size", settings.log_max_size)
+    values["log_backups"] = clean.get("log_backups", settings.log_backups)
+    soft, hard = values.get("memory_soft"), values.get("memory_hard")
+    if soft is not None and hard is not None and soft >= hard:
+        problems.add(f"{prefix}memory.soft", "the soft memory limit must be below the hard limit")
+        return None
+    initial, most = values.get("backoff_initial", 1.0), values.get("backoff_max", 60.0)
+    if initial > most:
+        problems.add(f"{prefix}backoff.initial", "backoff.initial must not exceed backoff.max")
+        return None
+    return Policy(**values)

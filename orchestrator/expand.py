@@ -1,0 +1,261 @@
+"""Config -> ordered, frozen `ProcessSpec`s: templates x matrix x replicas, rendered with Jinja (pure).
+
+Rendering runs in Jinja's sandbox with undefined names as errors. A parameter value
+never leaves the argv element it was written in: command strings are split with every
+`{{ }}` output replaced by an opaque placeholder first, and the values put back after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from .config import Config, Template
+from .errors import ConfigError, ConfigProblem
+from .config import locate_keys
+from .spec import ProcessSpec, PythonTarget
+
+_WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
+_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:@+=-]")
+
+
+class _Placeholders:
+    """Jinja `finalize` hook: remembers each output value and emits a placeholder instead."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"\x00{len(self.values) - 1}\x00"
+
+
+class _Renderer:
+    """Jinja environments plus a per-load cache, so each template string compiles once."""
+
+    def __init__(self) -> None:
+        self.plain = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+        self.placeholders = _Placeholders()
+        self.argv = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                         finalize=self.placeholders)
+        self.quoted = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                           finalize=lambda v: shlex.quote(_text(v)))
+        self._cache: dict[tuple[int, str], Any] = {}
+
+    def _compiled(self, env: SandboxedEnvironment, source: str) -> Any:
+        key = (id(env), source)
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = self._cache[key] = env.from_string(source)
+        return compiled
+
+    def text(self, source: str, context: dict[str, Any]) -> str:
+        if "{" not in source:
+            return source
+        return self._compiled(self.plain, source).render(context)
+
+    def value(self, source: Any, context: dict[str, Any]) -> Any:
+        """A string that is one `{{ expr }}` keeps the expression's type; other strings render as text."""
+        if not isinstance(source, str):
+            return source
+        whole = _WHOLE_EXPRESSION.match(source)
+        if whole and "{{" not in whole.group(1):
+            key = (0, whole.group(1))
+            expression = self._cache.get(key)
+            if expression is None:
+                expression = self._cache[key] = self.plain.compile_expression(whole.group(1))
+            return expression(**context)
+        return self.text(source, context)
+
+    def command(self, source: str, context: dict[str, Any]) -> tuple[str, ...]:
+        if "{" not in source:
+            return tuple(shlex.split(source))
+        self.placeholders.values = []
+        rendered = self._compiled(self.argv, source).render(context)
+        values = self.placeholders.values
+        return tuple(_PLACEHOLDER.sub(lambda m: _text(values[int(m.group(1))]), part)
+                     for part in shlex.split(rendered))
+
+    def shell(self, source: str, context: dict[str, Any]) -> str:
+        return self._compiled(self.quoted, source).render(context)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def expand(config: Config) -> list[ProcessSpec]:
+    """Every instance the config asks for, in file order, with stable names and hashes."""
+    renderer = _Renderer()
+    problems: list[ConfigProblem] = []
+    lines: dict[str, int] | None = None
+
+    def problem(keypath: str, message: str) -> None:
+        nonlocal lines
+        if lines is None:
+            try:
+                lines = locate_keys(config.path.read_text(encoding="utf-8"))
+            except OSError:
+                lines = {}
+        parts = keypath.split(".")
+        line = None
+        while parts and line is None:
+            line = lines.get(".".join(parts))
+            parts.pop()
+        problems.append(ConfigProblem(str(config.path), keypath, message, line))
+
+    variables = dict(config.vars)
+    specs: list[ProcessSpec] = []
+    seen: dict[str, str] = {}
+    total = 0
+    for template in config.templates:
+        combos = _combinations(template, variables, renderer, problem)
+        if combos is None:
+            continue
+        total += len(combos) * template.replicas
+        if total > config.settings.max_instances:
+            problem(f"workers.{template.name}",
+                    f"the config expands to more than {config.settings.max_instances} instances "
+                    f"(raise orchestrator.max_instances if that is intended)")
+            break
+        for params in combos:
+            for replica in range(template.replicas):
+                spec = _render(template, params, replica, variables, config.folder, renderer, problem)
+                if spec is None:
+                    continue
+                if spec.name in seen:
+                    problem(f"workers.{template.name}.name",
+                            f"duplicate instance name {spec.name!r} (also made by workers.{seen[spec.name]})")
+                    continue
+                seen[spec.name] = template.name
+                specs.append(spec)
+        if len(problems) > 20:
+            break
+    if problems:
+        raise ConfigError(problems)
+    return specs
+
+
+def _combinations(template: Template, variables: dict[str, Any], renderer: _Renderer,
+                  problem: Any) -> list[dict[str, Any]] | None:
+    """The matrix product, less `exclude` matches, plus `include`, as parameter dicts."""
+    axes: list[tuple[str, list[Any]]] = []
+    context = {**variables, "template": template.name}
+    for axis, raw in template.matrix:
+        keypath = f"workers.{template.name}.matrix.{axis}"
+        try:
+            values = renderer.value(raw, context) if isinstance(raw, str) else raw
+        except jinja2.TemplateError as exc:
+            problem(keypath, f"cannot render: {exc}")
+            return None
+        if isinstance(values, (tuple, range)):
+            values = list(values)
+        if not isinstance(values, list):
+            problem(keypath, f"the matrix axis must be a list, {raw!r} gave {type(values).__name__}")
+            return None
+        if not values:
+            problem(keypath, "empty matrix axis: give at least one value")
+            return None
+        axes.append((axis, values))
+    count = math.prod(len(v) for _, v in axes)
+    if count > 1_000_000:
+        problem(f"workers.{template.name}.matrix", f"the matrix has {count} combinations")
+        return None
+    names = [a for a, _ in axes]
+    combos = [dict(zip(names, values)) for values in itertools.product(*(v for _, v in axes))]
+    excludes = [dict(e) for e in template.exclude]
+    combos = [c for c in combos if not any(_matches(c, e) for e in excludes)]
+    for extra in template.include:
+        extra_dict = dict(extra)
+        if extra_dict not in combos:
+            combos.append(extra_dict)
+    return combos
+
+
+def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    return all(k in combo and combo[k] == v for k, v in pattern.items())
+
+
+def default_name(template: Template, params: dict[str, Any], replica: int) -> str:
+    """Template name plus the matrix values (and the replica when there are several)."""
+    parts = [template.name] + [_UNSAFE_NAME_CHARS.sub("_", _text(v)) for v in params.values()]
+    if template.replicas > 1:
+        parts.append(str(replica))
+    return "-".join(parts)
+
+
+def _render(template: Template, params: dict[str, Any], replica: int, variables: dict[str, Any],
+            folder: Path, renderer: _Renderer, problem: Any) -> ProcessSpec | None:
+    prefix = f"workers.{template.name}"
+    context = {**variables, **params, "replica": replica, "template": template.name}
+    key = "name"
+    try:
+        if template.name_pattern is not None:
+            name = renderer.text(template.name_pattern, context).strip()
+            if not name or re.search(r"[\s/]", name) or len(name) > 200:
+                problem(f"{prefix}.name", f"instance name {name!r} must be non-empty, at most 200 "
+                        "characters, without spaces or '/'")
+                return None
+        else:
+            name = default_name(template, params, replica)
+        context["name"] = name
+        key = "command"
+        python = None
+        if template.target is not None:
+            key = "kwargs"
+            kwargs = {k: renderer.value(v, context) for k, v in template.kwargs}
+            paths = (str(folder),) + tuple(str((folder / p).resolve()) for p in template.pythonpath)
+            python = PythonTarget(template.target, tuple(sorted(kwargs.items())), template.preload,
+                                  template.check_point, paths)
+            argv = _python_argv(name, python)
+        elif template.shell:
+            argv = ("/bin/sh", "-c", renderer.shell(template.command, context))  # type: ignore[arg-type]
+        elif isinstance(template.command, str):
+            argv = renderer.command(template.command, context)
+        else:
+            argv = tuple(renderer.text(part, context) for part in template.command or ())
+        if not argv or not argv[0]:
+            problem(f"{prefix}.command", f"the command renders empty for {name}")
+            return None
+        key = "env"
+        env = tuple(sorted((k, _text(renderer.value(v, context)) if isinstance(v, str) else _text(v))
+                           for k, v in template.env))
+        key = "cwd"
+        cwd = str((folder / renderer.text(template.cwd, context)).resolve())
+    except jinja2.TemplateError as exc:
+        problem(f"{prefix}.{key}", f"cannot render for {params or template.name}: {exc}")
+        return None
+    except ValueError as exc:  # shlex: unbalanced quotes
+        problem(f"{prefix}.{key}", f"cannot split the command: {exc}")
+        return None
+    spec = ProcessSpec(name=name, template=template.name, params=tuple(params.items()),
+                       replica=replica, argv=argv, env=env, inherit_env=template.inherit,
+                       cwd=cwd, policy=template.policy, python=python)
+    return spec.with_hashes()
+
+
+def _python_argv(name: str, python: PythonTarget) -> tuple[str, ...]:
+    argv = [sys.executable, "-m", "orchestrator.worker", "--target", python.target, "--name", name,
+            "--kwargs", json.dumps(dict(python.kwargs), sort_keys=True, default=str),
+            "--check-point", repr(python.check_point)]
+    for entry in python.pythonpath:
+        argv += ["--pythonpath", entry]
+    return tuple(argv)
+
+
+def summary(config: Config, specs: Iterable[ProcessSpec]) -> str:
+    """One line: how many templates and instances a config gives."""
+    count = sum(1 for _ in specs)
+    return f"{config.path}: ok, {len(config.templates)} templates, {count} instances"

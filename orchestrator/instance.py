@@ -1,0 +1,108 @@
+"""`Instance`: one supervised process slot, its state and counters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+from .loop import Timer
+from .logs import LogFile
+from .spec import ProcessSpec
+from .states import State, check_transition
+
+log = logging.getLogger("orch")
+
+
+class Instance:
+    """A named slot that runs one `ProcessSpec` at a time, across restarts."""
+
+    def __init__(self, spec: ProcessSpec, logfile: LogFile, echo: Callable[[bytes], None] | None):
+        self.spec = spec
+        self.next_spec: ProcessSpec | None = None  # what to run after the current stop
+        self.state = State.STOPPED
+        self.pid: int | None = None
+        self.token: int | None = None
+        self.started_at = 0.0            # monotonic, for uptime and backoff
+        self.started_wall = 0.0
+        self.restarts = 0
+        self.failures = 0
+        self.last_exit: str | None = None
+        self.last_reason: str | None = None  # the limit that caused the last stop, if any
+        self.limit_kills: dict[str, int] = {}
+        self.then = "stop"                # after the current stop: stop | restart | remove
+        self.held = False                 # stopped by an operator: reloads must not start it
+        self.timer: Timer | None = None   # backoff or kill deadline
+        self.logfile = logfile
+        self.echo = echo
+        self.ready = False
+        self.requests = 0
+        self.busy_since: float | None = None
+        self.last_watchdog: float | None = None
+        self.notify_status: str | None = None
+        self.rss = 0
+        self.cpu_percent = 0.0
+        self.over_soft = 0
+        self.tracked = 0                  # reload operations waiting on this slot's stop
+        self.limit_kill = False           # the worker ended itself for a limit (no backoff)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def target(self) -> ProcessSpec:
+        """The spec this slot is converging to."""
+        return self.next_spec or self.spec
+
+    def set_state(self, new: State) -> None:
+        """The one place a state changes; refuses moves the transition table does not allow."""
+        check_transition(self.state, new)
+        self.state = new
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at if self.pid else 0.0
+
+    def write_output(self, data: bytes) -> None:
+        self.logfile.write(data)
+        if self.echo is not None:
+            self.echo(data)
+
+    def status(self) -> dict[str, Any]:
+        """A row of `orch status --json`."""
+        return {
+            "name": self.name,
+            "template": self.spec.template,
+            "state": self.state.value,
+            "pid": self.pid,
+            "uptime": round(self.uptime(), 3) if self.pid else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "reason": self.last_reason,
+            "rss": self.rss if self.pid else None,
+            "cpu": round(self.cpu_percent, 1) if self.pid else None,
+            "requests": self.requests,
+            "ready": self.ready,
+            "held": self.held,
+            "notify_status": self.notify_status,
+            "limit_kills": dict(self.limit_kills),
+            "hash": self.spec.process_hash,
+        }
+
+
+def describe_exit(status: int) -> tuple[str, bool]:
+    """A raw wait status as text ("exit 3", "SIGKILL") and whether it was a success."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit {code}", code == 0
+    try:
+        return signal.Signals(-code).name, False
+    except ValueError:
+        return f"signal {-code}", False

@@ -1,0 +1,107 @@
+"""Per-instance log files with size rotation, and the foreground echo of children's output."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, TextIO
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
+_COLOURS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
+
+
+def log_path(log_dir: Path, name: str) -> Path:
+    """`<log_dir>/<name>.log`, the name made file-safe."""
+    return log_dir / (_UNSAFE.sub("_", name) + ".log")
+
+
+class LogFile:
+    """An append-only file rotated by size: name.log -> name.log.1 -> ... -> name.log.N."""
+
+    def __init__(self, path: Path, max_size: int, backups: int):
+        self.path = path
+        self.max_size = max_size
+        self.backups = backups
+        self._fd = -1
+        self._size = 0
+        self.open()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self._size = os.fstat(self._fd).st_size
+
+    def reopen(self) -> None:
+        """For external logrotate (SIGUSR1): close and open the path again."""
+        self.close()
+        self.open()
+
+    def write(self, data: bytes) -> None:
+        if self.max_size and self._size + len(data) > self.max_size and self._size > 0:
+            self.rotate()
+        try:
+            os.write(self._fd, data)
+        except OSError:
+            return  # a full disk must not take the master down
+        self._size += len(data)
+
+    def rotate(self) -> None:
+        self.close()
+        if self.backups > 0:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self.open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Echo:
+    """Children's output on the master's stdout, one prefixed line at a time (like foreman)."""
+
+    def __init__(self, stream: TextIO | None = None, colour: bool | None = None):
+        self.stream = stream or sys.stdout
+        if colour is None:
+            colour = self.stream.isatty() and not os.environ.get("NO_COLOR")
+        self.colour = colour
+        self.width = 12
+
+    def prefixer(self, name: str) -> Callable[[bytes], None]:
+        """A writer for one instance; keeps a partial last line until its newline arrives."""
+        self.width = max(self.width, min(len(name), 40))
+        colour = _COLOURS[hash(name) % len(_COLOURS)]
+        pending = bytearray()
+        buffer = self.stream.buffer if hasattr(self.stream, "buffer") else None
+
+        def write(data: bytes) -> None:
+            pending.extend(data)
+            if b"\n" not in pending:
+                if len(pending) < 65536:
+                    return
+                pending.extend(b"\n")
+            cut = pending.rindex(b"\n") + 1
+            lines, rest = bytes(pending[:cut]), bytes(pending[cut:])
+            pending[:] = rest
+            label = name.ljust(self.width)
+            prefix = f"\x1b[{colour}m{label} |\x1b[0m " if self.colour else f"{label} | "
+            text = "".join(prefix + line + "\n" for line in
+                           lines.decode(errors="replace").splitlines())
+            try:
+                if buffer is not None:
+                    buffer.write(text.encode())
+                    buffer.flush()
+                else:
+                    self.stream.write(text)
+                    self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        return write

@@ -1,0 +1,179 @@
+"""One event loop: a selector over fds, signals through a wakeup socket, timers in a heap.
+
+Signal handlers do nothing but let CPython write the signal number to the wakeup socket;
+every reaction runs later, in the loop, so no work happens inside a handler.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Callable
+
+Callback = Callable[[], None]
+
+
+class Timer:
+    """A cancellable call scheduled on the loop's monotonic clock."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callback):
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """Selector + timers + signals; `run()` until `stop()`."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._counter = itertools.count()
+        self._soon: list[Callback] = []
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._running = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.add_reader(self._wake_r.fileno(), self._on_wakeup)
+        self._old_wakeup_fd: int | None = None
+        self._threadsafe: collections.deque[Callback] = collections.deque()
+
+    # --- fds -----------------------------------------------------------------
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._watch(fd, 0, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self._watch(fd, 0, None)
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        self._watch(fd, 1, callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self._watch(fd, 1, None)
+
+    def _watch(self, fd: int, slot: int, callback: Callback | None) -> None:
+        try:
+            key = self.selector.get_key(fd)
+            handlers = list(key.data)
+        except (KeyError, ValueError):
+            key, handlers = None, [None, None]
+        handlers[slot] = callback
+        mask = (selectors.EVENT_READ if handlers[0] else 0) | (selectors.EVENT_WRITE if handlers[1] else 0)
+        if key is not None and not mask:
+            self.selector.unregister(fd)
+        elif key is not None:
+            self.selector.modify(fd, mask, handlers)
+        elif mask:
+            self.selector.register(fd, mask, handlers)
+
+    # --- timers ----------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
+        return timer
+
+    def call_soon(self, callback: Callback) -> None:
+        """Run after the current batch of events (coalesces work within one wake-up)."""
+        self._soon.append(callback)
+
+    # --- signals ---------------------------------------------------------------
+    def add_signal_handler(self, signum: int, callback: Callable[[int], None]) -> None:
+        """React to a signal in the loop. The Python-level handler is a no-op so that
+        SIGCHLD (ignored by default) still reaches the wakeup fd."""
+        self._signal_handlers[signum] = callback
+        signal.signal(signum, _noop_handler)
+        if self._old_wakeup_fd is None:
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+    def call_soon_threadsafe(self, callback: Callback) -> None:
+        """Run `callback` in the loop; the only entry point for other threads (the file watcher)."""
+        self._threadsafe.append(callback)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the loop from another thread."""
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already has pending bytes: the loop will wake anyway
+
+    def _on_wakeup(self) -> None:
+        try:
+            data = self._wake_r.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        for signum in dict.fromkeys(data):  # coalesce repeats, keep order
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler(signum)
+        while self._threadsafe:
+            self._soon.append(self._threadsafe.popleft())
+
+    # --- running ---------------------------------------------------------------
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        self._running = True
+        while self._running:
+            self._run_soon()
+            if not self._running:
+                break
+            timeout = self._next_timeout()
+            for key, mask in self.selector.select(timeout):
+                reader, writer = key.data
+                if mask & selectors.EVENT_READ and reader is not None:
+                    reader()
+                if mask & selectors.EVENT_WRITE and writer is not None:
+                    fresh = self.selector.get_map().get(key.fd)  # the reader may have closed it
+                    if fresh is not None and fresh.data[1] is not None:
+                        fresh.data[1]()
+            self._run_timers()
+
+    def _next_timeout(self) -> float | None:
+        if self._soon:
+            return 0
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    def _run_soon(self) -> None:
+        while self._soon:
+            batch, self._soon = self._soon, []
+            for callback in batch:
+                callback()
+
+    def close(self) -> None:
+        if self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+        for signum in self._signal_handlers:
+            signal.signal(signum, signal.SIG_DFL)
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _noop_handler(signum: int, frame: object) -> None:
+    """The wakeup fd does the work; see EventLoop.add_signal_handler."""

@@ -1,0 +1,384 @@
+"""The master process behind `orch up`: wires config, spawner, loop, supervisor and control."""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, Settings, load_config
+from .control import Connection, ControlError, ControlServer
+from .errors import ConfigError, OrchError
+from .expand import expand
+from .logs import Echo
+from .loop import EventLoop
+from .plan import describe, reconcile
+from .spawner import SpawnerClient
+from .spec import ProcessSpec
+from .supervisor import Supervisor
+from .states import ALIVE, State
+
+log = logging.getLogger("orch")
+LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch")
+
+
+class PidLock:
+    """The pidfile, locked for the master's whole life: one master per config."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = -1
+
+    def acquire(self) -> "PidLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise OrchError(f"another orch master (pid {other or '?'}) is already running "
+                            f"for this config (pidfile {self.path} is locked)") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        return self
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
+
+
+def set_log_level(name: str) -> None:
+    log.setLevel(getattr(logging, name.upper(), logging.INFO))
+
+
+class Master:
+    """One `orch up`: runs the loop until shutdown; `run()` returns the exit code."""
+
+    def __init__(self, config: Config, specs: list[ProcessSpec], spawner: SpawnerClient,
+                 lock: PidLock, quiet: bool = False):
+        self.config = config
+        self.settings: Settings = config.settings
+        self.spawner = spawner
+        self.lock = lock
+        self.loop = EventLoop()
+        self.exit_code = 0
+        self.started = time.time()
+        self.applied_at: float | None = None
+        self.last_reload_error: str | None = None
+        self.reload_count = 0
+        self.reload_queued = False
+        self.config_bytes: bytes | None = None
+        echo = None if quiet else Echo()
+        self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo)
+        self.supervisor.on_idle = self._ops_idle
+        self.supervisor.on_spawner_lost = self._spawner_lost
+        self.supervisor.on_exit_hooks.append(lambda inst: self._check_done())
+        self.control: ControlServer | None = None
+        self.watcher: Any = None
+        self._initial_specs = specs
+        self._finishing = False
+        self._stopping = False
+        set_log_level(self.settings.log_level)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def run(self) -> int:
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self._graceful)
+        loop.add_signal_handler(signal.SIGINT, self._graceful)
+        loop.add_signal_handler(signal.SIGQUIT, self._immediate)
+        loop.add_signal_handler(signal.SIGHUP, lambda s: self.request_reload("SIGHUP"))
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        self.control = ControlServer(loop, self.settings.control_socket, self._command)
+        self._remember_file()
+        if self.settings.watch:
+            self._start_watcher()
+        plan = reconcile(self._initial_specs, {})
+        self.supervisor.apply(plan)
+        self.applied_at = time.time()
+        log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
+                 len(plan.start), self.config.path)
+        try:
+            loop.run()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _start_watcher(self) -> None:
+        from .watch import ConfigWatcher  # watchdog starts a thread: only after the spawner exists
+        self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload)
+        self.watcher.start()
+
+    def _graceful(self, signum: int) -> None:
+        if self._stopping:
+            if signum == signal.SIGINT:  # a second Ctrl-C: stop waiting
+                self._immediate(signum)
+            return
+        log.info("%s: stopping %d instances (graceful, up to %.1fs)", signal.Signals(signum).name,
+                 len(self.supervisor.alive()), self.settings.graceful_timeout)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Graceful stop of every instance, bounded by graceful_timeout, then exit."""
+        self._stopping = True
+        self.supervisor.stop_all()
+        self.loop.call_later(self.settings.graceful_timeout, self._graceful_deadline)
+        self._check_done()
+
+    def _graceful_deadline(self) -> None:
+        if self.supervisor.alive():
+            log.warning("graceful_timeout passed: SIGKILL to %d instances", len(self.supervisor.alive()))
+            self.supervisor.kill_all()
+
+    def _immediate(self, signum: int) -> None:
+        log.info("%s: killing every instance now", signal.Signals(signum).name)
+        self._stopping = True
+        self.supervisor.shutting_down = True
+        self._finish()
+
+    def _check_done(self) -> None:
+        if self._stopping:
+            self.loop.call_soon(self._finish_if_idle)
+
+    def _finish_if_idle(self) -> None:
+        if self._stopping and not self.supervisor.alive():
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finishing:
+            return
+        self._finishing = True
+        self.spawner.exit()  # it SIGKILLs any group still alive, reaps, and exits
+        self.loop.call_later(5.0, self._spawner_overdue)
+
+    def _spawner_overdue(self) -> None:
+        log.error("the spawner did not exit: SIGKILL")
+        os.kill(self.spawner.pid, signal.SIGKILL)
+
+    def _reap(self, signum: int) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.spawner.pid:
+                if not self._finishing:
+                    self._spawner_lost()
+                self.loop.stop()
+
+    def _spawner_lost(self) -> None:
+        if self._finishing:
+            return
+        # Its children died with it (PDEATHSIG); without a spawner nothing can be started.
+        log.error("the spawner process died unexpectedly; every instance died with it. Exiting "
+                  "so that the service manager restarts orch.")
+        self.exit_code = 1
+        self._stopping = True
+        self._finishing = True
+        self.loop.call_later(2.0, self.loop.stop)
+
+    def _reopen_logs(self, signum: int) -> None:
+        for inst in self.supervisor.instances.values():
+            inst.logfile.reopen()
+        log.info("SIGUSR1: reopened %d log files", len(self.supervisor.instances))
+
+    def _cleanup(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.control is not None:
+            self.control.close()
+        for inst in self.supervisor.instances.values():
+            inst.logfile.close()
+        self.lock.release()
+        self.loop.close()
+        log.info("master %d exited", os.getpid())
+
+    # --- reload ---------------------------------------------------------------------
+    def _remember_file(self) -> None:
+        try:
+            self.config_bytes = self.config.path.read_bytes()
+        except OSError:
+            self.config_bytes = None
+
+    def request_reload(self, origin: str, force: bool = False) -> dict[str, Any]:
+        """Reload now, or after the reload being applied finishes (against the newest file)."""
+        if self._stopping:
+            return {"applied": False, "reason": "shutting down"}
+        if self.supervisor.pending_ops:
+            self.reload_queued = True
+            log.info("reload (%s) queued: the previous reload is still being applied", origin)
+            return {"applied": False, "queued": True}
+        if not force and origin.startswith("file"):
+            try:
+                if self.config.path.read_bytes() == self.config_bytes:
+                    return {"applied": False, "reason": "unchanged"}
+            except OSError:
+                pass
+        return self.reload(origin)
+
+    def _ops_idle(self) -> None:
+        if self.reload_queued:
+            self.reload_queued = False
+            self.loop.call_soon(lambda: self.request_reload("queued", force=True))
+
+    def load(self) -> tuple[Config, list[ProcessSpec]]:
+        config = load_config(self.config.path)
+        return config, expand(config)
+
+    def reload(self, origin: str) -> dict[str, Any]:
+        began = time.perf_counter()
+        try:
+            config, specs = self.load()
+        except ConfigError as exc:
+            self.last_reload_error = str(exc)
+            self._remember_file()
+            log.error("reload (%s) failed; nothing changed, every process keeps running:\n%s", origin, exc)
+            return {"applied": False, "error": f"reload failed, nothing changed:\n{exc}"}
+        self._remember_file()
+        if not specs:
+            self.last_reload_error = (f"{config.path}: the new config has no instances; refusing to "
+                                      "stop everything (use `orch down` for that)")
+            log.warning("reload (%s) refused: %s", origin, self.last_reload_error)
+            return {"applied": False, "error": self.last_reload_error}
+        plan = reconcile(specs, self.supervisor.running_view())
+        self._apply_settings(config.settings)
+        self.supervisor.apply(plan)
+        self.config = config
+        self.last_reload_error = None
+        self.applied_at = time.time()
+        self.reload_count += 1
+        took = (time.perf_counter() - began) * 1000
+        counts = plan.counts()
+        log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
+                 counts["stop"], counts["restart"], counts["update"], counts["keep"], took)
+        return {"applied": True, **counts, "planned_ms": round(took, 2)}
+
+    def _apply_settings(self, new: Settings) -> None:
+        old = self.settings
+        for key in Settings.__dataclass_fields__:
+            before, after = getattr(old, key), getattr(new, key)
+            if before == after:
+                continue
+            if key in LIVE_SETTINGS:
+                log.info("setting orchestrator.%s: %s -> %s", key, before, after)
+            else:
+                log.warning("setting orchestrator.%s changed (%s -> %s): takes effect only after "
+                            "a restart of the master", key, before, after)
+        if new.log_level != old.log_level:
+            set_log_level(new.log_level)
+        if new.watch != old.watch:
+            if new.watch and self.watcher is None:
+                self._start_watcher()
+            elif not new.watch and self.watcher is not None:
+                self.watcher.stop()
+                self.watcher = None
+        live = {k: getattr(new, k) for k in LIVE_SETTINGS}
+        self.settings = Settings(**{**old.__dict__, **live})
+
+    # --- control commands -------------------------------------------------------------
+    def _command(self, cmd: str, args: dict[str, Any], conn: Connection) -> Any:
+        handler = getattr(self, f"cmd_{cmd}", None)
+        if handler is None:
+            raise ControlError(f"unknown command {cmd!r}", 2)
+        return handler(conn=conn, **args)
+
+    def cmd_ping(self, conn: Connection) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__}
+
+    def cmd_status(self, conn: Connection, patterns: list[str] | None = None) -> dict[str, Any]:
+        names = self.match(patterns) if patterns else None
+        return {
+            "name": self.settings.name,
+            "config": str(self.config.path),
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": self.started,
+            "applied_at": self.applied_at,
+            "reloads": self.reload_count,
+            "last_reload_error": self.last_reload_error,
+            "stopping": self._stopping,
+            "instances": self.supervisor.status(names),
+        }
+
+    def cmd_reload(self, conn: Connection) -> dict[str, Any]:
+        result = self.request_reload("orch reload", force=True)
+        if result.get("error"):
+            raise ControlError(result["error"], 2)
+        return result
+
+    def cmd_diff(self, conn: Connection) -> dict[str, Any]:
+        try:
+            _, specs = self.load()
+        except ConfigError as exc:
+            raise ControlError(str(exc), 2) from None
+        plan = reconcile(specs, self.supervisor.running_view())
+        current = {name: inst.target for name, inst in self.supervisor.instances.items()}
+        return {"lines": describe(plan, current), **plan.counts()}
+
+    def cmd_down(self, conn: Connection) -> dict[str, Any]:
+        conn.keep_open = True  # the client waits for EOF, which comes when this process exits
+        if not self._stopping:
+            log.info("orch down: stopping %d instances", len(self.supervisor.alive()))
+            self.loop.call_soon(self.shutdown)
+        return {"pid": os.getpid()}
+
+    def match(self, patterns: list[str]) -> list[str]:
+        """Instance names for exact names, globs, or `template:NAME`; unknown patterns are errors."""
+        names: dict[str, None] = {}
+        for pattern in patterns:
+            if pattern.startswith("template:"):
+                found = [n for n, i in self.supervisor.instances.items()
+                         if fnmatch.fnmatchcase(i.spec.template, pattern[9:])]
+            elif pattern in self.supervisor.instances:
+                found = [pattern]
+            else:
+                found = [n for n in self.supervisor.instances if fnmatch.fnmatchcase(n, pattern)]
+            if not found:
+                raise ControlError(f"no instance matches {pattern!r}", 1)
+            names.update(dict.fromkeys(found))
+        return list(names)
+
+    def cmd_stop(self, conn: Connection, patterns: list[str]) -> list[str]:
+        names = self.match(patterns)
+        for name in names:
+            inst = self.supervisor.instances[name]
+            inst.held = True
+            if inst.then != "remove":
+                self.supervisor.stop(inst, then="stop")
+        return names
+
+    def cmd_start(self, conn: Connection, patterns: list[str]) -> list[str]:
+        names = self.match(patterns)
+        for name in names:
+            inst = self.supervisor.instances[name]
+            inst.held = False
+            if inst.state not in ALIVE:
+                self.supervisor.start(inst)
+            elif inst.state is State.STOPPING and inst.then == "stop":
+                inst.then = "restart"
+        return names
+
+    def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False) -> list[str]:
+        names = self.match(patterns)
+        for name in names:
+            inst = self.supervisor.instances[name]
+            inst.held = False
+            if inst.state in ALIVE:
+                self.supervisor.stop(inst, then="restart")
+            else:
+                self.supervisor.start(inst)
+        return names

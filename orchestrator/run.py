@@ -1,0 +1,89 @@
+"""`orch up`: validate, lock, fork the spawner, then hand over to the `Master` (foreground or detached)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from .cli import setup_logging
+from .config import load_config
+from .control import ControlClient
+from .errors import NoMasterError, OrchError
+from .expand import expand
+from .master import Master, PidLock
+from .spawner import SpawnerClient
+
+
+def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
+    """Run the master; validation errors raise before anything starts (exit 2)."""
+    config = load_config(path)
+    specs = expand(config)
+    settings = config.settings
+    for folder in (settings.control_socket.parent, settings.pidfile.parent, settings.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    if detach:
+        return _detach(config.path, settings.control_socket, settings.log_dir)
+    return _foreground(config, specs, quiet)
+
+
+def _foreground(config, specs, quiet: bool) -> int:  # type: ignore[no-untyped-def]
+    setup_logging()
+    lock = PidLock(config.settings.pidfile).acquire()
+    from .orphans import end_leftovers
+    end_leftovers(config.settings.pidfile)
+    spawner = SpawnerClient.start(f"orch: spawner {config.settings.name}")  # before any thread: see spawner.py
+    _set_title(f"orch: master {config.settings.name} [{config.path}]")
+    master = Master(config, specs, spawner, lock, quiet=quiet)
+    return master.run()
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+        setproctitle.setproctitle(title)
+    except ImportError:  # optional at run time: ps shows the plain command line
+        pass
+
+
+def _detach(path: Path, socket_path: Path, log_dir: Path) -> int:
+    """Double fork + setsid, stdio to <log_dir>/orch.log; return once the master answers."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        log = os.open(log_dir / "orch.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        os.chdir("/")
+        code = 1
+        try:
+            os.close(write_end)  # the parent now waits on the socket instead
+            config = load_config(path)
+            code = _foreground(config, expand(config), quiet=True)
+        except OrchError as exc:
+            print(f"orch: {exc}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            client = ControlClient(socket_path, timeout=2)
+            info = client.call("ping")
+            client.close()
+            print(f"orch master {info['pid']} is running in the background (logs: {log_dir / 'orch.log'})")
+            return 0
+        except (NoMasterError, OSError):
+            time.sleep(0.05)
+    raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_dir / 'orch.log'}")

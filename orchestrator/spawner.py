@@ -1,0 +1,330 @@
+"""The spawner: a small single-threaded helper that forks, execs and reaps every child.
+
+Why a separate process: Linux ties PR_SET_PDEATHSIG to the *thread* that forked, and code
+between fork and exec is unsafe in a process with threads (the master has the file watcher's
+thread). The master forks this helper at start-up, before any thread exists; from then on
+the helper does every fork. Each child gets its own process group and PDEATHSIG=SIGKILL, so
+it dies with the helper. The helper is a child subreaper and treats EOF on its socket as
+"the master is gone": it SIGKILLs every child's process group (grandchildren included) and
+exits. So a SIGKILLed master still leaves nothing behind.
+
+Protocol: a SOCK_SEQPACKET socketpair carrying pickled tuples (both ends are ours); pipe fds
+for the children's stdout/stderr travel with the spawn requests as SCM_RIGHTS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import pickle
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+MAX_FDS_PER_MESSAGE = 64
+MAX_EVENTS_PER_MESSAGE = 256
+# Signals the master coordinates; the spawner must not die of them (a Ctrl-C reaches the
+# whole foreground group), and its children must get them back at their defaults.
+_COORDINATED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGTSTP)
+_RESET_IN_CHILD = _COORDINATED + (signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ, signal.SIGTTIN,
+                                  signal.SIGTTOU)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _set_title(title: str) -> None:  # pragma: no cover - runs in the helper
+    try:
+        import setproctitle
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass
+
+
+def prctl(option: int, value: int) -> None:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl failed")
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """One process to start. `env` is the full environment, or overrides on the inherited one."""
+
+    token: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    inherit_env: bool
+    cwd: str
+
+
+class SpawnerClient:
+    """The master's end of the spawner."""
+
+    def __init__(self, pid: int, sock: socket.socket):
+        self.pid = pid
+        self.sock = sock
+
+    @classmethod
+    def start(cls, title: str | None = None) -> "SpawnerClient":
+        """Fork the spawner. Call before any thread is started."""
+        master_end, spawner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (master_end, spawner_end):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 2**20)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the helper
+            code = 0
+            try:
+                master_end.close()
+                if title:
+                    _set_title(title)
+                _Spawner(spawner_end).run()
+            except BaseException:  # noqa: BLE001 - the helper must never return into the master's code
+                code = 1
+            finally:
+                os._exit(code)
+        spawner_end.close()
+        return cls(pid, master_end)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def spawn(self, requests: list[SpawnRequest], outputs: list[int]) -> None:
+        """Ask for these processes; `outputs[i]` is the stdout/stderr fd for `requests[i]`."""
+        for i in range(0, len(requests), MAX_FDS_PER_MESSAGE):
+            chunk = requests[i:i + MAX_FDS_PER_MESSAGE]
+            fds = outputs[i:i + MAX_FDS_PER_MESSAGE]
+            socket.send_fds(self.sock, [pickle.dumps(("spawn", chunk))], fds)
+
+    def signal(self, orders: list[tuple[int, int, bool]]) -> None:
+        """Send signals: (pid, signal, whole process group?). Only live, unreaped children are
+        signalled, so a recycled pid can never be hit."""
+        if orders:
+            self.sock.send(pickle.dumps(("signal", orders)))
+
+    def exit(self) -> None:
+        """Ask the spawner to kill what is left and exit."""
+        try:
+            self.sock.send(pickle.dumps(("exit",)))
+        except OSError:
+            pass
+
+    def receive(self) -> list[tuple[Any, ...]]:
+        """Read pending events: ("spawned", [(token, pid)]), ("failed", [(token, error)]),
+        ("exec_failed", pid, error), ("exited", [(pid, status)]). Empty list means EOF."""
+        events: list[tuple[Any, ...]] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return events
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                events.append(("eof",))
+                return events
+            events.append(pickle.loads(data))
+
+
+class _Spawner:  # pragma: no cover - runs in the helper process; covered by integration tests
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.children: set[int] = set()
+        self.errpipes: dict[int, int] = {}  # errpipe read fd -> pid
+        self.pid_errpipe: dict[int, int] = {}
+        self.selector = selectors.DefaultSelector()
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        os.set_inheritable(self.devnull, False)
+
+    def run(self) -> None:
+        for signum in _COORDINATED:
+            signal.signal(signum, signal.SIG_IGN)
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
+        except OSError:
+            pass
+        self.selector.register(self.sock, selectors.EVENT_READ, "master")
+        self.selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+        while True:
+            for key, _ in self.selector.select():
+                if key.data == "master":
+                    if not self._from_master():
+                        self._kill_everything()
+                        return
+                elif key.data == "sigchld":
+                    try:
+                        wake_r.recv(4096)
+                    except BlockingIOError:
+                        pass
+                    self._reap()
+                else:
+                    self._errpipe_ready(key.fd)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.sock.send(pickle.dumps(message))
+        except OSError:
+            pass  # the master is gone; EOF will follow
+
+    def _from_master(self) -> bool:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, MAX_FDS_PER_MESSAGE)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        message = pickle.loads(data)
+        if message[0] == "spawn":
+            self._spawn_all(message[1], fds)
+        elif message[0] == "signal":
+            for pid, signum, group in message[1]:
+                self._signal(pid, signum, group)
+        elif message[0] == "exit":
+            return False
+        for fd in fds:
+            os.close(fd)
+        return True
+
+    def _signal(self, pid: int, signum: int, group: bool) -> None:
+        try:
+            if group:
+                os.killpg(pid, signum)  # the group outlives its leader while members remain
+            elif pid in self.children:
+                os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _spawn_all(self, requests: list[SpawnRequest], fds: list[int]) -> None:
+        spawned, failed = [], []
+        for request, out in zip(requests, fds):
+            try:
+                spawned.append((request.token, self._spawn_one(request, out)))
+            except OSError as exc:
+                failed.append((request.token, f"fork failed: {exc.strerror}"))
+        if spawned:
+            self._send(("spawned", spawned))
+        if failed:
+            self._send(("failed", failed))
+
+    def _spawn_one(self, request: SpawnRequest, out: int) -> int:
+        env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
+        err_r, err_w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setpgid(0, 0)
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != parent:
+                    os._exit(1)
+                for signum in _RESET_IN_CHILD:
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                os.dup2(self.devnull, 0)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                os.chdir(request.cwd)
+                os.execvpe(request.argv[0], list(request.argv), env)
+            except BaseException as exc:  # noqa: BLE001
+                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+                detail = f"{request.argv[0]}: {text}"
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR) \
+                        and not os.path.isdir(request.cwd):
+                    detail = f"cwd {request.cwd}: {text}"
+                try:
+                    os.write(err_w, detail.encode(errors="replace")[:1000])
+                finally:
+                    os._exit(127)
+        os.close(err_w)
+        self.children.add(pid)
+        self.errpipes[err_r] = pid
+        self.pid_errpipe[pid] = err_r
+        self.selector.register(err_r, selectors.EVENT_READ, "errpipe")
+        return pid
+
+    def _errpipe_ready(self, fd: int) -> None:
+        pid = self.errpipes.pop(fd)
+        self.pid_errpipe.pop(pid, None)
+        self.selector.unregister(fd)
+        data = b""
+        try:
+            data = os.read(fd, 1024)
+        finally:
+            os.close(fd)
+        if data:
+            self._send(("exec_failed", pid, data.decode(errors="replace")))
+
+    def _reap(self) -> None:
+        exited = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid not in self.children:
+                continue  # an orphaned grandchild, reparented to us as subreaper
+            self.children.discard(pid)
+            errpipe = self.pid_errpipe.get(pid)
+            if errpipe is not None:
+                self._errpipe_ready(errpipe)
+            # Kill what the leader left in its group, so no grandchild outlives its worker.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            exited.append((pid, status))
+            if len(exited) >= MAX_EVENTS_PER_MESSAGE:
+                self._send(("exited", exited))
+                exited = []
+        if exited:
+            self._send(("exited", exited))
+
+    def _kill_everything(self) -> None:
+        """Master gone: SIGKILL every group, then any orphan reparented to us, and reap all."""
+        for pid in list(self.children):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        while True:
+            remaining = _direct_children()
+            for pid in remaining:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                return
+            if not remaining:
+                return
+            time.sleep(0.002)  # SIGKILLed children need a moment before they can be reaped
+
+
+def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper
+    me = os.getpid()
+    pids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return pids

@@ -1,0 +1,74 @@
+"""`ProcessSpec`: one fully rendered instance, frozen, with the two hashes reload diffs on."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Policy
+
+
+@dataclass(frozen=True)
+class PythonTarget:
+    """What a Python worker instance runs (`target = "module:Class"`)."""
+
+    target: str
+    kwargs: tuple[tuple[str, Any], ...]
+    preload: bool
+    check_point: float
+    pythonpath: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """A desired process: what it is (argv, env, cwd) and how it is supervised (policy)."""
+
+    name: str
+    template: str
+    params: tuple[tuple[str, Any], ...]
+    replica: int
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    inherit_env: bool
+    cwd: str
+    policy: Policy
+    python: PythonTarget | None = None
+    process_hash: str = ""
+    policy_hash: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that, when changed, needs a new process; canonical (sorted) form."""
+        ident: dict[str, Any] = {
+            "argv": list(self.argv),
+            "env": sorted(self.env),
+            "inherit_env": self.inherit_env,
+            "cwd": self.cwd,
+        }
+        if self.python is not None:
+            ident["python"] = {**dataclasses.asdict(self.python),
+                               "kwargs": sorted(self.python.kwargs)}
+        return ident
+
+    def with_hashes(self) -> "ProcessSpec":
+        """This spec with `process_hash` and `policy_hash` filled in."""
+        return dataclasses.replace(
+            self,
+            process_hash=_digest(self.identity()),
+            policy_hash=_digest(dataclasses.asdict(self.policy)),
+        )
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def changed_fields(old: ProcessSpec, new: ProcessSpec) -> list[str]:
+    """Names of the identity and policy fields that differ, for `orch diff`."""
+    changed = [k for k, v in new.identity().items() if old.identity().get(k) != v]
+    old_policy, new_policy = dataclasses.asdict(old.policy), dataclasses.asdict(new.policy)
+    changed += [k for k in new_policy if old_policy[k] != new_policy[k]]
+    return changed

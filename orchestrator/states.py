@@ -1,0 +1,42 @@
+"""Instance states and the only transitions allowed between them."""
+
+from __future__ import annotations
+
+import enum
+
+
+class State(enum.Enum):
+    """Where one instance is in its life."""
+
+    STARTING = "starting"      # spawn requested, no pid yet (or waiting for READY=1)
+    RUNNING = "running"        # a live process
+    STOPPING = "stopping"      # stop signal sent, waiting for the exit
+    BACKOFF = "backoff"        # died early, restart timer pending
+    CRASHLOOP = "crash-looping"  # like BACKOFF, but the delay has reached backoff.max
+    STOPPED = "stopped"        # stopped on purpose; stays down until started
+    EXITED = "exited"          # ended and its restart policy says not to restart
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING}),
+    State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.BACKOFF, State.CRASHLOOP,
+                               State.EXITED, State.STARTING, State.STOPPED}),
+    State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.CRASHLOOP, State.STARTING,
+                              State.EXITED}),
+    State.STOPPING: frozenset({State.STOPPED, State.STARTING}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPED}),
+    State.CRASHLOOP: frozenset({State.STARTING, State.STOPPED}),
+    State.EXITED: frozenset({State.STARTING, State.STOPPED}),
+}
+
+ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the table does not allow: a bug, never a user error."""
+
+
+def check_transition(old: State, new: State) -> None:
+    """Raise `IllegalTransition` unless old -> new is in the table."""
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"{old.value} -> {new.value}")

@@ -1,0 +1,38 @@
+"""`orch status` as a table (pure: status reply in, text out)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .units import format_duration, format_size
+
+
+def render_status(reply: dict[str, Any]) -> str:
+    applied = reply.get("applied_at")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(applied)) if applied else "never"
+    lines = [f"orch {reply['name']} (master {reply['pid']}) config {reply['config']}",
+             f"last applied {when}, {reply.get('reloads', 0)} reloads"]
+    if reply.get("last_reload_error"):
+        lines.append("LAST RELOAD FAILED (still running the previous config):")
+        lines += ["  " + line for line in reply["last_reload_error"].splitlines()]
+    rows = [("NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%")]
+    for inst in reply["instances"]:
+        last = inst.get("last_exit") or "-"
+        if inst.get("reason"):
+            last += f" ({inst['reason']})"
+        rows.append((
+            inst["name"], inst["template"], inst["state"] + (" (held)" if inst.get("held") else ""),
+            str(inst["pid"] or "-"),
+            format_duration(inst["uptime"]) if inst.get("uptime") is not None else "-",
+            str(inst["restarts"]), last,
+            format_size(inst["rss"]) if inst.get("rss") else "-",
+            f"{inst['cpu']:.1f}" if inst.get("cpu") is not None else "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    counts: dict[str, int] = {}
+    for inst in reply["instances"]:
+        counts[inst["state"]] = counts.get(inst["state"], 0) + 1
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances")
+    return "\n".join(lines)

@@ -1,0 +1,346 @@
+"""`Supervisor`: applies plans to instances and reacts to the spawner's events, in the loop.
+
+Every operation is asynchronous: a stop sends the stop signal and arms a SIGKILL deadline,
+and the exit arrives later as an event. Many starts and stops in one wake-up are sent to
+the spawner as one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .backoff import decide_restart
+from .instance import Instance, describe_exit
+from .logs import Echo, LogFile, log_path
+from .loop import EventLoop
+from .plan import Plan, Running
+from .spawner import SpawnerClient, SpawnRequest
+from .spec import ProcessSpec
+from .states import ALIVE, State
+
+log = logging.getLogger("orch")
+
+
+class Supervisor:
+    """Owns the instances; the only code that starts, stops and restarts processes."""
+
+    def __init__(self, loop: EventLoop, spawner: SpawnerClient, log_dir: Path,
+                 echo: Echo | None = None, notify_socket: str | None = None):
+        self.loop = loop
+        self.spawner = spawner
+        self.log_dir = log_dir
+        self.echo = echo
+        self.notify_socket = notify_socket
+        self.instances: dict[str, Instance] = {}
+        self.by_pid: dict[int, Instance] = {}
+        self.by_token: dict[int, Instance] = {}
+        self._tokens = itertools.count(1)
+        self._spawn_queue: list[Instance] = []
+        self._signal_queue: list[tuple[int, int, bool]] = []
+        self._flush_scheduled = False
+        self.pending_ops = 0
+        self.on_idle: Callable[[], None] | None = None  # called when pending_ops drops to 0
+        self.on_exit_hooks: list[Callable[[Instance], None]] = []
+        self.on_start_hooks: list[Callable[[Instance], None]] = []
+        self.on_spawner_lost: Callable[[], None] | None = None
+        self.shutting_down = False
+        loop.add_reader(spawner.fileno(), self._on_spawner)
+
+    # --- plans -------------------------------------------------------------------
+    def running_view(self) -> dict[str, Running]:
+        """What reconcile diffs against: each slot's target spec, slots being removed excluded."""
+        return {name: Running(inst.target.process_hash, inst.target.policy_hash)
+                for name, inst in self.instances.items() if inst.then != "remove"}
+
+    def apply(self, plan: Plan) -> None:
+        """Start, stop, restart and update per the plan; returns at once, work goes on in the loop."""
+        for spec in plan.start:
+            existing = self.instances.get(spec.name)
+            if existing is not None:  # still stopping from an earlier removal: run it again after
+                existing.next_spec = spec
+                existing.then = "restart"
+                continue
+            inst = self._new_instance(spec)
+            self.instances[spec.name] = inst
+            self.start(inst)
+        for name in plan.stop:
+            self.stop(self.instances[name], then="remove", tracked=True)
+        for spec in plan.restart:
+            inst = self.instances[spec.name]
+            if inst.held or inst.state in (State.STOPPED, State.EXITED):
+                inst.spec, inst.next_spec = spec, None
+                continue
+            inst.next_spec = spec
+            self.stop(inst, then="restart", tracked=True)
+        for spec in plan.update:
+            inst = self.instances[spec.name]
+            if inst.next_spec is not None:
+                inst.next_spec = spec
+            else:
+                inst.spec = spec
+
+    def _new_instance(self, spec: ProcessSpec) -> Instance:
+        policy = spec.policy
+        logfile = LogFile(log_path(self.log_dir, spec.name), policy.log_max_size, policy.log_backups)
+        echo = self.echo.prefixer(spec.name) if self.echo else None
+        return Instance(spec, logfile, echo)
+
+    # --- starting ------------------------------------------------------------------
+    def start(self, inst: Instance) -> None:
+        """Queue a spawn; all spawns of one wake-up go to the spawner as one message."""
+        inst.cancel_timer()
+        inst.held = False
+        inst.set_state(State.STARTING)
+        inst.token = None
+        self._spawn_queue.append(inst)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queue, self._spawn_queue = self._spawn_queue, []
+        requests, outputs = [], []
+        for inst in queue:
+            if inst.state is not State.STARTING or inst.token is not None:
+                continue
+            token = next(self._tokens)
+            inst.token = token
+            self.by_token[token] = inst
+            read_end, write_end = os.pipe()
+            os.set_blocking(read_end, False)
+            self.loop.add_reader(read_end, self._reader(inst, read_end))
+            spec = inst.spec
+            env = dict(spec.env)
+            env["ORCH_INSTANCE"] = spec.name
+            if self.notify_socket:
+                env["NOTIFY_SOCKET"] = self.notify_socket
+            requests.append(SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd))
+            outputs.append(write_end)
+        try:
+            if requests:
+                self.spawner.spawn(requests, outputs)
+        finally:
+            for fd in outputs:
+                os.close(fd)
+        signals, self._signal_queue = self._signal_queue, []
+        if signals:
+            self.spawner.signal(signals)
+
+    def _reader(self, inst: Instance, fd: int) -> Callable[[], None]:
+        def drain() -> None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if data:
+                inst.write_output(data)
+            else:  # every holder of the pipe's write end is gone
+                self.loop.remove_reader(fd)
+                os.close(fd)
+        return drain
+
+    # --- stopping ------------------------------------------------------------------
+    def send_signal(self, inst: Instance, signum: int, group: bool = True) -> None:
+        if inst.pid is not None:
+            self._signal_queue.append((inst.pid, signum, group))
+            self._schedule_flush()
+
+    def stop(self, inst: Instance, then: str = "stop", tracked: bool = False,
+             reason: str | None = None) -> None:
+        """Graceful stop: the stop signal to the process group, SIGKILL after `stop_timeout`.
+        `then` says what follows: stay stopped, restart, or remove the slot."""
+        if tracked:
+            self.pending_ops += 1
+            inst.tracked += 1
+        inst.then = then
+        if reason:
+            inst.last_reason = reason
+        if inst.state is State.STOPPING:
+            return
+        inst.cancel_timer()
+        if inst.state is State.STARTING and inst.pid is None:
+            inst.set_state(State.STOPPING)
+            if inst in self._spawn_queue:  # never sent to the spawner: nothing to stop
+                self._spawn_queue.remove(inst)
+                self._after_stop(inst)
+            # else the spawner will answer with a pid, and _spawned stops it then
+            return
+        if inst.state not in ALIVE:  # backoff, exited, stopped: no process to signal
+            self._after_stop(inst)
+            return
+        inst.set_state(State.STOPPING)
+        self._signal_stop(inst)
+
+    def _signal_stop(self, inst: Instance) -> None:
+        assert inst.pid is not None
+        self.send_signal(inst, inst.spec.policy.stop_signal)
+        pid = inst.pid
+        inst.timer = self.loop.call_later(inst.spec.policy.stop_timeout, lambda: self._kill(inst, pid))
+
+    def _kill(self, inst: Instance, pid: int) -> None:
+        if inst.pid == pid:
+            log.warning("%s[%d] did not stop within %.1fs: SIGKILL to its process group",
+                        inst.name, pid, inst.spec.policy.stop_timeout)
+            self.send_signal(inst, signal.SIGKILL)
+
+    def kill_now(self, inst: Instance, reason: str) -> None:
+        """SIGKILL the process group at once (hard memory limit, SIGQUIT), then restart or not per `then`."""
+        if inst.pid is None:
+            return
+        if inst.state is not State.STOPPING:
+            inst.set_state(State.STOPPING)
+            inst.then = "restart" if not self.shutting_down else "stop"
+        inst.last_reason = reason
+        inst.cancel_timer()
+        self.send_signal(inst, signal.SIGKILL)
+
+    def _after_stop(self, inst: Instance) -> None:
+        then, inst.then = inst.then, "stop"
+        inst.cancel_timer()
+        if inst.state is not State.STOPPED:
+            inst.set_state(State.STOPPED)
+        if then == "remove":
+            self.instances.pop(inst.name, None)
+            inst.logfile.close()
+        elif then == "restart" and not self.shutting_down:
+            if inst.next_spec is not None:
+                inst.spec, inst.next_spec = inst.next_spec, None
+            inst.restarts += 1
+            self.start(inst)
+        tracked, inst.tracked = inst.tracked, 0
+        if tracked:
+            self.pending_ops -= tracked
+            if self.pending_ops == 0 and self.on_idle is not None:
+                self.on_idle()
+
+    # --- events from the spawner -------------------------------------------------------
+    def _on_spawner(self) -> None:
+        for event in self.spawner.receive():
+            kind = event[0]
+            if kind == "spawned":
+                for token, pid in event[1]:
+                    self._spawned(token, pid)
+            elif kind == "exited":
+                for pid, status in event[1]:
+                    self._exited(pid, status)
+            elif kind == "exec_failed":
+                inst = self.by_pid.get(event[1])
+                if inst is not None:
+                    log.error("%s: cannot start: %s", inst.name, event[2])
+                    inst.last_reason = "exec failed: " + event[2]
+            elif kind == "failed":
+                for token, error in event[1]:
+                    inst = self.by_token.pop(token, None)
+                    if inst is not None:
+                        log.error("%s: %s", inst.name, error)
+                        inst.token = None
+                        self._exited_early(inst, error)
+            elif kind == "eof":
+                self.loop.remove_reader(self.spawner.fileno())
+                if self.on_spawner_lost is not None:
+                    self.on_spawner_lost()
+
+    def _spawned(self, token: int, pid: int) -> None:
+        inst = self.by_token.pop(token, None)
+        if inst is None:
+            return
+        inst.pid = pid
+        inst.started_at = time.monotonic()
+        inst.started_wall = time.time()
+        inst.ready = False
+        inst.requests = 0
+        inst.busy_since = None
+        inst.last_watchdog = None
+        self.by_pid[pid] = inst
+        log.info("%s[%d] started", inst.name, pid)
+        if inst.state is State.STOPPING:  # asked to stop while the spawn was in flight
+            self._signal_stop(inst)
+            return
+        inst.set_state(State.RUNNING)
+        for hook in self.on_start_hooks:
+            hook(inst)
+
+    def _exited(self, pid: int, status: int) -> None:
+        inst = self.by_pid.pop(pid, None)
+        if inst is None or inst.pid != pid:
+            return
+        text, success = describe_exit(status)
+        uptime = inst.uptime()
+        inst.pid = None
+        inst.token = None
+        inst.last_exit = text
+        for hook in self.on_exit_hooks:
+            hook(inst)
+        if inst.state is State.STOPPING:
+            log.info("%s[%d] stopped (%s)", inst.name, pid, text)
+            self._after_stop(inst)
+            return
+        if not inst.limit_kill:
+            inst.last_reason = None
+        inst.limit_kill = False
+        self._exited_early(inst, text, success, uptime, pid)
+
+    def _exited_early(self, inst: Instance, text: str, success: bool = False, uptime: float = 0.0,
+                      pid: int | None = None) -> None:
+        decision = decide_restart(inst.spec.policy, success=success, uptime=uptime,
+                                  failures=inst.failures, limit_kill=inst.last_reason is not None)
+        inst.failures = decision.failures
+        who = f"{inst.name}[{pid}]" if pid else inst.name
+        if self.shutting_down or not decision.restart:
+            log.info("%s exited (%s)%s", who, text,
+                     "" if self.shutting_down else f"; restart = {inst.spec.policy.restart}: not restarting")
+            inst.set_state(State.EXITED)
+            return
+        if decision.delay <= 0:
+            log.info("%s exited (%s); restarting", who, text)
+            inst.restarts += 1
+            inst.set_state(State.STARTING)
+            inst.token = None
+            self._spawn_queue.append(inst)
+            self._schedule_flush()
+            return
+        state = State.CRASHLOOP if decision.crashloop else State.BACKOFF
+        log.warning("%s exited (%s) after %.1fs; %s, restarting in %.1fs", who, text, uptime,
+                    "crash-looping" if decision.crashloop else "backing off", decision.delay)
+        inst.set_state(state)
+        inst.timer = self.loop.call_later(decision.delay, lambda: self._backoff_over(inst))
+
+    def _backoff_over(self, inst: Instance) -> None:
+        inst.timer = None
+        if inst.state in (State.BACKOFF, State.CRASHLOOP) and self.instances.get(inst.name) is inst:
+            inst.restarts += 1
+            self.start(inst)
+
+    # --- whole fleet ------------------------------------------------------------------
+    def alive(self) -> list[Instance]:
+        return [i for i in self.instances.values() if i.state in ALIVE]
+
+    def stop_all(self) -> None:
+        self.shutting_down = True
+        for inst in list(self.instances.values()):
+            self.stop(inst, then="stop")
+
+    def kill_all(self) -> None:
+        for inst in self.alive():
+            if inst.pid is not None:
+                self.send_signal(inst, signal.SIGKILL)
+
+    def status(self, names: Iterable[str] | None = None) -> list[dict]:
+        chosen = self.instances.values() if names is None else (self.instances[n] for n in names)
+        return [inst.status() for inst in chosen]
+
+
+def replace_policy(spec: ProcessSpec, other: ProcessSpec) -> ProcessSpec:
+    """`spec` with the policy of `other` (same process, new supervision settings)."""
+    return dataclasses.replace(spec, policy=other.policy, policy_hash=other.policy_hash)
