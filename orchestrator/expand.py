@@ -116,7 +116,7 @@ def expand(config: Config) -> list[ProcessSpec]:
             parts.pop()
         problems.append(ConfigProblem(str(config.path), keypath, message, line))
 
-    variables = dict(config.vars)
+    variables = {"python": sys.executable, **dict(config.vars)}
     specs: list[ProcessSpec] = []
     seen: dict[str, str] = {}
     total = 0

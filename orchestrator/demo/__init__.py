@@ -1,0 +1,1 @@
+"""A self-contained demo: a producer and consumers sharing a SQLite job queue."""
