@@ -1,0 +1,195 @@
+"""Real masters, real children, real signals: start, replace, back off, stop, leave nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import psutil
+
+from conftest import alive, orch, wait_for
+
+PY = sys.executable
+# A TOML `command = [...]` line for a child that ignores SIGTERM.
+IGNORES_TERM = "command = " + json.dumps([PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                          "signal.SIG_IGN); print('up', flush=True); time.sleep(1000)"])
+
+MATRIX = """
+[orchestrator]
+graceful_timeout = "5s"
+[vars]
+queues = ["q1", "q2"]
+[workers.consumer]
+command = "sleep {{ 1000 + loop_index | default(0) }}"
+matrix = { ip = ["10.0.0.1", "10.0.0.2"], queue = "{{ queues }}" }
+replicas = 2
+"""
+
+
+def test_matrix_with_replicas_brings_up_every_combination(start_master):
+    master = start_master(MATRIX.replace("{{ 1000 + loop_index | default(0) }}", "100{{ replica }}"))
+    running = master.wait_running(8)
+    assert set(running) == {f"consumer-10.0.0.{i}-q{q}-{r}" for i in (1, 2) for q in (1, 2) for r in (0, 1)}
+    for pid in running.values():
+        proc = psutil.Process(pid)
+        assert proc.name() == "sleep"
+        assert os.getpgid(pid) == pid, "each child leads its own process group"
+
+
+def test_a_killed_child_is_replaced_within_a_second(start_master):
+    master = start_master("""
+        [workers.w]
+        command = "sleep 1000"
+        replicas = 2
+    """)
+    before = master.wait_running(2)
+    os.kill(before["w-0"], signal.SIGKILL)
+
+    def replaced():
+        row = master.status()["w-0"]
+        return row["state"] == "running" and row["pid"] != before["w-0"] and row
+    row = wait_for(replaced, 1.0, message="a replacement")
+    assert row["restarts"] == 1 and row["last_exit"] == "SIGKILL"
+    assert master.status()["w-1"]["pid"] == before["w-1"]
+
+
+def test_sigterm_on_the_master_leaves_no_process_of_the_tree(start_master):
+    master = start_master("""
+        [workers.tree]
+        command = "sh -c 'sleep 1000 & sleep 1000 & wait'"
+        replicas = 3
+    """)
+    master.wait_running(3)
+    wait_for(lambda: len(master.descendants()) >= 1 + 3 * 3, message="grandchildren")
+    tree = master.descendants()
+    assert master.terminate() == 0
+    wait_for(lambda: not any(alive(p.pid) for p in tree), 3, message="the whole tree to be gone")
+
+
+def test_sigkill_on_the_master_takes_every_child_down(start_master):
+    master = start_master(f"""
+        [workers.plain]
+        command = "sleep 1000"
+        replicas = 2
+        [workers.stubborn]
+        {IGNORES_TERM}
+        [workers.tree]
+        command = "sh -c 'sleep 1000 & sleep 1000 & wait'"
+    """)
+    master.wait_running(4)
+    wait_for(lambda: len(master.descendants()) >= 1 + 4 + 2, message="grandchildren")
+    tree = master.descendants()
+    master.proc.kill()
+    master.proc.wait(5)
+    wait_for(lambda: not any(alive(p.pid) for p in tree), 3, message="every child to die with the master")
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(start_master, tmp_path):
+    master = start_master(f"""
+        [workers.stubborn]
+        {IGNORES_TERM}
+        stop_timeout = "0.5s"
+    """)
+    pid = master.wait_running(1)["stubborn"]
+    wait_for(lambda: "up" in (tmp_path / ".orch/logs/stubborn.log").read_text(), message="the child's signal setup")
+    master.proc.send_signal(signal.SIGTERM)
+    assert master.proc.wait(5) == 0
+    assert not alive(pid)
+    assert "did not stop within 0.5s" in master.stderr()
+
+
+def test_early_failures_back_off_then_show_as_crash_looping(start_master):
+    master = start_master("""
+        [workers.flaky]
+        command = "sh -c 'exit 3'"
+        backoff = { initial = "50ms", max = "200ms" }
+        min_uptime = "5s"
+    """)
+    row = wait_for(lambda: (r := master.status()["flaky"])["state"] == "crash-looping" and r, 5,
+                   message="crash-looping")
+    assert row["restarts"] >= 3 and row["last_exit"] == "exit 3"
+    restarts = row["restarts"]
+    wait_for(lambda: master.status()["flaky"]["restarts"] > restarts + 1, 3,
+             message="retries to go on at the maximum delay")
+
+
+def test_restart_never_leaves_the_instance_exited(start_master):
+    master = start_master("""
+        [workers.once]
+        command = "true"
+        restart = "never"
+        [workers.onfail]
+        command = "true"
+        restart = "on-failure"
+    """)
+    wait_for(lambda: all(r["state"] == "exited" for r in master.status().values()), message="exited")
+    assert all(r["restarts"] == 0 and r["last_exit"] == "exit 0" for r in master.status().values())
+
+
+def test_a_command_that_cannot_start_is_reported(start_master):
+    master = start_master("""
+        [workers.missing]
+        command = "/nonexistent/binary --flag"
+        backoff = { initial = "1s", max = "5s" }
+    """)
+    row = wait_for(lambda: (r := master.status()["missing"])["last_exit"] and r, message="the failed exec")
+    assert row["last_exit"] == "exit 127"
+    assert "No such file" in master.stderr()
+
+
+def test_children_get_stdin_from_dev_null_and_the_config_env(start_master, tmp_path):
+    master = start_master("""
+        [workers.envy]
+        command = "sh -c 'echo host=$REDIS_HOST inst=$ORCH_INSTANCE; read x || echo stdin-eof; sleep 1000'"
+        env = { REDIS_HOST = "{{ template }}.local" }
+    """)
+    master.wait_running(1)
+    log = tmp_path / ".orch/logs/envy.log"
+    wait_for(lambda: log.exists() and "stdin-eof" in log.read_text(), message="output in the log")
+    assert "host=envy.local inst=envy" in log.read_text()
+
+
+def test_a_second_master_on_the_same_config_refuses(start_master, tmp_path):
+    master = start_master("""
+        [workers.one]
+        command = "sleep 1000"
+    """)
+    pid = master.wait_running(1)["one"]
+    result = orch("up", "-c", str(master.config), timeout=10)
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+    assert master.status()["one"]["pid"] == pid
+
+
+def test_down_returns_when_everything_is_gone(start_master):
+    master = start_master("""
+        [workers.w]
+        command = "sleep 1000"
+        replicas = 3
+    """)
+    pids = master.wait_running(3).values()
+    result = orch("down", "-c", str(master.config), timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert not alive(master.pid) or master.proc.poll() is not None
+    assert master.proc.wait(5) == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_client_commands_say_when_no_master_runs(tmp_path):
+    (tmp_path / "workers.toml").write_text('[workers.a]\ncommand = "true"\n')
+    for command in ("status", "reload", "down", "diff"):
+        result = orch(command, cwd=tmp_path, timeout=10)
+        assert result.returncode == 3, (command, result.stderr)
+        assert "no orch master is running" in result.stderr
+
+
+def test_a_bad_config_starts_nothing_and_exits_2(tmp_path):
+    config = tmp_path / "workers.toml"
+    config.write_text('[workers.a]\ncomand = "sleep 1"\n')
+    result = orch("up", "-c", str(config), timeout=10)
+    assert result.returncode == 2
+    first = result.stderr.splitlines()[0]
+    assert f"{config}:2:" in first and "workers.a.comand" in first and "did you mean 'command'" in first
+    assert not (tmp_path / ".orch" / "orch.pid").exists()
