@@ -47,6 +47,7 @@ class Instance:
         self.over_soft = 0
         self.tracked = 0                  # reload operations waiting on this slot's stop
         self.limit_kill = False           # the worker ended itself for a limit (no backoff)
+        self.rollout: Any = None          # the Rollout this instance is part of, if any
 
     @property
     def name(self) -> str:

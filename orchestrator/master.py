@@ -374,11 +374,16 @@ class Master:
 
     def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False) -> list[str]:
         names = self.match(patterns)
+        items = []
         for name in names:
             inst = self.supervisor.instances[name]
             inst.held = False
-            if inst.state in ALIVE:
-                self.supervisor.stop(inst, then="restart")
-            else:
+            if inst.state not in ALIVE:
                 self.supervisor.start(inst)
+            elif rolling:
+                items.append((inst, None))
+            else:
+                self.supervisor.stop(inst, then="restart")
+        if items:
+            self.supervisor.roll(f"{len(items)} instances", items)
         return names

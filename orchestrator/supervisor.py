@@ -21,6 +21,7 @@ from .instance import Instance, describe_exit
 from .logs import Echo, LogFile, log_path
 from .loop import EventLoop
 from .plan import Plan, Running
+from .rollout import Rollout
 from .spawner import SpawnerClient, SpawnRequest
 from .spec import ProcessSpec
 from .states import ALIVE, State
@@ -51,6 +52,7 @@ class Supervisor:
         self.on_start_hooks: list[Callable[[Instance], None]] = []
         self.on_spawner_lost: Callable[[], None] | None = None
         self.shutting_down = False
+        self.rollouts: set[Rollout] = set()
         loop.add_reader(spawner.fileno(), self._on_spawner)
 
     # --- plans -------------------------------------------------------------------
@@ -72,13 +74,19 @@ class Supervisor:
             self.start(inst)
         for name in plan.stop:
             self.stop(self.instances[name], then="remove", tracked=True)
+        rolling: dict[str, list[tuple[Instance, ProcessSpec | None]]] = {}
         for spec in plan.restart:
             inst = self.instances[spec.name]
             if inst.held or inst.state in (State.STOPPED, State.EXITED):
                 inst.spec, inst.next_spec = spec, None
                 continue
+            if spec.policy.rolling and inst.state in ALIVE:
+                rolling.setdefault(spec.template, []).append((inst, spec))
+                continue
             inst.next_spec = spec
             self.stop(inst, then="restart", tracked=True)
+        for template, items in rolling.items():
+            self.roll(f"template {template}", items)
         for spec in plan.update:
             inst = self.instances[spec.name]
             if inst.next_spec is not None:
@@ -91,6 +99,33 @@ class Supervisor:
         logfile = LogFile(log_path(self.log_dir, spec.name), policy.log_max_size, policy.log_backups)
         echo = self.echo.prefixer(spec.name) if self.echo else None
         return Instance(spec, logfile, echo)
+
+    def roll(self, label: str, items: list[tuple[Instance, ProcessSpec | None]]) -> None:
+        """Restart these instances in batches of their template's `max_unavailable`."""
+        batch = min(inst.target.policy.max_unavailable for inst, _ in items)
+        Rollout(self, label, batch, items).begin()
+
+    def op_done(self) -> None:
+        """One tracked operation (a reload's stop, a rollout) finished."""
+        self.pending_ops -= 1
+        if self.pending_ops == 0 and self.on_idle is not None:
+            self.on_idle()
+
+    def mark_ready(self, inst: Instance) -> None:
+        """The instance's current process is ready (READY=1, or up for min_uptime)."""
+        if inst.ready:
+            return
+        inst.ready = True
+        if inst.rollout is not None:
+            inst.rollout.ready(inst)
+
+    def _ready_after_min_uptime(self, inst: Instance) -> None:
+        pid = inst.pid
+
+        def check() -> None:
+            if inst.pid == pid and inst.state is State.RUNNING:
+                self.mark_ready(inst)
+        self.loop.call_later(inst.spec.policy.min_uptime, check)
 
     # --- starting ------------------------------------------------------------------
     def start(self, inst: Instance) -> None:
@@ -219,10 +254,8 @@ class Supervisor:
             inst.restarts += 1
             self.start(inst)
         tracked, inst.tracked = inst.tracked, 0
-        if tracked:
-            self.pending_ops -= tracked
-            if self.pending_ops == 0 and self.on_idle is not None:
-                self.on_idle()
+        for _ in range(tracked):
+            self.op_done()
 
     # --- events from the spawner -------------------------------------------------------
     def _on_spawner(self) -> None:
@@ -268,6 +301,8 @@ class Supervisor:
             self._signal_stop(inst)
             return
         inst.set_state(State.RUNNING)
+        if inst.rollout is not None:
+            self._ready_after_min_uptime(inst)
         for hook in self.on_start_hooks:
             hook(inst)
 
@@ -293,6 +328,8 @@ class Supervisor:
 
     def _exited_early(self, inst: Instance, text: str, success: bool = False, uptime: float = 0.0,
                       pid: int | None = None) -> None:
+        if inst.rollout is not None:
+            inst.rollout.failed(inst)
         decision = decide_restart(inst.spec.policy, success=success, uptime=uptime,
                                   failures=inst.failures, limit_kill=inst.last_reason is not None)
         inst.failures = decision.failures
