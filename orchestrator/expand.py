@@ -51,6 +51,8 @@ class _Renderer:
         self.quoted = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
                                            finalize=lambda v: shlex.quote(_text(v)))
         self._cache: dict[tuple[int, str], Any] = {}
+        self._splits: dict[str, tuple[str, ...]] = {}
+        self._paths: dict[str, str] = {}
 
     def _compiled(self, env: SandboxedEnvironment, source: str) -> Any:
         key = (id(env), source)
@@ -83,8 +85,19 @@ class _Renderer:
         self.placeholders.values = []
         rendered = self._compiled(self.argv, source).render(context)
         values = self.placeholders.values
+        # Instances of one template usually render the same placeholder string: split it once.
+        parts = self._splits.get(rendered)
+        if parts is None:
+            parts = self._splits[rendered] = tuple(shlex.split(rendered))
         return tuple(_PLACEHOLDER.sub(lambda m: _text(values[int(m.group(1))]), part)
-                     for part in shlex.split(rendered))
+                     if "\x00" in part else part for part in parts)
+
+    def path(self, folder: Path, source: str, context: dict[str, Any]) -> str:
+        rendered = self.text(source, context)
+        resolved = self._paths.get(rendered)
+        if resolved is None:
+            resolved = self._paths[rendered] = str((folder / rendered).resolve())
+        return resolved
 
     def shell(self, source: str, context: dict[str, Any]) -> str:
         return self._compiled(self.quoted, source).render(context)
@@ -233,7 +246,7 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
         env = tuple(sorted((k, _text(renderer.value(v, context)) if isinstance(v, str) else _text(v))
                            for k, v in template.env))
         key = "cwd"
-        cwd = str((folder / renderer.text(template.cwd, context)).resolve())
+        cwd = renderer.path(folder, template.cwd, context)
     except jinja2.TemplateError as exc:
         problem(f"{prefix}.{key}", f"cannot render for {params or template.name}: {exc}")
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -57,8 +58,14 @@ class ProcessSpec:
         return dataclasses.replace(
             self,
             process_hash=_digest(self.identity()),
-            policy_hash=_digest(dataclasses.asdict(self.policy)),
+            policy_hash=policy_digest(self.policy),
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def policy_digest(policy: Policy) -> str:
+    """The policy hash; computed once per template, since its instances share one Policy."""
+    return _digest(dataclasses.asdict(policy))
 
 
 def _digest(value: Any) -> str:
