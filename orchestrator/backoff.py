@@ -36,7 +36,7 @@ def decide_restart(policy: Policy, *, success: bool, uptime: float, failures: in
     failures = 1 if uptime >= policy.min_uptime else failures + 1
     if failures <= 1:
         return RestartDecision(True, 0.0, failures, False)
-    raw = policy.backoff_initial * 2 ** (failures - 2)
+    raw = policy.backoff_initial * 2 ** min(failures - 2, 64)  # capped: no overflow in long loops
     crashloop = raw >= policy.backoff_max
     delay = min(raw, policy.backoff_max)
     jitter = (rng or random).uniform(-JITTER, JITTER) * delay

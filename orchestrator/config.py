@@ -246,7 +246,8 @@ def locate_keys(text: str) -> dict[str, int]:
         header = _HEADER.match(line)
         if header:
             table = _split_key(header.group(1))
-            found.setdefault(".".join(table), number)
+            for depth in range(1, len(table) + 1):  # [worker.a] also locates "worker"
+                found.setdefault(".".join(table[:depth]), number)
             continue
         key = _KEY.match(line)
         if not key:
@@ -309,9 +310,7 @@ def load_config(path: Path) -> Config:
     if not isinstance(defaults, dict):
         problems.add("defaults", "expected a table")
         defaults = {}
-    for key in defaults:
-        if key in ("matrix", "include", "exclude", "name"):
-            problems.add(f"defaults.{key}", f"{key!r} belongs to a template, not to [defaults]")
+    defaults = _valid_defaults(defaults, problems)
     workers = data.get("workers", {})
     if not isinstance(workers, dict):
         problems.add("workers", "expected a table of templates like [workers.consumer]")
@@ -327,6 +326,41 @@ def load_config(path: Path) -> Config:
     if problems.items:
         raise ConfigError(problems.items)
     return Config(path, settings, tuple(variables.items()), tuple(templates), (path,))
+
+
+def _valid_defaults(defaults: dict, problems: _Problems) -> dict:
+    """The [defaults] keys that validate; problems are located in [defaults], not per worker."""
+    valid = {}
+    for key, raw in defaults.items():
+        if key in ("matrix", "include", "exclude", "name"):
+            problems.add(f"defaults.{key}", f"{key!r} belongs to a template, not to [defaults]")
+            continue
+        parse = WORKER_KEYS.get(key)
+        if parse is None:
+            problems.unknown("defaults.", key, WORKER_KEYS)
+            continue
+        try:
+            parse(raw)
+        except ValueError as exc:
+            problems.add(f"defaults.{key}", str(exc))
+            continue
+        sub_keys = {"backoff": BACKOFF_KEYS, "memory": MEMORY_KEYS}.get(key)
+        if sub_keys is not None:
+            bad = False
+            for sub, value in raw.items():
+                if sub not in sub_keys:
+                    problems.unknown(f"defaults.{key}.", sub, sub_keys)
+                    bad = True
+                    continue
+                try:
+                    sub_keys[sub](value)
+                except ValueError as exc:
+                    problems.add(f"defaults.{key}.{sub}", str(exc))
+                    bad = True
+            if bad:
+                continue
+        valid[key] = raw
+    return valid
 
 
 def _merge(defaults: dict, table: dict) -> dict:

@@ -44,12 +44,11 @@ class _Renderer:
     """Jinja environments plus a per-load cache, so each template string compiles once."""
 
     def __init__(self) -> None:
-        self.plain = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+        self.plain = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                          finalize=lambda v: _text(v) if isinstance(v, bool) else v)
         self.placeholders = _Placeholders()
         self.argv = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
                                          finalize=self.placeholders)
-        self.quoted = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                           finalize=lambda v: shlex.quote(_text(v)))
         self._cache: dict[tuple[int, str], Any] = {}
         self._splits: dict[str, tuple[str, ...]] = {}
         self._paths: dict[str, str] = {}
@@ -75,8 +74,12 @@ class _Renderer:
             key = (0, whole.group(1))
             expression = self._cache.get(key)
             if expression is None:
-                expression = self._cache[key] = self.plain.compile_expression(whole.group(1))
-            return expression(**context)
+                expression = self._cache[key] = self.plain.compile_expression(
+                    whole.group(1), undefined_to_none=False)
+            value = expression(**context)
+            if isinstance(value, jinja2.Undefined):
+                value._fail_with_undefined_error()  # StrictUndefined: raises UndefinedError
+            return value
         return self.text(source, context)
 
     def command(self, source: str, context: dict[str, Any]) -> tuple[str, ...]:
@@ -100,7 +103,40 @@ class _Renderer:
         return resolved
 
     def shell(self, source: str, context: dict[str, Any]) -> str:
-        return self._compiled(self.quoted, source).render(context)
+        """A `shell = true` command: each value escaped for the quoting it sits in."""
+        self.placeholders.values = []
+        rendered = self._compiled(self.argv, source).render(context)
+        return shell_substitute(rendered, [_text(v) for v in self.placeholders.values])
+
+
+def shell_substitute(rendered: str, values: list[str]) -> str:
+    """Put values back into a shell command so the shell reads each as literal text: bare
+    values are shell-quoted, values inside '...' or "..." are escaped for those quotes (pure)."""
+    out: list[str] = []
+    quote = ""  # "", "'" or '"': the quoting in force at this point of the template
+    i = 0
+    while i < len(rendered):
+        char = rendered[i]
+        if char == "\x00":
+            end = rendered.index("\x00", i + 1)
+            value = values[int(rendered[i + 1:end])]
+            if quote == "'":
+                out.append(value.replace("'", "'\\''"))
+            elif quote == '"':
+                out.append(re.sub(r'([$`"\\])', r"\\\1", value))
+            else:
+                out.append(shlex.quote(value))
+            i = end + 1
+            continue
+        if char == "\\" and quote != "'" and i + 1 < len(rendered):
+            out.append(rendered[i:i + 2])
+            i += 2
+            continue
+        if char in "'\"" and (not quote or quote == char):
+            quote = "" if quote else char
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def _text(value: Any) -> str:

@@ -48,6 +48,11 @@ class Instance:
         self.tracked = 0                  # reload operations waiting on this slot's stop
         self.limit_kill = False           # the worker ended itself for a limit (no backoff)
         self.rollout: Any = None          # the Rollout this instance is part of, if any
+        self.limit_timers: dict[str, Timer] = {}  # lifetime, request and watchdog deadlines
+        self.speaks_notify = False        # sent READY=1 or ORCH_BEGIN=1 in this run
+        self.counts_requests = False      # sent ORCH_BEGIN=1 in this run
+        self.start_ticks: int | None = None  # /proc start time of the current pid (state file)
+        self.cpu_sample: tuple[float, int] | None = None  # (monotonic, ticks) at the last status
 
     @property
     def name(self) -> str:

@@ -17,7 +17,11 @@ from .control import Connection, ControlError, ControlServer
 from .errors import ConfigError, OrchError
 from .expand import expand
 from .logs import Echo
+from .limits import Limits
 from .loop import EventLoop
+from .notify import NotifyServer
+from .orphans import state_path, write_state
+from .procfs import start_time
 from .plan import describe, reconcile
 from .spawner import SpawnerClient
 from .spec import ProcessSpec
@@ -81,10 +85,17 @@ class Master:
         self.reload_queued = False
         self.config_bytes: bytes | None = None
         echo = None if quiet else Echo()
-        self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo)
+        self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
+        self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
+        self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
+        self.supervisor.on_update_hooks.append(self.limits.policy_changed)
+        self.notify: NotifyServer | None = None
         self.supervisor.on_idle = self._ops_idle
         self.supervisor.on_spawner_lost = self._spawner_lost
         self.supervisor.on_exit_hooks.append(lambda inst: self._check_done())
+        self.supervisor.on_exit_hooks.append(lambda inst: self._state_changed())
+        self.supervisor.on_start_hooks.append(lambda inst: self._state_changed())
+        self._state_timer: Any = None
         self.control: ControlServer | None = None
         self.watcher: Any = None
         self._initial_specs = specs
@@ -102,6 +113,7 @@ class Master:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self.control = ControlServer(loop, self.settings.control_socket, self._command)
+        self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify)
         self._remember_file()
         if self.settings.watch:
             self._start_watcher()
@@ -191,6 +203,23 @@ class Master:
         self._finishing = True
         self.loop.call_later(2.0, self.loop.stop)
 
+    def _state_changed(self) -> None:
+        # Coalesced: one write for a burst of starts and exits, never on the spawn path itself.
+        if self._state_timer is None:
+            self._state_timer = self.loop.call_later(0.05, self._write_state)
+
+    def _write_state(self) -> None:
+        self._state_timer = None
+        groups = []
+        for inst in self.supervisor.by_pid.values():
+            if inst.start_ticks is None and inst.pid is not None:
+                inst.start_ticks = start_time(inst.pid)
+            groups.append((inst.pid, inst.start_ticks))
+        try:
+            write_state(self.settings.pidfile, self.spawner.pid, groups)
+        except OSError as exc:
+            log.warning("cannot write the state file: %s", exc)
+
     def _reopen_logs(self, signum: int) -> None:
         for inst in self.supervisor.instances.values():
             inst.logfile.reopen()
@@ -201,8 +230,14 @@ class Master:
             self.watcher.stop()
         if self.control is not None:
             self.control.close()
+        if self.notify is not None:
+            self.notify.close()
         for inst in self.supervisor.instances.values():
             inst.logfile.close()
+        if self._state_timer is not None:
+            self._state_timer.cancel()
+        if not self.exit_code:
+            state_path(self.settings.pidfile).unlink(missing_ok=True)
         self.lock.release()
         self.loop.close()
         log.info("master %d exited", os.getpid())
@@ -280,6 +315,8 @@ class Master:
                             "a restart of the master", key, before, after)
         if new.log_level != old.log_level:
             set_log_level(new.log_level)
+        if new.check_interval != old.check_interval:
+            self.limits.set_check_interval(new.check_interval)
         if new.watch != old.watch:
             if new.watch and self.watcher is None:
                 self._start_watcher()
@@ -311,7 +348,7 @@ class Master:
             "reloads": self.reload_count,
             "last_reload_error": self.last_reload_error,
             "stopping": self._stopping,
-            "instances": self.supervisor.status(names),
+            "instances": self.supervisor.status(names, usage=True),
         }
 
     def cmd_reload(self, conn: Connection) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class SpawnRequest:
     env: dict[str, str]
     inherit_env: bool
     cwd: str
+    preload: tuple[str, tuple[str, ...]] | None = None  # (target, pythonpath): fork from a zygote
 
 
 class SpawnerClient:
@@ -139,6 +140,8 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         self.errpipes: dict[int, int] = {}  # errpipe read fd -> pid
         self.pid_errpipe: dict[int, int] = {}
         self.selector = selectors.DefaultSelector()
+        self.zygotes: dict[tuple[str, tuple[str, ...]], _ZygoteHandle] = {}
+        self.zygote_children: dict[int, _ZygoteHandle] = {}
         self.devnull = os.open(os.devnull, os.O_RDWR)
         os.set_inheritable(self.devnull, False)
 
@@ -162,6 +165,8 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
                     if not self._from_master():
                         self._kill_everything()
                         return
+                elif isinstance(key.data, _ZygoteHandle):
+                    self._from_zygote(key.data)
                 elif key.data == "sigchld":
                     try:
                         wake_r.recv(4096)
@@ -202,22 +207,91 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         try:
             if group:
                 os.killpg(pid, signum)  # the group outlives its leader while members remain
-            elif pid in self.children:
+            elif pid in self.children or pid in self.zygote_children:
                 os.kill(pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
 
     def _spawn_all(self, requests: list[SpawnRequest], fds: list[int]) -> None:
         spawned, failed = [], []
+        preloaded: dict[tuple[str, tuple[str, ...]], list[tuple[SpawnRequest, int]]] = {}
         for request, out in zip(requests, fds):
+            if request.preload is not None:
+                preloaded.setdefault(request.preload, []).append((request, out))
+                continue
             try:
                 spawned.append((request.token, self._spawn_one(request, out)))
             except OSError as exc:
                 failed.append((request.token, f"fork failed: {exc.strerror}"))
+        for key, items in preloaded.items():
+            failed += self._to_zygote(key, items)
         if spawned:
             self._send(("spawned", spawned))
         if failed:
             self._send(("failed", failed))
+
+    # --- zygotes: preloaded Python workers -----------------------------------------------
+    def _to_zygote(self, key: tuple[str, tuple[str, ...]],
+                   items: list[tuple[SpawnRequest, int]]) -> list[tuple[int, str]]:
+        from .zygote import start_zygote
+        zygote = self.zygotes.get(key)
+        try:
+            if zygote is None:
+                pid, sock = start_zygote(*key)
+                zygote = self.zygotes[key] = _ZygoteHandle(key, pid, sock)
+                self.selector.register(sock, selectors.EVENT_READ, zygote)
+            message = pickle.dumps(("fork", [(r.token, r) for r, _ in items]))
+            socket.send_fds(zygote.sock, [message], [out for _, out in items])
+        except OSError as exc:
+            return [(r.token, f"preload zygote: {exc}") for r, _ in items]
+        zygote.pending.update(r.token for r, _ in items)
+        return []
+
+    def _from_zygote(self, zygote: "_ZygoteHandle") -> None:
+        try:
+            data = zygote.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._zygote_gone(zygote)
+            return
+        message = pickle.loads(data)
+        kind = message[0]
+        if kind == "import_failed":
+            zygote.error = message[1]
+            return
+        if kind == "spawned":
+            for token, pid in message[1]:
+                zygote.pending.discard(token)
+                zygote.children.add(pid)
+                self.zygote_children[pid] = zygote
+        elif kind == "failed":
+            for token, _ in message[1]:
+                zygote.pending.discard(token)
+        elif kind == "exited":
+            for pid, _ in message[1]:
+                zygote.children.discard(pid)
+                self.zygote_children.pop(pid, None)
+        self._send(message)
+
+    def _zygote_gone(self, zygote: "_ZygoteHandle") -> None:
+        """Its workers die with it (PDEATHSIG): report them, and fail what it never forked."""
+        self.selector.unregister(zygote.sock)
+        zygote.sock.close()
+        self.zygotes.pop(zygote.key, None)
+        error = zygote.error or "the preload zygote exited"
+        if zygote.pending:
+            self._send(("failed", [(token, error) for token in zygote.pending]))
+        if zygote.children:
+            for pid in zygote.children:
+                self.zygote_children.pop(pid, None)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self._send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
 
     def _spawn_one(self, request: SpawnRequest, out: int) -> int:
         env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
@@ -296,7 +370,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
 
     def _kill_everything(self) -> None:
         """Master gone: SIGKILL every group, then any orphan reparented to us, and reap all."""
-        for pid in list(self.children):
+        for pid in list(self.children) + list(self.zygote_children):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -316,6 +390,18 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
             if not remaining:
                 return
             time.sleep(0.002)  # SIGKILLed children need a moment before they can be reaped
+
+
+class _ZygoteHandle:  # pragma: no cover - runs in the helper
+    """The spawner's view of one zygote."""
+
+    def __init__(self, key: tuple[str, tuple[str, ...]], pid: int, sock: socket.socket):
+        self.key = key
+        self.pid = pid
+        self.sock = sock
+        self.pending: set[int] = set()
+        self.children: set[int] = set()
+        self.error: str | None = None
 
 
 def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper

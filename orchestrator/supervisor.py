@@ -21,6 +21,7 @@ from .instance import Instance, describe_exit
 from .logs import Echo, LogFile, log_path
 from .loop import EventLoop
 from .plan import Plan, Running
+from .procfs import CLOCK_TICKS, cpu_ticks, tree_rss
 from .rollout import Rollout
 from .spawner import SpawnerClient, SpawnRequest
 from .spec import ProcessSpec
@@ -51,6 +52,7 @@ class Supervisor:
         self.on_exit_hooks: list[Callable[[Instance], None]] = []
         self.on_start_hooks: list[Callable[[Instance], None]] = []
         self.on_spawner_lost: Callable[[], None] | None = None
+        self.on_update_hooks: list[Callable[[Instance], None]] = []
         self.shutting_down = False
         self.rollouts: set[Rollout] = set()
         loop.add_reader(spawner.fileno(), self._on_spawner)
@@ -91,8 +93,11 @@ class Supervisor:
             inst = self.instances[spec.name]
             if inst.next_spec is not None:
                 inst.next_spec = spec
-            else:
-                inst.spec = spec
+                continue
+            inst.spec = spec
+            inst.logfile.max_size, inst.logfile.backups = spec.policy.log_max_size, spec.policy.log_backups
+            for hook in self.on_update_hooks:
+                hook(inst)
 
     def _new_instance(self, spec: ProcessSpec) -> Instance:
         policy = spec.policy
@@ -160,7 +165,12 @@ class Supervisor:
             env["ORCH_INSTANCE"] = spec.name
             if self.notify_socket:
                 env["NOTIFY_SOCKET"] = self.notify_socket
-            requests.append(SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd))
+            if spec.policy.max_requests:
+                env["ORCH_MAX_REQUESTS"] = str(spec.policy.max_requests)
+            if spec.policy.timeout:
+                env["WATCHDOG_USEC"] = str(int(spec.policy.timeout * 1e6))
+            preload = (spec.python.target, spec.python.pythonpath) if spec.python and spec.python.preload else None
+            requests.append(SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload))
             outputs.append(write_end)
         try:
             if requests:
@@ -295,6 +305,9 @@ class Supervisor:
         inst.requests = 0
         inst.busy_since = None
         inst.last_watchdog = None
+        inst.speaks_notify = inst.counts_requests = False
+        inst.cpu_sample = None
+        inst.start_ticks = None
         self.by_pid[pid] = inst
         log.info("%s[%d] started", inst.name, pid)
         if inst.state is State.STOPPING:  # asked to stop while the spawn was in flight
@@ -373,8 +386,20 @@ class Supervisor:
             if inst.pid is not None:
                 self.send_signal(inst, signal.SIGKILL)
 
-    def status(self, names: Iterable[str] | None = None) -> list[dict]:
-        chosen = self.instances.values() if names is None else (self.instances[n] for n in names)
+    def status(self, names: Iterable[str] | None = None, usage: bool = False) -> list[dict]:
+        """Status rows; with `usage`, fresh RSS (whole tree) and CPU % read from /proc."""
+        chosen = self.instances.values() if names is None else [self.instances[n] for n in names]
+        if usage:
+            now = time.monotonic()
+            for inst in chosen:
+                if inst.pid is not None:
+                    inst.rss = tree_rss(inst.pid)
+                    ticks = cpu_ticks(inst.pid)
+                    since, before = inst.cpu_sample or (inst.started_at, 0)
+                    elapsed = now - since
+                    if elapsed > 0:
+                        inst.cpu_percent = 100.0 * (ticks - before) / CLOCK_TICKS / elapsed
+                    inst.cpu_sample = (now, ticks)
         return [inst.status() for inst in chosen]
 
 

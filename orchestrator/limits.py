@@ -1,0 +1,194 @@
+"""Per-instance limits: memory (sampled every check_interval), max_lifetime, and, from the
+notify protocol, timeout and max_requests.
+
+Event-driven: lifetime, request and watchdog deadlines are timers armed when something
+happens; only memory needs sampling, and the sampling timer runs only while some instance
+has a memory limit. A soft-limit breach must be seen on two samples in a row (a brief
+spike does not recycle a worker); a hard-limit breach acts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+from .config import Policy
+from .instance import Instance
+from .loop import EventLoop, Timer
+from .procfs import process_group, tree_rss
+from .states import State
+from .units import format_size
+
+log = logging.getLogger("orch")
+SOFT_SAMPLES = 2
+LIFETIME_JITTER = 0.1
+GRACEFUL_REASONS = ("memory_soft", "max_lifetime", "max_requests")
+
+
+def memory_verdict(policy: Policy, rss: int, over_soft: int) -> tuple[str | None, int]:
+    """(limit to act on or None, consecutive samples over the soft limit) for one sample (pure)."""
+    if policy.memory_hard is not None and rss > policy.memory_hard:
+        return "memory_hard", over_soft
+    if policy.memory_soft is not None and rss > policy.memory_soft:
+        over_soft += 1
+        return ("memory_soft" if over_soft >= SOFT_SAMPLES else None), over_soft
+    return None, 0
+
+
+def lifetime_delay(max_lifetime: float, rng: random.Random | None = None) -> float:
+    """Up to 10% early, so replicas started together do not all recycle together (pure)."""
+    return max_lifetime * (1 - (rng or random).uniform(0, LIFETIME_JITTER))
+
+
+class Limits:
+    """Arms and checks every limit; acts through the supervisor's stop and kill."""
+
+    def __init__(self, supervisor: Any, loop: EventLoop, check_interval: float):
+        self.supervisor = supervisor
+        self.loop = loop
+        self.check_interval = check_interval
+        self._sampler: Timer | None = None
+        supervisor.on_start_hooks.append(self.on_start)
+        supervisor.on_exit_hooks.append(self.on_exit)
+
+    # --- lifecycle hooks ------------------------------------------------------------
+    def on_start(self, inst: Instance) -> None:
+        inst.over_soft = 0
+        self._arm_lifetime(inst)
+        if inst.spec.policy.memory_hard or inst.spec.policy.memory_soft:
+            self.ensure_sampling()
+
+    def on_exit(self, inst: Instance) -> None:
+        for timer in inst.limit_timers.values():
+            timer.cancel()
+        inst.limit_timers.clear()
+
+    def policy_changed(self, inst: Instance) -> None:
+        """A reload changed the policy in place: re-arm deadlines with the new values."""
+        if inst.pid is not None:
+            self._arm_lifetime(inst)
+        self.ensure_sampling()
+
+    def _arm(self, inst: Instance, key: str, delay: float, check: Any) -> None:
+        old = inst.limit_timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        pid = inst.pid
+
+        def fire() -> None:
+            inst.limit_timers.pop(key, None)
+            if inst.pid == pid and inst.state is State.RUNNING:
+                check()
+        inst.limit_timers[key] = self.loop.call_later(delay, fire)
+
+    def _arm_lifetime(self, inst: Instance) -> None:
+        lifetime = inst.spec.policy.max_lifetime
+        if lifetime:
+            remaining = lifetime_delay(lifetime) - inst.uptime()
+            self._arm(inst, "lifetime", remaining,
+                      lambda: self.enforce(inst, "max_lifetime", f"up {inst.uptime():.1f}s"))
+        else:
+            old = inst.limit_timers.pop("lifetime", None)
+            if old is not None:
+                old.cancel()
+
+    # --- notify protocol --------------------------------------------------------------
+    def instance_for(self, pid: int) -> Instance | None:
+        inst = self.supervisor.by_pid.get(pid)
+        if inst is None:
+            group = process_group(pid)
+            inst = self.supervisor.by_pid.get(group) if group else None
+        return inst
+
+    def on_notify(self, pid: int, fields: dict[str, str]) -> None:
+        inst = self.instance_for(pid)
+        if inst is None:
+            return
+        policy = inst.spec.policy
+        if "STATUS" in fields:
+            inst.notify_status = fields["STATUS"]
+        if fields.get("READY") == "1":
+            inst.speaks_notify = True
+            self.supervisor.mark_ready(inst)
+            self._arm_watchdog(inst)
+        if fields.get("WATCHDOG") == "1":
+            inst.last_watchdog = time.monotonic()
+            self._arm_watchdog(inst)
+        if fields.get("ORCH_BEGIN") == "1":
+            inst.speaks_notify = inst.counts_requests = True
+            watchdog = inst.limit_timers.pop("watchdog", None)
+            if watchdog is not None:  # it reports requests: timeout is per request, not a heartbeat
+                watchdog.cancel()
+            inst.busy_since = time.monotonic()
+            if policy.timeout:
+                self._arm(inst, "request", policy.timeout,
+                          lambda: self.enforce(inst, "timeout", f"one request ran over {policy.timeout:g}s"))
+        if fields.get("ORCH_END") == "1" or fields.get("ORCH_IDLE") == "1":
+            inst.busy_since = None
+            timer = inst.limit_timers.pop("request", None)
+            if timer is not None:
+                timer.cancel()
+            if fields.get("ORCH_END") == "1":
+                inst.requests += 1
+                if policy.max_requests and inst.requests >= policy.max_requests:
+                    self.enforce(inst, "max_requests", f"{inst.requests} requests handled")
+        if "ORCH_LIMIT" in fields:  # the worker ends itself; restart it at once when it exits
+            inst.limit_kill = True
+            inst.last_reason = fields["ORCH_LIMIT"] or "limit"
+
+    def _arm_watchdog(self, inst: Instance) -> None:
+        """`timeout` for a READY=1 worker that does not report requests: WATCHDOG=1 that often."""
+        timeout = inst.spec.policy.timeout
+        if timeout and not inst.counts_requests:
+            self._arm(inst, "watchdog", timeout,
+                      lambda: self.enforce(inst, "timeout", f"no WATCHDOG=1 for {timeout:g}s"))
+
+    # --- memory -------------------------------------------------------------------------
+    def ensure_sampling(self) -> None:
+        if self._sampler is None and self._any_memory_limit():
+            self._sampler = self.loop.call_later(self.check_interval, self._sample)
+
+    def set_check_interval(self, seconds: float) -> None:
+        self.check_interval = seconds
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        self.ensure_sampling()
+
+    def _any_memory_limit(self) -> bool:
+        return any(i.spec.policy.memory_soft or i.spec.policy.memory_hard
+                   for i in self.supervisor.instances.values())
+
+    def _sample(self) -> None:
+        self._sampler = None
+        watched = 0
+        for inst in list(self.supervisor.instances.values()):
+            policy = inst.spec.policy
+            if inst.pid is None or inst.state is not State.RUNNING or \
+                    not (policy.memory_soft or policy.memory_hard):
+                continue
+            watched += 1
+            size = tree_rss(inst.pid)
+            inst.rss = size
+            verdict, inst.over_soft = memory_verdict(policy, size, inst.over_soft)
+            if verdict is not None:
+                limit = policy.memory_hard if verdict == "memory_hard" else policy.memory_soft
+                self.enforce(inst, verdict, f"RSS {format_size(size)} over {format_size(limit or 0)}")
+        if watched or self._any_memory_limit():
+            self._sampler = self.loop.call_later(self.check_interval, self._sample)
+
+    # --- acting ---------------------------------------------------------------------------
+    def enforce(self, inst: Instance, reason: str, detail: str) -> None:
+        """Recycle an instance for a limit: graceful for soft limits, SIGKILL for hard ones."""
+        if inst.state is not State.RUNNING or inst.pid is None:
+            return
+        inst.limit_kills[reason] = inst.limit_kills.get(reason, 0) + 1
+        if reason in GRACEFUL_REASONS:
+            log.warning("%s[%d] %s (%s): graceful stop, then restart", inst.name, inst.pid, reason, detail)
+            self.supervisor.stop(inst, then="restart", reason=reason)
+        else:
+            log.warning("%s[%d] %s (%s): SIGKILL to its process group, then restart",
+                        inst.name, inst.pid, reason, detail)
+            self.supervisor.kill_now(inst, reason)

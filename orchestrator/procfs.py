@@ -1,0 +1,81 @@
+"""Cheap reads of /proc: raw os.read on small files, no per-sample process objects."""
+
+from __future__ import annotations
+
+import os
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 is the state)."""
+    try:
+        data = _read(f"/proc/{pid}/stat")
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; guards against recycled pids."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def process_group(pid: int) -> int | None:
+    fields = stat_fields(pid)
+    return int(fields[2]) if fields else None
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = stat_fields(pid)
+    return int(fields[11]) + int(fields[12]) if fields else 0
+
+
+def rss(pid: int) -> int:
+    """Resident set size in bytes (0 if gone)."""
+    try:
+        return int(_read(f"/proc/{pid}/statm").split()[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def children(pid: int) -> list[int]:
+    pids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                pids += [int(p) for p in _read(f"/proc/{pid}/task/{tid}/children").split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return pids
+
+
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children(current)
+    return found
+
+
+def tree_rss(pid: int) -> int:
+    """RSS of a whole process tree, in bytes."""
+    return sum(rss(p) for p in tree(pid))
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]

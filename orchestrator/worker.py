@@ -1,0 +1,151 @@
+"""The Python worker API: subclass `Worker`, point a template's `target` at it.
+
+    class QueueWorker(Worker):
+        def init(self): ...          # once, in the child, before the loop
+        def run(self) -> bool: ...   # one unit of work; True counts one request
+        def after_run(self): ...     # on normal end or graceful stop (not on SIGKILL)
+
+The runtime tells the master what it does over the notify protocol (`NOTIFY_SOCKET`):
+READY=1 after init(), ORCH_BEGIN=1 / ORCH_END=1 around each counted run() (the master
+enforces `timeout` and `max_requests` from these), and ORCH_LIMIT=max_requests when it
+stops itself after its last allowed request. SIGTERM finishes the current run(), calls
+after_run() and exits 0. Run directly as `python -m orchestrator.worker --target mod:Class`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+
+class Worker:
+    """Base class for Python workers run by orch."""
+
+    def __init__(self, name: str, kwargs: dict[str, Any], log: logging.Logger):
+        self.name = name
+        self.kwargs = kwargs
+        self.log = log
+
+    def init(self) -> None:
+        """Set up connections and state, once, in the child."""
+
+    def run(self) -> bool:
+        """Do one unit of work; return True when it handled a request."""
+        raise NotImplementedError
+
+    def after_run(self) -> None:
+        """Clean up after the loop ends (normal end or graceful stop)."""
+
+
+def notify(message: str) -> None:
+    """Send a notify datagram (systemd's sd_notify protocol) if NOTIFY_SOCKET is set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError:
+            pass  # the master may be gone; never fail the worker for it
+
+
+def load_target(target: str, pythonpath: list[str]) -> type[Worker]:
+    """Import `module:Class` with the config's folder (and `pythonpath`) first on sys.path."""
+    for entry in reversed(pythonpath):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in (attr or "Worker").split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Worker)):
+        raise TypeError(f"{target} is not a subclass of orchestrator.worker.Worker")
+    return obj
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.worker")
+    parser.add_argument("--target", required=True, help="module:Class")
+    parser.add_argument("--name", default="worker")
+    parser.add_argument("--kwargs", default="{}", help="JSON object")
+    parser.add_argument("--check-point", type=float, default=0.0, help="pause between run() calls")
+    parser.add_argument("--pythonpath", action="append", default=[])
+    return parser.parse_args(argv)
+
+
+def _logger(name: str) -> logging.Logger:
+    log = logging.getLogger(f"orch.worker.{name}")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)  # stdout is the instance's log, rotated by the master
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+def serve(cls: type[Worker], args: argparse.Namespace) -> int:
+    """The worker loop; returns the exit code."""
+    try:
+        import setproctitle
+        setproctitle.setproctitle(f"orch: {args.name}")
+    except ImportError:
+        pass
+    stopping = False
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    max_requests = int(os.environ.get("ORCH_MAX_REQUESTS") or 0)
+    worker = cls(args.name, json.loads(args.kwargs), _logger(args.name))
+    worker.init()
+    notify("READY=1")
+    handled = 0
+    try:
+        while not stopping:
+            notify("ORCH_BEGIN=1")
+            counted = bool(worker.run())
+            notify("ORCH_END=1" if counted else "ORCH_IDLE=1")
+            handled += counted
+            if max_requests and handled >= max_requests:
+                notify("ORCH_LIMIT=max_requests")
+                break
+            if args.check_point > 0 and not stopping:
+                select.select([wake_r], [], [], args.check_point)  # a SIGTERM cuts the pause short
+    finally:
+        notify("STOPPING=1")
+        worker.after_run()
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None, cls: type[Worker] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if cls is None:
+        cls = load_target(args.target, args.pythonpath)
+    return serve(cls, args)
+
+
+if __name__ == "__main__":
+    # Run as `python -m`, this file is `__main__`; user classes subclass the importable
+    # `orchestrator.worker.Worker`, so hand over to that module.
+    from orchestrator.worker import main as _main
+    sys.exit(_main())
