@@ -20,6 +20,7 @@ from .logs import Echo
 from .limits import Limits
 from .loop import EventLoop
 from .notify import NotifyServer
+from .worker import notify
 from .orphans import state_path, write_state
 from .procfs import start_time
 from .plan import describe, reconcile
@@ -90,6 +91,13 @@ class Master:
         self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
         self.supervisor.on_update_hooks.append(self.limits.policy_changed)
         self.notify: NotifyServer | None = None
+        self.metrics: Any = None
+        self.reload_failures = 0
+        self.last_reload_seconds = 0.0
+        self._service_ready = False
+        self._service_timer: Any = None
+        self.supervisor.on_start_hooks.append(lambda inst: self._service_status())
+        self.supervisor.on_exit_hooks.append(lambda inst: self._service_status())
         self.supervisor.on_idle = self._ops_idle
         self.supervisor.on_spawner_lost = self._spawner_lost
         self.supervisor.on_exit_hooks.append(lambda inst: self._check_done())
@@ -114,11 +122,16 @@ class Master:
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self.control = ControlServer(loop, self.settings.control_socket, self._command)
         self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify)
+        if self.settings.metrics:
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
+            log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
         self._remember_file()
         if self.settings.watch:
             self._start_watcher()
         plan = reconcile(self._initial_specs, {})
         self.supervisor.apply(plan)
+        self.loop.call_soon(self._service_status)  # an empty fleet is ready at once
         self.applied_at = time.time()
         log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
                  len(plan.start), self.config.path)
@@ -144,6 +157,8 @@ class Master:
 
     def shutdown(self) -> None:
         """Graceful stop of every instance, bounded by graceful_timeout, then exit."""
+        if os.environ.get("NOTIFY_SOCKET"):
+            notify("STOPPING=1")
         self._stopping = True
         self.supervisor.stop_all()
         self.loop.call_later(self.settings.graceful_timeout, self._graceful_deadline)
@@ -220,6 +235,38 @@ class Master:
         except OSError as exc:
             log.warning("cannot write the state file: %s", exc)
 
+    # --- the master as a service (systemd Type=notify) ---------------------------------------
+    def _service_status(self) -> None:
+        """READY=1 once every instance was started, then STATUS= counts (at most once a second)."""
+        if not os.environ.get("NOTIFY_SOCKET") or self._stopping:
+            return
+        if not self._service_ready:
+            if any(i.state is State.STARTING for i in self.supervisor.instances.values()):
+                return
+            self._service_ready = True
+            notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={self._counts_text()}")
+            return
+        if self._service_timer is None:
+            self._service_timer = self.loop.call_later(1.0, self._send_service_status)
+
+    def _send_service_status(self) -> None:
+        self._service_timer = None
+        notify(f"STATUS={self._counts_text()}")
+
+    def _counts_text(self) -> str:
+        counts: dict[str, int] = {}
+        for inst in self.supervisor.instances.values():
+            counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances"
+
+    def _metrics_text(self) -> str:
+        from .metrics import render_metrics
+        rows = self.supervisor.status(usage=True)
+        return render_metrics(rows, {"orch_reloads_total": self.reload_count,
+                                     "orch_reload_failures_total": self.reload_failures,
+                                     "orch_last_reload_seconds": self.last_reload_seconds,
+                                     "orch_instances": len(rows)})
+
     def _reopen_logs(self, signum: int) -> None:
         for inst in self.supervisor.instances.values():
             inst.logfile.reopen()
@@ -232,6 +279,8 @@ class Master:
             self.control.close()
         if self.notify is not None:
             self.notify.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for inst in self.supervisor.instances.values():
             inst.logfile.close()
         if self._state_timer is not None:
@@ -279,6 +328,7 @@ class Master:
         try:
             config, specs = self.load()
         except ConfigError as exc:
+            self.reload_failures += 1
             self.last_reload_error = str(exc)
             self._remember_file()
             log.error("reload (%s) failed; nothing changed, every process keeps running:\n%s", origin, exc)
@@ -297,6 +347,7 @@ class Master:
         self.applied_at = time.time()
         self.reload_count += 1
         took = (time.perf_counter() - began) * 1000
+        self.last_reload_seconds = took / 1000
         counts = plan.counts()
         log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
                  counts["stop"], counts["restart"], counts["update"], counts["keep"], took)

@@ -1,0 +1,92 @@
+"""Optional Prometheus text endpoint (`[orchestrator] metrics = "127.0.0.1:9108"`), served in
+the loop: non-blocking sockets, one short response per connection, never a thread."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Callable
+
+from .loop import EventLoop
+
+log = logging.getLogger("orch")
+MAX_REQUEST = 8192
+
+
+def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
+    """The exposition text for status rows plus master counters (pure)."""
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    lines = []
+    series = (
+        ("orch_instance_up", "gauge", "1 when the instance has a running process",
+         lambda r: 1 if r["state"] == "running" else 0),
+        ("orch_instance_restarts_total", "counter", "restarts of the instance", lambda r: r["restarts"]),
+        ("orch_instance_rss_bytes", "gauge", "resident memory of the instance's process tree",
+         lambda r: r["rss"] or 0),
+        ("orch_instance_cpu_percent", "gauge", "CPU use since the previous sample, % of one core",
+         lambda r: r["cpu"] or 0),
+        ("orch_instance_requests", "gauge", "requests handled by the current process", lambda r: r["requests"]),
+    )
+    for name, kind, text, value in series:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{name="{esc(r["name"])}",template="{esc(r["template"])}"}} {value(r)}' for r in rows]
+    lines += ["# HELP orch_instance_limit_kills_total recycles for a limit, by reason",
+              "# TYPE orch_instance_limit_kills_total counter"]
+    for r in rows:
+        for reason, count in sorted(r["limit_kills"].items()):
+            lines.append(f'orch_instance_limit_kills_total{{name="{esc(r["name"])}",reason="{reason}"}} {count}')
+    for name, value in sorted(master.items()):
+        kind = "counter" if name.endswith("_total") else "gauge"
+        lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    """Answers any GET with the current metrics."""
+
+    def __init__(self, loop: EventLoop, address: str, collect: Callable[[], str]):
+        host, _, port = address.rpartition(":")
+        self.loop = loop
+        self.collect = collect
+        self.sock = socket.create_server((host.strip("[]") or "127.0.0.1", int(port)), reuse_port=False)
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()
+        loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            client.setblocking(False)
+            buffer = bytearray()
+            self.loop.add_reader(client.fileno(), lambda c=client, b=buffer: self._read(c, b))
+
+    def _read(self, client: socket.socket, buffer: bytearray) -> None:
+        try:
+            data = client.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        buffer.extend(data)
+        if data and b"\r\n\r\n" not in buffer and len(buffer) < MAX_REQUEST:
+            return
+        self.loop.remove_reader(client.fileno())
+        if data:
+            body = self.collect().encode()
+            head = (f"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            client.setblocking(True)
+            client.settimeout(1.0)  # a local scraper reads at once; never hold the loop longer
+            try:
+                client.sendall(head + body)
+            except OSError:
+                pass
+        client.close()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
