@@ -26,7 +26,8 @@ class LogFile:
         self.backups = backups
         self._fd = -1
         self._size = 0
-        self.open()
+        # Opened on the first write: most workers print nothing at start, and 500 eager
+        # opens are most of the master's own cost of starting 500 instances.
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,11 +35,15 @@ class LogFile:
         self._size = os.fstat(self._fd).st_size
 
     def reopen(self) -> None:
-        """For external logrotate (SIGUSR1): close and open the path again."""
+        """For external logrotate (SIGUSR1): close; the next write opens the path again."""
         self.close()
-        self.open()
 
     def write(self, data: bytes) -> None:
+        if self._fd < 0:
+            try:
+                self.open()
+            except OSError:
+                return
         if self.max_size and self._size + len(data) > self.max_size and self._size > 0:
             self.rotate()
         try:
@@ -57,7 +62,6 @@ class LogFile:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self.open()
 
     def close(self) -> None:
         if self._fd >= 0:

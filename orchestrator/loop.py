@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import os
 import selectors
 import signal
@@ -17,6 +18,7 @@ import time
 from typing import Callable
 
 Callback = Callable[[], None]
+log = logging.getLogger("orch")
 
 
 class Timer:
@@ -117,7 +119,7 @@ class EventLoop:
         for signum in dict.fromkeys(data):  # coalesce repeats, keep order
             handler = self._signal_handlers.get(signum)
             if handler is not None:
-                handler(signum)
+                self._call(lambda: handler(signum))
         while self._threadsafe:
             self._soon.append(self._threadsafe.popleft())
 
@@ -135,12 +137,20 @@ class EventLoop:
             for key, mask in self.selector.select(timeout):
                 reader, writer = key.data
                 if mask & selectors.EVENT_READ and reader is not None:
-                    reader()
+                    self._call(reader)
                 if mask & selectors.EVENT_WRITE and writer is not None:
                     fresh = self.selector.get_map().get(key.fd)  # the reader may have closed it
                     if fresh is not None and fresh.data[1] is not None:
-                        fresh.data[1]()
+                        self._call(fresh.data[1])
             self._run_timers()
+
+    @staticmethod
+    def _call(callback: Callback) -> None:
+        """Run one callback; a bug in one handler must not take the master and its fleet down."""
+        try:
+            callback()
+        except Exception:  # noqa: BLE001
+            log.exception("internal error in the event loop (the master keeps running)")
 
     def _next_timeout(self) -> float | None:
         if self._soon:
@@ -157,13 +167,13 @@ class EventLoop:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                self._call(timer.callback)
 
     def _run_soon(self) -> None:
         while self._soon:
             batch, self._soon = self._soon, []
             for callback in batch:
-                callback()
+                self._call(callback)
 
     def close(self) -> None:
         if self._old_wakeup_fd is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__
 from .config import Config, Settings, load_config
 from .control import Connection, ControlError, ControlServer
-from .errors import ConfigError, OrchError
+from .errors import ConfigError, ConfigProblem, OrchError
 from .expand import expand
 from .logs import Echo
 from .limits import Limits
@@ -109,6 +109,7 @@ class Master:
         self._initial_specs = specs
         self._finishing = False
         self._stopping = False
+        self._done_check_pending = False
         set_log_level(self.settings.log_level)
 
     # --- lifecycle ------------------------------------------------------------------
@@ -176,10 +177,13 @@ class Master:
         self._finish()
 
     def _check_done(self) -> None:
-        if self._stopping:
+        # Coalesced: one scan per wake-up, not one per exit (500 exits must not cost O(N^2)).
+        if self._stopping and not self._done_check_pending:
+            self._done_check_pending = True
             self.loop.call_soon(self._finish_if_idle)
 
     def _finish_if_idle(self) -> None:
+        self._done_check_pending = False
         if self._stopping and not self.supervisor.alive():
             self._finish()
 
@@ -327,7 +331,10 @@ class Master:
         began = time.perf_counter()
         try:
             config, specs = self.load()
-        except ConfigError as exc:
+        except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
+            if not isinstance(exc, ConfigError):
+                log.exception("reload (%s): unexpected error", origin)
+                exc = ConfigError([ConfigProblem(str(self.config.path), "", f"internal error: {exc!r}")])
             self.reload_failures += 1
             self.last_reload_error = str(exc)
             self._remember_file()

@@ -36,7 +36,12 @@ def _foreground(config, specs, quiet: bool) -> int:  # type: ignore[no-untyped-d
     spawner = SpawnerClient.start(f"orch: spawner {config.settings.name}")  # before any thread: see spawner.py
     _set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=quiet)
-    return master.run()
+    code = master.run()
+    # Exit now, not through interpreter finalization: `orch down` waits for the control
+    # connection to close, and it must close when this process is gone, not before.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _set_title(title: str) -> None:

@@ -19,6 +19,7 @@ import errno
 import os
 import pickle
 import selectors
+import shutil
 import signal
 import socket
 import time
@@ -87,6 +88,8 @@ class SpawnerClient:
                     _set_title(title)
                 _Spawner(spawner_end).run()
             except BaseException:  # noqa: BLE001 - the helper must never return into the master's code
+                import traceback
+                traceback.print_exc()
                 code = 1
             finally:
                 os._exit(code)
@@ -140,6 +143,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         self.errpipes: dict[int, int] = {}  # errpipe read fd -> pid
         self.pid_errpipe: dict[int, int] = {}
         self.selector = selectors.DefaultSelector()
+        self._which: dict[tuple[str, str], str] = {}
         self.zygotes: dict[tuple[str, tuple[str, ...]], _ZygoteHandle] = {}
         self.zygote_children: dict[int, _ZygoteHandle] = {}
         self.devnull = os.open(os.devnull, os.O_RDWR)
@@ -161,20 +165,26 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         self.selector.register(wake_r, selectors.EVENT_READ, "sigchld")
         while True:
             for key, _ in self.selector.select():
-                if key.data == "master":
-                    if not self._from_master():
-                        self._kill_everything()
-                        return
-                elif isinstance(key.data, _ZygoteHandle):
-                    self._from_zygote(key.data)
-                elif key.data == "sigchld":
-                    try:
-                        wake_r.recv(4096)
-                    except BlockingIOError:
-                        pass
-                    self._reap()
-                else:
-                    self._errpipe_ready(key.fd)
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue  # handled earlier in this batch (an errpipe closed while reaping)
+                try:
+                    if key.data == "master":
+                        if not self._from_master():
+                            self._kill_everything()
+                            return
+                    elif isinstance(key.data, _ZygoteHandle):
+                        self._from_zygote(key.data)
+                    elif key.data == "sigchld":
+                        try:
+                            wake_r.recv(4096)
+                        except BlockingIOError:
+                            pass
+                        self._reap()
+                    else:
+                        self._errpipe_ready(key.fd)
+                except Exception:  # noqa: BLE001 - one bad event must not orphan the fleet
+                    import traceback
+                    traceback.print_exc()
 
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -293,8 +303,23 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
                     pass
             self._send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
 
+    def _executable(self, program: str, env: dict[str, str]) -> str:
+        """Resolve the program once per (name, PATH), not by a PATH search in every child."""
+        if "/" in program:
+            return program
+        search = env.get("PATH", os.defpath)
+        key = (program, search)
+        path = self._which.get(key)
+        if path is None:
+            found = shutil.which(program, path=search)
+            if found is None:
+                return program  # execve fails and the error is reported; not cached
+            path = self._which[key] = found
+        return path
+
     def _spawn_one(self, request: SpawnRequest, out: int) -> int:
         env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
+        program = self._executable(request.argv[0], env)
         err_r, err_w = os.pipe()
         parent = os.getpid()
         pid = os.fork()
@@ -311,7 +336,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
                 os.dup2(out, 1)
                 os.dup2(out, 2)
                 os.chdir(request.cwd)
-                os.execvpe(request.argv[0], list(request.argv), env)
+                os.execve(program, list(request.argv), env)
             except BaseException as exc:  # noqa: BLE001
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
                 detail = f"{request.argv[0]}: {text}"
@@ -323,6 +348,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
                 finally:
                     os._exit(127)
         os.close(err_w)
+        os.set_blocking(err_r, False)
         self.children.add(pid)
         self.errpipes[err_r] = pid
         self.pid_errpipe[pid] = err_r
@@ -330,14 +356,14 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         return pid
 
     def _errpipe_ready(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1024)
+        except BlockingIOError:
+            return  # the child has not exec'd yet
         pid = self.errpipes.pop(fd)
         self.pid_errpipe.pop(pid, None)
         self.selector.unregister(fd)
-        data = b""
-        try:
-            data = os.read(fd, 1024)
-        finally:
-            os.close(fd)
+        os.close(fd)
         if data:
             self._send(("exec_failed", pid, data.decode(errors="replace")))
 

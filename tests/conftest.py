@@ -32,6 +32,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float
         time.sleep(interval)
 
 
+def text_of(path: Path) -> str:
+    """A log's text; "" before the instance has printed anything (log files open on first output)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def orch(*args: str, cwd: Path | None = None, timeout: float = 30, env: dict | None = None,
          **kw: Any) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a fresh interpreter."""

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from conftest import alive, wait_for
+from conftest import text_of, alive, wait_for
 
 PY = sys.executable
 
@@ -160,7 +160,7 @@ def test_a_command_worker_speaking_notify_is_held_to_max_requests(start_master, 
     first = master.wait_running(1)["cmd"]
     row = reason_row(master, "cmd", "max_requests")
     assert row["pid"] != first and row["notify_status"] == "warming up"
-    log = (tmp_path / ".orch/logs/cmd.log").read_text()
+    log = text_of(tmp_path / ".orch/logs/cmd.log")
     assert "request 2" in log
 
 

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from conftest import alive, orch, wait_for
+from conftest import text_of, alive, orch, wait_for
 
 FLEET = """
 [workers.w]
@@ -133,7 +133,7 @@ def test_a_policy_change_applies_in_place_without_a_restart(start_master):
     """
     master = start_master(config.format(t="60s"))
     pid = master.wait_running(1)["s"]
-    wait_for(lambda: "up" in (master.folder / ".orch/logs/s.log").read_text(), message="signal setup")
+    wait_for(lambda: "up" in text_of(master.folder / ".orch/logs/s.log"), message="signal setup")
     master.write(config.format(t="300ms"))
     wait_for(lambda: master.call("status")["reloads"] == 1, message="the reload")
     assert master.pids()["s"] == pid
@@ -216,7 +216,7 @@ def test_a_reload_during_a_reload_is_queued_and_applies_the_newest_file(start_ma
     """
     master = start_master(config.format(v=1, n=1))
     before = master.wait_running(2)
-    wait_for(lambda: "up" in (master.folder / ".orch/logs/slow.log").read_text(), message="signal setup")
+    wait_for(lambda: "up" in text_of(master.folder / ".orch/logs/slow.log"), message="signal setup")
     master.write(config.format(v=2, n=1))   # slow restart: takes stop_timeout
     wait_for(lambda: master.status()["slow"]["state"] == "stopping", message="the slow stop")
     master.write(config.format(v=2, n=2))   # arrives while the first is applied

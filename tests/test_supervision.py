@@ -9,7 +9,7 @@ import sys
 
 import psutil
 
-from conftest import alive, orch, wait_for
+from conftest import text_of, alive, orch, wait_for
 
 PY = sys.executable
 # A TOML `command = [...]` line for a child that ignores SIGTERM.
@@ -93,7 +93,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(start_master,
         stop_timeout = "0.5s"
     """)
     pid = master.wait_running(1)["stubborn"]
-    wait_for(lambda: "up" in (tmp_path / ".orch/logs/stubborn.log").read_text(), message="the child's signal setup")
+    wait_for(lambda: "up" in text_of(tmp_path / ".orch/logs/stubborn.log"), message="the child's signal setup")
     master.proc.send_signal(signal.SIGTERM)
     assert master.proc.wait(5) == 0
     assert not alive(pid)
