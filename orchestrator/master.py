@@ -110,6 +110,7 @@ class Master:
         self._finishing = False
         self._stopping = False
         self._done_check_pending = False
+        self._replacing_spawner = False
         set_log_level(self.settings.log_level)
 
     # --- lifecycle ------------------------------------------------------------------
@@ -207,20 +208,31 @@ class Master:
             if pid == 0:
                 return
             if pid == self.spawner.pid:
-                if not self._finishing:
+                if self._finishing:
+                    self.loop.stop()
+                else:
                     self._spawner_lost()
-                self.loop.stop()
 
     def _spawner_lost(self) -> None:
-        if self._finishing:
+        """The spawner died (killed from outside, or a bug). Its children died with it
+        (PDEATHSIG); start a new spawner and bring the fleet back."""
+        if self._finishing or self._replacing_spawner:
             return
-        # Its children died with it (PDEATHSIG); without a spawner nothing can be started.
-        log.error("the spawner process died unexpectedly; every instance died with it. Exiting "
-                  "so that the service manager restarts orch.")
-        self.exit_code = 1
-        self._stopping = True
-        self._finishing = True
-        self.loop.call_later(2.0, self.loop.stop)
+        self._replacing_spawner = True
+        try:
+            old = self.spawner
+            try:
+                os.waitpid(old.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
+            # Forking now that watchdog's thread exists is safe here: the new spawner runs
+            # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
+            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}")
+            self.supervisor.replace_spawner(self.spawner)
+            self._state_changed()
+        finally:
+            self._replacing_spawner = False
 
     def _state_changed(self) -> None:
         # Coalesced: one write for a burst of starts and exits, never on the spawn path itself.

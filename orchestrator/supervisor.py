@@ -372,6 +372,30 @@ class Supervisor:
             inst.restarts += 1
             self.start(inst)
 
+    def replace_spawner(self, spawner: SpawnerClient) -> None:
+        """Use a new spawner after the old one died; every process it had is gone."""
+        self.loop.remove_reader(self.spawner.fileno())
+        self.spawner.sock.close()
+        self.spawner = spawner
+        self.loop.add_reader(spawner.fileno(), self._on_spawner)
+        self.by_token.clear()
+        self.by_pid.clear()
+        self._spawn_queue.clear()
+        for inst in list(self.instances.values()):
+            if inst.state not in ALIVE:
+                continue
+            inst.pid = inst.token = None
+            inst.last_exit = "spawner died"
+            for hook in self.on_exit_hooks:
+                hook(inst)
+            if inst.state is State.STOPPING:
+                self._after_stop(inst)
+            else:
+                inst.restarts += 1
+                inst.set_state(State.STARTING)
+                self._spawn_queue.append(inst)
+        self._schedule_flush()
+
     # --- whole fleet ------------------------------------------------------------------
     def alive(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.state in ALIVE]

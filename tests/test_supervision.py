@@ -193,3 +193,25 @@ def test_a_bad_config_starts_nothing_and_exits_2(tmp_path):
     first = result.stderr.splitlines()[0]
     assert f"{config}:2:" in first and "workers.a.comand" in first and "did you mean 'command'" in first
     assert not (tmp_path / ".orch" / "orch.pid").exists()
+
+
+def test_a_killed_spawner_is_replaced_and_the_fleet_comes_back(start_master):
+    master = start_master("""
+        [workers.w]
+        command = "sleep 1000"
+        replicas = 3
+    """)
+    before = master.wait_running(3)
+    spawner = next(p for p in master.descendants() if "spawner" in " ".join(p.cmdline()))
+    os.kill(spawner.pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in before.values()), 3, message="the old fleet to die")
+
+    def back():
+        rows = master.status()
+        fresh = all(r["state"] == "running" and r["pid"] not in before.values() for r in rows.values())
+        return fresh and rows
+    rows = wait_for(back, 5, message="the fleet to come back")
+    assert all(r["restarts"] == 1 for r in rows.values())
+    assert master.proc.poll() is None and "spawner (pid" in master.stderr()
+    master.terminate()
+    assert not any(alive(r["pid"]) for r in rows.values())
