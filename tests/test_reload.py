@@ -44,7 +44,7 @@ def test_changing_one_instances_command_restarts_only_that_instance(start_master
                      message="w-7 to restart")
     after = wait_settled(master, set(before))
     assert changed(before, after) == {"w-7"}
-    assert psutil_cmdline(after["w-7"]) == ["sleep", "999"]
+    wait_for(lambda: psutil_cmdline(after["w-7"]) == ["sleep", "999"], message="the new command")
 
 
 def psutil_cmdline(pid: int) -> list[str]:
@@ -201,7 +201,8 @@ def test_rolling_restart_keeps_all_but_max_unavailable_running(start_master):
     else:
         raise AssertionError("the rollout did not finish")
     assert worst >= 3
-    assert all(psutil_cmdline(pid) == ["sleep", "2000"] for pid in master.pids().values())
+    wait_for(lambda: all(psutil_cmdline(pid) == ["sleep", "2000"] for pid in master.pids().values()),
+             message="every replica to run the new command")
 
 
 def test_a_reload_during_a_reload_is_queued_and_applies_the_newest_file(start_master):
