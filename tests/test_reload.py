@@ -242,3 +242,21 @@ def test_a_stopped_instance_stays_stopped_across_reloads(start_master):
     assert master.status()["s-1"]["state"] == "stopped"
     assert orch("start", "s-1", "-c", str(master.config)).returncode == 0
     wait_for(lambda: master.status()["s-1"]["state"] == "running", message="the start")
+
+
+def test_global_settings_apply_live_or_say_they_need_a_restart(start_master):
+    config = """
+        [orchestrator]
+        graceful_timeout = "{g}"
+        control_socket = "{sock}"
+        [workers.g]
+        command = "sleep 1000"
+    """
+    master = start_master(config.format(g="10s", sock=".orch/orch.sock"))
+    pid = master.wait_running(1)["g"]
+    master.write(config.format(g="3s", sock=".orch/other.sock"))
+    wait_for(lambda: "control_socket changed" in master.stderr(), message="the restart warning")
+    err = master.stderr()
+    assert "setting orchestrator.graceful_timeout: 10.0 -> 3.0" in err
+    assert "takes effect only after a restart" in err
+    assert master.call("ping") and master.pids()["g"] == pid  # still on the old socket, untouched

@@ -215,3 +215,27 @@ def test_a_killed_spawner_is_replaced_and_the_fleet_comes_back(start_master):
     assert master.proc.poll() is None and "spawner (pid" in master.stderr()
     master.terminate()
     assert not any(alive(r["pid"]) for r in rows.values())
+
+
+def test_sigquit_kills_everything_at_once(start_master):
+    master = start_master(f"""
+        [workers.stubborn]
+        {IGNORES_TERM}
+        stop_timeout = "30s"
+    """)
+    pid = master.wait_running(1)["stubborn"]
+    master.proc.send_signal(signal.SIGQUIT)
+    assert master.proc.wait(5) == 0
+    assert not alive(pid)
+
+
+def test_config_option_is_accepted_after_other_arguments(start_master):
+    master = start_master("""
+        [workers.c]
+        command = "sleep 1000"
+    """)
+    master.wait_running(1)
+    result = orch("status", "c", "--json", "-c", str(master.config))
+    assert result.returncode == 0, result.stderr
+    assert [row["name"] for row in json.loads(result.stdout)] == ["c"]
+    assert orch("-c", str(master.config), "status", "c").returncode == 0
