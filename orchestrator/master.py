@@ -64,6 +64,18 @@ class PidLock:
             self.fd = -1
 
 
+def _raise_fd_limit() -> None:
+    """The master holds a pipe per instance (plus /proc fds while sampling memory): the usual
+    soft limit of 1024 fds would cap a fleet at a few hundred instances."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def set_log_level(name: str) -> None:
     log.setLevel(getattr(logging, name.upper(), logging.INFO))
 
@@ -115,6 +127,7 @@ class Master:
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
+        _raise_fd_limit()  # after the spawner fork: children keep the usual limit
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self._graceful)
         loop.add_signal_handler(signal.SIGINT, self._graceful)
