@@ -145,9 +145,35 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def expand(config: Config) -> list[ProcessSpec]:
-    """Every instance the config asks for, in file order, with stable names and hashes."""
+class ExpansionCache:
+    """The specs each template gave at the last load, so a reload re-renders only the templates
+    that changed (or all of them when [vars] changed): reload work follows the edit's size."""
+
+    def __init__(self) -> None:
+        self.vars: Any = None
+        self.folder: Path | None = None
+        self.templates: dict[str, tuple[Template, list[ProcessSpec]]] = {}
+
+    def seed(self, config: Config, specs: list[ProcessSpec]) -> None:
+        """Remember an expansion made without a cache (the one `orch up` starts from)."""
+        by_template: dict[str, list[ProcessSpec]] = {t.name: [] for t in config.templates}
+        for spec in specs:
+            by_template[spec.template].append(spec)
+        self.vars, self.folder = config.vars, config.folder
+        self.templates = {t.name: (t, by_template[t.name]) for t in config.templates}
+
+    def get(self, config: Config, template: Template) -> list[ProcessSpec] | None:
+        if self.vars != config.vars or self.folder != config.folder:
+            return None
+        cached = self.templates.get(template.name)
+        return cached[1] if cached is not None and cached[0] == template else None
+
+
+def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessSpec]:
+    """Every instance the config asks for, in file order, with stable names and hashes.
+    With a `cache`, templates identical to the previous load reuse their specs."""
     renderer = _Renderer()
+    fresh: dict[str, tuple[Template, list[ProcessSpec]]] = {}
     problems: list[ConfigProblem] = []
     lines: dict[str, int] | None = None
 
@@ -170,31 +196,51 @@ def expand(config: Config) -> list[ProcessSpec]:
     seen: dict[str, str] = {}
     total = 0
     for template in config.templates:
-        combos = _combinations(template, variables, renderer, problem)
-        if combos is None:
-            continue
-        total += len(combos) * template.replicas
+        made = cache.get(config, template) if cache is not None else None
+        if made is None:
+            made = _expand_template(template, variables, config, renderer, problem)
+            if made is None:
+                continue
+        total += len(made)
         if total > config.settings.max_instances:
             problem(f"workers.{template.name}",
                     f"the config expands to more than {config.settings.max_instances} instances "
                     f"(raise orchestrator.max_instances if that is intended)")
             break
-        for params in combos:
-            for replica in range(template.replicas):
-                spec = _render(template, params, replica, variables, config.folder, renderer, problem)
-                if spec is None:
-                    continue
-                if spec.name in seen:
-                    problem(f"workers.{template.name}.name",
-                            f"duplicate instance name {spec.name!r} (also made by workers.{seen[spec.name]})")
-                    continue
-                seen[spec.name] = template.name
-                specs.append(spec)
+        fresh[template.name] = (template, made)
+        for spec in made:
+            if spec.name in seen:
+                problem(f"workers.{template.name}.name",
+                        f"duplicate instance name {spec.name!r} (also made by workers.{seen[spec.name]})")
+                continue
+            seen[spec.name] = template.name
+            specs.append(spec)
         if len(problems) > 20:
             break
     if problems:
         raise ConfigError(problems)
+    if cache is not None:  # only a load that succeeded becomes the new baseline
+        cache.vars, cache.folder, cache.templates = config.vars, config.folder, fresh
     return specs
+
+
+def _expand_template(template: Template, variables: dict[str, Any], config: Config,
+                     renderer: _Renderer, problem: Any) -> list[ProcessSpec] | None:
+    combos = _combinations(template, variables, renderer, problem)
+    if combos is None:
+        return None
+    if len(combos) * template.replicas > config.settings.max_instances:
+        problem(f"workers.{template.name}",
+                f"the template expands to {len(combos) * template.replicas} instances: more than "
+                f"{config.settings.max_instances} instances (raise orchestrator.max_instances if intended)")
+        return None
+    made: list[ProcessSpec] = []
+    for params in combos:
+        for replica in range(template.replicas):
+            spec = _render(template, params, replica, variables, config.folder, renderer, problem)
+            if spec is not None:
+                made.append(spec)
+    return made
 
 
 def _combinations(template: Template, variables: dict[str, Any], renderer: _Renderer,

@@ -15,7 +15,7 @@ from . import __version__
 from .config import Config, Settings, load_config
 from .control import Connection, ControlError, ControlServer
 from .errors import ConfigError, ConfigProblem, OrchError
-from .expand import expand
+from .expand import ExpansionCache, expand
 from .logs import Echo
 from .limits import Limits
 from .loop import EventLoop
@@ -119,6 +119,8 @@ class Master:
         self.control: ControlServer | None = None
         self.watcher: Any = None
         self._initial_specs = specs
+        self.expansions = ExpansionCache()
+        self.expansions.seed(config, specs)
         self._finishing = False
         self._stopping = False
         self._done_check_pending = False
@@ -350,7 +352,7 @@ class Master:
 
     def load(self) -> tuple[Config, list[ProcessSpec]]:
         config = load_config(self.config.path)
-        return config, expand(config)
+        return config, expand(config, self.expansions)
 
     def reload(self, origin: str) -> dict[str, Any]:
         began = time.perf_counter()

@@ -1,0 +1,56 @@
+"""Reload work follows the edit: unchanged templates reuse their specs (and stay identical)."""
+
+from __future__ import annotations
+
+import textwrap
+
+from jinja2.sandbox import SandboxedEnvironment
+
+from orchestrator.config import load_config
+from orchestrator.expand import ExpansionCache, expand
+
+BASE = """
+[vars]
+v = "{v}"
+[workers.a]
+command = "sleep 1{{{{ n }}}}"
+matrix = {{ n = [1, 2, 3] }}
+[workers.b]
+command = "sleep {b}{{{{ n }}}}"
+matrix = {{ n = [1, 2, 3] }}
+env = {{ V = "{{{{ v }}}}" }}
+"""
+
+
+def load(tmp_path, **values):
+    path = tmp_path / "workers.toml"
+    path.write_text(textwrap.dedent(BASE.format(**values)))
+    return load_config(path)
+
+
+def test_cached_expansion_equals_a_fresh_one_and_renders_only_the_changed_template(tmp_path, monkeypatch):
+    cache = ExpansionCache()
+    expand(load(tmp_path, v="x", b=2), cache)
+    renders = []
+    original = SandboxedEnvironment.from_string
+    monkeypatch.setattr(SandboxedEnvironment, "from_string",
+                        lambda self, source, *a, **k: renders.append(str(source)) or original(self, source, *a, **k))
+    config = load(tmp_path, v="x", b=3)
+    cached = expand(config, cache)
+    rendered = list(renders)
+    assert cached == expand(config)
+    assert any("sleep 3" in r for r in rendered), "template b changed and is rendered again"
+    assert not any("sleep 1" in r for r in rendered), "template a is unchanged and must not be rendered again"
+    renders.clear()
+    changed_vars = load(tmp_path, v="y", b=3)
+    assert expand(changed_vars, cache) == expand(changed_vars)
+    assert any("sleep 1" in r for r in renders), "a [vars] change re-renders every template"
+
+
+def test_seeded_cache_matches(tmp_path):
+    config = load(tmp_path, v="x", b=2)
+    specs = expand(config)
+    cache = ExpansionCache()
+    cache.seed(config, specs)
+    assert cache.get(config, config.templates[0]) == [s for s in specs if s.template == "a"]
+    assert expand(config, cache) == specs
