@@ -190,7 +190,7 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
 
 
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
-    from .logs import log_path
+    from .logs import instance_name, log_path
     import fnmatch
     settings = load_settings(path)
     files = sorted(settings.log_dir.glob("*.log"))
@@ -198,37 +198,94 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
         chosen = []
         for pattern in args.patterns:
             exact = log_path(settings.log_dir, pattern)
-            matched = [exact] if exact.exists() else [f for f in files if fnmatch.fnmatchcase(f.stem, pattern)]
+            matched = [exact] if exact.exists() else [
+                f for f in files if fnmatch.fnmatchcase(instance_name(f), pattern)]
+            if not matched:  # log files open on first output: ask the master for silent instances
+                matched = [log_path(settings.log_dir, name) for name in _instances(settings, pattern)]
             if not matched:
                 raise OrchError(f"no log matches {pattern!r} in {settings.log_dir}")
             chosen += [m for m in matched if m not in chosen]
         files = chosen
-    prefix = len(files) > 1
-    positions = {}
-    for f in files:
-        lines = f.read_bytes().decode(errors="replace").splitlines()[-args.lines:] if args.lines > 0 else []
-        for line in lines:
-            print(f"{f.stem} | {line}" if prefix else line)
-        positions[f] = f.stat().st_size
+    followers = [_LogFollower(f, instance_name(f) if len(files) > 1 else None) for f in files]
+    for follower in followers:
+        follower.tail(args.lines, keep_partial=args.follow)
     sys.stdout.flush()
     while args.follow:
         time.sleep(0.2)
-        for f in files:
-            try:
-                size = f.stat().st_size
-            except FileNotFoundError:
-                continue
-            if size < positions[f]:  # rotated or truncated
-                positions[f] = 0
-            if size > positions[f]:
-                with open(f, "rb") as handle:
-                    handle.seek(positions[f])
-                    data = handle.read()
-                positions[f] += len(data)
-                for line in data.decode(errors="replace").splitlines():
-                    print(f"{f.stem} | {line}" if prefix else line)
-                sys.stdout.flush()
+        for follower in followers:
+            follower.poll()
+        sys.stdout.flush()
     return EXIT_OK
+
+
+def _instances(settings: Any, pattern: str) -> list[str]:
+    """Names of the running master's instances matching `pattern`; [] without a master."""
+    try:
+        rows = request(settings.control_socket, "status", patterns=[pattern])["instances"]
+    except (OrchError, ControlError, OSError):
+        return []
+    return [row["name"] for row in rows]
+
+
+class _LogFollower:
+    """One instance log for `orch logs`: its tail, then (with -f) whatever is appended, across
+    rotations: the rotated-away file is read to its end before the new one is started, and a
+    line is printed only once its newline has arrived."""
+
+    def __init__(self, path: Path, label: str | None):
+        self.path = path
+        self.label = label
+        self.handle: Any = None
+        self.inode: int | None = None
+        self.pending = b""
+        self._open()
+
+    def _open(self) -> bool:
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            return False
+        self.handle = handle
+        self.inode = os.fstat(handle.fileno()).st_ino
+        return True
+
+    def _print(self, lines: list[bytes]) -> None:
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            print(f"{self.label} | {line}" if self.label else line)
+
+    def tail(self, count: int, keep_partial: bool) -> None:
+        data = self.handle.read() if self.handle is not None else b""
+        lines = data.split(b"\n")
+        last = lines.pop()  # b"" after a final newline, else a line still being written
+        if last and not keep_partial:
+            lines.append(last)
+        elif last:
+            self.pending = last
+        self._print(lines[-count:] if count > 0 else [])
+
+    def poll(self) -> None:
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            current = None  # renamed away, not recreated yet: the old file may still grow
+        data = self.handle.read() if self.handle is not None else b""
+        if current is not None and current != self.inode:
+            # Rotated: the master no longer writes to the old file, so what was just read
+            # was its end. Continue at the start of the new one.
+            if self.handle is not None:
+                self.handle.close()
+                self.handle = None
+            if self._open():
+                data += self.handle.read()
+        elif self.handle is not None and os.fstat(self.handle.fileno()).st_size < self.handle.tell():
+            self.handle.seek(0)  # truncated in place
+            data += self.handle.read()
+        if not data:
+            return
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        self._print(lines)
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {

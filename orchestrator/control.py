@@ -189,11 +189,21 @@ class ControlClient:
         except (FileNotFoundError, ConnectionRefusedError):
             self.sock.close()
             raise NoMasterError(f"no orch master is running (no one listens on {path})") from None
+        except PermissionError:
+            self.sock.close()
+            raise OrchError(f"permission denied on the control socket {path}: it is for the user "
+                            "the master runs as (and root)") from None
         self.reader = self.sock.makefile("rb")
 
     def call(self, cmd: str, **args: Any) -> Any:
-        self.sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
-        line = self.reader.readline()
+        try:
+            self.sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at once (another uid): the reason may be waiting to be read
+        try:
+            line = self.reader.readline()
+        except ConnectionResetError:
+            line = b""
         if not line:
             raise OrchError("the master closed the connection without answering")
         reply = json.loads(line)

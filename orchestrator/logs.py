@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Callable, TextIO
+from urllib.parse import unquote
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
+_MAX_STEM = 200  # NAME_MAX is 255 bytes; leave room for ".log.<backup number>"
 _COLOURS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
 
 
 def log_path(log_dir: Path, name: str) -> Path:
-    """`<log_dir>/<name>.log`, the name made file-safe."""
-    return log_dir / (_UNSAFE.sub("_", name) + ".log")
+    """`<log_dir>/<name>.log`, the name made file-safe.
+
+    Unsafe characters become `%XX` escapes (of their UTF-8 bytes), so two names never share a
+    file (`a:b` and `a_b` did, when both became `a_b`) and `instance_name()` can map a file back
+    to its instance. A name too long for a file name keeps its start plus a hash of the whole."""
+    safe = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")),
+                       name)
+    if len(safe) > _MAX_STEM:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        safe = safe[:_MAX_STEM - 17] + "~" + digest
+    return log_dir / (safe + ".log")
+
+
+def instance_name(path: Path) -> str:
+    """The instance name a `log_path()` file belongs to (its stem when the name was hashed)."""
+    stem = path.name[:-4] if path.name.endswith(".log") else path.name
+    return stem if "~" in stem else unquote(stem, errors="surrogatepass")
 
 
 class LogFile:
@@ -45,7 +63,11 @@ class LogFile:
             except OSError:
                 return
         if self.max_size and self._size + len(data) > self.max_size and self._size > 0:
-            self.rotate()
+            try:
+                self.rotate()
+                self.open()  # rotate() closed the file: this chunk goes to the fresh one
+            except OSError:
+                return
         try:
             os.write(self._fd, data)
         except OSError:
@@ -59,7 +81,10 @@ class LogFile:
                 older = self.path.with_name(f"{self.path.name}.{index}")
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            try:
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            except FileNotFoundError:
+                pass  # renamed away by someone else (logrotate before its SIGUSR1)
         else:
             self.path.unlink(missing_ok=True)
 

@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Callable
 
+from .errors import OrchError
 from .loop import EventLoop
 
 log = logging.getLogger("orch")
@@ -42,14 +43,32 @@ def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or a bare port (on 127.0.0.1) into (host, port)."""
+    host, _, port = address.strip().rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise OrchError(f"orchestrator.metrics: expected \"host:port\", got {address!r}")
+    return host, number
+
+
 class MetricsServer:
     """Answers any GET with the current metrics."""
 
     def __init__(self, loop: EventLoop, address: str, collect: Callable[[], str]):
-        host, _, port = address.rpartition(":")
+        host, port = parse_address(address)
         self.loop = loop
         self.collect = collect
-        self.sock = socket.create_server((host.strip("[]") or "127.0.0.1", int(port)), reuse_port=False)
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            self.sock = socket.create_server((host, port), family=family, reuse_port=False)
+        except OSError as exc:  # in use, not an address of this host, no IPv6...
+            raise OrchError(f"orchestrator.metrics: cannot listen on {address}: "
+                            f"{exc.strerror or exc}") from None
         self.sock.setblocking(False)
         self.address = self.sock.getsockname()
         loop.add_reader(self.sock.fileno(), self._accept)

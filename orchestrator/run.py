@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .cli import setup_logging
 from .config import load_config
-from .control import ControlClient
-from .errors import NoMasterError, OrchError
+from .control import ControlClient, ControlError
+from .errors import OrchError
 from .expand import expand
 from .master import Master, PidLock
 from .spawner import SpawnerClient
@@ -24,7 +24,7 @@ def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
     for folder in (settings.control_socket.parent, settings.pidfile.parent, settings.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     if detach:
-        return _detach(config.path, settings.control_socket, settings.log_dir)
+        return _detach(config.path, settings.control_socket, settings.log_dir, settings.pidfile)
     return _foreground(config, specs, quiet)
 
 
@@ -52,8 +52,13 @@ def _set_title(title: str) -> None:
         pass
 
 
-def _detach(path: Path, socket_path: Path, log_dir: Path) -> int:
-    """Double fork + setsid, stdio to <log_dir>/orch.log; return once the master answers."""
+def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
+    """Double fork + setsid, stdio to <log_dir>/orch.log; return once *this* master answers.
+
+    The daemon sends its pid up a pipe. Success means a ping on the control socket answered
+    by that pid (not by some other master already listening there); a daemon that dies
+    during start-up fails the command at once, with the end of its log."""
+    PidLock(pidfile).acquire().release()  # another master for this config: fail here (exit 1)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -61,6 +66,8 @@ def _detach(path: Path, socket_path: Path, log_dir: Path) -> int:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
+        os.write(write_end, f"{os.getpid()}\n".encode())
+        os.close(write_end)  # the parent now waits on the socket instead
         log = os.open(log_dir / "orch.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -71,7 +78,6 @@ def _detach(path: Path, socket_path: Path, log_dir: Path) -> int:
         os.chdir("/")
         code = 1
         try:
-            os.close(write_end)  # the parent now waits on the socket instead
             config = load_config(path)
             code = _foreground(config, expand(config), quiet=True)
         except OrchError as exc:
@@ -80,15 +86,43 @@ def _detach(path: Path, socket_path: Path, log_dir: Path) -> int:
             os._exit(code)
     os.close(write_end)
     os.waitpid(pid, 0)
-    os.close(read_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        reported = pipe.read().strip()
+    log_file = log_dir / "orch.log"
+    if not reported:
+        raise OrchError(f"the detached master did not start; see {log_file}")
+    daemon = int(reported)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
             client = ControlClient(socket_path, timeout=2)
-            info = client.call("ping")
-            client.close()
-            print(f"orch master {info['pid']} is running in the background (logs: {log_dir / 'orch.log'})")
-            return 0
-        except (NoMasterError, OSError):
-            time.sleep(0.05)
-    raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_dir / 'orch.log'}")
+            try:
+                info = client.call("ping")
+            finally:
+                client.close()
+            if info["pid"] == daemon:
+                print(f"orch master {daemon} is running in the background (logs: {log_file})")
+                return 0
+        except (OrchError, ControlError, OSError):  # not listening yet (NoMasterError), or mid-start
+            pass
+        if not _running(daemon):
+            raise OrchError(f"the detached master exited during start-up; the end of {log_file}:\n"
+                            + _tail(log_file, 10))
+        time.sleep(0.05)
+    raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_file}")
+
+
+def _running(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _tail(path: Path, count: int) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("  " + line for line in lines[-count:])
