@@ -161,6 +161,14 @@ def _str_list(v: object) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _address(v: object) -> str:
+    text = _str(v)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"expected HOST:PORT like \"127.0.0.1:9108\" or \"[::1]:9108\", got {text!r}")
+    return text
+
+
 def _positive_duration(v: object) -> float:
     seconds = parse_duration(v)
     if seconds <= 0:
@@ -195,7 +203,7 @@ ORCHESTRATOR_KEYS: dict[str, Callable[[object], object]] = {
     "name": _str, "control_socket": _str, "pidfile": _str, "log_dir": _str,
     "graceful_timeout": parse_duration, "check_interval": _positive_duration, "watch": _bool,
     "max_instances": _int_at_least(1), "log_level": _enum("debug", "info", "warning", "error"),
-    "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _str,
+    "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _address,
 }
 TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
 # Keys that are rendered per instance by expand.py (and checked there).

@@ -131,28 +131,28 @@ class Master:
     def run(self) -> int:
         _raise_fd_limit()  # after the spawner fork: children keep the usual limit
         loop = self.loop
-        loop.add_signal_handler(signal.SIGTERM, self._graceful)
-        loop.add_signal_handler(signal.SIGINT, self._graceful)
-        loop.add_signal_handler(signal.SIGQUIT, self._immediate)
-        loop.add_signal_handler(signal.SIGHUP, lambda s: self.request_reload("SIGHUP"))
-        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
-        loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        self.control = ControlServer(loop, self.settings.control_socket, self._command)
-        self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify)
-        if self.settings.metrics:
-            from .metrics import MetricsServer
-            self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
-            log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
-        self._remember_file()
-        if self.settings.watch:
-            self._start_watcher()
-        plan = reconcile(self._initial_specs, {})
-        self.supervisor.apply(plan)
-        self.loop.call_soon(self._service_status)  # an empty fleet is ready at once
-        self.applied_at = time.time()
-        log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
-                 len(plan.start), self.config.path)
         try:
+            loop.add_signal_handler(signal.SIGTERM, self._graceful)
+            loop.add_signal_handler(signal.SIGINT, self._graceful)
+            loop.add_signal_handler(signal.SIGQUIT, self._immediate)
+            loop.add_signal_handler(signal.SIGHUP, lambda s: self.request_reload("SIGHUP"))
+            loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+            loop.add_signal_handler(signal.SIGCHLD, self._reap)
+            self.control = ControlServer(loop, self.settings.control_socket, self._command)
+            self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify)
+            if self.settings.metrics:
+                from .metrics import MetricsServer
+                self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
+                log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
+            self._remember_file()
+            if self.settings.watch:
+                self._start_watcher()
+            plan = reconcile(self._initial_specs, {})
+            self.supervisor.apply(plan)
+            self.loop.call_soon(self._service_status)  # an empty fleet is ready at once
+            self.applied_at = time.time()
+            log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
+                     len(plan.start), self.config.path)
             loop.run()
         finally:
             self._cleanup()
@@ -304,6 +304,8 @@ class Master:
         log.info("SIGUSR1: reopened %d log files", len(self.supervisor.instances))
 
     def _cleanup(self) -> None:
+        if not self._finishing:  # set-up failed: the spawner must not outlive us
+            self.spawner.exit()
         if self.watcher is not None:
             self.watcher.stop()
         if self.control is not None:

@@ -94,16 +94,29 @@ class MetricsServer:
         if data and b"\r\n\r\n" not in buffer and len(buffer) < MAX_REQUEST:
             return
         self.loop.remove_reader(client.fileno())
-        if data:
-            body = self.collect().encode()
-            head = (f"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-            client.setblocking(True)
-            client.settimeout(1.0)  # a local scraper reads at once; never hold the loop longer
-            try:
-                client.sendall(head + body)
-            except OSError:
-                pass
+        if not data:
+            client.close()
+            return
+        body = self.collect().encode()
+        head = (f"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        pending = bytearray(head + body)
+        self._write(client, pending)
+
+    def _write(self, client: socket.socket, pending: bytearray) -> None:
+        """Send what the socket takes now; the rest when it is writable (a slow scraper
+        never holds the loop)."""
+        try:
+            sent = client.send(pending)
+            del pending[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pending.clear()
+        if pending:
+            self.loop.add_writer(client.fileno(), lambda: self._write(client, pending))
+            return
+        self.loop.remove_writer(client.fileno())
         client.close()
 
     def close(self) -> None:

@@ -53,7 +53,7 @@ def _set_title(title: str) -> None:
 
 
 def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
-    """Double fork + setsid, stdio to <log_dir>/orch.log; return once *this* master answers.
+    """Double fork + setsid, stdio to master.log beside the pidfile; return once *this* master answers.
 
     The daemon sends its pid up a pipe. Success means a ping on the control socket answered
     by that pid (not by some other master already listening there); a daemon that dies
@@ -68,7 +68,7 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
             os._exit(0)
         os.write(write_end, f"{os.getpid()}\n".encode())
         os.close(write_end)  # the parent now waits on the socket instead
-        log = os.open(log_dir / "orch.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        log = os.open(pidfile.parent / "master.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log, 1)
@@ -88,7 +88,7 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
     os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as pipe:
         reported = pipe.read().strip()
-    log_file = log_dir / "orch.log"
+    log_file = pidfile.parent / "master.log"
     if not reported:
         raise OrchError(f"the detached master did not start; see {log_file}")
     daemon = int(reported)

@@ -51,6 +51,13 @@ CASES = [
         """), "orchestrator.graceful_timout", "did you mean 'graceful_timeout'", 2,
         id="unknown-orchestrator-key"),
     pytest.param(_t("""
+        [orchestrator]
+        metrics = "localhost"
+
+        [workers.a]
+        command = "echo"
+        """), "orchestrator.metrics", "expected HOST:PORT", 2, id="metrics-address"),
+    pytest.param(_t("""
         [workers.a]
         command = "echo"
         replicas = "2"

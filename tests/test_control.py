@@ -408,7 +408,7 @@ def test_up_detach_runs_a_daemon_that_down_ends(tmp_path):
         assert master.terminal() is None
         assert os.readlink(f"/proc/{master_pid}/fd/0") == os.devnull
         for fd in (1, 2):
-            assert os.readlink(f"/proc/{master_pid}/fd/{fd}") == str(log_dir / "orch.log")
+            assert os.readlink(f"/proc/{master_pid}/fd/{fd}") == str(pidfile.parent / "master.log")
         assert master.ppid() != os.getpid()
 
         rows = wait_for(lambda: (r := json.loads(orch("status", "--json", "-c", str(config)).stdout)) and
@@ -416,7 +416,7 @@ def test_up_detach_runs_a_daemon_that_down_ends(tmp_path):
         assert {r["name"] for r in rows} == {"d-0", "d-1"}
         wait_for(lambda: all(f"hello from {n}" in text_of(log_dir / f"{n}.log") for n in ("d-0", "d-1")),
                  message="the instances' output")
-        wait_for(lambda: "d-0[" in text_of(log_dir / "orch.log"), message="the master's log lines")
+        wait_for(lambda: "d-0[" in text_of(pidfile.parent / "master.log"), message="the master's log lines")
         tree = [master_pid] + [p.pid for p in master.children(recursive=True)]
         assert len(tree) == 4  # master, spawner, 2 instances
 
@@ -431,7 +431,7 @@ def test_up_detach_runs_a_daemon_that_down_ends(tmp_path):
         assert down.returncode == 0, down.stderr
         assert left == []
         assert not pidfile.exists() and not sock.exists()
-        assert f"master {master_pid} exited" in (log_dir / "orch.log").read_text()
+        assert f"master {master_pid} exited" in (pidfile.parent / "master.log").read_text()
     finally:
         kill_tree(master_pid)
         for pid in tree:

@@ -230,7 +230,10 @@ def test_a_hundred_preloaded_python_workers_come_up(start_master, tmp_path):
     running = master.wait_running(100, timeout=60)
     took = time.monotonic() - began
     assert len(set(running.values())) == 100
-    zygotes = [p for p in master.descendants() if "zygote" in " ".join(p.cmdline())]
+    # A worker just forked from the zygote carries its title until it sets its own: count
+    # only the spawner's children.
+    spawner = next(p for p in master.descendants() if p.ppid() == master.pid)
+    zygotes = [p for p in spawner.children() if "zygote" in " ".join(p.cmdline())]
     assert len(zygotes) == 1 and all(p.ppid() == zygotes[0].pid for p in
                                       (__import__("psutil").Process(pid) for pid in running.values()))
     print(f"100 preloaded workers up in {took:.2f}s")
