@@ -10,7 +10,6 @@ import collections
 import heapq
 import itertools
 import logging
-import os
 import selectors
 import signal
 import socket

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import fnmatch
 import logging
 import os
 import signal
@@ -13,7 +12,8 @@ from typing import Any
 
 from . import __version__
 from .config import Config, Settings, load_config
-from .control import Connection, ControlError, ControlServer
+from .commands import Commands
+from .control import ControlServer
 from .errors import ConfigError, ConfigProblem, OrchError
 from .expand import ExpansionCache, expand
 from .logs import Echo
@@ -23,11 +23,11 @@ from .notify import NotifyServer
 from .worker import notify
 from .orphans import state_path, write_state
 from .procfs import start_time
-from .plan import describe, reconcile
+from .plan import reconcile
 from .spawner import SpawnerClient
 from .spec import ProcessSpec
 from .supervisor import Supervisor
-from .states import ALIVE, State
+from .states import State
 
 log = logging.getLogger("orch")
 LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch")
@@ -138,7 +138,7 @@ class Master:
             loop.add_signal_handler(signal.SIGHUP, lambda s: self.request_reload("SIGHUP"))
             loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
             loop.add_signal_handler(signal.SIGCHLD, self._reap)
-            self.control = ControlServer(loop, self.settings.control_socket, self._command)
+            self.control = ControlServer(loop, self.settings.control_socket, Commands(self))
             self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify)
             if self.settings.metrics:
                 from .metrics import MetricsServer
@@ -412,102 +412,3 @@ class Master:
                 self.watcher = None
         live = {k: getattr(new, k) for k in LIVE_SETTINGS}
         self.settings = Settings(**{**old.__dict__, **live})
-
-    # --- control commands -------------------------------------------------------------
-    def _command(self, cmd: str, args: dict[str, Any], conn: Connection) -> Any:
-        handler = getattr(self, f"cmd_{cmd}", None)
-        if handler is None:
-            raise ControlError(f"unknown command {cmd!r}", 2)
-        return handler(conn=conn, **args)
-
-    def cmd_ping(self, conn: Connection) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": __version__}
-
-    def cmd_status(self, conn: Connection, patterns: list[str] | None = None) -> dict[str, Any]:
-        names = self.match(patterns) if patterns else None
-        return {
-            "name": self.settings.name,
-            "config": str(self.config.path),
-            "pid": os.getpid(),
-            "version": __version__,
-            "started": self.started,
-            "applied_at": self.applied_at,
-            "reloads": self.reload_count,
-            "last_reload_error": self.last_reload_error,
-            "stopping": self._stopping,
-            "instances": self.supervisor.status(names, usage=True),
-        }
-
-    def cmd_reload(self, conn: Connection) -> dict[str, Any]:
-        result = self.request_reload("orch reload", force=True)
-        if result.get("error"):
-            raise ControlError(result["error"], 2)
-        return result
-
-    def cmd_diff(self, conn: Connection) -> dict[str, Any]:
-        try:
-            _, specs = self.load()
-        except ConfigError as exc:
-            raise ControlError(str(exc), 2) from None
-        plan = reconcile(specs, self.supervisor.running_view())
-        current = {name: inst.target for name, inst in self.supervisor.instances.items()}
-        return {"lines": describe(plan, current), **plan.counts()}
-
-    def cmd_down(self, conn: Connection) -> dict[str, Any]:
-        conn.keep_open = True  # the client waits for EOF, which comes when this process exits
-        if not self._stopping:
-            log.info("orch down: stopping %d instances", len(self.supervisor.alive()))
-            self.loop.call_soon(self.shutdown)
-        return {"pid": os.getpid()}
-
-    def match(self, patterns: list[str]) -> list[str]:
-        """Instance names for exact names, globs, or `template:NAME`; unknown patterns are errors."""
-        names: dict[str, None] = {}
-        for pattern in patterns:
-            if pattern.startswith("template:"):
-                found = [n for n, i in self.supervisor.instances.items()
-                         if fnmatch.fnmatchcase(i.spec.template, pattern[9:])]
-            elif pattern in self.supervisor.instances:
-                found = [pattern]
-            else:
-                found = [n for n in self.supervisor.instances if fnmatch.fnmatchcase(n, pattern)]
-            if not found:
-                raise ControlError(f"no instance matches {pattern!r}", 1)
-            names.update(dict.fromkeys(found))
-        return list(names)
-
-    def cmd_stop(self, conn: Connection, patterns: list[str]) -> list[str]:
-        names = self.match(patterns)
-        for name in names:
-            inst = self.supervisor.instances[name]
-            inst.held = True
-            if inst.then != "remove":
-                self.supervisor.stop(inst, then="stop")
-        return names
-
-    def cmd_start(self, conn: Connection, patterns: list[str]) -> list[str]:
-        names = self.match(patterns)
-        for name in names:
-            inst = self.supervisor.instances[name]
-            inst.held = False
-            if inst.state not in ALIVE:
-                self.supervisor.start(inst)
-            elif inst.state is State.STOPPING and inst.then == "stop":
-                inst.then = "restart"
-        return names
-
-    def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False) -> list[str]:
-        names = self.match(patterns)
-        items = []
-        for name in names:
-            inst = self.supervisor.instances[name]
-            inst.held = False
-            if inst.state not in ALIVE:
-                self.supervisor.start(inst)
-            elif rolling:
-                items.append((inst, None))
-            else:
-                self.supervisor.stop(inst, then="restart")
-        if items:
-            self.supervisor.roll(f"{len(items)} instances", items)
-        return names

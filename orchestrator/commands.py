@@ -1,0 +1,129 @@
+"""The master's control commands: one method per command of the control protocol.
+
+Each `cmd_NAME(conn, **args)` answers one request; state-changing commands act through the
+supervisor, so a command can never leave an instance in a state the transition table
+forbids. A `ControlError` becomes the reply's error and the CLI's exit code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .control import Connection, ControlError
+from .errors import ConfigError
+from .plan import describe, reconcile
+from .states import ALIVE, State
+
+if TYPE_CHECKING:
+    from .master import Master
+
+log = logging.getLogger("orch")
+
+
+class Commands:
+    """Handlers for the control socket, bound to one master."""
+
+    def __init__(self, master: "Master"):
+        self.master = master
+
+    def __call__(self, cmd: str, args: dict[str, Any], conn: Connection) -> Any:
+        handler = getattr(self, f"cmd_{cmd}", None)
+        if handler is None:
+            raise ControlError(f"unknown command {cmd!r}", 2)
+        return handler(conn=conn, **args)
+
+    def cmd_ping(self, conn: Connection) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__}
+
+    def cmd_status(self, conn: Connection, patterns: list[str] | None = None) -> dict[str, Any]:
+        names = self.match(patterns) if patterns else None
+        return {
+            "name": self.master.settings.name,
+            "config": str(self.master.config.path),
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": self.master.started,
+            "applied_at": self.master.applied_at,
+            "reloads": self.master.reload_count,
+            "last_reload_error": self.master.last_reload_error,
+            "stopping": self.master._stopping,
+            "instances": self.master.supervisor.status(names, usage=True),
+        }
+
+    def cmd_reload(self, conn: Connection) -> dict[str, Any]:
+        result = self.master.request_reload("orch reload", force=True)
+        if result.get("error"):
+            raise ControlError(result["error"], 2)
+        return result
+
+    def cmd_diff(self, conn: Connection) -> dict[str, Any]:
+        try:
+            _, specs = self.master.load()
+        except ConfigError as exc:
+            raise ControlError(str(exc), 2) from None
+        plan = reconcile(specs, self.master.supervisor.running_view())
+        current = {name: inst.target for name, inst in self.master.supervisor.instances.items()}
+        return {"lines": describe(plan, current), **plan.counts()}
+
+    def cmd_down(self, conn: Connection) -> dict[str, Any]:
+        conn.keep_open = True  # the client waits for EOF, which comes when this process exits
+        if not self.master._stopping:
+            log.info("orch down: stopping %d instances", len(self.master.supervisor.alive()))
+            self.master.loop.call_soon(self.master.shutdown)
+        return {"pid": os.getpid()}
+
+    def match(self, patterns: list[str]) -> list[str]:
+        """Instance names for exact names, globs, or `template:NAME`; unknown patterns are errors."""
+        names: dict[str, None] = {}
+        for pattern in patterns:
+            if pattern.startswith("template:"):
+                found = [n for n, i in self.master.supervisor.instances.items()
+                         if fnmatch.fnmatchcase(i.spec.template, pattern[9:])]
+            elif pattern in self.master.supervisor.instances:
+                found = [pattern]
+            else:
+                found = [n for n in self.master.supervisor.instances if fnmatch.fnmatchcase(n, pattern)]
+            if not found:
+                raise ControlError(f"no instance matches {pattern!r}", 1)
+            names.update(dict.fromkeys(found))
+        return list(names)
+
+    def cmd_stop(self, conn: Connection, patterns: list[str]) -> list[str]:
+        names = self.match(patterns)
+        for name in names:
+            inst = self.master.supervisor.instances[name]
+            inst.held = True
+            if inst.then != "remove":
+                self.master.supervisor.stop(inst, then="stop")
+        return names
+
+    def cmd_start(self, conn: Connection, patterns: list[str]) -> list[str]:
+        names = self.match(patterns)
+        for name in names:
+            inst = self.master.supervisor.instances[name]
+            inst.held = False
+            if inst.state not in ALIVE:
+                self.master.supervisor.start(inst)
+            elif inst.state is State.STOPPING and inst.then == "stop":
+                inst.then = "restart"
+        return names
+
+    def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False) -> list[str]:
+        names = self.match(patterns)
+        items = []
+        for name in names:
+            inst = self.master.supervisor.instances[name]
+            inst.held = False
+            if inst.state not in ALIVE:
+                self.master.supervisor.start(inst)
+            elif rolling:
+                items.append((inst, None))
+            else:
+                self.master.supervisor.stop(inst, then="restart")
+        if items:
+            self.master.supervisor.roll(f"{len(items)} instances", items)
+        return names
