@@ -163,12 +163,17 @@ class ControlServer:
             self.loop.add_reader(client.fileno(), conn.on_readable)
 
     def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
+        close_listener(self.loop, self.sock, self.path)
+
+
+def close_listener(loop: EventLoop, sock: socket.socket, path: Path) -> None:
+    """Stop serving a Unix socket and remove its file."""
+    loop.remove_reader(sock.fileno())
+    sock.close()
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def peer_uid(sock: socket.socket) -> int:

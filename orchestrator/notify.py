@@ -22,6 +22,7 @@ import struct
 from pathlib import Path
 from typing import Callable
 
+from .control import close_listener
 from .loop import EventLoop
 
 log = logging.getLogger("orch")
@@ -72,10 +73,5 @@ class NotifyServer:
                 self.on_message(pid, parse_notify(data))
 
     def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
+        close_listener(self.loop, self.sock, self.path)
 

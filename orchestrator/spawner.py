@@ -53,6 +53,36 @@ def prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl failed")
 
 
+def prepare_child(parent: int, stdin: int, out: int, cwd: str) -> None:  # pragma: no cover - in children
+    """In a just-forked child: its own process group, death with its parent, default
+    signals, stdin from /dev/null, stdout and stderr to `out`, and the working directory."""
+    os.setpgid(0, 0)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
+        os._exit(1)
+    for signum in _RESET_IN_CHILD:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.dup2(stdin, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.chdir(cwd)
+
+
+def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  # pragma: no cover
+    """One pickled message and the fds sent with it; ((), []) when nothing is ready, None at
+    EOF (the other end is gone)."""
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_PER_MESSAGE)
+    except (BlockingIOError, InterruptedError):
+        return (), []
+    except OSError:
+        return None
+    if not data:
+        return None
+    return pickle.loads(data), fds
+
+
 @dataclass(frozen=True)
 class SpawnRequest:
     """One process to start. `env` is the full environment, or overrides on the inherited one."""
@@ -193,15 +223,12 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
             pass  # the master is gone; EOF will follow
 
     def _from_master(self) -> bool:
-        try:
-            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, MAX_FDS_PER_MESSAGE)
-        except (BlockingIOError, InterruptedError):
+        received = receive(self.sock)
+        if received is None:
+            return False
+        message, fds = received
+        if not message:
             return True
-        except OSError:
-            return False
-        if not data:
-            return False
-        message = pickle.loads(data)
         if message[0] == "spawn":
             self._spawn_all(message[1], fds)
         elif message[0] == "signal":
@@ -325,17 +352,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         pid = os.fork()
         if pid == 0:
             try:
-                os.setpgid(0, 0)
-                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                if os.getppid() != parent:
-                    os._exit(1)
-                for signum in _RESET_IN_CHILD:
-                    signal.signal(signum, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                os.dup2(self.devnull, 0)
-                os.dup2(out, 1)
-                os.dup2(out, 2)
-                os.chdir(request.cwd)
+                prepare_child(parent, self.devnull, out, request.cwd)
                 os.execve(program, list(request.argv), env)
             except BaseException as exc:  # noqa: BLE001
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)

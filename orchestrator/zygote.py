@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any
 
-from .spawner import MAX_FDS_PER_MESSAGE, PR_SET_PDEATHSIG, _RESET_IN_CHILD, _set_title, prctl
+from .spawner import PR_SET_PDEATHSIG, _set_title, prctl, prepare_child, receive
 
 
 def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
@@ -87,15 +87,13 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
                     self._reap()
 
     def _from_spawner(self) -> bool:
-        try:
-            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, MAX_FDS_PER_MESSAGE)
-        except (BlockingIOError, InterruptedError):
+        received = receive(self.sock)
+        if received is None:
+            return False
+        message, fds = received
+        if not message:
             return True
-        except OSError:
-            return False
-        if not data:
-            return False
-        _, items = pickle.loads(data)
+        items = message[1]
         spawned, failed = [], []
         for (token, request), out in zip(items, fds):
             try:
@@ -117,20 +115,11 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             return pid
         code = 1
         try:
-            os.setpgid(0, 0)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(1)
             signal.set_wakeup_fd(-1)
-            for signum in _RESET_IN_CHILD:
-                signal.signal(signum, signal.SIG_DFL)
             for sock in (self.sock, *self.wake):
                 sock.close()
-            os.dup2(self.devnull, 0)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
+            prepare_child(parent, self.devnull, out, request.cwd)
             os.close(out)
-            os.chdir(request.cwd)
             env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
             os.environ.clear()
             os.environ.update(env)
