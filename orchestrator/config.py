@@ -6,7 +6,9 @@ problem at all, or raises `ConfigError` listing every problem found.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import glob
 import os
 import re
 from dataclasses import dataclass, field
@@ -66,6 +68,7 @@ class Template:
     check_point: float
     pythonpath: tuple[str, ...]
     policy: Policy
+    source: Path | None = None  # the file it was written in (an included file, or the config)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Settings:
     log_max_size: int = 50 * 2**20
     log_backups: int = 5
     metrics: str | None = None
+    include: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class Config:
     vars: tuple[tuple[str, Any], ...]
     templates: tuple[Template, ...]
     files: tuple[Path, ...] = field(default=())
+    include_patterns: tuple[str, ...] = ()  # absolute globs: a new matching file is watched too
 
     @property
     def folder(self) -> Path:
@@ -204,6 +209,7 @@ ORCHESTRATOR_KEYS: dict[str, Callable[[object], object]] = {
     "graceful_timeout": parse_duration, "check_interval": _positive_duration, "watch": _bool,
     "max_instances": _int_at_least(1), "log_level": _enum("debug", "info", "warning", "error"),
     "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _address,
+    "include": _str_list,
 }
 TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
 # Keys that are rendered per instance by expand.py (and checked there).
@@ -329,17 +335,55 @@ def load_config(path: Path) -> Config:
     if not isinstance(workers, dict):
         problems.add("workers", "expected a table of templates like [workers.consumer]")
         workers = {}
-    templates = []
-    for name, table in workers.items():
-        if not isinstance(table, dict):
-            problems.add(f"workers.{name}", "expected a table")
+    patterns = tuple(str(path.parent / pattern) for pattern in settings.include)
+    sources = [(path, problems, workers)] + _included(patterns, path, variables)
+    templates, owner = [], {}
+    for source, source_problems, tables in sources:
+        for name, table in tables.items():
+            if name in owner:
+                source_problems.add(f"workers.{name}", f"template {name!r} is also defined in {owner[name]}")
+                continue
+            owner[name] = source
+            if not isinstance(table, dict):
+                source_problems.add(f"workers.{name}", "expected a table")
+                continue
+            template = _template(name, _merge(defaults, table), path.parent, settings, source_problems)
+            if template is not None:
+                templates.append(dataclasses.replace(template, source=source))
+    found = [p for _, source_problems, _ in sources for p in source_problems.items]
+    if found:
+        raise ConfigError(found)
+    return Config(path, settings, tuple(variables.items()), tuple(templates),
+                  tuple(source for source, _, _ in sources), patterns)
+
+
+def _included(patterns: tuple[str, ...], main: Path,
+              variables: dict) -> list[tuple[Path, "_Problems", dict]]:
+    """The files `[orchestrator] include` names, in sorted order: each may add [vars] and
+    [workers.*] (never redefine them); everything else stays in the main file."""
+    files = sorted({Path(f) for pattern in patterns for f in glob.glob(pattern)} - {main})
+    found: list[tuple[Path, _Problems, dict]] = []
+    for file in files:
+        try:
+            data, text = read_toml(file)
+        except ConfigError as exc:
+            problems = _Problems(file, "")
+            problems.items += exc.problems
+            found.append((file, problems, {}))
             continue
-        template = _template(name, _merge(defaults, table), path.parent, settings, problems)
-        if template is not None:
-            templates.append(template)
-    if problems.items:
-        raise ConfigError(problems.items)
-    return Config(path, settings, tuple(variables.items()), tuple(templates), (path,))
+        problems = _Problems(file, text)
+        for key in data:
+            if key not in ("vars", "workers"):
+                problems.add(key, f"[{key}] belongs in the main config file {main.name}; "
+                             "an included file may hold [vars] and [workers.*]")
+        for key, value in (data.get("vars") or {}).items():
+            if key in variables:
+                problems.add(f"vars.{key}", f"vars.{key} is already defined before {file.name}")
+            else:
+                variables[key] = value
+        workers = data.get("workers", {})
+        found.append((file, problems, workers if isinstance(workers, dict) else {}))
+    return found
 
 
 def _valid_defaults(defaults: dict, problems: _Problems) -> dict:

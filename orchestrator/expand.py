@@ -175,21 +175,24 @@ def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessS
     renderer = _Renderer()
     fresh: dict[str, tuple[Template, list[ProcessSpec]]] = {}
     problems: list[ConfigProblem] = []
-    lines: dict[str, int] | None = None
+
+    located: dict[Path, dict[str, int]] = {}
 
     def problem(keypath: str, message: str) -> None:
-        nonlocal lines
-        if lines is None:
+        # The template's own file: the config, or the included file it was written in.
+        name = keypath.split(".")[1] if keypath.startswith("workers.") else ""
+        source = next((t.source for t in config.templates if t.name == name and t.source), config.path)
+        if source not in located:
             try:
-                lines = locate_keys(config.path.read_text(encoding="utf-8"))
+                located[source] = locate_keys(source.read_text(encoding="utf-8"))
             except OSError:
-                lines = {}
+                located[source] = {}
         parts = keypath.split(".")
         line = None
         while parts and line is None:
-            line = lines.get(".".join(parts))
+            line = located[source].get(".".join(parts))
             parts.pop()
-        problems.append(ConfigProblem(str(config.path), keypath, message, line))
+        problems.append(ConfigProblem(str(source), keypath, message, line))
 
     variables = {"python": sys.executable, **dict(config.vars)}
     specs: list[ProcessSpec] = []

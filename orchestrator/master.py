@@ -30,7 +30,8 @@ from .supervisor import Supervisor
 from .states import State
 
 log = logging.getLogger("orch")
-LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch")
+LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch",
+                 "include")
 
 
 class PidLock:
@@ -161,6 +162,7 @@ class Master:
     def _start_watcher(self) -> None:
         from .watch import ConfigWatcher  # watchdog starts a thread: only after the spawner exists
         self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload)
+        self.watcher.set_files(self.config.files, self.config.include_patterns)
         self.watcher.start()
 
     def _graceful(self, signum: int) -> None:
@@ -326,10 +328,14 @@ class Master:
 
     # --- reload ---------------------------------------------------------------------
     def _remember_file(self) -> None:
+        self.config_bytes = self._read_sources()
+
+    def _read_sources(self) -> bytes | None:
+        """The config and its included files, to skip a reload when nothing was saved."""
         try:
-            self.config_bytes = self.config.path.read_bytes()
+            return b"\0".join(f.read_bytes() for f in self.config.files)
         except OSError:
-            self.config_bytes = None
+            return None
 
     def request_reload(self, origin: str, force: bool = False) -> dict[str, Any]:
         """Reload now, or after the reload being applied finishes (against the newest file)."""
@@ -339,12 +345,8 @@ class Master:
             self.reload_queued = True
             log.info("reload (%s) queued: the previous reload is still being applied", origin)
             return {"applied": False, "queued": True}
-        if not force and origin.startswith("file"):
-            try:
-                if self.config.path.read_bytes() == self.config_bytes:
-                    return {"applied": False, "reason": "unchanged"}
-            except OSError:
-                pass
+        if not force and origin == "file modified" and self._read_sources() == self.config_bytes:
+            return {"applied": False, "reason": "unchanged"}
         return self.reload(origin)
 
     def _ops_idle(self) -> None:
@@ -379,6 +381,8 @@ class Master:
         self._apply_settings(config.settings)
         self.supervisor.apply(plan)
         self.config = config
+        if self.watcher is not None:
+            self.watcher.set_files(config.files, config.include_patterns)
         self.last_reload_error = None
         self.applied_at = time.time()
         self.reload_count += 1

@@ -8,6 +8,7 @@ progress) are debounced, so a half-written file is rarely read at all.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,15 +28,19 @@ class ConfigWatcher(FileSystemEventHandler):
         self.loop = loop
         self.on_change = on_change
         self.files: set[str] = set()
+        self.patterns: tuple[str, ...] = ()
         self.observer = Observer()
         self._watched_dirs: set[str] = set()
         self._debounce: Timer | None = None
         self.set_files(files)
 
-    def set_files(self, files: Iterable[Path]) -> None:
-        """Watch these files (e.g. after a reload changed the includes)."""
+    def set_files(self, files: Iterable[Path], patterns: Iterable[str] = ()) -> None:
+        """Watch these files, and any file matching `patterns` (includes created later)."""
         self.files = {os.path.realpath(f) for f in files}
-        for folder in {os.path.dirname(f) for f in self.files} - self._watched_dirs:
+        self.patterns = tuple(os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+                              for p in patterns)
+        folders = {os.path.dirname(f) for f in self.files} | {os.path.dirname(p) for p in self.patterns}
+        for folder in {f for f in folders if os.path.isdir(f)} - self._watched_dirs:
             self.observer.schedule(self, folder, recursive=False)
             self._watched_dirs.add(folder)
 
@@ -49,14 +54,15 @@ class ConfigWatcher(FileSystemEventHandler):
 
     # Runs in watchdog's thread: only filter and hand over to the loop.
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type in ("opened", "closed_no_write", "deleted"):
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
             return
         paths = {os.path.realpath(os.fsdecode(event.src_path))}
         if getattr(event, "dest_path", None):
             paths.add(os.path.realpath(os.fsdecode(event.dest_path)))
-        if not paths & self.files:
+        if not paths & self.files and not any(fnmatch.fnmatch(path, pattern) for path in paths
+                                               for pattern in self.patterns):
             return
-        immediate = event.event_type in ("closed", "moved", "created")
+        immediate = event.event_type in ("closed", "moved", "created", "deleted")
         self.loop.call_soon_threadsafe(lambda: self._changed(immediate, event.event_type))
 
     def _changed(self, immediate: bool, kind: str) -> None:

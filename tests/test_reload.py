@@ -260,3 +260,33 @@ def test_global_settings_apply_live_or_say_they_need_a_restart(start_master):
     assert "setting orchestrator.graceful_timeout: 10.0 -> 3.0" in err
     assert "takes effect only after a restart" in err
     assert master.call("ping") and master.pids()["g"] == pid  # still on the old socket, untouched
+
+
+def test_included_files_are_watched_and_their_errors_located(start_master, tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "a.toml").write_text('[workers.a]\ncommand = "sleep 1001"\n')
+    master = start_master("""
+        [orchestrator]
+        include = ["conf.d/*.toml"]
+        [vars]
+        base = 2000
+        [workers.main]
+        command = "sleep 1000"
+    """)
+    before = master.wait_running(2)
+    new = conf / ".b.toml.tmp"
+    new.write_text('[vars]\nextra = 7\n[workers.b]\ncommand = "sleep {{ base + extra }}"\n')
+    os.replace(new, conf / "b.toml")                          # a new included file
+    after = wait_settled(master, {"main", "a", "b"})
+    assert after["main"] == before["main"] and after["a"] == before["a"]
+    wait_for(lambda: psutil_cmdline(after["b"]) == ["sleep", "2007"], message="b's command")
+    (conf / "a.toml").write_text('[workers.a]\ncommand = "sleep 1002"\n')   # an edit in place
+    wait_for(lambda: master.pids()["a"] not in (None, after["a"]), message="a to restart")
+    (conf / "b.toml").write_text('[workers.b]\ncommand = "sleep 1"\nreplicas = "x"\n')
+    error = wait_for(lambda: master.call("status")["last_reload_error"], message="the error")
+    assert f"{conf / 'b.toml'}:3: workers.b.replicas" in error
+    (conf / "b.toml").write_text('[workers.main]\ncommand = "sleep 1"\n')
+    wait_for(lambda: "also defined in" in (master.call("status")["last_reload_error"] or ""),
+             message="the duplicate template error")
+    assert master.pids()["main"] == before["main"]
