@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .config import find_config, load_config, load_settings
+from .config import find_config, load_settings
 from .control import ControlClient, ControlError, request
 from .errors import ConfigError, NoMasterError, OrchError
-from .expand import expand, summary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
 
@@ -102,6 +101,8 @@ def cmd_up(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_check(args: argparse.Namespace, path: Path) -> int:
+    from .config import load_config
+    from .expand import expand, summary  # Jinja: only the commands that render pay for it
     config = load_config(path)
     print(summary(config, expand(config)))
     return EXIT_OK
@@ -110,6 +111,8 @@ def cmd_check(args: argparse.Namespace, path: Path) -> int:
 def cmd_plan(args: argparse.Namespace, path: Path) -> int:
     if args.diff:
         return cmd_diff(args, path)
+    from .config import load_config
+    from .expand import expand, summary
     config = load_config(path)
     specs = expand(config)
     if args.json:

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Config, Settings, load_config
 from .commands import Commands
 from .control import ControlServer
-from .errors import ConfigError, ConfigProblem, OrchError
+from .errors import ConfigError, ConfigProblem
 from .expand import ExpansionCache, expand
 from .logs import Echo
 from .limits import Limits
 from .loop import EventLoop
 from .notify import NotifyServer
+from .pidfile import PidLock
 from .worker import notify
 from .orphans import state_path, write_state
 from .procfs import start_time
@@ -32,37 +31,6 @@ from .states import State
 log = logging.getLogger("orch")
 LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch",
                  "include")
-
-
-class PidLock:
-    """The pidfile, locked for the master's whole life: one master per config."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd = -1
-
-    def acquire(self) -> "PidLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
-            os.close(self.fd)
-            raise OrchError(f"another orch master (pid {other or '?'}) is already running "
-                            f"for this config (pidfile {self.path} is locked)") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-        return self
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = -1
 
 
 def _raise_fd_limit() -> None:

@@ -8,32 +8,57 @@ import time
 from pathlib import Path
 
 from .cli import setup_logging
-from .config import load_config
+from .config import Settings, load_config, load_settings
 from .control import ControlClient, ControlError
 from .errors import OrchError
-from .expand import expand
-from .master import Master, PidLock
+from .pidfile import PidLock
 from .spawner import SpawnerClient
 
 
 def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
     """Run the master; validation errors raise before anything starts (exit 2)."""
-    config = load_config(path)
-    specs = expand(config)
-    settings = config.settings
+    if detach:
+        from .expand import expand
+        config = load_config(path)
+        expand(config)  # every error on this terminal, before daemonizing
+        _make_folders(config.settings)
+        return _detach(config.path, config.settings.control_socket, config.settings.log_dir,
+                       config.settings.pidfile)
+    return _foreground(path, quiet)
+
+
+def _make_folders(settings: Settings) -> None:
     for folder in (settings.control_socket.parent, settings.pidfile.parent, settings.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    if detach:
-        return _detach(config.path, settings.control_socket, settings.log_dir, settings.pidfile)
-    return _foreground(config, specs, quiet)
 
 
-def _foreground(config, specs, quiet: bool) -> int:  # type: ignore[no-untyped-def]
+def _foreground(path: Path, quiet: bool) -> int:
+    """Lock, end leftovers, fork the spawner, then validate the whole file and run.
+
+    The spawner is forked as early as possible: before any thread exists (see spawner.py)
+    and before Jinja, watchdog and the master's own modules are imported, so the helper that
+    forks every child stays small. A config error still starts nothing: the spawner is told
+    to exit and the lock released before the error is reported (exit 2)."""
+    settings = load_settings(path)
+    _make_folders(settings)
     setup_logging()
-    lock = PidLock(config.settings.pidfile).acquire()
-    from .orphans import end_leftovers
-    end_leftovers(config.settings.pidfile)
-    spawner = SpawnerClient.start(f"orch: spawner {config.settings.name}")  # before any thread: see spawner.py
+    lock = PidLock(settings.pidfile).acquire()
+    try:
+        from .orphans import end_leftovers
+        end_leftovers(settings.pidfile)
+        spawner = SpawnerClient.start(f"orch: spawner {settings.name}")
+        try:
+            from .expand import expand
+            from .master import Master
+            config = load_config(path)
+            specs = expand(config)
+        except BaseException:
+            spawner.exit()
+            os.waitpid(spawner.pid, 0)
+            raise
+    except BaseException:
+        lock.release()
+        raise
     _set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=quiet)
     code = master.run()
@@ -78,8 +103,7 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
         os.chdir("/")
         code = 1
         try:
-            config = load_config(path)
-            code = _foreground(config, expand(config), quiet=True)
+            code = _foreground(path, quiet=True)
         except OrchError as exc:
             print(f"orch: {exc}", file=sys.stderr)
         finally:
