@@ -17,7 +17,7 @@ from typing import Any
 from .config import Policy
 from .instance import Instance
 from .loop import EventLoop, Timer
-from .procfs import TreeSampler, process_group
+from .procfs import process_group
 from .states import State
 from .units import format_size
 
@@ -50,8 +50,6 @@ class Limits:
         self.loop = loop
         self.check_interval = check_interval
         self._sampler: Timer | None = None
-        self.trees = TreeSampler()
-        self._sampled: dict[Instance, int] = {}  # instance -> the pid whose /proc files are open
         supervisor.on_start_hooks.append(self.on_start)
         supervisor.on_exit_hooks.append(self.on_exit)
 
@@ -63,9 +61,6 @@ class Limits:
             self.ensure_sampling()
 
     def on_exit(self, inst: Instance) -> None:
-        pid = self._sampled.pop(inst, None)
-        if pid is not None:
-            self.trees.forget(pid)
         for timer in inst.limit_timers.values():
             timer.cancel()
         inst.limit_timers.clear()
@@ -175,8 +170,7 @@ class Limits:
                     not (policy.memory_soft or policy.memory_hard):
                 continue
             watched += 1
-            self._sampled[inst] = inst.pid
-            size = self.trees.rss(inst.pid)
+            size = self.supervisor.trees.rss(inst.pid)
             inst.rss = size
             verdict, inst.over_soft = memory_verdict(policy, size, inst.over_soft)
             if verdict is not None:

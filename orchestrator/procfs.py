@@ -102,21 +102,26 @@ class TreeSampler:
         return self._fds[pid]
 
     def rss(self, pid: int) -> int:
+        return self.sample(pid)[0]
+
+    def sample(self, pid: int) -> tuple[int, int]:
+        """(RSS of the whole tree in bytes, CPU ticks of the leader); (0, 0) if it is gone."""
         fds = self._fds.get(pid) or self._open(pid)
         if fds is None:
-            return 0
+            return 0, 0
         try:
             total = int(os.pread(fds[0], 256, 0).split()[1]) * PAGE_SIZE
             stat = os.pread(fds[1], 4096, 0)
-            threads = int(stat[stat.rindex(b")") + 2:].split()[17])
+            fields = stat[stat.rindex(b")") + 2:].split()
+            threads, ticks = int(fields[17]), int(fields[11]) + int(fields[12])
             # The main thread's children file; a multi-threaded leader gets the full walk.
             below = os.pread(fds[2], 4096, 0).split() if threads == 1 else children(pid)
         except (OSError, IndexError, ValueError):
             self.forget(pid)
-            return 0
+            return 0, 0
         for child in below:
             total += tree_rss(int(child))
-        return total
+        return total, ticks
 
     def forget(self, pid: int) -> None:
         for fd in self._fds.pop(pid, ()):

@@ -21,7 +21,7 @@ from .instance import Instance, describe_exit
 from .logs import Echo, LogFile, log_path
 from .loop import EventLoop
 from .plan import Plan, Running
-from .procfs import CLOCK_TICKS, cpu_ticks, tree_rss
+from .procfs import CLOCK_TICKS, TreeSampler
 from .rollout import Rollout
 from .spawner import SpawnerClient, SpawnRequest
 from .spec import ProcessSpec
@@ -55,6 +55,7 @@ class Supervisor:
         self.on_update_hooks: list[Callable[[Instance], None]] = []
         self.shutting_down = False
         self.rollouts: set[Rollout] = set()
+        self.trees = TreeSampler()  # /proc fds kept open per live pid, for status and limits
         loop.add_reader(spawner.fileno(), self._on_spawner)
 
     # --- plans -------------------------------------------------------------------
@@ -324,6 +325,7 @@ class Supervisor:
         if inst is None or inst.pid != pid:
             return
         text, success = describe_exit(status)
+        self.trees.forget(pid)
         uptime = inst.uptime()
         inst.pid = None
         inst.token = None
@@ -380,6 +382,7 @@ class Supervisor:
         self.loop.add_reader(spawner.fileno(), self._on_spawner)
         self.by_token.clear()
         self.by_pid.clear()
+        self.trees.close()
         self._spawn_queue.clear()
         for inst in list(self.instances.values()):
             if inst.state not in ALIVE:
@@ -417,8 +420,7 @@ class Supervisor:
             now = time.monotonic()
             for inst in chosen:
                 if inst.pid is not None:
-                    inst.rss = tree_rss(inst.pid)
-                    ticks = cpu_ticks(inst.pid)
+                    inst.rss, ticks = self.trees.sample(inst.pid)
                     since, before = inst.cpu_sample or (inst.started_at, 0)
                     elapsed = now - since
                     if elapsed > 0:
