@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ["floor", "orch", "supervisord", "circus"]
-FLEET_KEYS = ["start", "idle_cpu", "idle_rss", "status", "crash", "reload_one", "reload_one_collateral",
+FLEET_KEYS = ["start", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one", "reload_one_collateral",
               "reload_10pct", "reload_10pct_collateral", "shutdown"]
 ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
 ORCH_MUST_MEASURE = ["start", "crash", "shutdown", "reload_one"]

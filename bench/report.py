@@ -1,0 +1,170 @@
+"""The Markdown table (figures, ratios to the floor and to orch), machine info, JSON dump."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from .scenarios import FIGURES, FLEET_KEYS, ORCH_KEYS, POLL, CRASH_POLL, SETTLE, Figure, Options, Results
+from .tools import Tool
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine_info(tools: dict[str, Tool]) -> dict[str, Any]:
+    """CPU model, cores, kernel, Python, tool versions and the date."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "versions": {name: tool.version() if not tool.missing() else "not installed" for name, tool in tools.items()},
+    }
+
+
+# -- cells --------------------------------------------------------------------------------
+
+def _num(value: float, unit: str) -> str:
+    """One value with its unit; times as ms below 1 s."""
+    if unit == "s":
+        return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
+    if unit == "count":
+        return f"{value:g}"
+    if unit == "MiB":
+        return f"{value:.1f} MiB"
+    return f"{value:.3g}" + (" %" if unit == "%" else f" {unit}")
+
+
+class Footnotes:
+    """n/a reasons, numbered once each."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def ref(self, reason: str) -> str:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return f"[{self.reasons.index(reason) + 1}]"
+
+
+def cell(figure: Figure | None, notes: Footnotes) -> str:
+    if figure is None:
+        return "–"
+    if not figure.samples:
+        return "n/a " + notes.ref(figure.errors[0] if figure.errors else "not measured")
+    unit = figure.unit
+    text = _num(figure.median, unit)  # type: ignore[arg-type]
+    if min(figure.samples) != max(figure.samples):
+        text += f" ({_num(min(figure.samples), unit)}–{_num(max(figure.samples), unit)})"
+    if figure.note:
+        text += " " + notes.ref(figure.note)
+    if figure.errors:
+        text += " " + notes.ref(f"{len(figure.errors)} sample(s) failed: {figure.errors[0]}")
+    return text
+
+
+def ratio(a: Figure | None, b: Figure | None) -> str:
+    """a's median over b's, as ×R; – when either is missing or meaningless."""
+    if a is None or b is None or a.median is None or b.median is None or a.unit == "count":
+        return "–"
+    if b.median <= 0:
+        return "∞" if a.median > 0 else "–"
+    r = a.median / b.median
+    return f"×{r:.3g}" if r < 1000 else f"×{r:.0f}"
+
+
+# -- the table ----------------------------------------------------------------------------
+
+def rows(results: Results, opts: Options) -> list[tuple[str, int]]:
+    out = [(key, n) for n in sorted(opts.sizes) for key in FLEET_KEYS]
+    if "orch" in opts.tools:
+        out += [("py_start_plain", opts.py_workers), ("py_start_preload", opts.py_workers),
+                ("log_cpu", opts.log_writers), ("log_rate", opts.log_writers)]
+    return out
+
+
+def render_table(results: Results, opts: Options) -> str:
+    """One Markdown table: figures per tool, ratios to the floor and to orch, footnotes."""
+    tools = opts.tools
+    ratio_cols: list[tuple[str, str]] = []
+    if "floor" in tools:
+        ratio_cols += [(t, "floor") for t in tools if t != "floor"]
+    if "orch" in tools:
+        ratio_cols += [(t, "orch") for t in tools if t not in ("floor", "orch")]
+    header = ["figure", "N", *tools, *[f"{a} ÷ {b}" for a, b in ratio_cols]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * (len(header) - 2)) + "|"]
+    notes = Footnotes()
+    for key, n in rows(results, opts):
+        figs = {t: results.figures.get((t, key, n)) for t in tools}
+        cells = [cell(figs[t], notes) for t in tools]
+        ratios = [ratio(figs[a], figs[b]) for a, b in ratio_cols]
+        lines.append("| " + " | ".join([key, str(n), *cells, *ratios]) + " |")
+    lines.append("")
+    lines.append("Cells: median (min–max) over the samples; ratios compare medians (×1 = same).")
+    for i, reason in enumerate(notes.reasons, 1):
+        lines.append(f"[{i}] {reason}  ")
+    return "\n".join(lines)
+
+
+def render_notes(opts: Options, tools: dict[str, Tool]) -> str:
+    """What each figure means and the settings used."""
+    lines = ["Figures (all times from /proc, never from the tools' own status):", ""]
+    for key, (unit, text) in FIGURES.items():
+        if key in ORCH_KEYS and "orch" not in opts.tools:
+            continue
+        lines.append(f"- `{key}` ({unit}): {text}")
+    lines += [
+        "",
+        f"Method: fleet = N × `/bin/sleep <unique arg>`, the same for every tool. {opts.reps} repetition(s) "
+        f"per tool and N (a fresh daemon each); tools interleaved within a repetition. Idle window "
+        f"{opts.idle_seconds:g} s (first repetition, after a {SETTLE:g} s settle); crash: "
+        f"{opts.crash_kills} SIGKILLs of distinct children in the first repetition. Collateral restarts "
+        f"are counted {SETTLE:g} s after convergence. /proc polled every {POLL * 1000:g} ms "
+        f"({CRASH_POLL * 1000:g} ms for crash). A step whose first sample takes over "
+        f"{opts.slow_seconds:g} s is not repeated; one that hits its time cap shows n/a with the cap. "
+        f"Orch-only: {opts.py_workers} Python workers (app-like stdlib imports) until each ran init(); "
+        f"{opts.log_writers} children each writing 1 MB/s to stdout over {opts.log_seconds:g} s. Every "
+        f"daemon runs in the foreground with the open-files soft limit raised to the hard limit. CPU is "
+        f"the sum over the daemon's non-fleet processes and all their threads (/proc/PID/task/*/schedstat, ns).",
+        "",
+        "Settings:",
+        "",
+    ]
+    for name, tool in tools.items():
+        lines.append(f"- **{name}** {tool.version()}: {tool.settings()}")
+    return "\n".join(lines)
+
+
+def render_machine(info: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}, "
+            f"Python {info['python']}; {versions}. Date: {info['date']}.")
+
+
+def write_results(path: Path, table: str, notes: str, info: dict[str, Any], command: str) -> None:
+    path.write_text(
+        "# orch vs supervisord vs circus: benchmark results\n\n"
+        f"Produced by `{command}` (rewrite with `--write-results`).\n\n"
+        f"{render_machine(info)}\n\n{table}\n\n{notes}\n")
+
+
+def to_json(results: Results, opts: Options, info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "machine": info,
+        "options": {"sizes": opts.sizes, "tools": opts.tools, "reps": opts.reps,
+                    "idle_seconds": opts.idle_seconds, "crash_kills": opts.crash_kills,
+                    "py_workers": opts.py_workers, "log_writers": opts.log_writers,
+                    "log_seconds": opts.log_seconds},
+        "figures": [f.to_json() for f in results.figures.values()],
+    }

@@ -1,0 +1,443 @@
+"""The scenarios. One *session* is one daemon lifecycle on a fresh fleet of N sleeps and
+measures, in order: start, idle (first repetition only), status, crash, reload-one,
+reload-10% and shutdown. Every time comes from /proc (see procfs.py), never from the tool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import fleet as fleets
+from .procfs import pss, Scanner, Snapshot, cpu_percent
+from .tools import Tool, Unsupported, tool_class
+
+# key -> (unit, what it measures). Times are in seconds, shown in ms.
+FIGURES: dict[str, tuple[str, str]] = {
+    "start": ("s", "launch daemon -> all N children exist"),
+    "idle_cpu": ("%", "daemon + helpers CPU while idle, % of one core"),
+    "idle_rss": ("MiB", "daemon + helpers RSS while idle"),
+    "idle_pss": ("MiB", "daemon + helpers PSS while idle (pages shared between them counted once)"),
+    "status": ("s", "one full status query"),
+    "crash": ("s", "SIGKILL one child -> its replacement exists"),
+    "reload_one": ("s", "edit one command -> new process runs"),
+    "reload_one_collateral": ("count", "other children restarted by reload-one"),
+    "reload_10pct": ("s", "add N/10 + remove N/10 -> converged"),
+    "reload_10pct_collateral": ("count", "untouched children restarted by reload-10%"),
+    "shutdown": ("s", "SIGTERM master -> master and all children gone"),
+    "py_start_plain": ("s", "Python workers, preload=false: launch -> all ran init()"),
+    "py_start_preload": ("s", "Python workers, preload=true: launch -> all ran init()"),
+    "log_cpu": ("%", "daemon + helpers CPU, children each logging 1 MB/s"),
+    "log_rate": ("MB/s", "log bytes written to files, all children together"),
+}
+FLEET_KEYS = ["start", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one",
+              "reload_one_collateral", "reload_10pct", "reload_10pct_collateral", "shutdown"]
+ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
+FLOOR_SKIPS = {"idle_cpu": "the floor is a blocking waitpid(): nothing to measure",
+               "idle_rss": "the floor is a blocking waitpid(): nothing to measure",
+               "idle_pss": "the floor is a blocking waitpid(): nothing to measure"}
+
+POLL = 0.005        # /proc poll interval (s) for start, reload, shutdown
+CRASH_POLL = 0.001  # and for crash replacement
+SETTLE = 1.0        # pause after start / before counting collateral restarts (s)
+
+
+@dataclass
+class Options:
+    """What to run and for how long."""
+
+    sizes: list[int]
+    tools: list[str]
+    reps: int = 3
+    idle_seconds: float = 20.0
+    crash_kills: int = 10
+    py_workers: int = 100
+    log_writers: int = 50
+    log_seconds: float = 10.0
+    slow_seconds: float = 10.0   # a step whose first sample took longer is not repeated
+    budget_seconds: float = 560.0
+    deadline: float = field(default=0.0, init=False)
+
+
+@dataclass
+class Figure:
+    """The samples of one figure for one tool at one N, or why there are none."""
+
+    tool: str
+    key: str
+    n: int
+    samples: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    note: str | None = None     # why there are fewer samples than repetitions
+
+    @property
+    def unit(self) -> str:
+        return FIGURES[self.key][0]
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tool": self.tool, "key": self.key, "n": self.n, "unit": self.unit,
+                "samples": self.samples, "median": self.median,
+                "min": min(self.samples) if self.samples else None,
+                "max": max(self.samples) if self.samples else None,
+                "na": None if self.samples else (self.errors[0] if self.errors else "not measured"),
+                "errors": self.errors, "note": self.note}
+
+
+class Results:
+    """Every figure, keyed by (tool, key, n)."""
+
+    def __init__(self) -> None:
+        self.figures: dict[tuple[str, str, int], Figure] = {}
+
+    def get(self, tool: str, key: str, n: int) -> Figure:
+        return self.figures.setdefault((tool, key, n), Figure(tool, key, n))
+
+    def add(self, tool: str, key: str, n: int, value: float | list[float]) -> None:
+        self.get(tool, key, n).samples.extend(value if isinstance(value, list) else [value])
+
+    def fail(self, tool: str, key: str, n: int, reason: str) -> None:
+        errors = self.get(tool, key, n).errors
+        if reason not in errors:
+            errors.append(reason)
+
+
+class Session:
+    """Records figures of one tool at one N; a failed step records n/a and the run goes on."""
+
+    def __init__(self, results: Results, tool: Tool, n: int, opts: Options, rep: int = 0):
+        self.results, self.tool, self.n, self.opts, self.rep = results, tool, n, opts, rep
+        self.deadline = opts.deadline
+
+    def slow(self, keys: list[str]) -> bool:
+        """True when a later repetition should skip this step: its first sample was slow."""
+        if self.rep == 0:
+            return False
+        figures = [self.results.get(self.tool.name, key, self.n) for key in keys]
+        if any(f.unit == "s" and f.samples and f.samples[0] > self.opts.slow_seconds for f in figures):
+            for f in figures:
+                f.note = f"measured once: the first sample took over {self.opts.slow_seconds:g} s"
+            return True
+        return False
+
+    def timeout(self, wanted: float) -> float:
+        """`wanted`, cut so that a hanging step cannot overrun the run's budget by much."""
+        return max(5.0, min(wanted, self.deadline - time.monotonic()))
+
+    def measure(self, keys: list[str], fn: Callable[[], dict[str, float | list[float]]]) -> bool:
+        """Run fn (returning {key: value}); on failure every key gets the reason."""
+        if self.slow(keys):
+            return False
+        if time.monotonic() > self.deadline:
+            self.skip(keys, budget_spent(self.opts))
+            return False
+        try:
+            values = fn()
+        except Unsupported as exc:
+            reason = f"not supported: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure is a recorded n/a
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            if not isinstance(exc, (TimeoutError, RuntimeError)):
+                reason += " @ " + traceback.extract_tb(exc.__traceback__)[-1].name
+            log = self.tool.daemon_log().strip().splitlines()
+            if log and not isinstance(exc, RuntimeError):
+                reason += f" (daemon log: {log[-1][-160:]})"
+        else:
+            for key, value in values.items():
+                self.results.add(self.tool.name, key, self.n, value)
+            return True
+        for key in keys:
+            self.results.fail(self.tool.name, key, self.n, reason)
+        return False
+
+    def skip(self, keys: list[str], reason: str) -> None:
+        for key in keys:
+            self.results.fail(self.tool.name, key, self.n, reason)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def _alive(snap: Snapshot, tokens: list[str]) -> bool:
+    present = snap.by_token()
+    return all(t in present for t in tokens)
+
+
+def _pids(snap: Snapshot, names: list[str], fleet: fleets.Fleet) -> dict[str, frozenset[int]]:
+    present = snap.by_token()
+    by_name = fleet.by_name()
+    return {name: frozenset(present.get(by_name[name].token, ())) for name in names}
+
+
+def launch(tool: Tool, fleet: fleets.Fleet, timeout: float) -> float:
+    """Start the daemon; seconds until every instance's process exists (exec'd) under it."""
+    scanner = Scanner(fleet.tag)
+    scanner.snapshot()  # cache what already runs, so polls read only new PIDs
+    tokens = list(fleet.tokens())
+    start = time.perf_counter()
+    scanner.root = tool.start()
+
+    def done(snap: Snapshot) -> bool:
+        if tool.exited():
+            raise RuntimeError(f"daemon exited: {tool.daemon_log()[-200:]}")
+        return _alive(snap, tokens)
+
+    scanner.wait(done, timeout, POLL, f"all {len(tokens)} children")
+    return time.perf_counter() - start
+
+
+# -- the fleet session --------------------------------------------------------------------
+
+def fleet_session(results: Results, tool: Tool, n: int, rep: int, opts: Options, workdir: Path) -> None:
+    """One daemon lifecycle at N; every step records its figures or its n/a."""
+    s = Session(results, tool, n, opts, rep)
+    state = {"fleet": fleets.sleep_fleet(n)}
+    tool.setup(workdir)
+    try:
+        def start() -> dict[str, float]:
+            tool.write_config(state["fleet"])
+            return {"start": launch(tool, state["fleet"], s.timeout(30 + 0.1 * n))}
+
+        def crash() -> dict[str, list[float]]:
+            names = [i.name for i in state["fleet"].instances]
+            victims = names[:: max(1, n // opts.crash_kills)][: opts.crash_kills]
+            return {"crash": _crashes(tool, state["fleet"], victims, s.timeout(10.0))}
+
+        if not s.measure(["start"], start):
+            s.skip(FLEET_KEYS[1:], "start failed: " + results.get(tool.name, "start", n).errors[-1])
+            return
+        time.sleep(SETTLE)
+        if rep == 0:
+            if tool.name == "floor":
+                for key, why in FLOOR_SKIPS.items():
+                    s.skip([key], f"not measured: {why}")
+            else:
+                s.measure(["idle_cpu", "idle_rss", "idle_pss"],
+                          lambda: _idle(tool, state["fleet"], opts.idle_seconds))
+            s.measure(["crash"], crash)
+        s.measure(["status"], lambda: {"status": _timed(tool.status)})
+        s.measure(["reload_one", "reload_one_collateral"],
+                  lambda: _reload_one(tool, state, s.timeout(30 + 0.1 * n)))
+        s.measure(["reload_10pct", "reload_10pct_collateral"],
+                  lambda: _reload_churn(tool, state, s.timeout(30 + 0.1 * n)))
+        s.measure(["shutdown"], lambda: {"shutdown": _shutdown(tool, state["fleet"], s.timeout(60.0))})
+    finally:
+        tool.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _idle(tool: Tool, fleet: fleets.Fleet, window: float) -> dict[str, float]:
+    helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
+    cpu, rss = cpu_percent(helpers, window)
+    return {"idle_cpu": cpu, "idle_rss": rss / 2**20, "idle_pss": pss(helpers) / 2**20}
+
+
+def _crashes(tool: Tool, fleet: fleets.Fleet, victims: list[str], timeout: float) -> list[float]:
+    """SIGKILL each victim once (distinct instances: no tool applies crash backoff)."""
+    times = []
+    by_name = fleet.by_name()
+    for name in victims:
+        tok = by_name[name].token
+        scanner = Scanner(fleet.tag, tool.pid)
+        (old,) = scanner.snapshot().by_token()[tok]
+        start = time.perf_counter()
+        os.kill(old, signal.SIGKILL)
+        scanner.wait(lambda snap: bool(snap.by_token().get(tok, set()) - {old}), timeout, CRASH_POLL,
+                     f"replacement of {name}")
+        times.append(time.perf_counter() - start)
+        time.sleep(0.1)
+    return times
+
+
+def _reload(tool: Tool, old: fleets.Fleet, new: fleets.Fleet, timeout: float) -> tuple[float, int]:
+    """Apply `new`; (seconds until /proc matches it, restarts among the untouched)."""
+    gone = [t for t in old.tokens() if t not in new.tokens()]
+    wanted = [t for t in new.tokens() if t not in old.tokens()]
+    kept = sorted(set(old.by_name()) & set(new.by_name()) - {new.tokens()[t].name for t in wanted})
+    scanner = Scanner(new.tag, tool.pid)
+    before = _pids(scanner.snapshot(), kept, old)
+    start = time.perf_counter()
+    tool.apply_reload(new)
+
+    def converged(snap: Snapshot) -> bool:
+        present = snap.by_token()
+        return all(t in present for t in wanted) and not any(t in present for t in gone)
+
+    scanner.wait(converged, timeout, POLL, "reloaded fleet")
+    elapsed = time.perf_counter() - start
+    time.sleep(SETTLE)
+    after = _pids(scanner.snapshot(), kept, old)
+    return elapsed, sum(1 for name in kept if after[name] != before[name])
+
+
+def _reload_one(tool: Tool, state: dict[str, fleets.Fleet], timeout: float) -> dict[str, float]:
+    old = state["fleet"]
+    state["fleet"] = new = fleets.change_one(old, old.instances[-1].name)
+    elapsed, collateral = _reload(tool, old, new, timeout)
+    return {"reload_one": elapsed, "reload_one_collateral": collateral}
+
+
+def _reload_churn(tool: Tool, state: dict[str, fleets.Fleet], timeout: float) -> dict[str, float]:
+    old = state["fleet"]
+    state["fleet"] = new = fleets.churn(old, max(1, len(old.instances) // 10))[0]
+    elapsed, collateral = _reload(tool, old, new, timeout)
+    return {"reload_10pct": elapsed, "reload_10pct_collateral": collateral}
+
+
+def _shutdown(tool: Tool, fleet: fleets.Fleet, timeout: float) -> float:
+    scanner = Scanner(fleet.tag, tool.pid)
+    scanner.snapshot()
+    start = time.perf_counter()
+    tool.stop()
+    scanner.wait(lambda snap: tool.exited() and not snap.tagged(), timeout, POLL, "master and children gone")
+    return time.perf_counter() - start
+
+
+# -- orch-only sessions -------------------------------------------------------------------
+
+def python_start_session(results: Results, tool: Tool, count: int, preload: bool, rep: int, opts: Options,
+                         workdir: Path) -> None:
+    """Launch `count` Python workers; seconds until each has run init() (touched its file)."""
+    key = "py_start_preload" if preload else "py_start_plain"
+    s = Session(results, tool, count, opts, rep)
+    tool.setup(workdir)
+    try:
+        def run() -> dict[str, float]:
+            (workdir / f"{fleets.WORKER_MODULE}.py").write_text(fleets.WORKER_SOURCE)
+            ready = workdir / fleets.READY_DIR
+            ready.mkdir()
+            fleet = fleets.worker_fleet(count, preload)
+            tool.write_config(fleet)
+            start = time.perf_counter()
+            tool.start()
+            deadline = start + s.timeout(30 + 0.3 * count)
+            while len(os.listdir(ready)) < count:
+                if tool.exited():
+                    raise RuntimeError(f"daemon exited: {tool.daemon_log()[-200:]}")
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"{len(os.listdir(ready))}/{count} workers ready after {deadline - start:.0f}s")
+                time.sleep(POLL)
+            return {key: time.perf_counter() - start}
+        s.measure([key], run)
+    finally:
+        tool.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def log_session(results: Results, tool: Tool, count: int, opts: Options, workdir: Path) -> None:
+    """`count` children each writing 1 MB/s to stdout: the daemon's CPU and the bytes logged."""
+    s = Session(results, tool, count, opts)
+    tool.setup(workdir)
+    try:
+        def run() -> dict[str, float]:
+            script = workdir / "logwriter.py"
+            script.write_text(fleets.WRITER_SOURCE)
+            fleet = fleets.writer_fleet(count, script, 1_000_000)
+            tool.write_config(fleet)
+            launch(tool, fleet, s.timeout(30 + 0.2 * count))
+            time.sleep(SETTLE)
+            helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
+            before = _bytes_under(workdir)
+            start = time.perf_counter()
+            cpu, _ = cpu_percent(helpers, opts.log_seconds)
+            rate = (_bytes_under(workdir) - before) / (time.perf_counter() - start) / 1e6
+            return {"log_cpu": cpu, "log_rate": rate}
+        s.measure(["log_cpu", "log_rate"], run)
+    finally:
+        tool.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes in the log files under `folder` (rotated ones included)."""
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if ".log" in name:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+    return total
+
+
+# -- the whole run ------------------------------------------------------------------------
+
+def budget_spent(opts: Options) -> str:
+    return f"skipped: run time budget ({opts.budget_seconds:g} s) spent"
+
+
+def run(opts: Options, progress: Callable[[str], None]) -> Results:
+    """Every session for every tool: the smallest N, then the orch-only scenarios, then the
+    other sizes; tools interleaved within a repetition so drifts hit them alike."""
+    results = Results()
+    tools = {name: tool_class(name)() for name in opts.tools}
+    missing = {name: tool.missing() for name, tool in tools.items()}
+    opts.deadline = time.monotonic() + opts.budget_seconds
+    root = Path(tempfile.mkdtemp(prefix="orchbench-"))
+
+    def attempt(name: str, keys: list[str], n: int, label: str, session: Callable[[], None]) -> None:
+        if missing[name]:
+            reason = f"tool missing: {missing[name]}"
+        elif time.monotonic() > opts.deadline:
+            reason = budget_spent(opts)
+        else:
+            progress(f"{name:<11} {label}")
+            try:
+                session()
+                return
+            except Exception as exc:  # noqa: BLE001 - a bench bug must not lose the other tools
+                reason = f"session error: {type(exc).__name__}: {exc}"
+        for key in keys:
+            results.fail(name, key, n, reason)
+
+    def fleet_sessions(n: int) -> None:
+        for rep in range(opts.reps):
+            for name, tool in tools.items():
+                attempt(name, FLEET_KEYS, n, f"N={n} rep {rep + 1}/{opts.reps}",
+                        lambda: fleet_session(results, tool, n, rep, opts, root / f"{name}-{n}-{rep}"))
+
+    def orch_only() -> None:
+        for name in tools:
+            if name != "orch":
+                for key in ORCH_KEYS:
+                    results.fail(name, key, opts.py_workers if key.startswith("py_") else opts.log_writers,
+                                 "orch-only scenario")
+        if "orch" not in tools:
+            return
+        orch = tools["orch"]
+        for rep in range(opts.reps):
+            for preload in (False, True):
+                key = "py_start_preload" if preload else "py_start_plain"
+                attempt("orch", [key], opts.py_workers,
+                        f"{opts.py_workers} Python workers, preload={preload}, rep {rep + 1}/{opts.reps}",
+                        lambda: python_start_session(results, orch, opts.py_workers, preload, rep, opts,
+                                                     root / f"py-{preload}-{rep}"))
+        attempt("orch", ["log_cpu", "log_rate"], opts.log_writers, f"{opts.log_writers} children logging 1 MB/s",
+                lambda: log_session(results, orch, opts.log_writers, opts, root / "logs"))
+
+    try:
+        sizes = sorted(opts.sizes)
+        fleet_sessions(sizes[0])
+        orch_only()
+        for n in sizes[1:]:
+            fleet_sessions(n)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return results

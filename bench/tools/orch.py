@@ -1,0 +1,67 @@
+"""orch: one [workers.NAME] table per instance; reload = save the file (orch watches it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..fleet import Fleet
+from .base import Tool, package_version, python_module
+
+HEAD = """\
+[orchestrator]
+control_socket = ".orch/orch.sock"
+pidfile = ".orch/orch.pid"
+log_dir = ".orch/logs"
+check_interval = "1s"
+
+[defaults]
+restart = "always"
+backoff = { initial = "1s", max = "60s" }
+"""
+
+
+class Orch(Tool):
+    """`orch up --quiet` in the foreground."""
+
+    name = "orch"
+    module = "orchestrator"
+    distribution = "orch"
+    python_targets = True
+
+    def settings(self) -> str:
+        return ('one [workers.x] table per instance; restart="always", backoff 1s..60s '
+                '(a first crash restarts at once), check_interval=1s, output to per-instance '
+                'log files, `up --quiet`; reload by saving the file (watched)')
+
+    def version(self) -> str:
+        version = package_version(self.distribution)
+        if version is None:
+            try:
+                from orchestrator import __version__ as version  # run from the repo, not installed
+            except ImportError:
+                version = "unknown"
+        return version
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "workers.toml"
+
+    def render_config(self, fleet: Fleet) -> str:
+        tables = []
+        for inst in fleet.instances:
+            if inst.target is not None:
+                body = f"target = {json.dumps(inst.target)}\npreload = {str(inst.preload).lower()}\n"
+            else:
+                body = f"command = {json.dumps(list(inst.argv))}\n"
+            tables.append(f"\n[workers.{inst.name}]\n{body}")
+        return HEAD + "".join(tables)
+
+    def daemon_argv(self) -> list[str]:
+        return python_module("orchestrator", "up", "-c", str(self.config_path), "--quiet")
+
+    def reload_commands(self) -> list[list[str]]:
+        return []  # orch reloads when the file is replaced
+
+    def status_argv(self) -> list[str]:
+        return python_module("orchestrator", "status", "-c", str(self.config_path))
