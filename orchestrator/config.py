@@ -6,7 +6,6 @@ problem at all, or raises `ConfigError` listing every problem found.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import glob
 import os
@@ -347,9 +346,10 @@ def load_config(path: Path) -> Config:
             if not isinstance(table, dict):
                 source_problems.add(f"workers.{name}", "expected a table")
                 continue
-            template = _template(name, _merge(defaults, table), path.parent, settings, source_problems)
+            template = _template(name, _merge(defaults, table), path.parent, settings, source_problems,
+                                 source)
             if template is not None:
-                templates.append(dataclasses.replace(template, source=source))
+                templates.append(template)
     found = [p for _, source_problems, _ in sources for p in source_problems.items]
     if found:
         raise ConfigError(found)
@@ -457,7 +457,7 @@ def _settings(table: object, path: Path, problems: _Problems) -> Settings:
 
 
 def _template(name: str, table: dict, folder: Path, settings: Settings,
-              problems: _Problems) -> Template | None:
+              problems: _Problems, source: Path | None = None) -> Template | None:
     prefix = f"workers.{name}."
     clean: dict[str, Any] = {}
     before = len(problems.items)
@@ -505,6 +505,7 @@ def _template(name: str, table: dict, folder: Path, settings: Settings,
         check_point=clean.get("check_point", 0.0),
         pythonpath=clean.get("pythonpath", ()),
         policy=policy,
+        source=source,
     )
 
 
