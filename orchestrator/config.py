@@ -6,16 +6,16 @@ problem at all, or raises `ConfigError` listing every problem found.
 
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError, ConfigProblem
-from .units import parse_duration, parse_signal, parse_size
+from .fields import BACKOFF_KEYS, MEMORY_KEYS, ORCHESTRATOR_KEYS, TOP_KEYS, WORKER_KEYS, type_name
+from .locate import Problems, locate_keys  # noqa: F401 - locate_keys is part of this module's API
 
 try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-table file
     import tomli as tomllib
@@ -105,180 +105,6 @@ class Config:
         return self.path.parent
 
 
-# --- field parsers: each takes a TOML value and returns the clean value or raises ValueError ---
-
-def _str(v: object) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"expected a string, got {_tname(v)}")
-    return v
-
-
-def _bool(v: object) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {_tname(v)}")
-    return v
-
-
-def _int_at_least(low: int) -> Callable[[object], int]:
-    def parse(v: object) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"expected a whole number, got {_tname(v)}")
-        if v < low:
-            raise ValueError(f"must be at least {low}, got {v}")
-        return v
-    return parse
-
-
-def _enum(*choices: str) -> Callable[[object], str]:
-    def parse(v: object) -> str:
-        if v not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
-        return v  # type: ignore[return-value]
-    return parse
-
-
-def _command(v: object) -> str | tuple[str, ...]:
-    if isinstance(v, str):
-        if not v.strip():
-            raise ValueError("command is empty")
-        return v
-    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
-        return tuple(v)
-    raise ValueError("expected a string or a non-empty array of strings")
-
-
-def _table(v: object) -> dict:
-    if not isinstance(v, dict):
-        raise ValueError(f"expected a table, got {_tname(v)}")
-    return v
-
-
-def _list_of_tables(v: object) -> list:
-    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-        raise ValueError("expected an array of tables like [{ ip = \"10.0.0.1\" }]")
-    return v
-
-
-def _str_list(v: object) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ValueError("expected an array of strings")
-    return tuple(v)
-
-
-def _address(v: object) -> str:
-    text = _str(v)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError(f"expected HOST:PORT like \"127.0.0.1:9108\" or \"[::1]:9108\", got {text!r}")
-    return text
-
-
-def _positive_duration(v: object) -> float:
-    seconds = parse_duration(v)
-    if seconds <= 0:
-        raise ValueError(f"must be longer than zero, got {v!r}")
-    return seconds
-
-
-def _signal(v: object) -> int:
-    return int(parse_signal(v))
-
-
-def _tname(v: object) -> str:
-    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
-            list: "an array", dict: "a table"}.get(type(v), type(v).__name__)
-
-
-# One declaration per setting: validation, defaults and the docs' key list all read these.
-WORKER_KEYS: dict[str, Callable[[object], object]] = {
-    "command": _command, "target": _str, "kwargs": _table, "name": _str,
-    "matrix": _table, "include": _list_of_tables, "exclude": _list_of_tables,
-    "replicas": _int_at_least(1), "env": _table, "inherit": _bool, "cwd": _str,
-    "shell": _bool, "preload": _bool, "check_point": parse_duration, "pythonpath": _str_list,
-    "restart": _enum("always", "on-failure", "never"), "backoff": _table,
-    "min_uptime": parse_duration, "stop_signal": _signal, "stop_timeout": parse_duration,
-    "memory": _table, "max_lifetime": _positive_duration, "timeout": _positive_duration,
-    "max_requests": _int_at_least(1), "rolling": _bool, "max_unavailable": _int_at_least(1),
-    "log_max_size": parse_size, "log_backups": _int_at_least(0),
-}
-BACKOFF_KEYS = {"initial": parse_duration, "max": parse_duration}
-MEMORY_KEYS = {"soft": parse_size, "hard": parse_size}
-ORCHESTRATOR_KEYS: dict[str, Callable[[object], object]] = {
-    "name": _str, "control_socket": _str, "pidfile": _str, "log_dir": _str,
-    "graceful_timeout": parse_duration, "check_interval": _positive_duration, "watch": _bool,
-    "max_instances": _int_at_least(1), "log_level": _enum("debug", "info", "warning", "error"),
-    "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _address,
-    "include": _str_list,
-}
-TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
-# Keys that are rendered per instance by expand.py (and checked there).
-RENDERED_KEYS = ("command", "name", "env", "cwd", "kwargs", "matrix")
-
-
-class _Problems:
-    """Collects problems against one file, locating each key path in its text."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        self.text = text
-        self.items: list[ConfigProblem] = []
-        self._lines: dict[str, int] | None = None
-
-    @property
-    def lines(self) -> dict[str, int]:
-        if self._lines is None:  # only a file with problems pays for locating keys
-            self._lines = locate_keys(self.text)
-        return self._lines
-
-    def add(self, keypath: str, message: str) -> None:
-        self.items.append(ConfigProblem(str(self.path), keypath, message, self.line_of(keypath)))
-
-    def line_of(self, keypath: str) -> int | None:
-        parts = keypath.split(".")
-        while parts:
-            line = self.lines.get(".".join(parts))
-            if line:
-                return line
-            parts.pop()
-        return None
-
-    def unknown(self, prefix: str, key: str, known: Any) -> None:
-        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        self.add(f"{prefix}{key}", f"unknown key {key!r}{hint}")
-
-
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
-_KEY = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
-_INLINE_KEY = re.compile(r"[{,]\s*([A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
-
-
-def _split_key(key: str) -> list[str]:
-    return [p.strip().strip("\"'") for p in re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", key)]
-
-
-def locate_keys(text: str) -> dict[str, int]:
-    """Map dotted key paths to the 1-based line that defines them (best effort, tables and inline tables)."""
-    found: dict[str, int] = {}
-    table: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        header = _HEADER.match(line)
-        if header:
-            table = _split_key(header.group(1))
-            for depth in range(1, len(table) + 1):  # [worker.a] also locates "worker"
-                found.setdefault(".".join(table[:depth]), number)
-            continue
-        key = _KEY.match(line)
-        if not key:
-            continue
-        path = table + _split_key(key.group(1))
-        found.setdefault(".".join(path), number)
-        rest = line[key.end():]
-        for inner in _INLINE_KEY.finditer(rest):
-            found.setdefault(".".join(path + [inner.group(1).strip("\"")]), number)
-    return found
-
-
 def find_config(explicit: str | None) -> Path:
     """The config path from `-c`, then `$ORCH_CONFIG`, then `./workers.toml`."""
     return Path(explicit or os.environ.get("ORCH_CONFIG") or DEFAULT_CONFIG_NAME).absolute()
@@ -305,7 +131,7 @@ def read_toml(path: Path) -> tuple[dict, str]:
 def load_settings(path: Path) -> Settings:
     """Only the `[orchestrator]` table: what client commands need, without validating the fleet."""
     data, text = read_toml(path)
-    problems = _Problems(path, text)
+    problems = Problems(path, text)
     settings = _settings(data.get("orchestrator", {}), path, problems)
     if problems.items:
         raise ConfigError(problems.items)
@@ -316,7 +142,7 @@ def load_config(path: Path) -> Config:
     """Read and validate a whole config file."""
     path = path.absolute()
     data, text = read_toml(path)
-    problems = _Problems(path, text)
+    problems = Problems(path, text)
     for key in data:
         if key not in TOP_KEYS:
             problems.unknown("", key, TOP_KEYS)
@@ -358,20 +184,20 @@ def load_config(path: Path) -> Config:
 
 
 def _included(patterns: tuple[str, ...], main: Path,
-              variables: dict) -> list[tuple[Path, "_Problems", dict]]:
+              variables: dict) -> list[tuple[Path, "Problems", dict]]:
     """The files `[orchestrator] include` names, in sorted order: each may add [vars] and
     [workers.*] (never redefine them); everything else stays in the main file."""
     files = sorted({Path(f) for pattern in patterns for f in glob.glob(pattern)} - {main})
-    found: list[tuple[Path, _Problems, dict]] = []
+    found: list[tuple[Path, Problems, dict]] = []
     for file in files:
         try:
             data, text = read_toml(file)
         except ConfigError as exc:
-            problems = _Problems(file, "")
+            problems = Problems(file, "")
             problems.items += exc.problems
             found.append((file, problems, {}))
             continue
-        problems = _Problems(file, text)
+        problems = Problems(file, text)
         for key in data:
             if key not in ("vars", "workers"):
                 problems.add(key, f"[{key}] belongs in the main config file {main.name}; "
@@ -386,7 +212,7 @@ def _included(patterns: tuple[str, ...], main: Path,
     return found
 
 
-def _valid_defaults(defaults: dict, problems: _Problems) -> dict:
+def _valid_defaults(defaults: dict, problems: Problems) -> dict:
     """The [defaults] keys that validate; problems are located in [defaults], not per worker."""
     valid = {}
     for key, raw in defaults.items():
@@ -431,7 +257,7 @@ def _merge(defaults: dict, table: dict) -> dict:
     return merged
 
 
-def _settings(table: object, path: Path, problems: _Problems) -> Settings:
+def _settings(table: object, path: Path, problems: Problems) -> Settings:
     folder = path.parent
     values: dict[str, Any] = {}
     if not isinstance(table, dict):
@@ -457,7 +283,7 @@ def _settings(table: object, path: Path, problems: _Problems) -> Settings:
 
 
 def _template(name: str, table: dict, folder: Path, settings: Settings,
-              problems: _Problems, source: Path | None = None) -> Template | None:
+              problems: Problems, source: Path | None = None) -> Template | None:
     prefix = f"workers.{name}."
     clean: dict[str, Any] = {}
     before = len(problems.items)
@@ -484,7 +310,7 @@ def _template(name: str, table: dict, folder: Path, settings: Settings,
             problems.add(f"{prefix}matrix.{axis}", "expected an array of values or a Jinja expression like \"{{ queues }}\"")
     for key, value in clean.get("env", {}).items():
         if not isinstance(value, (str, int, float, bool)):
-            problems.add(f"{prefix}env.{key}", f"expected a string or number, got {_tname(value)}")
+            problems.add(f"{prefix}env.{key}", f"expected a string or number, got {type_name(value)}")
     if len(problems.items) > before or policy is None:
         return None
     return Template(
@@ -509,7 +335,7 @@ def _template(name: str, table: dict, folder: Path, settings: Settings,
     )
 
 
-def _policy(clean: dict, prefix: str, settings: Settings, problems: _Problems) -> Policy | None:
+def _policy(clean: dict, prefix: str, settings: Settings, problems: Problems) -> Policy | None:
     values: dict[str, Any] = {}
     for table_key, keys in (("backoff", BACKOFF_KEYS), ("memory", MEMORY_KEYS)):
         for key, raw in clean.get(table_key, {}).items():

@@ -21,7 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .config import Config, Template
 from .errors import ConfigError, ConfigProblem
-from .config import locate_keys
+from .locate import locate_keys
 from .spec import ProcessSpec, PythonTarget
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
