@@ -114,10 +114,13 @@ class Master:
                 self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
                 log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
             self._remember_file()
-            if self.settings.watch:
-                self._start_watcher()
             plan = reconcile(self._initial_specs, {})
             self.supervisor.apply(plan)
+            self.supervisor.flush()  # the spawner forks while the watcher below starts up
+            if self.settings.watch:
+                self._start_watcher()
+                if self._read_sources() != self.config_bytes:  # saved while we were starting
+                    self.loop.call_soon(lambda: self.request_reload("file changed during start-up"))
             self.loop.call_soon(self._service_status)  # an empty fleet is ready at once
             self.applied_at = time.time()
             log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),

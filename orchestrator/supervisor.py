@@ -148,6 +148,10 @@ class Supervisor:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Send queued spawns and signals now rather than at the end of this wake-up."""
+        self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         queue, self._spawn_queue = self._spawn_queue, []
