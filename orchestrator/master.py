@@ -23,7 +23,7 @@ from .worker import notify
 from .orphans import state_path, write_state
 from .procfs import start_time
 from .plan import reconcile
-from .spawner import SpawnerClient
+from .spawner import SpawnerClient, reaped
 from .spec import ProcessSpec
 from .supervisor import Supervisor
 from .states import State
@@ -188,13 +188,7 @@ class Master:
         os.kill(self.spawner.pid, signal.SIGKILL)
 
     def _reap(self, signum: int) -> None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, _ in reaped():
             if pid == self.spawner.pid:
                 if self._finishing:
                     self.loop.stop()

@@ -24,7 +24,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -67,6 +67,27 @@ def prepare_child(parent: int, stdin: int, out: int, cwd: str) -> None:  # pragm
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.chdir(cwd)
+
+
+def reaped() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of every child that has exited, without blocking: signals coalesce,
+    so one SIGCHLD may stand for many exits."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a whole process group, if any member is left."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  # pragma: no cover
@@ -324,10 +345,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         if zygote.children:
             for pid in zygote.children:
                 self.zygote_children.pop(pid, None)
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                kill_group(pid)
             self._send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
 
     def _executable(self, program: str, env: dict[str, str]) -> str:
@@ -386,24 +404,14 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
 
     def _reap(self) -> None:
         exited = []
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for pid, status in reaped():
             if pid not in self.children:
                 continue  # an orphaned grandchild, reparented to us as subreaper
             self.children.discard(pid)
             errpipe = self.pid_errpipe.get(pid)
             if errpipe is not None:
                 self._errpipe_ready(errpipe)
-            # Kill what the leader left in its group, so no grandchild outlives its worker.
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(pid)  # what the leader left in its group: no grandchild outlives its worker
             exited.append((pid, status))
             if len(exited) >= MAX_EVENTS_PER_MESSAGE:
                 self._send(("exited", exited))
@@ -414,10 +422,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
     def _kill_everything(self) -> None:
         """Master gone: SIGKILL every group, then any orphan reparented to us, and reap all."""
         for pid in list(self.children) + list(self.zygote_children):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(pid)
         while True:
             remaining = _direct_children()
             for pid in remaining:

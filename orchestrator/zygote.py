@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any
 
-from .spawner import PR_SET_PDEATHSIG, _set_title, prctl, prepare_child, receive
+from .spawner import PR_SET_PDEATHSIG, _set_title, kill_group, prctl, prepare_child, reaped, receive
 
 
 def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
@@ -74,10 +74,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
                 if key.data == "spawner":
                     if not self._from_spawner():
                         for pid in self.children:
-                            try:
-                                os.killpg(pid, signal.SIGKILL)
-                            except OSError:
-                                pass
+                            kill_group(pid)
                         return 0
                 else:
                     try:
@@ -140,19 +137,10 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
 
     def _reap(self) -> None:
         exited = []
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for pid, status in reaped():
             if pid in self.children:
                 self.children.discard(pid)
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                kill_group(pid)
                 exited.append((pid, status))
         if exited:
             self._send(("exited", exited))
