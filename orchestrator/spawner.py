@@ -195,8 +195,8 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         self.pid_errpipe: dict[int, int] = {}
         self.selector = selectors.DefaultSelector()
         self._which: dict[tuple[str, str], str] = {}
-        self.zygotes: dict[tuple[str, tuple[str, ...]], _ZygoteHandle] = {}
-        self.zygote_children: dict[int, _ZygoteHandle] = {}
+        from .zygote import ZygotePool  # zygote.py builds on this module's helpers
+        self.zygotes = ZygotePool(self.selector, self._send)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         os.set_inheritable(self.devnull, False)
 
@@ -223,8 +223,8 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
                         if not self._from_master():
                             self._kill_everything()
                             return
-                    elif isinstance(key.data, _ZygoteHandle):
-                        self._from_zygote(key.data)
+                    elif isinstance(key.data, tuple):  # ("zygote", handle)
+                        self.zygotes.readable(key.data[1])
                     elif key.data == "sigchld":
                         try:
                             wake_r.recv(4096)
@@ -265,7 +265,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         try:
             if group:
                 os.killpg(pid, signum)  # the group outlives its leader while members remain
-            elif pid in self.children or pid in self.zygote_children:
+            elif pid in self.children or pid in self.zygotes.children:
                 os.kill(pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
@@ -282,71 +282,11 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
             except OSError as exc:
                 failed.append((request.token, f"fork failed: {exc.strerror}"))
         for key, items in preloaded.items():
-            failed += self._to_zygote(key, items)
+            failed += self.zygotes.fork(key, items)
         if spawned:
             self._send(("spawned", spawned))
         if failed:
             self._send(("failed", failed))
-
-    # --- zygotes: preloaded Python workers -----------------------------------------------
-    def _to_zygote(self, key: tuple[str, tuple[str, ...]],
-                   items: list[tuple[SpawnRequest, int]]) -> list[tuple[int, str]]:
-        from .zygote import start_zygote
-        zygote = self.zygotes.get(key)
-        try:
-            if zygote is None:
-                pid, sock = start_zygote(*key)
-                zygote = self.zygotes[key] = _ZygoteHandle(key, pid, sock)
-                self.selector.register(sock, selectors.EVENT_READ, zygote)
-            message = pickle.dumps(("fork", [(r.token, r) for r, _ in items]))
-            socket.send_fds(zygote.sock, [message], [out for _, out in items])
-        except OSError as exc:
-            return [(r.token, f"preload zygote: {exc}") for r, _ in items]
-        zygote.pending.update(r.token for r, _ in items)
-        return []
-
-    def _from_zygote(self, zygote: "_ZygoteHandle") -> None:
-        try:
-            data = zygote.sock.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._zygote_gone(zygote)
-            return
-        message = pickle.loads(data)
-        kind = message[0]
-        if kind == "import_failed":
-            zygote.error = message[1]
-            return
-        if kind == "spawned":
-            for token, pid in message[1]:
-                zygote.pending.discard(token)
-                zygote.children.add(pid)
-                self.zygote_children[pid] = zygote
-        elif kind == "failed":
-            for token, _ in message[1]:
-                zygote.pending.discard(token)
-        elif kind == "exited":
-            for pid, _ in message[1]:
-                zygote.children.discard(pid)
-                self.zygote_children.pop(pid, None)
-        self._send(message)
-
-    def _zygote_gone(self, zygote: "_ZygoteHandle") -> None:
-        """Its workers die with it (PDEATHSIG): report them, and fail what it never forked."""
-        self.selector.unregister(zygote.sock)
-        zygote.sock.close()
-        self.zygotes.pop(zygote.key, None)
-        error = zygote.error or "the preload zygote exited"
-        if zygote.pending:
-            self._send(("failed", [(token, error) for token in zygote.pending]))
-        if zygote.children:
-            for pid in zygote.children:
-                self.zygote_children.pop(pid, None)
-                kill_group(pid)
-            self._send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
 
     def _executable(self, program: str, env: dict[str, str]) -> str:
         """Resolve the program once per (name, PATH), not by a PATH search in every child."""
@@ -421,7 +361,7 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
 
     def _kill_everything(self) -> None:
         """Master gone: SIGKILL every group, then any orphan reparented to us, and reap all."""
-        for pid in list(self.children) + list(self.zygote_children):
+        for pid in list(self.children) + list(self.zygotes.children):
             kill_group(pid)
         while True:
             remaining = _direct_children()
@@ -438,18 +378,6 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
             if not remaining:
                 return
             time.sleep(0.002)  # SIGKILLed children need a moment before they can be reaped
-
-
-class _ZygoteHandle:  # pragma: no cover - runs in the helper
-    """The spawner's view of one zygote."""
-
-    def __init__(self, key: tuple[str, tuple[str, ...]], pid: int, sock: socket.socket):
-        self.key = key
-        self.pid = pid
-        self.sock = sock
-        self.pending: set[int] = set()
-        self.children: set[int] = set()
-        self.error: str | None = None
 
 
 def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper

@@ -144,3 +144,85 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
                 exited.append((pid, status))
         if exited:
             self._send(("exited", exited))
+
+
+class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integration tests
+    """The spawner's zygotes, one per preloaded (target, pythonpath), started on first use."""
+
+    def __init__(self, selector: selectors.BaseSelector, send: Any):
+        self.selector = selector
+        self.send = send  # to the master
+        self.zygotes: dict[tuple[str, tuple[str, ...]], ZygoteHandle] = {}
+        self.children: dict[int, ZygoteHandle] = {}  # worker pid -> the zygote that forked it
+
+    def fork(self, key: tuple[str, tuple[str, ...]], items: list[tuple[Any, int]]) -> list[tuple[int, str]]:
+        """Ask the zygote for `key` (starting it if needed) to fork these requests; returns
+        (token, error) for any it could not take."""
+        zygote = self.zygotes.get(key)
+        try:
+            if zygote is None:
+                pid, sock = start_zygote(*key)
+                zygote = self.zygotes[key] = ZygoteHandle(key, pid, sock)
+                self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
+            message = pickle.dumps(("fork", [(r.token, r) for r, _ in items]))
+            socket.send_fds(zygote.sock, [message], [out for _, out in items])
+        except OSError as exc:
+            return [(r.token, f"preload zygote: {exc}") for r, _ in items]
+        zygote.pending.update(r.token for r, _ in items)
+        return []
+
+    def readable(self, zygote: "ZygoteHandle") -> None:
+        """Forward what a zygote reports to the master, keeping track of its workers."""
+        try:
+            data = zygote.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._gone(zygote)
+            return
+        message = pickle.loads(data)
+        kind = message[0]
+        if kind == "import_failed":
+            zygote.error = message[1]
+            return
+        if kind == "spawned":
+            for token, pid in message[1]:
+                zygote.pending.discard(token)
+                zygote.children.add(pid)
+                self.children[pid] = zygote
+        elif kind == "failed":
+            for token, _ in message[1]:
+                zygote.pending.discard(token)
+        elif kind == "exited":
+            for pid, _ in message[1]:
+                zygote.children.discard(pid)
+                self.children.pop(pid, None)
+        self.send(message)
+
+    def _gone(self, zygote: "ZygoteHandle") -> None:
+        """Its workers die with it (PDEATHSIG): report them, and fail what it never forked."""
+        self.selector.unregister(zygote.sock)
+        zygote.sock.close()
+        self.zygotes.pop(zygote.key, None)
+        error = zygote.error or "the preload zygote exited"
+        if zygote.pending:
+            self.send(("failed", [(token, error) for token in zygote.pending]))
+        if zygote.children:
+            for pid in zygote.children:
+                self.children.pop(pid, None)
+                kill_group(pid)
+            self.send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
+
+
+class ZygoteHandle:  # pragma: no cover - runs in the helper
+    """The spawner's view of one zygote."""
+
+    def __init__(self, key: tuple[str, tuple[str, ...]], pid: int, sock: socket.socket):
+        self.key = key
+        self.pid = pid
+        self.sock = sock
+        self.pending: set[int] = set()
+        self.children: set[int] = set()
+        self.error: str | None = None
