@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .report import RESULTS_MD, machine_info, render_machine, render_notes, render_table, to_json, write_results
+from .report import (RESULTS_MD, from_json, machine_info, render_machine, render_notes, render_table,
+                     render_targets, to_json, write_results)
 from .scenarios import Options, run
 from .tools import TOOLS, tool_class
 
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds after which remaining steps are skipped (default 560)")
     parser.add_argument("--json", metavar="FILE", help="also dump every figure and sample as JSON")
     parser.add_argument("--write-results", action="store_true", help=f"rewrite {RESULTS_MD.name} with the table")
+    parser.add_argument("--from-json", metavar="FILE", help="re-render a run saved with --json; run nothing")
     args = parser.parse_args(argv)
     unknown = [t for t in args.tools.split(",") if t not in TOOLS or t == "floor"]
     if unknown:
@@ -57,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     opts = options(args)
+    if args.from_json:
+        results, opts, info = from_json(json.loads(Path(args.from_json).read_text()))
+        tools = {name: tool_class(name)() for name in opts.tools}
+        table, notes, targets = render_table(results, opts), render_notes(opts, tools), render_targets(results, opts)
+        print(f"{render_machine(info)}\n\n{table}\n\n{targets}\n\n{notes}")
+        if args.write_results:
+            write_results(RESULTS_MD, table, notes, info, f"python -m bench (re-rendered from {args.from_json})",
+                          targets)
+        return 0
     started = time.monotonic()
     print(f"bench: tools {', '.join(opts.tools)}; N = {', '.join(map(str, opts.sizes))}; "
           f"{opts.reps} rep(s); idle window {opts.idle_seconds:g} s", file=sys.stderr)
@@ -66,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(tools)
     table = render_table(results, opts)
     notes = render_notes(opts, tools)
-    print(f"{render_machine(info)}\n\n{table}\n\n{notes}")
+    targets = render_targets(results, opts) if "orch" in opts.tools else ""
+    print(f"{render_machine(info)}\n\n{table}\n\n{targets}\n\n{notes}")
     print(f"bench: done in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(results, opts, info), indent=1))
     if args.write_results:
         command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results(RESULTS_MD, table, notes, info, command.strip())
+        write_results(RESULTS_MD, table, notes, info, command.strip(), targets)
     return 0
 
 

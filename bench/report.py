@@ -117,6 +117,47 @@ def render_table(results: Results, opts: Options) -> str:
     return "\n".join(lines)
 
 
+# Issue 6's targets for orch: (figure, bound, kind, text). kind "max": the median is at most
+# the bound (in the figure's unit); kind "floor": at most bound x the floor's median.
+TARGETS = [
+    ("start", 1.5, "floor", "start within 1.5x of the floor"),
+    ("reload_one", 0.050, "max", "reload-one under 50 ms"),
+    ("reload_one_collateral", 0, "max", "reload-one: no collateral restart"),
+    ("reload_10pct", 0.200, "max", "reload-10% under 200 ms"),
+    ("reload_10pct_collateral", 0, "max", "reload-10%: no collateral restart"),
+    ("crash", 0.010, "max", "crash replacement under 10 ms (median)"),
+    ("shutdown", 0.5, "max", "shutdown under 0.5 s"),
+    ("status", 0.100, "max", "one status query under 100 ms (through the CLI)"),
+    ("idle_cpu", 0.1, "max", "idle under 0.1 % of a core (no limits configured)"),
+    ("idle_rss", 30.0, "max", "RSS under 30 MiB (master and helpers together)"),
+    ("idle_pss", 30.0, "max", "PSS under 30 MiB (master and helpers, shared pages counted once)"),
+]
+
+
+def render_targets(results: Results, opts: Options) -> str:
+    """Where orch stands against its targets at the largest N, each marked met or not."""
+    n = max(opts.sizes)
+    lines = [f"Against orch's targets (N = {n}):", "", "| target | orch | reference | verdict |",
+             "|---|--:|--:|---|"]
+    for key, bound, kind, text in TARGETS:
+        fig = results.figures.get(("orch", key, n))
+        if fig is None or fig.median is None:
+            lines.append(f"| {text} | n/a | | not measured |")
+            continue
+        limit: float | None = bound
+        reference = _num(bound, fig.unit)
+        if kind == "floor":
+            floor = results.figures.get(("floor", key, n))
+            limit = bound * floor.median if floor is not None and floor.median is not None else None
+            reference = f"{bound:g} × floor = {_num(limit, fig.unit)}" if limit is not None else "no floor"
+        verdict = "n/a" if limit is None else ("met" if fig.median <= limit else "not met")
+        lines.append(f"| {text} | {_num(fig.median, fig.unit)} | {reference} | {verdict} |")
+    lines.append("")
+    lines.append("Not a bench scenario: idle CPU with memory limits on every instance (target under 1 % "
+                 "at check_interval = 1s).")
+    return "\n".join(lines)
+
+
 def render_notes(opts: Options, tools: dict[str, Tool]) -> str:
     """What each figure means and the settings used."""
     lines = ["Figures (all times from /proc, never from the tools' own status):", ""]
@@ -152,11 +193,21 @@ def render_machine(info: dict[str, Any]) -> str:
             f"Python {info['python']}; {versions}. Date: {info['date']}.")
 
 
-def write_results(path: Path, table: str, notes: str, info: dict[str, Any], command: str) -> None:
+def write_results(path: Path, table: str, notes: str, info: dict[str, Any], command: str,
+                  targets: str = "") -> None:
     path.write_text(
         "# orch vs supervisord vs circus: benchmark results\n\n"
         f"Produced by `{command}` (rewrite with `--write-results`).\n\n"
-        f"{render_machine(info)}\n\n{table}\n\n{notes}\n")
+        f"{render_machine(info)}\n\n{table}\n\n" + (f"{targets}\n\n" if targets else "") + f"{notes}\n")
+
+
+def from_json(data: dict[str, Any]) -> tuple[Results, Options, dict[str, Any]]:
+    """A run saved with --json, back as results, options and machine info (to re-render it)."""
+    results = Results()
+    for f in data["figures"]:
+        figure = results.get(f["tool"], f["key"], f["n"])
+        figure.samples, figure.errors, figure.note = list(f["samples"]), list(f["errors"]), f["note"]
+    return results, Options(**data["options"]), data["machine"]
 
 
 def to_json(results: Results, opts: Options, info: dict[str, Any]) -> dict[str, Any]:

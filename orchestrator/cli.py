@@ -257,8 +257,22 @@ class _LogFollower:
             line = raw.decode(errors="replace")
             print(f"{self.label} | {line}" if self.label else line)
 
+    def _end(self, count: int) -> bytes:
+        """Enough of the file's end for `count` lines, read backwards in growing blocks (a
+        50 MiB log is not read whole); leaves the handle at the end, for following."""
+        size = os.fstat(self.handle.fileno()).st_size
+        block = 64 * 1024
+        while True:
+            start = max(0, size - block)
+            self.handle.seek(start)
+            data = self.handle.read(size - start)
+            if start == 0 or data.count(b"\n") > count:
+                break
+            block *= 4
+        return data if start == 0 else data[data.index(b"\n") + 1:]  # drop the cut first line
+
     def tail(self, count: int, keep_partial: bool) -> None:
-        data = self.handle.read() if self.handle is not None else b""
+        data = self._end(max(count, 0)) if self.handle is not None else b""
         lines = data.split(b"\n")
         last = lines.pop()  # b"" after a final newline, else a line still being written
         if last and not keep_partial:
