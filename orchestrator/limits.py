@@ -23,6 +23,8 @@ from .units import format_size
 
 log = logging.getLogger("orch")
 SOFT_SAMPLES = 2
+EARLY_MAX = 1024  # process groups whose notify messages may wait for their "spawned"
+EARLY_SECONDS = 10.0
 LIFETIME_JITTER = 0.1
 GRACEFUL_REASONS = ("memory_soft", "max_lifetime", "max_requests")
 
@@ -50,6 +52,7 @@ class Limits:
         self.loop = loop
         self.check_interval = check_interval
         self._sampler: Timer | None = None
+        self._early: dict[int, list[tuple[float, dict[str, str]]]] = {}  # process group -> messages
         supervisor.on_start_hooks.append(self.on_start)
         supervisor.on_exit_hooks.append(self.on_exit)
 
@@ -59,6 +62,9 @@ class Limits:
         self._arm_lifetime(inst)
         if inst.spec.policy.memory_hard or inst.spec.policy.memory_soft:
             self.ensure_sampling()
+        for sent, fields in self._early.pop(inst.pid, ()):  # sent before we knew this pid
+            if time.monotonic() - sent < EARLY_SECONDS:  # never replay to a recycled pid
+                self._apply(inst, fields)
 
     def on_exit(self, inst: Instance) -> None:
         for timer in inst.limit_timers.values():
@@ -105,7 +111,16 @@ class Limits:
     def on_notify(self, pid: int, fields: dict[str, str]) -> None:
         inst = self.instance_for(pid)
         if inst is None:
+            # A fast worker (forked from a zygote) can speak before the spawner's "spawned"
+            # reaches us: keep its messages, by process group, until its pid is known.
+            group = process_group(pid) or pid
+            self._early.setdefault(group, []).append((time.monotonic(), fields))
+            while len(self._early) > EARLY_MAX:
+                self._early.pop(next(iter(self._early)))
             return
+        self._apply(inst, fields)
+
+    def _apply(self, inst: Instance, fields: dict[str, str]) -> None:
         policy = inst.spec.policy
         if "STATUS" in fields:
             inst.notify_status = fields["STATUS"]
