@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import sys
+import zlib
 from pathlib import Path
 from typing import Callable, TextIO
 from urllib.parse import unquote
@@ -107,7 +108,7 @@ class Echo:
     def prefixer(self, name: str) -> Callable[[bytes], None]:
         """A writer for one instance; keeps a partial last line until its newline arrives."""
         self.width = max(self.width, min(len(name), 40))
-        colour = _COLOURS[hash(name) % len(_COLOURS)]
+        colour = _COLOURS[zlib.crc32(name.encode()) % len(_COLOURS)]  # the same colour every run
         pending = bytearray()
         buffer = self.stream.buffer if hasattr(self.stream, "buffer") else None
 
