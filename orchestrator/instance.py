@@ -26,7 +26,6 @@ class Instance:
         self.pid: int | None = None
         self.token: int | None = None
         self.started_at = 0.0            # monotonic, for uptime and backoff
-        self.started_wall = 0.0
         self.restarts = 0
         self.failures = 0
         self.last_exit: str | None = None
@@ -40,7 +39,6 @@ class Instance:
         self.ready = False
         self.requests = 0
         self.busy_since: float | None = None
-        self.last_watchdog: float | None = None
         self.notify_status: str | None = None
         self.rss = 0
         self.cpu_percent = 0.0
@@ -49,7 +47,6 @@ class Instance:
         self.limit_kill = False           # the worker ended itself for a limit (no backoff)
         self.rollout: Any = None          # the Rollout this instance is part of, if any
         self.limit_timers: dict[str, Timer] = {}  # lifetime, request and watchdog deadlines
-        self.speaks_notify = False        # sent READY=1 or ORCH_BEGIN=1 in this run
         self.counts_requests = False      # sent ORCH_BEGIN=1 in this run
         self.start_ticks: int | None = None  # /proc start time of the current pid (state file)
         self.cpu_sample: tuple[float, int] | None = None  # (monotonic, ticks) at the last status

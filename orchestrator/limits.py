@@ -125,14 +125,12 @@ class Limits:
         if "STATUS" in fields:
             inst.notify_status = fields["STATUS"]
         if fields.get("READY") == "1":
-            inst.speaks_notify = True
             self.supervisor.mark_ready(inst)
             self._arm_watchdog(inst)
         if fields.get("WATCHDOG") == "1":
-            inst.last_watchdog = time.monotonic()
             self._arm_watchdog(inst)
         if fields.get("ORCH_BEGIN") == "1":
-            inst.speaks_notify = inst.counts_requests = True
+            inst.counts_requests = True
             watchdog = inst.limit_timers.pop("watchdog", None)
             if watchdog is not None:  # it reports requests: timeout is per request, not a heartbeat
                 watchdog.cancel()

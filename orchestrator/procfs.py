@@ -36,11 +36,6 @@ def process_group(pid: int) -> int | None:
     return int(fields[2]) if fields else None
 
 
-def cpu_ticks(pid: int) -> int:
-    fields = stat_fields(pid)
-    return int(fields[11]) + int(fields[12]) if fields else 0
-
-
 def rss(pid: int) -> int:
     """Resident set size in bytes (0 if gone)."""
     try:

@@ -7,7 +7,6 @@ the spawner as one batch.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -305,12 +304,10 @@ class Supervisor:
             return
         inst.pid = pid
         inst.started_at = time.monotonic()
-        inst.started_wall = time.time()
         inst.ready = False
         inst.requests = 0
         inst.busy_since = None
-        inst.last_watchdog = None
-        inst.speaks_notify = inst.counts_requests = False
+        inst.counts_requests = False
         inst.cpu_sample = None
         inst.start_ticks = None
         self.by_pid[pid] = inst
@@ -431,8 +428,3 @@ class Supervisor:
                         inst.cpu_percent = 100.0 * (ticks - before) / CLOCK_TICKS / elapsed
                     inst.cpu_sample = (now, ticks)
         return [inst.status() for inst in chosen]
-
-
-def replace_policy(spec: ProcessSpec, other: ProcessSpec) -> ProcessSpec:
-    """`spec` with the policy of `other` (same process, new supervision settings)."""
-    return dataclasses.replace(spec, policy=other.policy, policy_hash=other.policy_hash)
