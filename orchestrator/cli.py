@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .config import find_config, load_settings
-from .control import ControlClient, ControlError, request
+from .config.load import find_config, load_settings
+from .control.server import ControlClient, ControlError, request
 from .errors import ConfigError, NoMasterError, OrchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
@@ -96,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_up(args: argparse.Namespace, path: Path) -> int:
-    from .run import run_up
+    from .up import run_up
     return run_up(path, quiet=args.quiet, detach=args.detach)
 
 
 def cmd_check(args: argparse.Namespace, path: Path) -> int:
-    from .config import load_config
-    from .expand import expand, summary  # Jinja: only the commands that render pay for it
+    from .config.load import load_config
+    from .expand.render import expand, summary  # Jinja: only the commands that render pay for it
     config = load_config(path)
     print(summary(config, expand(config)))
     return EXIT_OK
@@ -111,8 +111,8 @@ def cmd_check(args: argparse.Namespace, path: Path) -> int:
 def cmd_plan(args: argparse.Namespace, path: Path) -> int:
     if args.diff:
         return cmd_diff(args, path)
-    from .config import load_config
-    from .expand import expand, summary
+    from .config.load import load_config
+    from .expand.render import expand, summary
     config = load_config(path)
     specs = expand(config)
     if args.json:
@@ -161,7 +161,7 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
-    from .status_view import render_status
+    from .observe.status_view import render_status
     result = request(_socket(path), "status", patterns=args.patterns or None)
     if args.json:
         print(json.dumps(result["instances"], indent=1))
@@ -193,7 +193,7 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
 
 
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
-    from .logs import instance_name, log_path
+    from .observe.logs import instance_name, log_path
     import fnmatch
     settings = load_settings(path)
     files = sorted(settings.log_dir.glob("*.log"))
@@ -310,13 +310,3 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
     "restart": _control("restart"), "logs": cmd_logs,
 }
-
-
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s orch %(levelname)s %(message)s"))
-    root = logging.getLogger("orch")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    os.environ.pop("ORCH_INSTANCE", None)

@@ -9,24 +9,25 @@ import time
 from typing import Any
 
 from . import __version__
-from .config import Config, Settings, load_config
-from .commands import Commands
-from .control import ControlServer
+from .config.load import Config, Settings, load_config
+from .control.commands import Commands
+from .control.server import ControlServer
 from .errors import ConfigError, ConfigProblem
-from .expand import ExpansionCache, expand
-from .logs import Echo
-from .limits import Limits
+from .expand.render import ExpansionCache, expand
+from .observe.logs import Echo
+from .supervise.limits import Limits
 from .loop import EventLoop
-from .notify import NotifyServer
-from .pidfile import PidLock
-from .worker import notify
-from .orphans import state_path, write_state
-from .procfs import start_time
+from .control.notify import NotifyServer
+from .spawn.pidfile import PidLock
+from .worker.runtime import notify
+from .spawn.orphans import state_path, write_state
+from .observe.procfs import start_time
 from .plan import reconcile
-from .spawner import SpawnerClient, reaped
-from .spec import ProcessSpec
-from .supervisor import Supervisor
-from .states import State
+from .spawn.child import reaped
+from .spawn.spawner import SpawnerClient
+from .expand.spec import ProcessSpec
+from .supervise.supervisor import Supervisor
+from .supervise.states import State
 
 log = logging.getLogger("orch")
 LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch",
@@ -110,7 +111,7 @@ class Master:
             self.control = ControlServer(loop, self.settings.control_socket, Commands(self))
             self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify)
             if self.settings.metrics:
-                from .metrics import MetricsServer
+                from .observe.metrics import MetricsServer
                 self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
                 log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
             self._remember_file()
@@ -131,7 +132,7 @@ class Master:
         return self.exit_code
 
     def _start_watcher(self) -> None:
-        from .watch import ConfigWatcher  # watchdog starts a thread: only after the spawner exists
+        from .control.watch import ConfigWatcher  # watchdog starts a thread: only after the spawner exists
         self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload)
         self.watcher.set_files(self.config.files, self.config.include_patterns)
         self.watcher.start()
@@ -258,7 +259,7 @@ class Master:
         return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances"
 
     def _metrics_text(self) -> str:
-        from .metrics import render_metrics
+        from .observe.metrics import render_metrics
         rows = self.supervisor.status(usage=True)
         return render_metrics(rows, {"orch_reloads_total": self.reload_count,
                                      "orch_reload_failures_total": self.reload_failures,

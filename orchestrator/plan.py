@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .spec import ProcessSpec, changed_fields
+from .expand.spec import ProcessSpec, changed_fields
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from orchestrator.backoff import JITTER, RestartDecision, decide_restart
-from orchestrator.config import Policy
+from orchestrator.supervise.backoff import JITTER, RestartDecision, decide_restart
+from orchestrator.config.load import Policy
 
 POLICY = Policy(restart="always", backoff_initial=1.0, backoff_max=8.0, min_uptime=5.0)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
+from orchestrator.config.load import load_config
 from orchestrator.errors import ConfigError
-from orchestrator.expand import expand
+from orchestrator.expand.render import expand
 
 ROOT = Path(__file__).resolve().parent.parent
 

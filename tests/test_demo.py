@@ -31,7 +31,7 @@ def test_the_demo_config_runs_consumers_that_drain_the_queue(start_master, tmp_p
 
 
 def test_the_example_configs_are_valid(tmp_path):
-    from orchestrator.config import load_config
-    from orchestrator.expand import expand
+    from orchestrator.config.load import load_config
+    from orchestrator.expand.render import expand
     shutil.copy(ROOT / "configs" / "workers.toml", tmp_path / "workers.toml")
     assert len(expand(load_config(tmp_path / "workers.toml"))) == 5

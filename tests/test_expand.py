@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 
-from orchestrator.config import load_config
-from orchestrator.expand import expand, summary
+from orchestrator.config.load import load_config
+from orchestrator.expand.render import expand, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ import textwrap
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from orchestrator.config import load_config
-from orchestrator.expand import ExpansionCache, expand
+from orchestrator.config.load import load_config
+from orchestrator.expand.render import ExpansionCache, expand
 
 BASE = """
 [vars]

@@ -63,7 +63,7 @@ def test_each_instance_writes_its_own_file_under_a_file_safe_name(start_master):
     assert "svc-mail@host.log" in files, files  # '@' is file-safe and kept as it is
     assert all(re.fullmatch(r"[A-Za-z0-9._@+=%~-]+\.log", f) for f in files), files
     for name in expected:
-        from orchestrator.logs import log_path
+        from orchestrator.observe.logs import log_path
         path = log_path(folder, name)
         assert path.parent == folder and path.name in files
         assert wait_for(lambda: text_of(path), message=f"{name}'s output") == f"I am {name}\n", \

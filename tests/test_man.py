@@ -57,7 +57,7 @@ def test_version():
 
 
 def test_every_config_key_is_in_the_man_page():
-    from orchestrator.config import ORCHESTRATOR_KEYS, WORKER_KEYS
+    from orchestrator.config.load import ORCHESTRATOR_KEYS, WORKER_KEYS
     for key in list(WORKER_KEYS) + list(ORCHESTRATOR_KEYS):
         assert re.search(rf"^{key} = ", MAN.split(".SH CONFIGURATION")[1], re.M) or \
             re.search(rf"{key} = ", MAN), key

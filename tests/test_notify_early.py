@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import time
 
-from orchestrator.config import load_config
-from orchestrator.expand import expand
-from orchestrator.instance import Instance
-from orchestrator.limits import Limits
-from orchestrator.logs import LogFile
+from orchestrator.config.load import load_config
+from orchestrator.expand.render import expand
+from orchestrator.supervise.instance import Instance
+from orchestrator.supervise.limits import Limits
+from orchestrator.observe.logs import LogFile
 from orchestrator.loop import EventLoop
-from orchestrator.states import State
+from orchestrator.supervise.states import State
 
 
 class Fleet:

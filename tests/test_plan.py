@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Policy, load_config
-from orchestrator.expand import expand
+from orchestrator.config.load import Policy, load_config
+from orchestrator.expand.render import expand
 from orchestrator.plan import Plan, Running, describe, reconcile
-from orchestrator.spec import ProcessSpec
+from orchestrator.expand.spec import ProcessSpec
 
 
 def spec(name: str, argv=("run",), env=(), policy: Policy = Policy(), cwd="/srv") -> ProcessSpec:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from orchestrator.states import ALIVE, TRANSITIONS, IllegalTransition, State, check_transition
+from orchestrator.supervise.states import ALIVE, TRANSITIONS, IllegalTransition, State, check_transition
 
 S = State
 LEGAL = {

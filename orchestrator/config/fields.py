@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .units import parse_duration, parse_signal, parse_size
+from ..units import parse_duration, parse_signal, parse_size
 
 
 def _str(v: object) -> str:

@@ -17,8 +17,8 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import NoMasterError, OrchError
-from .loop import EventLoop
+from ..errors import NoMasterError, OrchError
+from ..loop import EventLoop
 
 log = logging.getLogger("orch")
 Handler = Callable[[str, dict[str, Any], "Connection"], Any]

@@ -22,8 +22,8 @@ import struct
 from pathlib import Path
 from typing import Callable
 
-from .control import close_listener
-from .loop import EventLoop
+from .server import close_listener
+from ..loop import EventLoop
 
 log = logging.getLogger("orch")
 _UCRED = struct.Struct("3i")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .units import format_duration, format_size
+from ..units import format_duration, format_size
 
 
 def render_status(reply: dict[str, Any]) -> str:

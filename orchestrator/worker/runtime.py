@@ -143,9 +143,3 @@ def main(argv: list[str] | None = None, cls: type[Worker] | None = None) -> int:
         cls = load_target(args.target, args.pythonpath)
     return serve(cls, args)
 
-
-if __name__ == "__main__":
-    # Run as `python -m`, this file is `__main__`; user classes subclass the importable
-    # `orchestrator.worker.Worker`, so hand over to that module.
-    from orchestrator.worker import main as _main
-    sys.exit(_main())

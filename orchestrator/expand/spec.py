@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Policy
+from ..config.load import Policy
 
 
 @dataclass(frozen=True)

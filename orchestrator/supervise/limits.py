@@ -14,12 +14,12 @@ import random
 import time
 from typing import Any
 
-from .config import Policy
+from ..config.load import Policy
 from .instance import Instance
-from .loop import EventLoop, Timer
-from .procfs import process_group
+from ..loop import EventLoop, Timer
+from ..observe.procfs import process_group
 from .states import State
-from .units import format_size
+from ..units import format_size
 
 log = logging.getLogger("orch")
 SOFT_SAMPLES = 2

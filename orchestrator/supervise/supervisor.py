@@ -17,13 +17,13 @@ from typing import Callable, Iterable
 
 from .backoff import decide_restart
 from .instance import Instance, describe_exit
-from .logs import Echo, LogFile, log_path
-from .loop import EventLoop
-from .plan import Plan, Running
-from .procfs import CLOCK_TICKS, TreeSampler
+from ..observe.logs import Echo, LogFile, log_path
+from ..loop import EventLoop
+from ..plan import Plan, Running
+from ..observe.procfs import CLOCK_TICKS, TreeSampler
 from .rollout import Rollout
-from .spawner import SpawnerClient, SpawnRequest
-from .spec import ProcessSpec
+from ..spawn.spawner import SpawnerClient, SpawnRequest
+from ..expand.spec import ProcessSpec
 from .states import ALIVE, State
 
 log = logging.getLogger("orch")

@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any
 
-from .spawner import PR_SET_PDEATHSIG, _set_title, kill_group, prctl, prepare_child, reaped, receive
+from .child import PR_SET_PDEATHSIG, kill_group, prctl, prepare_child, reaped, receive, set_title
 
 
 def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
@@ -30,7 +30,7 @@ def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.
         try:
             ours.close()
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            _set_title(f"orch: zygote {target}")
+            set_title(f"orch: zygote {target}")
             code = _Zygote(theirs, target, pythonpath).run()
         finally:
             os._exit(code)
@@ -54,7 +54,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             pass
 
     def run(self) -> int:
-        from .worker import load_target
+        from ..worker.runtime import load_target
         try:
             self.cls = load_target(self.target, list(self.pythonpath))
         except BaseException as exc:  # noqa: BLE001 - report any import failure, then exit
@@ -122,7 +122,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             os.environ.update(env)
             sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
             sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-            from .worker import main
+            from ..worker.runtime import main
             code = main(list(request.argv[3:]), self.cls)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1

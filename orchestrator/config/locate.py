@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigProblem
+from ..errors import ConfigProblem
 
 
 class Problems:

@@ -8,9 +8,9 @@ import signal
 import time
 from typing import Any, Callable
 
-from .loop import Timer
-from .logs import LogFile
-from .spec import ProcessSpec
+from ..loop import Timer
+from ..observe.logs import LogFile
+from ..expand.spec import ProcessSpec
 from .states import State, check_transition
 
 log = logging.getLogger("orch")

@@ -7,7 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import OrchError
+from ..errors import OrchError
 
 
 class PidLock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .config import Policy
+from ..config.load import Policy
 
 JITTER = 0.1
 

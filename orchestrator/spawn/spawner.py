@@ -14,7 +14,6 @@ for the children's stdout/stderr travel with the spawn requests as SCM_RIGHTS.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import pickle
@@ -24,84 +23,10 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-MAX_FDS_PER_MESSAGE = 64
-MAX_EVENTS_PER_MESSAGE = 256
-# Signals the master coordinates; the spawner must not die of them (a Ctrl-C reaches the
-# whole foreground group), and its children must get them back at their defaults.
-_COORDINATED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                signal.SIGUSR2, signal.SIGTSTP)
-_RESET_IN_CHILD = _COORDINATED + (signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ, signal.SIGTTIN,
-                                  signal.SIGTTOU)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _set_title(title: str) -> None:  # pragma: no cover - runs in the helper
-    try:
-        import setproctitle
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
-
-
-def prctl(option: int, value: int) -> None:
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl failed")
-
-
-def prepare_child(parent: int, stdin: int, out: int, cwd: str) -> None:  # pragma: no cover - in children
-    """In a just-forked child: its own process group, death with its parent, default
-    signals, stdin from /dev/null, stdout and stderr to `out`, and the working directory."""
-    os.setpgid(0, 0)
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
-        os._exit(1)
-    for signum in _RESET_IN_CHILD:
-        signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os.dup2(stdin, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.chdir(cwd)
-
-
-def reaped() -> Iterator[tuple[int, int]]:
-    """(pid, wait status) of every child that has exited, without blocking: signals coalesce,
-    so one SIGCHLD may stand for many exits."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        yield pid, status
-
-
-def kill_group(pgid: int) -> None:
-    """SIGKILL a whole process group, if any member is left."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  # pragma: no cover
-    """One pickled message and the fds sent with it; ((), []) when nothing is ready, None at
-    EOF (the other end is gone)."""
-    try:
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_PER_MESSAGE)
-    except (BlockingIOError, InterruptedError):
-        return (), []
-    except OSError:
-        return None
-    if not data:
-        return None
-    return pickle.loads(data), fds
+from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, MAX_FDS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER,
+                    kill_group, prctl, prepare_child, reaped, receive, set_title)
 
 
 @dataclass(frozen=True)
@@ -136,7 +61,7 @@ class SpawnerClient:
             try:
                 master_end.close()
                 if title:
-                    _set_title(title)
+                    set_title(title)
                 _Spawner(spawner_end).run()
             except BaseException:  # noqa: BLE001 - the helper must never return into the master's code
                 import traceback

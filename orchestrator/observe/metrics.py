@@ -7,8 +7,8 @@ import logging
 import socket
 from typing import Callable
 
-from .errors import OrchError
-from .loop import EventLoop
+from ..errors import OrchError
+from ..loop import EventLoop
 
 log = logging.getLogger("orch")
 MAX_REQUEST = 8192

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from .cli import setup_logging
-from .config import Settings, load_config, load_settings
-from .control import ControlClient, ControlError
+from .config.load import Settings, load_config, load_settings
+from .control.server import ControlClient, ControlError
 from .errors import OrchError
-from .pidfile import PidLock
-from .spawner import SpawnerClient
+from .spawn.pidfile import PidLock
+from .spawn.child import set_title
+from .spawn.spawner import SpawnerClient
 
 
 def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
     """Run the master; validation errors raise before anything starts (exit 2)."""
     if detach:
-        from .expand import expand
+        from .expand.render import expand
         config = load_config(path)
         expand(config)  # every error on this terminal, before daemonizing
         _make_folders(config.settings)
@@ -44,11 +45,11 @@ def _foreground(path: Path, quiet: bool) -> int:
     setup_logging()
     lock = PidLock(settings.pidfile).acquire()
     try:
-        from .orphans import end_leftovers
+        from .spawn.orphans import end_leftovers
         end_leftovers(settings.pidfile)
         spawner = SpawnerClient.start(f"orch: spawner {settings.name}")
         try:
-            from .expand import expand
+            from .expand.render import expand
             from .master import Master
             config = load_config(path)
             specs = expand(config)
@@ -59,7 +60,7 @@ def _foreground(path: Path, quiet: bool) -> int:
     except BaseException:
         lock.release()
         raise
-    _set_title(f"orch: master {config.settings.name} [{config.path}]")
+    set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=quiet)
     code = master.run()
     # Exit now, not through interpreter finalization: `orch down` waits for the control
@@ -67,14 +68,6 @@ def _foreground(path: Path, quiet: bool) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-        setproctitle.setproctitle(title)
-    except ImportError:  # optional at run time: ps shows the plain command line
-        pass
 
 
 def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
@@ -150,3 +143,13 @@ def _tail(path: Path, count: int) -> str:
     except OSError:
         return ""
     return "\n".join("  " + line for line in lines[-count:])
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s orch %(levelname)s %(message)s"))
+    root = logging.getLogger("orch")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    os.environ.pop("ORCH_INSTANCE", None)

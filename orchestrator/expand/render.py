@@ -19,9 +19,9 @@ from typing import Any, Iterable
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .config import Config, Template
-from .errors import ConfigError, ConfigProblem
-from .locate import locate_keys
+from ..config.load import Config, Template
+from ..errors import ConfigError, ConfigProblem
+from ..config.locate import locate_keys
 from .spec import ProcessSpec, PythonTarget
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)

@@ -11,7 +11,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
-from .spec import ProcessSpec
+from ..expand.spec import ProcessSpec
 
 if TYPE_CHECKING:
     from .instance import Instance

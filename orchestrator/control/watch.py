@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .loop import EventLoop, Timer
+from ..loop import EventLoop, Timer
 
 DEBOUNCE = 0.1
 

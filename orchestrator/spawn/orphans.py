@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from .procfs import all_pids, start_time, stat_fields
+from ..observe.procfs import all_pids, start_time, stat_fields
 
 log = logging.getLogger("orch")
 

@@ -12,14 +12,14 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .control import Connection, ControlError
-from .errors import ConfigError
-from .plan import describe, reconcile
-from .states import ALIVE, State
+from .. import __version__
+from .server import Connection, ControlError
+from ..errors import ConfigError
+from ..plan import describe, reconcile
+from ..supervise.states import ALIVE, State
 
 if TYPE_CHECKING:
-    from .master import Master
+    from ..master import Master
 
 log = logging.getLogger("orch")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ConfigProblem
+from ..errors import ConfigError, ConfigProblem
 from .fields import BACKOFF_KEYS, MEMORY_KEYS, ORCHESTRATOR_KEYS, TOP_KEYS, WORKER_KEYS, type_name
 from .locate import Problems, locate_keys  # noqa: F401 - locate_keys is part of this module's API
 

@@ -1,0 +1,1 @@
+"""Configuration: keys and their parsers, loading workers.toml, located problems."""

@@ -1,0 +1,1 @@
+"""Expansion: templates x matrices rendered into frozen ProcessSpecs (pure)."""

@@ -1,0 +1,1 @@
+"""Exporters: one module per target format (specs in, files out)."""

@@ -1,0 +1,1 @@
+"""Observation: instance logs, /proc sampling, metrics and the status table."""
