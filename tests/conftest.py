@@ -169,3 +169,6 @@ def start_master(tmp_path: Path):
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+from servers import beanstalkd_server, redis_server  # noqa: E402,F401 - fixtures for every test module
