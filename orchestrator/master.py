@@ -26,6 +26,7 @@ from .plan import reconcile
 from .spawn.child import reaped
 from .spawn.spawner import SpawnerClient
 from .expand.spec import ProcessSpec
+from .supervise.events import Event, StateChanged
 from .supervise.supervisor import Supervisor
 from .supervise.states import State
 
@@ -71,20 +72,15 @@ class Master:
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
         self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
         self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
-        self.supervisor.on_update_hooks.append(self.limits.policy_changed)
         self.notify: NotifyServer | None = None
         self.metrics: Any = None
         self.reload_failures = 0
         self.last_reload_seconds = 0.0
         self._service_ready = False
         self._service_timer: Any = None
-        self.supervisor.on_start_hooks.append(lambda inst: self._service_status())
-        self.supervisor.on_exit_hooks.append(lambda inst: self._service_status())
         self.supervisor.on_idle = self._ops_idle
         self.supervisor.on_spawner_lost = self._spawner_lost
-        self.supervisor.on_exit_hooks.append(lambda inst: self._check_done())
-        self.supervisor.on_exit_hooks.append(lambda inst: self._state_changed())
-        self.supervisor.on_start_hooks.append(lambda inst: self._state_changed())
+        self.supervisor.events.subscribe(self._on_event)
         self._state_timer: Any = None
         self.control: ControlServer | None = None
         self.watcher: Any = None
@@ -96,6 +92,18 @@ class Master:
         self._done_check_pending = False
         self._replacing_spawner = False
         set_log_level(self.settings.log_level)
+
+    @property
+    def stopping(self) -> bool:
+        """Shutting down: reloads are refused and `orch down` only waits."""
+        return self._stopping
+
+    def _on_event(self, event: Event) -> None:
+        """Processes starting and ending feed the state file, the systemd status and shutdown."""
+        if isinstance(event, StateChanged) and (event.started or event.ended):
+            self._service_status()
+            self._check_done()
+            self._state_changed()
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
