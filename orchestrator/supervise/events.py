@@ -8,19 +8,16 @@ which checks the transition table and emits `StateChanged`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import Any, Callable, Union
 
 from .states import State
-
-if TYPE_CHECKING:
-    from .instance import Instance
 
 
 @dataclass(frozen=True)
 class StateChanged:
     """`instance` went from `old` to `new`; its pid is None once the process is gone."""
 
-    instance: "Instance"
+    instance: Any  # the Instance (typed loosely: instance.py imports this module)
     old: State
     new: State
     reason: str | None = None
@@ -40,7 +37,7 @@ class StateChanged:
 class PolicyChanged:
     """A reload changed the instance's supervision policy without restarting it."""
 
-    instance: "Instance"
+    instance: Any
 
 
 Event = Union[StateChanged, PolicyChanged]
