@@ -11,6 +11,7 @@ from pathlib import Path
 from .config.load import Settings, load_config, load_settings
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
+from .observe.procfs import is_running
 from .spawn.pidfile import PidLock
 from .spawn.child import set_title
 from .spawn.spawner import SpawnerClient
@@ -122,19 +123,11 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
                 return 0
         except (OrchError, ControlError, OSError):  # not listening yet (NoMasterError), or mid-start
             pass
-        if not _running(daemon):
+        if not is_running(daemon):
             raise OrchError(f"the detached master exited during start-up; the end of {log_file}:\n"
                             + _tail(log_file, 10))
         time.sleep(0.05)
     raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_file}")
-
-
-def _running(pid: int) -> bool:
-    import psutil
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _tail(path: Path, count: int) -> str:

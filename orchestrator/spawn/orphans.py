@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from ..observe.procfs import all_pids, start_time, stat_fields
+from ..observe.procfs import all_pids, is_running, start_time, stat_fields
 
 log = logging.getLogger("orch")
 
@@ -80,12 +80,7 @@ def end_leftovers(pidfile: Path, timeout: float = 5.0) -> int:
             pass
     deadline = time.monotonic() + timeout
     while victims and time.monotonic() < deadline:
-        victims = [(pid, why) for pid, why in victims if _running(pid)]
+        victims = [(pid, why) for pid, why in victims if is_running(pid)]
         time.sleep(0.01)
     path.unlink(missing_ok=True)
     return len(victims)
-
-
-def _running(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return bool(fields) and fields[0] not in (b"Z", b"X")
