@@ -127,3 +127,10 @@ def test_kill_mode_is_validated_and_a_policy_change(tmp_path):
     old = expand(_load(tmp_path, '[workers.a]\ncommand = "sleep 1"\n'))[0]
     new = expand(_load(tmp_path, '[workers.a]\ncommand = "sleep 1"\nkill_mode = "mixed"\n'))[0]
     assert old.process_hash == new.process_hash and old.policy_hash != new.policy_hash
+
+
+def test_every_example_is_valid_toml_its_parser_accepts():
+    import tomllib
+    for key in KEYS:
+        value = tomllib.loads(f"x = {key.example}")["x"]
+        key.type.parse(value)

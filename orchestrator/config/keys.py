@@ -135,7 +135,7 @@ KEYS: tuple[Key, ...] = (
     _o("pidfile", STRING, ".orch/orch.pid", R, "the master's pid file, relative to the config",
        '".orch/orch.pid"'),
     _o("log_dir", STRING, ".orch/logs", R, "instance logs, relative to the config", '".orch/logs"'),
-    _o("graceful_timeout", DURATION, "10s", L, "how long `orch down` waits before SIGKILL to all",
+    _o("graceful_timeout", DURATION, "10s", L, "how long a shutdown waits for instances before SIGKILL",
        '"10s"'),
     _o("check_interval", POSITIVE_DURATION, "1s", L, "memory sampling period", '"1s"'),
     _o("settle", DURATION, "1.5s", L, "a modified config is reloaded once it stops changing this long",
