@@ -268,7 +268,7 @@ def test_nomad_job_has_the_documented_structure(nomad_fleet, image):
     assert task["KillTimeout"] == 10 * 1_000_000_000 and task["KillSignal"] == "SIGINT"
     assert next(g for g in groups if g["Count"] == 2)["RestartPolicy"]["Delay"] == 1_000_000_000
     assert task["Resources"] == {"CPU": 100, "MemoryMB": 100, "MemoryMaxMB": 200}
-    assert task["Env"]["NL"] == "one\ntwo"
+    assert task["Env"]["NL"] == "one\ntwo" and task["Env"]["ORCH_INSTANCE"].endswith("-${NOMAD_ALLOC_INDEX}")
     config = task["Config"]
     argv = [config["command"]] if image is None else config["entrypoint"]
     spec = next(s for s in specs_of(nomad_fleet) if s.template == "argv")

@@ -47,5 +47,6 @@ def run(name: str, config_path: Path, out_dir: Path | None, image: str | None,
     out_dir.mkdir(parents=True, exist_ok=True)
     for file, text in output.files.items():
         (out_dir / file).write_text(text, encoding="utf-8")
-    print(f"wrote {len(output.files)} files to {out_dir}", file=sys.stderr)
+    count = len(output.files)
+    print(f"wrote {count} file{'s' if count != 1 else ''} to {out_dir}", file=sys.stderr)
     return 0

@@ -43,7 +43,7 @@ def _resources(spec: ProcessSpec) -> dict[str, Any]:
     return resources
 
 
-def _task(name: str, spec: ProcessSpec, options: Options) -> dict[str, Any]:
+def _task(name: str, spec: ProcessSpec, count: int, options: Options) -> dict[str, Any]:
     config: dict[str, Any] = {"command": spec.argv[0], "args": list(spec.argv[1:])}
     if options.image:
         config = {"image": options.image, "entrypoint": [spec.argv[0]],
@@ -52,7 +52,9 @@ def _task(name: str, spec: ProcessSpec, options: Options) -> dict[str, Any]:
         "Name": dns_label(spec.template),
         "Driver": "docker" if options.image else "exec",
         "Config": config,
-        "Env": {"ORCH_INSTANCE": name, **dict(spec.env)},
+        # Nomad fills in ${NOMAD_ALLOC_INDEX} (0..Count-1) at run time: one name per replica.
+        "Env": {"ORCH_INSTANCE": f"{name}-${{NOMAD_ALLOC_INDEX}}" if count > 1 else name,
+                **dict(spec.env)},
         "Resources": _resources(spec),
         "KillTimeout": int(spec.policy.stop_timeout * NS),
         "KillSignal": signal.Signals(spec.policy.stop_signal).name,
@@ -66,7 +68,7 @@ def job(specs: list[ProcessSpec], options: Options) -> dict[str, Any]:
     for name, members in groups(specs):
         spec = members[0]
         group: dict[str, Any] = {"Name": dns_label(name), "Count": len(members),
-                                 "RestartPolicy": _restart(spec), "Tasks": [_task(name, spec, options)]}
+                                 "RestartPolicy": _restart(spec), "Tasks": [_task(name, spec, len(members), options)]}
         if spec.policy.rolling:
             group["Update"] = {"MaxParallel": spec.policy.max_unavailable}
         task_groups.append(group)
