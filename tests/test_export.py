@@ -308,3 +308,13 @@ def test_nomad_export_of_every_shipped_config_has_the_documented_structure(path)
     for text in out.files.values():
         jsonschema.validate(json.loads(text), NOMAD_JOB)
         assert str(path.parent) not in text and sys.executable not in text
+
+
+@pytest.mark.parametrize("fmt, program, why", [
+    ("systemd", "-prog", "starting with @ - : + ! or |"), ("procfile", "a=b", "'=' in the program name")])
+def test_program_names_a_format_would_misread_are_refused(tmp_path, fmt, program, why):
+    path = write(tmp_path, f'[workers.w]\ncommand = ["{program}", "--x=1"]\n')
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        export(fmt, specs_of(path), options_of(path))
+    fine = write(tmp_path / "fine", '[workers.w]\ncommand = ["prog", "-a=b", "@x"]\n')
+    assert export(fmt, specs_of(fine), options_of(fine)).files

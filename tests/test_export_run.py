@@ -67,13 +67,20 @@ def _run_and_compare(cmd: list[str], cwd: Path, expected: list[dict]) -> None:
                               stderr=open(cwd / "runner.err", "wb"))
     root = psutil.Process(runner.pid)
     seen: set[int] = set()
+    found: dict[str, int] = {}
     try:
         def all_there() -> bool:
             assert runner.poll() is None, (cwd / "runner.err").read_text(errors="replace")[-3000:]
-            found = _matching(root, expected)
+            found.update(_matching(root, expected))
             seen.update(found.values())
             return len(found) == len(expected)
-        wait_for(all_there, timeout=60, interval=0.3, message=f"{len(expected)} instances under {cmd[0]}")
+        try:
+            wait_for(all_there, timeout=60, interval=0.3)
+        except AssertionError as exc:
+            if "timed out" not in str(exc):
+                raise
+            missing = sorted({s["name"] for s in expected} - set(found))
+            raise AssertionError(f"under {cmd[0]}, no process matches {missing}") from None
     finally:
         seen.update(p.pid for p in root.children(recursive=True))
         runner.send_signal(signal.SIGTERM)

@@ -36,6 +36,9 @@ def command_line(spec: ProcessSpec) -> str:
 def export(specs: list[ProcessSpec], options: Options) -> Output:
     """One file, `Procfile`."""
     refuse(specs, options, "a Procfile", "a newline (one line per process)", re.compile("[\r\n]"))
+    # env(1) would read a program name holding '=' as one more variable.
+    refuse([s for s in specs if "=" in s.argv[0]], options, "a Procfile", "'=' in the program name",
+           re.compile("="), where="argv")
     bad_keys = [s for s in specs if any(not _ENV_KEY.match(k) for k, _ in s.env)]
     refuse(bad_keys, options, "a Procfile", "an environment name other than [A-Za-z_][A-Za-z0-9_]*",
            re.compile(""), where="env")

@@ -91,6 +91,9 @@ def _target(description: str, wants: list[str], part_of: str | None) -> str:
 
 def export(specs: list[ProcessSpec], options: Options) -> Output:
     """Service units, template targets and the fleet target."""
+    # systemd reads these at the start of ExecStart='s first word, even quoted, as flags.
+    refuse([s for s in specs if s.argv[0].startswith(tuple("@-:+!|"))], options, "systemd",
+           "a program name starting with @ - : + ! or |", re.compile(r"^[@\-:+!|]"), where="argv")
     prefix = f"orch-{escape_name(options.fleet)}"
     fleet_target = f"{prefix}.target"
     out = Output(warnings=unexpressed("systemd", specs, UNEXPRESSED))
