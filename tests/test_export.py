@@ -318,3 +318,14 @@ def test_program_names_a_format_would_misread_are_refused(tmp_path, fmt, program
         export(fmt, specs_of(path), options_of(path))
     fine = write(tmp_path / "fine", '[workers.w]\ncommand = ["prog", "-a=b", "@x"]\n')
     assert export(fmt, specs_of(fine), options_of(fine)).files
+
+
+def test_preload_and_a_clean_environment_are_warned_about_where_lost(tmp_path):
+    path = write(tmp_path, '[workers.py]\ntarget = "app:Idle"\npreload = true\ninherit = false\n')
+    specs, options = specs_of(path), options_of(path, image="img")
+    supervisord = export("supervisord", specs, options).warnings
+    assert "orch export: supervisord cannot express workers.*.preload (set in py): left out" in supervisord
+    assert "orch export: supervisord cannot express workers.*.inherit = false (set in py): left out" in supervisord
+    procfile = export("procfile", specs, options)
+    assert all("inherit" not in w for w in procfile.warnings)  # env -i does it
+    assert " exec env -i -- ORCH_INSTANCE=py " in procfile.files["Procfile"]

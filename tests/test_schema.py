@@ -97,3 +97,19 @@ def test_every_key_is_in_the_schema_with_its_doc():
         for part in parts[2:] if parts[0] == "workers" else parts[1:]:
             node = node["properties"][part]
         assert key.doc in node["description"], key.path
+
+
+def _toml_blocks(text: str) -> list[str]:
+    import re
+    return re.findall(r"```toml\n(.*?)```", text, re.S)
+
+
+def test_the_readmes_config_examples_are_valid():
+    blocks = _toml_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) >= 3
+    for block in blocks:
+        document = tomllib.loads(block)
+        if document and not set(document) & {"orchestrator", "vars", "defaults", "workers"}:
+            document = {"workers": {"w": {"command": "x", **document}}}  # keys of one template
+        errors = list(VALIDATOR.iter_errors(document))
+        assert not errors, (block[:200], [e.message for e in errors])

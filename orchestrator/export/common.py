@@ -49,6 +49,21 @@ def unexpressed(target: str, specs: list[ProcessSpec], attrs: tuple[str, ...]) -
     return warnings
 
 
+def process_warnings(target: str, specs: list[ProcessSpec], inherit: bool) -> list[str]:
+    """Warnings for template keys a target cannot honour: `preload` (no zygote outside orch)
+    and, where `inherit` is False, `inherit = false` (the target passes its own environment)."""
+    warnings = []
+    preload = sorted({s.template for s in specs if s.python is not None and s.python.preload})
+    if preload:
+        warnings.append(f"orch export: {target} cannot express workers.*.preload "
+                        f"(set in {', '.join(preload)}): left out")
+    clean = sorted({s.template for s in specs if not s.inherit_env})
+    if clean and not inherit:
+        warnings.append(f"orch export: {target} cannot express workers.*.inherit = false "
+                        f"(set in {', '.join(clean)}): left out")
+    return warnings
+
+
 def refuse(specs: list[ProcessSpec], options: Options, target: str, what: str,
            bad: "re.Pattern[str]", where: str = "both") -> None:
     """Raise a ConfigError naming every template key whose rendered value matches `bad`:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import OrchError
 from ..expand.spec import ProcessSpec
-from .common import Options, Output, unexpressed
+from .common import Options, Output, process_warnings, unexpressed
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal", "kill_mode",
                "max_lifetime", "timeout", "max_requests", "log_max_size", "log_backups")
@@ -134,10 +134,8 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     if not options.image:
         raise OrchError("--format kubernetes needs --image IMAGE (an image with the workers' code "
                         "and orch installed)")
-    out = Output(warnings=unexpressed("kubernetes", specs, UNEXPRESSED))
-    if any(s.python is not None and s.python.preload for s in specs):
-        out.warnings.append("orch export: kubernetes cannot express workers.*.preload (no zygote): "
-                            "left out")
+    out = Output(warnings=unexpressed("kubernetes", specs, UNEXPRESSED)
+                 + process_warnings("kubernetes", specs, False))
     documents = [to_yaml(deployment(name, members, options)) for name, members in groups(specs)]
     out.files["kubernetes.yaml"] = "---\n" + "---\n".join(documents)
     return out

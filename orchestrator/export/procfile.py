@@ -11,7 +11,7 @@ import re
 import shlex
 
 from ..expand.spec import ProcessSpec
-from .common import Options, Output, refuse, unexpressed
+from .common import Options, Output, process_warnings, refuse, unexpressed
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal",
                "stop_timeout", "kill_mode", "memory_soft", "memory_hard", "max_lifetime", "timeout",
@@ -46,6 +46,7 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     if len(set(names)) != len(names):
         refuse(specs, options, "a Procfile", "instance names that differ only in characters a "
                "process name cannot hold", re.compile(""), where="name")
-    out = Output(warnings=unexpressed("a Procfile", specs, UNEXPRESSED))
+    out = Output(warnings=unexpressed("a Procfile", specs, UNEXPRESSED)
+                 + process_warnings("a Procfile", specs, True))
     out.files["Procfile"] = "".join(f"{n}: {command_line(s)}\n" for n, s in zip(names, specs))
     return out

@@ -7,7 +7,7 @@ import re
 import signal
 
 from ..expand.spec import ProcessSpec
-from .common import Options, Output, refuse, seconds, unexpressed
+from .common import Options, Output, process_warnings, refuse, seconds, unexpressed
 
 # systemd 252 (Debian 12) has no RestartSteps=/RestartMaxDelaySec=: backoff.max is a warning.
 UNEXPRESSED = ("backoff_max", "min_uptime", "max_requests", "rolling", "max_unavailable",
@@ -96,7 +96,8 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
            "a program name starting with @ - : + ! or |", re.compile(r"^[@\-:+!|]"), where="argv")
     prefix = f"orch-{escape_name(options.fleet)}"
     fleet_target = f"{prefix}.target"
-    out = Output(warnings=unexpressed("systemd", specs, UNEXPRESSED))
+    out = Output(warnings=unexpressed("systemd", specs, UNEXPRESSED)
+                 + process_warnings("systemd", specs, True))
     by_template: dict[str, list[str]] = {}
     for spec in specs:
         template_target = f"{prefix}-{escape_name(spec.template)}.target"
