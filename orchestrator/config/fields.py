@@ -122,6 +122,7 @@ _SIGNALS = sorted(s.name[3:] for s in signal.Signals if not s.name.startswith("S
 _SIGNAL_TEXT = rf"^\s*({_any_case('SIG')})?({'|'.join(_any_case(s) for s in _SIGNALS)})\s*$"
 
 STRING = ValueType("string", _str, {"type": "string"})
+PATH = ValueType("path", _str, {"type": "string"})  # resolved against the config's folder
 BOOL = ValueType("boolean", _bool, {"type": "boolean"})
 COMMAND = ValueType("string or array of strings", _command, {"anyOf": [
     {"type": "string", "pattern": r"\S"},

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from .fields import (ADDRESS, BOOL, COMMAND, DURATION, POSITIVE_DURATION, SIGNAL, SIZE, STRING,
-                     STRINGS, TABLE, TABLES, ValueType, int_at_least, one_of)
+from .fields import (ADDRESS, BOOL, COMMAND, DURATION, PATH, POSITIVE_DURATION, SIGNAL, SIZE,
+                     STRING, STRINGS, TABLE, TABLES, ValueType, int_at_least, one_of)
 
 
 class Kind(Enum):
@@ -130,11 +130,11 @@ KEYS: tuple[Key, ...] = (
        default_from="orchestrator.log_backups"),
     _o("name", STRING, None, R, "the fleet's name (default: the config file's or folder's name)",
        '"queue-consumers"'),
-    _o("control_socket", STRING, ".orch/orch.sock", R, "the control socket, relative to the config",
+    _o("control_socket", PATH, ".orch/orch.sock", R, "the control socket, relative to the config",
        '".orch/orch.sock"'),
-    _o("pidfile", STRING, ".orch/orch.pid", R, "the master's pid file, relative to the config",
+    _o("pidfile", PATH, ".orch/orch.pid", R, "the master's pid file, relative to the config",
        '".orch/orch.pid"'),
-    _o("log_dir", STRING, ".orch/logs", R, "instance logs, relative to the config", '".orch/logs"'),
+    _o("log_dir", PATH, ".orch/logs", R, "instance logs, relative to the config", '".orch/logs"'),
     _o("graceful_timeout", DURATION, "10s", L, "how long a shutdown waits for instances before SIGKILL",
        '"10s"'),
     _o("check_interval", POSITIVE_DURATION, "1s", L, "memory sampling period", '"1s"'),

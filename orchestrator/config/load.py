@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ConfigProblem
-from .fields import type_name
-from .keys import (BY_PATH, MERGED_TABLES, ORCHESTRATOR_KEYS, POLICY_KEYS, POLICY_SUB_KEYS,  # noqa: F401
-                   SETTINGS_KEYS, SUB_TABLES, TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS, WORKER_KEYS)
+from .fields import PATH, type_name
+from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported for tests/test_man.py
+                   MERGED_TABLES, POLICY_KEYS, POLICY_SUB_KEYS, SETTINGS_KEYS, SUB_TABLES,
+                   TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
 from .locate import Problems, locate_keys  # noqa: F401 - locate_keys is part of this module's API
 
 try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-table file
@@ -279,8 +280,9 @@ def _settings(table: object, path: Path, problems: Problems) -> Settings:
             values[key] = parse(raw)
         except ValueError as exc:
             problems.add(f"orchestrator.{key}", str(exc))
-    for key in ("control_socket", "pidfile", "log_dir"):
-        values[key] = (folder / values.get(key, BY_PATH[f"orchestrator.{key}"].default)).absolute()
+    for k in SETTINGS_KEYS:
+        if k.type is PATH:
+            values[k.attr] = (folder / values.get(k.attr, k.default)).absolute()
     for k in SETTINGS_KEYS:
         if k.default is not None:
             values.setdefault(k.attr, k.value)
