@@ -111,6 +111,7 @@ MEMORY_KEYS = {"soft": parse_size, "hard": parse_size}
 ORCHESTRATOR_KEYS: dict[str, Callable[[object], object]] = {
     "name": _str, "control_socket": _str, "pidfile": _str, "log_dir": _str,
     "graceful_timeout": parse_duration, "check_interval": _positive_duration, "watch": _bool,
+    "settle": _positive_duration,
     "max_instances": _int_at_least(1), "log_level": _enum("debug", "info", "warning", "error"),
     "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _address,
     "include": _str_list,

@@ -81,6 +81,7 @@ class Settings:
     graceful_timeout: float = 10.0
     check_interval: float = 1.0
     watch: bool = True
+    settle: float = 2.0  # a save not closed by its writer applies after this long unchanged
     max_instances: int = 10_000
     log_level: str = "info"
     log_max_size: int = 50 * 2**20
