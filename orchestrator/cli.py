@@ -14,10 +14,12 @@ from typing import Any, Callable
 
 from . import __version__
 from .config.load import find_config, load_settings
+from .control.record import live_record
 from .control.server import ControlClient, ControlError, request
 from .errors import ConfigError, NoMasterError, OrchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
+_ARGS: dict[str, Any] = {}  # the options of the running command (for --socket)
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("run the master in the foreground", "orch up -c workers.toml"),
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="config file (default: $ORCH_CONFIG, then ./workers.toml)")
+    common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the master's control socket (default: $ORCH_SOCKET, then the running "
+                             "master of the config, then its control_socket)")
     parser = argparse.ArgumentParser(
         prog="orch", description="Declarative process orchestrator: templates x matrices, live reload by diff.",
         epilog="example: orch up -c configs/workers.toml", parents=[common])
@@ -74,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _ARGS.clear()
+    _ARGS.update(vars(args))
     path = find_config(getattr(args, "config", None))
     try:
         return HANDLERS[args.command](args, path)
@@ -136,7 +143,30 @@ def _quote(arg: str) -> str:
 
 
 def _socket(path: Path) -> Path:
+    """Where the master of `path` listens, without parsing the file when it can: `--socket`,
+    $ORCH_SOCKET, the record a running master wrote for this config, then the file."""
+    explicit = _ARGS.get("socket") or os.environ.get("ORCH_SOCKET")
+    if explicit:
+        return Path(explicit).absolute()
+    record = live_record(path)
+    if record is not None:
+        return Path(record["socket"])
     return load_settings(path).control_socket
+
+
+def _log_dir(path: Path) -> Path:
+    record = live_record(path)
+    return Path(record["log_dir"]) if record is not None else load_settings(path).log_dir
+
+
+def _disk_error(path: Path) -> str | None:
+    """Why the config on disk would not load now (None when it would)."""
+    from .config.load import load_config
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def cmd_diff(args: argparse.Namespace, path: Path) -> int:
@@ -166,7 +196,7 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     if args.json:
         print(json.dumps(result["instances"], indent=1))
     else:
-        print(render_status(result))
+        print(render_status(result, _disk_error(Path(result.get("config") or path))))
     return EXIT_OK
 
 
@@ -195,18 +225,18 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     from .observe.logs import instance_name, log_path
     import fnmatch
-    settings = load_settings(path)
-    files = sorted(settings.log_dir.glob("*.log"))
+    log_dir = _log_dir(path)
+    files = sorted(log_dir.glob("*.log"))
     if args.patterns:
         chosen = []
         for pattern in args.patterns:
-            exact = log_path(settings.log_dir, pattern)
+            exact = log_path(log_dir, pattern)
             matched = [exact] if exact.exists() else [
                 f for f in files if fnmatch.fnmatchcase(instance_name(f), pattern)]
             if not matched:  # log files open on first output: ask the master for silent instances
-                matched = [log_path(settings.log_dir, name) for name in _instances(settings, pattern)]
+                matched = [log_path(log_dir, name) for name in _instances(path, pattern)]
             if not matched:
-                raise OrchError(f"no log matches {pattern!r} in {settings.log_dir}")
+                raise OrchError(f"no log matches {pattern!r} in {log_dir}")
             chosen += [m for m in matched if m not in chosen]
         files = chosen
     followers = [_LogFollower(f, instance_name(f) if len(files) > 1 else None) for f in files]
@@ -221,10 +251,10 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
-def _instances(settings: Any, pattern: str) -> list[str]:
+def _instances(path: Path, pattern: str) -> list[str]:
     """Names of the running master's instances matching `pattern`; [] without a master."""
     try:
-        rows = request(settings.control_socket, "status", patterns=[pattern])["instances"]
+        rows = request(_socket(path), "status", patterns=[pattern])["instances"]
     except (OrchError, ControlError, OSError):
         return []
     return [row["name"] for row in rows]

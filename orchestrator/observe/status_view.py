@@ -8,7 +8,8 @@ from typing import Any
 from ..units import format_duration, format_size
 
 
-def render_status(reply: dict[str, Any]) -> str:
+def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
+    """The status table; `disk_error` says why the config file on disk does not load now."""
     applied = reply.get("applied_at")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(applied)) if applied else "never"
     lines = [f"orch {reply['name']} (master {reply['pid']}) config {reply['config']}",
@@ -16,6 +17,9 @@ def render_status(reply: dict[str, Any]) -> str:
     if reply.get("last_reload_error"):
         lines.append("LAST RELOAD FAILED (still running the previous config):")
         lines += ["  " + line for line in reply["last_reload_error"].splitlines()]
+    if disk_error and disk_error != reply.get("last_reload_error"):
+        lines.append("THE CONFIG ON DISK DOES NOT LOAD (a reload now would change nothing):")
+        lines += ["  " + line for line in disk_error.splitlines()]
     rows = [("NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%")]
     for inst in reply["instances"]:
         last = inst.get("last_exit") or "-"
