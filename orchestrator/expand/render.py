@@ -272,6 +272,8 @@ def _combinations(template: Template, variables: dict[str, Any], renderer: _Rend
         problem(f"workers.{template.name}.matrix", f"the matrix has {count} combinations")
         return None
     names = [a for a, _ in axes]
+    if not _entries_name_axes(template, names, problem):
+        return None
     combos = [dict(zip(names, values)) for values in itertools.product(*(v for _, v in axes))]
     excludes = [dict(e) for e in template.exclude]
     combos = [c for c in combos if not any(_matches(c, e) for e in excludes)]
@@ -280,6 +282,29 @@ def _combinations(template: Template, variables: dict[str, Any], renderer: _Rend
         if extra_dict not in combos:
             combos.append(extra_dict)
     return combos
+
+
+def _entries_name_axes(template: Template, axes: list[str], problem: Any) -> bool:
+    """`include`/`exclude` entries name only the matrix's axes, and an include names them
+    all: a typo would otherwise silently exclude nothing, or add a half-named instance."""
+    ok = True
+    have = ", ".join(axes) if axes else "none: the template has no matrix"
+    for kind, entries in (("exclude", template.exclude), ("include", template.include)):
+        for number, entry in enumerate(entries, 1):
+            keys = [k for k, _ in entry]
+            unknown = [k for k in keys if k not in axes]
+            missing = [a for a in axes if a not in keys] if kind == "include" else []
+            if unknown:
+                message = f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not an axis"
+            elif missing:
+                message = f"no value for the axis {', '.join(map(repr, missing))}"
+            elif not keys:
+                message = "an empty entry would exclude every combination"
+            else:
+                continue
+            problem(f"workers.{template.name}.{kind}", f"entry {number}: {message} (axes: {have})")
+            ok = False
+    return ok
 
 
 def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:
