@@ -127,6 +127,9 @@ def read_toml(path: Path) -> tuple[dict, str]:
         line = int(match.group(1)) if match else None
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
         raise ConfigError([ConfigProblem(str(path), "", f"TOML syntax error: {message}", line)]) from None
+    except RecursionError:  # arrays or inline tables nested hundreds deep
+        raise ConfigError([ConfigProblem(str(path), "", "TOML syntax error: arrays or inline tables "
+                                          "nested too deeply")]) from None
 
 
 def load_settings(path: Path) -> Settings:
