@@ -77,14 +77,14 @@ def test_replicas_and_replica_variable(tmp_path):
         matrix = { ip = ["a", "b"] }
         replicas = 3
         """)
-    assert [s.name for s in specs] == ["w-a-0", "w-a-1", "w-a-2", "w-b-0", "w-b-1", "w-b-2"]
+    assert [s.name for s in specs] == ["w-a", "w-a-1", "w-a-2", "w-b", "w-b-1", "w-b-2"]
     assert [s.replica for s in specs] == [0, 1, 2, 0, 1, 2]
     assert [s.argv[2] for s in specs] == ["0", "1", "2", "0", "1", "2"]
 
 
 @pytest.mark.parametrize("body,names", [
     ('command = "echo"', ["solo"]),
-    ('command = "echo"\nreplicas = 2', ["solo-0", "solo-1"]),
+    ('command = "echo"\nreplicas = 2', ["solo", "solo-1"]),
     ('command = "echo"\nmatrix = { v = ["a b/c", "10.0.0.1"] }', ["solo-a_b_c", "solo-10.0.0.1"]),
     ('command = "echo"\nmatrix = { v = [true, 2] }', ["solo-true", "solo-2"]),
     ('command = "echo"\nname = "x-{{ template }}-{{ replica }}"\nreplicas = 2', ["x-solo-0", "x-solo-1"]),

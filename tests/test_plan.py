@@ -120,7 +120,7 @@ def test_replicas_2_to_3_without_matrix_starts_one(tmp_path):
     text = '[workers.w]\ncommand = "run"\nreplicas = {n}\n'
     old = load(tmp_path, text.format(n=2), "a.toml")
     plan = reconcile(load(tmp_path, text.format(n=3), "b.toml"), running_of(old))
-    assert names(plan) == {"start": ["w-2"], "stop": [], "restart": [], "update": [], "keep": ["w-0", "w-1"]}
+    assert names(plan) == {"start": ["w-2"], "stop": [], "restart": [], "update": [], "keep": ["w", "w-1"]}
 
 
 def test_env_change_for_one_ip_restarts_only_its_instances(tmp_path):

@@ -312,9 +312,12 @@ def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:
 
 
 def default_name(template: Template, params: dict[str, Any], replica: int) -> str:
-    """Template name plus the matrix values (and the replica when there are several)."""
+    """Template name plus the matrix values, plus the replica number from replica 1 on.
+
+    Replica 0 has no suffix whatever `replicas` is, so a name never depends on how many
+    replicas there are: scaling 1 -> 2 starts `w-1` and keeps `w` running (2 -> 1 stops `w-1`)."""
     parts = [template.name] + [_UNSAFE_NAME_CHARS.sub("_", _text(v)) for v in params.values()]
-    if template.replicas > 1:
+    if replica > 0:
         parts.append(str(replica))
     return "-".join(parts)
 
