@@ -45,11 +45,11 @@ def test_a_killed_child_is_replaced_within_a_second(start_master):
         replicas = 2
     """)
     before = master.wait_running(2)
-    os.kill(before["w-0"], signal.SIGKILL)
+    os.kill(before["w"], signal.SIGKILL)
 
     def replaced():
-        row = master.status()["w-0"]
-        return row["state"] == "running" and row["pid"] != before["w-0"] and row
+        row = master.status()["w"]
+        return row["state"] == "running" and row["pid"] != before["w"] and row
     row = wait_for(replaced, 1.0, message="a replacement")
     assert row["restarts"] == 1 and row["last_exit"] == "SIGKILL"
     assert master.status()["w-1"]["pid"] == before["w-1"]
