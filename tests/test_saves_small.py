@@ -3,9 +3,12 @@ shows the worker's STATUS= text, orch's log rotation notices an outside truncati
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -62,3 +65,33 @@ def test_a_client_that_sends_nothing_is_dropped(start_master):
         silent.close()
         half.close()
     assert master.proc.poll() is None and "orch_instance_up" in scrape(port)[1]
+
+
+SAYS = """
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(("READY=1\\nSTATUS=" + sys.argv[1]).encode(), os.environ["NOTIFY_SOCKET"])
+time.sleep(1000)
+"""
+
+
+def test_orch_status_shows_the_workers_status_text(start_master, tmp_path):
+    long = "draining queue1: " + "x" * 200
+    master = start_master(f"""
+        [workers.talk]
+        command = {json.dumps([sys.executable, "-c", SAYS, "42 jobs in flight"])}
+        [workers.long]
+        command = {json.dumps([sys.executable, "-c", SAYS, long])}
+        [workers.quiet]
+        command = "sleep 1000"
+    """)
+    master.wait_running(3)
+    wait_for(lambda: all(master.status()[n]["notify_status"] for n in ("talk", "long")), 10,
+             message="both STATUS= texts")
+    lines = orch("status", cwd=tmp_path).stdout.splitlines()
+    header = next(line for line in lines if line.startswith("NAME"))
+    assert header.split()[-1] == "STATUS"
+    row = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("talk", "long", "quiet")}
+    assert row["talk"].endswith("42 jobs in flight")
+    assert row["long"].endswith("draining queue1: " + "x" * 60 + "...") and len(row["long"]) < len(long) + 40
+    assert re.search(r"\d\.\d$", row["quiet"]), "no text: the row ends with its CPU%"

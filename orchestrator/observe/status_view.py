@@ -33,6 +33,9 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
             format_size(inst["rss"]) if inst.get("rss") else "-",
             f"{inst['cpu']:.1f}" if inst.get("cpu") is not None else "-",
         ))
+    texts = [_status_text(inst) for inst in reply["instances"]]
+    if any(texts):  # the worker's own words (STATUS=): a column only when some worker speaks
+        rows = [row + (text,) for row, text in zip(rows, ["STATUS"] + texts)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     counts: dict[str, int] = {}
@@ -40,3 +43,9 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
         counts[inst["state"]] = counts.get(inst["state"], 0) + 1
     lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances")
     return "\n".join(lines)
+
+
+def _status_text(inst: dict[str, Any]) -> str:
+    """The worker's last STATUS= text on one line, cut to keep the table readable."""
+    text = " ".join((inst.get("notify_status") or "").split())
+    return text if len(text) <= 80 else text[:77] + "..."
