@@ -4,16 +4,19 @@ shows the worker's STATUS= text, orch's log rotation notices an outside truncati
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import orch, wait_for
+from orchestrator.observe.logs import LogFile
 from orchestrator.observe.metrics import IDLE_TIMEOUT
 from test_service import free_port, scrape
 
@@ -95,3 +98,47 @@ def test_orch_status_shows_the_workers_status_text(start_master, tmp_path):
     assert row["talk"].endswith("42 jobs in flight")
     assert row["long"].endswith("draining queue1: " + "x" * 60 + "...") and len(row["long"]) < len(long) + 40
     assert re.search(r"\d\.\d$", row["quiet"]), "no text: the row ends with its CPU%"
+
+
+# --- log rotation after an outside truncation (logrotate copytruncate) ------------------------
+
+def copytruncate(path: Path) -> None:
+    """What logrotate's copytruncate does: copy the file, then truncate it in place."""
+    shutil.copyfile(path, path.with_name(path.name + ".copy"))
+    os.truncate(path, 0)
+
+
+def test_logfile_restarts_its_size_count_after_an_outside_truncation(tmp_path):
+    log = LogFile(tmp_path / "w.log", max_size=1000, backups=2)
+    try:
+        log.write(b"a" * 900)
+        copytruncate(log.path)
+        log.write(b"b" * 200)   # the count said 1100: a rotation of 200 bytes, before the fix
+        assert not log.path.with_name("w.log.1").exists()
+        assert log.path.read_bytes() == b"b" * 200
+        log.write(b"c" * 700)
+        assert not log.path.with_name("w.log.1").exists()
+        log.write(b"d" * 200)   # 1100 now for real: rotated
+        assert log.path.with_name("w.log.1").read_bytes() == b"b" * 200 + b"c" * 700
+        assert log.path.read_bytes() == b"d" * 200
+    finally:
+        log.close()
+
+
+PRINTS = json.dumps([sys.executable, "-c", "import time\nwhile True:\n print('x' * 99, flush=True)\n time.sleep(0.01)"])
+
+
+def test_a_running_master_rotates_by_real_size_after_copytruncate(start_master, tmp_path):
+    master = start_master(f"""
+        [workers.p]
+        command = {PRINTS}
+        log_max_size = "8KiB"
+        log_backups = 2
+    """)
+    log = tmp_path / ".orch" / "logs" / "p.log"
+    wait_for(lambda: log.exists() and log.stat().st_size >= 6000, 15, message="6000 bytes of log")
+    copytruncate(log)
+    wait_for(lambda: log.stat().st_size >= 4000, 15, message="4000 bytes after the truncation")
+    assert not log.with_name("p.log.1").exists(), "rotated a file far below log_max_size"
+    wait_for(lambda: log.with_name("p.log.1").exists(), 20, message="the rotation at 8KiB")
+    assert log.with_name("p.log.1").stat().st_size >= 8192 - 100
