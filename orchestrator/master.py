@@ -372,8 +372,6 @@ class Master:
                             "a restart of the master", key, before, after)
         if new.log_level != old.log_level:
             set_log_level(new.log_level)
-        if self.watcher is not None:
-            self.watcher.settle = new.settle
         if new.check_interval != old.check_interval:
             self.limits.set_check_interval(new.check_interval)
         if new.watch != old.watch:
@@ -382,5 +380,7 @@ class Master:
             elif not new.watch and self.watcher is not None:
                 self.watcher.stop()
                 self.watcher = None
+        if self.watcher is not None:
+            self.watcher.settle = new.settle
         live = {k: getattr(new, k) for k in LIVE_SETTINGS}
         self.settings = Settings(**{**old.__dict__, **live})

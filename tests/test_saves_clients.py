@@ -13,13 +13,15 @@ watch = {watch}
 command = "sleep 1001"
 [workers.b]
 command = "sleep 1002"
+[workers.say]
+command = ["sh", "-c", "echo hello from say; exec sleep 1003"]
 """
 BROKEN = '[workers.a]\ncommand = "sleep 1001"\n[workers.b\ncommand = "sleep 1003"\n'
 
 
 def test_status_reload_and_down_work_while_the_file_does_not_parse(start_master, tmp_path):
     master = start_master(FLEET.format(watch="true"))
-    before = master.wait_running(2)
+    before = master.wait_running(3)
     master.config.write_text(BROKEN)
     wait_for(lambda: master.call("status")["last_reload_error"], 10, message="the failed reload")
     status = orch("status", cwd=tmp_path)
@@ -30,6 +32,8 @@ def test_status_reload_and_down_work_while_the_file_does_not_parse(start_master,
     assert reload.returncode == 2 and "reload failed, nothing changed" in reload.stderr, reload.stderr
     assert "workers.toml:3: TOML syntax error" in reload.stderr
     assert master.pids() == before
+    logs = orch("logs", "say", cwd=tmp_path)  # the log folder comes from the master's record
+    assert logs.returncode == 0 and "hello from say" in logs.stdout, logs.stderr
     down = orch("down", "--timeout", "15", cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert master.proc.wait(10) == 0
@@ -38,7 +42,7 @@ def test_status_reload_and_down_work_while_the_file_does_not_parse(start_master,
 
 def test_status_shows_that_the_file_on_disk_does_not_load_before_any_reload(start_master, tmp_path):
     master = start_master(FLEET.format(watch="false"))
-    before = master.wait_running(2)
+    before = master.wait_running(3)
     master.config.write_text(FLEET.format(watch="false").replace('"sleep 1002"', "12"))
     status = orch("status", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
@@ -51,7 +55,7 @@ def test_status_shows_that_the_file_on_disk_does_not_load_before_any_reload(star
 
 def test_socket_option_and_env_reach_a_master_from_anywhere(start_master, tmp_path):
     master = start_master(FLEET.format(watch="true"))
-    master.wait_running(2)
+    master.wait_running(3)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()  # no workers.toml here
     by_option = orch("status", "--socket", str(master.socket), cwd=elsewhere)
