@@ -19,7 +19,6 @@ from .control.server import ControlClient, ControlError, request
 from .errors import ConfigError, NoMasterError, OrchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
-_ARGS: dict[str, Any] = {}  # the options of the running command (for --socket)
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("run the master in the foreground", "orch up -c workers.toml"),
@@ -79,8 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _ARGS.clear()
-    _ARGS.update(vars(args))
     path = find_config(getattr(args, "config", None))
     try:
         return HANDLERS[args.command](args, path)
@@ -142,10 +139,10 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _socket(path: Path) -> Path:
+def _socket(args: argparse.Namespace, path: Path) -> Path:
     """Where the master of `path` listens, without parsing the file when it can: `--socket`,
     $ORCH_SOCKET, the record a running master wrote for this config, then the file."""
-    explicit = _ARGS.get("socket") or os.environ.get("ORCH_SOCKET")
+    explicit = getattr(args, "socket", None) or os.environ.get("ORCH_SOCKET")
     if explicit:
         return Path(explicit).absolute()
     record = live_record(path)
@@ -170,7 +167,7 @@ def _disk_error(path: Path) -> str | None:
 
 
 def cmd_diff(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(path), "diff")
+    result = request(_socket(args, path), "diff")
     for line in result["lines"]:
         print(line)
     print(f"{result['start']} to start, {result['stop']} to stop, {result['restart']} to restart, "
@@ -179,7 +176,7 @@ def cmd_diff(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(path), "reload")
+    result = request(_socket(args, path), "reload")
     if result.get("queued"):
         print("reload queued behind the one being applied")
     elif not result.get("applied"):
@@ -192,7 +189,7 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
     from .observe.status_view import render_status
-    result = request(_socket(path), "status", patterns=args.patterns or None)
+    result = request(_socket(args, path), "status", patterns=args.patterns or None)
     if args.json:
         print(json.dumps(result["instances"], indent=1))
     else:
@@ -201,7 +198,7 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_down(args: argparse.Namespace, path: Path) -> int:
-    client = ControlClient(_socket(path))
+    client = ControlClient(_socket(args, path))
     try:
         result = client.call("down")
         if not client.wait_closed(args.timeout):
@@ -216,7 +213,7 @@ def cmd_down(args: argparse.Namespace, path: Path) -> int:
 def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
     def run(args: argparse.Namespace, path: Path) -> int:
         extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
-        names = request(_socket(path), action, patterns=args.patterns, **extra)
+        names = request(_socket(args, path), action, patterns=args.patterns, **extra)
         print(f"{action}: {', '.join(names)}")
         return EXIT_OK
     return run
@@ -234,7 +231,7 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
             matched = [exact] if exact.exists() else [
                 f for f in files if fnmatch.fnmatchcase(instance_name(f), pattern)]
             if not matched:  # log files open on first output: ask the master for silent instances
-                matched = [log_path(log_dir, name) for name in _instances(path, pattern)]
+                matched = [log_path(log_dir, name) for name in _instances(args, path, pattern)]
             if not matched:
                 raise OrchError(f"no log matches {pattern!r} in {log_dir}")
             chosen += [m for m in matched if m not in chosen]
@@ -251,10 +248,10 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
-def _instances(path: Path, pattern: str) -> list[str]:
+def _instances(args: argparse.Namespace, path: Path, pattern: str) -> list[str]:
     """Names of the running master's instances matching `pattern`; [] without a master."""
     try:
-        rows = request(_socket(path), "status", patterns=[pattern])["instances"]
+        rows = request(_socket(args, path), "status", patterns=[pattern])["instances"]
     except (OrchError, ControlError, OSError):
         return []
     return [row["name"] for row in rows]
