@@ -7,6 +7,7 @@ key tables below: one declaration per setting.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from ..units import parse_duration, parse_signal, parse_size
@@ -78,6 +79,27 @@ def _address(v: object) -> str:
     return text
 
 
+def _bind(v: object) -> str:
+    text = _str(v)
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ValueError("expected a path after unix:, like \"unix:/run/app.sock\"")
+        return text
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") != host.endswith("]"):
+        host = ""
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host.strip("[]"):
+        raise ValueError(f"expected \"HOST:PORT\", \"[IPV6]:PORT\" or \"unix:/path\", got {text!r}")
+    return text
+
+
+def _file_mode(v: object) -> int:
+    text = _str(v)
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f"expected an octal mode like \"0660\", got {text!r}")
+    return int(text, 8)
+
+
 def _positive_duration(v: object) -> float:
     seconds = parse_duration(v)
     if seconds <= 0:
@@ -104,7 +126,11 @@ WORKER_KEYS: dict[str, Callable[[object], object]] = {
     "min_uptime": parse_duration, "stop_signal": _signal, "stop_timeout": parse_duration,
     "memory": _table, "max_lifetime": _positive_duration, "timeout": _positive_duration,
     "max_requests": _int_at_least(1), "rolling": _bool, "max_unavailable": _int_at_least(1),
-    "log_max_size": parse_size, "log_backups": _int_at_least(0),
+    "log_max_size": parse_size, "log_backups": _int_at_least(0), "sockets": _str_list,
+}
+# [sockets.NAME]: listening sockets the master binds once and passes to the instances.
+SOCKET_KEYS: dict[str, Callable[[object], object]] = {
+    "bind": _bind, "backlog": _int_at_least(1), "mode": _file_mode,
 }
 BACKOFF_KEYS = {"initial": parse_duration, "max": parse_duration}
 MEMORY_KEYS = {"soft": parse_size, "hard": parse_size}
@@ -115,4 +141,4 @@ ORCHESTRATOR_KEYS: dict[str, Callable[[object], object]] = {
     "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _address,
     "include": _str_list,
 }
-TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
+TOP_KEYS = ("orchestrator", "vars", "defaults", "sockets", "workers")

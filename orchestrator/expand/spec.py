@@ -37,6 +37,7 @@ class ProcessSpec:
     cwd: str
     policy: Policy
     python: PythonTarget | None = None
+    sockets: tuple[tuple[str, str], ...] = ()  # (name, address), passed at fds 3, 4, ...
     process_hash: str = ""
     policy_hash: str = ""
 
@@ -48,10 +49,17 @@ class ProcessSpec:
             "inherit_env": self.inherit_env,
             "cwd": self.cwd,
         }
+        if self.sockets:  # a socket renamed, reordered or moved to a new address needs a new process
+            ident["sockets"] = [list(pair) for pair in self.sockets]
         if self.python is not None:
             ident["python"] = {**dataclasses.asdict(self.python),
                                "kwargs": sorted(self.python.kwargs)}
         return ident
+
+    @property
+    def socket_keys(self) -> tuple[str, ...]:
+        """The held sockets this instance gets, as the master and the spawner name them."""
+        return tuple(f"{name}={address}" for name, address in self.sockets)
 
     def with_hashes(self) -> "ProcessSpec":
         """This spec with `process_hash` and `policy_hash` filled in."""
