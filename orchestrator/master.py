@@ -18,6 +18,7 @@ from .observe.logs import Echo
 from .supervise.limits import Limits
 from .loop import EventLoop
 from .control.notify import NotifyServer
+from .spawn.listeners import BindFailed, Listeners
 from .spawn.pidfile import PidLock
 from .worker.runtime import notify
 from .spawn.orphans import state_path, write_state
@@ -55,7 +56,7 @@ class Master:
     """One `orch up`: runs the loop until shutdown; `run()` returns the exit code."""
 
     def __init__(self, config: Config, specs: list[ProcessSpec], spawner: SpawnerClient,
-                 lock: PidLock, quiet: bool = False):
+                 lock: PidLock, quiet: bool = False, listeners: Listeners | None = None):
         self.config = config
         self.settings: Settings = config.settings
         self.spawner = spawner
@@ -91,6 +92,8 @@ class Master:
         self._stopping = False
         self._done_check_pending = False
         self._replacing_spawner = False
+        self.listeners = listeners or Listeners()
+        self._release_pending = False
         set_log_level(self.settings.log_level)
 
     @property
@@ -104,6 +107,18 @@ class Master:
             self._service_status()
             self._check_done()
             self._state_changed()
+        if isinstance(event, StateChanged) and self.listeners.retired and not self._release_pending:
+            self._release_pending = True  # after this wake-up: a restarting slot swaps its spec
+            self.loop.call_soon(self._release_sockets)
+
+    def _release_sockets(self) -> None:
+        """Close the sockets a reload retired once no instance's process can still use them."""
+        self._release_pending = False
+        in_use = {key for inst in self.supervisor.instances.values()
+                  for spec in (inst.spec, inst.next_spec) if spec is not None for key in spec.socket_keys}
+        closed = self.listeners.release(in_use)
+        if closed:
+            self.spawner.close_sockets(closed)
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -123,6 +138,7 @@ class Master:
                 self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
                 log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
             self._remember_file()
+            self.spawner.send_sockets(self.listeners.items())  # bound by up.py, before any spawn
             plan = reconcile(self._initial_specs, {})
             self.supervisor.apply(plan)
             self.supervisor.flush()  # the spawner forks while the watcher below starts up
@@ -219,7 +235,8 @@ class Master:
             log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
             # Forking now that watchdog's thread exists is safe here: the new spawner runs
             # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
-            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}")
+            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", close=self.listeners.fds())
+            self.spawner.send_sockets(self.listeners.items())
             self.supervisor.replace_spawner(self.spawner)
             self._state_changed()
         finally:
@@ -294,6 +311,7 @@ class Master:
             inst.logfile.close()
         if self._state_timer is not None:
             self._state_timer.cancel()
+        self.listeners.close_all()
         if not self.exit_code:
             state_path(self.settings.pidfile).unlink(missing_ok=True)
         self.lock.release()
@@ -336,6 +354,8 @@ class Master:
         began = time.perf_counter()
         try:
             config, specs = self.load()
+            if specs:  # bound before anything changes: a failed bind leaves the fleet as it was
+                self.spawner.send_sockets(self._bind(config))
         except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
             if not isinstance(exc, ConfigError):
                 log.exception("reload (%s): unexpected error", origin)
@@ -354,6 +374,7 @@ class Master:
         plan = reconcile(specs, self.supervisor.running_view())
         self._apply_settings(config.settings)
         self.supervisor.apply(plan)
+        self._release_sockets()  # sockets gone from the config and used by no instance
         self.config = config
         if self.watcher is not None:
             self.watcher.set_files(config.files, config.include_patterns)
@@ -366,6 +387,12 @@ class Master:
         log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
                  counts["stop"], counts["restart"], counts["update"], counts["keep"], took)
         return {"applied": True, **counts, "planned_ms": round(took, 2)}
+
+    def _bind(self, config: Config) -> list[tuple[str, int]]:
+        try:
+            return self.listeners.update(config.sockets)
+        except BindFailed as exc:
+            raise exc.as_config_error(config.path) from None
 
     def _apply_settings(self, new: Settings) -> None:
         old = self.settings

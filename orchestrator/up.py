@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from .config.load import Settings, load_config, load_settings
+from .config.load import Config, Settings, load_config, load_settings
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
 from .observe.procfs import is_running
 from .spawn.pidfile import PidLock
 from .spawn.child import set_title
+from .spawn.listeners import BindFailed, Listeners, take_systemd_sockets
 from .spawn.spawner import SpawnerClient
 
 
@@ -48,12 +49,14 @@ def _foreground(path: Path, quiet: bool) -> int:
     try:
         from .spawn.orphans import end_leftovers
         end_leftovers(settings.pidfile)
-        spawner = SpawnerClient.start(f"orch: spawner {settings.name}")
+        listeners = Listeners(take_systemd_sockets())  # before the spawner: it must not see LISTEN_*
+        spawner = SpawnerClient.start(f"orch: spawner {settings.name}", close=listeners.fds())
         try:
             from .expand.render import expand
             from .master import Master
             config = load_config(path)
             specs = expand(config)
+            _bind(listeners, config)
         except BaseException:
             spawner.exit()
             os.waitpid(spawner.pid, 0)
@@ -62,13 +65,25 @@ def _foreground(path: Path, quiet: bool) -> int:
         lock.release()
         raise
     set_title(f"orch: master {config.settings.name} [{config.path}]")
-    master = Master(config, specs, spawner, lock, quiet=quiet)
+    master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners)
     code = master.run()
     # Exit now, not through interpreter finalization: `orch down` waits for the control
     # connection to close, and it must close when this process is gone, not before.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _bind(listeners: Listeners, config: Config) -> None:
+    """Bind every [sockets.*] before any worker starts; a failure is a config error (exit 2)."""
+    try:
+        listeners.update(config.sockets)
+    except BindFailed as exc:
+        raise exc.as_config_error(config.path) from None
+    unused = set(listeners.adopted) - {d.name for d in config.sockets}
+    if unused:
+        logging.getLogger("orch").warning("sockets from systemd with no [sockets.NAME] table: %s",
+                                          ", ".join(sorted(unused)))
 
 
 def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
