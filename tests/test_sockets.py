@@ -167,3 +167,99 @@ def test_rolling_restart_over_ipv6_and_unix_sockets(start_master, tmp_path, fami
     assert master.terminate() == 0
     if family == "unix":
         assert not path.exists()  # the master removes the socket file it made
+
+
+PYTHON_WORKER = '''
+import os, select
+from orchestrator.worker import Worker
+
+class Web(Worker):
+    def run(self):
+        listener = self.sockets["web"]
+        if not select.select([listener], [], [], 0.2)[0]:
+            return False
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return False  # another worker took it
+        with conn:
+            conn.recv(4096)
+            body = "%d %s %s %s %d" % (os.getpid(), os.environ["LISTEN_PID"], os.environ["LISTEN_FDNAMES"],
+                                       ",".join(sorted(self.sockets)), self.sockets["web"].fileno())
+            conn.sendall(("HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(body), body)).encode())
+        return True
+'''
+
+
+def _two_bodies(port: int) -> list[str]:
+    """Two requests at once: a worker serves one connection at a time, so each gets its own."""
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    bodies = []
+    for conn in conns:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    for conn in conns:
+        with conn:
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+        bodies.append(data.split(b"\r\n\r\n", 1)[1].decode())
+    return bodies
+
+
+def test_python_workers_get_self_sockets_preloaded_or_not(start_master, tmp_path):
+    (tmp_path / "webapp.py").write_text(PYTHON_WORKER)
+    port = free_port()
+    master = start_master(f"""
+        [sockets.web]
+        bind = "127.0.0.1:{port}"
+        [workers.plain]
+        target = "webapp:Web"
+        sockets = ["web"]
+        [workers.zygote]
+        target = "webapp:Web"
+        preload = true
+        sockets = ["web"]
+        """)
+    pids = master.wait_running(2)
+    wait_for(lambda: all(r["ready"] for r in master.status().values()), 10, message="READY=1 from both")
+    seen = set()
+
+    def both_answered() -> bool:
+        for body in _two_bodies(port):
+            pid, listen_pid, names, keys, fd = body.split()
+            assert (pid, names, keys, fd) == (listen_pid, "web", "web", "3")  # LISTEN_PID: its own pid
+            seen.add(int(pid))
+        return seen == {pids["plain"], pids["zygote"]}
+    wait_for(both_answered, 10, message=f"both workers to answer (seen {seen})")
+
+
+def test_systemd_socket_activate_hands_the_socket_to_orch_up_by_name(tmp_path):
+    import shutil
+    import subprocess
+    exe = shutil.which("systemd-socket-activate")
+    assert exe, "systemd-socket-activate is not installed: run scripts/test-deps (Debian package systemd)"
+    port, unused = free_port(), free_port()
+    config = tmp_path / "workers.toml"
+    config.write_text(web_config(f"127.0.0.1:{unused}", replicas=2).replace("\n        ", "\n"))
+    proc = subprocess.Popen([exe, "-l", f"127.0.0.1:{port}", "--fdname=web", "--", PY, "-m", "orchestrator",
+                             "up", "-c", str(config), "--quiet"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "up.err", "wb"))
+    try:
+        wait_for(lambda: "Listening on" in (tmp_path / "up.err").read_text(), 10, message="socket-activate")
+        # The first connection starts orch (socket-activate execs it then): it queues, not refused.
+        assert http_get(("127.0.0.1", port), timeout=15) == 200
+        with ClientLoop(lambda: ("127.0.0.1", port)) as loop:
+            loop.wait_requests(50)
+        loop.assert_clean()
+        with pytest.raises(ConnectionRefusedError):  # the config's own address was never bound
+            http_get(("127.0.0.1", unused), timeout=2)
+        assert "adopted from systemd" in (tmp_path / "up.err").read_text()
+        result = orch("status", "--json", "-c", str(config))
+        assert result.returncode == 0 and result.stdout.count('"running"') == 2, result.stdout
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
