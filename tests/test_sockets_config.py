@@ -1,0 +1,127 @@
+"""`[sockets.*]` in the config: located errors, fd numbering, hashes; and bind failures at
+`orch up` and on reload, which change nothing."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import orch, wait_for
+from orchestrator.config.load import load_config
+from orchestrator.errors import ConfigError
+from orchestrator.expand.render import expand
+
+PY = sys.executable
+
+
+def _load(tmp_path: Path, text: str):
+    path = tmp_path / "workers.toml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    config = load_config(path)
+    return config, expand(config)
+
+
+def _problem(tmp_path: Path, text: str):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    assert len(info.value.problems) == 1, info.value.problems
+    return info.value.problems[0]
+
+
+@pytest.mark.parametrize("text, keypath, fragment, line", [
+    ('[sockets.web]\nbind = "localhost"\n[workers.w]\ncommand = "x"\n', "sockets.web.bind", "HOST:PORT", 2),
+    ('[sockets.web]\nbind = "[::1:80"\n[workers.w]\ncommand = "x"\n', "sockets.web.bind", "[IPV6]:PORT", 2),
+    ('[sockets.web]\nbind = "unix:"\n[workers.w]\ncommand = "x"\n', "sockets.web.bind", "path after unix:", 2),
+    ('[sockets.web]\nbacklog = 5\n[workers.w]\ncommand = "x"\n', "sockets.web", "missing 'bind'", 1),
+    ('[sockets.web]\nbind = "127.0.0.1:80"\nbaclog = 5\n[workers.w]\ncommand = "x"\n', "sockets.web.baclog",
+     "did you mean 'backlog'", 3),
+    ('[sockets.web]\nbind = "127.0.0.1:80"\nmode = "0660"\n[workers.w]\ncommand = "x"\n', "sockets.web.mode",
+     "unix: sockets only", 3),
+    ('[sockets.web]\nbind = "unix:a.sock"\nmode = "rw"\n[workers.w]\ncommand = "x"\n', "sockets.web.mode",
+     "octal", 3),
+    ('[sockets.a]\nbind = "127.0.0.1:80"\n[sockets.b]\nbind = "127.0.0.1:80"\n[workers.w]\ncommand = "x"\n',
+     "sockets.b.bind", "also bound by sockets.a", 4),
+    ('[sockets.web]\nbind = "127.0.0.1:80"\n[workers.w]\ncommand = "x"\nsockets = ["wbe"]\n',
+     "workers.w.sockets", "no [sockets.wbe] table", 5),
+    ('[sockets.web]\nbind = "127.0.0.1:80"\n[workers.w]\ncommand = "x"\nsockets = ["web", "web"]\n',
+     "workers.w.sockets", "named twice", 5),
+    ('[sockets.web]\nbind = "127.0.0.1:80"\n[workers.w]\ncommand = "x {{ sockets.other.fd }}"\nsockets = ["web"]\n',
+     "workers.w.command", "other", 4),
+])
+def test_bad_socket_config_is_located(tmp_path, text, keypath, fragment, line):
+    problem = _problem(tmp_path, text)
+    assert (problem.keypath, problem.line) == (keypath, line) and fragment in problem.message, problem
+
+
+def test_fds_follow_the_templates_order_and_bind_is_in_the_process_hash(tmp_path):
+    base = """
+        [sockets.web]
+        bind = "127.0.0.1:8000"
+        backlog = BACKLOG
+        [sockets.admin]
+        bind = "unix:run/admin.sock"
+        [workers.w]
+        command = "serve --web {{ sockets.web.fd }} --admin {{ sockets.admin.fd }} {{ sockets.admin.bind }}"
+        sockets = ORDER
+        """
+    _, (spec,) = _load(tmp_path, base.replace("ORDER", '["admin", "web"]').replace("BACKLOG", "10"))
+    assert spec.argv == ("serve", "--web", "4", "--admin", "3", f"unix:{tmp_path}/run/admin.sock")
+    assert spec.sockets == (("admin", f"unix:{tmp_path}/run/admin.sock"), ("web", "127.0.0.1:8000"))
+    _, (same,) = _load(tmp_path, base.replace("ORDER", '["admin", "web"]').replace("BACKLOG", "20"))
+    assert same.process_hash == spec.process_hash  # a backlog change is applied to the socket in place
+    _, (moved,) = _load(tmp_path, base.replace("ORDER", '["admin", "web"]').replace("BACKLOG", "10")
+                        .replace("8000", "8001"))
+    assert moved.process_hash != spec.process_hash and moved.argv == spec.argv
+
+
+def _busy_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock, sock.getsockname()[1]
+
+
+def test_orch_up_with_a_port_in_use_is_a_config_error(tmp_path):
+    busy, port = _busy_port()
+    with busy:
+        config = tmp_path / "workers.toml"
+        config.write_text(f'[sockets.web]\nbind = "127.0.0.1:{port}"\n[workers.w]\ncommand = "sleep 60"\n'
+                          'sockets = ["web"]\n')
+        result = orch("up", "-c", str(config), "--quiet", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    first = result.stderr.strip().splitlines()[0]
+    assert f"workers.toml:2: sockets.web.bind: cannot bind 127.0.0.1:{port}: Address already in use" in first
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failed_bind_or_a_removed_socket_on_reload_leaves_the_fleet_untouched(start_master, tmp_path):
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    config = f"""
+        [sockets.web]
+        bind = "127.0.0.1:{port}"
+        [workers.web]
+        command = "{PY} -m orchestrator.demo.web"
+        sockets = ["web"]
+        replicas = 2
+        """
+    master = start_master(config)
+    pids = master.wait_running(2)
+    busy, other = _busy_port()
+    with busy:
+        master.write(config.replace(str(port), str(other)))
+        wait_for(lambda: master.call("ping").get("last_reload_error") or
+                 "Address already in use" in master.stderr(), 10, message="the failed reload")
+        assert f"cannot bind 127.0.0.1:{other}" in master.stderr()
+    master.write(config.replace('[sockets.web]\n        bind = "127.0.0.1:%d"' % port, ""))
+    wait_for(lambda: "no [sockets.web] table" in master.stderr(), 10, message="the refused removal")
+    assert master.pids() == pids
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # still served
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert conn.recv(100).startswith(b"HTTP/1.1 200 OK")
