@@ -24,7 +24,7 @@ from ..worker.runtime import listen_sockets, notify
 
 IDLE_GRACE = 0.5      # while draining: how long an idle keep-alive connection may still send
 DRAIN_TIMEOUT = 8.0   # while draining: the most time given to connections in flight
-ACCEPT_BATCH = 8      # accepts per wake-up: bounded, so busy workers leave some to the others
+ACCEPT_BATCH = 1      # accepts per wake-up: one, so a burst of connections spreads over the workers
 
 
 class Connection:

@@ -1,0 +1,176 @@
+"""`python -m bench.sockets`: requests/second through a socket orch holds, against the same
+HTTP worker without orch, side by side in one run.
+
+Three setups of 4 `orchestrator.demo.web` processes, measured by `wrk` in turns (so load
+from other programs on the machine hits each alike), median over the reps:
+  orch       `orch up`: [sockets.web] held by the master, passed at fd 3 to 4 replicas;
+  prefork    a plain parent binds one socket and starts 4 processes sharing it (no orch);
+  reuseport  4 plain processes, each binding its own socket with SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+WORKERS = 4
+PY = sys.executable
+WEB = [PY, "-m", "orchestrator.demo.web"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_answering(port: int, timeout: float = 20.0) -> None:
+    """Until every one of several fresh connections gets an answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for _ in range(WORKERS * 4):
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                    conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    if not conn.recv(64).startswith(b"HTTP/1.1 200"):
+                        raise OSError("bad answer")
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+class Setup:
+    """One way of running 4 workers on a port: `start()`, then `stop()`."""
+
+    def __init__(self, name: str, port: int, start: Callable[[], list[subprocess.Popen]]):
+        self.name = name
+        self.port = port
+        self._start = start
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        self.procs = self._start()
+        wait_answering(self.port)
+        time.sleep(1.0)  # every worker past its start-up
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def orch_setup(folder: Path) -> Setup:
+    port = free_port()
+    config = folder / "web.toml"
+    config.write_text(f'[sockets.web]\nbind = "127.0.0.1:{port}"\n[workers.web]\n'
+                      f'command = "{PY} -m orchestrator.demo.web --fd {{{{ sockets.web.fd }}}}"\n'
+                      f'sockets = ["web"]\nreplicas = {WORKERS}\n')
+    return Setup("orch", port, lambda: [subprocess.Popen(
+        [PY, "-m", "orchestrator", "up", "-c", str(config), "--quiet"], cwd=folder, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)])
+
+
+def prefork_setup() -> Setup:
+    port = free_port()
+
+    def start() -> list[subprocess.Popen]:
+        with socket.socket() as sock:  # the parent's socket, shared by 4 children like orch's
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1024)
+            return [subprocess.Popen(WEB + ["--fd", str(sock.fileno())], pass_fds=[sock.fileno()],
+                                     start_new_session=True, stdout=subprocess.DEVNULL) for _ in range(WORKERS)]
+    return Setup("prefork", port, start)
+
+
+def reuseport_setup() -> Setup:
+    port = free_port()
+    return Setup("reuseport", port, lambda: [subprocess.Popen(
+        WEB + ["--bind", f"127.0.0.1:{port}", "--reuseport"], start_new_session=True, stdout=subprocess.DEVNULL)
+        for _ in range(WORKERS)])
+
+
+def wrk(port: int, seconds: int, connections: int) -> tuple[float, int]:
+    """(requests/second, errors) of one wrk run."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rate, errors + (int(non2xx.group(1)) if non2xx else 0)
+
+
+def measure(reps: int, seconds: int, connections: int) -> dict[str, dict]:
+    """Start all three setups, then wrk each in turn `reps` times."""
+    with tempfile.TemporaryDirectory(prefix="bench-sockets-") as tmp:
+        setups = [orch_setup(Path(tmp)), prefork_setup(), reuseport_setup()]
+        rates: dict[str, list[float]] = {s.name: [] for s in setups}
+        errors = dict.fromkeys(rates, 0)
+        try:
+            for setup in setups:
+                setup.start()
+            for rep in range(reps):
+                for setup in setups if rep % 2 == 0 else reversed(setups):
+                    rate, failed = wrk(setup.port, seconds, connections)
+                    rates[setup.name].append(rate)
+                    errors[setup.name] += failed
+                    print(f"  rep {rep + 1}: {setup.name:9} {rate:9.0f} req/s", file=sys.stderr, flush=True)
+        finally:
+            for setup in setups:
+                setup.stop()
+    return {name: {"median": statistics.median(values), "min": min(values), "max": max(values),
+                   "errors": errors[name]} for name, values in rates.items()}
+
+
+def render(results: dict[str, dict], reps: int, seconds: int, connections: int) -> str:
+    base = results["prefork"]["median"]
+    lines = [f"4 workers of `orchestrator.demo.web`; `wrk -t1 -c{connections} -d{seconds}s`, {reps} turns "
+             "each, medians (min–max).", "",
+             "| setup | requests/s | ÷ prefork | failed requests |", "|---|--:|--:|--:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['median']:.0f} ({r['min']:.0f}–{r['max']:.0f}) | "
+                     f"×{r['median'] / base:.3f} | {r['errors']} |")
+    ratio = results["orch"]["median"] / max(results["prefork"]["median"], results["reuseport"]["median"])
+    verdict = "met" if ratio >= 0.95 else "not met"
+    lines += ["", f"orch ÷ best plain setup: ×{ratio:.3f} (target ≥ 0.95: {verdict})."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sockets", description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench.sockets: wrk is not installed (Debian package wrk)", file=sys.stderr)
+        return 2
+    results = measure(args.reps, args.seconds, args.connections)
+    print(render(results, args.reps, args.seconds, args.connections))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
