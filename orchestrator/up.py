@@ -24,6 +24,10 @@ def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
         from .expand.render import expand
         config = load_config(path)
         expand(config)  # every error on this terminal, before daemonizing
+        if "LISTEN_FDS" not in os.environ:  # a port in use too: bind once here, and let go
+            probe = Listeners()
+            _bind(probe, config)
+            probe.close_all()
         _make_folders(config.settings)
         return _detach(config.path, config.settings.control_socket, config.settings.log_dir,
                        config.settings.pidfile)

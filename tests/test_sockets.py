@@ -23,11 +23,13 @@ def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def web_config(bind: str, replicas: int = 4, extra: str = "", command_extra: str = "") -> str:
+def web_config(bind: str, replicas: int = 4, extra: str = "", command_extra: str = "",
+               socket_extra: str = "") -> str:
     return f"""
         [sockets.web]
         bind = "{bind}"
         backlog = 512
+        {socket_extra}
 
         [workers.web]
         command = "{PY} -m orchestrator.demo.web --fd {{{{ sockets.web.fd }}}}{command_extra}"
@@ -150,10 +152,10 @@ def test_rolling_restart_over_ipv6_and_unix_sockets(start_master, tmp_path, fami
     else:
         path = tmp_path / "run" / "web.sock"
         bind, address, url = "unix:run/web.sock", str(path), None
-    master = start_master(web_config(bind))
+    master = start_master(web_config(bind, socket_extra='mode = "0660"' if family == "unix" else ""))
     old = master.wait_running(4)
     if family == "unix":
-        assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
+        assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o660
     with ClientLoop(lambda: address, threads=3) as loop:
         wrk = Wrk(url, 3) if url else None
         loop.wait_requests(20)
@@ -263,3 +265,18 @@ def test_systemd_socket_activate_hands_the_socket_to_orch_up_by_name(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_killed_spawner_takes_the_workers_but_the_socket_queues_until_new_ones_serve(start_master):
+    port = free_port()
+    master = start_master(web_config(f"127.0.0.1:{port}"))
+    old = master.wait_running(4)
+    spawner = next(p for p in master.descendants() if "spawner" in " ".join(p.cmdline()))
+    with ClientLoop(lambda: ("127.0.0.1", port), threads=3) as loop:
+        loop.wait_requests(20)
+        os.kill(spawner.pid, signal.SIGKILL)  # every worker dies with it (PDEATHSIG)
+        wait_for(all_replaced(master, old, 4), 20, message="a new spawner and 4 new workers")
+        loop.wait_requests(20)
+    # The workers were killed with requests in hand; none queued in the master's socket is refused.
+    assert loop.errors["ConnectionRefusedError"] == 0, dict(loop.errors)
+    assert sum(loop.errors.values()) <= 12 and set(loop.statuses) == {200}, dict(loop.errors)

@@ -125,3 +125,36 @@ def test_a_failed_bind_or_a_removed_socket_on_reload_leaves_the_fleet_untouched(
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # still served
         conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert conn.recv(100).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_stale_unix_socket_file_is_replaced_and_a_live_one_is_an_error(tmp_path):
+    from orchestrator.config.sockets import SocketDecl
+    from orchestrator.spawn.listeners import BindFailed, Listeners
+    path = tmp_path / "app.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: what a crashed server leaves
+    decl = SocketDecl("web", f"unix:{path}", 16, 0o640)
+    listeners = Listeners()
+    listeners.update((decl,))
+    assert (path.stat().st_mode & 0o777) == 0o640
+    with pytest.raises(BindFailed, match="another process is listening"):
+        Listeners().update((decl,))  # a live listener there is never stolen
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BindFailed, match="not a socket"):
+        Listeners().update((SocketDecl("f", f"unix:{tmp_path / 'file'}"),))
+    listeners.close_all()
+    assert not path.exists()
+
+
+def test_a_retired_socket_closes_only_when_unused(tmp_path):
+    from orchestrator.config.sockets import SocketDecl
+    from orchestrator.spawn.listeners import Listeners
+    old, new = SocketDecl("web", f"unix:{tmp_path / 'a.sock'}"), SocketDecl("web", f"unix:{tmp_path / 'b.sock'}")
+    listeners = Listeners()
+    listeners.update((old,))
+    assert [key for key, _ in listeners.update((new,))] == [new.key]
+    assert listeners.release({old.key}) == [] and (tmp_path / "a.sock").exists()
+    assert listeners.release(set()) == [old.key] and not (tmp_path / "a.sock").exists()
+    assert list(listeners.held) == [new.key]
+    listeners.close_all()
