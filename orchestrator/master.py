@@ -18,7 +18,7 @@ from .observe.logs import Echo
 from .supervise.limits import Limits
 from .loop import EventLoop
 from .control.notify import NotifyServer
-from .spawn.listeners import BindFailed, Listeners
+from .spawn.listeners import Listeners
 from .spawn.pidfile import PidLock
 from .worker.runtime import notify
 from .spawn.orphans import state_path, write_state
@@ -114,11 +114,9 @@ class Master:
     def _release_sockets(self) -> None:
         """Close the sockets a reload retired once no instance's process can still use them."""
         self._release_pending = False
-        in_use = {key for inst in self.supervisor.instances.values()
-                  for spec in (inst.spec, inst.next_spec) if spec is not None for key in spec.socket_keys}
-        closed = self.listeners.release(in_use)
-        if closed:
-            self.spawner.close_sockets(closed)
+        self.spawner.close_sockets(self.listeners.release(
+            {key for inst in self.supervisor.instances.values()
+             for spec in (inst.spec, inst.next_spec) if spec is not None for key in spec.socket_keys}))
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -355,7 +353,7 @@ class Master:
         try:
             config, specs = self.load()
             if specs:  # bound before anything changes: a failed bind leaves the fleet as it was
-                self.spawner.send_sockets(self._bind(config))
+                self.spawner.send_sockets(self.listeners.bind_config(config.sockets, config.path))
         except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
             if not isinstance(exc, ConfigError):
                 log.exception("reload (%s): unexpected error", origin)
@@ -387,12 +385,6 @@ class Master:
         log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
                  counts["stop"], counts["restart"], counts["update"], counts["keep"], took)
         return {"applied": True, **counts, "planned_ms": round(took, 2)}
-
-    def _bind(self, config: Config) -> list[tuple[str, int]]:
-        try:
-            return self.listeners.update(config.sockets)
-        except BindFailed as exc:
-            raise exc.as_config_error(config.path) from None
 
     def _apply_settings(self, new: Settings) -> None:
         old = self.settings

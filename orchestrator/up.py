@@ -14,7 +14,7 @@ from .errors import OrchError
 from .observe.procfs import is_running
 from .spawn.pidfile import PidLock
 from .spawn.child import set_title
-from .spawn.listeners import BindFailed, Listeners, take_systemd_sockets
+from .spawn.listeners import Listeners, take_systemd_sockets
 from .spawn.spawner import SpawnerClient
 
 
@@ -80,10 +80,7 @@ def _foreground(path: Path, quiet: bool) -> int:
 
 def _bind(listeners: Listeners, config: Config) -> None:
     """Bind every [sockets.*] before any worker starts; a failure is a config error (exit 2)."""
-    try:
-        listeners.update(config.sockets)
-    except BindFailed as exc:
-        raise exc.as_config_error(config.path) from None
+    listeners.bind_config(config.sockets, config.path)
     unused = set(listeners.adopted) - {d.name for d in config.sockets}
     if unused:
         logging.getLogger("orch").warning("sockets from systemd with no [sockets.NAME] table: %s",

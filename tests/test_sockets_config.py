@@ -158,3 +158,10 @@ def test_a_retired_socket_closes_only_when_unused(tmp_path):
     assert listeners.release(set()) == [old.key] and not (tmp_path / "a.sock").exists()
     assert list(listeners.held) == [new.key]
     listeners.close_all()
+
+
+def test_the_shipped_web_config_is_valid(tmp_path):
+    from conftest import ROOT
+    (tmp_path / "web.toml").write_text((ROOT / "configs" / "web.toml").read_text())
+    specs = expand(load_config(tmp_path / "web.toml"))
+    assert len(specs) == 4 and all(s.sockets == (("web", "127.0.0.1:8000"),) and "3" in s.argv for s in specs)

@@ -157,6 +157,13 @@ class Listeners:
         self.retired = set(self.held) - wanted
         return [(key, sock.fileno()) for key, sock in fresh.items()]
 
+    def bind_config(self, sockets: tuple[SocketDecl, ...], config_path: Path) -> list[tuple[str, int]]:
+        """`update` for a loaded config: a failed bind is a ConfigError at its `bind` line."""
+        try:
+            return self.update(sockets)
+        except BindFailed as exc:
+            raise exc.as_config_error(config_path) from None
+
     def _open(self, decl: SocketDecl) -> socket.socket:
         adopted = self.adopted.get(decl.name)
         if adopted is not None:
