@@ -165,3 +165,37 @@ def test_the_shipped_web_config_is_valid(tmp_path):
     (tmp_path / "web.toml").write_text((ROOT / "configs" / "web.toml").read_text())
     specs = expand(load_config(tmp_path / "web.toml"))
     assert len(specs) == 4 and all(s.sockets == (("web", "127.0.0.1:8000"),) and "3" in s.argv for s in specs)
+
+
+def test_a_renamed_socket_keeps_its_address_and_its_queue(tmp_path):
+    from orchestrator.config.sockets import SocketDecl
+    from orchestrator.spawn.listeners import Listeners
+    port = _busy_port()
+    port[0].close()
+    old, new = SocketDecl("web", f"127.0.0.1:{port[1]}"), SocketDecl("www", f"127.0.0.1:{port[1]}")
+    listeners = Listeners()
+    listeners.update((old,))
+    client = socket.create_connection(("127.0.0.1", port[1]), timeout=5)  # queued, not yet accepted
+    listeners.update((new,))  # no second bind of the same address (it would fail: in use)
+    assert listeners.held[new.key] is listeners.held[old.key]
+    assert listeners.release(set()) == [old.key]
+    conn, _ = listeners.held[new.key].accept()  # the queued connection is still there
+    conn.close()
+    client.close()
+    listeners.close_all()
+
+
+def test_socket_names_travel_in_listen_fdnames(tmp_path):
+    problem = _problem(tmp_path, '[sockets."a:b"]\nbind = "127.0.0.1:80"\n[workers.w]\ncommand = "x"\n')
+    assert problem.keypath == "sockets.a:b" and "letters, digits" in problem.message
+
+
+def test_close_all_closes_a_socket_held_under_two_names(tmp_path):
+    from orchestrator.config.sockets import SocketDecl
+    from orchestrator.spawn.listeners import Listeners
+    listeners = Listeners()
+    listeners.update((SocketDecl("web", f"unix:{tmp_path / 'a.sock'}"),))
+    listeners.update((SocketDecl("www", f"unix:{tmp_path / 'a.sock'}"),))
+    sock = next(iter(listeners.held.values()))
+    listeners.close_all()
+    assert sock.fileno() == -1 and not (tmp_path / "a.sock").exists()

@@ -6,6 +6,7 @@ address written two ways is recognised as one, and a change of address is a new 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def parse_sockets(table: object, folder: Path, problems: Problems) -> tuple[Sock
 
 def _socket(name: str, body: object, folder: Path, problems: Problems) -> SocketDecl | None:
     prefix = f"sockets.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", name):  # it travels in LISTEN_FDNAMES, ':'-separated
+        problems.add(prefix, f"socket name {name!r}: use letters, digits, '_', '.' and '-' only")
+        return None
     if not isinstance(body, dict):
         problems.add(prefix, "expected a table with bind = \"HOST:PORT\" or \"unix:/path\"")
         return None

@@ -169,6 +169,12 @@ class Listeners:
         if adopted is not None:
             log.info("sockets.%s: adopted from systemd (%s)", decl.name, _where(adopted))
             return adopted
+        for key, held in self.decls.items():  # a renamed socket keeps its address: same socket
+            if held.address == decl.address and key in self.held:
+                if key in self._unix_files:
+                    self._unix_files[decl.key] = self._unix_files[key]
+                log.info("sockets.%s: now the name of %s", decl.name, decl.address)
+                return self.held[key]
         sock = bind(decl)
         if decl.unix_path is not None:
             self._unix_files[decl.key] = (Path(decl.unix_path), os.stat(decl.unix_path).st_ino)
@@ -194,10 +200,11 @@ class Listeners:
         return done
 
     def _close(self, key: str, sock: socket.socket) -> None:
-        if sock in self.adopted.values():
-            return  # systemd's: it keeps listening for the next master
-        sock.close()
         path, inode = self._unix_files.pop(key, (None, 0))
+        if any(s is sock for k, s in self.held.items() if k != key) or \
+                any(s is sock for s in self.adopted.values()):
+            return  # still held under another name, or systemd's (it keeps it for the next master)
+        sock.close()
         try:
             if path is not None and os.stat(path).st_ino == inode:  # still the file we made
                 path.unlink()
@@ -205,9 +212,8 @@ class Listeners:
             pass
 
     def close_all(self) -> None:
-        for key, sock in list(self.held.items()):
-            self._close(key, sock)
-        self.held.clear()
+        for key in list(self.held):
+            self._close(key, self.held.pop(key))
 
 
 def _where(sock: socket.socket) -> str:
