@@ -57,7 +57,7 @@ def prepare_child(parent: int, stdin: int, out: int, cwd: str,
     os.dup2(out, 2)
     if out > 2:
         os.close(out)
-    pass_sockets(sockets)
+    pass_sockets(sockets)  # 3 .. 2+len(sockets); fd hygiene may close everything above, after this
     os.chdir(cwd)
 
 

@@ -3,8 +3,8 @@
 Started by the spawner (single-threaded, so forking it is safe) for each preloaded
 target; workers forked from it skip the interpreter start-up and imports and share the
 imported code copy-on-write. It speaks the spawner's protocol in miniature: ("fork",
-[(token, request)], socket keys) with the output fds and then those sockets' fds in, ("spawned", ...), ("exited", ...) and ("import_failed",
-error) out. It dies with the spawner (PDEATHSIG), and its workers die with it.
+[(token, request)], socket keys) in, with the output fds and then those keys' listening
+sockets as SCM_RIGHTS; ("spawned", ...), ("exited", ...) and ("import_failed", error) out. It dies with the spawner (PDEATHSIG), and its workers die with it.
 """
 
 from __future__ import annotations
