@@ -22,7 +22,7 @@ import time
 
 from ..worker.runtime import listen_sockets, notify
 
-IDLE_GRACE = 0.5      # while draining: how long an idle keep-alive connection may still send
+IDLE_GRACE = 1.0      # while draining: how long an idle keep-alive connection may still send
 DRAIN_TIMEOUT = 8.0   # while draining: the most time given to connections in flight
 ACCEPT_BATCH = 1      # accepts per wake-up: one, so a burst of connections spreads over the workers
 
