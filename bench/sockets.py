@@ -228,8 +228,8 @@ delivers connections straight to the workers' accept(). What orch adds is only w
 happens at a (re)start. The plain loops run in one session like `orch up` does: with the
 scheduler's autogroups, a session per worker gave those workers 4 times the CPU share of
 orch's on this shared machine (an earlier run measured ×0.71 for that reason alone). On a
-2-core machine shared with other jobs the spread between turns is wide (see min–max): the
-ratios move by several percent from run to run either way."""
+2-core machine shared with other jobs the spread between turns is wide (see min–max) and
+the ratios move by up to ±15 % from run to run, either way."""
 
 
 if __name__ == "__main__":
