@@ -199,3 +199,38 @@ def test_close_all_closes_a_socket_held_under_two_names(tmp_path):
     sock = next(iter(listeners.held.values()))
     listeners.close_all()
     assert sock.fileno() == -1 and not (tmp_path / "a.sock").exists()
+
+
+def _listen_backlog(port: int) -> int | None:
+    import shutil
+    import subprocess
+    assert shutil.which("ss"), "ss is not installed (Debian package iproute2)"
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+    return int(out[2]) if len(out) > 2 else None  # State Recv-Q Send-Q(= the backlog) ...
+
+
+def test_backlog_changes_in_place_without_a_restart(start_master):
+    busy, port = _busy_port()
+    busy.close()
+    config = f"""
+        [sockets.web]
+        bind = "127.0.0.1:{port}"
+        backlog = 128
+        [workers.web]
+        command = "{PY} -m orchestrator.demo.web"
+        sockets = ["web"]
+        replicas = 2
+        """
+    master = start_master(config)
+    pids = master.wait_running(2)
+    assert _listen_backlog(port) == 128
+    master.write(config.replace("backlog = 128", "backlog = 64"))
+    wait_for(lambda: _listen_backlog(port) == 64, 10, message="the new backlog")
+    assert master.pids() == pids
+
+
+def test_an_address_that_is_not_local_is_a_config_error(tmp_path):
+    config = tmp_path / "workers.toml"
+    config.write_text('[sockets.web]\nbind = "192.0.2.1:8000"\n[workers.w]\ncommand = "sleep 60"\nsockets = ["web"]\n')
+    result = orch("up", "-c", str(config), "--quiet", cwd=tmp_path)
+    assert result.returncode == 2 and "cannot bind 192.0.2.1:8000: Cannot assign requested address" in result.stderr
