@@ -234,3 +234,18 @@ def test_an_address_that_is_not_local_is_a_config_error(tmp_path):
     config.write_text('[sockets.web]\nbind = "192.0.2.1:8000"\n[workers.w]\ncommand = "sleep 60"\nsockets = ["web"]\n')
     result = orch("up", "-c", str(config), "--quiet", cwd=tmp_path)
     assert result.returncode == 2 and "cannot bind 192.0.2.1:8000: Cannot assign requested address" in result.stderr
+
+
+def test_a_systemd_socket_is_adopted_by_its_address_when_its_name_differs(tmp_path):
+    from orchestrator.config.sockets import SocketDecl
+    from orchestrator.spawn.listeners import Listeners
+    systemd = socket.socket()
+    systemd.bind(("127.0.0.1", 0))
+    systemd.listen(8)
+    port = systemd.getsockname()[1]
+    listeners = Listeners({"orch.socket": systemd})  # systemd's default name: the unit's
+    listeners.update((SocketDecl("web", f"127.0.0.1:{port}"),))  # no bind: it would be in use
+    assert next(iter(listeners.held.values())) is systemd
+    listeners.close_all()
+    assert systemd.fileno() != -1  # systemd's socket is never closed by orch
+    systemd.close()

@@ -9,6 +9,7 @@ socket can keep serving its last workers while the new one serves the restarted 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -165,7 +166,8 @@ class Listeners:
             raise exc.as_config_error(config_path) from None
 
     def _open(self, decl: SocketDecl) -> socket.socket:
-        adopted = self.adopted.get(decl.name)
+        adopted = self.adopted.get(decl.name) or next(
+            (s for s in self.adopted.values() if _same_address(s, decl.address)), None)
         if adopted is not None:
             log.info("sockets.%s: adopted from systemd (%s)", decl.name, _where(adopted))
             return adopted
@@ -214,6 +216,23 @@ class Listeners:
     def close_all(self) -> None:
         for key in list(self.held):
             self._close(key, self.held.pop(key))
+
+
+def _same_address(sock: socket.socket, address: str) -> bool:
+    """Whether a socket from systemd listens on `address`: how one is adopted when its name
+    is not the [sockets.NAME] (systemd names an fd after its .socket unit by default)."""
+    try:
+        bound = sock.getsockname()
+    except OSError:
+        return False
+    if address.startswith("unix:"):
+        return bound == address[5:]
+    host, _, port = address.rpartition(":")
+    try:
+        return isinstance(bound, tuple) and bound[1] == int(port) and \
+            ipaddress.ip_address(bound[0]) == ipaddress.ip_address(host.strip("[]"))
+    except ValueError:  # a host name in the config: match by name only
+        return False
 
 
 def _where(sock: socket.socket) -> str:
