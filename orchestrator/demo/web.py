@@ -8,7 +8,8 @@ Every request gets `200 OK` and "ok NAME PID". One process, one selector loop, H
 keep-alive. On SIGTERM (or after ORCH_MAX_REQUESTS requests) it drains: it stops accepting
 at once (the listening socket stays open in the master, so new connections queue for the
 other workers), answers the request each open connection is sending or sends next with
-`Connection: close`, closes idle ones after a short grace, and exits 0.
+`Connection: close`, closes idle ones after a short grace, and exits 0. A demo: request
+bodies are read by Content-Length only (no chunked uploads).
 """
 
 from __future__ import annotations
