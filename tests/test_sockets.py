@@ -4,6 +4,7 @@ rolling restarts, reloads, scaling, recycling, bind changes and a SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -135,6 +136,8 @@ def test_bind_change_moves_clients_and_the_old_address_serves_until_its_last_wor
         wait_for(all_replaced(master, old, 4), 20, message="every worker on the new socket")
         loop.wait_requests(20)
     loop.assert_clean()
+    wait_for(lambda: [s["address"] for s in master.call("status")["sockets"]] == [f"127.0.0.1:{new_port}"],
+             10, message="orch status to show only the new socket")
 
     def old_closed() -> bool:
         try:
@@ -257,6 +260,12 @@ def test_systemd_socket_activate_hands_the_socket_to_orch_up_by_name(tmp_path):
         with pytest.raises(ConnectionRefusedError):  # the config's own address was never bound
             http_get(("127.0.0.1", unused), timeout=2)
         assert "adopted from systemd" in (tmp_path / "up.err").read_text()
+        with socket.socket(socket.AF_UNIX) as control:  # the full status, sockets included
+            control.settimeout(10)
+            control.connect(str(tmp_path / ".orch" / "orch.sock"))
+            control.sendall(b'{"cmd": "status", "args": {}}\n')
+            sockets = json.loads(control.makefile("rb").readline())["result"]["sockets"]
+        assert [(s["name"], s["adopted"], s["retired"]) for s in sockets] == [("web", True, False)], sockets
         result = orch("status", "--json", "-c", str(config))
         assert result.returncode == 0 and result.stdout.count('"running"') == 2, result.stdout
     finally:

@@ -128,6 +128,13 @@ class Listeners:
         """(key, fd) of every held socket, to hand to a spawner."""
         return [(key, sock.fileno()) for key, sock in self.held.items()]
 
+    def status(self) -> list[dict[str, object]]:
+        """Rows for `orch status --json`: what the master holds, and what it will close."""
+        return [{"name": decl.name, "address": decl.address, "backlog": decl.backlog,
+                 "adopted": any(s is self.held[key] for s in self.adopted.values()),
+                 "retired": key in self.retired}
+                for key, decl in self.decls.items() if key in self.held]
+
     def fds(self) -> tuple[int, ...]:
         return tuple(s.fileno() for s in self.held.values()) + \
             tuple(s.fileno() for s in self.adopted.values())
