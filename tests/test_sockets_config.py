@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import textwrap
@@ -249,3 +250,19 @@ def test_a_systemd_socket_is_adopted_by_its_address_when_its_name_differs(tmp_pa
     listeners.close_all()
     assert systemd.fileno() != -1  # systemd's socket is never closed by orch
     systemd.close()
+
+
+def test_an_abstract_unix_socket_has_no_file(tmp_path):
+    from orchestrator.spawn.listeners import Listeners
+    name = f"orch-test-{os.getpid()}"
+    config, (spec,) = _load(tmp_path, f'[sockets.web]\nbind = "unix:@{name}"\n[workers.w]\ncommand = "x"\n'
+                                      'sockets = ["web"]\n')
+    assert spec.sockets == (("web", f"unix:@{name}"),)
+    listeners = Listeners()
+    listeners.update(config.sockets)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect("\0" + name)
+    assert not list(tmp_path.glob("*@*"))
+    listeners.close_all()
+    with socket.socket(socket.AF_UNIX) as client, pytest.raises(ConnectionRefusedError):
+        client.connect("\0" + name)

@@ -22,7 +22,7 @@ class SocketDecl:
     """One validated `[sockets.NAME]` table."""
 
     name: str
-    address: str          # "127.0.0.1:8000", "[::1]:8000" or "unix:/absolute/path"
+    address: str          # "127.0.0.1:8000", "[::1]:8000", "unix:/absolute/path" or "unix:@abstract"
     backlog: int = DEFAULT_BACKLOG
     mode: int = DEFAULT_UNIX_MODE
 
@@ -33,7 +33,13 @@ class SocketDecl:
 
     @property
     def unix_path(self) -> str | None:
-        return self.address[5:] if self.address.startswith("unix:") else None
+        """The file of a `unix:` socket (None for TCP and for the abstract namespace)."""
+        return self.address[5:] if self.address.startswith("unix:") and not self.abstract else None
+
+    @property
+    def abstract(self) -> bool:
+        """`unix:@name`: Linux's abstract namespace, no file, gone with its last holder."""
+        return self.address.startswith("unix:@")
 
 
 def parse_sockets(table: object, folder: Path, problems: Problems) -> tuple[SocketDecl, ...]:
@@ -79,7 +85,12 @@ def _socket(name: str, body: object, folder: Path, problems: Problems) -> Socket
     if len(problems.items) > before:
         return None
     bind = str(clean["bind"])
-    if bind.startswith("unix:"):
+    if bind.startswith("unix:@"):
+        address = bind
+        if "mode" in clean:
+            problems.add(f"{prefix}.mode", "an abstract unix:@ socket has no file, so no mode")
+            return None
+    elif bind.startswith("unix:"):
         address = "unix:" + str((folder / bind[5:]).absolute())
         if len(address[5:].encode()) > 107:
             problems.add(f"{prefix}.bind", f"socket path is longer than the 107 bytes Unix sockets allow: {address[5:]}")

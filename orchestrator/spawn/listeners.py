@@ -73,6 +73,15 @@ def bind(decl: SocketDecl) -> socket.socket:
     path = decl.unix_path
     if path is not None:
         return _bind_unix(Path(path), decl)
+    if decl.abstract:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("\0" + decl.address[6:])
+            sock.listen(decl.backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     host, _, port = decl.address.rpartition(":")
     family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
     host = host.strip("[]")
@@ -232,6 +241,8 @@ def _same_address(sock: socket.socket, address: str) -> bool:
         bound = sock.getsockname()
     except OSError:
         return False
+    if address.startswith("unix:@"):
+        return bound == b"\0" + address[6:].encode()
     if address.startswith("unix:"):
         return bound == address[5:]
     host, _, port = address.rpartition(":")
