@@ -136,7 +136,7 @@ def measure(reps: int, seconds: int, connections: int) -> dict[str, dict[str, di
     """Start all three setups, then wrk each in turn, `reps` times per load."""
     with tempfile.TemporaryDirectory(prefix="bench-sockets-") as tmp:
         setups = [orch_setup(Path(tmp)), plain_setup("prefork", True), plain_setup("reuseport", False)]
-        rates = {(load, s.name): [] for load in LOADS for s in setups}  # type: dict[tuple[str, str], list[float]]
+        rates: dict[tuple[str, str], list[float]] = {(load, s.name): [] for load in LOADS for s in setups}
         errors = dict.fromkeys(rates, 0)
         try:
             for setup in setups:
