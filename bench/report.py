@@ -193,12 +193,18 @@ def render_machine(info: dict[str, Any]) -> str:
             f"Python {info['python']}; {versions}. Date: {info['date']}.")
 
 
+KEPT_MARK = "<!-- below: other bench modules' sections, kept by --write-results -->"
+
+
 def write_results(path: Path, table: str, notes: str, info: dict[str, Any], command: str,
                   targets: str = "") -> None:
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(KEPT_MARK):] if KEPT_MARK in old else ""  # e.g. bench.sockets' section
     path.write_text(
         "# orch vs supervisord vs circus: benchmark results\n\n"
         f"Produced by `{command}` (rewrite with `--write-results`).\n\n"
-        f"{render_machine(info)}\n\n{table}\n\n" + (f"{targets}\n\n" if targets else "") + f"{notes}\n")
+        f"{render_machine(info)}\n\n{table}\n\n" + (f"{targets}\n\n" if targets else "") + f"{notes}\n"
+        + (f"\n{kept}" if kept else ""))
 
 
 def from_json(data: dict[str, Any]) -> tuple[Results, Options, dict[str, Any]]:

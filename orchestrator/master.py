@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from . import __version__
+from .config.keys import LIVE_SETTINGS
 from .config.load import Config, Settings, load_config
 from .control.commands import Commands
 from .control.notify import NotifyServer
@@ -22,6 +23,7 @@ from .observe.logs import Echo
 from .observe.service import ServiceNotifier
 from .plan import reconcile
 from .spawn.child import reaped
+from .spawn.listeners import Listeners
 from .spawn.orphans import StateRecorder
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
@@ -30,7 +32,6 @@ from .supervise.limits import Limits
 from .supervise.supervisor import Supervisor
 
 log = logging.getLogger("orch")
-from .config.keys import LIVE_SETTINGS  # noqa: E402 - the [orchestrator] keys of kind LIVE
 
 
 def _raise_fd_limit() -> None:
@@ -53,7 +54,7 @@ class Master:
     """One `orch up`: runs the loop until shutdown; `run()` returns the exit code."""
 
     def __init__(self, config: Config, specs: list[ProcessSpec], spawner: SpawnerClient,
-                 lock: PidLock, quiet: bool = False):
+                 lock: PidLock, quiet: bool = False, listeners: Listeners | None = None):
         self.config = config
         self.settings: Settings = config.settings
         self.spawner = spawner
@@ -88,6 +89,8 @@ class Master:
         self._stopping = False
         self._done_check_pending = False
         self._replacing_spawner = False
+        self.listeners = listeners or Listeners()
+        self._release_pending = False
         set_log_level(self.settings.log_level)
 
     @property
@@ -99,6 +102,16 @@ class Master:
         """Once shutting down, the last process to end lets the master exit."""
         if isinstance(event, StateChanged) and (event.started or event.ended):
             self._check_done()
+        if isinstance(event, StateChanged) and self.listeners.retired and not self._release_pending:
+            self._release_pending = True  # after this wake-up: a restarting slot swaps its spec
+            self.loop.call_soon(self._release_sockets)
+
+    def _release_sockets(self) -> None:
+        """Close the sockets a reload retired once no instance's process can still use them."""
+        self._release_pending = False
+        self.spawner.close_sockets(self.listeners.release(
+            {key for inst in self.supervisor.instances.values()
+             for spec in (inst.spec, inst.next_spec) if spec is not None for key in spec.socket_keys}))
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -118,6 +131,7 @@ class Master:
                 self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
                 log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
             self._remember_file()
+            self.spawner.send_sockets(self.listeners.items())  # bound by up.py, before any spawn
             plan = reconcile(self._initial_specs, {})
             self.supervisor.apply(plan)
             self.supervisor.flush()  # the spawner forks while the watcher below starts up
@@ -213,7 +227,8 @@ class Master:
             log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
             # Forking now that watchdog's thread exists is safe here: the new spawner runs
             # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
-            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}")
+            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", close=self.listeners.fds())
+            self.spawner.send_sockets(self.listeners.items())
             self.supervisor.replace_spawner(self.spawner)
             self.state_file.changed()
         finally:
@@ -246,6 +261,7 @@ class Master:
         for inst in self.supervisor.instances.values():
             inst.logfile.close()
         self.state_file.close(clean=not self.exit_code)
+        self.listeners.close_all()
         self.lock.release()
         self.loop.close()
         log.info("master %d exited", os.getpid())
@@ -284,6 +300,8 @@ class Master:
         began = time.perf_counter()
         try:
             config, specs = self.load()
+            if specs:  # bound before anything changes: a failed bind leaves the fleet as it was
+                self.spawner.send_sockets(self.listeners.bind_config(config.sockets, config.path))
         except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
             if not isinstance(exc, ConfigError):
                 log.exception("reload (%s): unexpected error", origin)
@@ -302,6 +320,7 @@ class Master:
         plan = reconcile(specs, self.supervisor.running_view())
         self._apply_settings(config.settings)
         self.supervisor.apply(plan)
+        self._release_sockets()  # sockets gone from the config and used by no instance
         self.config = config
         if self.watcher is not None:
             self.watcher.set_files(config.files, config.include_patterns)

@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from .config.load import Settings, load_config, load_settings
+from .config.load import Config, Settings, load_config, load_settings
 from .control.record import remove_record, write_record
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
 from .observe.procfs import is_running
 from .spawn.pidfile import PidLock
 from .spawn.child import set_title
+from .spawn.listeners import Listeners, take_systemd_sockets
 from .spawn.spawner import SpawnerClient
 
 
@@ -24,6 +25,10 @@ def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
         from .expand.render import expand
         config = load_config(path)
         expand(config)  # every error on this terminal, before daemonizing
+        if "LISTEN_FDS" not in os.environ:  # a port in use too: bind once here, and let go
+            probe = Listeners()
+            _bind(probe, config)
+            probe.close_all()
         _make_folders(config.settings)
         return _detach(config.path, config.settings.control_socket, config.settings.log_dir,
                        config.settings.pidfile)
@@ -49,12 +54,14 @@ def _foreground(path: Path, quiet: bool) -> int:
     try:
         from .spawn.orphans import end_leftovers
         end_leftovers(settings.pidfile)
-        spawner = SpawnerClient.start(f"orch: spawner {settings.name}")
+        listeners = Listeners(take_systemd_sockets())  # before the spawner: it must not see LISTEN_*
+        spawner = SpawnerClient.start(f"orch: spawner {settings.name}", close=listeners.fds())
         try:
             from .expand.render import expand
             from .master import Master
             config = load_config(path)
             specs = expand(config)
+            _bind(listeners, config)
         except BaseException:
             spawner.exit()
             os.waitpid(spawner.pid, 0)
@@ -63,7 +70,7 @@ def _foreground(path: Path, quiet: bool) -> int:
         lock.release()
         raise
     set_title(f"orch: master {config.settings.name} [{config.path}]")
-    master = Master(config, specs, spawner, lock, quiet=quiet)
+    master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners)
     # Clients find this master from the config's path alone, even once the file is broken.
     write_record(path, config.settings.control_socket, config.settings.log_dir)
     try:
@@ -75,6 +82,15 @@ def _foreground(path: Path, quiet: bool) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _bind(listeners: Listeners, config: Config) -> None:
+    """Bind every [sockets.*] before any worker starts; a failure is a config error (exit 2)."""
+    listeners.bind_config(config.sockets, config.path)
+    unused = set(listeners.adopted) - {d.name for d in config.sockets}
+    if unused:
+        logging.getLogger("orch").warning("sockets from systemd with no [sockets.NAME] table: %s",
+                                          ", ".join(sorted(unused)))
 
 
 def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:

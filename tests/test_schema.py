@@ -93,8 +93,10 @@ def test_every_key_is_in_the_schema_with_its_doc():
     schema = json_schema()
     for key in KEYS:
         parts = key.path.split(".")
-        node = schema["$defs"]["template"] if parts[0] == "workers" else schema["properties"]["orchestrator"]
-        for part in parts[2:] if parts[0] == "workers" else parts[1:]:
+        node = {"workers": schema["$defs"]["template"],
+                "sockets": schema["properties"]["sockets"]["additionalProperties"]}.get(
+                    parts[0], schema["properties"]["orchestrator"])
+        for part in parts[2:] if parts[0] in ("workers", "sockets") else parts[1:]:
             node = node["properties"][part]
         assert key.doc in node["description"], key.path
 

@@ -12,9 +12,10 @@ _HEAD = r""".TH WORKERS.TOML 5 "" "orch {version}" "File Formats"
 .SH NAME
 workers.toml \- the fleet that orch(1) runs: templates x matrices x replicas
 .SH DESCRIPTION
-A TOML file with up to four tables: \fB[orchestrator]\fR (settings of the master),
-\fB[vars]\fR (values every template can use), \fB[defaults]\fR (merged into every template)
-and one \fB[workers.\fINAME\fB]\fR table per template. Unknown keys are errors.
+A TOML file with up to five tables: \fB[orchestrator]\fR (settings of the master),
+\fB[vars]\fR (values every template can use), \fB[defaults]\fR (merged into every template),
+one \fB[sockets.\fINAME\fB]\fR table per shared listening socket, and one
+\fB[workers.\fINAME\fB]\fR table per template. Unknown keys are errors.
 .PP
 Durations are "250ms", "10s", "5m", "6h", "1d" or a number of seconds; sizes are "512KiB",
 "200MiB", "1GB" or a number of bytes; signals are names like "TERM" or "SIGINT", or numbers.
@@ -71,6 +72,9 @@ def render() -> str:
     parts += [_entry(k, "orchestrator.") for k in KEYS if k.section == "orchestrator"]
     parts.append(".SH [workers.NAME]\n")
     parts += [_entry(k, "workers.*.") for k in KEYS if k.section == "workers"]
+    parts.append(".SH [sockets.NAME]\nA listening socket the master binds once and passes to the "
+                 "instances whose \\fBsockets\\fR name it (see orch(1), SOCKETS).\n")
+    parts += [_entry(k, "sockets.*.") for k in KEYS if k.section == "sockets"]
     template_only = ", ".join(f"\\fB{name}\\fR" for name in TEMPLATE_ONLY)
     parts.append(_DEFAULTS.format(template_only=template_only))
     parts.append(_TAIL)

@@ -7,6 +7,7 @@ user can act on. The keys that use these types are declared once, in `keys.py`.
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -96,6 +97,27 @@ def _address(v: object) -> str:
     return text
 
 
+def _bind(v: object) -> str:
+    text = _str(v)
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ValueError("expected a path after unix:, like \"unix:/run/app.sock\"")
+        return text
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") != host.endswith("]"):
+        host = ""
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host.strip("[]"):
+        raise ValueError(f"expected \"HOST:PORT\", \"[IPV6]:PORT\" or \"unix:/path\", got {text!r}")
+    return text
+
+
+def _file_mode(v: object) -> int:
+    text = _str(v)
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f"expected an octal mode like \"0660\", got {text!r}")
+    return int(text, 8)
+
+
 def _positive_duration(v: object) -> float:
     seconds = parse_duration(v)
     if seconds <= 0:
@@ -141,3 +163,6 @@ SIZE = ValueType("size", parse_size, {"anyOf": [
 SIGNAL = ValueType("signal", _signal, {"anyOf": [
     {"type": "string", "pattern": _SIGNAL_TEXT},
     {"enum": sorted({int(s) for s in signal.Signals})}]})
+BIND = ValueType("HOST:PORT, [IPV6]:PORT or unix:PATH", _bind, {"type": "string", "anyOf": [
+    {"pattern": r"^unix:.+$"}, {"pattern": rf"^.+:{_PORT}$"}]})
+FILE_MODE = ValueType("octal file mode", _file_mode, {"type": "string", "pattern": r"^0?[0-7]{3}$"})

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from .fields import (ADDRESS, BOOL, COMMAND, DURATION, PATH, POSITIVE_DURATION, SIGNAL, SIZE,
-                     STRING, STRINGS, TABLE, TABLES, ValueType, int_at_least, one_of)
+from .fields import (ADDRESS, BIND, BOOL, COMMAND, DURATION, FILE_MODE, PATH, POSITIVE_DURATION,
+                     SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, ValueType, int_at_least, one_of)
 
 
 class Kind(Enum):
@@ -68,6 +68,10 @@ def _o(name: str, *args: Any, **kwargs: Any) -> Key:
     return Key(f"orchestrator.{name}", *args, **kwargs)
 
 
+def _s(name: str, *args: Any, **kwargs: Any) -> Key:
+    return Key(f"sockets.*.{name}", *args, **kwargs)
+
+
 P, F, S, L, R = Kind.PROCESS, Kind.FLEET, Kind.POLICY, Kind.LIVE, Kind.RESTART
 KEYS: tuple[Key, ...] = (
     _w("command", COMMAND, None, P, "the program and its arguments (split like a shell, no shell)",
@@ -98,6 +102,8 @@ KEYS: tuple[Key, ...] = (
        '"1s"', spec="python"),
     _w("pythonpath", STRINGS, [], P, "folders added to sys.path, relative to the config",
        '["src"]', spec="python"),
+    _w("sockets", STRINGS, [], P, "listening sockets passed to each instance, from fd 3 in this order",
+       '["web"]', spec="sockets"),
     _w("restart", one_of("always", "on-failure", "never"), "always", S,
        "when an exited instance is started again", '"on-failure"'),
     _w("backoff", TABLE, {}, S, "the delay before a restart after a quick exit",
@@ -151,10 +157,14 @@ KEYS: tuple[Key, ...] = (
     _o("metrics", ADDRESS, None, R, "serve Prometheus metrics on HOST:PORT", '"127.0.0.1:9108"'),
     _o("include", STRINGS, [], L, "globs of files adding [vars] and [workers.*], watched too",
        '["conf.d/*.toml"]'),
+    _s("bind", BIND, None, P, "the address the master binds once; a change rolls its users onto it",
+       '"127.0.0.1:8000"', spec="sockets"),
+    _s("backlog", int_at_least(1), 1024, S, "the listen queue's length", "1024"),
+    _s("mode", FILE_MODE, "0600", S, "permissions of a unix: socket's file", '"0660"'),
 )
 del P, F, S, L, R
 
-TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
+TOP_KEYS = ("orchestrator", "vars", "defaults", "sockets", "workers")
 BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 
 
@@ -169,11 +179,13 @@ BACKOFF_KEYS = _parsers("workers.*.backoff.")
 MEMORY_KEYS = _parsers("workers.*.memory.")
 SUB_TABLES = {"backoff": BACKOFF_KEYS, "memory": MEMORY_KEYS}
 ORCHESTRATOR_KEYS = _parsers("orchestrator.")
+SOCKET_KEYS = _parsers("sockets.*.")
 TEMPLATE_ONLY = tuple(k.name for k in KEYS if k.template_only)
 MERGED_TABLES = ("backoff", "memory", "env")  # [defaults] and a template merge these key by key
-POLICY_KEYS = tuple(k for k in KEYS if k.kind is Kind.POLICY and k.path.count(".") == 2
+POLICY_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is Kind.POLICY and k.path.count(".") == 2
                     and k.name not in SUB_TABLES)
-POLICY_SUB_KEYS = tuple(k for k in KEYS if k.kind is Kind.POLICY and k.path.count(".") == 3)
+POLICY_SUB_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is Kind.POLICY
+                        and k.path.count(".") == 3)
 TEMPLATE_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is not Kind.POLICY)
 SETTINGS_KEYS = tuple(k for k in KEYS if k.section == "orchestrator")
 LIVE_SETTINGS = tuple(k.name for k in SETTINGS_KEYS if k.kind is Kind.LIVE)

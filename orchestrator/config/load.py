@@ -19,6 +19,7 @@ from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported f
                    MERGED_TABLES, POLICY_KEYS, POLICY_SUB_KEYS, SETTINGS_KEYS, SUB_TABLES,
                    TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
 from .locate import Problems, locate_keys  # noqa: F401 - locate_keys is part of this module's API
+from .sockets import SocketDecl, check_template_sockets, parse_sockets
 
 try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-table file
     import tomli as tomllib
@@ -74,6 +75,7 @@ class Template:
     pythonpath: tuple[str, ...]
     policy: Policy
     source: Path | None = None  # the file it was written in (an included file, or the config)
+    sockets: tuple[str, ...] = ()  # names of [sockets.*], passed at fds 3, 4, ... in this order
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Config:
     templates: tuple[Template, ...]
     files: tuple[Path, ...] = field(default=())
     include_patterns: tuple[str, ...] = ()  # absolute globs: a new matching file is watched too
+    sockets: tuple[SocketDecl, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -171,6 +174,7 @@ def load_config(path: Path) -> Config:
     if not isinstance(workers, dict):
         problems.add("workers", "expected a table of templates like [workers.consumer]")
         workers = {}
+    sockets = parse_sockets(data.get("sockets", {}), path.parent, problems)
     patterns = tuple(str(path.parent / pattern) for pattern in settings.include)
     sources = [(path, problems, workers)] + _included(patterns, path, variables)
     templates, owner = [], {}
@@ -186,12 +190,13 @@ def load_config(path: Path) -> Config:
             template = _template(name, _merge(defaults, table), path.parent, settings, source_problems,
                                  source)
             if template is not None:
+                check_template_sockets(name, template.sockets, sockets, source_problems)
                 templates.append(template)
     found = [p for _, source_problems, _ in sources for p in source_problems.items]
     if found:
         raise ConfigError(found)
     return Config(path, settings, tuple(variables.items()), tuple(templates),
-                  tuple(source for source, _, _ in sources), patterns)
+                  tuple(source for source, _, _ in sources), patterns, sockets)
 
 
 def _included(patterns: tuple[str, ...], main: Path,

@@ -50,6 +50,8 @@ def json_schema() -> dict[str, Any]:
     defaults = _table([k for k in direct if not k.template_only], "workers.*.")
     defaults["allOf"] = _TEMPLATE_RULES
     settings = _table([k for k in KEYS if k.section == "orchestrator"], "orchestrator.")
+    socket = _table([k for k in KEYS if k.section == "sockets"], "sockets.*.")
+    socket["required"] = ["bind"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "orch workers.toml",
@@ -60,6 +62,8 @@ def json_schema() -> dict[str, Any]:
             "orchestrator": {**settings, "description": "settings of the master"},
             "vars": {"type": "object", "description": "values every template can use"},
             "defaults": {"$ref": "#/$defs/defaults"},
+            "sockets": {"type": "object", "additionalProperties": socket,
+                        "description": "listening sockets the master holds: [sockets.NAME]"},
             "workers": {"type": "object", "additionalProperties": {"$ref": "#/$defs/template"},
                         "description": "one table per template: [workers.NAME]"},
         },

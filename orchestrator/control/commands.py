@@ -82,6 +82,7 @@ class Commands:
             "last_reload_error": self.master.last_reload_error,
             "stopping": self.master.stopping,
             "instances": self.master.supervisor.status(names, usage=True),
+            "sockets": self.master.listeners.status(),
         }
 
     def cmd_reload(self, conn: Connection) -> dict[str, Any]:

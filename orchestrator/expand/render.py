@@ -151,6 +151,7 @@ class ExpansionCache:
 
     def __init__(self) -> None:
         self.vars: Any = None
+        self.sockets: Any = None
         self.folder: Path | None = None
         self.templates: dict[str, tuple[Template, list[ProcessSpec]]] = {}
 
@@ -159,11 +160,11 @@ class ExpansionCache:
         by_template: dict[str, list[ProcessSpec]] = {t.name: [] for t in config.templates}
         for spec in specs:
             by_template[spec.template].append(spec)
-        self.vars, self.folder = config.vars, config.folder
+        self.vars, self.folder, self.sockets = config.vars, config.folder, config.sockets
         self.templates = {t.name: (t, by_template[t.name]) for t in config.templates}
 
     def get(self, config: Config, template: Template) -> list[ProcessSpec] | None:
-        if self.vars != config.vars or self.folder != config.folder:
+        if self.vars != config.vars or self.folder != config.folder or self.sockets != config.sockets:
             return None
         cached = self.templates.get(template.name)
         return cached[1] if cached is not None and cached[0] == template else None
@@ -195,13 +196,15 @@ def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessS
         problems.append(ConfigProblem(str(source), keypath, message, line))
 
     variables = {"python": sys.executable, **dict(config.vars)}
+    sockets = socket_context(config)
     specs: list[ProcessSpec] = []
     seen: dict[str, str] = {}
     total = 0
     for template in config.templates:
         made = cache.get(config, template) if cache is not None else None
         if made is None:
-            made = _expand_template(template, variables, config, renderer, problem)
+            made = _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
+                                    config, renderer, problem)
             if made is None:
                 continue
         total += len(made)
@@ -224,7 +227,17 @@ def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessS
         raise ConfigError(problems)
     if cache is not None:  # only a load that succeeded becomes the new baseline
         cache.vars, cache.folder, cache.templates = config.vars, config.folder, fresh
+        cache.sockets = config.sockets
     return specs
+
+
+def socket_context(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per template, `sockets.NAME.fd` / `.bind` / `.name` for the sockets it names: the fd
+    numbers follow the order of its `sockets` list, from 3 (the systemd convention)."""
+    declared = {d.name: d for d in config.sockets}
+    return {t.name: {name: {"fd": 3 + i, "name": name, "bind": declared[name].address}
+                     for i, name in enumerate(t.sockets)}
+            for t in config.templates if t.sockets}
 
 
 def _expand_template(template: Template, variables: dict[str, Any], config: Config,
@@ -368,7 +381,8 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
         return None
     spec = ProcessSpec(name=name, template=template.name, params=tuple(params.items()),
                        replica=replica, argv=argv, env=env, inherit_env=template.inherit,
-                       cwd=cwd, policy=template.policy, python=python)
+                       cwd=cwd, policy=template.policy, python=python,
+                       sockets=tuple((n, context["sockets"][n]["bind"]) for n in template.sockets))
     return spec.with_hashes()
 
 

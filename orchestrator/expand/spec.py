@@ -38,6 +38,7 @@ class ProcessSpec:
     cwd: str
     policy: Policy
     python: PythonTarget | None = None
+    sockets: tuple[tuple[str, str], ...] = ()  # (name, address), passed at fds 3, 4, ...
     process_hash: str = ""
     policy_hash: str = ""
 
@@ -45,7 +46,12 @@ class ProcessSpec:
         """Everything that, when changed, needs a new process (the fields the PROCESS keys of
         `config.keys` feed); canonical form: tuples as lists, key-value pairs sorted."""
         return {name: _canonical(getattr(self, name)) for name in IDENTITY_FIELDS
-                if getattr(self, name) is not None}
+                if getattr(self, name) is not None and not (name in _ONLY_WHEN_SET and not getattr(self, name))}
+
+    @property
+    def socket_keys(self) -> tuple[str, ...]:
+        """The held sockets this instance gets, as the master and the spawner name them."""
+        return tuple(f"{name}={address}" for name, address in self.sockets)
 
     def with_hashes(self) -> "ProcessSpec":
         """This spec with `process_hash` and `policy_hash` filled in."""
@@ -60,6 +66,10 @@ class ProcessSpec:
 def policy_digest(policy: Policy) -> str:
     """The policy hash; computed once per template, since its instances share one Policy."""
     return _digest(dataclasses.asdict(policy))
+
+
+# Fields newer than the hash: left out while empty, so an upgrade restarts nothing.
+_ONLY_WHEN_SET = ("sockets",)
 
 
 def _canonical(value: Any) -> Any:

@@ -5,15 +5,17 @@ process title."""
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import pickle
 import signal
 import socket
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_FDS_PER_MESSAGE = 64
+MAX_FDS_RECEIVED = 253  # SCM_MAX_FD: a zygote's message carries 64 outputs plus the sockets
 MAX_EVENTS_PER_MESSAGE = 256
 # Signals the master coordinates; the spawner must not die of them (a Ctrl-C reaches the
 # whole foreground group), and its children must get them back at their defaults.
@@ -38,9 +40,11 @@ def prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl failed")
 
 
-def prepare_child(parent: int, stdin: int, out: int, cwd: str) -> None:  # pragma: no cover - in children
+def prepare_child(parent: int, stdin: int, out: int, cwd: str,
+                  sockets: Sequence[int] = ()) -> None:  # pragma: no cover - in children
     """In a just-forked child: its own process group, death with its parent, default
-    signals, stdin from /dev/null, stdout and stderr to `out`, and the working directory."""
+    signals, stdin from /dev/null, stdout and stderr to `out`, the listening `sockets` at
+    fds 3, 4, ... (inheritable), and the working directory. `out` is closed here."""
     os.setpgid(0, 0)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
@@ -51,7 +55,28 @@ def prepare_child(parent: int, stdin: int, out: int, cwd: str) -> None:  # pragm
     os.dup2(stdin, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
+    if out > 2:
+        os.close(out)
+    pass_sockets(sockets)  # 3 .. 2+len(sockets); fd hygiene may close everything above, after this
     os.chdir(cwd)
+
+
+def pass_sockets(fds: Sequence[int]) -> None:  # pragma: no cover - in children
+    """Put `fds` at 3, 4, ... in order, without CLOEXEC so they survive exec. Each is first
+    moved above the target range, so a source that sits at a target number is never
+    overwritten before it is copied. The fds above 3+len(fds)-1 are left to the caller."""
+    first_free = 3 + len(fds)
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first_free) for fd in fds]
+    for target, fd in enumerate(moved, 3):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+
+
+def listen_env(names: Sequence[str]) -> dict[str, str]:  # pragma: no cover - in children
+    """The systemd socket-activation variables for this process (call after fork: LISTEN_PID
+    must be the pid of the process that reads them, as sd_listen_fds checks)."""
+    return {"LISTEN_FDS": str(len(names)), "LISTEN_FDNAMES": ":".join(names),
+            "LISTEN_PID": str(os.getpid())}
 
 
 def reaped() -> Iterator[tuple[int, int]]:
@@ -79,7 +104,7 @@ def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  #
     """One pickled message and the fds sent with it; ((), []) when nothing is ready, None at
     EOF (the other end is gone)."""
     try:
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_PER_MESSAGE)
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_RECEIVED)
     except (BlockingIOError, InterruptedError):
         return (), []
     except OSError:

@@ -9,12 +9,15 @@ it dies with the helper. The helper is a child subreaper and treats EOF on its s
 exits. So a SIGKILLed master still leaves nothing behind.
 
 Protocol: a SOCK_SEQPACKET socketpair carrying pickled tuples (both ends are ours); pipe fds
-for the children's stdout/stderr travel with the spawn requests as SCM_RIGHTS.
+for the children's stdout/stderr travel with the spawn requests as SCM_RIGHTS. Listening
+sockets travel once, when the master binds them ("sockets"), and stay here under their key
+until the master says "close_sockets"; a spawn request names the keys its child gets.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import pickle
 import selectors
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, MAX_FDS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER,
-                    kill_group, prctl, prepare_child, reaped, receive, set_title)
+                    kill_group, listen_env, prctl, prepare_child, reaped, receive, set_title)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class SpawnRequest:
     inherit_env: bool
     cwd: str
     preload: tuple[str, tuple[str, ...]] | None = None  # (target, pythonpath): fork from a zygote
+    sockets: tuple[tuple[str, str], ...] = ()  # (name, key) of held sockets, for fds 3, 4, ...
 
 
 class SpawnerClient:
@@ -49,8 +53,9 @@ class SpawnerClient:
         self.sock = sock
 
     @classmethod
-    def start(cls, title: str | None = None) -> "SpawnerClient":
-        """Fork the spawner. Call before any thread is started."""
+    def start(cls, title: str | None = None, close: tuple[int, ...] = ()) -> "SpawnerClient":
+        """Fork the spawner. Call before any thread is started. `close`: the master's fds the
+        spawner must not keep (sockets adopted from systemd reach it with "sockets" instead)."""
         master_end, spawner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (master_end, spawner_end):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
@@ -60,6 +65,8 @@ class SpawnerClient:
             code = 0
             try:
                 master_end.close()
+                for fd in close:
+                    os.close(fd)
                 if title:
                     set_title(title)
                 _Spawner(spawner_end).run()
@@ -81,6 +88,18 @@ class SpawnerClient:
             chunk = requests[i:i + MAX_FDS_PER_MESSAGE]
             fds = outputs[i:i + MAX_FDS_PER_MESSAGE]
             socket.send_fds(self.sock, [pickle.dumps(("spawn", chunk))], fds)
+
+    def send_sockets(self, sockets: list[tuple[str, int]]) -> None:
+        """Hand listening sockets over, as (key, fd); the spawner keeps its own copies."""
+        for i in range(0, len(sockets), MAX_FDS_PER_MESSAGE):
+            chunk = sockets[i:i + MAX_FDS_PER_MESSAGE]
+            socket.send_fds(self.sock, [pickle.dumps(("sockets", [key for key, _ in chunk]))],
+                            [fd for _, fd in chunk])
+
+    def close_sockets(self, keys: list[str]) -> None:
+        """Drop the spawner's copies of these sockets (no instance will get them again)."""
+        if keys:
+            self.sock.send(pickle.dumps(("close_sockets", keys)))
 
     def signal(self, orders: list[tuple[int, int, bool]]) -> None:
         """Send signals: (pid, signal, whole process group?). Only live, unreaped children are
@@ -120,8 +139,9 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         self.pid_errpipe: dict[int, int] = {}
         self.selector = selectors.DefaultSelector()
         self._which: dict[tuple[str, str], str] = {}
+        self.sockets: dict[str, int] = {}  # listening sockets held for children, by key
         from .zygote import ZygotePool  # zygote.py builds on this module's helpers
-        self.zygotes = ZygotePool(self.selector, self._send)
+        self.zygotes = ZygotePool(self.selector, self._send, self.sockets)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         os.set_inheritable(self.devnull, False)
 
@@ -175,7 +195,20 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
         message, fds = received
         if not message:
             return True
-        if message[0] == "spawn":
+        if message[0] == "sockets":
+            for key, fd in zip(message[1], fds):
+                os.set_inheritable(fd, False)
+                old = self.sockets.pop(key, None)
+                if old is not None:
+                    os.close(old)
+                self.sockets[key] = fd
+            return True
+        if message[0] == "close_sockets":
+            for key in message[1]:
+                fd = self.sockets.pop(key, None)
+                if fd is not None:
+                    os.close(fd)
+        elif message[0] == "spawn":
             self._spawn_all(message[1], fds)
         elif message[0] == "signal":
             for pid, signum, group in message[1]:
@@ -204,6 +237,8 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
                 continue
             try:
                 spawned.append((request.token, self._spawn_one(request, out)))
+            except KeyError as exc:
+                failed.append((request.token, f"socket {exc.args[0]} is not held by the spawner"))
             except OSError as exc:
                 failed.append((request.token, f"fork failed: {exc.strerror}"))
         for key, items in preloaded.items():
@@ -230,12 +265,17 @@ class _Spawner:  # pragma: no cover - runs in the helper process; covered by int
     def _spawn_one(self, request: SpawnRequest, out: int) -> int:
         env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
         program = self._executable(request.argv[0], env)
+        sockets = [self.sockets[key] for _, key in request.sockets]
         err_r, err_w = os.pipe()
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             try:
-                prepare_child(parent, self.devnull, out, request.cwd)
+                if sockets:  # keep the exec-error pipe out of the range the sockets go to
+                    err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3 + len(sockets))
+                prepare_child(parent, self.devnull, out, request.cwd, sockets)
+                if request.sockets:
+                    env.update(listen_env([name for name, _ in request.sockets]))
                 os.execve(program, list(request.argv), env)
             except BaseException as exc:  # noqa: BLE001
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)

@@ -3,8 +3,8 @@
 Started by the spawner (single-threaded, so forking it is safe) for each preloaded
 target; workers forked from it skip the interpreter start-up and imports and share the
 imported code copy-on-write. It speaks the spawner's protocol in miniature: ("fork",
-[(token, request)]) with fds in, ("spawned", ...), ("exited", ...) and ("import_failed",
-error) out. It dies with the spawner (PDEATHSIG), and its workers die with it.
+[(token, request)], socket keys) in, with the output fds and then those keys' listening
+sockets as SCM_RIGHTS; ("spawned", ...), ("exited", ...) and ("import_failed", error) out. It dies with the spawner (PDEATHSIG), and its workers die with it.
 """
 
 from __future__ import annotations
@@ -18,17 +18,22 @@ import sys
 import traceback
 from typing import Any
 
-from .child import PR_SET_PDEATHSIG, kill_group, prctl, prepare_child, reaped, receive, set_title
+from .child import (PR_SET_PDEATHSIG, kill_group, listen_env, prctl, prepare_child, reaped, receive,
+                    set_title)
 
 
-def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
-    """Fork a zygote for `target` (in the spawner); returns (pid, socket)."""
+def start_zygote(target: str, pythonpath: tuple[str, ...],
+                 close: tuple[int, ...] = ()) -> tuple[int, socket.socket]:
+    """Fork a zygote for `target` (in the spawner); returns (pid, socket). `close`: the
+    spawner's listening sockets, which the zygote must not hold on to (it never execs)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the zygote
         code = 1
         try:
             ours.close()
+            for fd in close:
+                os.close(fd)
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             set_title(f"orch: zygote {target}")
             code = _Zygote(theirs, target, pythonpath).run()
@@ -91,20 +96,24 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
         if not message:
             return True
         items = message[1]
+        # The listening sockets come after the outputs, once per message; ours only while forking.
+        sockets = dict(zip(message[2], fds[len(items):]))
         spawned, failed = [], []
         for (token, request), out in zip(items, fds):
             try:
-                spawned.append((token, self._fork(request, out)))
+                spawned.append((token, self._fork(request, out, sockets)))
             except OSError as exc:
                 failed.append((token, f"fork failed: {exc.strerror}"))
             os.close(out)
+        for fd in sockets.values():
+            os.close(fd)
         if spawned:
             self._send(("spawned", spawned))
         if failed:
             self._send(("failed", failed))
         return True
 
-    def _fork(self, request: Any, out: int) -> int:
+    def _fork(self, request: Any, out: int, sockets: dict[str, int]) -> int:
         parent = os.getpid()
         pid = os.fork()
         if pid:
@@ -115,9 +124,14 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             signal.set_wakeup_fd(-1)
             for sock in (self.sock, *self.wake):
                 sock.close()
-            prepare_child(parent, self.devnull, out, request.cwd)
-            os.close(out)
+            mine = [sockets[key] for _, key in request.sockets]
+            prepare_child(parent, self.devnull, out, request.cwd, mine)
+            for fd in set(sockets.values()):  # no exec here to drop the others (CLOEXEC)
+                if fd >= 3 + len(mine):  # the lower ones were replaced by pass_sockets
+                    os.close(fd)
             env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
+            if request.sockets:
+                env.update(listen_env([name for name, _ in request.sockets]))
             os.environ.clear()
             os.environ.update(env)
             sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
@@ -149,9 +163,10 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
 class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integration tests
     """The spawner's zygotes, one per preloaded (target, pythonpath), started on first use."""
 
-    def __init__(self, selector: selectors.BaseSelector, send: Any):
+    def __init__(self, selector: selectors.BaseSelector, send: Any, sockets: dict[str, int]):
         self.selector = selector
         self.send = send  # to the master
+        self.sockets = sockets  # the spawner's held listening sockets, by key
         self.zygotes: dict[tuple[str, tuple[str, ...]], ZygoteHandle] = {}
         self.children: dict[int, ZygoteHandle] = {}  # worker pid -> the zygote that forked it
 
@@ -161,11 +176,14 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         zygote = self.zygotes.get(key)
         try:
             if zygote is None:
-                _, sock = start_zygote(*key)
+                _, sock = start_zygote(*key, close=tuple(self.sockets.values()))
                 zygote = self.zygotes[key] = ZygoteHandle(key, sock)
                 self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
-            message = pickle.dumps(("fork", [(r.token, r) for r, _ in items]))
-            socket.send_fds(zygote.sock, [message], [out for _, out in items])
+            keys = sorted({key for r, _ in items for _, key in r.sockets})
+            message = pickle.dumps(("fork", [(r.token, r) for r, _ in items], keys))
+            socket.send_fds(zygote.sock, [message], [out for _, out in items] + [self.sockets[k] for k in keys])
+        except KeyError as exc:
+            return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _ in items]
         except OSError as exc:
             return [(r.token, f"preload zygote: {exc}") for r, _ in items]
         zygote.pending.update(r.token for r, _ in items)

@@ -230,7 +230,8 @@ class Supervisor:
             if spec.policy.timeout:
                 env["WATCHDOG_USEC"] = str(int(spec.policy.timeout * 1e6))
             preload = (spec.python.target, spec.python.pythonpath) if spec.python and spec.python.preload else None
-            requests.append(SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload))
+            sockets = tuple(zip((name for name, _ in spec.sockets), spec.socket_keys))
+            requests.append(SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload, sockets))
             outputs.append(write_end)
         try:
             if requests:

@@ -15,6 +15,7 @@ after_run() and exits 0. Run directly as `python -m orchestrator.worker --target
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
@@ -33,6 +34,7 @@ class Worker:
         self.name = name
         self.kwargs = kwargs
         self.log = log
+        self.sockets: dict[str, socket.socket] = listen_sockets()  # the template's `sockets`
 
     def init(self) -> None:
         """Set up connections and state, once, in the child."""
@@ -57,6 +59,27 @@ def notify(message: str) -> None:
             sock.sendto(message.encode(), address)
         except OSError:
             pass  # the master may be gone; never fail the worker for it
+
+
+def listen_sockets() -> dict[str, socket.socket]:
+    """The listening sockets passed to this process (systemd's LISTEN_FDS convention, as orch
+    passes its `[sockets.*]`), by name; empty when none were passed to *this* pid."""
+    return dict(_passed_sockets(os.getpid()))
+
+
+@functools.lru_cache(maxsize=None)
+def _passed_sockets(pid: int) -> dict[str, socket.socket]:
+    """One socket object per fd and process: a second object would close the fd when collected."""
+    if os.environ.get("LISTEN_PID") != str(pid):
+        return {}
+    count = int(os.environ.get("LISTEN_FDS") or 0)
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    found = {}
+    for i in range(count):
+        fd = 3 + i
+        os.set_inheritable(fd, False)  # the worker's own children must not hold it
+        found[names[i] if i < len(names) and names[i] else f"fd{fd}"] = socket.socket(fileno=fd)
+    return found
 
 
 def load_target(target: str, pythonpath: list[str]) -> type[Worker]:
