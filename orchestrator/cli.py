@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restart": ("restart instances", "orch restart --rolling template:consumer"),
     "logs": ("print an instance's log (or every log), optionally following",
              "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
+    "queues": ("show the consumers' queues (ready, in flight, dead); `retry QUEUE` moves dead letters back",
+               "orch queues retry queue1"),
 }
 
 
@@ -68,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("patterns", nargs="*", metavar="PATTERN")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)")
+    queues = parsers["queues"]
+    queues.add_argument("action", nargs="?", choices=["retry"], help="retry: move QUEUE's dead letters back")
+    queues.add_argument("queue", nargs="?", metavar="QUEUE")
+    queues.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -305,8 +311,14 @@ class _LogFollower:
         self._print(lines)
 
 
+def cmd_queues(args: argparse.Namespace, path: Path) -> int:
+    from .queues.inspect import run_queues  # redis / greenstalk: only this command pays for them
+    return run_queues(path, args.action, args.queue, args.json)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
     "restart": _control("restart"), "logs": cmd_logs,
+    "queues": cmd_queues,
 }

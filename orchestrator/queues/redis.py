@@ -184,3 +184,46 @@ class QueueConsumer(QueueWorker):
         pipe.srem(self.consumers, self.name)
         pipe.delete(self.lease_key)
         pipe.execute()
+
+
+# Move one dead-letter record back only if it is still the oldest (two `retry`s never duplicate).
+# KEYS: dead letter list, queue, attempts hash. ARGV: the record, its original bytes, its digest.
+RETRY = """
+if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then return 0 end
+redis.call('RPOP', KEYS[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+def inspect_queue(url: str, queue: str, dead_letter: str) -> dict[str, Any]:
+    """Ready, retrying, in flight per instance, dead and live consumers of one list queue."""
+    client = open_redis(url)
+    k = keys(queue)
+    processing = list(client.scan_iter(match=k["processing"] + "*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(queue)
+    pipe.zcard(k["delayed"])
+    pipe.llen(dead_letter)
+    for key in processing:
+        pipe.llen(key)
+    ready, retrying, dead, *held = pipe.execute()
+    prefix = len(k["processing"])
+    in_flight = {key.decode()[prefix:]: n for key, n in zip(processing, held) if n}
+    consumers = sum(1 for _ in client.scan_iter(match=k["lease"] + "*", count=1000))
+    return {"ready": ready, "retrying": retrying, "in_flight": in_flight, "dead": dead,
+            "consumers": consumers}
+
+
+def retry_queue(url: str, queue: str, dead_letter: str) -> int:
+    """Move every dead-lettered message's original bytes back onto the queue; returns how many."""
+    from .base import original_bytes
+    client = open_redis(url)
+    script = client.register_script(RETRY)
+    moved = 0
+    while (record := client.lindex(dead_letter, -1)) is not None:
+        body = original_bytes(record)
+        moved += script(keys=[dead_letter, queue, keys(queue)["attempts"]],
+                        args=[record, body, digest(body)])
+    return moved
