@@ -5,8 +5,13 @@ with pid and time, and behaves by the message's prefix."""
 from __future__ import annotations
 
 import collections
+import os
+import random
+import signal
 import time
 from pathlib import Path
+
+import psutil
 
 HANDLERS = '''
 import os, time
@@ -93,5 +98,22 @@ def redis_leftovers(client, queues: list[str]) -> dict[str, int]:
     return left
 
 
-def now() -> float:
-    return time.time()
+def chaos_kill(master, rng: random.Random, zygotes: bool) -> None:
+    """SIGKILL one random running consumer (and, sometimes, the zygote it was forked from)."""
+    running = [r["pid"] for r in master.status().values() if r["pid"] and r["state"] == "running"]
+    if not running:
+        return
+    pid = rng.choice(running)
+    try:
+        parent = psutil.Process(pid).parent()
+    except psutil.NoSuchProcess:
+        return
+    if zygotes and parent is not None and parent.pid != master.pid and rng.random() < 0.2:
+        try:
+            parent.kill()  # the preload zygote: its children must survive it or be restarted
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from conftest import text_of, wait_for
-from queue_support import Events, redis_leftovers, write_handlers
+from queue_support import Events, chaos_kill, redis_leftovers, write_handlers
 
 TARGET = "orchestrator.queues.redis:QueueConsumer"
 
@@ -44,27 +44,6 @@ def config(url: str, queues: list[str], *, replicas: int = 1, preload: bool = Fa
 def push(client: redis.Redis, queue: str, messages: list[str]) -> None:
     for start in range(0, len(messages), 500):
         client.lpush(queue, *messages[start:start + 500])
-
-
-def chaos_kill(master, rng: random.Random, zygotes: bool) -> None:
-    """SIGKILL one random running consumer (and, sometimes, the zygote it was forked from)."""
-    running = [r["pid"] for r in master.status().values() if r["pid"] and r["state"] == "running"]
-    if not running:
-        return
-    pid = rng.choice(running)
-    try:
-        parent = psutil.Process(pid).parent()
-    except psutil.NoSuchProcess:
-        return
-    if zygotes and parent is not None and parent.pid != master.pid and rng.random() < 0.2:
-        try:
-            parent.kill()  # the preload zygote: its children must survive it or be restarted
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def all_handled(events: Events, expected: set[str]) -> bool:

@@ -75,7 +75,7 @@ def retry(ref: QueueRef) -> int:
             return kick_tube(ref.url, ref.name)
         if ref.backend == "redis-stream":
             from .redis_stream import retry_stream
-            return retry_stream(ref.url, ref.name, _dead(ref))
+            return retry_stream(ref.url, ref.name, _dead(ref), str(ref.kwargs.get("field") or "data"))
         from .redis import retry_queue
         return retry_queue(ref.url, ref.name, _dead(ref))
     except OrchError:
