@@ -148,6 +148,7 @@ class QueueWorker(Worker):
             self.log.error("error: cannot reach %s: %s", redact(self.url), exc)
             raise SystemExit(1) from None
         self._down_since = 0.0
+        self._dirty = False  # the server was lost: re-sync with it before taking a message
         self._pause = 0.1
         self._next_housekeeping = 0.0
         self.log.info("%s consuming %s at %s", type(self).__name__, self.describe(), redact(self.url))
@@ -179,6 +180,9 @@ class QueueWorker(Worker):
         if self.stopping:
             return False
         try:
+            if self._dirty:  # we hold nothing here, so the backend may put back what it had
+                self.reconnected()
+                self._dirty = False
             if time.monotonic() >= self._next_housekeeping:
                 self._next_housekeeping = time.monotonic() + self.housekeeping_interval
                 self.housekeeping()
@@ -213,6 +217,7 @@ class QueueWorker(Worker):
             return
 
     def _lost(self, exc: BaseException) -> None:
+        self._dirty = True
         if not self._down_since:
             self._down_since = time.monotonic()
             self.log.warning("lost %s: %s; reconnecting with backoff", redact(self.url), exc)
@@ -225,7 +230,6 @@ class QueueWorker(Worker):
                           time.monotonic() - self._down_since)
             self._down_since = 0.0
             self._pause = 0.1
-            self.reconnected()
 
     def after_run(self) -> None:
         """Say goodbye to the server (a killed consumer never gets here; leases cover that)."""
@@ -263,7 +267,7 @@ class QueueWorker(Worker):
         """Periodic cheap pass: reclaim dead consumers' messages, move due retries back."""
 
     def reconnected(self) -> None:
-        """Called once the server answers again after an outage."""
+        """After an outage, before the next fetch: re-sync (replies may have been lost)."""
 
     def close(self) -> None:
         """Release server-side state on a graceful exit."""

@@ -53,6 +53,16 @@ end
 return {moved, #due}
 """
 
+# Acknowledge a message and, in the same round trip, take the next one if any is ready
+# (the consumer falls back to a blocking BLMOVE when none is). KEYS: processing, attempts,
+# queue. ARGV: body, digest, "1" to take the next one.
+ACK = """
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+if ARGV[3] == '1' then return redis.call('LMOVE', KEYS[3], KEYS[1], 'RIGHT', 'LEFT') end
+return false
+"""
+
 
 def keys(queue: str) -> dict[str, str]:
     """The Redis keys a list queue uses besides itself (also read by `orch queues`)."""
@@ -105,6 +115,8 @@ class QueueConsumer(QueueWorker):
         self.redis = open_redis(self.url, self.block)
         self.redis.ping()
         self.reclaim = self.redis.register_script(RECLAIM)
+        self.ack_script = self.redis.register_script(ACK)
+        self.next: bytes | None = None  # taken by the last ack, already in our processing list
         self.beat()
         recovered = self.recover(count_attempts=True)
         if recovered:
@@ -134,14 +146,17 @@ class QueueConsumer(QueueWorker):
         return moved
 
     def fetch(self) -> Delivery | None:
-        body = self.redis.blmove(self.queue, self.processing, self.block, "RIGHT", "LEFT")
+        body, self.next = self.next, None
+        if body is None:
+            body = self.redis.blmove(self.queue, self.processing, self.block, "RIGHT", "LEFT")
         return None if body is None else Delivery(body)
 
     def ack(self, delivery: Delivery) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lrem(self.processing, 1, delivery.body)
-        pipe.hdel(self.attempts, digest(delivery.body))
-        pipe.execute()
+        # One round trip per message when the queue is busy: the ack also takes the next
+        # message into our processing list (never while stopping, so a stop takes none).
+        take_next = "0" if self.stopping or self._down_since else "1"  # after an outage: re-sync first
+        self.next = self.ack_script(keys=[self.processing, self.attempts, self.queue],
+                                    args=[delivery.body, digest(delivery.body), take_next])
 
     def fail(self, delivery: Delivery, error: str) -> None:
         tries = self.redis.hincrby(self.attempts, digest(delivery.body), 1)
@@ -174,6 +189,7 @@ class QueueConsumer(QueueWorker):
     def reconnected(self) -> None:
         # A BLMOVE whose reply was lost with the connection may have moved a message into our
         # processing list that we never saw; we hold nothing now, so put everything back.
+        self.next = None
         self.beat()
         self.recover(count_attempts=False)
 
