@@ -148,26 +148,20 @@ def render(rates: dict[str, list[float]], messages: int, reps: int) -> str:
     """The Markdown section for RESULTS.md."""
     med = {k: statistics.median(v) for k, v in rates.items()}
     rows = "\n".join(f"| {k} | {med[k]:,.0f} msg/s ({min(v):,.0f}–{max(v):,.0f}) |" for k, v in rates.items())
-    cores = os.cpu_count()
-    load = os.getloadavg()[0]
-    return textwrap.dedent(f"""\
-    ## Queue consumers (Redis lists)
-
-    Produced by `python -m bench.queues --messages {messages} --reps {reps}` on {cores} cores
-    (load average {load:.1f} at the end: other work shared the machine). Medians (min–max) of
-    {reps} interleaved repetitions; each drains {messages:,} messages pushed at once through
-    no-op handlers. *bare* is a redis-py loop doing BLMOVE + LREM per message; *orch* is
-    `orchestrator.queues.redis:QueueConsumer` run by `orch up` (preload, notify protocol,
-    leases, attempts bookkeeping, each message one request).
-
-    | setup | rate |
-    |---|--:|
-    {rows}
-
-    - one orch consumer ÷ one bare loop: **×{med['orch x1'] / med['bare x1']:.2f}** (target ≥ 0.8)
-    - four orch consumers ÷ one orch consumer: **×{med['orch x4'] / med['orch x1']:.2f}** (target ≥ 1.5)
-    - four bare loops ÷ one bare loop: ×{med['bare x4'] / med['bare x1']:.2f} (what the server allows)
-    """)
+    cores, load = os.cpu_count(), os.getloadavg()[0]
+    return "\n".join([
+        "## Queue consumers (Redis lists)", "",
+        f"Produced by `python -m bench.queues --messages {messages} --reps {reps}` on {cores} cores",
+        f"(load average {load:.1f} at the end: other work shared the machine). Medians (min–max) of",
+        f"{reps} interleaved repetitions; each drains {messages:,} messages pushed at once through",
+        "no-op handlers. *bare* is a redis-py loop doing BLMOVE + LREM per message; *orch* is",
+        "`orchestrator.queues.redis:QueueConsumer` run by `orch up` (preload, notify protocol,",
+        "leases, attempts bookkeeping, each message one request).", "",
+        "| setup | rate |", "|---|--:|", rows, "",
+        f"- one orch consumer ÷ one bare loop: **×{med['orch x1'] / med['bare x1']:.2f}** (target ≥ 0.8)",
+        f"- four orch consumers ÷ one orch consumer: **×{med['orch x4'] / med['orch x1']:.2f}** (target ≥ 1.5)",
+        f"- four bare loops ÷ one bare loop: ×{med['bare x4'] / med['bare x1']:.2f} (what the server allows)", "",
+    ])
 
 
 def write_section(section: str, path: Path = RESULTS_MD) -> None:

@@ -71,15 +71,17 @@ def keys(queue: str) -> dict[str, str]:
             "lease": f"{queue}:consumer:"}
 
 
-def open_redis(url: str, block: float = 1.0) -> Any:
-    """A client for `url` with no hidden retries (the consumer loop owns reconnecting)."""
+def open_redis(url: str, block: float = 1.0, single: bool = False) -> Any:
+    """A client for `url` with no hidden retries (the consumer loop owns reconnecting);
+    `single`: one dedicated connection, no pool round trip per command (the hot loop)."""
     if redis_py is None:
         raise ConsumerConfigError("the Redis consumers need redis-py: pip install 'orch[redis]'")
     from redis.retry import Retry
     from redis.backoff import NoBackoff
     try:
         return redis_py.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=block + 10,
-                                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
+                                       retry=Retry(NoBackoff(), 0), health_check_interval=0,
+                                       single_connection_client=single)
     except ValueError as exc:
         raise ConsumerConfigError(f"invalid url {url!r}: {exc}") from None
 
@@ -112,7 +114,8 @@ class QueueConsumer(QueueWorker):
         return f"list {self.queue!r}"
 
     def connect(self) -> None:
-        self.redis = open_redis(self.url, self.block)
+        self.redis = open_redis(self.url, self.block, single=True)
+        self.lease_client = open_redis(self.url)  # the heartbeat thread's own connection
         self.redis.ping()
         self.reclaim = self.redis.register_script(RECLAIM)
         self.ack_script = self.redis.register_script(ACK)
@@ -126,7 +129,7 @@ class QueueConsumer(QueueWorker):
 
     def beat(self) -> None:
         """Refresh this instance's lease (pid as the value, for `orch queues`)."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.lease_client.pipeline(transaction=False)
         pipe.set(self.lease_key, os.getpid(), px=int(self.lease * 1000))
         pipe.sadd(self.consumers, self.name)  # again: a reclaimer drops names whose lease lapsed
         pipe.execute()
