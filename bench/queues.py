@@ -73,8 +73,8 @@ def drain_time(client: "object", queue: str, messages: int) -> float:
         time.sleep(0.002)
 
 
-def bare(url: str, queue: str, count: int) -> Callable[[], None]:
-    """Start `count` bare loops; returns a stopper."""
+def bare(url: str, queue: str, count: int) -> tuple[Callable[[], None], list[int]]:
+    """Start `count` bare loops; returns a stopper and their pids."""
     procs = [subprocess.Popen([sys.executable, "-c", BARE, url, queue, str(i)], stdout=subprocess.PIPE,
                               start_new_session=True) for i in range(count)]
     for proc in procs:
@@ -84,11 +84,12 @@ def bare(url: str, queue: str, count: int) -> Callable[[], None]:
         for proc in procs:
             proc.kill()
             proc.wait()
-    return stop
+    return stop, [p.pid for p in procs]
 
 
-def orch(url: str, queue: str, count: int, folder: Path) -> Callable[[], None]:
-    """Start an `orch up` master running `count` QueueConsumers; returns a stopper."""
+def orch(url: str, queue: str, count: int, folder: Path) -> tuple[Callable[[], None], list[int]]:
+    """Start an `orch up` master running `count` QueueConsumers; returns a stopper and the pids
+    of the master and every process under it."""
     (folder / "noop.py").write_text("def handle(message):\n    pass\n")
     config = folder / "workers.toml"
     config.write_text(textwrap.dedent(f"""
@@ -115,13 +116,28 @@ def orch(url: str, queue: str, count: int, folder: Path) -> Callable[[], None]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return stop
+    import psutil
+    return stop, [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
 
 
-def run(messages: int, reps: int, log: Callable[[str], None]) -> dict[str, list[float]]:
-    """Messages per second of each setup, one sample per repetition."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (gone ones count 0)."""
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run(messages: int, reps: int, log: Callable[[str], None]) -> tuple[dict[str, list[float]], dict]:
+    """Messages per second of each setup, and CPU µs per message, one sample per repetition."""
     import redis
     rates: dict[str, list[float]] = {"bare x1": [], "orch x1": [], "bare x4": [], "orch x4": []}
+    cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in rates}  # (client side, redis) µs/msg
     with tempfile.TemporaryDirectory(prefix="bench-queues-") as tmp:
         server, url = start_redis(Path(tmp))
         client = redis.Redis.from_url(url)
@@ -132,22 +148,31 @@ def run(messages: int, reps: int, log: Callable[[str], None]) -> dict[str, list[
                     queue = f"q-{kind}-{count}-{rep}"
                     folder = Path(tmp) / queue
                     folder.mkdir()
-                    stop = bare(url, queue, int(count)) if kind == "bare" else orch(url, queue, int(count), folder)
+                    stop, pids = (bare(url, queue, int(count)) if kind == "bare"
+                                  else orch(url, queue, int(count), folder))
                     try:
+                        before = cpu_seconds(pids), cpu_seconds([server.pid])
                         rates[setup].append(messages / drain_time(client, queue, messages))
+                        after = cpu_seconds(pids), cpu_seconds([server.pid])
+                        cpu[setup].append(((after[0] - before[0]) / messages * 1e6,
+                                           (after[1] - before[1]) / messages * 1e6))
                     finally:
                         stop()
-                    log(f"rep {rep + 1}: {setup}: {rates[setup][-1]:,.0f} msg/s")
+                    log(f"rep {rep + 1}: {setup}: {rates[setup][-1]:,.0f} msg/s, client CPU "
+                        f"{cpu[setup][-1][0]:.0f} µs/msg, redis {cpu[setup][-1][1]:.0f} µs/msg")
         finally:
             server.kill()
             server.wait()
-    return rates
+    return rates, cpu
 
 
-def render(rates: dict[str, list[float]], messages: int, reps: int) -> str:
+def render(rates: dict[str, list[float]], cpu: dict, messages: int, reps: int) -> str:
     """The Markdown section for RESULTS.md."""
     med = {k: statistics.median(v) for k, v in rates.items()}
-    rows = "\n".join(f"| {k} | {med[k]:,.0f} msg/s ({min(v):,.0f}–{max(v):,.0f}) |" for k, v in rates.items())
+    rows = "\n".join(
+        f"| {k} | {med[k]:,.0f} msg/s ({min(v):,.0f}–{max(v):,.0f}) "
+        f"| {statistics.median(c for c, _ in cpu[k]):.0f} µs | {statistics.median(r for _, r in cpu[k]):.0f} µs |"
+        for k, v in rates.items())
     cores, load = os.cpu_count(), os.getloadavg()[0]
     return "\n".join([
         "## Queue consumers (Redis lists)", "",
@@ -157,7 +182,9 @@ def render(rates: dict[str, list[float]], messages: int, reps: int) -> str:
         "no-op handlers. *bare* is a redis-py loop doing BLMOVE + LREM per message; *orch* is",
         "`orchestrator.queues.redis:QueueConsumer` run by `orch up` (preload, notify protocol,",
         "leases, attempts bookkeeping, each message one request).", "",
-        "| setup | rate |", "|---|--:|", rows, "",
+        "CPU is per message: *client* is the consumer processes (for orch also the master, spawner",
+        "and zygote, which read two notify datagrams per message), *redis* the server's.", "",
+        "| setup | rate | client CPU | redis CPU |", "|---|--:|--:|--:|", rows, "",
         f"- one orch consumer ÷ one bare loop: **×{med['orch x1'] / med['bare x1']:.2f}** (target ≥ 0.8)",
         f"- four orch consumers ÷ one orch consumer: **×{med['orch x4'] / med['orch x1']:.2f}** (target ≥ 1.5)",
         f"- four bare loops ÷ one bare loop: ×{med['bare x4'] / med['bare x1']:.2f} (what the server allows)", "",
@@ -177,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     parser.add_argument("--write-results", action="store_true", help=f"rewrite the section in {RESULTS_MD.name}")
     args = parser.parse_args(argv)
-    rates = run(args.messages, args.reps, lambda line: print(line, file=sys.stderr, flush=True))
-    section = render(rates, args.messages, args.reps)
+    rates, cpu = run(args.messages, args.reps, lambda line: print(line, file=sys.stderr, flush=True))
+    section = render(rates, cpu, args.messages, args.reps)
     print(section)
     if args.write_results:
         write_section(section)

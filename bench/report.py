@@ -195,10 +195,13 @@ def render_machine(info: dict[str, Any]) -> str:
 
 def write_results(path: Path, table: str, notes: str, info: dict[str, Any], command: str,
                   targets: str = "") -> None:
+    from .queues import MARKER  # keep the section `python -m bench.queues` wrote
+    kept = path.read_text().partition(MARKER) if path.exists() else ("", "", "")
     path.write_text(
         "# orch vs supervisord vs circus: benchmark results\n\n"
         f"Produced by `{command}` (rewrite with `--write-results`).\n\n"
-        f"{render_machine(info)}\n\n{table}\n\n" + (f"{targets}\n\n" if targets else "") + f"{notes}\n")
+        f"{render_machine(info)}\n\n{table}\n\n" + (f"{targets}\n\n" if targets else "") + f"{notes}\n"
+        + (f"\n{MARKER}{kept[2]}" if kept[1] else ""))
 
 
 def from_json(data: dict[str, Any]) -> tuple[Results, Options, dict[str, Any]]:
