@@ -222,3 +222,18 @@ def test_wrong_url_is_a_clear_error_with_crash_backoff(start_master, tmp_path):
     assert 2 <= attempts <= 6, attempts  # crash backoff, not a tight loop
     assert "Traceback" not in text_of(log)
     assert master.status()["consumer-qa"]["restarts"] >= 1
+
+
+def test_a_message_arriving_during_the_last_wait_is_put_back(start_master, redis_server, tmp_path):
+    events = Events(write_handlers(tmp_path))
+    client = redis.Redis.from_url(redis_server.url)
+    master = start_master(config(redis_server.url, ["qa"], kwargs=", block = 3"))
+    master.wait_running(1)
+    wait_for(lambda: client.exists("qa:consumer:consumer-qa"), 5, message="the consumer waiting")
+    time.sleep(0.3)  # inside its 3 s BLMOVE
+    master.call("stop", patterns=["consumer-qa"])
+    time.sleep(0.3)  # the stop signal has arrived; the BLMOVE is still waiting
+    client.lpush("qa", "late")
+    wait_for(lambda: master.status()["consumer-qa"]["state"] == "stopped", 10, message="stopped")
+    assert not events.starts("late")
+    assert client.lrange("qa", 0, -1) == [b"late"] and client.llen("qa:processing:consumer-qa") == 0
