@@ -10,6 +10,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -100,7 +101,10 @@ def redis_leftovers(client, queues: list[str]) -> dict[str, int]:
 
 def chaos_kill(master, rng: random.Random, zygotes: bool) -> None:
     """SIGKILL one random running consumer (and, sometimes, the zygote it was forked from)."""
-    running = [r["pid"] for r in master.status().values() if r["pid"] and r["state"] == "running"]
+    # Only consumers past init() (READY=1): on a loaded machine, killing ones still starting
+    # would only measure interpreter start-up.
+    running = [r["pid"] for r in master.status().values()
+               if r["pid"] and r["state"] == "running" and r.get("ready")]
     if not running:
         return
     pid = rng.choice(running)
@@ -117,3 +121,16 @@ def chaos_kill(master, rng: random.Random, zygotes: bool) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def chaos(master, done: "Callable[[], bool]", zygotes: bool, seed: int, seconds: float = 20.0) -> int:
+    """Random SIGKILLs every 50-300 ms until `done()` or `seconds` pass; returns the kill count.
+    Callers then wait (without kills) for the rest: a lost message never turns up."""
+    rng = random.Random(seed)
+    kills = 0
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.05, 0.3))
+        chaos_kill(master, rng, zygotes)
+        kills += 1
+    return kills

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import time
 
@@ -12,7 +11,7 @@ import greenstalk
 import psutil
 
 from conftest import text_of, wait_for
-from queue_support import Events, chaos_kill, write_handlers
+from queue_support import Events, chaos, write_handlers
 
 TARGET = "orchestrator.queues.beanstalkd:QueueConsumer"
 
@@ -57,13 +56,11 @@ def test_nothing_lost_under_random_sigkills(start_master, beanstalkd_server, tmp
     for t in tubes:
         put(url, t, sorted(m for m in expected if m.startswith(t)))
     master = start_master(config(url, tubes, replicas=2, kwargs=", max_attempts = 50"))
-    rng = random.Random(12)
-    deadline = time.monotonic() + 45
-    while not expected <= events.done() and time.monotonic() < deadline:
-        time.sleep(rng.uniform(0.05, 0.3))
-        chaos_kill(master, rng, zygotes=True)
+    kills = chaos(master, lambda: expected <= events.done(), zygotes=True, seed=12)
+    wait_for(lambda: expected <= events.done(), 40, interval=0.2, message="every message handled")
     missing = expected - events.done()
     assert not missing, f"{len(missing)} never handled, e.g. {sorted(missing)[:5]}"
+    assert kills >= 5
     for t in tubes:
         wait_for(lambda: stats(url, t).get("current-jobs-reserved") == 0, 10, message="nothing reserved")
         assert stats(url, t)["current-jobs-ready"] == stats(url, t)["current-jobs-buried"] == 0

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from conftest import text_of, wait_for
-from queue_support import Events, chaos_kill, redis_leftovers, write_handlers
+from queue_support import Events, chaos, redis_leftovers, write_handlers
 
 TARGET = "orchestrator.queues.redis:QueueConsumer"
 
@@ -61,13 +61,8 @@ def test_nothing_lost_under_random_sigkills(start_master, redis_server, tmp_path
         push(client, q, sorted(m for m in expected if m.startswith(q)))
     master = start_master(config(redis_server.url, queues, replicas=2, preload=preload,
                                  kwargs=", max_attempts = 50"))
-    rng = random.Random(10)
-    kills = 0
-    deadline = time.monotonic() + 45
-    while not all_handled(events, expected) and time.monotonic() < deadline:
-        time.sleep(rng.uniform(0.05, 0.3))
-        chaos_kill(master, rng, zygotes=preload)
-        kills += 1
+    kills = chaos(master, lambda: all_handled(events, expected), zygotes=preload, seed=10)
+    wait_for(lambda: expected <= events.done(), 40, interval=0.2, message="every message handled")
     missing = expected - events.done()
     assert not missing, f"{len(missing)} never handled after {kills} kills, e.g. {sorted(missing)[:5]}"
     assert kills >= 10

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import time
 
@@ -12,7 +11,7 @@ import psutil
 import redis
 
 from conftest import wait_for
-from queue_support import Events, chaos_kill, write_handlers
+from queue_support import Events, chaos, write_handlers
 
 TARGET = "orchestrator.queues.redis_stream:StreamConsumer"
 
@@ -55,15 +54,11 @@ def test_nothing_lost_under_random_sigkills(start_master, redis_server, tmp_path
     for s in streams:
         add(client, s, sorted(m for m in expected if m.startswith(s)))
     master = start_master(config(redis_server.url, streams, replicas=2, kwargs=", max_attempts = 50"))
-    rng = random.Random(11)
-    kills = 0
-    deadline = time.monotonic() + 45
-    while not expected <= events.done() and time.monotonic() < deadline:
-        time.sleep(rng.uniform(0.05, 0.3))
-        chaos_kill(master, rng, zygotes=True)
-        kills += 1
+    kills = chaos(master, lambda: expected <= events.done(), zygotes=True, seed=11)
+    wait_for(lambda: expected <= events.done(), 40, interval=0.2, message="every message handled")
     missing = expected - events.done()
     assert not missing, f"{len(missing)} never handled after {kills} kills, e.g. {sorted(missing)[:5]}"
+    assert kills >= 10
     wait_for(lambda: pending(client, "sa") == pending(client, "sb") == 0, 15,
              message="no pending entries left")
     assert client.llen("sa:dead") == client.llen("sb:dead") == 0
