@@ -158,10 +158,10 @@ class QueueWorker(Worker):
         self.url = str(kwargs.get("url") or "")
         if not self.url:
             raise ConsumerConfigError("kwargs.url is required")
-        self.max_attempts = _positive_int(kwargs, "max_attempts", 5)
-        self.block = _positive_float(kwargs, "block", 1.0)
-        self.retry_initial = _positive_float(kwargs, "retry_delay", 1.0)
-        self.retry_max = _positive_float(kwargs, "retry_max_delay", 60.0)
+        self.max_attempts = positive_int(kwargs, "max_attempts", 5)
+        self.block = positive_float(kwargs, "block", 1.0)
+        self.retry_initial = positive_float(kwargs, "retry_delay", 1.0)
+        self.retry_max = positive_float(kwargs, "retry_max_delay", 60.0)
 
     def _chain_stop_signals(self) -> None:
         # The runtime stops between run() calls; we also need to know *inside* run() so that
@@ -273,7 +273,8 @@ class QueueWorker(Worker):
         """Release server-side state on a graceful exit."""
 
 
-def _positive_float(kwargs: dict[str, Any], key: str, default: float) -> float:
+def positive_float(kwargs: dict[str, Any], key: str, default: float) -> float:
+    """kwargs[key] as seconds > 0, or a ConsumerConfigError naming the kwarg."""
     value = kwargs.get(key, default)
     try:
         number = float(value)
@@ -284,7 +285,8 @@ def _positive_float(kwargs: dict[str, Any], key: str, default: float) -> float:
     return number
 
 
-def _positive_int(kwargs: dict[str, Any], key: str, default: int) -> int:
+def positive_int(kwargs: dict[str, Any], key: str, default: int) -> int:
+    """kwargs[key] as a whole number >= 1, or a ConsumerConfigError naming the kwarg."""
     value = kwargs.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConsumerConfigError(f"kwargs.{key} must be a whole number >= 1, not {value!r}")

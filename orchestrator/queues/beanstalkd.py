@@ -20,7 +20,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from .base import ConsumerConfigError, Delivery, Heartbeat, QueueWorker, retry_delay
+from .base import ConsumerConfigError, Delivery, Heartbeat, QueueWorker, positive_float, retry_delay
 
 try:  # optional extra: pip install 'orch[beanstalkd]'
     import greenstalk
@@ -59,7 +59,7 @@ class QueueConsumer(QueueWorker):
         self.tube = str(kwargs.get("tube") or "")
         if not self.tube:
             raise ConsumerConfigError("kwargs.tube is required")
-        self.touch_every = float(kwargs.get("touch_every", 1.0))
+        self.touch_every = positive_float(kwargs, "touch_every", 1.0)
         self.client: Any = None
         self.lock = threading.Lock()  # one socket: the heartbeat touches only between our calls
         self.holding: Any = None

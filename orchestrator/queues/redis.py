@@ -22,7 +22,8 @@ import os
 import time
 from typing import Any
 
-from .base import ConsumerConfigError, Delivery, Heartbeat, QueueWorker, dead_letter_record, retry_delay
+from .base import (ConsumerConfigError, Delivery, Heartbeat, QueueWorker, dead_letter_record, positive_float,
+                   retry_delay)
 
 try:  # optional extra: pip install 'orch[redis]'
     import redis as redis_py
@@ -102,7 +103,7 @@ class QueueConsumer(QueueWorker):
         if not self.queue:
             raise ConsumerConfigError("kwargs.queue is required")
         self.dead_letter = str(kwargs.get("dead_letter") or f"{self.queue}:dead")
-        self.lease = float(kwargs.get("lease", 5.0))
+        self.lease = positive_float(kwargs, "lease", 5.0)
         if self.lease < 2 * self.housekeeping_interval:
             raise ConsumerConfigError(f"kwargs.lease must be >= {2 * self.housekeeping_interval:g}s")
         k = keys(self.queue)

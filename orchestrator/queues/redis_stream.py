@@ -20,7 +20,8 @@ import os
 import time
 from typing import Any
 
-from .base import ConsumerConfigError, Delivery, Heartbeat, QueueWorker, dead_letter_record, retry_delay
+from .base import (ConsumerConfigError, Delivery, Heartbeat, QueueWorker, dead_letter_record, positive_float,
+                   retry_delay)
 from .redis import SERVER_ERRORS, open_redis
 
 # Claim the pending entries of consumers whose lease expired; forget consumers with none.
@@ -74,7 +75,7 @@ class StreamConsumer(QueueWorker):
         self.group = str(kwargs.get("group") or "orch")
         self.field = str(kwargs.get("field") or "data")
         self.dead_letter = str(kwargs.get("dead_letter") or f"{self.stream}:dead")
-        self.lease = float(kwargs.get("lease", 5.0))
+        self.lease = positive_float(kwargs, "lease", 5.0)
         if self.lease < 2 * self.housekeeping_interval:
             raise ConsumerConfigError(f"kwargs.lease must be >= {2 * self.housekeeping_interval:g}s")
         k = stream_keys(self.stream, self.group)
