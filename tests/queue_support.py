@@ -134,3 +134,12 @@ def chaos(master, done: "Callable[[], bool]", zygotes: bool, seed: int, seconds:
         chaos_kill(master, rng, zygotes)
         kills += 1
     return kills
+
+
+def started_at(pid: int) -> float:
+    """When `pid` started, as time.time(), to 10 ms (psutil's create_time() leans on the
+    whole-second boot time, so it can be up to a second early)."""
+    with open(f"/proc/{pid}/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+    since_boot = ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)

@@ -8,10 +8,9 @@ import signal
 import time
 
 import greenstalk
-import psutil
 
 from conftest import text_of, wait_for
-from queue_support import Events, chaos, write_handlers
+from queue_support import Events, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.beanstalkd:QueueConsumer"
 
@@ -76,7 +75,7 @@ def test_killed_mid_job_is_handled_again_within_1s_of_the_replacement(start_mast
     os.kill(old, signal.SIGKILL)
     new = wait_for(lambda: (p := master.pids().get("consumer-ta")) not in (None, old) and p, 10,
                    message="the replacement")
-    born = psutil.Process(new).create_time()
+    born = started_at(new)
     wait_for(lambda: "hang:x" in events.done(), 10, message="the job handled again")
     pid, when = events.starts("hang:x")[1]
     assert pid == new and when - born < 1.0, when - born

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from conftest import text_of, wait_for
-from queue_support import Events, chaos, redis_leftovers, write_handlers
+from queue_support import Events, chaos, redis_leftovers, write_handlers, started_at
 
 TARGET = "orchestrator.queues.redis:QueueConsumer"
 
@@ -107,13 +107,13 @@ def test_killed_mid_message_is_handled_again_within_1s_of_the_replacement(start_
     os.kill(old, signal.SIGKILL)
     new = wait_for(lambda: (p := master.pids().get("consumer-qa")) not in (None, old) and p, 10,
                    message="the replacement")
-    born = psutil.Process(new).create_time()
+    born = started_at(new)
     wait_for(lambda: len(events.starts("hang:x")) == 2, 10, message="the message handled again")
     pid, when = events.starts("hang:x")[1]
     assert pid == new
     assert when - born < 1.0, f"redelivered {when - born:.2f}s after the replacement started"
     wait_for(lambda: "hang:x" in events.done(), 5, message="second attempt to finish")
-    assert client.llen("qa:processing:consumer-qa") == 0
+    wait_for(lambda: client.llen("qa:processing:consumer-qa") == 0, 5, message="the ack")
 
 
 def test_consumer_removed_by_reload_has_its_message_reclaimed(start_master, redis_server, tmp_path):

@@ -11,7 +11,7 @@ import psutil
 import redis
 
 from conftest import wait_for
-from queue_support import Events, chaos, write_handlers
+from queue_support import Events, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.redis_stream:StreamConsumer"
 
@@ -75,7 +75,7 @@ def test_killed_mid_entry_is_handled_again_within_1s_of_the_replacement(start_ma
     os.kill(old, signal.SIGKILL)
     new = wait_for(lambda: (p := master.pids().get("consumer-sa")) not in (None, old) and p, 10,
                    message="the replacement")
-    born = psutil.Process(new).create_time()
+    born = started_at(new)
     wait_for(lambda: "hang:x" in events.done(), 10, message="the entry handled again")
     pid, when = events.starts("hang:x")[1]
     assert pid == new and when - born < 1.0, when - born
