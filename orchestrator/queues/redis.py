@@ -87,6 +87,11 @@ def open_redis(url: str, block: float = 1.0, single: bool = False) -> Any:
         raise ConsumerConfigError(f"invalid url {url!r}: {exc}") from None
 
 
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a SCAN MATCH pattern (queue names may hold * ? [ ])."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def digest(body: bytes) -> str:
     """The attempts-hash field of a message (raw bytes carry no id of their own)."""
     return hashlib.sha1(body).hexdigest()
@@ -221,7 +226,7 @@ def inspect_queue(url: str, queue: str, dead_letter: str) -> dict[str, Any]:
     """Ready, retrying, in flight per instance, dead and live consumers of one list queue."""
     client = open_redis(url)
     k = keys(queue)
-    processing = list(client.scan_iter(match=k["processing"] + "*", count=1000))
+    processing = list(client.scan_iter(match=glob_escape(k["processing"]) + "*", count=1000))
     pipe = client.pipeline(transaction=False)
     pipe.llen(queue)
     pipe.zcard(k["delayed"])
@@ -231,7 +236,7 @@ def inspect_queue(url: str, queue: str, dead_letter: str) -> dict[str, Any]:
     ready, retrying, dead, *held = pipe.execute()
     prefix = len(k["processing"])
     in_flight = {key.decode()[prefix:]: n for key, n in zip(processing, held) if n}
-    consumers = sum(1 for _ in client.scan_iter(match=k["lease"] + "*", count=1000))
+    consumers = sum(1 for _ in client.scan_iter(match=glob_escape(k["lease"]) + "*", count=1000))
     return {"ready": ready, "retrying": retrying, "in_flight": in_flight, "dead": dead,
             "consumers": consumers}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .base import (ConsumerConfigError, Delivery, Heartbeat, QueueWorker, dead_letter_record, positive_float,
                    retry_delay)
-from .redis import SERVER_ERRORS, open_redis
+from .redis import SERVER_ERRORS, glob_escape, open_redis
 
 # Claim the pending entries of consumers whose lease expired; forget consumers with none.
 # KEYS: stream, lease prefix. ARGV: group, own name. Returns XCLAIMed [id, fields] entries.
@@ -202,7 +202,7 @@ def inspect_stream(url: str, stream: str, group: str, dead_letter: str) -> dict[
     delayed = set(client.zrange(k["delayed"], 0, -1))
     ready = info.get("lag") if info and info.get("lag") is not None else client.xlen(stream) if not info else 0
     in_flight = {c["name"].decode(): c["pending"] for c in consumers if c["pending"]}
-    leases = sum(1 for _ in client.scan_iter(match=k["lease"] + "*", count=1000))
+    leases = sum(1 for _ in client.scan_iter(match=glob_escape(k["lease"]) + "*", count=1000))
     return {"ready": ready, "retrying": len(delayed), "in_flight": in_flight,
             "dead": client.llen(dead_letter), "consumers": leases}
 
