@@ -123,17 +123,30 @@ def chaos_kill(master, rng: random.Random, zygotes: bool) -> None:
         pass
 
 
-def chaos(master, done: "Callable[[], bool]", zygotes: bool, seed: int, seconds: float = 20.0) -> int:
-    """Random SIGKILLs every 50-300 ms until `done()` or `seconds` pass; returns the kill count.
-    Callers then wait (without kills) for the rest: a lost message never turns up."""
+def chaos(master, done: Callable[[], bool], zygotes: bool, seed: int, batches: list[Callable[[], None]],
+          seconds: float = 20.0) -> int:
+    """Random SIGKILLs every 50-300 ms while the producer sends one batch after each, until
+    every batch is out and `done()`, or `seconds` pass; returns the kill count. Callers then
+    wait (without kills) for the rest: a lost message never turns up."""
     rng = random.Random(seed)
     kills = 0
+    pending = list(batches)
     deadline = time.monotonic() + seconds
-    while not done() and time.monotonic() < deadline:
+    while (pending or not done()) and time.monotonic() < deadline:
+        if pending:
+            pending.pop(0)()
         time.sleep(rng.uniform(0.05, 0.3))
         chaos_kill(master, rng, zygotes)
         kills += 1
+    for batch in pending:
+        batch()
     return kills
+
+
+def batches_of(messages: list[str], count: int, send: Callable[[list[str]], None]) -> list[Callable[[], None]]:
+    """`messages` cut into `count` batches, each a call that sends it."""
+    size = -(-len(messages) // count)
+    return [lambda part=messages[i:i + size]: send(part) for i in range(0, len(messages), size)]
 
 
 def started_at(pid: int) -> float:

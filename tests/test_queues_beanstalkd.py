@@ -10,7 +10,7 @@ import time
 import greenstalk
 
 from conftest import text_of, wait_for
-from queue_support import Events, chaos, write_handlers, started_at
+from queue_support import Events, batches_of, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.beanstalkd:QueueConsumer"
 
@@ -52,14 +52,15 @@ def test_nothing_lost_under_random_sigkills(start_master, beanstalkd_server, tmp
     url = beanstalkd_server.url
     tubes = ["ta", "tb"]
     expected = {f"{t}-{i}" for t in tubes for i in range(1000)}
-    for t in tubes:
-        put(url, t, sorted(m for m in expected if m.startswith(t)))
     master = start_master(config(url, tubes, replicas=2, kwargs=", max_attempts = 50"))
-    kills = chaos(master, lambda: expected <= events.done(), zygotes=True, seed=12)
+    master.wait_running(4, timeout=20)
+    batches = [b for t in tubes for b in batches_of(sorted(m for m in expected if m.startswith(t)), 15,
+                                                      lambda part, t=t: put(url, t, part))]
+    kills = chaos(master, lambda: expected <= events.done(), zygotes=True, seed=12, batches=batches)
     wait_for(lambda: expected <= events.done(), 40, interval=0.2, message="every message handled")
     missing = expected - events.done()
     assert not missing, f"{len(missing)} never handled, e.g. {sorted(missing)[:5]}"
-    assert kills >= 5
+    assert kills >= 30
     for t in tubes:
         wait_for(lambda: stats(url, t).get("current-jobs-reserved") == 0, 10, message="nothing reserved")
         assert stats(url, t)["current-jobs-ready"] == stats(url, t)["current-jobs-buried"] == 0

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from conftest import text_of, wait_for
-from queue_support import Events, chaos, redis_leftovers, write_handlers, started_at
+from queue_support import Events, batches_of, chaos, redis_leftovers, write_handlers, started_at
 
 TARGET = "orchestrator.queues.redis:QueueConsumer"
 
@@ -55,17 +55,18 @@ def test_nothing_lost_under_random_sigkills(start_master, redis_server, tmp_path
     events = Events(write_handlers(tmp_path))
     client = redis.Redis.from_url(redis_server.url)
     queues = ["qa", "qb"]
-    count = 1000 if preload else 600  # plain restarts cost a whole interpreter start each
-    expected = {f"{q}-{i}" for q in queues for i in range(count)}
-    for q in queues:
-        push(client, q, sorted(m for m in expected if m.startswith(q)))
+    count = 800 if preload else 500  # plain restarts cost a whole interpreter start each
+    expected = {f"sleep:0.003:{q}-{i}" for q in queues for i in range(count)}  # 3 ms of work each
     master = start_master(config(redis_server.url, queues, replicas=2, preload=preload,
                                  kwargs=", max_attempts = 50"))
-    kills = chaos(master, lambda: all_handled(events, expected), zygotes=preload, seed=10)
+    master.wait_running(4, timeout=20)
+    batches = [b for q in queues for b in batches_of(sorted(m for m in expected if f":{q}-" in m), 20,
+                                                       lambda part, q=q: push(client, q, part))]
+    kills = chaos(master, lambda: all_handled(events, expected), zygotes=preload, seed=10, batches=batches)
     wait_for(lambda: expected <= events.done(), 40, interval=0.2, message="every message handled")
     missing = expected - events.done()
     assert not missing, f"{len(missing)} never handled after {kills} kills, e.g. {sorted(missing)[:5]}"
-    assert kills >= 10
+    assert kills >= 40
     wait_for(lambda: not redis_leftovers(client, queues), 10, message="empty processing lists")
     assert client.llen("qa:dead") == client.llen("qb:dead") == 0
 
@@ -81,7 +82,7 @@ def test_nothing_lost_with_recycling_timeout_and_memory_kills(start_master, redi
         rng = random.Random(q)
         rng.shuffle(mine)
         push(client, q, mine)
-    master = start_master(config(redis_server.url, queues, replicas=2, extra="""
+    master = start_master(config(redis_server.url, queues, replicas=2, preload=True, extra="""
     max_requests = 50
     timeout = "2s"
     memory = { hard = "150MiB" }

@@ -11,7 +11,7 @@ import psutil
 import redis
 
 from conftest import wait_for
-from queue_support import Events, chaos, write_handlers, started_at
+from queue_support import Events, batches_of, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.redis_stream:StreamConsumer"
 
@@ -51,14 +51,15 @@ def test_nothing_lost_under_random_sigkills(start_master, redis_server, tmp_path
     client = redis.Redis.from_url(redis_server.url)
     streams = ["sa", "sb"]
     expected = {f"{s}-{i}" for s in streams for i in range(1000)}
-    for s in streams:
-        add(client, s, sorted(m for m in expected if m.startswith(s)))
     master = start_master(config(redis_server.url, streams, replicas=2, kwargs=", max_attempts = 50"))
-    kills = chaos(master, lambda: expected <= events.done(), zygotes=True, seed=11)
+    master.wait_running(4, timeout=20)
+    batches = [b for s in streams for b in batches_of(sorted(m for m in expected if m.startswith(s)), 15,
+                                                        lambda part, s=s: add(client, s, part))]
+    kills = chaos(master, lambda: expected <= events.done(), zygotes=True, seed=11, batches=batches)
     wait_for(lambda: expected <= events.done(), 40, interval=0.2, message="every message handled")
     missing = expected - events.done()
     assert not missing, f"{len(missing)} never handled after {kills} kills, e.g. {sorted(missing)[:5]}"
-    assert kills >= 10
+    assert kills >= 30
     wait_for(lambda: pending(client, "sa") == pending(client, "sb") == 0, 15,
              message="no pending entries left")
     assert client.llen("sa:dead") == client.llen("sb:dead") == 0
