@@ -127,3 +127,21 @@ def test_graceful_stop_and_wrong_url(start_master, beanstalkd_server, tmp_path):
     log = tmp_path / ".orch" / "logs" / "consumer-tb.log"
     wait_for(lambda: "cannot reach beanstalk://127.0.0.1:1" in text_of(log), 10, message="the error")
     assert "Traceback" not in text_of(log)
+
+
+def test_beanstalkd_killed_and_restarted_mid_run(start_master, beanstalkd_server, tmp_path):
+    events = Events(write_handlers(tmp_path))
+    url = beanstalkd_server.url
+    expected = {f"sleep:0.005:{i}" for i in range(500)}
+    put(url, "ta", sorted(expected))
+    start_master(config(url, ["ta"], replicas=2))
+    wait_for(lambda: len(events.done()) >= 100, 20, message="some progress")
+    beanstalkd_server.kill()  # its binlog (-b) keeps every job not yet deleted
+    time.sleep(1.5)
+    beanstalkd_server.start()
+    wait_for(lambda: expected <= events.done(), 30, interval=0.1, message="everything handled")
+    wait_for(lambda: stats(url, "ta").get("current-jobs-ready", 0) == 0
+             and stats(url, "ta").get("current-jobs-reserved", 0) == 0, 10, message="tube empty")
+    for replica in (0, 1):
+        log = text_of(tmp_path / ".orch" / "logs" / f"consumer-ta-{replica}.log")
+        assert log.count("lost beanstalk://") == 1 and log.count("reconnected to beanstalk://") == 1, log

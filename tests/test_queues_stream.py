@@ -124,3 +124,22 @@ def test_graceful_stop_and_poison_entry(start_master, redis_server, tmp_path):
     wait_for(lambda: master.status()["consumer-sa"]["state"] == "stopped", 10, message="stopped")
     assert "sleep:1.5:last" in events.done() and not events.starts("after")
     assert pending(client, "sa") == 0 and not client.exists("sa:consumer:consumer-sa")
+
+
+def test_redis_killed_and_restarted_mid_run(start_master, redis_server, tmp_path):
+    from conftest import text_of
+    events = Events(write_handlers(tmp_path))
+    client = redis.Redis.from_url(redis_server.url)
+    expected = {f"sleep:0.005:{i}" for i in range(500)}
+    add(client, "sa", sorted(expected))
+    start_master(config(redis_server.url, ["sa"], replicas=2))
+    wait_for(lambda: len(events.done()) >= 100, 20, message="some progress")
+    redis_server.kill()
+    time.sleep(1.5)
+    redis_server.start()
+    wait_for(lambda: expected <= events.done(), 30, interval=0.1, message="everything handled")
+    client = redis.Redis.from_url(redis_server.url)
+    wait_for(lambda: pending(client, "sa") == 0, 10, message="everything acknowledged")
+    for replica in (0, 1):
+        log = text_of(tmp_path / ".orch" / "logs" / f"consumer-sa-{replica}.log")
+        assert log.count("lost redis://") == 1 and log.count("reconnected to redis://") == 1, log
