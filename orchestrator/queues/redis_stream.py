@@ -199,11 +199,14 @@ def inspect_stream(url: str, stream: str, group: str, dead_letter: str) -> dict[
     groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)} if client.exists(stream) else {}
     info = groups.get(group)
     consumers = client.xinfo_consumers(stream, group) if info else []
-    delayed = set(client.zrange(k["delayed"], 0, -1))
-    ready = info.get("lag") if info and info.get("lag") is not None else client.xlen(stream) if not info else 0
+    delayed = client.zcard(k["delayed"])
+    if info is None:  # no group yet: every entry is still to be read
+        ready = client.xlen(stream) if client.exists(stream) else 0
+    else:
+        ready = info.get("lag") or 0  # entries never delivered to the group (Redis >= 7)
     in_flight = {c["name"].decode(): c["pending"] for c in consumers if c["pending"]}
     leases = sum(1 for _ in client.scan_iter(match=glob_escape(k["lease"]) + "*", count=1000))
-    return {"ready": ready, "retrying": len(delayed), "in_flight": in_flight,
+    return {"ready": ready, "retrying": delayed, "in_flight": in_flight,
             "dead": client.llen(dead_letter), "consumers": leases}
 
 
