@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -193,13 +194,25 @@ def render_machine(info: dict[str, Any]) -> str:
             f"Python {info['python']}; {versions}. Date: {info['date']}.")
 
 
-KEPT_MARK = "<!-- below: other bench modules' sections, kept by --write-results -->"
+SECTION_PREFIX = "<!-- bench section: "
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) bench module `name`'s section of RESULTS.md, keeping the main
+    table and every other module's section; the main bench's rewrite keeps them all."""
+    mark = f"{SECTION_PREFIX}{name} -->"
+    text = path.read_text() if path.exists() else ""
+    parts = re.split(rf"(?m)^(?={re.escape(SECTION_PREFIX)})", text)
+    head, sections = parts[0], [s for s in parts[1:] if not s.startswith(mark)]
+    sections.append(f"{mark}\n{body.strip()}\n\n")
+    path.write_text(head.rstrip("\n") + "\n\n" + "".join(sections))
 
 
 def write_results(path: Path, table: str, notes: str, info: dict[str, Any], command: str,
                   targets: str = "") -> None:
     old = path.read_text() if path.exists() else ""
-    kept = old[old.index(KEPT_MARK):] if KEPT_MARK in old else ""  # e.g. bench.sockets' section
+    cut = old.find(SECTION_PREFIX)
+    kept = old[cut:] if cut >= 0 else ""  # the sections other bench modules wrote
     path.write_text(
         "# orch vs supervisord vs circus: benchmark results\n\n"
         f"Produced by `{command}` (rewrite with `--write-results`).\n\n"

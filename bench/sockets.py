@@ -211,15 +211,14 @@ SECTION = "## Shared listening sockets: orch-held socket vs plain prefork"
 def write_section(text: str, command: str) -> None:
     """(Re)write this module's section of RESULTS.md: everything after the mark the main
     bench keeps when it rewrites the file."""
-    from .report import KEPT_MARK, RESULTS_MD, machine_info
-    old = RESULTS_MD.read_text()
-    head = old[:old.index(KEPT_MARK)] if KEPT_MARK in old else old.rstrip("\n") + "\n\n"
+    from .report import RESULTS_MD, machine_info
+    from .report import write_section as write_named
     info = machine_info({})
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("[")[0].strip()
     machine = (f"Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}, Python {info['python']}, "
                f"{wrk_version}. Date: {info['date']}.")
-    RESULTS_MD.write_text(f"{head}{KEPT_MARK}\n\n{SECTION}\n\nProduced by `{command}` "
-                          f"(rewrite with `--write-results`).\n\n{machine}\n\n{text}\n\n{NOTES}\n")
+    write_named(RESULTS_MD, "sockets", f"{SECTION}\n\nProduced by `{command}` "
+                f"(rewrite with `--write-results`).\n\n{machine}\n\n{text}\n\n{NOTES}\n")
 
 
 NOTES = """Why the ratio is about 1: the master is not on the data path. It binds the socket, hands

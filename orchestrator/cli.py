@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("write the fleet as systemd, supervisord, kubernetes, nomad or Procfile files",
                "orch export --format systemd -o units/"),
     "schema": ("print a JSON Schema of workers.toml (for editors)", "orch schema > workers.schema.json"),
+    "queues": ("show the consumers' queues (ready, in flight, dead); `retry QUEUE` moves dead letters back",
+               "orch queues retry queue1"),
 }
 
 
@@ -76,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)")
     _export_options(parsers["export"])
+    queues = parsers["queues"]
+    queues.add_argument("action", nargs="?", choices=["retry"], help="retry: move QUEUE's dead letters back")
+    queues.add_argument("queue", nargs="?", metavar="QUEUE")
+    queues.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -366,8 +372,14 @@ def cmd_schema(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
+def cmd_queues(args: argparse.Namespace, path: Path) -> int:
+    from .queues.inspect import run_queues  # redis / greenstalk: only this command pays for them
+    return run_queues(path, args.action, args.queue, args.json)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
     "restart": _control("restart"), "logs": cmd_logs, "export": cmd_export, "schema": cmd_schema,
+    "queues": cmd_queues,
 }

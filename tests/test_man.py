@@ -61,3 +61,11 @@ def test_every_config_key_is_in_the_man_page():
     for key in list(WORKER_KEYS) + list(ORCHESTRATOR_KEYS):
         assert re.search(rf"^{key} = ", MAN.split(".SH CONFIGURATION")[1], re.M) or \
             re.search(rf"{key} = ", MAN), key
+
+
+def test_man_pages_hold_no_control_characters():
+    """A stray form feed (a "\\f" font escape written unescaped in Python) breaks the page."""
+    for page in (ROOT / "man").iterdir():
+        bad = [(n, line) for n, line in enumerate(page.read_text().splitlines(), 1)
+               if any(ord(c) < 32 and c != "\t" for c in line)]
+        assert not bad, f"{page.name}: control characters on lines {[n for n, _ in bad][:5]}"

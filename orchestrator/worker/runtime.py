@@ -47,18 +47,25 @@ class Worker:
         """Clean up after the loop ends (normal end or graceful stop)."""
 
 
+_notify_socket: tuple[int, socket.socket] | None = None  # (pid, socket): reused, two per request
+
+
 def notify(message: str) -> None:
     """Send a notify datagram (systemd's sd_notify protocol) if NOTIFY_SOCKET is set."""
+    global _notify_socket
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(message.encode(), address)
-        except OSError:
-            pass  # the master may be gone; never fail the worker for it
+    if _notify_socket is None or _notify_socket[0] != os.getpid():  # a forked child gets its own
+        if _notify_socket is not None:
+            _notify_socket[1].close()
+        _notify_socket = (os.getpid(), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+    try:
+        _notify_socket[1].sendto(message.encode(), address)
+    except OSError:
+        pass  # the master may be gone; never fail the worker for it
 
 
 def listen_sockets() -> dict[str, socket.socket]:
