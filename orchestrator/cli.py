@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restart": ("restart instances", "orch restart --rolling template:consumer"),
     "logs": ("print an instance's log (or every log), optionally following",
              "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
+    "top": ("a live full-screen view of the fleet (q quits)", "orch top template:consumer"),
 }
 
 
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("patterns", nargs="*", metavar="PATTERN")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)")
+    parsers["top"].add_argument("patterns", nargs="*", metavar="PATTERN")
+    parsers["top"].add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                                help="seconds between refreshes (default 1)")
     return parser
 
 
@@ -305,8 +309,21 @@ class _LogFollower:
         self._print(lines)
 
 
+def cmd_top(args: argparse.Namespace, path: Path) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("orch: top needs a terminal; for scripts use `orch status --json`", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0.1 <= args.interval <= 3600:
+        print("orch: top --interval must be between 0.1 and 3600 seconds", file=sys.stderr)
+        return EXIT_USAGE
+    from .observe.top_screen import run_top
+    settings = load_settings(path)
+    request(settings.control_socket, "ping")  # no master: exit 3 before the screen is taken
+    return run_top(settings.control_socket, settings.log_dir, tuple(args.patterns), args.interval)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
-    "restart": _control("restart"), "logs": cmd_logs,
+    "restart": _control("restart"), "logs": cmd_logs, "top": cmd_top,
 }

@@ -1,0 +1,166 @@
+"""`orch top`'s terminal side: curses, the refresh clock, and the requests the view asks for.
+
+Thin on purpose: what is shown and what a key does live in `top.py` (pure, tested without a
+terminal); this module fetches one status per refresh, reads keys, paints lines and runs actions.
+"""
+
+from __future__ import annotations
+
+import curses
+import locale
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..control.server import ControlClient, ControlError
+from ..errors import OrchError
+from .logs import log_path
+from .top import HEADER_LINES, TopState, apply_reply, handle_key, master_gone, render
+
+_KEYS = {curses.KEY_UP: "up", curses.KEY_DOWN: "down", curses.KEY_PPAGE: "pgup",
+         curses.KEY_NPAGE: "pgdn", curses.KEY_HOME: "home", curses.KEY_END: "end",
+         curses.KEY_ENTER: "enter", curses.KEY_BACKSPACE: "backspace", curses.KEY_RESIZE: "resize",
+         "\n": "enter", "\r": "enter", "\x1b": "esc", "\x7f": "backspace", "\x08": "backspace"}
+_STATE_COLOURS = {"running": curses.COLOR_GREEN, "starting": curses.COLOR_YELLOW,
+                  "stopping": curses.COLOR_YELLOW, "backoff": curses.COLOR_RED,
+                  "crash-looping": curses.COLOR_RED, "exited": curses.COLOR_MAGENTA,
+                  "stopped": curses.COLOR_BLUE}
+# What a failed status request looks like: no socket, refused, closed, timed out, garbled.
+FAILURES = (OrchError, ControlError, OSError, ValueError)
+LOG_TAIL_BYTES = 64 * 1024
+TIMEOUT = 5.0  # a master that stops answering (SIGSTOP, overload) must not freeze the view
+
+
+def call(socket: Path, cmd: str, **args: Any) -> Any:
+    """One request on a fresh connection, with a short timeout."""
+    client = ControlClient(socket, timeout=TIMEOUT)
+    try:
+        return client.call(cmd, **args)
+    finally:
+        client.close()
+
+
+def run_top(socket: Path, log_dir: Path, patterns: tuple[str, ...], interval: float) -> int:
+    """Run the full-screen view until `q`; returns the exit code."""
+    locale.setlocale(locale.LC_ALL, "")  # so curses writes UTF-8 names as characters
+    os.environ.setdefault("ESCDELAY", "25")  # Esc must not wait a second for a sequence
+    return curses.wrapper(lambda screen: Top(screen, socket, log_dir, patterns, interval).run())
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last `count` lines of a log (reading at most its last 64 KiB)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - LOG_TAIL_BYTES))
+            data = handle.read()
+    except FileNotFoundError:
+        return ["(no output yet: the log file appears with the instance's first line)"]
+    except OSError as exc:
+        return [f"(cannot read {path}: {exc.strerror})"]
+    lines = data.decode(errors="replace").splitlines()
+    return lines[-count:] if count > 0 else []
+
+
+class Top:
+    """One session of the view: owns the curses screen and the `TopState`."""
+
+    def __init__(self, screen: Any, socket: Path, log_dir: Path, patterns: tuple[str, ...],
+                 interval: float):
+        self.screen = screen
+        self.socket = socket
+        self.log_dir = log_dir
+        self.interval = interval
+        self.state = TopState(patterns=patterns)
+        self.styles = _styles(colour=not os.environ.get("NO_COLOR"))
+        self.ascii = "utf" not in (locale.getpreferredencoding(False) or "").lower()
+        try:
+            curses.curs_set(0)
+        except curses.error:
+            pass  # a terminal without cursor control still works
+        screen.keypad(True)
+
+    def run(self) -> int:
+        due = 0.0
+        while True:
+            if time.monotonic() >= due:
+                self.refresh()
+                due = time.monotonic() + self.interval
+            self.paint()
+            self.screen.timeout(max(1, int((due - time.monotonic()) * 1000)))
+            try:
+                key = self.screen.get_wch()
+            except curses.error:
+                continue  # the refresh timeout: no key
+            name = _KEYS.get(key, key if isinstance(key, str) else None)
+            if name is None or name == "resize":
+                continue
+            result = handle_key(self.state, name, self._page())
+            if result is None:
+                continue
+            if result[0] == "quit":
+                return 0
+            if result[0] == "act":
+                self.act(result[1], result[2])
+            due = 0.0  # show the effect (a new pid, the log) at once
+
+    def _page(self) -> int:
+        return max(self.screen.getmaxyx()[0] - HEADER_LINES - 1, 1)
+
+    def refresh(self) -> None:
+        """One status request; on failure keep the last picture and say the master is gone."""
+        try:
+            reply = call(self.socket, "status")
+        except FAILURES as exc:
+            master_gone(self.state, str(exc) or type(exc).__name__)
+        else:
+            apply_reply(self.state, reply, time.time())
+        if self.state.mode == "log" and self.state.log_name:
+            self.state.log_lines = tail_lines(log_path(self.log_dir, self.state.log_name), self._page())
+
+    def act(self, action: str, names: list[str]) -> None:
+        """Restart/stop/start through the control socket; the outcome goes to the message line."""
+        try:
+            done = call(self.socket, action, patterns=names)
+        except FAILURES as exc:
+            self.state.message = f"{action} failed: {exc}"
+            return
+        what = done[0] if len(done) == 1 else f"{len(done)} instances"
+        self.state.message = f"{action}: {what} at {time.strftime('%H:%M:%S')}"
+
+    def paint(self) -> None:
+        height, width = self.screen.getmaxyx()
+        self.screen.erase()
+        for y, line in enumerate(render(self.state, width, height)):
+            x = 0
+            for text, style in line:
+                if self.ascii:
+                    text = text.replace("\u2191\u2193", "up/down").encode("ascii", "replace").decode()
+                try:
+                    self.screen.addnstr(y, x, text, max(width - x, 0), self.styles.get(style, 0))
+                except curses.error:
+                    pass  # the bottom-right cell: curses writes it, then reports the cursor move
+                x += len(text)
+        self.screen.refresh()
+
+
+def _styles(colour: bool) -> dict[str, int]:
+    """Terminal attributes for render()'s style names; colour only where the terminal has it
+    and NO_COLOR is unset (then states are plain and errors bold)."""
+    styles = {"heading": curses.A_BOLD, "selected": curses.A_REVERSE, "error": curses.A_BOLD,
+              "help": curses.A_REVERSE, "input": curses.A_BOLD}
+    if not colour or not curses.has_colors():
+        return styles
+    curses.start_color()
+    try:
+        curses.use_default_colors()
+        background = -1
+    except curses.error:
+        background = curses.COLOR_BLACK
+    for number, (state, fg) in enumerate(_STATE_COLOURS.items(), start=1):
+        curses.init_pair(number, fg, background)
+        styles[f"state:{state}"] = curses.color_pair(number)
+    curses.init_pair(len(_STATE_COLOURS) + 1, curses.COLOR_RED, background)
+    styles["error"] = curses.color_pair(len(_STATE_COLOURS) + 1) | curses.A_BOLD
+    return styles
