@@ -175,10 +175,14 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_down(args: argparse.Namespace, path: Path) -> int:
-    client = ControlClient(_socket(path))
+    from .observe.progress import follow
+    socket = _socket(path)
+    client = ControlClient(socket)
     try:
-        result = client.call("down")
-        if not client.wait_closed(args.timeout):
+        with follow(socket, "stopping every instance", "gone"):
+            result = client.call("down")
+            closed = client.wait_closed(args.timeout)
+        if not closed:
             print(f"orch: master {result['pid']} is still stopping after {args.timeout}s", file=sys.stderr)
             return EXIT_FAILED
     finally:
@@ -187,10 +191,17 @@ def cmd_down(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
+GOALS = {"start": ("starting", "running"), "stop": ("stopping", "stopped"),
+         "restart": ("restarting", "restarted")}
+
+
 def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
     def run(args: argparse.Namespace, path: Path) -> int:
+        from .observe.progress import follow
         extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
-        names = request(_socket(path), action, patterns=args.patterns, **extra)
+        socket = _socket(path)
+        with follow(socket, GOALS[action][0], GOALS[action][1], args.patterns):
+            names = request(socket, action, patterns=args.patterns, **extra)
         print(f"{action}: {', '.join(names)}")
         return EXIT_OK
     return run

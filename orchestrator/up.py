@@ -11,6 +11,7 @@ from pathlib import Path
 from .config.load import Settings, load_config, load_settings
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
+from .observe.progress import Progress
 from .spawn.pidfile import PidLock
 from .spawn.child import set_title
 from .spawn.spawner import SpawnerClient
@@ -109,8 +110,17 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
     if not reported:
         raise OrchError(f"the detached master did not start; see {log_file}")
     daemon = int(reported)
+    progress = Progress(f"starting master {daemon}: waiting for it to listen on {socket_path}")
+    try:
+        return _wait_listening(daemon, socket_path, log_file, progress)
+    finally:
+        progress.clear()
+
+
+def _wait_listening(daemon: int, socket_path: Path, log_file: Path, progress: Progress) -> int:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
+        progress.show()
         try:
             client = ControlClient(socket_path, timeout=2)
             try:
@@ -118,6 +128,7 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
             finally:
                 client.close()
             if info["pid"] == daemon:
+                progress.clear()
                 print(f"orch master {daemon} is running in the background (logs: {log_file})")
                 return 0
         except (OrchError, ControlError, OSError):  # not listening yet (NoMasterError), or mid-start
