@@ -140,8 +140,8 @@ HEADER = 3
 
 def test_columns_shrink_in_order_and_name_and_state_always_stay():
     rows = [row("consumer-10.0.0.1-queue-urgent-" + str(i), last_exit="SIGKILL") for i in range(5)]
-    titles = {w: [c.title for c, _ in fit_columns(rows, rows, w)] for w in (200, 100, 80, 40, 20)}
-    widths = {w: dict((c.title, n) for c, n in fit_columns(rows, rows, w)) for w in (200, 80, 40, 20)}
+    titles = {w: [c.title for c, _ in fit_columns(32, rows, w)] for w in (200, 100, 80, 40, 20)}
+    widths = {w: dict((c.title, n) for c, n in fit_columns(32, rows, w)) for w in (200, 80, 40, 20)}
     assert titles[200] == [c.title for c in COLUMNS] and widths[200]["NAME"] == 32
     assert titles[100] == [c.title for c in COLUMNS if c.title != "STATUS"]  # after NAME shrank to 24
     assert titles[80] == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%"]

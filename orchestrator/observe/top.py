@@ -64,11 +64,14 @@ class TopState:
     message: str = ""
     log_name: str | None = None
     log_lines: list[str] = field(default_factory=list)
+    name_width: int = 0                              # longest shown name (per refresh, not per key)
+    summary: Line = field(default_factory=list)      # the fleet's counts and totals (per refresh)
 
 
 def clean(text: Any) -> str:
     """Printable text: a worker's STATUS= or a log line must not reach the terminal as escapes."""
-    return str(text).replace("\t", " ").translate(_CONTROL)
+    text = str(text)
+    return text if text.isprintable() else text.replace("\t", " ").translate(_CONTROL)
 
 
 def matches(row: Row, pattern: str) -> bool:
@@ -87,9 +90,11 @@ def select_rows(instances: list[Row], patterns: tuple[str, ...], text: str, sort
     if text:
         rows = [r for r in rows if matches(r, text)]
     _, key, largest_first = SORTS[sort]
-    if sort != "n":
-        rows.sort(key=lambda r: r["name"])  # stable ties: equal CPU keeps name order
-    rows.sort(key=key, reverse=largest_first != reverse)
+    if sort == "n":
+        rows.sort(key=key, reverse=reverse)
+    else:  # one pass; ties in name order whichever way the numbers go
+        sign = -1 if largest_first != reverse else 1
+        rows.sort(key=lambda r: (sign * key(r), r["name"]))
     return rows
 
 
@@ -98,6 +103,7 @@ def refilter(state: TopState) -> None:
     instances = state.reply["instances"] if state.reply else []
     state.rows = select_rows(instances, state.patterns, state.filter, state.sort, state.reverse)
     names = [r["name"] for r in state.rows]
+    state.name_width = max(map(len, names), default=0)
     if state.selected in names:
         state.cursor = names.index(state.selected)
     state.cursor = max(0, min(state.cursor, len(names) - 1))
@@ -107,6 +113,7 @@ def refilter(state: TopState) -> None:
 def apply_reply(state: TopState, reply: dict[str, Any], now: float) -> None:
     """A fresh status reply: the master answers again."""
     state.reply, state.fetched_at, state.gone = reply, now, None
+    state.summary = summarize(reply)
     refilter(state)
 
 
@@ -212,13 +219,15 @@ COLUMNS = (
 MIN_NAME = 12
 
 
-def fit_columns(rows: list[Row], visible: list[Row], width: int) -> list[tuple[Column, int]]:
+def fit_columns(name_width: int, visible: list[Row], width: int) -> list[tuple[Column, int]]:
     """Columns and widths for this terminal: drop the least useful columns, then shrink NAME;
-    STATUS takes what is left. Name widths come from every shown row, so scrolling does not
-    make the table jump; other widths only from the visible rows (cheap at 5,000 rows)."""
+    STATUS takes what is left. The name width is the longest of every shown row's, so
+    scrolling does not make the table jump; other widths come from the visible rows only."""
     def natural(col: Column) -> int:
-        sample = rows if col.title == "NAME" else visible
-        longest = max((len(col.cell(r)) for r in sample), default=0) if col.title != "STATUS" else 0
+        if col.title == "NAME":
+            longest = name_width
+        else:
+            longest = max((len(col.cell(r)) for r in visible), default=0) if col.cap else 0
         return max(len(col.title), min(longest, col.cap)) if col.cap else len(col.title)
 
     chosen = [(c, natural(c)) for c in COLUMNS]
@@ -254,23 +263,28 @@ def _fleet_lines(state: TopState, width: int) -> list[Line]:
     reply = state.reply
     if reply is None:
         return [[("orch top: waiting for the master", "heading")], [("", "")]]
-    instances = reply["instances"]
     now = state.fetched_at or time.time()  # as of the picture: frozen when the master is gone
     up = format_duration(now - reply["started"]) if reply.get("started") else "?"
     first = f"orch {reply['name']}  master {reply['pid']}  up {up}  {reply['config']}"
+    return [[(_fit(first, width), "heading")], _clip(state.summary, width)]
+
+
+def summarize(reply: dict[str, Any]) -> Line:
+    """The second header line: instances by state, total RSS and CPU, the last reload."""
     counts: dict[str, int] = {}
-    for row in instances:
+    rss, cpu = 0, 0.0
+    for row in reply["instances"]:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    rss = sum(r.get("rss") or 0 for r in instances)
-    cpu = sum(r.get("cpu") or 0.0 for r in instances)
+        rss += row.get("rss") or 0
+        cpu += row.get("cpu") or 0.0
     applied = reply.get("applied_at")
     when = time.strftime("%H:%M:%S", time.localtime(applied)) if applied else "never"
-    second: Line = [(f"{len(instances)} instances: " + (", ".join(
+    line: Line = [(f"{len(reply['instances'])} instances: " + (", ".join(
         f"{n} {s}" for s, n in sorted(counts.items())) or "none"), "plain"),
         (f"  RSS {format_size(rss)}  CPU {cpu:.1f}%  last reload {when}", "plain")]
     if reply.get("last_reload_error"):
-        second.append(("  LAST RELOAD FAILED", "error"))
-    return [[(_fit(first, width), "heading")], _clip(second, width)]
+        line.append(("  LAST RELOAD FAILED", "error"))
+    return line
 
 
 def _message_line(state: TopState) -> Line:
@@ -332,7 +346,7 @@ def render(state: TopState, width: int, height: int) -> list[Line]:
     else:
         fit_scroll(state, page)
         visible = state.rows[state.top:state.top + page]
-        columns = fit_columns(state.rows, visible, width)
+        columns = fit_columns(state.name_width, visible, width)
         lines.append([(_fit("  ".join(_fit(c.title, w, c.right) for c, w in columns), width), "heading")])
         body = [_row_line(row, columns, width, state.top + i == state.cursor)
                 for i, row in enumerate(visible)]
