@@ -238,3 +238,26 @@ def test_top_without_a_master_exits_3_before_taking_the_screen(tmp_path, tmux):
                + "; echo TOP-EXIT=$?; sleep 60")
     screen = tmux.wait(lambda s: "TOP-EXIT=" in s, message="top to exit")
     assert "TOP-EXIT=3" in screen and "no orch master is running" in screen
+
+
+def test_patterns_limit_the_rows_and_a_long_list_scrolls_and_fits_a_resized_terminal(start_master, tmux):
+    many = 'command = "sleep 1000"\n'
+    master = start_master(CONFIG + f"\n[workers.many]\n{many}replicas = 40\n")
+    master.wait_running(45, timeout=20)
+    tmux.start(top_command(master, "template:many", "alpha-3"), width=120, height=20)
+    screen = tmux.wait(lambda s: "many-0 " in s, message="the first rows")
+    assert "alpha-1" not in screen and "filter: template:many alpha-3 (41 of 45)" in screen
+    shown = [line.split()[0] for line in screen.splitlines() if line.startswith(("alpha-", "many-"))]
+    assert len(shown) == 20 - 5  # 4 header lines and the help line around the rows
+    tmux.keys("End")
+
+    def last_row(screen: str) -> str:
+        lines = screen.rstrip("\n").splitlines()
+        return lines[-2] if len(lines) > 1 and lines[-1].startswith("q quit") else ""
+    # A capture may land in the middle of a repaint: wait for the whole expected picture.
+    tmux.wait(lambda s: last_row(s).startswith("many-9 ") and "many-0 " not in s, message="scrolled to the end")
+    tmux.tmux("resize-window", "-x", "50", "-y", "12")
+    screen = tmux.wait(lambda s: "TEMPLATE" not in s and "NAME" in s and last_row(s).startswith("many-9 "),
+                       message="columns dropped, the selection still on screen")
+    lines = screen.rstrip("\n").splitlines()
+    assert len(lines) == 12 and max(map(len, lines)) <= 50

@@ -9,6 +9,7 @@ from __future__ import annotations
 import curses
 import locale
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class Top:
         due = 0.0
         while True:
             if time.monotonic() >= due:
+                self.follow_size()
                 self.refresh()
                 due = time.monotonic() + self.interval
             self.paint()
@@ -104,6 +106,16 @@ class Top:
             if result[0] == "act":
                 self.act(result[1], result[2])
             due = 0.0  # show the effect (a new pid, the log) at once
+
+    def follow_size(self) -> None:
+        """Catch a resize curses missed (one that lands between its start-up size query and
+        its SIGWINCH handler leaves it drawing for the old size: garbage on screen)."""
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())
+        except (OSError, AttributeError, ValueError):
+            return
+        if curses.is_term_resized(size.lines, size.columns):
+            curses.resizeterm(size.lines, size.columns)
 
     def _page(self) -> int:
         return max(self.screen.getmaxyx()[0] - HEADER_LINES - 1, 1)
