@@ -10,6 +10,7 @@ import curses
 import locale
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ _STATE_COLOURS = {"running": curses.COLOR_GREEN, "starting": curses.COLOR_YELLOW
 # What a failed status request looks like: no socket, refused, closed, timed out, garbled.
 FAILURES = (OrchError, ControlError, OSError, ValueError)
 LOG_TAIL_BYTES = 64 * 1024
+TICK_MS = 50
+ACT_BATCH = 1000
 TIMEOUT = 5.0  # a master that stops answering (SIGSTOP, overload) must not freeze the view
 
 
@@ -83,29 +86,34 @@ class Top:
         screen.keypad(True)
 
     def run(self) -> int:
-        due = 0.0
+        fetcher = Fetcher(self.socket, self.interval)
+        fetcher.start()
+        changed = True
         while True:
-            if time.monotonic() >= due:
+            news = fetcher.take()
+            if news is not None:
                 self.follow_size()
-                self.refresh()
-                due = time.monotonic() + self.interval
-            self.paint()
-            self.screen.timeout(max(1, int((due - time.monotonic()) * 1000)))
+                self.apply(news)
+                changed = True
+            if changed:
+                self.paint()
+            self.screen.timeout(TICK_MS)  # how soon a reply that arrived gets on screen
             try:
                 key = self.screen.get_wch()
             except curses.error:
-                continue  # the refresh timeout: no key
+                changed = False
+                continue  # no key within the tick
             name = _KEYS.get(key, key if isinstance(key, str) else None)
-            if name is None or name == "resize":
-                continue
-            result = handle_key(self.state, name, self._page())
+            changed = name is not None
+            result = handle_key(self.state, name, self._page()) if name not in (None, "resize") else None
             if result is None:
                 continue
             if result[0] == "quit":
+                fetcher.stop()
                 return 0
             if result[0] == "act":
                 self.act(result[1], result[2])
-            due = 0.0  # show the effect (a new pid, the log) at once
+            fetcher.now()  # show the effect (a new pid, the log) at once
 
     def follow_size(self) -> None:
         """Catch a resize curses missed (one that lands between its start-up size query and
@@ -120,23 +128,25 @@ class Top:
     def _page(self) -> int:
         return max(self.screen.getmaxyx()[0] - HEADER_LINES - 1, 1)
 
-    def refresh(self) -> None:
-        """One status request; on failure keep the last picture and say the master is gone."""
-        try:
-            reply = call(self.socket, "status")
-        except FAILURES as exc:
-            master_gone(self.state, str(exc) or type(exc).__name__)
+    def apply(self, news: tuple[str, Any]) -> None:
+        """A status reply, or why there is none: then keep the last picture and say so."""
+        kind, value = news
+        if kind == "reply":
+            apply_reply(self.state, value, time.time())
         else:
-            apply_reply(self.state, reply, time.time())
+            master_gone(self.state, value)
         if self.state.mode == "log" and self.state.log_name:
             self.state.log_lines = tail_lines(log_path(self.log_dir, self.state.log_name), self._page())
 
     def act(self, action: str, names: list[str]) -> None:
-        """Restart/stop/start through the control socket; the outcome goes to the message line."""
+        """Restart/stop/start through the control socket; the outcome goes to the message line.
+        Exact names, in batches: a filtered set of thousands stays under the request size limit."""
+        done: list[str] = []
         try:
-            done = call(self.socket, action, patterns=names)
+            for start in range(0, len(names), ACT_BATCH):
+                done += call(self.socket, action, patterns=names[start:start + ACT_BATCH])
         except FAILURES as exc:
-            self.state.message = f"{action} failed: {exc}"
+            self.state.message = f"{action} failed after {len(done)} of {len(names)}: {exc}"
             return
         what = done[0] if len(done) == 1 else f"{len(done)} instances"
         self.state.message = f"{action}: {what} at {time.strftime('%H:%M:%S')}"
@@ -155,6 +165,46 @@ class Top:
                     pass  # the bottom-right cell: curses writes it, then reports the cursor move
                 x += len(text)
         self.screen.refresh()
+
+
+class Fetcher(threading.Thread):
+    """Asks the master for `status` in the background, so keys and painting never wait for it
+    (at 5,000 instances one reply takes the master a few hundred ms). Only the main thread
+    touches curses; this one hands over the newest reply (or failure) through `take()`."""
+
+    def __init__(self, socket: Path, interval: float):
+        super().__init__(name="orch-top-fetch", daemon=True)
+        self.socket = socket
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.latest: tuple[str, Any] | None = None
+        self.wake = threading.Event()
+        self.stopped = False
+
+    def run(self) -> None:
+        while not self.stopped:
+            started = time.monotonic()
+            try:
+                news: tuple[str, Any] = ("reply", call(self.socket, "status"))
+            except FAILURES as exc:
+                news = ("gone", str(exc) or type(exc).__name__)
+            with self.lock:
+                self.latest = news
+            # A slow master is asked less often: top takes at most a third of its time.
+            self.wake.wait(max(self.interval, 2 * (time.monotonic() - started)))
+            self.wake.clear()
+
+    def take(self) -> tuple[str, Any] | None:
+        with self.lock:
+            news, self.latest = self.latest, None
+        return news
+
+    def now(self) -> None:
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake.set()
 
 
 def _styles(colour: bool) -> dict[str, int]:
