@@ -321,13 +321,14 @@ class _LogFollower:
 
 
 def cmd_top(args: argparse.Namespace, path: Path) -> int:
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        print("orch: top needs a terminal; for scripts use `orch status --json`", file=sys.stderr)
+    from .observe.top_screen import run_top, terminal_problem
+    problem = terminal_problem()
+    if problem:
+        print(f"orch: top {problem}; for scripts use `orch status --json`", file=sys.stderr)
         return EXIT_USAGE
     if not 0.1 <= args.interval <= 3600:
         print("orch: top --interval must be between 0.1 and 3600 seconds", file=sys.stderr)
         return EXIT_USAGE
-    from .observe.top_screen import run_top
     settings = load_settings(path)
     request(settings.control_socket, "ping")  # no master: exit 3 before the screen is taken
     return run_top(settings.control_socket, settings.log_dir, tuple(args.patterns), args.interval)

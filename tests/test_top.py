@@ -22,6 +22,9 @@ def reply(rows: list[dict], **kw) -> dict:
             "applied_at": time.time(), "reloads": 0, "last_reload_error": None, "instances": rows, **kw}
 
 
+HEADER = 3  # the column titles' line
+
+
 def text(lines) -> list[str]:
     return ["".join(t for t, _ in line) for line in lines]
 
@@ -132,10 +135,7 @@ def test_every_screen_fits_the_terminal(width, height):
     assert all(len(line) <= width for line in screen)
     if height >= 6:
         assert screen[-1] == HELP[:width]
-        assert screen[HEADER] .startswith("NAME"[:width])
-
-
-HEADER = 3
+        assert screen[HEADER].startswith("NAME"[:width])
 
 
 def test_columns_shrink_in_order_and_name_and_state_always_stay():

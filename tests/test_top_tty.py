@@ -261,3 +261,28 @@ def test_patterns_limit_the_rows_and_a_long_list_scrolls_and_fits_a_resized_term
                        message="columns dropped, the selection still on screen")
     lines = screen.rstrip("\n").splitlines()
     assert len(lines) == 12 and max(map(len, lines)) <= 50
+
+
+@pytest.mark.parametrize("term, expected", [
+    ("dumb", "orch: top cannot drive this terminal (TERM=dumb); for scripts use `orch status --json`"),
+    ("no-such-terminal", "orch: top does not know this terminal (TERM=no-such-terminal); "),
+])
+def test_a_terminal_curses_cannot_drive_is_refused_in_one_line(start_master, tmux, term, expected):
+    master = start_master(CONFIG)
+    tmux.start(f"TERM={term} {top_command(master)}; echo TOP-EXIT=$?; sleep 60")
+    screen = tmux.wait(lambda s: "TOP-EXIT=" in s, message="top to exit")
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert lines[0].startswith(expected) and lines[1] == "TOP-EXIT=2", screen
+
+
+def test_ctrl_c_leaves_a_restored_terminal(start_master, tmux):
+    master = start_master(CONFIG)
+    master.wait_running(5)
+    tmux.start("sh")
+    tmux.keys("-l", f"{top_command(master)}; echo TOP-EXIT=$?")
+    tmux.keys("Enter")
+    tmux.wait(lambda s: len(names_in_order(s)) == 5, message="the view")
+    tmux.keys("C-c")
+    screen = tmux.wait(lambda s: "TOP-EXIT=130" in s, message="top to exit 130")
+    assert "Traceback" not in screen and "alpha-1" not in screen
+    assert tmux.tmux("display-message", "-p", "#{alternate_on}").strip() == "0"

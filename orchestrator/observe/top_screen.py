@@ -45,6 +45,20 @@ def call(socket: Path, cmd: str, **args: Any) -> Any:
         client.close()
 
 
+def terminal_problem() -> str | None:
+    """Why `orch top` cannot run here ("needs a terminal", ...), or None."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return "needs a terminal"
+    term = os.environ.get("TERM", "")
+    try:
+        curses.setupterm(term or "unknown", sys.stdout.fileno())
+    except curses.error:
+        return f"does not know this terminal (TERM={term or 'unset'})"
+    if not curses.tigetstr("cup"):  # no cursor addressing: TERM=dumb, an Emacs shell buffer
+        return f"cannot drive this terminal (TERM={term})"
+    return None
+
+
 def run_top(socket: Path, log_dir: Path, patterns: tuple[str, ...], interval: float) -> int:
     """Run the full-screen view until `q`; returns the exit code."""
     locale.setlocale(locale.LC_ALL, "")  # so curses writes UTF-8 names as characters
