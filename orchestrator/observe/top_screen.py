@@ -33,7 +33,7 @@ FAILURES = (OrchError, ControlError, OSError, ValueError)
 LOG_TAIL_BYTES = 64 * 1024
 TICK_MS = 50
 ACT_BATCH = 1000
-TIMEOUT = 5.0  # a master that stops answering (SIGSTOP, overload) must not freeze the view
+TIMEOUT = 10.0  # a master that stops answering (SIGSTOP, overload) is reported, not waited for
 
 
 def call(socket: Path, cmd: str, **args: Any) -> Any:
@@ -200,6 +200,8 @@ class Fetcher(threading.Thread):
             started = time.monotonic()
             try:
                 news: tuple[str, Any] = ("reply", call(self.socket, "status"))
+            except TimeoutError:
+                news = ("gone", f"no answer within {TIMEOUT:.0f}s")
             except FAILURES as exc:
                 news = ("gone", str(exc) or type(exc).__name__)
             with self.lock:
