@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restart": ("restart instances", "orch restart --rolling template:consumer"),
     "logs": ("print an instance's log (or every log), optionally following",
              "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
+    "export": ("write the fleet as systemd, supervisord, kubernetes, nomad or Procfile files",
+               "orch export --format systemd -o units/"),
+    "schema": ("print a JSON Schema of workers.toml (for editors)", "orch schema > workers.schema.json"),
     "top": ("a live full-screen view of the fleet (q quits)", "orch top template:consumer"),
 }
 
@@ -69,13 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("patterns", nargs="*", metavar="PATTERN")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)")
+    _export_options(parsers["export"])
     parsers["top"].add_argument("patterns", nargs="*", metavar="PATTERN")
     parsers["top"].add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                                 help="seconds between refreshes (default 1)")
     return parser
 
 
+def _export_options(export: argparse.ArgumentParser) -> None:
+    export.add_argument("--format", required=True, metavar="FORMAT",
+                        choices=("systemd", "supervisord", "kubernetes", "nomad", "procfile"),
+                        help="systemd, supervisord, kubernetes, nomad or procfile")
+    export.add_argument("-o", "--output", metavar="DIR", help="write files here (default: print them)")
+    export.add_argument("--image", help="container image (kubernetes: required; nomad: docker driver)")
+    export.add_argument("--python", help="interpreter on the target (kubernetes, nomad; default python3)")
+    export.add_argument("--workdir", help="the config's folder on the target (kubernetes, nomad; "
+                        "default /app)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not sys.platform.startswith("linux"):  # prctl, /proc and subreapers are Linux's
+        print(f"orch: needs Linux (this is {sys.platform}): it relies on prctl, /proc and "
+              "child subreapers", file=sys.stderr)
+        return EXIT_FAILED
     parser = build_parser()
     args = parser.parse_args(argv)
     path = find_config(getattr(args, "config", None))
@@ -320,6 +339,21 @@ class _LogFollower:
         self._print(lines)
 
 
+def cmd_export(args: argparse.Namespace, path: Path) -> int:
+    from .export import run
+    if args.format == "kubernetes" and not args.image:
+        print("orch: export --format kubernetes needs --image IMAGE", file=sys.stderr)
+        return EXIT_USAGE
+    return run(args.format, path, Path(args.output) if args.output else None, args.image,
+               args.python, args.workdir)
+
+
+def cmd_schema(args: argparse.Namespace, path: Path) -> int:
+    from .config.schema import render
+    sys.stdout.write(render())
+    return EXIT_OK
+
+
 def cmd_top(args: argparse.Namespace, path: Path) -> int:
     from .observe.top_screen import run_top, terminal_problem
     problem = terminal_problem()
@@ -337,5 +371,6 @@ def cmd_top(args: argparse.Namespace, path: Path) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
-    "restart": _control("restart"), "logs": cmd_logs, "top": cmd_top,
+    "restart": _control("restart"), "logs": cmd_logs, "export": cmd_export, "schema": cmd_schema,
+    "top": cmd_top,
 }

@@ -161,8 +161,8 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         zygote = self.zygotes.get(key)
         try:
             if zygote is None:
-                pid, sock = start_zygote(*key)
-                zygote = self.zygotes[key] = ZygoteHandle(key, pid, sock)
+                _, sock = start_zygote(*key)
+                zygote = self.zygotes[key] = ZygoteHandle(key, sock)
                 self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
             message = pickle.dumps(("fork", [(r.token, r) for r, _ in items]))
             socket.send_fds(zygote.sock, [message], [out for _, out in items])
@@ -219,9 +219,8 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
 class ZygoteHandle:  # pragma: no cover - runs in the helper
     """The spawner's view of one zygote."""
 
-    def __init__(self, key: tuple[str, tuple[str, ...]], pid: int, sock: socket.socket):
+    def __init__(self, key: tuple[str, tuple[str, ...]], sock: socket.socket):
         self.key = key
-        self.pid = pid
         self.sock = sock
         self.pending: set[int] = set()
         self.children: set[int] = set()
