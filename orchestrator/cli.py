@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .config.load import find_config, load_settings
+from .control.record import live_record
 from .control.server import ControlClient, ControlError, request
 from .errors import ConfigError, NoMasterError, OrchError
 
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="config file (default: $ORCH_CONFIG, then ./workers.toml)")
+    common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the master's control socket (default: $ORCH_SOCKET, then the running "
+                             "master of the config, then its control_socket)")
     parser = argparse.ArgumentParser(
         prog="orch", description="Declarative process orchestrator: templates x matrices, live reload by diff.",
         epilog="example: orch up -c configs/workers.toml", parents=[common])
@@ -158,12 +162,35 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _socket(path: Path) -> Path:
+def _socket(args: argparse.Namespace, path: Path) -> Path:
+    """Where the master of `path` listens, without parsing the file when it can: `--socket`,
+    $ORCH_SOCKET, the record a running master wrote for this config, then the file."""
+    explicit = getattr(args, "socket", None) or os.environ.get("ORCH_SOCKET")
+    if explicit:
+        return Path(explicit).absolute()
+    record = live_record(path)
+    if record is not None:
+        return Path(record["socket"])
     return load_settings(path).control_socket
 
 
+def _log_dir(path: Path) -> Path:
+    record = live_record(path)
+    return Path(record["log_dir"]) if record is not None else load_settings(path).log_dir
+
+
+def _disk_error(path: Path) -> str | None:
+    """Why the config on disk would not load now (None when it would)."""
+    from .config.load import load_config
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_diff(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(path), "diff")
+    result = request(_socket(args, path), "diff")
     for line in result["lines"]:
         print(line)
     print(f"{result['start']} to start, {result['stop']} to stop, {result['restart']} to restart, "
@@ -172,7 +199,7 @@ def cmd_diff(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(path), "reload")
+    result = request(_socket(args, path), "reload")
     if result.get("queued"):
         print("reload queued behind the one being applied")
     elif not result.get("applied"):
@@ -185,17 +212,17 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
     from .observe.status_view import render_status
-    result = request(_socket(path), "status", patterns=args.patterns or None)
+    result = request(_socket(args, path), "status", patterns=args.patterns or None)
     if args.json:
         print(json.dumps(result["instances"], indent=1))
     else:
-        print(render_status(result))
+        print(render_status(result, _disk_error(Path(result.get("config") or path))))
     return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace, path: Path) -> int:
     from .observe.progress import follow
-    socket = _socket(path)
+    socket = _socket(args, path)
     client = ControlClient(socket)
     try:
         with follow(socket, "stopping every instance", "gone"):
@@ -218,7 +245,7 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
     def run(args: argparse.Namespace, path: Path) -> int:
         from .observe.progress import follow
         extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
-        socket = _socket(path)
+        socket = _socket(args, path)
         with follow(socket, GOALS[action][0], GOALS[action][1], args.patterns):
             names = request(socket, action, patterns=args.patterns, **extra)
         print(f"{action}: {', '.join(names)}")
@@ -229,18 +256,18 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     from .observe.logs import instance_name, log_path
     import fnmatch
-    settings = load_settings(path)
-    files = sorted(settings.log_dir.glob("*.log"))
+    log_dir = _log_dir(path)
+    files = sorted(log_dir.glob("*.log"))
     if args.patterns:
         chosen = []
         for pattern in args.patterns:
-            exact = log_path(settings.log_dir, pattern)
+            exact = log_path(log_dir, pattern)
             matched = [exact] if exact.exists() else [
                 f for f in files if fnmatch.fnmatchcase(instance_name(f), pattern)]
             if not matched:  # log files open on first output: ask the master for silent instances
-                matched = [log_path(settings.log_dir, name) for name in _instances(settings, pattern)]
+                matched = [log_path(log_dir, name) for name in _instances(args, path, pattern)]
             if not matched:
-                raise OrchError(f"no log matches {pattern!r} in {settings.log_dir}")
+                raise OrchError(f"no log matches {pattern!r} in {log_dir}")
             chosen += [m for m in matched if m not in chosen]
         files = chosen
     followers = [_LogFollower(f, instance_name(f) if len(files) > 1 else None) for f in files]
@@ -255,10 +282,10 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
-def _instances(settings: Any, pattern: str) -> list[str]:
+def _instances(args: argparse.Namespace, path: Path, pattern: str) -> list[str]:
     """Names of the running master's instances matching `pattern`; [] without a master."""
     try:
-        rows = request(settings.control_socket, "status", patterns=[pattern])["instances"]
+        rows = request(_socket(args, path), "status", patterns=[pattern])["instances"]
     except (OrchError, ControlError, OSError):
         return []
     return [row["name"] for row in rows]
@@ -363,9 +390,9 @@ def cmd_top(args: argparse.Namespace, path: Path) -> int:
     if not 0.1 <= args.interval <= 3600:
         print("orch: top --interval must be between 0.1 and 3600 seconds", file=sys.stderr)
         return EXIT_USAGE
-    settings = load_settings(path)
-    request(settings.control_socket, "ping")  # no master: exit 3 before the screen is taken
-    return run_top(settings.control_socket, settings.log_dir, tuple(args.patterns), args.interval)
+    socket = _socket(args, path)
+    request(socket, "ping")  # no master: exit 3 before the screen is taken
+    return run_top(socket, _log_dir(path), tuple(args.patterns), args.interval)
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {

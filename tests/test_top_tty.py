@@ -26,6 +26,7 @@ matrix = {{ n = [1, 2, 3] }}
 
 [workers.beta]
 command = {SLEEPER}
+name = "beta-{{{{ replica }}}}"
 replicas = 2
 """
 
@@ -242,7 +243,7 @@ def test_top_without_a_master_exits_3_before_taking_the_screen(tmp_path, tmux):
 
 def test_patterns_limit_the_rows_and_a_long_list_scrolls_and_fits_a_resized_terminal(start_master, tmux):
     many = 'command = "sleep 1000"\n'
-    master = start_master(CONFIG + f"\n[workers.many]\n{many}replicas = 40\n")
+    master = start_master(CONFIG + f"\n[workers.many]\n{many}name = \"many-{{{{ replica }}}}\"\nreplicas = 40\n")
     master.wait_running(45, timeout=20)
     tmux.start(top_command(master, "template:many", "alpha-3"), width=120, height=20)
     screen = tmux.wait(lambda s: "many-0 " in s, message="the first rows")
