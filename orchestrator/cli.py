@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("print a JSON Schema of workers.toml (for editors)", "orch schema > workers.schema.json"),
     "queues": ("show the consumers' queues (ready, in flight, dead); `retry QUEUE` moves dead letters back",
                "orch queues retry queue1"),
+    "top": ("a live full-screen view of the fleet (q quits)", "orch top template:consumer"),
 }
 
 
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("action", nargs="?", choices=["retry"], help="retry: move QUEUE's dead letters back")
     queues.add_argument("queue", nargs="?", metavar="QUEUE")
     queues.add_argument("--json", action="store_true", help="print JSON")
+    parsers["top"].add_argument("patterns", nargs="*", metavar="PATTERN")
+    parsers["top"].add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                                help="seconds between refreshes (default 1)")
     return parser
 
 
@@ -223,10 +227,14 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_down(args: argparse.Namespace, path: Path) -> int:
-    client = ControlClient(_socket(args, path))
+    from .observe.progress import follow
+    socket = _socket(args, path)
+    client = ControlClient(socket)
     try:
-        result = client.call("down")
-        if not client.wait_closed(args.timeout):
+        with follow(socket, "stopping every instance", "gone"):
+            result = client.call("down")
+            closed = client.wait_closed(args.timeout)
+        if not closed:
             print(f"orch: master {result['pid']} is still stopping after {args.timeout}s", file=sys.stderr)
             return EXIT_FAILED
     finally:
@@ -235,10 +243,17 @@ def cmd_down(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
+GOALS = {"start": ("starting", "running"), "stop": ("stopping", "stopped"),
+         "restart": ("restarting", "restarted")}
+
+
 def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
     def run(args: argparse.Namespace, path: Path) -> int:
+        from .observe.progress import follow
         extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
-        names = request(_socket(args, path), action, patterns=args.patterns, **extra)
+        socket = _socket(args, path)
+        with follow(socket, GOALS[action][0], GOALS[action][1], args.patterns):
+            names = request(socket, action, patterns=args.patterns, **extra)
         print(f"{action}: {', '.join(names)}")
         return EXIT_OK
     return run
@@ -375,6 +390,18 @@ def cmd_schema(args: argparse.Namespace, path: Path) -> int:
 def cmd_queues(args: argparse.Namespace, path: Path) -> int:
     from .queues.inspect import run_queues  # redis / greenstalk: only this command pays for them
     return run_queues(path, args.action, args.queue, args.json)
+def cmd_top(args: argparse.Namespace, path: Path) -> int:
+    from .observe.top_screen import run_top, terminal_problem
+    problem = terminal_problem()
+    if problem:
+        print(f"orch: top {problem}; for scripts use `orch status --json`", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0.1 <= args.interval <= 3600:
+        print("orch: top --interval must be between 0.1 and 3600 seconds", file=sys.stderr)
+        return EXIT_USAGE
+    socket = _socket(args, path)
+    request(socket, "ping")  # no master: exit 3 before the screen is taken
+    return run_top(socket, _log_dir(path), tuple(args.patterns), args.interval)
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
@@ -382,4 +409,5 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
     "restart": _control("restart"), "logs": cmd_logs, "export": cmd_export, "schema": cmd_schema,
     "queues": cmd_queues,
+    "top": cmd_top,
 }

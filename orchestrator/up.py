@@ -13,6 +13,7 @@ from .control.record import remove_record, write_record
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
 from .observe.procfs import is_running
+from .observe.progress import Progress
 from .spawn.pidfile import PidLock
 from .spawn.child import set_title
 from .spawn.listeners import Listeners, take_systemd_sockets
@@ -102,15 +103,21 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
     PidLock(pidfile).acquire().release()  # another master for this config: fail here (exit 1)
     log_file = pidfile.parent / "master.log"
     daemon = _daemonize(path, log_file)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if _answers(socket_path, daemon):
-            print(f"orch master {daemon} is running in the background (logs: {log_file})")
-            return 0
-        if not is_running(daemon):
-            raise OrchError(f"the detached master exited during start-up; the end of {log_file}:\n"
-                            + _tail(log_file, 10))
-        time.sleep(0.05)
+    progress = Progress(f"starting master {daemon}: waiting for it to listen on {socket_path}")
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            progress.show()
+            if _answers(socket_path, daemon):
+                progress.clear()
+                print(f"orch master {daemon} is running in the background (logs: {log_file})")
+                return 0
+            if not is_running(daemon):
+                raise OrchError(f"the detached master exited during start-up; the end of {log_file}:\n"
+                                + _tail(log_file, 10))
+            time.sleep(0.05)
+    finally:
+        progress.clear()  # before the error is printed
     raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_file}")
 
 
