@@ -18,7 +18,7 @@ from .fields import PATH, type_name
 from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported for tests/test_man.py
                    MERGED_TABLES, POLICY_KEYS, POLICY_SUB_KEYS, SETTINGS_KEYS, SUB_TABLES,
                    TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
-from .locate import Problems, locate_keys  # noqa: F401 - locate_keys is part of this module's API
+from .locate import Problems
 from .sockets import SocketDecl, check_template_sockets, parse_sockets
 
 try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-table file
@@ -153,7 +153,7 @@ def load_settings(path: Path) -> Settings:
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate a whole config file."""
+    """Read and validate a whole config file (and its includes); every problem at once."""
     path = path.absolute()
     data, text = read_toml(path)
     problems = Problems(path, text)
@@ -161,22 +161,31 @@ def load_config(path: Path) -> Config:
         if key not in TOP_KEYS:
             problems.unknown("", key, TOP_KEYS)
     settings = _settings(data.get("orchestrator", {}), path, problems)
-    variables = data.get("vars", {})
-    if not isinstance(variables, dict):
-        problems.add("vars", "expected a table")
-        variables = {}
-    defaults = data.get("defaults", {})
-    if not isinstance(defaults, dict):
-        problems.add("defaults", "expected a table")
-        defaults = {}
-    defaults = _valid_defaults(defaults, problems)
-    workers = data.get("workers", {})
-    if not isinstance(workers, dict):
-        problems.add("workers", "expected a table of templates like [workers.consumer]")
-        workers = {}
+    variables = _table_at(data, "vars", "expected a table", problems)
+    defaults = _valid_defaults(_table_at(data, "defaults", "expected a table", problems), problems)
+    workers = _table_at(data, "workers", "expected a table of templates like [workers.consumer]", problems)
     sockets = parse_sockets(data.get("sockets", {}), path.parent, problems)
     patterns = tuple(str(path.parent / pattern) for pattern in settings.include)
     sources = [(path, problems, workers)] + _included(patterns, path, variables)
+    templates = _templates(sources, defaults, path, settings, sockets)
+    found = [p for _, source_problems, _ in sources for p in source_problems.items]
+    if found:
+        raise ConfigError(found)
+    return Config(path, settings, tuple(variables.items()), tuple(templates),
+                  tuple(source for source, _, _ in sources), patterns, sockets)
+
+
+def _table_at(data: dict, key: str, message: str, problems: Problems) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problems.add(key, message)
+        return {}
+    return value
+
+
+def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path: Path,
+               settings: Settings, sockets: tuple[SocketDecl, ...]) -> list[Template]:
+    """Every [workers.*] of the config and its included files, each defined once."""
     templates, owner = [], {}
     for source, source_problems, tables in sources:
         for name, table in tables.items():
@@ -192,11 +201,7 @@ def load_config(path: Path) -> Config:
             if template is not None:
                 check_template_sockets(name, template.sockets, sockets, source_problems)
                 templates.append(template)
-    found = [p for _, source_problems, _ in sources for p in source_problems.items]
-    if found:
-        raise ConfigError(found)
-    return Config(path, settings, tuple(variables.items()), tuple(templates),
-                  tuple(source for source, _, _ in sources), patterns, sockets)
+    return templates
 
 
 def _included(patterns: tuple[str, ...], main: Path,

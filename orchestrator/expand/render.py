@@ -21,7 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from ..config.load import Config, Template
 from ..errors import ConfigError, ConfigProblem
-from ..config.locate import locate_keys
+from ..config.locate import Problems
 from .spec import ProcessSpec, PythonTarget
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
@@ -173,46 +173,60 @@ class ExpansionCache:
 def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessSpec]:
     """Every instance the config asks for, in file order, with stable names and hashes.
     With a `cache`, templates identical to the previous load reuse their specs."""
-    renderer = _Renderer()
-    fresh: dict[str, tuple[Template, list[ProcessSpec]]] = {}
-    problems: list[ConfigProblem] = []
-
-    located: dict[Path, dict[str, int]] = {}
-
-    def problem(keypath: str, message: str) -> None:
-        # The template's own file: the config, or the included file it was written in.
-        name = keypath.split(".")[1] if keypath.startswith("workers.") else ""
-        source = next((t.source for t in config.templates if t.name == name and t.source), config.path)
-        if source not in located:
-            try:
-                located[source] = locate_keys(source.read_text(encoding="utf-8"))
-            except OSError:
-                located[source] = {}
-        parts = keypath.split(".")
-        line = None
-        while parts and line is None:
-            line = located[source].get(".".join(parts))
-            parts.pop()
-        problems.append(ConfigProblem(str(source), keypath, message, line))
-
+    problem = _Problems(config)
     variables = {"python": sys.executable, **dict(config.vars)}
+    fresh: dict[str, tuple[Template, list[ProcessSpec]]] = {}
+    specs = _expand_all(config, cache, variables, problem, fresh)
+    if problem.items:
+        raise ConfigError(problem.items)
+    if cache is not None:  # only a load that succeeded becomes the new baseline
+        cache.vars, cache.folder, cache.templates = config.vars, config.folder, fresh
+        cache.sockets = config.sockets
+    return specs
+
+
+class _Problems:
+    """Problems found while expanding, each located (file and line) in the file its template
+    was written in: the config, or an included file. Files are read only once a problem is."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.items: list[ConfigProblem] = []
+        self._by_source: dict[Path, Problems] = {}
+
+    def __call__(self, keypath: str, message: str) -> None:
+        name = keypath.split(".")[1] if keypath.startswith("workers.") else ""
+        source = next((t.source for t in self.config.templates if t.name == name and t.source),
+                      self.config.path)
+        if source not in self._by_source:
+            try:
+                text = source.read_text(encoding="utf-8")
+            except OSError:
+                text = ""
+            self._by_source[source] = Problems(source, text)
+        located = self._by_source[source]
+        located.add(keypath, message)
+        self.items.append(located.items[-1])
+
+
+def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[str, Any],
+                problem: _Problems, fresh: dict[str, tuple[Template, list[ProcessSpec]]]) -> list[ProcessSpec]:
+    renderer = _Renderer()
     sockets = socket_context(config)
     specs: list[ProcessSpec] = []
     seen: dict[str, str] = {}
-    total = 0
     for template in config.templates:
         made = cache.get(config, template) if cache is not None else None
         if made is None:
+            room = config.settings.max_instances - len(specs)
             made = _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
-                                    config, renderer, problem)
-            if made is None:
-                continue
-        total += len(made)
-        if total > config.settings.max_instances:
-            problem(f"workers.{template.name}",
-                    f"the config expands to more than {config.settings.max_instances} instances "
-                    f"(raise orchestrator.max_instances if that is intended)")
-            break
+                                    config, renderer, problem, room)
+        if made is None or len(specs) + len(made) > config.settings.max_instances:
+            if made is not None:
+                _too_many(template, config, problem)
+            if made is not None or len(problem.items) > 20:
+                break
+            continue
         fresh[template.name] = (template, made)
         for spec in made:
             if spec.name in seen:
@@ -221,14 +235,15 @@ def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessS
                 continue
             seen[spec.name] = template.name
             specs.append(spec)
-        if len(problems) > 20:
+        if len(problem.items) > 20:
             break
-    if problems:
-        raise ConfigError(problems)
-    if cache is not None:  # only a load that succeeded becomes the new baseline
-        cache.vars, cache.folder, cache.templates = config.vars, config.folder, fresh
-        cache.sockets = config.sockets
     return specs
+
+
+def _too_many(template: Template, config: Config, problem: Any) -> None:
+    problem(f"workers.{template.name}",
+            f"the config expands to more than {config.settings.max_instances} instances "
+            f"(raise orchestrator.max_instances if that is intended)")
 
 
 def socket_context(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
@@ -241,14 +256,14 @@ def socket_context(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _expand_template(template: Template, variables: dict[str, Any], config: Config,
-                     renderer: _Renderer, problem: Any) -> list[ProcessSpec] | None:
+                     renderer: _Renderer, problem: Any, room: int) -> list[ProcessSpec] | None:
+    """The template's instances; None (with the problem told) when it fails or when it
+    would not fit in the `room` left under max_instances (checked before rendering any)."""
     combos = _combinations(template, variables, renderer, problem)
     if combos is None:
         return None
-    if len(combos) * template.replicas > config.settings.max_instances:
-        problem(f"workers.{template.name}",
-                f"the template expands to {len(combos) * template.replicas} instances: more than "
-                f"{config.settings.max_instances} instances (raise orchestrator.max_instances if intended)")
+    if len(combos) * template.replicas > room:
+        _too_many(template, config, problem)
         return None
     made: list[ProcessSpec] = []
     for params in combos:
@@ -276,8 +291,8 @@ def _combinations(template: Template, variables: dict[str, Any], renderer: _Rend
         if not isinstance(values, list):
             problem(keypath, f"the matrix axis must be a list, {raw!r} gave {type(values).__name__}")
             return None
-        if not values:
-            problem(keypath, "empty matrix axis: give at least one value")
+        if not values:  # (a literal empty list is refused by config/load.py already)
+            problem(keypath, f"empty matrix axis: {raw!r} gave no values")
             return None
         axes.append((axis, values))
     count = math.prod(len(v) for _, v in axes)
@@ -335,55 +350,73 @@ def default_name(template: Template, params: dict[str, Any], replica: int) -> st
     return "-".join(parts)
 
 
+class _Refused(Exception):
+    """A rendered value the template may not produce; the message says why."""
+
+
 def _render(template: Template, params: dict[str, Any], replica: int, variables: dict[str, Any],
             folder: Path, renderer: _Renderer, problem: Any) -> ProcessSpec | None:
+    """One instance of the template, or None with the problem told (key path, cause)."""
     prefix = f"workers.{template.name}"
     context = {**variables, **params, "replica": replica, "template": template.name}
-    key = "name"
+    step = ["name"]  # the key being rendered, for the problem's key path
     try:
-        if template.name_pattern is not None:
-            name = renderer.text(template.name_pattern, context).strip()
-            if not name or re.search(r"[\s/]", name) or len(name) > 200:
-                problem(f"{prefix}.name", f"instance name {name!r} must be non-empty, at most 200 "
-                        "characters, without spaces or '/'")
-                return None
-        else:
-            name = default_name(template, params, replica)
-        context["name"] = name
-        key = "command"
-        python = None
-        if template.target is not None:
-            key = "kwargs"
-            kwargs = {k: renderer.value(v, context) for k, v in template.kwargs}
-            paths = (str(folder),) + tuple(str((folder / p).resolve()) for p in template.pythonpath)
-            python = PythonTarget(template.target, tuple(sorted(kwargs.items())), template.preload,
-                                  template.check_point, paths)
-            argv = _python_argv(name, python)
-        elif template.shell:
-            argv = ("/bin/sh", "-c", renderer.shell(template.command, context))  # type: ignore[arg-type]
-        elif isinstance(template.command, str):
-            argv = renderer.command(template.command, context)
-        else:
-            argv = tuple(renderer.text(part, context) for part in template.command or ())
-        if not argv or not argv[0]:
-            problem(f"{prefix}.command", f"the command renders empty for {name}")
-            return None
-        key = "env"
+        name = context["name"] = _instance_name(template, params, replica, context, renderer)
+        step[0] = "command"
+        argv, python = _program(template, name, context, folder, renderer, step)
+        step[0] = "env"
         env = tuple(sorted((k, _text(renderer.value(v, context)) if isinstance(v, str) else _text(v))
                            for k, v in template.env))
-        key = "cwd"
+        step[0] = "cwd"
         cwd = renderer.path(folder, template.cwd, context)
+    except _Refused as exc:
+        problem(f"{prefix}.{step[0]}", str(exc))
+        return None
     except jinja2.TemplateError as exc:
-        problem(f"{prefix}.{key}", f"cannot render for {params or template.name}: {exc}")
+        problem(f"{prefix}.{step[0]}", f"cannot render for {params or template.name}: {exc}")
         return None
     except ValueError as exc:  # shlex: unbalanced quotes
-        problem(f"{prefix}.{key}", f"cannot split the command: {exc}")
+        problem(f"{prefix}.{step[0]}", f"cannot split the command: {exc}")
         return None
     spec = ProcessSpec(name=name, template=template.name, params=tuple(params.items()),
                        replica=replica, argv=argv, env=env, inherit_env=template.inherit,
                        cwd=cwd, policy=template.policy, python=python,
                        sockets=tuple((n, context["sockets"][n]["bind"]) for n in template.sockets))
     return spec.with_hashes()
+
+
+def _instance_name(template: Template, params: dict[str, Any], replica: int, context: dict[str, Any],
+                   renderer: _Renderer) -> str:
+    if template.name_pattern is None:
+        return default_name(template, params, replica)
+    name = renderer.text(template.name_pattern, context).strip()
+    if not name or re.search(r"[\s/]", name) or len(name) > 200:
+        raise _Refused(f"instance name {name!r} must be non-empty, at most 200 characters, "
+                       "without spaces or '/'")
+    return name
+
+
+def _program(template: Template, name: str, context: dict[str, Any], folder: Path, renderer: _Renderer,
+             step: list[str]) -> tuple[tuple[str, ...], PythonTarget | None]:
+    """(argv, the Python target if any) of one instance."""
+    python = None
+    if template.target is not None:
+        step[0] = "kwargs"
+        kwargs = {k: renderer.value(v, context) for k, v in template.kwargs}
+        paths = (str(folder),) + tuple(str((folder / p).resolve()) for p in template.pythonpath)
+        python = PythonTarget(template.target, tuple(sorted(kwargs.items())), template.preload,
+                              template.check_point, paths)
+        argv = _python_argv(name, python)
+    elif template.shell:
+        argv = ("/bin/sh", "-c", renderer.shell(template.command, context))  # type: ignore[arg-type]
+    elif isinstance(template.command, str):
+        argv = renderer.command(template.command, context)
+    else:
+        argv = tuple(renderer.text(part, context) for part in template.command or ())
+    if not argv or not argv[0]:
+        step[0] = "command"
+        raise _Refused(f"the command renders empty for {name}")
+    return argv, python
 
 
 def _python_argv(name: str, python: PythonTarget) -> tuple[str, ...]:

@@ -52,16 +52,9 @@ def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or a bare port (on 127.0.0.1) into (host, port)."""
-    host, _, port = address.strip().rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not 0 <= number <= 65535:
-        raise OrchError(f"orchestrator.metrics: expected \"host:port\", got {address!r}")
-    return host, number
+    """`host:port` or `[v6]:port`, already validated by the config, into (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class MetricsServer:
