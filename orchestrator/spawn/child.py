@@ -28,11 +28,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def set_title(title: str) -> None:  # pragma: no cover - runs in the helper
-    try:
-        import setproctitle
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
+    """The process title of a master, spawner or zygote (see worker.runtime.set_title)."""
+    from ..worker.runtime import set_title as titled
+    titled(title)
 
 
 def prctl(option: int, value: int) -> None:

@@ -125,13 +125,25 @@ def _logger(name: str) -> logging.Logger:
     return log
 
 
-def serve(cls: type[Worker], args: argparse.Namespace) -> int:
-    """The worker loop; returns the exit code."""
+def set_title(title: str) -> None:
+    """Name the process in ps. SPT_NOENV keeps setproctitle to the argv area: by default it
+    overwrites the environment block too, and /proc/PID/environ (where orch's ORCH_RUN cookie
+    sweep and tools like ps e look) would then show the title instead of the environment."""
+    added = "SPT_NOENV" not in os.environ
+    os.environ.setdefault("SPT_NOENV", "1")
     try:
         import setproctitle
-        setproctitle.setproctitle(f"orch: {args.name}")
+        setproctitle.setproctitle(title)
     except ImportError:
         pass
+    finally:
+        if added:
+            os.environ.pop("SPT_NOENV", None)
+
+
+def serve(cls: type[Worker], args: argparse.Namespace) -> int:
+    """The worker loop; returns the exit code."""
+    set_title(f"orch: {args.name}")
     stopping = False
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
