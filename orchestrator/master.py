@@ -20,7 +20,7 @@ from .loop import EventLoop
 from .control.notify import NotifyServer
 from .spawn.pidfile import PidLock
 from .worker.runtime import notify
-from .spawn.orphans import state_path, write_state
+from .spawn.orphans import end_record, state_path, write_state
 from .observe.procfs import start_time
 from .plan import reconcile
 from .spawn.child import reaped
@@ -209,9 +209,12 @@ class Master:
             except ChildProcessError:
                 pass
             log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
+            # Its children died with it (PDEATHSIG); descendants that escaped their session
+            # still carry the run's cookie: end them before the fleet comes back (rare: one /proc scan).
+            end_record({"run": old.run, "run_start": start_time(os.getpid())}, "by the dead spawner", 0.5)
             # Forking now that watchdog's thread exists is safe here: the new spawner runs
             # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
-            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}")
+            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run)
             self.supervisor.replace_spawner(self.spawner)
             self._state_changed()
         finally:
@@ -230,7 +233,7 @@ class Master:
                 inst.start_ticks = start_time(inst.pid)
             groups.append((inst.pid, inst.start_ticks))
         try:
-            write_state(self.settings.pidfile, self.spawner.pid, groups)
+            write_state(self.settings.pidfile, self.spawner.pid, groups, run=self.spawner.run)
         except OSError as exc:
             log.warning("cannot write the state file: %s", exc)
 

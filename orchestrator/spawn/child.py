@@ -15,6 +15,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_FDS_PER_MESSAGE = 64
 MAX_EVENTS_PER_MESSAGE = 256
+MAX_FD = 1 << 20  # above any RLIMIT_NOFILE the master sets (it raises the soft limit to the hard one)
 # Signals the master coordinates; the spawner must not die of them (a Ctrl-C reaches the
 # whole foreground group), and its children must get them back at their defaults.
 _COORDINATED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -38,10 +39,13 @@ def prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl failed")
 
 
-def prepare_child(parent: int, stdin: int, out: int, cwd: str) -> None:  # pragma: no cover - in children
-    """In a just-forked child: its own process group, death with its parent, default
-    signals, stdin from /dev/null, stdout and stderr to `out`, and the working directory."""
-    os.setpgid(0, 0)
+def prepare_child(parent: int, stdin: int, out: int, cwd: str, keep: int = -1) -> None:  # pragma: no cover
+    """In a just-forked child: its own session and process group, death with its parent,
+    default signals, stdin from /dev/null, stdout and stderr to `out`, no other fd but
+    `keep` (the exec-error pipe, close-on-exec), and the working directory."""
+    # A session of its own: a descendant that moves to another process group (rq's
+    # work-horse) still carries the instance's session id, which attributes it.
+    os.setsid()
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
         os._exit(1)
@@ -51,7 +55,18 @@ def prepare_child(parent: int, stdin: int, out: int, cwd: str) -> None:  # pragm
     os.dup2(stdin, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
+    close_fds(keep)
     os.chdir(cwd)
+
+
+def close_fds(keep: int = -1) -> None:  # pragma: no cover - in children
+    """Close every fd above 2 but `keep`: siblings' pipes, the helpers' sockets and whatever
+    the launcher of `orch up` left open never reach a worker (close_range(2) underneath)."""
+    if keep > 2:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, MAX_FD)
+    else:
+        os.closerange(3, MAX_FD)
 
 
 def reaped() -> Iterator[tuple[int, int]]:
@@ -79,7 +94,8 @@ def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  #
     """One pickled message and the fds sent with it; ((), []) when nothing is ready, None at
     EOF (the other end is gone)."""
     try:
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_PER_MESSAGE)
+        # Close-on-exec at once: a child forked before these are closed must not inherit them.
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_PER_MESSAGE, socket.MSG_CMSG_CLOEXEC)
     except (BlockingIOError, InterruptedError):
         return (), []
     except OSError:

@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any
 
-from .child import PR_SET_PDEATHSIG, kill_group, prctl, prepare_child, reaped, receive, set_title
+from .child import PR_SET_PDEATHSIG, close_fds, kill_group, prctl, prepare_child, reaped, receive, set_title
 
 
 def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
@@ -29,6 +29,7 @@ def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.
         code = 1
         try:
             ours.close()
+            close_fds(theirs.fileno())  # the spawner's sockets and pipes are not the zygote's
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             set_title(f"orch: zygote {target}")
             code = _Zygote(theirs, target, pythonpath).run()
@@ -115,8 +116,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             signal.set_wakeup_fd(-1)
             for sock in (self.sock, *self.wake):
                 sock.close()
-            prepare_child(parent, self.devnull, out, request.cwd)
-            os.close(out)
+            prepare_child(parent, self.devnull, out, request.cwd)  # closes every fd above 2
             env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
             os.environ.clear()
             os.environ.update(env)
@@ -149,11 +149,17 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
 class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integration tests
     """The spawner's zygotes, one per preloaded (target, pythonpath), started on first use."""
 
-    def __init__(self, selector: selectors.BaseSelector, send: Any):
+    def __init__(self, selector: selectors.BaseSelector, send: Any, started: Any, exited: Any):
         self.selector = selector
         self.send = send  # to the master
+        self.started = started  # (pid, instance name): a worker is running
+        self.exited = exited  # (pid): a worker ended; its leftovers are the spawner's to end
         self.zygotes: dict[tuple[str, tuple[str, ...]], ZygoteHandle] = {}
         self.children: dict[int, ZygoteHandle] = {}  # worker pid -> the zygote that forked it
+
+    def pids(self) -> list[int]:
+        """The zygotes' own pids (direct children of the spawner, not orphans)."""
+        return [zygote.pid for zygote in self.zygotes.values()]
 
     def fork(self, key: tuple[str, tuple[str, ...]], items: list[tuple[Any, int]]) -> list[tuple[int, str]]:
         """Ask the zygote for `key` (starting it if needed) to fork these requests; returns
@@ -168,7 +174,7 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
             socket.send_fds(zygote.sock, [message], [out for _, out in items])
         except OSError as exc:
             return [(r.token, f"preload zygote: {exc}") for r, _ in items]
-        zygote.pending.update(r.token for r, _ in items)
+        zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _ in items)
         return []
 
     def readable(self, zygote: "ZygoteHandle") -> None:
@@ -189,16 +195,18 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
             return
         if kind == "spawned":
             for token, pid in message[1]:
-                zygote.pending.discard(token)
+                name = zygote.pending.pop(token, None)
                 zygote.children.add(pid)
                 self.children[pid] = zygote
+                self.started(pid, name)
         elif kind == "failed":
             for token, _ in message[1]:
-                zygote.pending.discard(token)
+                zygote.pending.pop(token, None)
         elif kind == "exited":
             for pid, _ in message[1]:
                 zygote.children.discard(pid)
                 self.children.pop(pid, None)
+                self.exited(pid)
         self.send(message)
 
     def _gone(self, zygote: "ZygoteHandle") -> None:
@@ -212,7 +220,7 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         if zygote.children:
             for pid in zygote.children:
                 self.children.pop(pid, None)
-                kill_group(pid)
+                self.exited(pid)
             self.send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
 
 
@@ -223,6 +231,6 @@ class ZygoteHandle:  # pragma: no cover - runs in the helper
         self.key = key
         self.pid = pid
         self.sock = sock
-        self.pending: set[int] = set()
+        self.pending: dict[int, str | None] = {}  # token -> instance name, not forked yet
         self.children: set[int] = set()
         self.error: str | None = None
