@@ -4,6 +4,7 @@ process title."""
 
 from __future__ import annotations
 
+import array
 import ctypes
 import os
 import pickle
@@ -94,8 +95,7 @@ def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  #
     """One pickled message and the fds sent with it; ((), []) when nothing is ready, None at
     EOF (the other end is gone)."""
     try:
-        # Close-on-exec at once: a child forked before these are closed must not inherit them.
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_PER_MESSAGE, socket.MSG_CMSG_CLOEXEC)
+        data, fds = _recv_fds(sock)
     except (BlockingIOError, InterruptedError):
         return (), []
     except OSError:
@@ -103,3 +103,15 @@ def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  #
     if not data:
         return None
     return pickle.loads(data), fds
+
+
+def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:  # pragma: no cover - in the helpers
+    """recvmsg with MSG_CMSG_CLOEXEC: a child forked before these fds are closed must not
+    inherit them (socket.recv_fds drops its flags argument before Python 3.12)."""
+    fds = array.array("i")
+    data, ancillary, _, _ = sock.recvmsg(1 << 20, socket.CMSG_LEN(MAX_FDS_PER_MESSAGE * fds.itemsize),
+                                         socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
