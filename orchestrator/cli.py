@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not sys.platform.startswith("linux"):  # prctl, /proc and subreapers are Linux's
+        print(f"orch: needs Linux (this is {sys.platform}): it relies on prctl, /proc and "
+              "child subreapers", file=sys.stderr)
+        return EXIT_FAILED
     parser = build_parser()
     args = parser.parse_args(argv)
     path = find_config(getattr(args, "config", None))

@@ -35,9 +35,13 @@ class Timer:
 
 
 class EventLoop:
-    """Selector + timers + signals; `run()` until `stop()`."""
+    """Selector + timers + signals; `run()` until `stop()`.
 
-    def __init__(self) -> None:
+    `clock` is the monotonic clock timers run on; tests pass a fake one and drive the loop
+    with `run_once()`, so backoff, rollouts and limits replay in milliseconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.time = clock
         self.selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
@@ -81,7 +85,7 @@ class EventLoop:
 
     # --- timers ----------------------------------------------------------------
     def call_later(self, delay: float, callback: Callback) -> Timer:
-        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        timer = Timer(self.time() + max(0.0, delay), callback)
         heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
         return timer
 
@@ -132,16 +136,20 @@ class EventLoop:
             self._run_soon()
             if not self._running:
                 break
-            timeout = self._next_timeout()
-            for key, mask in self.selector.select(timeout):
-                reader, writer = key.data
-                if mask & selectors.EVENT_READ and reader is not None:
-                    self._call(reader)
-                if mask & selectors.EVENT_WRITE and writer is not None:
-                    fresh = self.selector.get_map().get(key.fd)  # the reader may have closed it
-                    if fresh is not None and fresh.data[1] is not None:
-                        self._call(fresh.data[1])
-            self._run_timers()
+            self.run_once(self._next_timeout())
+
+    def run_once(self, timeout: float | None = 0) -> None:
+        """One turn: wait up to `timeout` for fds, run their callbacks, due timers and soon calls."""
+        for key, mask in self.selector.select(timeout):
+            reader, writer = key.data
+            if mask & selectors.EVENT_READ and reader is not None:
+                self._call(reader)
+            if mask & selectors.EVENT_WRITE and writer is not None:
+                fresh = self.selector.get_map().get(key.fd)  # the reader may have closed it
+                if fresh is not None and fresh.data[1] is not None:
+                    self._call(fresh.data[1])
+        self._run_timers()
+        self._run_soon()
 
     @staticmethod
     def _call(callback: Callback) -> None:
@@ -158,10 +166,10 @@ class EventLoop:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        return max(0.0, self._timers[0][0] - self.time())
 
     def _run_timers(self) -> None:
-        now = time.monotonic()
+        now = self.time()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:

@@ -11,23 +11,23 @@ from typing import Any
 from . import __version__
 from .config.load import Config, Settings, load_config
 from .control.commands import Commands
+from .control.notify import NotifyServer
 from .control.server import ControlServer
 from .errors import ConfigError, ConfigProblem
 from .expand.render import ExpansionCache, expand
-from .observe.logs import Echo
-from .supervise.limits import Limits
+from .expand.spec import ProcessSpec
 from .loop import EventLoop
-from .control.notify import NotifyServer
-from .spawn.pidfile import PidLock
-from .worker.runtime import notify
-from .spawn.orphans import end_record, state_path, write_state
-from .observe.procfs import start_time
+from .observe.logs import Echo
+from .observe.service import ServiceNotifier
 from .plan import reconcile
 from .spawn.child import reaped
+from .observe.procfs import start_time
+from .spawn.orphans import StateRecorder, end_record
+from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
-from .expand.spec import ProcessSpec
+from .supervise.events import Event, StateChanged
+from .supervise.limits import Limits
 from .supervise.supervisor import Supervisor
-from .supervise.states import State
 
 log = logging.getLogger("orch")
 LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch",
@@ -71,21 +71,15 @@ class Master:
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
         self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
         self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
-        self.supervisor.on_update_hooks.append(self.limits.policy_changed)
         self.notify: NotifyServer | None = None
         self.metrics: Any = None
         self.reload_failures = 0
         self.last_reload_seconds = 0.0
-        self._service_ready = False
-        self._service_timer: Any = None
-        self.supervisor.on_start_hooks.append(lambda inst: self._service_status())
-        self.supervisor.on_exit_hooks.append(lambda inst: self._service_status())
+        self.service = ServiceNotifier(self.loop, self.supervisor)
+        self.state_file = StateRecorder(self.loop, self.supervisor, self.settings.pidfile, lambda: self.spawner)
         self.supervisor.on_idle = self._ops_idle
         self.supervisor.on_spawner_lost = self._spawner_lost
-        self.supervisor.on_exit_hooks.append(lambda inst: self._check_done())
-        self.supervisor.on_exit_hooks.append(lambda inst: self._state_changed())
-        self.supervisor.on_start_hooks.append(lambda inst: self._state_changed())
-        self._state_timer: Any = None
+        self.supervisor.events.subscribe(self._on_event)
         self.control: ControlServer | None = None
         self.watcher: Any = None
         self._initial_specs = specs
@@ -96,6 +90,16 @@ class Master:
         self._done_check_pending = False
         self._replacing_spawner = False
         set_log_level(self.settings.log_level)
+
+    @property
+    def stopping(self) -> bool:
+        """Shutting down: reloads are refused and `orch down` only waits."""
+        return self._stopping
+
+    def _on_event(self, event: Event) -> None:
+        """Once shutting down, the last process to end lets the master exit."""
+        if isinstance(event, StateChanged) and (event.started or event.ended):
+            self._check_done()
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -122,7 +126,7 @@ class Master:
                 self._start_watcher()
                 if self._read_sources() != self.config_bytes:  # saved while we were starting
                     self.loop.call_soon(lambda: self.request_reload("file changed during start-up"))
-            self.loop.call_soon(self._service_status)  # an empty fleet is ready at once
+            self.loop.call_soon(self.service.update)  # an empty fleet is ready at once
             self.applied_at = time.time()
             log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
                      len(plan.start), self.config.path)
@@ -148,8 +152,7 @@ class Master:
 
     def shutdown(self) -> None:
         """Graceful stop of every instance, bounded by graceful_timeout, then exit."""
-        if os.environ.get("NOTIFY_SOCKET"):
-            notify("STOPPING=1")
+        self.service.stop()
         self._stopping = True
         self.supervisor.stop_all()
         self.loop.call_later(self.settings.graceful_timeout, self._graceful_deadline)
@@ -216,50 +219,9 @@ class Master:
             # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
             self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run)
             self.supervisor.replace_spawner(self.spawner)
-            self._state_changed()
+            self.state_file.changed()
         finally:
             self._replacing_spawner = False
-
-    def _state_changed(self) -> None:
-        # Coalesced: one write for a burst of starts and exits, never on the spawn path itself.
-        if self._state_timer is None:
-            self._state_timer = self.loop.call_later(0.05, self._write_state)
-
-    def _write_state(self) -> None:
-        self._state_timer = None
-        groups = []
-        for inst in self.supervisor.by_pid.values():
-            if inst.start_ticks is None and inst.pid is not None:
-                inst.start_ticks = start_time(inst.pid)
-            groups.append((inst.pid, inst.start_ticks))
-        try:
-            write_state(self.settings.pidfile, self.spawner.pid, groups, run=self.spawner.run)
-        except OSError as exc:
-            log.warning("cannot write the state file: %s", exc)
-
-    # --- the master as a service (systemd Type=notify) ---------------------------------------
-    def _service_status(self) -> None:
-        """READY=1 once every instance was started, then STATUS= counts (at most once a second)."""
-        if not os.environ.get("NOTIFY_SOCKET") or self._stopping:
-            return
-        if not self._service_ready:
-            if any(i.state is State.STARTING for i in self.supervisor.instances.values()):
-                return
-            self._service_ready = True
-            notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={self._counts_text()}")
-            return
-        if self._service_timer is None:
-            self._service_timer = self.loop.call_later(1.0, self._send_service_status)
-
-    def _send_service_status(self) -> None:
-        self._service_timer = None
-        notify(f"STATUS={self._counts_text()}")
-
-    def _counts_text(self) -> str:
-        counts: dict[str, int] = {}
-        for inst in self.supervisor.instances.values():
-            counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
-        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances"
 
     def _metrics_text(self) -> str:
         from .observe.metrics import render_metrics
@@ -287,10 +249,7 @@ class Master:
             self.metrics.close()
         for inst in self.supervisor.instances.values():
             inst.logfile.close()
-        if self._state_timer is not None:
-            self._state_timer.cancel()
-        if not self.exit_code:
-            state_path(self.settings.pidfile).unlink(missing_ok=True)
+        self.state_file.close(clean=not self.exit_code)
         self.lock.release()
         self.loop.close()
         log.info("master %d exited", os.getpid())

@@ -11,6 +11,7 @@ from pathlib import Path
 from .config.load import Settings, load_config, load_settings
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
+from .observe.procfs import is_running
 from .spawn.pidfile import PidLock
 from .spawn.child import set_title
 from .spawn.spawner import SpawnerClient
@@ -71,12 +72,28 @@ def _foreground(path: Path, quiet: bool) -> int:
 
 
 def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
-    """Double fork + setsid, stdio to master.log beside the pidfile; return once *this* master answers.
+    """Start a daemonized master and return once *this* master answers on its socket.
 
-    The daemon sends its pid up a pipe. Success means a ping on the control socket answered
-    by that pid (not by some other master already listening there); a daemon that dies
-    during start-up fails the command at once, with the end of its log."""
+    Success means a ping answered by the daemon's own pid (not by some other master already
+    listening there); a daemon that dies during start-up fails the command at once, with
+    the end of its log."""
     PidLock(pidfile).acquire().release()  # another master for this config: fail here (exit 1)
+    log_file = pidfile.parent / "master.log"
+    daemon = _daemonize(path, log_file)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if _answers(socket_path, daemon):
+            print(f"orch master {daemon} is running in the background (logs: {log_file})")
+            return 0
+        if not is_running(daemon):
+            raise OrchError(f"the detached master exited during start-up; the end of {log_file}:\n"
+                            + _tail(log_file, 10))
+        time.sleep(0.05)
+    raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_file}")
+
+
+def _daemonize(path: Path, log_file: Path) -> int:
+    """Double fork + setsid, stdio to `log_file`; returns the daemon's pid (sent up a pipe)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -86,54 +103,44 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
             os._exit(0)
         os.write(write_end, f"{os.getpid()}\n".encode())
         os.close(write_end)  # the parent now waits on the socket instead
-        log = os.open(pidfile.parent / "master.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(null)
-        os.close(log)
-        os.chdir("/")
-        code = 1
-        try:
-            code = _foreground(path, quiet=True)
-        except OrchError as exc:
-            print(f"orch: {exc}", file=sys.stderr)
-        finally:
-            os._exit(code)
+        _run_daemon(path, log_file)
     os.close(write_end)
     os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as pipe:
         reported = pipe.read().strip()
-    log_file = pidfile.parent / "master.log"
     if not reported:
         raise OrchError(f"the detached master did not start; see {log_file}")
-    daemon = int(reported)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            client = ControlClient(socket_path, timeout=2)
-            try:
-                info = client.call("ping")
-            finally:
-                client.close()
-            if info["pid"] == daemon:
-                print(f"orch master {daemon} is running in the background (logs: {log_file})")
-                return 0
-        except (OrchError, ControlError, OSError):  # not listening yet (NoMasterError), or mid-start
-            pass
-        if not _running(daemon):
-            raise OrchError(f"the detached master exited during start-up; the end of {log_file}:\n"
-                            + _tail(log_file, 10))
-        time.sleep(0.05)
-    raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_file}")
+    return int(reported)
 
 
-def _running(pid: int) -> bool:
-    import psutil
+def _run_daemon(path: Path, log_file: Path) -> None:  # pragma: no cover - runs in the daemon
+    """In the daemon: stdin from /dev/null, stdout and stderr to the log, then the master."""
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+    os.chdir("/")
+    code = 1
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        code = _foreground(path, quiet=True)
+    except OrchError as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+    finally:
+        os._exit(code)
+
+
+def _answers(socket_path: Path, daemon: int) -> bool:
+    """The master listening on `socket_path` is `daemon`."""
+    try:
+        client = ControlClient(socket_path, timeout=2)
+        try:
+            return client.call("ping")["pid"] == daemon
+        finally:
+            client.close()
+    except (OrchError, ControlError, OSError):  # not listening yet (NoMasterError), or mid-start
         return False
 
 

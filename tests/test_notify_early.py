@@ -7,6 +7,7 @@ import time
 
 from orchestrator.config.load import load_config
 from orchestrator.expand.render import expand
+from orchestrator.supervise.events import EventBus
 from orchestrator.supervise.instance import Instance
 from orchestrator.supervise.limits import Limits
 from orchestrator.observe.logs import LogFile
@@ -15,13 +16,12 @@ from orchestrator.supervise.states import State
 
 
 class Fleet:
-    """Just the supervisor state Limits reads: instances by pid and the hook lists."""
+    """Just the supervisor state Limits reads: instances by pid and the event bus."""
 
     def __init__(self) -> None:
         self.instances: dict = {}
         self.by_pid: dict = {}
-        self.on_start_hooks: list = []
-        self.on_exit_hooks: list = []
+        self.events = EventBus()
         self.ready: list = []
 
     def mark_ready(self, inst: Instance) -> None:
@@ -36,18 +36,18 @@ def test_messages_sent_before_the_spawn_is_acknowledged_are_replayed(tmp_path):
     try:
         fleet = Fleet()
         limits = Limits(fleet, loop, check_interval=1.0)
-        inst = Instance(spec, LogFile(tmp_path / "w.log", 0, 0), None)
+        inst = Instance(spec, LogFile(tmp_path / "w.log", 0, 0), None, fleet.events.emit)
+        inst.state = State.STARTING
         # The worker speaks first ...
         limits.on_notify(child.pid, {"READY": "1", "STATUS": "warming"})
         limits.on_notify(child.pid, {"ORCH_BEGIN": "1"})
         assert inst.notify_status is None and not fleet.ready
         # ... then the spawner's "spawned" arrives and the instance gets its pid.
-        inst.pid, inst.state, inst.started_at = child.pid, State.RUNNING, time.monotonic()
+        inst.pid, inst.started_at = child.pid, time.monotonic()
         fleet.by_pid[child.pid] = inst
-        for hook in fleet.on_start_hooks:
-            hook(inst)
+        inst.set_state(State.RUNNING)
         assert inst.notify_status == "warming" and fleet.ready == ["w"]
-        assert inst.busy_since is not None and "request" in inst.limit_timers, "the timeout clock runs"
+        assert "request" in inst.limit_timers, "the timeout clock runs"
     finally:
         loop.close()
         child.kill()

@@ -13,10 +13,9 @@ LEGAL = {
     (S.STOPPED, S.STARTING),
     (S.STARTING, S.RUNNING), (S.STARTING, S.STOPPING), (S.STARTING, S.BACKOFF),
     (S.STARTING, S.CRASHLOOP), (S.STARTING, S.EXITED), (S.STARTING, S.STARTING),
-    (S.STARTING, S.STOPPED),
     (S.RUNNING, S.STOPPING), (S.RUNNING, S.BACKOFF), (S.RUNNING, S.CRASHLOOP),
     (S.RUNNING, S.STARTING), (S.RUNNING, S.EXITED),
-    (S.STOPPING, S.STOPPED), (S.STOPPING, S.STARTING),
+    (S.STOPPING, S.STOPPED),
     (S.BACKOFF, S.STARTING), (S.BACKOFF, S.STOPPED),
     (S.CRASHLOOP, S.STARTING), (S.CRASHLOOP, S.STOPPED),
     (S.EXITED, S.STARTING), (S.EXITED, S.STOPPED),
@@ -44,6 +43,8 @@ def test_illegal_transition_raises(old, new):
     (S.STOPPING, S.RUNNING),
     (S.BACKOFF, S.RUNNING),
     (S.EXITED, S.RUNNING),
+    (S.STARTING, S.STOPPED),    # a stop goes through STOPPING, even before the spawn is sent
+    (S.STOPPING, S.STARTING),   # a restart goes through STOPPED
 ])
 def test_notable_illegal_transitions(old, new):
     with pytest.raises(IllegalTransition):

@@ -198,7 +198,8 @@ def test_a_double_forked_daemon_belongs_to_its_instance_through_restart_and_down
     try:
         leader = master.wait_running(1)["d"]
         first = wait_for(lambda: pids_in(daemons), message="the daemon")[0]
-        assert psutil.Process(first).ppid() == spawner_of(master).pid, "orphaned to the spawner"
+        spawner = spawner_of(master).pid
+        wait_for(lambda: psutil.Process(first).ppid() == spawner, message="the daemon orphaned to the spawner")
         assert os.getsid(first) != leader and os.getpgid(first) != leader, "it left the instance's session"
         wait_for(lambda: master.status()["d"].get("processes", 2) >= 2 and master.status()["d"]["rss"],
                  message="the daemon counted in status")

@@ -10,16 +10,46 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from .. import __version__
-from .server import Connection, ControlError
 from ..errors import ConfigError
+from ..loop import EventLoop
 from ..plan import describe, reconcile
-from ..supervise.states import ALIVE, State
+from ..supervise.states import ALIVE
+from ..supervise.supervisor import Supervisor
+from .server import Connection, ControlError
 
-if TYPE_CHECKING:
-    from ..master import Master
+
+class _Settings(Protocol):
+    name: str
+
+
+class _Config(Protocol):
+    path: Path
+
+
+class MasterControl(Protocol):
+    """What the commands need of the master (which implements it), and nothing more."""
+
+    settings: _Settings
+    config: _Config
+    supervisor: Supervisor
+    loop: EventLoop
+    started: float
+    applied_at: float | None
+    reload_count: int
+    last_reload_error: str | None
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def request_reload(self, origin: str, force: bool = False) -> dict[str, Any]: ...
+
+    def load(self) -> tuple[Any, list[Any]]: ...
+
+    def shutdown(self) -> None: ...
 
 log = logging.getLogger("orch")
 
@@ -27,7 +57,7 @@ log = logging.getLogger("orch")
 class Commands:
     """Handlers for the control socket, bound to one master."""
 
-    def __init__(self, master: "Master"):
+    def __init__(self, master: MasterControl):
         self.master = master
 
     def __call__(self, cmd: str, args: dict[str, Any], conn: Connection) -> Any:
@@ -50,7 +80,7 @@ class Commands:
             "applied_at": self.master.applied_at,
             "reloads": self.master.reload_count,
             "last_reload_error": self.master.last_reload_error,
-            "stopping": self.master._stopping,
+            "stopping": self.master.stopping,
             "instances": self.master.supervisor.status(names, usage=True),
         }
 
@@ -71,7 +101,7 @@ class Commands:
 
     def cmd_down(self, conn: Connection) -> dict[str, Any]:
         conn.keep_open = True  # the client waits for EOF, which comes when this process exits
-        if not self.master._stopping:
+        if not self.master.stopping:
             log.info("orch down: stopping %d instances", len(self.master.supervisor.alive()))
             self.master.loop.call_soon(self.master.shutdown)
         return {"pid": os.getpid()}
@@ -95,35 +125,26 @@ class Commands:
     def cmd_stop(self, conn: Connection, patterns: list[str]) -> list[str]:
         names = self.match(patterns)
         for name in names:
-            inst = self.master.supervisor.instances[name]
-            inst.held = True
-            if inst.then != "remove":
-                self.master.supervisor.stop(inst, then="stop")
+            self.master.supervisor.hold(self.master.supervisor.instances[name])
         return names
 
     def cmd_start(self, conn: Connection, patterns: list[str]) -> list[str]:
         names = self.match(patterns)
         for name in names:
-            inst = self.master.supervisor.instances[name]
-            inst.held = False
-            if inst.state not in ALIVE:
-                self.master.supervisor.start(inst)
-            elif inst.state is State.STOPPING and inst.then == "stop":
-                inst.then = "restart"
+            self.master.supervisor.release(self.master.supervisor.instances[name])
         return names
 
     def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False) -> list[str]:
         names = self.match(patterns)
+        supervisor = self.master.supervisor
         items = []
         for name in names:
-            inst = self.master.supervisor.instances[name]
-            inst.held = False
-            if inst.state not in ALIVE:
-                self.master.supervisor.start(inst)
-            elif rolling:
+            inst = supervisor.instances[name]
+            if rolling and inst.state in ALIVE:
+                inst.held = False
                 items.append((inst, None))
             else:
-                self.master.supervisor.stop(inst, then="restart")
+                supervisor.restart(inst)
         if items:
-            self.master.supervisor.roll(f"{len(items)} instances", items)
+            supervisor.roll(f"{len(items)} instances", items)
         return names

@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 from typing import Callable
 
-from .server import close_listener
+from .server import bind_unix, close_listener
 from ..loop import EventLoop
 
 log = logging.getLogger("orch")
@@ -46,14 +46,7 @@ class NotifyServer:
         self.loop = loop
         self.path = path
         self.on_message = on_message
-        if path.exists() or path.is_socket():
-            path.unlink()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        old_umask = os.umask(0o177)
-        try:
-            self.sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
+        self.sock = bind_unix(path, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.setblocking(False)

@@ -127,16 +127,7 @@ class ControlServer:
         self.path = path
         self.handler = handler
         self.connections: set[Connection] = set()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_socket() or path.exists():
-            path.unlink()  # stale: the pidfile lock proves no other master owns it
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # never visible with wider permissions, not even briefly
-        try:
-            self.sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
+        self.sock = bind_unix(path, socket.SOCK_STREAM)
         self.sock.listen(128)
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._accept)
@@ -164,6 +155,22 @@ class ControlServer:
 
     def close(self) -> None:
         close_listener(self.loop, self.sock, self.path)
+
+
+def bind_unix(path: Path, kind: int) -> socket.socket:
+    """An owner-only Unix socket bound at `path`, replacing a stale file (the pidfile lock
+    proves no other master owns it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket() or path.exists():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, kind)
+    old_umask = os.umask(0o177)  # never visible with wider permissions, not even briefly
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return sock
 
 
 def close_listener(loop: EventLoop, sock: socket.socket, path: Path) -> None:

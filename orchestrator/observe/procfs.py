@@ -31,6 +31,12 @@ def start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def is_running(pid: int) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped) counts as gone."""
+    fields = stat_fields(pid)
+    return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
 def process_group(pid: int) -> int | None:
     fields = stat_fields(pid)
     return int(fields[2]) if fields else None

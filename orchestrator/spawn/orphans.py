@@ -20,9 +20,9 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
-from ..observe.procfs import all_pids, env_value, environ, start_time, stat_fields
+from ..observe.procfs import all_pids, env_value, environ, is_running, start_time, stat_fields
 
 log = logging.getLogger("orch")
 
@@ -41,6 +41,49 @@ def write_state(pidfile: Path, spawner: int, groups: Iterable[tuple[int, int | N
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, path)
+
+
+class StateRecorder:
+    """Keeps the state file in step with the running groups: a subscriber of the
+    supervisor's events, writing at most once per 50 ms burst, never on the spawn path."""
+
+    DELAY = 0.05
+
+    def __init__(self, loop: Any, supervisor: Any, pidfile: Path, spawner: Callable[[], Any]):
+        self.loop = loop
+        self.supervisor = supervisor
+        self.pidfile = pidfile
+        self.spawner = spawner  # the current SpawnerClient: its pid and the run's cookie
+        self._timer: Any = None
+        supervisor.events.subscribe(self.on_event)
+
+    def on_event(self, event: Any) -> None:
+        if getattr(event, "started", False) or getattr(event, "ended", False):
+            self.changed()
+
+    def changed(self) -> None:
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.DELAY, self.write)
+
+    def write(self) -> None:
+        self._timer = None
+        groups = []
+        for inst in self.supervisor.by_pid.values():
+            if inst.start_ticks is None and inst.pid is not None:
+                inst.start_ticks = start_time(inst.pid)
+            groups.append((inst.pid, inst.start_ticks))
+        try:
+            spawner = self.spawner()
+            write_state(self.pidfile, spawner.pid, groups, run=spawner.run)
+        except OSError as exc:
+            log.warning("cannot write the state file: %s", exc)
+
+    def close(self, clean: bool) -> None:
+        """Stop writing; a clean exit leaves nothing to sweep, so the file goes."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if clean:
+            state_path(self.pidfile).unlink(missing_ok=True)
 
 
 def _recorded_leaders(record: dict) -> dict[int, int]:
@@ -128,11 +171,6 @@ def end_record(record: dict, by: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     remaining = victims
     while remaining and time.monotonic() < deadline:
-        remaining = [pid for pid in remaining if _running(pid)]
+        remaining = [pid for pid in remaining if is_running(pid)]
         time.sleep(0.01)
     return len(victims)
-
-
-def _running(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return bool(fields) and fields[0] not in (b"Z", b"X")

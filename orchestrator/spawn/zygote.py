@@ -229,7 +229,7 @@ class ZygoteHandle:  # pragma: no cover - runs in the helper
 
     def __init__(self, key: tuple[str, tuple[str, ...]], pid: int, sock: socket.socket):
         self.key = key
-        self.pid = pid
+        self.pid = pid  # a direct child of the spawner, never taken for an orphan
         self.sock = sock
         self.pending: dict[int, str | None] = {}  # token -> instance name, not forked yet
         self.children: set[int] = set()

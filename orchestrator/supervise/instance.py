@@ -8,10 +8,11 @@ import signal
 import time
 from typing import Any, Callable
 
+from ..expand.spec import ProcessSpec
 from ..loop import Timer
 from ..observe.logs import LogFile
-from ..expand.spec import ProcessSpec
-from .states import State, check_transition
+from .events import Event, StateChanged
+from .states import State, Then, check_transition
 
 log = logging.getLogger("orch")
 
@@ -19,8 +20,12 @@ log = logging.getLogger("orch")
 class Instance:
     """A named slot that runs one `ProcessSpec` at a time, across restarts."""
 
-    def __init__(self, spec: ProcessSpec, logfile: LogFile, echo: Callable[[bytes], None] | None):
+    def __init__(self, spec: ProcessSpec, logfile: LogFile, echo: Callable[[bytes], None] | None,
+                 emit: Callable[[Event], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.spec = spec
+        self._emit = emit
+        self._clock = clock
         self.next_spec: ProcessSpec | None = None  # what to run after the current stop
         self.state = State.STOPPED
         self.pid: int | None = None
@@ -31,14 +36,13 @@ class Instance:
         self.last_exit: str | None = None
         self.last_reason: str | None = None  # the limit that caused the last stop, if any
         self.limit_kills: dict[str, int] = {}
-        self.then = "stop"                # after the current stop: stop | restart | remove
+        self.then = Then.STOP             # what follows the current stop
         self.held = False                 # stopped by an operator: reloads must not start it
         self.timer: Timer | None = None   # backoff or kill deadline
         self.logfile = logfile
         self.echo = echo
         self.ready = False
         self.requests = 0
-        self.busy_since: float | None = None
         self.notify_status: str | None = None
         self.rss = 0
         self.cpu_percent = 0.0
@@ -60,10 +64,14 @@ class Instance:
         """The spec this slot is converging to."""
         return self.next_spec or self.spec
 
-    def set_state(self, new: State) -> None:
-        """The one place a state changes; refuses moves the transition table does not allow."""
-        check_transition(self.state, new)
+    def set_state(self, new: State, reason: str | None = None) -> None:
+        """The one place a state changes: refuses moves the transition table does not allow,
+        then emits `StateChanged` to every subscriber."""
+        old = self.state
+        check_transition(old, new)
         self.state = new
+        if self._emit is not None:
+            self._emit(StateChanged(self, old, new, reason))
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -71,7 +79,7 @@ class Instance:
             self.timer = None
 
     def uptime(self) -> float:
-        return time.monotonic() - self.started_at if self.pid else 0.0
+        return self._clock() - self.started_at if self.pid else 0.0
 
     def write_output(self, data: bytes) -> None:
         self.logfile.write(data)

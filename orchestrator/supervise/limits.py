@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from typing import Any
 
 from ..config.load import Policy
+from .events import Event, PolicyChanged, StateChanged
 from .instance import Instance
 from ..loop import EventLoop, Timer
 from ..observe.procfs import process_group
-from .states import State
+from .states import State, Then
 from ..units import format_size
 
 log = logging.getLogger("orch")
@@ -53,17 +53,26 @@ class Limits:
         self.check_interval = check_interval
         self._sampler: Timer | None = None
         self._early: dict[int, list[tuple[float, dict[str, str]]]] = {}  # process group -> messages
-        supervisor.on_start_hooks.append(self.on_start)
-        supervisor.on_exit_hooks.append(self.on_exit)
+        supervisor.events.subscribe(self.on_event)
 
-    # --- lifecycle hooks ------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        """Arm limits when a process starts, drop its deadlines when it ends."""
+        if isinstance(event, PolicyChanged):
+            self.policy_changed(event.instance)
+        elif isinstance(event, StateChanged):
+            if event.started:
+                self.on_start(event.instance)
+            elif event.ended:
+                self.on_exit(event.instance)
+
     def on_start(self, inst: Instance) -> None:
         inst.over_soft = 0
         self._arm_lifetime(inst)
         if inst.spec.policy.memory_hard or inst.spec.policy.memory_soft:
             self.ensure_sampling()
         for sent, fields in self._early.pop(inst.pid, ()):  # sent before we knew this pid
-            if time.monotonic() - sent < EARLY_SECONDS:  # never replay to a recycled pid
+            if self.loop.time() - sent < EARLY_SECONDS:  # never replay to a recycled pid
                 self._apply(inst, fields)
 
     def on_exit(self, inst: Instance) -> None:
@@ -114,7 +123,7 @@ class Limits:
             # A fast worker (forked from a zygote) can speak before the spawner's "spawned"
             # reaches us: keep its messages, by process group, until its pid is known.
             group = process_group(pid) or pid
-            self._early.setdefault(group, []).append((time.monotonic(), fields))
+            self._early.setdefault(group, []).append((self.loop.time(), fields))
             while len(self._early) > EARLY_MAX:
                 self._early.pop(next(iter(self._early)))
             return
@@ -134,12 +143,10 @@ class Limits:
             watchdog = inst.limit_timers.pop("watchdog", None)
             if watchdog is not None:  # it reports requests: timeout is per request, not a heartbeat
                 watchdog.cancel()
-            inst.busy_since = time.monotonic()
             if policy.timeout:
                 self._arm(inst, "request", policy.timeout,
                           lambda: self.enforce(inst, "timeout", f"one request ran over {policy.timeout:g}s"))
         if fields.get("ORCH_END") == "1" or fields.get("ORCH_IDLE") == "1":
-            inst.busy_since = None
             timer = inst.limit_timers.pop("request", None)
             if timer is not None:
                 timer.cancel()
@@ -200,7 +207,7 @@ class Limits:
         inst.limit_kills[reason] = inst.limit_kills.get(reason, 0) + 1
         if reason in GRACEFUL_REASONS:
             log.warning("%s[%d] %s (%s): graceful stop, then restart", inst.name, inst.pid, reason, detail)
-            self.supervisor.stop(inst, then="restart", reason=reason)
+            self.supervisor.stop(inst, Then.RESTART, reason=reason)
         else:
             log.warning("%s[%d] %s (%s): SIGKILL to its process group, then restart",
                         inst.name, inst.pid, reason, detail)

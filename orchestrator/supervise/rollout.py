@@ -1,73 +1,58 @@
-"""`Rollout`: restart a set of instances in batches, each batch ready before the next.
+"""`Rollout`: which instances of a rolling restart to stop next, batch by batch.
 
-Ready means `READY=1` from a worker that speaks the notify protocol, otherwise up for
-`min_uptime`. An instance that dies before it is ready halts the rollout: the rest keep
-running their old process, and the next reload (or `orch restart`) tries again.
+A batch scheduler only: the supervisor asks it what to stop (`take`), tells it when an
+instance is ready on its new process (`ready`) or died before it was (`failed`), and does
+all the stopping and starting itself. Ready means `READY=1` from a worker that speaks the
+notify protocol, otherwise up for `min_uptime`. A failure halts the rollout: the rest keep
+their old process, and the next reload (or `orch restart`) tries again.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 from ..expand.spec import ProcessSpec
 
 if TYPE_CHECKING:
-    from .instance import Instance
-    from .supervisor import Supervisor
+    from .instance import Instance  # noqa: F401
 
-log = logging.getLogger("orch")
+T = TypeVar("T")
 
 
-class Rollout:
-    """At most `batch` instances of the set are down or not yet ready at any time."""
+class Rollout(Generic[T]):
+    """At most `batch` of the items are down or not yet ready at any time."""
 
-    def __init__(self, supervisor: "Supervisor", label: str, batch: int,
-                 items: list[tuple["Instance", ProcessSpec | None]]):
-        self.supervisor = supervisor
+    def __init__(self, label: str, batch: int, items: list[tuple[T, ProcessSpec | None]]):
         self.label = label
         self.batch = max(1, batch)
         self.waiting = collections.deque(items)
-        self.in_flight: set["Instance"] = set()
+        self.in_flight: set[T] = set()
         self.total = len(items)
+        self.halted = False
 
-    def begin(self) -> None:
-        self.supervisor.pending_ops += 1  # a queued reload waits for the whole rollout
-        self.supervisor.rollouts.add(self)
-        log.info("rolling restart of %s: %d instances, %d at a time", self.label, self.total, self.batch)
-        self._fill()
-
-    def _fill(self) -> None:
+    def take(self, eligible: Callable[[T], bool]) -> list[tuple[T, ProcessSpec | None]]:
+        """The items to restart now (skipping those no longer `eligible`), marked in flight."""
+        chosen = []
         while len(self.in_flight) < self.batch and self.waiting:
-            inst, spec = self.waiting.popleft()
-            if self.supervisor.instances.get(inst.name) is not inst or inst.then == "remove":
-                continue
-            if spec is not None:
-                inst.next_spec = spec
-            inst.rollout = self
-            self.in_flight.add(inst)
-            self.supervisor.stop(inst, then="restart", tracked=True)
-        if not self.in_flight and not self.waiting:
-            self._end(f"rolling restart of {self.label} done")
+            item, spec = self.waiting.popleft()
+            if eligible(item):
+                self.in_flight.add(item)
+                chosen.append((item, spec))
+        return chosen
 
-    def ready(self, inst: "Instance") -> None:
-        """`inst` runs its new process and is ready: start the next one."""
-        inst.rollout = None
-        self.in_flight.discard(inst)
-        self._fill()
+    def ready(self, item: T) -> None:
+        """`item` runs its new process and is ready: its slot in the batch is free."""
+        self.in_flight.discard(item)
 
-    def failed(self, inst: "Instance") -> None:
-        inst.rollout = None
-        self.in_flight.discard(inst)
+    def failed(self, item: T) -> int:
+        """`item` died before it was ready: halt; returns how many keep their old process."""
+        self.in_flight.discard(item)
         left = len(self.waiting)
         self.waiting.clear()
-        self._end(f"rolling restart of {self.label} halted: {inst.name} died before it was ready; "
-                  f"{left} instances keep their old process", warning=True)
+        self.halted = True
+        return left
 
-    def _end(self, message: str, warning: bool = False) -> None:
-        if self not in self.supervisor.rollouts:
-            return
-        self.supervisor.rollouts.discard(self)
-        (log.warning if warning else log.info)(message)
-        self.supervisor.op_done()
+    @property
+    def finished(self) -> bool:
+        return not self.in_flight and not self.waiting

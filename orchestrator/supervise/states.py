@@ -1,4 +1,4 @@
-"""Instance states and the only transitions allowed between them."""
+"""Instance states, the only transitions allowed between them, and what follows a stop."""
 
 from __future__ import annotations
 
@@ -17,13 +17,23 @@ class State(enum.Enum):
     EXITED = "exited"          # ended and its restart policy says not to restart
 
 
+class Then(enum.Enum):
+    """What follows the stop in progress: stay stopped, start again, or drop the slot."""
+
+    STOP = "stop"
+    RESTART = "restart"
+    REMOVE = "remove"
+
+
+# Exactly the moves the supervisor makes: a stop always ends in STOPPED (a restart goes
+# STOPPED -> STARTING), and a failed spawn may retry at once (STARTING -> STARTING).
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.BACKOFF, State.CRASHLOOP,
-                               State.EXITED, State.STARTING, State.STOPPED}),
+                               State.EXITED, State.STARTING}),
     State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.CRASHLOOP, State.STARTING,
                               State.EXITED}),
-    State.STOPPING: frozenset({State.STOPPED, State.STARTING}),
+    State.STOPPING: frozenset({State.STOPPED}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPED}),
     State.CRASHLOOP: frozenset({State.STARTING, State.STOPPED}),
     State.EXITED: frozenset({State.STARTING, State.STOPPED}),

@@ -11,20 +11,20 @@ import itertools
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .backoff import decide_restart
-from .instance import Instance, describe_exit
-from ..observe.logs import Echo, LogFile, log_path
-from ..loop import EventLoop
-from ..plan import Plan, Running
-from ..observe.procfs import CLOCK_TICKS, TreeSampler
-from .rollout import Rollout
-from ..spawn.spawner import SpawnerClient, SpawnRequest
 from ..expand.spec import ProcessSpec
-from .states import ALIVE, State
+from ..loop import EventLoop
+from ..observe.logs import Echo, LogFile, log_path
+from ..observe.procfs import CLOCK_TICKS, TreeSampler
+from ..plan import Plan, Running
+from ..spawn.spawner import SpawnerClient, SpawnRequest
+from .backoff import decide_restart
+from .events import EventBus, PolicyChanged, StateChanged
+from .instance import Instance, describe_exit
+from .rollout import Rollout
+from .states import ALIVE, State, Then
 
 log = logging.getLogger("orch")
 
@@ -48,12 +48,11 @@ class Supervisor:
         self._flush_scheduled = False
         self.pending_ops = 0
         self.on_idle: Callable[[], None] | None = None  # called when pending_ops drops to 0
-        self.on_exit_hooks: list[Callable[[Instance], None]] = []
-        self.on_start_hooks: list[Callable[[Instance], None]] = []
         self.on_spawner_lost: Callable[[], None] | None = None
-        self.on_update_hooks: list[Callable[[Instance], None]] = []
+        self.events = EventBus()  # StateChanged and PolicyChanged, for limits, master, logs
+        self.events.subscribe(_log_transition)
         self.shutting_down = False
-        self.rollouts: set[Rollout] = set()
+        self.rollouts: set[Rollout[Instance]] = set()
         self.trees = TreeSampler()  # /proc fds kept open per live pid, for status and limits
         loop.add_reader(spawner.fileno(), self._on_spawner)
 
@@ -61,7 +60,7 @@ class Supervisor:
     def running_view(self) -> dict[str, Running]:
         """What reconcile diffs against: each slot's target spec, slots being removed excluded."""
         return {name: Running(inst.target.process_hash, inst.target.policy_hash)
-                for name, inst in self.instances.items() if inst.then != "remove"}
+                for name, inst in self.instances.items() if inst.then is not Then.REMOVE}
 
     def apply(self, plan: Plan) -> None:
         """Start, stop, restart and update per the plan; returns at once, work goes on in the loop."""
@@ -69,13 +68,13 @@ class Supervisor:
             existing = self.instances.get(spec.name)
             if existing is not None:  # still stopping from an earlier removal: run it again after
                 existing.next_spec = spec
-                existing.then = "restart"
+                existing.then = Then.RESTART
                 continue
             inst = self._new_instance(spec)
             self.instances[spec.name] = inst
             self.start(inst)
         for name in plan.stop:
-            self.stop(self.instances[name], then="remove", tracked=True)
+            self.stop(self.instances[name], Then.REMOVE, tracked=True)
         rolling: dict[str, list[tuple[Instance, ProcessSpec | None]]] = {}
         for spec in plan.restart:
             inst = self.instances[spec.name]
@@ -86,7 +85,7 @@ class Supervisor:
                 rolling.setdefault(spec.template, []).append((inst, spec))
                 continue
             inst.next_spec = spec
-            self.stop(inst, then="restart", tracked=True)
+            self.stop(inst, Then.RESTART, tracked=True)
         for template, items in rolling.items():
             self.roll(f"template {template}", items)
         for spec in plan.update:
@@ -96,19 +95,47 @@ class Supervisor:
                 continue
             inst.spec = spec
             inst.logfile.max_size, inst.logfile.backups = spec.policy.log_max_size, spec.policy.log_backups
-            for hook in self.on_update_hooks:
-                hook(inst)
+            self.events.emit(PolicyChanged(inst))
 
     def _new_instance(self, spec: ProcessSpec) -> Instance:
         policy = spec.policy
         logfile = LogFile(log_path(self.log_dir, spec.name), policy.log_max_size, policy.log_backups)
         echo = self.echo.prefixer(spec.name) if self.echo else None
-        return Instance(spec, logfile, echo)
+        return Instance(spec, logfile, echo, self.events.emit, self.loop.time)
 
+    # --- rolling restarts ---------------------------------------------------------------
     def roll(self, label: str, items: list[tuple[Instance, ProcessSpec | None]]) -> None:
         """Restart these instances in batches of their template's `max_unavailable`."""
         batch = min(inst.target.policy.max_unavailable for inst, _ in items)
-        Rollout(self, label, batch, items).begin()
+        rollout: Rollout[Instance] = Rollout(label, batch, items)
+        self.pending_ops += 1  # a queued reload waits for the whole rollout
+        self.rollouts.add(rollout)
+        log.info("rolling restart of %s: %d instances, %d at a time", label, rollout.total, rollout.batch)
+        self._roll_on(rollout)
+
+    def _roll_on(self, rollout: Rollout[Instance]) -> None:
+        def eligible(inst: Instance) -> bool:
+            return self.instances.get(inst.name) is inst and inst.then is not Then.REMOVE
+        for inst, spec in rollout.take(eligible):
+            if spec is not None:
+                inst.next_spec = spec
+            inst.rollout = rollout
+            self.stop(inst, Then.RESTART, tracked=True)
+        if rollout.finished:
+            self._end_rollout(rollout, f"rolling restart of {rollout.label} done")
+
+    def _rollout_failed(self, inst: Instance) -> None:
+        rollout, inst.rollout = inst.rollout, None
+        left = rollout.failed(inst)
+        self._end_rollout(rollout, f"rolling restart of {rollout.label} halted: {inst.name} died before "
+                                   f"it was ready; {left} instances keep their old process", warning=True)
+
+    def _end_rollout(self, rollout: Rollout[Instance], message: str, warning: bool = False) -> None:
+        if rollout not in self.rollouts:
+            return
+        self.rollouts.discard(rollout)
+        (log.warning if warning else log.info)(message)
+        self.op_done()
 
     def op_done(self) -> None:
         """One tracked operation (a reload's stop, a rollout) finished."""
@@ -122,7 +149,9 @@ class Supervisor:
             return
         inst.ready = True
         if inst.rollout is not None:
-            inst.rollout.ready(inst)
+            rollout, inst.rollout = inst.rollout, None
+            rollout.ready(inst)
+            self._roll_on(rollout)
 
     def _ready_after_min_uptime(self, inst: Instance) -> None:
         pid = inst.pid
@@ -134,13 +163,40 @@ class Supervisor:
 
     # --- starting ------------------------------------------------------------------
     def start(self, inst: Instance) -> None:
-        """Queue a spawn; all spawns of one wake-up go to the spawner as one message."""
+        """Start a stopped, exited or backing-off instance."""
         inst.cancel_timer()
         inst.held = False
-        inst.set_state(State.STARTING)
+        self._queue_spawn(inst)
+
+    def _queue_spawn(self, inst: Instance, reason: str | None = None) -> None:
+        """The one way to a spawn: all spawns of one wake-up go to the spawner as one message."""
+        inst.set_state(State.STARTING, reason)
         inst.token = None
         self._spawn_queue.append(inst)
         self._schedule_flush()
+
+    # --- operator commands ----------------------------------------------------------------
+    def hold(self, inst: Instance) -> None:
+        """Stop and keep stopped: reloads will not start it until `release`."""
+        inst.held = True
+        if inst.then is not Then.REMOVE:
+            self.stop(inst, Then.STOP)
+
+    def release(self, inst: Instance) -> None:
+        """Start a held (or stopped) instance, or turn its stop in progress into a restart."""
+        inst.held = False
+        if inst.state not in ALIVE:
+            self.start(inst)
+        elif inst.state is State.STOPPING and inst.then is Then.STOP:
+            inst.then = Then.RESTART
+
+    def restart(self, inst: Instance) -> None:
+        """Restart now (graceful stop, then start); starts it if it is not running."""
+        inst.held = False
+        if inst.state not in ALIVE:
+            self.start(inst)
+        else:
+            self.stop(inst, Then.RESTART)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -205,7 +261,7 @@ class Supervisor:
             self._signal_queue.append((inst.pid, signum, group))
             self._schedule_flush()
 
-    def stop(self, inst: Instance, then: str = "stop", tracked: bool = False,
+    def stop(self, inst: Instance, then: Then = Then.STOP, tracked: bool = False,
              reason: str | None = None) -> None:
         """Graceful stop: the stop signal to the process group, SIGKILL after `stop_timeout`.
         `then` says what follows: stay stopped, restart, or remove the slot."""
@@ -219,7 +275,7 @@ class Supervisor:
             return
         inst.cancel_timer()
         if inst.state is State.STARTING and inst.pid is None:
-            inst.set_state(State.STOPPING)
+            inst.set_state(State.STOPPING, reason)
             if inst in self._spawn_queue:  # never sent to the spawner: nothing to stop
                 self._spawn_queue.remove(inst)
                 self._after_stop(inst)
@@ -228,7 +284,7 @@ class Supervisor:
         if inst.state not in ALIVE:  # backoff, exited, stopped: no process to signal
             self._after_stop(inst)
             return
-        inst.set_state(State.STOPPING)
+        inst.set_state(State.STOPPING, reason)
         self._signal_stop(inst)
 
     def _signal_stop(self, inst: Instance) -> None:
@@ -248,21 +304,21 @@ class Supervisor:
         if inst.pid is None:
             return
         if inst.state is not State.STOPPING:
-            inst.set_state(State.STOPPING)
-            inst.then = "restart" if not self.shutting_down else "stop"
+            inst.then = Then.RESTART if not self.shutting_down else Then.STOP
+            inst.set_state(State.STOPPING, reason)
         inst.last_reason = reason
         inst.cancel_timer()
         self.send_signal(inst, signal.SIGKILL)
 
     def _after_stop(self, inst: Instance) -> None:
-        then, inst.then = inst.then, "stop"
+        then, inst.then = inst.then, Then.STOP
         inst.cancel_timer()
         if inst.state is not State.STOPPED:
             inst.set_state(State.STOPPED)
-        if then == "remove":
+        if then is Then.REMOVE:
             self.instances.pop(inst.name, None)
             inst.logfile.close()
-        elif then == "restart" and not self.shutting_down:
+        elif then is Then.RESTART and not self.shutting_down:
             if inst.next_spec is not None:
                 inst.spec, inst.next_spec = inst.next_spec, None
             inst.restarts += 1
@@ -303,10 +359,9 @@ class Supervisor:
         if inst is None:
             return
         inst.pid = pid
-        inst.started_at = time.monotonic()
+        inst.started_at = self.loop.time()
         inst.ready = False
         inst.requests = 0
-        inst.busy_since = None
         inst.counts_requests = False
         inst.cpu_sample = None
         inst.start_ticks = None
@@ -315,11 +370,9 @@ class Supervisor:
         if inst.state is State.STOPPING:  # asked to stop while the spawn was in flight
             self._signal_stop(inst)
             return
-        inst.set_state(State.RUNNING)
         if inst.rollout is not None:
             self._ready_after_min_uptime(inst)
-        for hook in self.on_start_hooks:
-            hook(inst)
+        inst.set_state(State.RUNNING)
 
     def _exited(self, pid: int, status: int) -> None:
         inst = self.by_pid.pop(pid, None)
@@ -331,8 +384,6 @@ class Supervisor:
         inst.pid = None
         inst.token = None
         inst.last_exit = text
-        for hook in self.on_exit_hooks:
-            hook(inst)
         if inst.state is State.STOPPING:
             log.info("%s[%d] stopped (%s)", inst.name, pid, text)
             self._after_stop(inst)
@@ -345,7 +396,7 @@ class Supervisor:
     def _exited_early(self, inst: Instance, text: str, success: bool = False, uptime: float = 0.0,
                       pid: int | None = None) -> None:
         if inst.rollout is not None:
-            inst.rollout.failed(inst)
+            self._rollout_failed(inst)
         decision = decide_restart(inst.spec.policy, success=success, uptime=uptime,
                                   failures=inst.failures, limit_kill=inst.last_reason is not None)
         inst.failures = decision.failures
@@ -353,20 +404,17 @@ class Supervisor:
         if self.shutting_down or not decision.restart:
             log.info("%s exited (%s)%s", who, text,
                      "" if self.shutting_down else f"; restart = {inst.spec.policy.restart}: not restarting")
-            inst.set_state(State.EXITED)
+            inst.set_state(State.EXITED, text)
             return
         if decision.delay <= 0:
             log.info("%s exited (%s); restarting", who, text)
             inst.restarts += 1
-            inst.set_state(State.STARTING)
-            inst.token = None
-            self._spawn_queue.append(inst)
-            self._schedule_flush()
+            self._queue_spawn(inst, text)
             return
         state = State.CRASHLOOP if decision.crashloop else State.BACKOFF
         log.warning("%s exited (%s) after %.1fs; %s, restarting in %.1fs", who, text, uptime,
                     "crash-looping" if decision.crashloop else "backing off", decision.delay)
-        inst.set_state(state)
+        inst.set_state(state, text)
         inst.timer = self.loop.call_later(decision.delay, lambda: self._backoff_over(inst))
 
     def _backoff_over(self, inst: Instance) -> None:
@@ -390,15 +438,11 @@ class Supervisor:
                 continue
             inst.pid = inst.token = None
             inst.last_exit = "spawner died"
-            for hook in self.on_exit_hooks:
-                hook(inst)
             if inst.state is State.STOPPING:
                 self._after_stop(inst)
             else:
                 inst.restarts += 1
-                inst.set_state(State.STARTING)
-                self._spawn_queue.append(inst)
-        self._schedule_flush()
+                self._queue_spawn(inst, "spawner died")
 
     # --- whole fleet ------------------------------------------------------------------
     def alive(self) -> list[Instance]:
@@ -407,7 +451,7 @@ class Supervisor:
     def stop_all(self) -> None:
         self.shutting_down = True
         for inst in list(self.instances.values()):
-            self.stop(inst, then="stop")
+            self.stop(inst, Then.STOP)
 
     def kill_all(self) -> None:
         for inst in self.alive():
@@ -418,7 +462,7 @@ class Supervisor:
         """Status rows; with `usage`, fresh RSS (whole tree) and CPU % read from /proc."""
         chosen = self.instances.values() if names is None else [self.instances[n] for n in names]
         if usage:
-            now = time.monotonic()
+            now = self.loop.time()
             for inst in chosen:
                 if inst.pid is not None:
                     inst.rss, ticks = self.trees.sample(inst.pid)
@@ -428,3 +472,10 @@ class Supervisor:
                         inst.cpu_percent = 100.0 * (ticks - before) / CLOCK_TICKS / elapsed
                     inst.cpu_sample = (now, ticks)
         return [inst.status() for inst in chosen]
+
+
+def _log_transition(event: object) -> None:
+    """Every state change at debug level: `log_level = "debug"` shows the full history."""
+    if isinstance(event, StateChanged) and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: %s -> %s%s", event.instance.name, event.old.value, event.new.value,
+                  f" ({event.reason})" if event.reason else "")

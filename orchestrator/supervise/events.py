@@ -1,0 +1,58 @@
+"""Events the supervisor emits: every state change, and policies changed in place.
+
+Limits, the state file, the systemd status and the log subscribe to one `EventBus`
+instead of hook lists; an instance's state changes only through `Instance.set_state`,
+which checks the transition table and emits `StateChanged`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+from .states import State
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """`instance` went from `old` to `new`; its pid is None once the process is gone."""
+
+    instance: Any  # the Instance (typed loosely: instance.py imports this module)
+    old: State
+    new: State
+    reason: str | None = None
+
+    @property
+    def started(self) -> bool:
+        """A new process is running (the spawn was acknowledged)."""
+        return self.new is State.RUNNING
+
+    @property
+    def ended(self) -> bool:
+        """The instance's process (if it had one) is gone."""
+        return self.instance.pid is None and self.old in (State.RUNNING, State.STOPPING)
+
+
+@dataclass(frozen=True)
+class PolicyChanged:
+    """A reload changed the instance's supervision policy without restarting it."""
+
+    instance: Any
+
+
+Event = Union[StateChanged, PolicyChanged]
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Synchronous fan-out in subscription order; subscribers run in the loop's thread."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def emit(self, event: Event) -> None:
+        for subscriber in self._subscribers:
+            subscriber(event)
