@@ -170,7 +170,7 @@ def test_status_table_json_and_patterns(start_master):
     assert abs((datetime.now() - datetime.strptime(when.group(1), "%Y-%m-%d %H:%M:%S")).total_seconds()) < 60
     header = next(i for i, line in enumerate(lines) if line.startswith("NAME"))
     assert re.split(r"\s{2,}", lines[header]) == ["NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS",
-                                                   "LAST EXIT", "RSS", "CPU%"]
+                                                   "LAST EXIT", "RSS", "CPU%", "PROCS"]
     rows = {cells[0]: cells for cells in (re.split(r"\s{2,}", line) for line in lines[header + 1:header + 4])}
     assert set(rows) == {"web-0", "web-1", "job"}
     for name, cells in rows.items():

@@ -102,6 +102,7 @@ WORKER_KEYS: dict[str, Callable[[object], object]] = {
     "shell": _bool, "preload": _bool, "check_point": parse_duration, "pythonpath": _str_list,
     "restart": _enum("always", "on-failure", "never"), "backoff": _table,
     "min_uptime": parse_duration, "stop_signal": _signal, "stop_timeout": parse_duration,
+    "kill_mode": _enum("group", "mixed"),
     "memory": _table, "max_lifetime": _positive_duration, "timeout": _positive_duration,
     "max_requests": _int_at_least(1), "rolling": _bool, "max_unavailable": _int_at_least(1),
     "log_max_size": parse_size, "log_backups": _int_at_least(0),

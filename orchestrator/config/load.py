@@ -35,6 +35,7 @@ class Policy:
     min_uptime: float = 5.0
     stop_signal: int = 15
     stop_timeout: float = 10.0
+    kill_mode: str = "group"  # who gets the stop signal: "group" (every process) or "mixed" (main only)
     memory_soft: int | None = None
     memory_hard: int | None = None
     max_lifetime: float | None = None
@@ -347,7 +348,7 @@ def _policy(clean: dict, prefix: str, settings: Settings, problems: Problems) ->
                 values[f"{table_key}_{key}"] = parse(raw)
             except ValueError as exc:
                 problems.add(f"{prefix}{table_key}.{key}", str(exc))
-    for key in ("restart", "min_uptime", "stop_signal", "stop_timeout", "max_lifetime", "timeout",
+    for key in ("restart", "min_uptime", "stop_signal", "stop_timeout", "kill_mode", "max_lifetime", "timeout",
                 "max_requests", "rolling", "max_unavailable"):
         if key in clean:
             values[key] = clean[key]

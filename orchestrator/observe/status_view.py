@@ -16,7 +16,7 @@ def render_status(reply: dict[str, Any]) -> str:
     if reply.get("last_reload_error"):
         lines.append("LAST RELOAD FAILED (still running the previous config):")
         lines += ["  " + line for line in reply["last_reload_error"].splitlines()]
-    rows = [("NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%")]
+    rows = [("NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%", "PROCS")]
     for inst in reply["instances"]:
         last = inst.get("last_exit") or "-"
         if inst.get("reason"):
@@ -28,6 +28,7 @@ def render_status(reply: dict[str, Any]) -> str:
             str(inst["restarts"]), last,
             format_size(inst["rss"]) if inst.get("rss") else "-",
             f"{inst['cpu']:.1f}" if inst.get("cpu") is not None else "-",
+            str(inst["processes"]) if inst.get("processes") else "-",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
