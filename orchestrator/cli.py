@@ -28,9 +28,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("show every instance of the running master", "orch status 'consumer-*' --json"),
     "reload": ("re-read the config and apply only what changed", "orch reload -c workers.toml"),
     "down": ("stop every instance and the master; returns when all are gone", "orch down"),
-    "start": ("start instances (names, globs or template:NAME)", "orch start template:consumer"),
-    "stop": ("stop instances; they stay stopped across reloads", "orch stop 'consumer-10.0.0.2-*'"),
-    "restart": ("restart instances", "orch restart --rolling template:consumer"),
+    "start": ("start instances (names, globs or template:NAME); returns once they run",
+              "orch start template:consumer"),
+    "stop": ("stop instances; they stay stopped across reloads; returns once they are gone",
+             "orch stop 'consumer-10.0.0.2-*'"),
+    "restart": ("restart instances; returns once the new processes run", "orch restart --rolling template:consumer"),
+    "signal": ("send a signal to the main process of instances", "orch signal HUP template:web"),
     "logs": ("print an instance's log (or every log), optionally following",
              "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
 }
@@ -60,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["status"].add_argument("--json", action="store_true", help="print a JSON list of instances")
     for name in ("start", "stop", "restart"):
         parsers[name].add_argument("patterns", nargs="+", metavar="PATTERN")
+        parsers[name].add_argument("--no-wait", action="store_true",
+                                   help="return at once instead of when the work is done")
+        parsers[name].add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                                   help="give up waiting after this long (exit 1); default: the "
+                                        "instances' stop_timeout + min_uptime + 30s")
+    parsers["signal"].add_argument("signal", metavar="SIGNAL", help="HUP, SIGUSR1, TTIN, 10, ...")
+    parsers["signal"].add_argument("patterns", nargs="+", metavar="PATTERN")
     parsers["restart"].add_argument("--rolling", action="store_true",
                                     help="restart in batches of the template's max_unavailable")
     parsers["down"].add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -190,10 +200,24 @@ def cmd_down(args: argparse.Namespace, path: Path) -> int:
 def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
     def run(args: argparse.Namespace, path: Path) -> int:
         extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
-        names = request(_socket(path), action, patterns=args.patterns, **extra)
+        if not args.no_wait:
+            extra.update(wait=True, timeout=args.timeout)
+        # The master answers when the work is done, or fails it at its own deadline.
+        client = ControlClient(_socket(path), timeout=None if not args.no_wait else 30.0)
+        try:
+            names = client.call(action, patterns=args.patterns, **extra)
+        finally:
+            client.close()
         print(f"{action}: {', '.join(names)}")
         return EXIT_OK
     return run
+
+
+def cmd_signal(args: argparse.Namespace, path: Path) -> int:
+    result = request(_socket(path), "signal", patterns=args.patterns, signal=args.signal)
+    print(f"{result['signal']}: {', '.join(result['sent'])}"
+          + (f" (not running: {', '.join(result['skipped'])})" if result["skipped"] else ""))
+    return EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
@@ -312,5 +336,5 @@ class _LogFollower:
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
-    "restart": _control("restart"), "logs": cmd_logs,
+    "restart": _control("restart"), "signal": cmd_signal, "logs": cmd_logs,
 }

@@ -273,7 +273,7 @@ def test_rolling_restart_replaces_every_match_max_unavailable_at_a_time(start_ma
     """)
     before = master.wait_running(6)
     began = time.monotonic()
-    result = cli(master, "restart", "--rolling", "template:roll")
+    result = cli(master, "restart", "--rolling", "--no-wait", "template:roll")
     assert result.returncode == 0 and result.stdout.count("roll-") == 5
     most_down = 0
     while True:
@@ -293,6 +293,11 @@ def test_rolling_restart_replaces_every_match_max_unavailable_at_a_time(start_ma
     assert master.pids()["other"] == before["other"]
     assert not any(alive(before[f"roll-{i}"]) for i in range(5))
     assert "5 instances, 2 at a time" in master.stderr()
+    before = master.pids()
+    result = cli(master, "restart", "--rolling", "template:roll")  # waits for every batch
+    rows = master.status()
+    assert result.returncode == 0, result.stderr
+    assert all(rows[n]["pid"] != before[n] and rows[n]["ready"] for n in rows if n.startswith("roll-"))
 
 
 # --- exit codes ----------------------------------------------------------------------
