@@ -30,8 +30,9 @@ class Goal:
     old_pid: int | None = None
 
 
-def check(goal: Goal, inst: Any) -> tuple[bool, str | None]:
-    """(finished, failure or None) of one goal against the instance's current state (pure)."""
+def check(goal: Goal, inst: Any, why: str | None = None) -> tuple[bool, str | None]:
+    """(finished, failure or None) of one goal against the instance's current state; `why`
+    is the reason given with its last state change (pure)."""
     if goal.want == "stopped":
         return inst is None or inst.state not in ALIVE, None
     if inst is None:
@@ -39,7 +40,7 @@ def check(goal: Goal, inst: Any) -> tuple[bool, str | None]:
     if inst.state is State.RUNNING and inst.pid is not None and inst.pid != goal.old_pid:
         return goal.want == "running" or inst.ready, None  # "ready": a rolling restart's batches
     if inst.state in FAILED and inst.pid is None:
-        why = inst.last_reason or inst.last_exit
+        why = inst.last_reason or why or inst.last_exit
         return True, f"{goal.name} is {inst.state.value}" + (f" ({why})" if why else "")
     return False, None
 
@@ -70,6 +71,7 @@ class Waits:
         self.active: list[Wait] = []
         self._check_queued = False
         self._poll: Timer | None = None
+        self.reasons: dict[str, str | None] = {}  # instance -> reason of its last state change
         supervisor.events.subscribe(self._on_event)
 
     def add(self, goals: list[Goal], result: Any, timeout: float) -> Pending:
@@ -82,6 +84,7 @@ class Waits:
 
     def _on_event(self, event: Event) -> None:
         if self.active and isinstance(event, StateChanged):
+            self.reasons[event.instance.name] = event.reason
             self._queue_check()
 
     def _queue_check(self) -> None:
@@ -94,7 +97,8 @@ class Waits:
         for wait in list(self.active):
             failures, pending = [], []
             for goal in wait.goals:
-                finished, failure = check(goal, self.supervisor.instances.get(goal.name))
+                finished, failure = check(goal, self.supervisor.instances.get(goal.name),
+                                          self.reasons.get(goal.name))
                 if failure:
                     failures.append(failure)
                 elif not finished:
@@ -119,6 +123,8 @@ class Waits:
     def _end(self, wait: Wait, failure: str | None) -> None:
         self.active.remove(wait)
         wait.timer.cancel()
+        if not self.active:
+            self.reasons.clear()
         if failure:
             wait.reply.fail(failure)
         else:
