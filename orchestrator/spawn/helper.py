@@ -95,8 +95,13 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             self._scan()
 
     def _rescan_soon(self) -> None:
+        """Looks at RESCANS from now, merged with those already due about then (a burst of
+        exits must not pile up thousands of timers)."""
         now = time.monotonic()
-        self.scans += [now + delay for delay in RESCANS]
+        for delay in RESCANS:
+            when = now + delay
+            if not any(abs(t - when) < delay / 2 for t in self.scans):
+                self.scans.append(when)
 
     def _scan(self) -> None:
         known = self.children | set(self.zygotes.pids())
@@ -133,6 +138,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         if message[0] == "spawn":
             self._spawn_all(message[1], fds)
         elif message[0] == "signal":
+            if any(group for _, _, group in message[1]):
+                self._scan()  # orphans not yet seen belong to the trees too
             for pid, signum, group in message[1]:
                 self._signal(pid, signum, group)
         elif message[0] == "exit":
@@ -143,7 +150,6 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
     def _signal(self, pid: int, signum: int, whole: bool) -> None:
         if whole:
-            self._scan()  # orphans not yet seen belong to the tree too
             self.lineage.signal(pid, signum)
             if signum == signal.SIGKILL:
                 self._rescan_soon()  # children of killed processes reparent to us

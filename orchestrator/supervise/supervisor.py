@@ -264,7 +264,7 @@ class Supervisor:
 
     def stop(self, inst: Instance, then: Then = Then.STOP, tracked: bool = False,
              reason: str | None = None) -> None:
-        """Graceful stop: the stop signal to the process group, SIGKILL after `stop_timeout`.
+        """Graceful stop: the stop signal per `kill_mode`, SIGKILL to the tree after `stop_timeout`.
         `then` says what follows: stay stopped, restart, or remove the slot."""
         if tracked:
             self.pending_ops += 1
@@ -303,7 +303,7 @@ class Supervisor:
             self.send_signal(inst, signal.SIGKILL)
 
     def kill_now(self, inst: Instance, reason: str) -> None:
-        """SIGKILL the process group at once (hard memory limit, SIGQUIT), then restart or not per `then`."""
+        """SIGKILL the whole tree at once (hard memory limit, timeout), then restart or not per `then`."""
         if inst.pid is None:
             return
         if inst.state is not State.STOPPING:
