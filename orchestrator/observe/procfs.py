@@ -80,12 +80,25 @@ def rss(pid: int) -> int:
         return 0
 
 
+def _read_all(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def children(pid: int) -> list[int]:
+    """Direct children (all of them: a subreaper may have thousands; the kernel's children
+    file costs O(n^2) to read, so callers read it sparingly)."""
     pids: list[int] = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
-                pids += [int(p) for p in _read(f"/proc/{pid}/task/{tid}/children").split()]
+                pids += [int(p) for p in _read_all(f"/proc/{pid}/task/{tid}/children").split()]
             except OSError:
                 pass
     except OSError:

@@ -22,8 +22,9 @@ from ..observe.procfs import children, tree
 if TYPE_CHECKING:
     from .spawner import SpawnRequest
 
-SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs
-RESCANS = (0.005, 0.02, 0.1, 0.5)  # after a kill: the killed processes' children reparent to us
+SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
+SCAN_BUDGET = 0.0005  # ...and at most this share of a core (the children file costs O(n^2))
+RESCANS = (0.0, 0.005, 0.02, 0.1, 0.5)  # after a kill or an exit: children reparent to us
 
 
 class Spawner:  # pragma: no cover - runs in the helper process; covered by integration tests
@@ -37,6 +38,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self._which: dict[tuple[str, str], str] = {}
         self.lineage = Lineage(run)
         self.scans: list[float] = []  # monotonic times of the next looks for orphans
+        self.scan_cost = 0.0  # seconds the last look took
         from .zygote import ZygotePool  # zygote.py builds on this module's helpers
         self.zygotes = ZygotePool(self.selector, self._send, self.lineage.started, self._leader_exited)
         self.devnull = os.open(os.devnull, os.O_RDWR)
@@ -85,7 +87,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         """Until the next look for orphans: soon after a kill, else every SCAN_EVERY while
         any instance runs (one read of our own children list), else never."""
         if not self.scans and self.lineage.leaders:
-            self.scans.append(time.monotonic() + SCAN_EVERY)
+            self.scans.append(time.monotonic() + max(SCAN_EVERY, self.scan_cost / SCAN_BUDGET))
         return max(0.0, min(self.scans) - time.monotonic()) if self.scans else None
 
     def _scan_if_due(self) -> None:
@@ -100,12 +102,13 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         now = time.monotonic()
         for delay in RESCANS:
             when = now + delay
-            if not any(abs(t - when) < delay / 2 for t in self.scans):
+            if not any(abs(t - when) < max(delay / 2, 0.002) for t in self.scans):
                 self.scans.append(when)
 
     def _scan(self) -> None:
-        known = self.children | set(self.zygotes.pids())
-        adopted, ended, strays = self.lineage.scan(known)
+        began = time.monotonic()
+        adopted, ended, strays = self.lineage.scan(self.children, set(self.zygotes.pids()))
+        self.scan_cost = time.monotonic() - began
         if adopted:
             self._send(("adopted", adopted))
         if ended:
@@ -119,7 +122,9 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         for orphan in self.lineage.exited(pid):
             for member in tree(orphan):
                 signal_pid(member, signal.SIGKILL)
-        self._scan()  # its children were reparented to us just before the SIGCHLD
+        # Its children were reparented to us before the SIGCHLD: one look after this batch
+        # of events finds them (an orphan older than the instance's next main process is
+        # ended, so a quick restart cannot adopt it).
         self._rescan_soon()
 
     def _send(self, message: tuple[Any, ...]) -> None:

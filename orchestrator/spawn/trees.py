@@ -126,13 +126,14 @@ class Lineage:  # pragma: no cover - runs in the spawner; covered by integration
             name = leader.name if leader is not None else self.gone.get(owner)
         return name, started
 
-    def scan(self, known: set[int]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-        """Look at the spawner's direct children that are not `known` (main processes,
-        zygotes) nor seen before: returns (adopted (main pid, orphan), orphans ended because
-        their instance's main process is gone, strays)."""
+    def scan(self, *known: set[int]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """Look at the spawner's direct children that are in none of the `known` sets (main
+        processes, zygotes) nor seen before: returns (adopted (main pid, orphan), orphans
+        ended because their instance's main process is gone, strays)."""
         adopted, ended, strays = [], [], []
+        seen = (*known, self.owner, self.strays)
         for pid in children(os.getpid()):
-            if pid in known or pid in self.owner or pid in self.strays:
+            if any(pid in group for group in seen):
                 continue
             name, started = self.attribute(pid)
             if name is None:
