@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crash-kills", type=int, default=10, help="SIGKILLs in the crash scenario (default 10)")
     parser.add_argument("--budget", type=float, default=560.0,
                         help="seconds after which remaining steps are skipped (default 560)")
+    parser.add_argument("--step-cap", type=float, default=120.0,
+                        help="seconds one step may wait before it is reported over the cap (default 120)")
     parser.add_argument("--json", metavar="FILE", help="also dump every figure and sample as JSON")
     parser.add_argument("--write-results", action="store_true", help=f"rewrite {RESULTS_MD.name} with the table")
     parser.add_argument("--from-json", metavar="FILE", help="re-render a run saved with --json; run nothing")
@@ -48,7 +50,8 @@ def options(args: argparse.Namespace) -> Options:
     small = max(sizes) if args.n else None  # a tiny --n run scales the orch-only fleets down too
     return Options(sizes=sizes, tools=tools, reps=args.reps, idle_seconds=idle,
                    crash_kills=args.crash_kills, py_workers=min(100, small or 100),
-                   log_writers=min(50, small or 50), log_seconds=min(idle, 10.0), budget_seconds=args.budget)
+                   log_writers=min(50, small or 50), log_seconds=min(idle, 10.0), budget_seconds=args.budget,
+                   step_cap=args.step_cap)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -1,10 +1,7 @@
 """Ground truth from /proc: which fleet processes exist, under which daemon, at what cost.
 
-`Scanner.snapshot()` lists /proc and reads only what it has not seen settled: a process
-whose argv holds a token of the current tag is cached (a `sleep` never changes again, a
-titled worker keeps its name), everything else is read afresh, so polling every
-millisecond stays cheap with 500 children. Make a new Scanner per measurement: the cache
-trusts that a PID is not reused between two polls.
+`Scanner.snapshot()` walks the daemon's tree through /proc/PID/task/*/children and reads
+only what it has not seen settled, so polling stays cheap at N = 5,000.
 """
 
 from __future__ import annotations
@@ -63,25 +60,34 @@ def pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's list), from /proc/PID/task/*/children."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
 @dataclass
 class Snapshot:
-    """All processes at one instant, with the fleet's view of the daemon rooted at `root`."""
+    """The processes under the daemon rooted at `root`, at one instant.
+
+    Only the daemon's tree is read (its helpers' children lists), never all of /proc: at
+    N = 5,000 a full scan per poll would cost the harness most of a core. `tagged()`, the one
+    question about processes outside the tree (orphans), does a full scan on demand."""
 
     procs: dict[int, Proc]
     root: int | None
     tag: int
     descendants: set[int] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        if self.root is not None and self.root in self.procs:
-            children: dict[int, list[int]] = {}
-            for p in self.procs.values():
-                children.setdefault(p.ppid, []).append(p.pid)
-            stack = [self.root]
-            while stack:
-                pid = stack.pop()
-                self.descendants.add(pid)
-                stack.extend(children.get(pid, ()))
 
     def _ours(self, p: Proc) -> bool:
         return p.token is not None and token_tag(p.token) == self.tag and p.state != "Z"
@@ -96,8 +102,13 @@ class Snapshot:
         return out
 
     def tagged(self) -> set[int]:
-        """Every process of this tag anywhere (orphans included), zombies included."""
-        return {p.pid for p in self.procs.values() if p.token is not None and token_tag(p.token) == self.tag}
+        """Every process of this tag anywhere (orphans included), zombies included: a full scan."""
+        found = set()
+        for pid in pids():
+            p = self.procs.get(pid) or read_proc(pid)
+            if p is not None and p.token is not None and token_tag(p.token) == self.tag:
+                found.add(pid)
+        return found
 
     def helpers(self) -> list[Proc]:
         """The daemon and its non-fleet descendants (master, spawner, zygotes...)."""
@@ -106,10 +117,13 @@ class Snapshot:
 
 
 class Scanner:
-    """Incremental /proc scanner for one fleet tag under one daemon.
+    """Incremental scanner of one daemon's tree for one fleet tag.
 
-    Re-reads only new PIDs and the daemon's descendants that carry no token yet (helpers,
-    children between fork and exec); everything else is settled and served from cache.
+    Walks from the daemon through children lists. A process that carries a token of the tag
+    is settled: it is served from cache and its own children are not read (a `sleep` never
+    forks, a worker's title stays). Helpers and processes between fork and exec are re-read
+    at every poll. Make a new Scanner per measurement: the cache trusts that a PID is not
+    reused between two polls.
     """
 
     def __init__(self, tag: int, root: int | None = None):
@@ -117,27 +131,42 @@ class Scanner:
         self.root = root
         self._cache: dict[int, Proc] = {}
 
+    def _settled(self, p: Proc) -> bool:
+        return p.token is not None and token_tag(p.token) == self.tag
+
     def snapshot(self) -> Snapshot:
         procs: dict[int, Proc] = {}
-        for pid in pids():
+        descendants: set[int] = set()
+        stack = [self.root] if self.root is not None else []
+        while stack:
+            pid = stack.pop()
+            if pid in descendants:
+                continue
             p = self._cache.get(pid) or read_proc(pid)
-            if p is not None:
-                procs[pid] = p
-        snap = Snapshot(procs, self.root, self.tag)
-        self._cache = {pid: p for pid, p in procs.items()
-                       if pid not in snap.descendants or (p.token is not None and token_tag(p.token) == self.tag)}
-        return snap
+            if p is None:
+                continue
+            procs[pid] = p
+            descendants.add(pid)
+            if not self._settled(p):
+                stack.extend(child_pids(pid))
+        self._cache = {pid: p for pid, p in procs.items() if self._settled(p)}
+        return Snapshot(procs, self.root, self.tag, descendants)
 
     def wait(self, done: Callable[[Snapshot], bool], timeout: float, poll: float = 0.005,
              what: str = "condition") -> float:
-        """Poll until `done(snapshot)`; returns the time it took. Raises TimeoutError."""
+        """Poll until `done(snapshot)`; returns the time it took. Raises TimeoutError.
+
+        The pause between polls is at least twice the last poll's own cost, so the harness
+        never takes more than a third of a core from what it measures."""
         start = time.perf_counter()
         while True:
+            began = time.perf_counter()
             if done(self.snapshot()):
                 return time.perf_counter() - start
-            if time.perf_counter() - start > timeout:
+            now = time.perf_counter()
+            if now - start > timeout:
                 raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
-            time.sleep(poll)
+            time.sleep(max(poll, 2 * (now - began)))
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -195,7 +224,8 @@ def kill_all(root: int | None, tag: int) -> None:
     snap = Scanner(tag, root).snapshot()
     victims = set(snap.descendants) | snap.tagged()
     own = os.getpgid(0)
-    groups = {snap.procs[pid].pgid for pid in victims} - {0, 1, own}
+    procs = {pid: snap.procs.get(pid) or read_proc(pid) for pid in victims}
+    groups = {p.pgid for p in procs.values() if p is not None} - {0, 1, own}
     for pgid in groups:
         try:
             os.killpg(pgid, signal.SIGKILL)

@@ -216,6 +216,6 @@ def to_json(results: Results, opts: Options, info: dict[str, Any]) -> dict[str, 
         "options": {"sizes": opts.sizes, "tools": opts.tools, "reps": opts.reps,
                     "idle_seconds": opts.idle_seconds, "crash_kills": opts.crash_kills,
                     "py_workers": opts.py_workers, "log_writers": opts.log_writers,
-                    "log_seconds": opts.log_seconds},
+                    "log_seconds": opts.log_seconds, "step_cap": opts.step_cap},
         "figures": [f.to_json() for f in results.figures.values()],
     }

@@ -6,6 +6,7 @@ reload-10% and shutdown. Every time comes from /proc (see procfs.py), never from
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -23,6 +24,7 @@ from .tools import Tool, Unsupported, tool_class
 # key -> (unit, what it measures). Times are in seconds, shown in ms.
 FIGURES: dict[str, tuple[str, str]] = {
     "start": ("s", "launch daemon -> all N children exist"),
+    "harness_cpu": ("%", "the harness's own CPU while it timed start, % of one core"),
     "idle_cpu": ("%", "daemon + helpers CPU while idle, % of one core"),
     "idle_rss": ("MiB", "daemon + helpers RSS while idle"),
     "idle_pss": ("MiB", "daemon + helpers PSS while idle (pages shared between them counted once)"),
@@ -38,7 +40,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "log_cpu": ("%", "daemon + helpers CPU, children each logging 1 MB/s"),
     "log_rate": ("MB/s", "log bytes written to files, all children together"),
 }
-FLEET_KEYS = ["start", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one",
+FLEET_KEYS = ["start", "harness_cpu", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one",
               "reload_one_collateral", "reload_10pct", "reload_10pct_collateral", "shutdown"]
 ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
 FLOOR_SKIPS = {"idle_cpu": "the floor is a blocking waitpid(): nothing to measure",
@@ -63,6 +65,7 @@ class Options:
     log_writers: int = 50
     log_seconds: float = 10.0
     slow_seconds: float = 10.0   # a step whose first sample took longer is not repeated
+    step_cap: float = 120.0      # a step still waiting after this long is "over the cap"
     budget_seconds: float = 560.0
     deadline: float = field(default=0.0, init=False)
 
@@ -133,7 +136,7 @@ class Session:
 
     def timeout(self, wanted: float) -> float:
         """`wanted`, cut so that a hanging step cannot overrun the run's budget by much."""
-        return max(5.0, min(wanted, self.deadline - time.monotonic()))
+        return max(5.0, min(wanted, self.opts.step_cap, self.deadline - time.monotonic()))
 
     def measure(self, keys: list[str], fn: Callable[[], dict[str, float | list[float]]]) -> bool:
         """Run fn (returning {key: value}); on failure every key gets the reason."""
@@ -181,6 +184,12 @@ def _pids(snap: Snapshot, names: list[str], fleet: fleets.Fleet) -> dict[str, fr
 
 def launch(tool: Tool, fleet: fleets.Fleet, timeout: float) -> float:
     """Start the daemon; seconds until every instance's process exists (exec'd) under it."""
+    return launch_measured(tool, fleet, timeout)[0]
+
+
+def launch_measured(tool: Tool, fleet: fleets.Fleet, timeout: float) -> tuple[float, float]:
+    """`launch`, and the harness's own CPU meanwhile (% of one core)."""
+    cpu_before = _own_cpu()
     scanner = Scanner(fleet.tag)
     scanner.snapshot()  # cache what already runs, so polls read only new PIDs
     tokens = list(fleet.tokens())
@@ -193,7 +202,13 @@ def launch(tool: Tool, fleet: fleets.Fleet, timeout: float) -> float:
         return _alive(snap, tokens)
 
     scanner.wait(done, timeout, POLL, f"all {len(tokens)} children")
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return elapsed, 100.0 * (_own_cpu() - cpu_before) / elapsed
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- the fleet session --------------------------------------------------------------------
@@ -206,15 +221,16 @@ def fleet_session(results: Results, tool: Tool, n: int, rep: int, opts: Options,
     try:
         def start() -> dict[str, float]:
             tool.write_config(state["fleet"])
-            return {"start": launch(tool, state["fleet"], s.timeout(30 + 0.1 * n))}
+            elapsed, harness = launch_measured(tool, state["fleet"], s.timeout(30 + 0.1 * n))
+            return {"start": elapsed, "harness_cpu": harness}
 
         def crash() -> dict[str, list[float]]:
             names = [i.name for i in state["fleet"].instances]
             victims = names[:: max(1, n // opts.crash_kills)][: opts.crash_kills]
             return {"crash": _crashes(tool, state["fleet"], victims, s.timeout(10.0))}
 
-        if not s.measure(["start"], start):
-            s.skip(FLEET_KEYS[1:], "start failed: " + results.get(tool.name, "start", n).errors[-1])
+        if not s.measure(["start", "harness_cpu"], start):
+            s.skip(FLEET_KEYS[2:], "start failed: " + results.get(tool.name, "start", n).errors[-1])
             return
         time.sleep(SETTLE)
         if rep == 0:

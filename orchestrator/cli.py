@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "signal": ("send a signal to the main process of instances", "orch signal HUP template:web"),
     "logs": ("print an instance's log (or every log), optionally following",
              "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
+    "export": ("write the fleet as systemd, supervisord, kubernetes, nomad or Procfile files",
+               "orch export --format systemd -o units/"),
+    "schema": ("print a JSON Schema of workers.toml (for editors)", "orch schema > workers.schema.json"),
 }
 
 
@@ -78,7 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("patterns", nargs="*", metavar="PATTERN")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)")
+    _export_options(parsers["export"])
     return parser
+
+
+def _export_options(export: argparse.ArgumentParser) -> None:
+    export.add_argument("--format", required=True, metavar="FORMAT",
+                        choices=("systemd", "supervisord", "kubernetes", "nomad", "procfile"),
+                        help="systemd, supervisord, kubernetes, nomad or procfile")
+    export.add_argument("-o", "--output", metavar="DIR", help="write files here (default: print them)")
+    export.add_argument("--image", help="container image (kubernetes: required; nomad: docker driver)")
+    export.add_argument("--python", help="interpreter on the target (kubernetes, nomad; default python3)")
+    export.add_argument("--workdir", help="the config's folder on the target (kubernetes, nomad; "
+                        "default /app)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,8 +348,24 @@ class _LogFollower:
         self._print(lines)
 
 
+def cmd_export(args: argparse.Namespace, path: Path) -> int:
+    from .export import run
+    if args.format == "kubernetes" and not args.image:
+        print("orch: export --format kubernetes needs --image IMAGE", file=sys.stderr)
+        return EXIT_USAGE
+    return run(args.format, path, Path(args.output) if args.output else None, args.image,
+               args.python, args.workdir)
+
+
+def cmd_schema(args: argparse.Namespace, path: Path) -> int:
+    from .config.schema import render
+    sys.stdout.write(render())
+    return EXIT_OK
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
-    "restart": _control("restart"), "signal": cmd_signal, "logs": cmd_logs,
+    "restart": _control("restart"), "signal": cmd_signal, "logs": cmd_logs, "export": cmd_export,
+    "schema": cmd_schema,
 }

@@ -30,8 +30,7 @@ from .supervise.limits import Limits
 from .supervise.supervisor import Supervisor
 
 log = logging.getLogger("orch")
-LIVE_SETTINGS = ("graceful_timeout", "check_interval", "log_level", "log_max_size", "log_backups", "watch",
-                 "include")
+from .config.keys import LIVE_SETTINGS  # noqa: E402 - the [orchestrator] keys of kind LIVE
 
 
 def _raise_fd_limit() -> None:

@@ -1,15 +1,31 @@
-"""Field parsers for the config's keys, and the one table of which keys exist (pure).
+"""Value types of the config's keys: each parses a TOML value and says what it accepts as a
+JSON Schema fragment, side by side so the validator and the schema cannot drift (pure).
 
-Each parser takes a TOML value and returns the clean value or raises ValueError with a
-message a user can act on. Validation, the man-page test and "did you mean" all read the
-key tables below: one declaration per setting.
+A parser takes a TOML value and returns the clean value or raises ValueError with a message a
+user can act on. The keys that use these types are declared once, in `keys.py`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from ..units import parse_duration, parse_signal, parse_size
+
+
+@dataclass(frozen=True)
+class ValueType:
+    """One kind of value: its parser, its JSON Schema and its name in the docs."""
+
+    name: str
+    parse: Callable[[object], Any]
+    schema: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+def type_name(v: object) -> str:
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            list: "an array", dict: "a table"}.get(type(v), type(v).__name__)
 
 
 def _str(v: object) -> str:
@@ -24,22 +40,24 @@ def _bool(v: object) -> bool:
     return v
 
 
-def _int_at_least(low: int) -> Callable[[object], int]:
+def int_at_least(low: int) -> ValueType:
+    """A whole number `low` or more."""
     def parse(v: object) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"expected a whole number, got {type_name(v)}")
         if v < low:
             raise ValueError(f"must be at least {low}, got {v}")
         return v
-    return parse
+    return ValueType(f"integer >= {low}", parse, {"type": "integer", "minimum": low})
 
 
-def _enum(*choices: str) -> Callable[[object], str]:
+def one_of(*choices: str) -> ValueType:
+    """One of a fixed set of strings."""
     def parse(v: object) -> str:
         if v not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
         return v  # type: ignore[return-value]
-    return parse
+    return ValueType(" | ".join(choices), parse, {"enum": list(choices)})
 
 
 def _command(v: object) -> str | tuple[str, ...]:
@@ -89,31 +107,37 @@ def _signal(v: object) -> int:
     return int(parse_signal(v))
 
 
-def type_name(v: object) -> str:
-    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
-            list: "an array", dict: "a table"}.get(type(v), type(v).__name__)
+def _any_case(word: str) -> str:
+    """A regex matching `word` in any letter case, portable to every schema engine (no (?i))."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
 
 
-# One declaration per setting: validation, defaults and the docs' key list all read these.
-WORKER_KEYS: dict[str, Callable[[object], object]] = {
-    "command": _command, "target": _str, "kwargs": _table, "name": _str,
-    "matrix": _table, "include": _list_of_tables, "exclude": _list_of_tables,
-    "replicas": _int_at_least(1), "env": _table, "inherit": _bool, "cwd": _str,
-    "shell": _bool, "preload": _bool, "check_point": parse_duration, "pythonpath": _str_list,
-    "restart": _enum("always", "on-failure", "never"), "backoff": _table,
-    "min_uptime": parse_duration, "stop_signal": _signal, "stop_timeout": parse_duration,
-    "kill_mode": _enum("group", "mixed"),
-    "memory": _table, "max_lifetime": _positive_duration, "timeout": _positive_duration,
-    "max_requests": _int_at_least(1), "rolling": _bool, "max_unavailable": _int_at_least(1),
-    "log_max_size": parse_size, "log_backups": _int_at_least(0),
-}
-BACKOFF_KEYS = {"initial": parse_duration, "max": parse_duration}
-MEMORY_KEYS = {"soft": parse_size, "hard": parse_size}
-ORCHESTRATOR_KEYS: dict[str, Callable[[object], object]] = {
-    "name": _str, "control_socket": _str, "pidfile": _str, "log_dir": _str,
-    "graceful_timeout": parse_duration, "check_interval": _positive_duration, "watch": _bool,
-    "max_instances": _int_at_least(1), "log_level": _enum("debug", "info", "warning", "error"),
-    "log_max_size": parse_size, "log_backups": _int_at_least(0), "metrics": _address,
-    "include": _str_list,
-}
-TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
+# The patterns mirror units.py's regular expressions; tests/test_schema.py checks them on samples.
+_NUMBER = r"\d+(\.\d+)?"
+_DURATION_TEXT = rf"^\s*{_NUMBER}\s*(ms|s|m|h|d)?\s*$"
+_NONZERO_TEXT = r"^(?!\s*0*(\.0*)?\s*(ms|s|m|h|d)?\s*$)"
+_SIZE_TEXT = rf"^\s*{_NUMBER}\s*(([KkMmGgTt][Ii]?)?[Bb])?\s*$"
+_PORT = r"([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])"
+_SIGNALS = sorted(s.name[3:] for s in signal.Signals if not s.name.startswith("SIG_"))
+_SIGNAL_TEXT = rf"^\s*({_any_case('SIG')})?({'|'.join(_any_case(s) for s in _SIGNALS)})\s*$"
+
+STRING = ValueType("string", _str, {"type": "string"})
+PATH = ValueType("path", _str, {"type": "string"})  # resolved against the config's folder
+BOOL = ValueType("boolean", _bool, {"type": "boolean"})
+COMMAND = ValueType("string or array of strings", _command, {"anyOf": [
+    {"type": "string", "pattern": r"\S"},
+    {"type": "array", "items": {"type": "string"}, "minItems": 1}]})
+TABLE = ValueType("table", _table, {"type": "object"})
+TABLES = ValueType("array of tables", _list_of_tables, {"type": "array", "items": {"type": "object"}})
+STRINGS = ValueType("array of strings", _str_list, {"type": "array", "items": {"type": "string"}})
+ADDRESS = ValueType("HOST:PORT", _address, {"type": "string", "pattern": rf"^.+:{_PORT}$"})
+DURATION = ValueType("duration", parse_duration, {"anyOf": [
+    {"type": "string", "pattern": _DURATION_TEXT}, {"type": "number", "minimum": 0}]})
+POSITIVE_DURATION = ValueType("duration > 0", _positive_duration, {"anyOf": [
+    {"type": "string", "pattern": _NONZERO_TEXT + _DURATION_TEXT[1:]},
+    {"type": "number", "exclusiveMinimum": 0}]})
+SIZE = ValueType("size", parse_size, {"anyOf": [
+    {"type": "string", "pattern": _SIZE_TEXT}, {"type": "integer", "minimum": 0}]})
+SIGNAL = ValueType("signal", _signal, {"anyOf": [
+    {"type": "string", "pattern": _SIGNAL_TEXT},
+    {"enum": sorted({int(s) for s in signal.Signals})}]})

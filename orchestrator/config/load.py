@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ConfigProblem
-from .fields import BACKOFF_KEYS, MEMORY_KEYS, ORCHESTRATOR_KEYS, TOP_KEYS, WORKER_KEYS, type_name
+from .fields import PATH, type_name
+from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported for tests/test_man.py
+                   MERGED_TABLES, POLICY_KEYS, POLICY_SUB_KEYS, SETTINGS_KEYS, SUB_TABLES,
+                   TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
 from .locate import Problems, locate_keys  # noqa: F401 - locate_keys is part of this module's API
 
 try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-table file
@@ -27,7 +30,8 @@ DEFAULT_CONFIG_NAME = "workers.toml"
 
 @dataclass(frozen=True)
 class Policy:
-    """How an instance is supervised. Changing only these never restarts a process."""
+    """How an instance is supervised. Changing only these never restarts a process.
+    Fields and defaults mirror the POLICY keys of `keys.KEYS` (tests/test_keys.py checks)."""
 
     restart: str = "always"
     backoff_initial: float = 1.0
@@ -35,7 +39,7 @@ class Policy:
     min_uptime: float = 5.0
     stop_signal: int = 15
     stop_timeout: float = 10.0
-    kill_mode: str = "group"  # who gets the stop signal: "group" (every process) or "mixed" (main only)
+    kill_mode: str = "group"
     memory_soft: int | None = None
     memory_hard: int | None = None
     max_lifetime: float | None = None
@@ -49,7 +53,8 @@ class Policy:
 
 @dataclass(frozen=True)
 class Template:
-    """One validated `[workers.NAME]` table, defaults merged, not yet rendered."""
+    """One validated `[workers.NAME]` table, defaults merged, not yet rendered.
+    Fields mirror the non-policy `workers.*` keys of `keys.KEYS`."""
 
     name: str
     command: str | tuple[str, ...] | None
@@ -73,7 +78,8 @@ class Template:
 
 @dataclass(frozen=True)
 class Settings:
-    """The `[orchestrator]` table, paths resolved against the config file's folder."""
+    """The `[orchestrator]` table, paths resolved against the config file's folder.
+    Fields and defaults mirror the `orchestrator.*` keys of `keys.KEYS`."""
 
     name: str
     control_socket: Path
@@ -81,6 +87,7 @@ class Settings:
     log_dir: Path
     graceful_timeout: float = 10.0
     check_interval: float = 1.0
+    settle: float = 1.5
     watch: bool = True
     max_instances: int = 10_000
     log_level: str = "info"
@@ -217,7 +224,7 @@ def _valid_defaults(defaults: dict, problems: Problems) -> dict:
     """The [defaults] keys that validate; problems are located in [defaults], not per worker."""
     valid = {}
     for key, raw in defaults.items():
-        if key in ("matrix", "include", "exclude", "name"):
+        if key in TEMPLATE_ONLY:
             problems.add(f"defaults.{key}", f"{key!r} belongs to a template, not to [defaults]")
             continue
         parse = WORKER_KEYS.get(key)
@@ -229,7 +236,7 @@ def _valid_defaults(defaults: dict, problems: Problems) -> dict:
         except ValueError as exc:
             problems.add(f"defaults.{key}", str(exc))
             continue
-        sub_keys = {"backoff": BACKOFF_KEYS, "memory": MEMORY_KEYS}.get(key)
+        sub_keys = SUB_TABLES.get(key)
         if sub_keys is not None:
             bad = False
             for sub, value in raw.items():
@@ -251,7 +258,7 @@ def _valid_defaults(defaults: dict, problems: Problems) -> dict:
 def _merge(defaults: dict, table: dict) -> dict:
     merged = dict(defaults)
     for key, value in table.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key in ("backoff", "memory", "env"):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key in MERGED_TABLES:
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
@@ -273,9 +280,12 @@ def _settings(table: object, path: Path, problems: Problems) -> Settings:
             values[key] = parse(raw)
         except ValueError as exc:
             problems.add(f"orchestrator.{key}", str(exc))
-    for key, default in (("control_socket", ".orch/orch.sock"), ("pidfile", ".orch/orch.pid"),
-                         ("log_dir", ".orch/logs")):
-        values[key] = (folder / values.get(key, default)).absolute()
+    for k in SETTINGS_KEYS:
+        if k.type is PATH:
+            values[k.attr] = (folder / values.get(k.attr, k.default)).absolute()
+    for k in SETTINGS_KEYS:
+        if k.default is not None:
+            values.setdefault(k.attr, k.value)
     values.setdefault("name", path.stem if path.stem != "workers" else folder.name or "orch")
     if len(str(values["control_socket"]).encode()) > 107:
         problems.add("orchestrator.control_socket",
@@ -314,31 +324,22 @@ def _template(name: str, table: dict, folder: Path, settings: Settings,
             problems.add(f"{prefix}env.{key}", f"expected a string or number, got {type_name(value)}")
     if len(problems.items) > before or policy is None:
         return None
-    return Template(
-        name=name,
-        command=clean.get("command"),
-        target=clean.get("target"),
-        kwargs=tuple(clean.get("kwargs", {}).items()),
-        name_pattern=clean.get("name"),
-        matrix=tuple(clean.get("matrix", {}).items()),
-        include=tuple(tuple(d.items()) for d in clean.get("include", [])),
-        exclude=tuple(tuple(d.items()) for d in clean.get("exclude", [])),
-        replicas=clean.get("replicas", 1),
-        env=tuple(clean.get("env", {}).items()),
-        inherit=clean.get("inherit", True),
-        cwd=clean.get("cwd", "."),
-        shell=clean.get("shell", False),
-        preload=clean.get("preload", False),
-        check_point=clean.get("check_point", 0.0),
-        pythonpath=clean.get("pythonpath", ()),
-        policy=policy,
-        source=source,
-    )
+    values = {k.attr: _frozen(clean.get(k.name, k.value)) for k in TEMPLATE_KEYS}
+    return Template(name=name, policy=policy, source=source, **values)
+
+
+def _frozen(value: Any) -> Any:
+    """A parsed value as the frozen Template holds it: tables as item tuples, recursively."""
+    if isinstance(value, dict):
+        return tuple(value.items())
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def _policy(clean: dict, prefix: str, settings: Settings, problems: Problems) -> Policy | None:
     values: dict[str, Any] = {}
-    for table_key, keys in (("backoff", BACKOFF_KEYS), ("memory", MEMORY_KEYS)):
+    for table_key, keys in SUB_TABLES.items():
         for key, raw in clean.get(table_key, {}).items():
             parse = keys.get(key)
             if parse is None:
@@ -348,17 +349,16 @@ def _policy(clean: dict, prefix: str, settings: Settings, problems: Problems) ->
                 values[f"{table_key}_{key}"] = parse(raw)
             except ValueError as exc:
                 problems.add(f"{prefix}{table_key}.{key}", str(exc))
-    for key in ("restart", "min_uptime", "stop_signal", "stop_timeout", "kill_mode", "max_lifetime", "timeout",
-                "max_requests", "rolling", "max_unavailable"):
-        if key in clean:
-            values[key] = clean[key]
-    values["log_max_size"] = clean.get("log_max_size", settings.log_max_size)
-    values["log_backups"] = clean.get("log_backups", settings.log_backups)
+    for k in POLICY_SUB_KEYS:
+        values.setdefault(k.attr, k.value)
+    for k in POLICY_KEYS:  # a key left out takes the table's default, or the setting it names
+        inherited = getattr(settings, k.default_from.split(".")[1]) if k.default_from else k.value
+        values[k.attr] = clean.get(k.name, inherited)
     soft, hard = values.get("memory_soft"), values.get("memory_hard")
     if soft is not None and hard is not None and soft >= hard:
         problems.add(f"{prefix}memory.soft", "the soft memory limit must be below the hard limit")
         return None
-    initial, most = values.get("backoff_initial", 1.0), values.get("backoff_max", 60.0)
+    initial, most = values["backoff_initial"], values["backoff_max"]
     if initial > most:
         problems.add(f"{prefix}backoff.initial", "backoff.initial must not exceed backoff.max")
         return None

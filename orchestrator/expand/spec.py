@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..config.keys import IDENTITY_FIELDS
 from ..config.load import Policy
 
 
@@ -41,17 +42,10 @@ class ProcessSpec:
     policy_hash: str = ""
 
     def identity(self) -> dict[str, Any]:
-        """Everything that, when changed, needs a new process; canonical (sorted) form."""
-        ident: dict[str, Any] = {
-            "argv": list(self.argv),
-            "env": sorted(self.env),
-            "inherit_env": self.inherit_env,
-            "cwd": self.cwd,
-        }
-        if self.python is not None:
-            ident["python"] = {**dataclasses.asdict(self.python),
-                               "kwargs": sorted(self.python.kwargs)}
-        return ident
+        """Everything that, when changed, needs a new process (the fields the PROCESS keys of
+        `config.keys` feed); canonical form: tuples as lists, key-value pairs sorted."""
+        return {name: _canonical(getattr(self, name)) for name in IDENTITY_FIELDS
+                if getattr(self, name) is not None}
 
     def with_hashes(self) -> "ProcessSpec":
         """This spec with `process_hash` and `policy_hash` filled in."""
@@ -66,6 +60,16 @@ class ProcessSpec:
 def policy_digest(policy: Policy) -> str:
     """The policy hash; computed once per template, since its instances share one Policy."""
     return _digest(dataclasses.asdict(policy))
+
+
+def _canonical(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        items = [_canonical(v) for v in value]
+        pairs = all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) for v in items)
+        return sorted(items) if pairs and items else items
+    return value
 
 
 def _digest(value: Any) -> str:

@@ -1,0 +1,180 @@
+"""The one declaration of every workers.toml key: path, type, default, kind and a one-line doc.
+
+Validation (`load.py`), the merging of [defaults], what a change restarts (`expand/spec.py`,
+the master's live settings), the JSON Schema (`schema.py`) and man/workers.toml.5 (`docs.py`)
+are all derived from `KEYS`; tests/test_keys.py keeps the dataclasses in step with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+from .fields import (ADDRESS, BOOL, COMMAND, DURATION, PATH, POSITIVE_DURATION, SIGNAL, SIZE,
+                     STRING, STRINGS, TABLE, TABLES, ValueType, int_at_least, one_of)
+
+
+class Kind(Enum):
+    """What changing a key does to a running fleet."""
+
+    PROCESS = "restarts the instance"
+    FLEET = "starts or stops instances"
+    POLICY = "applied in place"
+    LIVE = "applied live"
+    RESTART = "needs a restart of the master"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key. `default` is written as in TOML (None: unset); `field` names the dataclass
+    field that holds it; `spec` the ProcessSpec identity field a PROCESS key feeds."""
+
+    path: str
+    type: ValueType
+    default: Any
+    kind: Kind
+    doc: str
+    example: str
+    field: str = ""
+    spec: str = ""
+    default_from: str = ""
+    template_only: bool = False  # not allowed in [defaults]
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def attr(self) -> str:
+        """The dataclass field: explicit, or the path below the section joined with '_'."""
+        return self.field or "_".join(self.path.split(".")[1 if self.section == "orchestrator" else 2:])
+
+    @property
+    def section(self) -> str:
+        return self.path.split(".", 1)[0]
+
+    @property
+    def value(self) -> Any:
+        """The default as the loaded value (parsed), None when unset."""
+        return None if self.default is None else self.type.parse(self.default)
+
+
+def _w(name: str, *args: Any, **kwargs: Any) -> Key:
+    return Key(f"workers.*.{name}", *args, **kwargs)
+
+
+def _o(name: str, *args: Any, **kwargs: Any) -> Key:
+    return Key(f"orchestrator.{name}", *args, **kwargs)
+
+
+P, F, S, L, R = Kind.PROCESS, Kind.FLEET, Kind.POLICY, Kind.LIVE, Kind.RESTART
+KEYS: tuple[Key, ...] = (
+    _w("command", COMMAND, None, P, "the program and its arguments (split like a shell, no shell)",
+       '"app --queue {{ queue }}"', spec="argv"),
+    _w("target", STRING, None, P, "a Python worker class, module:Class, instead of command",
+       '"app.workers:QueueWorker"', spec="python"),
+    _w("kwargs", TABLE, {}, P, "keyword arguments for the target's constructor (rendered)",
+       '{ queue = "{{ queue }}" }', spec="python"),
+    _w("name", STRING, None, F, "instance name pattern (default: template name and matrix values)",
+       '"consumer-{{ ip }}-{{ queue }}"', field="name_pattern", template_only=True),
+    _w("matrix", TABLE, {}, F, "axes: arrays of values, or a Jinja expression giving one",
+       '{ ip = ["10.0.0.1", "10.0.0.2"], queue = "{{ queues }}" }', template_only=True),
+    _w("include", TABLES, [], F, "extra parameter combinations added to the matrix",
+       '[{ ip = "10.0.0.3", queue = "urgent" }]', template_only=True),
+    _w("exclude", TABLES, [], F, "matrix combinations left out (a partial match is enough)",
+       '[{ ip = "10.0.0.2", queue = "queue2" }]', template_only=True),
+    _w("replicas", int_at_least(1), 1, F, "instances per matrix combination", "2"),
+    _w("env", TABLE, {}, P, "environment variables added (values rendered)",
+       '{ REDIS_HOST = "{{ ip }}" }', spec="env"),
+    _w("inherit", BOOL, True, P, "start from the master's environment (false: from an empty one)",
+       "true", spec="inherit_env"),
+    _w("cwd", STRING, ".", P, "working directory, relative to the config's folder", '"."', spec="cwd"),
+    _w("shell", BOOL, False, P, "run command through /bin/sh -c, values escaped", "false",
+       spec="argv"),
+    _w("preload", BOOL, False, P, "import the target in a zygote and fork instances from it",
+       "true", spec="python"),
+    _w("check_point", DURATION, 0, P, "how often a Python worker's loop checks for a stop",
+       '"1s"', spec="python"),
+    _w("pythonpath", STRINGS, [], P, "folders added to sys.path, relative to the config",
+       '["src"]', spec="python"),
+    _w("restart", one_of("always", "on-failure", "never"), "always", S,
+       "when an exited instance is started again", '"on-failure"'),
+    _w("backoff", TABLE, {}, S, "the delay before a restart after a quick exit",
+       '{ initial = "1s", max = "60s" }'),
+    _w("backoff.initial", DURATION, "1s", S, "the first delay; doubles on each quick exit", '"1s"'),
+    _w("backoff.max", DURATION, "60s", S, "the longest delay", '"60s"'),
+    _w("min_uptime", DURATION, "5s", S, "up this long counts as started (resets the backoff)",
+       '"5s"'),
+    _w("stop_signal", SIGNAL, "TERM", S, "the signal that asks an instance to stop", '"INT"'),
+    _w("stop_timeout", DURATION, "10s", S, "how long a stop waits before SIGKILL to the whole tree", '"10s"'),
+    _w("kill_mode", one_of("group", "mixed"), "group", S,
+       "stop signal to every process of the instance's tree, or to the main process only "
+       "(SIGKILL always reaches the whole tree)",
+       '"mixed"'),
+    _w("memory", TABLE, {}, S, "memory limits on the RSS of the instance's process tree",
+       '{ soft = "200MiB", hard = "300MiB" }'),
+    _w("memory.soft", SIZE, None, S, "over it twice in a row: graceful restart", '"200MiB"'),
+    _w("memory.hard", SIZE, None, S, "over it once: SIGKILL and restart (acts while stopping too)", '"300MiB"'),
+    _w("max_lifetime", POSITIVE_DURATION, None, S, "recycle after this long (up to 10% early)",
+       '"6h"'),
+    _w("timeout", POSITIVE_DURATION, None, S,
+       "a request (or the watchdog keep-alive) may take this long (notify protocol)", '"30s"'),
+    _w("max_requests", int_at_least(1), None, S, "recycle after this many requests (notify protocol)",
+       "1000"),
+    _w("rolling", BOOL, False, S, "restart changed instances in batches, each ready before the next",
+       "true"),
+    _w("max_unavailable", int_at_least(1), 1, S, "the batch size of a rolling restart", "2"),
+    _w("log_max_size", SIZE, "50MiB", S, "rotate the instance's log at this size", '"50MiB"',
+       default_from="orchestrator.log_max_size"),
+    _w("log_backups", int_at_least(0), 5, S, "rotated logs kept", "5",
+       default_from="orchestrator.log_backups"),
+    _o("name", STRING, None, R, "the fleet's name (default: the config file's or folder's name)",
+       '"queue-consumers"'),
+    _o("control_socket", PATH, ".orch/orch.sock", R, "the control socket, relative to the config",
+       '".orch/orch.sock"'),
+    _o("pidfile", PATH, ".orch/orch.pid", R, "the master's pid file, relative to the config",
+       '".orch/orch.pid"'),
+    _o("log_dir", PATH, ".orch/logs", R, "instance logs, relative to the config", '".orch/logs"'),
+    _o("graceful_timeout", DURATION, "10s", L, "how long a shutdown waits for instances before SIGKILL",
+       '"10s"'),
+    _o("check_interval", POSITIVE_DURATION, "1s", L, "memory sampling period", '"1s"'),
+    _o("settle", DURATION, "1.5s", L, "a modified config is reloaded once it stops changing this long",
+       '"1.5s"'),
+    _o("watch", BOOL, True, L, "reload when the config (or an included file) is saved", "true"),
+    _o("max_instances", int_at_least(1), 10_000, R, "refuse a config expanding to more instances",
+       "10000"),
+    _o("log_level", one_of("debug", "info", "warning", "error"), "info", L, "the master's log level",
+       '"info"'),
+    _o("log_max_size", SIZE, "50MiB", L, "default log_max_size of every template", '"50MiB"'),
+    _o("log_backups", int_at_least(0), 5, L, "default log_backups of every template", "5"),
+    _o("metrics", ADDRESS, None, R, "serve Prometheus metrics on HOST:PORT", '"127.0.0.1:9108"'),
+    _o("include", STRINGS, [], L, "globs of files adding [vars] and [workers.*], watched too",
+       '["conf.d/*.toml"]'),
+)
+del P, F, S, L, R
+
+TOP_KEYS = ("orchestrator", "vars", "defaults", "workers")
+BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
+
+
+def _parsers(prefix: str) -> dict[str, Callable[[object], Any]]:
+    """Parsers of the keys directly under `prefix` (no deeper), by name."""
+    return {k.path[len(prefix):]: k.type.parse for k in KEYS
+            if k.path.startswith(prefix) and "." not in k.path[len(prefix):]}
+
+
+WORKER_KEYS = _parsers("workers.*.")
+BACKOFF_KEYS = _parsers("workers.*.backoff.")
+MEMORY_KEYS = _parsers("workers.*.memory.")
+SUB_TABLES = {"backoff": BACKOFF_KEYS, "memory": MEMORY_KEYS}
+ORCHESTRATOR_KEYS = _parsers("orchestrator.")
+TEMPLATE_ONLY = tuple(k.name for k in KEYS if k.template_only)
+MERGED_TABLES = ("backoff", "memory", "env")  # [defaults] and a template merge these key by key
+POLICY_KEYS = tuple(k for k in KEYS if k.kind is Kind.POLICY and k.path.count(".") == 2
+                    and k.name not in SUB_TABLES)
+POLICY_SUB_KEYS = tuple(k for k in KEYS if k.kind is Kind.POLICY and k.path.count(".") == 3)
+TEMPLATE_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is not Kind.POLICY)
+SETTINGS_KEYS = tuple(k for k in KEYS if k.section == "orchestrator")
+LIVE_SETTINGS = tuple(k.name for k in SETTINGS_KEYS if k.kind is Kind.LIVE)
+IDENTITY_FIELDS = tuple(dict.fromkeys(k.spec for k in KEYS if k.spec))

@@ -1,0 +1,110 @@
+"""What every exporter shares: options, the result, warnings for keys a target cannot express,
+and the rewrite that makes specs host-independent (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config.keys import BY_PATH, POLICY_KEYS, POLICY_SUB_KEYS
+from ..errors import ConfigError, ConfigProblem
+from ..expand.spec import ProcessSpec
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line adds to a config: the fleet's name and the target's paths."""
+
+    fleet: str
+    config: Path
+    folder: Path
+    log_dir: Path
+    image: str | None = None
+    python: str = "python3"
+    workdir: str = "/app"
+
+
+@dataclass
+class Output:
+    """An export: file name -> text, plus one warning line per key the target cannot express."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def unexpressed(target: str, specs: list[ProcessSpec], attrs: tuple[str, ...]) -> list[str]:
+    """One warning per policy field in `attrs` that some template sets to a non-default value."""
+    by_attr = {k.attr: k for k in POLICY_KEYS + POLICY_SUB_KEYS}
+    warnings = []
+    for attr in attrs:
+        key = by_attr[attr]
+        default = BY_PATH[key.default_from].value if key.default_from else key.value
+        templates = sorted({s.template for s in specs if getattr(s.policy, attr) != default})
+        if templates:
+            warnings.append(f"orch export: {target} cannot express {key.path} "
+                            f"(set in {', '.join(templates)}): left out")
+    return warnings
+
+
+def process_warnings(target: str, specs: list[ProcessSpec], inherit: bool) -> list[str]:
+    """Warnings for template keys a target cannot honour: `preload` (no zygote outside orch)
+    and, where `inherit` is False, `inherit = false` (the target passes its own environment)."""
+    warnings = []
+    preload = sorted({s.template for s in specs if s.python is not None and s.python.preload})
+    if preload:
+        warnings.append(f"orch export: {target} cannot express workers.*.preload "
+                        f"(set in {', '.join(preload)}): left out")
+    clean = sorted({s.template for s in specs if not s.inherit_env})
+    if clean and not inherit:
+        warnings.append(f"orch export: {target} cannot express workers.*.inherit = false "
+                        f"(set in {', '.join(clean)}): left out")
+    return warnings
+
+
+def refuse(specs: list[ProcessSpec], options: Options, target: str, what: str,
+           bad: "re.Pattern[str]", where: str = "both") -> None:
+    """Raise a ConfigError naming every template key whose rendered value matches `bad`:
+    in the argv, the env values, both, or the instance name (`where`)."""
+    problems: dict[str, ConfigProblem] = {}
+    for spec in specs:
+        places = [("command", a) for a in spec.argv] if where in ("argv", "both") else []
+        places += [(f"env.{k}", v) for k, v in spec.env] if where in ("env", "both") else []
+        places += [("name", spec.name)] if where == "name" else []
+        for key, text in places:
+            keypath = f"workers.{spec.template}.{key}"
+            if bad.search(text) and keypath not in problems:
+                problems[keypath] = ConfigProblem(str(options.config), keypath,
+                                                  f"{target} cannot carry {what} (instance {spec.name})")
+    if problems:
+        raise ConfigError(list(problems.values()))
+
+
+def portable(specs: list[ProcessSpec], options: Options) -> list[ProcessSpec]:
+    """Specs with this machine's interpreter replaced by `options.python` and paths under the
+    config's folder moved under `options.workdir`, for targets that run elsewhere."""
+    folder = str(options.folder)
+
+    def move(text: str) -> str:
+        if text == sys.executable:
+            return options.python
+        if text == folder or text.startswith(folder + "/"):
+            return options.workdir.rstrip("/") + text[len(folder):] or "/"
+        return text.replace(folder + "/", options.workdir.rstrip("/") + "/")
+
+    moved = []
+    for spec in specs:
+        python = spec.python
+        if python is not None:
+            python = dataclasses.replace(python, pythonpath=tuple(move(p) for p in python.pythonpath))
+        argv = tuple(move(a) for a in spec.argv)
+        env = tuple((k, move(v)) for k, v in spec.env)
+        moved.append(dataclasses.replace(spec, argv=argv, env=env, cwd=move(spec.cwd), python=python))
+    return moved
+
+
+def seconds(value: float) -> str:
+    """A number of seconds as the shortest exact text: 10, 1.5, 0.25."""
+    return f"{value:g}" if value != int(value) else str(int(value))
