@@ -144,8 +144,9 @@ say("READY=1\\nSTATUS=warming up")
 mode = sys.argv[1]
 if mode == "requests":
     for n in range(100):
-        say("ORCH_BEGIN=1"); time.sleep(0.05); say("ORCH_END=1")
-        print("request", n + 1, flush=True)
+        say("ORCH_BEGIN=1"); time.sleep(0.05)
+        print("request", n + 1, flush=True)  # before ORCH_END: the stop may follow at once
+        say("ORCH_END=1")
     time.sleep(1000)
 elif mode == "hang":
     say("ORCH_BEGIN=1"); time.sleep(1000)

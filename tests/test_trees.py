@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -29,8 +30,9 @@ class Fds(Worker):
                 links[fd] = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 pass  # the listing's own fd, closed already
-        with open(f"fds-{self.name}.json", "w") as f:
+        with open(f"fds-{self.name}.tmp", "w") as f:
             f.write(__import__("json").dumps(links))
+        os.replace(f"fds-{self.name}.tmp", f"fds-{self.name}.json")  # never read half-written
     def run(self):
         return False
 """
@@ -201,8 +203,8 @@ def test_a_double_forked_daemon_belongs_to_its_instance_through_restart_and_down
         spawner = spawner_of(master).pid
         wait_for(lambda: psutil.Process(first).ppid() == spawner, message="the daemon orphaned to the spawner")
         assert os.getsid(first) != leader and os.getpgid(first) != leader, "it left the instance's session"
-        wait_for(lambda: master.status()["d"].get("processes", 2) >= 2 and master.status()["d"]["rss"],
-                 message="the daemon counted in status")
+        # The spawner adopts it (one look at its children a second) and status counts it.
+        wait_for(lambda: master.status()["d"]["processes"] == 2, 5, message="the daemon counted in status")
         master.call("restart", patterns=["d"])
         second = wait_for(lambda: len(pids_in(daemons)) == 2 and pids_in(daemons)[1], 10, message="a new daemon")
         wait_for(lambda: not alive(first), 5, message="the old daemon to be ended by the restart")
@@ -280,3 +282,28 @@ def test_cookie_parsing_is_exact():
     assert cookie(env, "abc") == "web-0"
     assert cookie(env, "ab") is None and cookie(b"XORCH_RUN=abc\0ORCH_INSTANCE=w", "abc") is None
     assert cookie(b"ORCH_INSTANCE=w\0", "abc") is None
+
+
+def test_a_growing_daemon_counts_against_its_instances_memory_hard(start_master, tmp_path):
+    (tmp_path / "daemon.py").write_text(DAEMON.replace("time.sleep(1000)", textwrap.dedent("""
+        block = bytearray(200 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])
+        time.sleep(1000)""")))
+    master = start_master(f"""
+        [orchestrator]
+        check_interval = "100ms"
+        [workers.d]
+        command = ["sh", "-c", "{PY} daemon.py; exec sleep 1000"]
+        memory = {{ hard = "150MiB" }}
+        min_uptime = "0s"
+    """)
+    daemons = tmp_path / "daemons.txt"
+    try:
+        master.wait_running(1)
+        first = wait_for(lambda: pids_in(daemons), message="the daemon")[0]
+        row = wait_for(lambda: (r := master.status()["d"])["reason"] == "memory_hard" and r, 10,
+                       message="the hard limit to count the orphaned daemon")
+        assert row["limit_kills"] == {"memory_hard": 1}
+        wait_for(lambda: not alive(first), 5, message="the daemon to be killed with its instance")
+    finally:
+        kill_all(pids_in(daemons))
