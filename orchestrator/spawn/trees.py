@@ -111,12 +111,9 @@ class Lineage:  # pragma: no cover - runs in the spawner; covered by integration
             if process_group(member) != pid:
                 signal_pid(member, signum)
 
-    def attribute(self, pid: int) -> tuple[str | None, int]:
-        """(instance name or None, start time) of an orphan."""
-        fields = stat_fields(pid)
-        if not fields:
-            return None, 0
-        group, session, started = int(fields[2]), int(fields[3]), int(fields[19])
+    def attribute(self, pid: int, fields: list[bytes]) -> str | None:
+        """The instance an orphan belongs to (from its /proc stat `fields`), or None."""
+        group, session = int(fields[2]), int(fields[3])
         env = environ(pid)
         name = cookie(env, self.run) if env is not None else None
         for owner in (session, group):
@@ -124,7 +121,7 @@ class Lineage:  # pragma: no cover - runs in the spawner; covered by integration
                 break
             leader = self.leaders.get(owner)
             name = leader.name if leader is not None else self.gone.get(owner)
-        return name, started
+        return name
 
     def scan(self, *known: set[int]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
         """Look at the spawner's direct children that are in none of the `known` sets (main
@@ -135,7 +132,10 @@ class Lineage:  # pragma: no cover - runs in the spawner; covered by integration
         for pid in children(os.getpid()):
             if any(pid in group for group in seen):
                 continue
-            name, started = self.attribute(pid)
+            fields = stat_fields(pid)
+            if not fields or fields[0] in (b"Z", b"X"):
+                continue  # exited, reaped soon: nothing to attribute
+            name, started = self.attribute(pid, fields), int(fields[19])
             if name is None:
                 self.strays.add(pid)
                 strays.append(pid)

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from .child import PR_SET_PDEATHSIG, close_fds, kill_group, prctl, prepare_child, reaped, receive, set_title
 
@@ -149,7 +149,8 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
 class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integration tests
     """The spawner's zygotes, one per preloaded (target, pythonpath), started on first use."""
 
-    def __init__(self, selector: selectors.BaseSelector, send: Any, started: Any, exited: Any):
+    def __init__(self, selector: selectors.BaseSelector, send: Callable[[tuple[Any, ...]], None],
+                 started: Callable[[int, str | None], None], exited: Callable[[int], None]):
         self.selector = selector
         self.send = send  # to the master
         self.started = started  # (pid, instance name): a worker is running
