@@ -307,3 +307,49 @@ def test_a_growing_daemon_counts_against_its_instances_memory_hard(start_master,
         wait_for(lambda: not alive(first), 5, message="the daemon to be killed with its instance")
     finally:
         kill_all(pids_in(daemons))
+
+
+HORSE_APP = """
+import os, signal, time
+from orchestrator.worker import Worker
+
+class Horse(Worker):
+    def init(self):
+        if os.fork() == 0:          # like rq's work-horse: fork, no exec, own process group
+            os.setpgrp()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            with open("horses.txt", "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            time.sleep(1000)
+            os._exit(0)
+    def run(self):
+        return False
+"""
+
+
+def test_a_preloaded_workers_forked_child_in_its_own_group_ends_with_the_worker(start_master, tmp_path):
+    (tmp_path / "horseapp.py").write_text(HORSE_APP)
+    master = start_master("""
+        [workers.h]
+        target = "horseapp:Horse"
+        preload = true
+        check_point = "1s"
+        stop_timeout = "1s"
+    """)
+    horses = tmp_path / "horses.txt"
+    try:
+        worker = master.wait_running(1, timeout=20)["h"]
+        first = wait_for(lambda: pids_in(horses), 10, message="the horse")[0]
+        assert os.getpgid(first) == first and os.getsid(first) == worker, "own group, the worker's session"
+        os.kill(worker, signal.SIGKILL)  # the worker dies; its horse, orphaned, has no cookie in /proc
+        wait_for(lambda: not alive(first), 5, message="the orphaned horse to be ended with its worker")
+        second = wait_for(lambda: len(pids_in(horses)) == 2 and pids_in(horses)[1], 10, message="a new horse")
+        assert orch_stop(master, "h").returncode == 0
+        assert not alive(second), "the stop (SIGTERM ignored, then SIGKILL to the tree) reached the horse"
+    finally:
+        kill_all(pids_in(horses))
+
+
+def orch_stop(master, name: str):
+    from conftest import orch
+    return orch("stop", name, "-c", str(master.config))
