@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .spawner import SpawnRequest
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
-SCAN_BUDGET = 0.0005  # ...and at most this share of a core (the children file costs O(n^2))
+SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
 RESCANS = (0.0, 0.005, 0.02, 0.1, 0.5)  # after a kill or an exit: children reparent to us
 
 
