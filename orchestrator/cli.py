@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .config.load import find_config, load_settings
+from .control.record import live_record
 from .control.server import ControlClient, ControlError, request
 from .errors import ConfigError, NoMasterError, OrchError
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="config file (default: $ORCH_CONFIG, then ./workers.toml)")
+    common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the master's control socket (default: $ORCH_SOCKET, then the running "
+                             "master of the config, then its control_socket)")
     parser = argparse.ArgumentParser(
         prog="orch", description="Declarative process orchestrator: templates x matrices, live reload by diff.",
         epilog="example: orch up -c configs/workers.toml", parents=[common])
@@ -164,12 +168,35 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _socket(path: Path) -> Path:
+def _socket(args: argparse.Namespace, path: Path) -> Path:
+    """Where the master of `path` listens, without parsing the file when it can: `--socket`,
+    $ORCH_SOCKET, the record a running master wrote for this config, then the file."""
+    explicit = getattr(args, "socket", None) or os.environ.get("ORCH_SOCKET")
+    if explicit:
+        return Path(explicit).absolute()
+    record = live_record(path)
+    if record is not None:
+        return Path(record["socket"])
     return load_settings(path).control_socket
 
 
+def _log_dir(path: Path) -> Path:
+    record = live_record(path)
+    return Path(record["log_dir"]) if record is not None else load_settings(path).log_dir
+
+
+def _disk_error(path: Path) -> str | None:
+    """Why the config on disk would not load now (None when it would)."""
+    from .config.load import load_config
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_diff(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(path), "diff")
+    result = request(_socket(args, path), "diff")
     for line in result["lines"]:
         print(line)
     print(f"{result['start']} to start, {result['stop']} to stop, {result['restart']} to restart, "
@@ -178,7 +205,7 @@ def cmd_diff(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(path), "reload")
+    result = request(_socket(args, path), "reload")
     if result.get("queued"):
         print("reload queued behind the one being applied")
     elif not result.get("applied"):
@@ -191,16 +218,16 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
     from .observe.status_view import render_status
-    result = request(_socket(path), "status", patterns=args.patterns or None)
+    result = request(_socket(args, path), "status", patterns=args.patterns or None)
     if args.json:
         print(json.dumps(result["instances"], indent=1))
     else:
-        print(render_status(result))
+        print(render_status(result, _disk_error(Path(result.get("config") or path))))
     return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace, path: Path) -> int:
-    client = ControlClient(_socket(path))
+    client = ControlClient(_socket(args, path))
     try:
         result = client.call("down")
         if not client.wait_closed(args.timeout):
@@ -218,7 +245,7 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
         if not args.no_wait:
             extra.update(wait=True, timeout=args.timeout)
         # The master answers when the work is done, or fails it at its own deadline.
-        client = ControlClient(_socket(path), timeout=None if not args.no_wait else 30.0)
+        client = ControlClient(_socket(args, path), timeout=None if not args.no_wait else 30.0)
         try:
             names = client.call(action, patterns=args.patterns, **extra)
         finally:
@@ -229,7 +256,7 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
 
 
 def cmd_signal(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(path), "signal", patterns=args.patterns, signal=args.signal)
+    result = request(_socket(args, path), "signal", patterns=args.patterns, signal=args.signal)
     print(f"{result['signal']}: {', '.join(result['sent'])}"
           + (f" (not running: {', '.join(result['skipped'])})" if result["skipped"] else ""))
     return EXIT_OK
@@ -238,18 +265,18 @@ def cmd_signal(args: argparse.Namespace, path: Path) -> int:
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     from .observe.logs import instance_name, log_path
     import fnmatch
-    settings = load_settings(path)
-    files = sorted(settings.log_dir.glob("*.log"))
+    log_dir = _log_dir(path)
+    files = sorted(log_dir.glob("*.log"))
     if args.patterns:
         chosen = []
         for pattern in args.patterns:
-            exact = log_path(settings.log_dir, pattern)
+            exact = log_path(log_dir, pattern)
             matched = [exact] if exact.exists() else [
                 f for f in files if fnmatch.fnmatchcase(instance_name(f), pattern)]
             if not matched:  # log files open on first output: ask the master for silent instances
-                matched = [log_path(settings.log_dir, name) for name in _instances(settings, pattern)]
+                matched = [log_path(log_dir, name) for name in _instances(args, path, pattern)]
             if not matched:
-                raise OrchError(f"no log matches {pattern!r} in {settings.log_dir}")
+                raise OrchError(f"no log matches {pattern!r} in {log_dir}")
             chosen += [m for m in matched if m not in chosen]
         files = chosen
     followers = [_LogFollower(f, instance_name(f) if len(files) > 1 else None) for f in files]
@@ -264,10 +291,10 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
-def _instances(settings: Any, pattern: str) -> list[str]:
+def _instances(args: argparse.Namespace, path: Path, pattern: str) -> list[str]:
     """Names of the running master's instances matching `pattern`; [] without a master."""
     try:
-        rows = request(settings.control_socket, "status", patterns=[pattern])["instances"]
+        rows = request(_socket(args, path), "status", patterns=[pattern])["instances"]
     except (OrchError, ControlError, OSError):
         return []
     return [row["name"] for row in rows]

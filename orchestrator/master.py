@@ -12,6 +12,7 @@ from . import __version__
 from .config.load import Config, Settings, load_config
 from .control.commands import Commands
 from .control.notify import NotifyServer
+from .control.saves import sources_digest
 from .control.server import ControlServer
 from .errors import ConfigError, ConfigProblem
 from .expand.render import ExpansionCache, expand
@@ -65,7 +66,7 @@ class Master:
         self.last_reload_error: str | None = None
         self.reload_count = 0
         self.reload_queued = False
-        self.config_bytes: bytes | None = None
+        self.config_bytes: str | None = None  # digest of the sources last read
         echo = None if quiet else Echo()
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
         self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
@@ -136,7 +137,7 @@ class Master:
 
     def _start_watcher(self) -> None:
         from .control.watch import ConfigWatcher  # watchdog starts a thread: only after the spawner exists
-        self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload)
+        self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload, self.settings.settle)
         self.watcher.set_files(self.config.files, self.config.include_patterns)
         self.watcher.start()
 
@@ -257,12 +258,10 @@ class Master:
     def _remember_file(self) -> None:
         self.config_bytes = self._read_sources()
 
-    def _read_sources(self) -> bytes | None:
-        """The config and its included files, to skip a reload when nothing was saved."""
-        try:
-            return b"\0".join(f.read_bytes() for f in self.config.files)
-        except OSError:
-            return None
+    def _read_sources(self) -> str | None:
+        """A digest of the config and its included files: a save that changes nothing (a
+        re-save, vim's rename dance, a burst ending where it began) is never applied."""
+        return sources_digest(self.config.files, self.config.include_patterns)
 
     def request_reload(self, origin: str, force: bool = False) -> dict[str, Any]:
         """Reload now, or after the reload being applied finishes (against the newest file)."""
@@ -272,7 +271,7 @@ class Master:
             self.reload_queued = True
             log.info("reload (%s) queued: the previous reload is still being applied", origin)
             return {"applied": False, "queued": True}
-        if not force and origin == "file modified" and self._read_sources() == self.config_bytes:
+        if not force and origin.startswith("file") and self._read_sources() == self.config_bytes:
             return {"applied": False, "reason": "unchanged"}
         return self.reload(origin)
 
@@ -341,5 +340,7 @@ class Master:
             elif not new.watch and self.watcher is not None:
                 self.watcher.stop()
                 self.watcher = None
+        if self.watcher is not None:
+            self.watcher.settle = new.settle
         live = {k: getattr(new, k) for k in LIVE_SETTINGS}
         self.settings = Settings(**{**old.__dict__, **live})

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .config.load import Settings, load_config, load_settings
+from .control.record import remove_record, write_record
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
 from .observe.procfs import is_running
@@ -63,7 +64,12 @@ def _foreground(path: Path, quiet: bool) -> int:
         raise
     set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=quiet)
-    code = master.run()
+    # Clients find this master from the config's path alone, even once the file is broken.
+    write_record(path, config.settings.control_socket, config.settings.log_dir)
+    try:
+        code = master.run()
+    finally:
+        remove_record(path)
     # Exit now, not through interpreter finalization: `orch down` waits for the control
     # connection to close, and it must close when this process is gone, not before.
     sys.stdout.flush()

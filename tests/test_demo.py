@@ -19,8 +19,11 @@ def test_the_demo_config_runs_consumers_that_drain_the_queue(start_master, tmp_p
     def done_by() -> set[str]:
         if not db.exists():
             return set()
-        with sqlite3.connect(db, timeout=5) as conn:
-            rows = conn.execute("SELECT DISTINCT worker FROM jobs WHERE state = 'done'").fetchall()
+        try:
+            with sqlite3.connect(db, timeout=5) as conn:
+                rows = conn.execute("SELECT DISTINCT worker FROM jobs WHERE state = 'done'").fetchall()
+        except sqlite3.OperationalError:  # the file exists a moment before its table does
+            return set()
         return {r[0] for r in rows}
     workers = wait_for(lambda: len(done_by()) >= 3 and done_by(), 20, interval=0.2,
                        message="jobs done by several consumers")

@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 
 from orchestrator.config.load import load_config
+from orchestrator.errors import ConfigError
 from orchestrator.expand.render import expand, summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,6 @@ def by_name(specs):
     ('exclude = [{ b = "x" }]', [(1, "y"), (2, "y")]),
     ('exclude = [{ a = 2, b = "y" }]', [(1, "x"), (1, "y"), (2, "x")]),
     ('exclude = [{ a = 1 }, { b = "y" }]', [(2, "x")]),
-    ('exclude = [{ c = 1 }]', [(1, "x"), (1, "y"), (2, "x"), (2, "y")]),
     ('exclude = [{ a = 1 }]\ninclude = [{ a = 1, b = "x" }, { a = 9, b = "q" }]',
      [(2, "x"), (2, "y"), (1, "x"), (9, "q")]),
 ])
@@ -77,14 +77,14 @@ def test_replicas_and_replica_variable(tmp_path):
         matrix = { ip = ["a", "b"] }
         replicas = 3
         """)
-    assert [s.name for s in specs] == ["w-a-0", "w-a-1", "w-a-2", "w-b-0", "w-b-1", "w-b-2"]
+    assert [s.name for s in specs] == ["w-a", "w-a-1", "w-a-2", "w-b", "w-b-1", "w-b-2"]
     assert [s.replica for s in specs] == [0, 1, 2, 0, 1, 2]
     assert [s.argv[2] for s in specs] == ["0", "1", "2", "0", "1", "2"]
 
 
 @pytest.mark.parametrize("body,names", [
     ('command = "echo"', ["solo"]),
-    ('command = "echo"\nreplicas = 2', ["solo-0", "solo-1"]),
+    ('command = "echo"\nreplicas = 2', ["solo", "solo-1"]),
     ('command = "echo"\nmatrix = { v = ["a b/c", "10.0.0.1"] }', ["solo-a_b_c", "solo-10.0.0.1"]),
     ('command = "echo"\nmatrix = { v = [true, 2] }', ["solo-true", "solo-2"]),
     ('command = "echo"\nname = "x-{{ template }}-{{ replica }}"\nreplicas = 2', ["x-solo-0", "x-solo-1"]),
@@ -410,6 +410,7 @@ def matrices(draw):
     axes = {f"a{i}": draw(st.lists(VALUE, min_size=1, max_size=4, unique=True)) for i in range(n_axes)}
     excludes = [{k: draw(st.sampled_from(v)) for k, v in axes.items() if draw(st.booleans())}
                 for _ in range(draw(st.integers(0, 2)))]
+    excludes = [e for e in excludes if e]  # an empty entry is an error (it would exclude everything)
     includes = [{k: draw(st.one_of(st.sampled_from(v), VALUE)) for k, v in axes.items()}
                 for _ in range(draw(st.integers(0, 2)))]
     replicas = draw(st.integers(1, 3))
@@ -451,3 +452,26 @@ def test_expansion_property(tmp_path_factory, case):
 def test_cwd_rendered_per_instance(tmp_path):
     specs = specs_of(tmp_path, '[workers.c]\ncommand = "echo"\ncwd = "w/{{ ip }}"\nmatrix = { ip = ["1", "2"] }\n')
     assert [s.cwd for s in specs] == [str((tmp_path / "w" / ip).resolve()) for ip in ("1", "2")]
+
+
+@pytest.mark.parametrize("extra,message", [
+    ('exclude = [{ c = 1 }]', "workers.t.exclude: entry 1: 'c' is not an axis (axes: a, b)"),
+    ('exclude = [{ a = 1 }, { a = 2, bb = "x" }]', "workers.t.exclude: entry 2: 'bb' is not an axis"),
+    ('include = [{ a = 3, b = "z", c = 0 }]', "workers.t.include: entry 1: 'c' is not an axis"),
+    ('include = [{ a = 3 }]', "workers.t.include: entry 1: no value for the axis 'b'"),
+    ('exclude = [{}]', "workers.t.exclude: entry 1: an empty entry would exclude every combination"),
+])
+def test_include_and_exclude_entries_name_only_the_axes(tmp_path, extra, message):
+    path = tmp_path / "workers.toml"
+    path.write_text('[workers.t]\ncommand = "echo {{ a }} {{ b }}"\nmatrix = { a = [1, 2], b = ["x", "y"] }\n'
+                    + extra + "\n")
+    with pytest.raises(ConfigError) as caught:
+        expand(load_config(path))
+    assert f"{path}:4: {message}" in str(caught.value)
+
+
+def test_an_entry_on_a_template_without_a_matrix_is_an_error(tmp_path):
+    path = tmp_path / "workers.toml"
+    path.write_text('[workers.t]\ncommand = "echo"\nexclude = [{ a = 1 }]\n')
+    with pytest.raises(ConfigError, match="'a' is not an axis \\(axes: none: the template has no matrix\\)"):
+        expand(load_config(path))

@@ -165,9 +165,9 @@ def test_kubernetes_carries_replicas_unless_a_field_uses_the_replica(fleet):
     specs = {s.name: s for s in specs_of(fleet)}
     container = by_template["argv"][0]["spec"]["template"]["spec"]["containers"][0]
     argv = [a.replace("$$", "$") for a in container["command"] + container["args"]]
-    assert argv == ["python3"] + list(specs["argv-x_y-0"].argv[1:])
+    assert argv == ["python3"] + list(specs["argv-x_y"].argv[1:])
     env = {e["name"]: e.get("value", "").replace("$$", "$") for e in container["env"]}
-    assert env == {"ORCH_INSTANCE": "", **dict(specs["argv-x_y-0"].env)}
+    assert env == {"ORCH_INSTANCE": "", **dict(specs["argv-x_y"].env)}
     assert container["resources"] == {"requests": {"memory": str(100 * 2**20)},
                                       "limits": {"memory": str(200 * 2**20)}}
     assert container["workingDir"] == "/app"

@@ -90,7 +90,7 @@ def test_unset_keys_load_as_the_table_defaults(tmp_path):
     for key in keys.POLICY_KEYS + keys.POLICY_SUB_KEYS:
         expected = getattr(settings, key.default_from.split(".")[1]) if key.default_from else key.value
         assert getattr(policy, key.attr) == expected, key.path
-    assert policy.log_backups == 2 and policy.kill_mode == "group" and settings.settle == 1.5
+    assert policy.log_backups == 2 and policy.kill_mode == "group" and settings.settle == 2.0
     for key in keys.TEMPLATE_KEYS:
         if key.default is not None:
             value = key.value

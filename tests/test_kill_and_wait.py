@@ -211,16 +211,16 @@ def test_orch_signal_reaches_the_main_process_only(start_master, tmp_path):
         command = "sleep 1000"
     """)
     master.wait_running(3)
-    logs = [tmp_path / f".orch/logs/web-{i}.log" for i in (0, 1)]
+    logs = [tmp_path / ".orch/logs/web.log", tmp_path / ".orch/logs/web-1.log"]  # replica 0 is unsuffixed
     wait_for(lambda: all("child up" in text_of(log) for log in logs), message="the children")
     result = orch("signal", "HUP", "template:web", "-c", str(master.config))
-    assert result.returncode == 0 and result.stdout.strip() == "SIGHUP: web-0, web-1", result
+    assert result.returncode == 0 and result.stdout.strip() == "SIGHUP: web, web-1", result
     for log in logs:
         wait_for(lambda: "main got SIGHUP" in text_of(log), message="SIGHUP at the main process")
     time.sleep(0.3)
     assert all("child got SIGHUP" not in text_of(log) for log in logs)
     assert master.status()["other"]["restarts"] == 0
-    bad = orch("signal", "NOPE", "web-0", "-c", str(master.config))
+    bad = orch("signal", "NOPE", "web", "-c", str(master.config))
     assert bad.returncode == 2 and "NOPE" in bad.stderr
     assert orch("stop", "other", "-c", str(master.config)).returncode == 0
     idle = orch("signal", "USR1", "other", "-c", str(master.config))

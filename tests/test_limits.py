@@ -129,7 +129,9 @@ def test_a_run_that_hangs_past_timeout_is_killed_and_replaced(start_master, tmp_
         check_point = "50ms"
         preload = true
     """)
-    wait_for(lambda: (tmp_path / "hung").exists(), message="the hanging run")
+    # exists() can be true before the pid is written: wait for the whole number
+    wait_for(lambda: (tmp_path / "hung").exists() and (tmp_path / "hung").read_text().strip(),
+             message="the hanging run")
     hung = int((tmp_path / "hung").read_text())
     row = reason_row(master, "hang", "timeout")
     assert row["last_exit"] == "SIGKILL" and row["pid"] != hung and not alive(hung)

@@ -163,7 +163,7 @@ def test_sigusr1_reopens_every_log_file(start_master):
     """)
     master.wait_running(2)
     folder = logs(master)
-    names = ("t-0", "t-1")
+    names = ("t", "t-1")
     wait_for(lambda: all(len(ticks(folder / f"{n}.log")) >= 2 for n in names), message="some ticks")
     for name in names:
         os.rename(folder / f"{name}.log", folder / f"{name}.log.old")

@@ -70,10 +70,10 @@ def test_bumping_replicas_starts_one_and_touches_no_other(start_master):
     master = start_master(config.format(n=2))
     before = master.wait_running(2)
     master.write(config.format(n=3))
-    after = wait_settled(master, {"r-0", "r-1", "r-2"})
-    assert after["r-0"] == before["r-0"] and after["r-1"] == before["r-1"]
+    after = wait_settled(master, {"r", "r-1", "r-2"})
+    assert after["r"] == before["r"] and after["r-1"] == before["r-1"]
     master.write(config.format(n=2))
-    after = wait_settled(master, {"r-0", "r-1"})
+    after = wait_settled(master, {"r", "r-1"})
     assert after == before
 
 
@@ -157,11 +157,11 @@ def test_sighup_and_orch_reload_apply_when_watching_is_off(start_master):
     time.sleep(0.3)  # proving a negative: the watcher is off, nothing may happen
     assert len(master.status()) == 1
     os.kill(master.pid, signal.SIGHUP)
-    wait_settled(master, {"h-0", "h-1"})
+    wait_settled(master, {"h", "h-1"})
     master.write(config.format(n=3))
     result = orch("reload", "-c", str(master.config))
     assert result.returncode == 0 and "1 started" in result.stdout
-    wait_settled(master, {"h-0", "h-1", "h-2"})
+    wait_settled(master, {"h", "h-1", "h-2"})
 
 
 def test_diff_shows_what_a_reload_would_do_without_doing_it(start_master):
@@ -222,7 +222,7 @@ def test_a_reload_during_a_reload_is_queued_and_applies_the_newest_file(start_ma
     wait_for(lambda: master.status()["slow"]["state"] == "stopping", message="the slow stop")
     master.write(config.format(v=2, n=2))   # arrives while the first is applied
     master.write(config.format(v=2, n=3))   # the newest file wins
-    after = wait_settled(master, {"slow", "fast-0", "fast-1", "fast-2"}, timeout=6)
+    after = wait_settled(master, {"slow", "fast", "fast-1", "fast-2"}, timeout=6)
     assert after["slow"] != before["slow"]
     assert "queued" in master.stderr()
 

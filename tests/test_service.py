@@ -84,7 +84,7 @@ def test_sd_notify_ready_after_every_start_then_status_then_stopping(start_maste
         assert listener.messages == [ready], "READY=1 is the first message"
         assert fields(ready) == {"READY": "1", "MAINPID": str(master.pid), "STATUS": "6 running"}
 
-        assert orch("stop", "s-0", "-c", str(master.config), timeout=20).returncode == 0
+        assert orch("stop", "s", "-c", str(master.config), timeout=20).returncode == 0
         listener.next(lambda m: fields(m).get("STATUS") == "5 running, 1 stopped" or
                       fields(m).get("STATUS") == "1 stopped, 5 running", 5, "STATUS= after the stop")
         assert not any("READY=1" in m for m in listener.messages[1:])
@@ -138,7 +138,7 @@ def test_metrics_endpoint_reports_instances_and_reloads(start_master):
     head, body = scrape(port)
     assert head.startswith("HTTP/1.0 200") and "text/plain; version=0.0.4" in head
     found = samples(body)
-    for name in ("m-0", "m-1"):
+    for name in ("m", "m-1"):
         labels = f'{{name="{name}",template="m"}}'
         assert found[f"orch_instance_up{labels}"] == 1
         assert found[f"orch_instance_restarts_total{labels}"] == 0
@@ -148,8 +148,8 @@ def test_metrics_endpoint_reports_instances_and_reloads(start_master):
 
     idle = socket.create_connection(("127.0.0.1", port), timeout=5)  # a scraper that says nothing
     try:
-        os.kill(pids["m-0"], signal.SIGKILL)
-        wait_for(lambda: master.status()["m-0"]["pid"] not in (None, pids["m-0"]), message="m-0 replaced")
+        os.kill(pids["m"], signal.SIGKILL)
+        wait_for(lambda: master.status()["m"]["pid"] not in (None, pids["m"]), message="m replaced")
         master.write(METRICS.format(port=port, n=3))
         master.wait_running(3)
         assert orch("stop", "m-1", "-c", str(master.config), timeout=20).returncode == 0
@@ -157,7 +157,7 @@ def test_metrics_endpoint_reports_instances_and_reloads(start_master):
         found = samples(scrape(port)[1])
     finally:
         idle.close()
-    assert found['orch_instance_restarts_total{name="m-0",template="m"}'] == 1
+    assert found['orch_instance_restarts_total{name="m",template="m"}'] == 1
     assert found['orch_instance_up{name="m-1",template="m"}'] == 0
     assert found['orch_instance_rss_bytes{name="m-1",template="m"}'] == 0
     assert found['orch_instance_up{name="m-2",template="m"}'] == 1

@@ -31,7 +31,7 @@ replicas = 2
 def test_matrix_with_replicas_brings_up_every_combination(start_master):
     master = start_master(MATRIX.replace("{{ 1000 + loop_index | default(0) }}", "100{{ replica }}"))
     running = master.wait_running(8)
-    assert set(running) == {f"consumer-10.0.0.{i}-q{q}-{r}" for i in (1, 2) for q in (1, 2) for r in (0, 1)}
+    assert set(running) == {f"consumer-10.0.0.{i}-q{q}{r}" for i in (1, 2) for q in (1, 2) for r in ("", "-1")}
     for pid in running.values():
         proc = psutil.Process(pid)
         assert proc.name() == "sleep"
@@ -45,11 +45,11 @@ def test_a_killed_child_is_replaced_within_a_second(start_master):
         replicas = 2
     """)
     before = master.wait_running(2)
-    os.kill(before["w-0"], signal.SIGKILL)
+    os.kill(before["w"], signal.SIGKILL)
 
     def replaced():
-        row = master.status()["w-0"]
-        return row["state"] == "running" and row["pid"] != before["w-0"] and row
+        row = master.status()["w"]
+        return row["state"] == "running" and row["pid"] != before["w"] and row
     row = wait_for(replaced, 1.0, message="a replacement")
     assert row["restarts"] == 1 and row["last_exit"] == "SIGKILL"
     assert master.status()["w-1"]["pid"] == before["w-1"]

@@ -101,12 +101,12 @@ def test_a_child_gets_only_fds_0_1_2_not_the_launchers_nor_its_siblings(start_ma
         os.close(secret)
     running = master.wait_running(6, timeout=20)
     assert str(tmp_path / "secret.txt") in fds_of(master.pid).values(), "the launcher's fd reached the master"
-    for name in ("plain-0", "plain-1", "plain-2"):
+    for name in ("plain", "plain-1", "plain-2"):  # replica 0 keeps the unsuffixed name
         links = fds_of(running[name])
         assert set(links) == {"0", "1", "2"}, f"{name} has {links}"
         assert links["0"] == "/dev/null" and links["1"] == links["2"] and links["1"].startswith("pipe:")
-    assert len({fds_of(running[n])["1"] for n in ("plain-0", "plain-1", "plain-2")}) == 3
-    for name in ("pre-0", "pre-1", "py"):
+    assert len({fds_of(running[n])["1"] for n in ("plain", "plain-1", "plain-2")}) == 3
+    for name in ("pre", "pre-1", "py"):
         links = wait_for(lambda: (tmp_path / f"fds-{name}.json").exists()
                          and json.loads((tmp_path / f"fds-{name}.json").read_text()), 10, message=name)
         extra = {fd: link for fd, link in links.items() if fd not in ("0", "1", "2")}

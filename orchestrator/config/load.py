@@ -87,8 +87,8 @@ class Settings:
     log_dir: Path
     graceful_timeout: float = 10.0
     check_interval: float = 1.0
-    settle: float = 1.5
     watch: bool = True
+    settle: float = 2.0  # a save not closed by its writer applies after this long unchanged
     max_instances: int = 10_000
     log_level: str = "info"
     log_max_size: int = 50 * 2**20
@@ -134,6 +134,9 @@ def read_toml(path: Path) -> tuple[dict, str]:
         line = int(match.group(1)) if match else None
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
         raise ConfigError([ConfigProblem(str(path), "", f"TOML syntax error: {message}", line)]) from None
+    except RecursionError:  # arrays or inline tables nested hundreds deep
+        raise ConfigError([ConfigProblem(str(path), "", "TOML syntax error: arrays or inline tables "
+                                          "nested too deeply")]) from None
 
 
 def load_settings(path: Path) -> Settings:

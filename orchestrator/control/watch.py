@@ -1,75 +1,119 @@
-"""Watching the config file: watchdog on the config's folder, events posted into the loop.
+"""Watching the config file: watchdog on the config's folders, events posted into the loop.
 
-The folder is watched, not the file: an editor that saves by renaming a temp file over
-the config replaces the inode, and a watch on the old file would go silent. Close-after-
-write and rename events apply at once; bare modifications (a truncate-and-rewrite in
-progress) are debounced, so a half-written file is rarely read at all.
+Folders are watched, not files: an editor that saves by renaming replaces the inode, and a
+ConfigMap swaps a `..data` symlink next to the config. A finished save (close after writing,
+rename into place) applies after BURST seconds without another one, so a burst of saves is
+one reload; a bare modification waits until the file has been quiet for `settle` seconds (a
+writer pausing mid-file is not applied half-way); a config that disappears is being replaced
+and is only reloaded (and reported missing) if it is still gone after `settle` seconds. The
+master compares content digests, so a save that changes nothing is never applied.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ..loop import EventLoop, Timer
+from .saves import FINISHED, GONE, IGNORE, WRITING, classify, lookup_chain
 
-DEBOUNCE = 0.1
+log = logging.getLogger("orch")
+BURST = 0.25  # a finished save is applied once no other save followed for this long
+DEFAULT_SETTLE = 2.0
 
 
 class ConfigWatcher(FileSystemEventHandler):
-    """Calls `on_change` in the loop when any of `files` is saved."""
+    """Calls `on_change(origin)` in the loop once a save of any of `files` is finished."""
 
-    def __init__(self, loop: EventLoop, files: Iterable[Path], on_change: Callable[[str], None]):
+    def __init__(self, loop: EventLoop, files: Iterable[Path], on_change: Callable[[str], Any],
+                 settle: float = DEFAULT_SETTLE):
         self.loop = loop
         self.on_change = on_change
-        self.files: set[str] = set()
+        self.settle = settle
+        self.files: tuple[str, ...] = ()
         self.patterns: tuple[str, ...] = ()
+        self.watched: set[str] = set()  # every name a lookup of a source passes through
         self.observer = Observer()
-        self._watched_dirs: set[str] = set()
-        self._debounce: Timer | None = None
+        self._watches: dict[str, Any] = {}
+        self._timer: Timer | None = None
         self.set_files(files)
 
     def set_files(self, files: Iterable[Path], patterns: Iterable[str] = ()) -> None:
         """Watch these files, and any file matching `patterns` (includes created later)."""
-        self.files = {os.path.realpath(f) for f in files}
+        self.files = tuple(os.path.abspath(f) for f in files)
         self.patterns = tuple(os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
                               for p in patterns)
-        folders = {os.path.dirname(f) for f in self.files} | {os.path.dirname(p) for p in self.patterns}
-        for folder in {f for f in folders if os.path.isdir(f)} - self._watched_dirs:
-            self.observer.schedule(self, folder, recursive=False)
-            self._watched_dirs.add(folder)
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Follow the lookup chains again (a swapped symlink leads elsewhere) and watch their folders."""
+        self.watched = {name for f in self.files for name in lookup_chain(f)}
+        folders = {os.path.dirname(n) for n in self.watched} | {os.path.dirname(p) for p in self.patterns}
+        folders = {f for f in folders if os.path.isdir(f)}
+        for folder in folders - self._watches.keys():
+            try:
+                self._watches[folder] = self.observer.schedule(self, folder, recursive=False)
+            except OSError as exc:  # removed again in between: the next event re-follows
+                log.debug("cannot watch %s: %s", folder, exc)
+        for folder in set(self._watches) - folders:
+            try:
+                self.observer.unschedule(self._watches.pop(folder))
+            except (KeyError, OSError):
+                pass
 
     def start(self) -> None:
         self.observer.daemon = True
         self.observer.start()
 
     def stop(self) -> None:
+        self._cancel()
         self.observer.stop()
         self.observer.join(timeout=2)
 
     # Runs in watchdog's thread: only filter and hand over to the loop.
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+        if event.is_directory or event.event_type in ("opened", "closed_no_write", "attrib"):
             return
-        paths = {os.path.realpath(os.fsdecode(event.src_path))}
-        if getattr(event, "dest_path", None):
-            paths.add(os.path.realpath(os.fsdecode(event.dest_path)))
-        if not paths & self.files and not any(fnmatch.fnmatch(path, pattern) for path in paths
-                                               for pattern in self.patterns):
-            return
-        immediate = event.event_type in ("closed", "moved", "created", "deleted")
-        self.loop.call_soon_threadsafe(lambda: self._changed(immediate, event.event_type))
+        src = os.path.normpath(os.fsdecode(event.src_path))
+        dest = os.path.normpath(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else None
+        self.loop.call_soon_threadsafe(lambda: self._event(event.event_type, src, dest))
 
-    def _changed(self, immediate: bool, kind: str) -> None:
-        if self._debounce is not None:
-            self._debounce.cancel()
-            self._debounce = None
-        if immediate:
-            self.on_change(f"file {kind}")
-        else:
-            self._debounce = self.loop.call_later(DEBOUNCE, lambda: self.on_change("file modified"))
+    def _matches(self, path: str | None) -> bool:
+        return path is not None and any(fnmatch.fnmatch(path, p) for p in self.patterns)
+
+    def _event(self, kind: str, src: str, dest: str | None) -> None:
+        watched = self.watched | {p for p in (src, dest) if self._matches(p)}
+        verdict = classify(kind, src, dest, watched, kind == "created" and os.path.islink(src))
+        if verdict == IGNORE:
+            return
+        if kind in ("moved", "created", "deleted"):
+            self._rewatch()
+        if verdict == FINISHED:
+            self._arm(BURST, f"file {kind}", "another save follows")
+        elif verdict == WRITING:
+            self._arm(self.settle, "file modified", "the writer writes on")
+        elif verdict == GONE and all(os.path.exists(f) for f in self.files):
+            self._arm(self.settle, "file replaced", "the writer writes on")
+        elif verdict == GONE:
+            self._arm(self.settle, f"file {kind}", "it comes back")
+
+    def _arm(self, delay: float, origin: str, waiting: str) -> None:
+        """(Re)start the one timer: each event postpones the reload, the last one decides when."""
+        self._cancel()
+        log.debug("config save (%s): reload in %.2fs unless %s", origin, delay, waiting)
+        self._timer = self.loop.call_later(delay, lambda: self._fire(origin))
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self, origin: str) -> None:
+        self._timer = None
+        self.on_change(origin)

@@ -272,6 +272,8 @@ def _combinations(template: Template, variables: dict[str, Any], renderer: _Rend
         problem(f"workers.{template.name}.matrix", f"the matrix has {count} combinations")
         return None
     names = [a for a, _ in axes]
+    if not _entries_name_axes(template, names, problem):
+        return None
     combos = [dict(zip(names, values)) for values in itertools.product(*(v for _, v in axes))]
     excludes = [dict(e) for e in template.exclude]
     combos = [c for c in combos if not any(_matches(c, e) for e in excludes)]
@@ -282,14 +284,40 @@ def _combinations(template: Template, variables: dict[str, Any], renderer: _Rend
     return combos
 
 
+def _entries_name_axes(template: Template, axes: list[str], problem: Any) -> bool:
+    """`include`/`exclude` entries name only the matrix's axes, and an include names them
+    all: a typo would otherwise silently exclude nothing, or add a half-named instance."""
+    ok = True
+    have = ", ".join(axes) if axes else "none: the template has no matrix"
+    for kind, entries in (("exclude", template.exclude), ("include", template.include)):
+        for number, entry in enumerate(entries, 1):
+            keys = [k for k, _ in entry]
+            unknown = [k for k in keys if k not in axes]
+            missing = [a for a in axes if a not in keys] if kind == "include" else []
+            if unknown:
+                message = f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not an axis"
+            elif missing:
+                message = f"no value for the axis {', '.join(map(repr, missing))}"
+            elif not keys:
+                message = "an empty entry would exclude every combination"
+            else:
+                continue
+            problem(f"workers.{template.name}.{kind}", f"entry {number}: {message} (axes: {have})")
+            ok = False
+    return ok
+
+
 def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(k in combo and combo[k] == v for k, v in pattern.items())
 
 
 def default_name(template: Template, params: dict[str, Any], replica: int) -> str:
-    """Template name plus the matrix values (and the replica when there are several)."""
+    """Template name plus the matrix values, plus the replica number from replica 1 on.
+
+    Replica 0 has no suffix whatever `replicas` is, so a name never depends on how many
+    replicas there are: scaling 1 -> 2 starts `w-1` and keeps `w` running (2 -> 1 stops `w-1`)."""
     parts = [template.name] + [_UNSAFE_NAME_CHARS.sub("_", _text(v)) for v in params.values()]
-    if template.replicas > 1:
+    if replica > 0:
         parts.append(str(replica))
     return "-".join(parts)
 

@@ -64,6 +64,8 @@ class LogFile:
             except OSError:
                 return
         if self.max_size and self._size + len(data) > self.max_size and self._size > 0:
+            self._size = self._real_size()  # truncated from outside (logrotate copytruncate)?
+        if self.max_size and self._size + len(data) > self.max_size and self._size > 0:
             try:
                 self.rotate()
                 self.open()  # rotate() closed the file: this chunk goes to the fresh one
@@ -74,6 +76,14 @@ class LogFile:
         except OSError:
             return  # a full disk must not take the master down
         self._size += len(data)
+
+    def _real_size(self) -> int:
+        """The file's size now: only asked when the count says a rotation is due, so an
+        outside truncation restarts the count instead of rotating a nearly empty file."""
+        try:
+            return os.fstat(self._fd).st_size
+        except OSError:
+            return self._size
 
     def rotate(self) -> None:
         self.close()

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import OrchError
 from ..loop import EventLoop
 
 log = logging.getLogger("orch")
 MAX_REQUEST = 8192
+IDLE_TIMEOUT = 5.0  # a client that has not sent its whole request by then is dropped
+MASTER_HELP = {
+    "orch_instances": "instances the master supervises",
+    "orch_reloads_total": "config reloads applied",
+    "orch_reload_failures_total": "config reloads that failed and changed nothing",
+    "orch_last_reload_seconds": "time the last applied reload took to plan",
+}
 
 
 def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
@@ -41,7 +48,8 @@ def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
             lines.append(f'orch_instance_limit_kills_total{{name="{esc(r["name"])}",reason="{reason}"}} {count}')
     for name, value in sorted(master.items()):
         kind = "counter" if name.endswith("_total") else "gauge"
-        lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        text = MASTER_HELP.get(name, name.removeprefix("orch_").replace("_", " "))
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     return "\n".join(lines) + "\n"
 
 
@@ -83,9 +91,18 @@ class MetricsServer:
                 return
             client.setblocking(False)
             buffer = bytearray()
-            self.loop.add_reader(client.fileno(), lambda c=client, b=buffer: self._read(c, b))
+            # One timer per connection: a client that connects and sends nothing (or half a
+            # request) would otherwise hold an fd and a reader for ever.
+            timer = self.loop.call_later(IDLE_TIMEOUT, lambda c=client: self._drop(c))
+            self.loop.add_reader(client.fileno(), lambda c=client, b=buffer, t=timer: self._read(c, b, t))
 
-    def _read(self, client: socket.socket, buffer: bytearray) -> None:
+    def _drop(self, client: socket.socket) -> None:
+        if client.fileno() < 0:
+            return  # answered and closed already
+        self.loop.remove_reader(client.fileno())
+        client.close()
+
+    def _read(self, client: socket.socket, buffer: bytearray, timer: Any) -> None:
         try:
             data = client.recv(4096)
         except (BlockingIOError, InterruptedError):
@@ -96,6 +113,7 @@ class MetricsServer:
         if data and b"\r\n\r\n" not in buffer and len(buffer) < MAX_REQUEST:
             return
         self.loop.remove_reader(client.fileno())
+        timer.cancel()
         if not data:
             client.close()
             return

@@ -8,7 +8,8 @@ from typing import Any
 from ..units import format_duration, format_size
 
 
-def render_status(reply: dict[str, Any]) -> str:
+def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
+    """The status table; `disk_error` says why the config file on disk does not load now."""
     applied = reply.get("applied_at")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(applied)) if applied else "never"
     lines = [f"orch {reply['name']} (master {reply['pid']}) config {reply['config']}",
@@ -16,6 +17,9 @@ def render_status(reply: dict[str, Any]) -> str:
     if reply.get("last_reload_error"):
         lines.append("LAST RELOAD FAILED (still running the previous config):")
         lines += ["  " + line for line in reply["last_reload_error"].splitlines()]
+    if disk_error and disk_error != reply.get("last_reload_error"):
+        lines.append("THE CONFIG ON DISK DOES NOT LOAD (a reload now would change nothing):")
+        lines += ["  " + line for line in disk_error.splitlines()]
     rows = [("NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%", "PROCS")]
     for inst in reply["instances"]:
         last = inst.get("last_exit") or "-"
@@ -30,6 +34,9 @@ def render_status(reply: dict[str, Any]) -> str:
             f"{inst['cpu']:.1f}" if inst.get("cpu") is not None else "-",
             str(inst["processes"]) if inst.get("processes") else "-",
         ))
+    texts = [_status_text(inst) for inst in reply["instances"]]
+    if any(texts):  # the worker's own words (STATUS=): a column only when some worker speaks
+        rows = [row + (text,) for row, text in zip(rows, ["STATUS"] + texts)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     counts: dict[str, int] = {}
@@ -37,3 +44,9 @@ def render_status(reply: dict[str, Any]) -> str:
         counts[inst["state"]] = counts.get(inst["state"], 0) + 1
     lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances")
     return "\n".join(lines)
+
+
+def _status_text(inst: dict[str, Any]) -> str:
+    """The worker's last STATUS= text on one line, cut to keep the table readable."""
+    text = " ".join((inst.get("notify_status") or "").split())
+    return text if len(text) <= 80 else text[:77] + "..."
