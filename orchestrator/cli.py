@@ -29,9 +29,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("show every instance of the running master", "orch status 'consumer-*' --json"),
     "reload": ("re-read the config and apply only what changed", "orch reload -c workers.toml"),
     "down": ("stop every instance and the master; returns when all are gone", "orch down"),
-    "start": ("start instances (names, globs or template:NAME)", "orch start template:consumer"),
-    "stop": ("stop instances; they stay stopped across reloads", "orch stop 'consumer-10.0.0.2-*'"),
-    "restart": ("restart instances", "orch restart --rolling template:consumer"),
+    "start": ("start instances (names, globs or template:NAME); returns once they run",
+              "orch start template:consumer"),
+    "stop": ("stop instances; they stay stopped across reloads; returns once they are gone",
+             "orch stop 'consumer-10.0.0.2-*'"),
+    "restart": ("restart instances; returns once the new processes run", "orch restart --rolling template:consumer"),
+    "signal": ("send a signal to the main process of instances", "orch signal HUP template:web"),
     "logs": ("print an instance's log (or every log), optionally following",
              "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
     "export": ("write the fleet as systemd, supervisord, kubernetes, nomad or Procfile files",
@@ -70,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["status"].add_argument("--json", action="store_true", help="print a JSON list of instances")
     for name in ("start", "stop", "restart"):
         parsers[name].add_argument("patterns", nargs="+", metavar="PATTERN")
+        parsers[name].add_argument("--no-wait", action="store_true",
+                                   help="return at once instead of when the work is done")
+        parsers[name].add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                                   help="give up waiting after this long (exit 1); default: the "
+                                        "instances' stop_timeout + min_uptime + 30s")
+    parsers["signal"].add_argument("signal", metavar="SIGNAL", help="HUP, SIGUSR1, TTIN, 10, ...")
+    parsers["signal"].add_argument("patterns", nargs="+", metavar="PATTERN")
     parsers["restart"].add_argument("--rolling", action="store_true",
                                     help="restart in batches of the template's max_unavailable")
     parsers["down"].add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -251,12 +261,27 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
     def run(args: argparse.Namespace, path: Path) -> int:
         from .observe.progress import follow
         extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
+        if not args.no_wait:
+            extra.update(wait=True, timeout=args.timeout)
         socket = _socket(args, path)
+        # The master answers when the work is done, or fails it at its own deadline; on a
+        # terminal a progress line shows what it waits for meanwhile.
         with follow(socket, GOALS[action][0], GOALS[action][1], args.patterns):
-            names = request(socket, action, patterns=args.patterns, **extra)
+            client = ControlClient(socket, timeout=None if not args.no_wait else 30.0)
+            try:
+                names = client.call(action, patterns=args.patterns, **extra)
+            finally:
+                client.close()
         print(f"{action}: {', '.join(names)}")
         return EXIT_OK
     return run
+
+
+def cmd_signal(args: argparse.Namespace, path: Path) -> int:
+    result = request(_socket(args, path), "signal", patterns=args.patterns, signal=args.signal)
+    print(f"{result['signal']}: {', '.join(result['sent'])}"
+          + (f" (not running: {', '.join(result['skipped'])})" if result["skipped"] else ""))
+    return EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
@@ -407,7 +432,6 @@ def cmd_top(args: argparse.Namespace, path: Path) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
-    "restart": _control("restart"), "logs": cmd_logs, "export": cmd_export, "schema": cmd_schema,
-    "queues": cmd_queues,
-    "top": cmd_top,
+    "restart": _control("restart"), "signal": cmd_signal, "logs": cmd_logs, "export": cmd_export,
+    "schema": cmd_schema, "queues": cmd_queues, "top": cmd_top,
 }

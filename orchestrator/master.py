@@ -20,11 +20,12 @@ from .expand.render import ExpansionCache, expand
 from .expand.spec import ProcessSpec
 from .loop import EventLoop
 from .observe.logs import Echo
+from .observe.procfs import start_time
 from .observe.service import ServiceNotifier
 from .plan import reconcile
 from .spawn.child import reaped
 from .spawn.listeners import Listeners
-from .spawn.orphans import StateRecorder
+from .spawn.orphans import StateRecorder, end_record
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
 from .supervise.events import Event, StateChanged
@@ -76,7 +77,7 @@ class Master:
         self.reload_failures = 0
         self.last_reload_seconds = 0.0
         self.service = ServiceNotifier(self.loop, self.supervisor)
-        self.state_file = StateRecorder(self.loop, self.supervisor, self.settings.pidfile, lambda: self.spawner.pid)
+        self.state_file = StateRecorder(self.loop, self.supervisor, self.settings.pidfile, lambda: self.spawner)
         self.supervisor.on_idle = self._ops_idle
         self.supervisor.on_spawner_lost = self._spawner_lost
         self.supervisor.events.subscribe(self._on_event)
@@ -225,9 +226,12 @@ class Master:
             except ChildProcessError:
                 pass
             log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
+            # Its children died with it (PDEATHSIG); descendants that escaped their session
+            # still carry the run's cookie: end them before the fleet comes back (rare: one /proc scan).
+            end_record({"run": old.run, "run_start": start_time(os.getpid())}, "by the dead spawner", 0.5)
             # Forking now that watchdog's thread exists is safe here: the new spawner runs
             # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
-            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", close=self.listeners.fds())
+            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run)
             self.spawner.send_sockets(self.listeners.items())
             self.supervisor.replace_spawner(self.spawner)
             self.state_file.changed()

@@ -56,7 +56,7 @@ def _foreground(path: Path, quiet: bool) -> int:
         from .spawn.orphans import end_leftovers
         end_leftovers(settings.pidfile)
         listeners = Listeners(take_systemd_sockets())  # before the spawner: it must not see LISTEN_*
-        spawner = SpawnerClient.start(f"orch: spawner {settings.name}", close=listeners.fds())
+        spawner = SpawnerClient.start(f"orch: spawner {settings.name}")  # it closes every fd it inherits
         try:
             from .expand.render import expand
             from .master import Master

@@ -132,13 +132,13 @@ def start_master(tmp_path: Path):
     masters: list[Master] = []
 
     def start(text: str, name: str = "workers.toml", args: tuple[str, ...] = ("--quiet",),
-              wait: bool = True) -> Master:
+              wait: bool = True, pass_fds: tuple[int, ...] = ()) -> Master:
         config = tmp_path / name
         config.write_text(textwrap.dedent(text))
         stderr = tmp_path / f"master-{len(masters)}.err"
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-c", str(config), *args],
                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(stderr, "wb"),
-                                start_new_session=True)
+                                start_new_session=True, pass_fds=pass_fds)
         master = Master(tmp_path, config, proc, stderr)
         masters.append(master)
         if wait:

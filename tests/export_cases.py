@@ -76,7 +76,7 @@ def specs_of(path: Path) -> list[ProcessSpec]:
 def options_of(path: Path, **kw: object) -> Options:
     config = load_config(path)
     return Options(fleet=config.settings.name, config=config.path, folder=config.folder,
-                   log_dir=config.settings.log_dir, **kw)  # type: ignore[arg-type]
+                   log_dir=config.settings.log_dir, sockets=config.sockets, **kw)  # type: ignore[arg-type]
 
 
 def planned(path: Path) -> list[dict]:

@@ -170,7 +170,7 @@ def test_status_table_json_and_patterns(start_master):
     assert abs((datetime.now() - datetime.strptime(when.group(1), "%Y-%m-%d %H:%M:%S")).total_seconds()) < 60
     header = next(i for i, line in enumerate(lines) if line.startswith("NAME"))
     assert re.split(r"\s{2,}", lines[header]) == ["NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS",
-                                                   "LAST EXIT", "RSS", "CPU%"]
+                                                   "LAST EXIT", "RSS", "CPU%", "PROCS"]
     rows = {cells[0]: cells for cells in (re.split(r"\s{2,}", line) for line in lines[header + 1:header + 4])}
     assert set(rows) == {"web", "web-1", "job"}
     for name, cells in rows.items():
@@ -273,7 +273,7 @@ def test_rolling_restart_replaces_every_match_max_unavailable_at_a_time(start_ma
     """)
     before = master.wait_running(6)
     began = time.monotonic()
-    result = cli(master, "restart", "--rolling", "template:roll")
+    result = cli(master, "restart", "--rolling", "--no-wait", "template:roll")
     assert result.returncode == 0 and result.stdout.count("roll") == 5
     most_down = 0
     while True:
@@ -293,6 +293,11 @@ def test_rolling_restart_replaces_every_match_max_unavailable_at_a_time(start_ma
     assert master.pids()["other"] == before["other"]
     assert not any(alive(pid) for name, pid in before.items() if name.startswith("roll"))
     assert "5 instances, 2 at a time" in master.stderr()
+    before = master.pids()
+    result = cli(master, "restart", "--rolling", "template:roll")  # waits for every batch
+    rows = master.status()
+    assert result.returncode == 0, result.stderr
+    assert all(rows[n]["pid"] != before[n] and rows[n]["ready"] for n in rows if n.startswith("roll"))
 
 
 # --- exit codes ----------------------------------------------------------------------

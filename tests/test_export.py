@@ -329,3 +329,89 @@ def test_preload_and_a_clean_environment_are_warned_about_where_lost(tmp_path):
     procfile = export("procfile", specs, options)
     assert all("inherit" not in w for w in procfile.warnings)  # env -i does it
     assert " exec env -i -- ORCH_INSTANCE=py " in procfile.files["Procfile"]
+
+
+SOCKETS = """
+[orchestrator]
+name = "pool"
+
+[sockets.web]
+bind = "127.0.0.1:{port}"
+backlog = 64
+
+[sockets.admin]
+bind = "unix:admin.sock"
+mode = "0660"
+
+[sockets.v6]
+bind = "[::1]:{port}"
+
+[workers.web]
+command = "{python} -m orchestrator.demo.web --fd {{{{ sockets.web.fd }}}}"
+sockets = ["admin", "web"]
+replicas = 2
+
+[workers.plain]
+command = "sleep 100"
+"""
+
+
+def _socket_fleet(tmp_path: Path, port: int = 8000) -> Path:
+    return write(tmp_path / "sockets", SOCKETS.format(port=port, python=sys.executable))
+
+
+def test_systemd_exports_each_used_socket_as_a_socket_unit_passed_in_order(tmp_path):
+    path = _socket_fleet(tmp_path)
+    out = export("systemd", specs_of(path), options_of(path))
+    web, admin = out.files["orch-pool-socket-web.socket"], out.files["orch-pool-socket-admin.socket"]
+    assert _settings(web, "ListenStream") == ["127.0.0.1:8000"] and _settings(web, "Backlog") == ["64"]
+    assert _settings(web, "FileDescriptorName") == ["web"] and _settings(web, "Service") == ["orch-pool-web.service"]
+    assert _settings(admin, "ListenStream") == [str(tmp_path / "sockets" / "admin.sock")]
+    assert _settings(admin, "SocketMode") == ["0660"]
+    assert "orch-pool-socket-v6.socket" not in out.files, "a socket no template names is not exported"
+    for unit in ("orch-pool-web.service", "orch-pool-web\\x2d1.service"):
+        assert _settings(out.files[unit], "Sockets") == ["orch-pool-socket-admin.socket orch-pool-socket-web.socket"]
+        assert _settings(out.files[unit], "Requires") == ["orch-pool-socket-admin.socket",
+                                                          "orch-pool-socket-web.socket"]
+    assert "Sockets" not in out.files["orch-pool-plain.service"]
+    for fmt in ("supervisord", "procfile"):
+        warnings = export(fmt, specs_of(path), options_of(path)).warnings
+        assert any("workers.*.sockets (set in web)" in w for w in warnings), (fmt, warnings)
+
+
+def test_an_exported_socket_and_service_serve_under_socket_activation(tmp_path):
+    """The .socket unit's address and name with the .service's ExecStart, run the way systemd
+    would (systemd-socket-activate passes LISTEN_FDS as a .socket unit does): a real request
+    is answered."""
+    import shutil
+    import socket as socketlib
+    import urllib.request
+
+    from conftest import wait_for
+    from servers import free_port
+    port = free_port()
+    path = write(tmp_path / "one", SOCKETS.format(port=port, python=sys.executable).replace(
+        'sockets = ["admin", "web"]', 'sockets = ["web"]'))
+    out = export("systemd", specs_of(path), options_of(path))
+    unit = out.files["orch-pool-socket-web.socket"]
+    (argv,) = [systemd_split(v, True) for v in _settings(out.files["orch-pool-web.service"], "ExecStart")]
+    activate = shutil.which("systemd-socket-activate")
+    assert activate, "systemd-socket-activate is not installed (scripts/test-deps installs systemd)"
+    proc = subprocess.Popen([activate, "-l", _settings(unit, "ListenStream")[0],
+                             f"--fdname={_settings(unit, 'FileDescriptorName')[0]}", "--", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def answered() -> bool:
+            try:
+                with socketlib.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        wait_for(answered, 10, message="the socket to listen")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+            assert reply.status == 200
+    finally:
+        import os
+        import signal
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

@@ -50,6 +50,7 @@ def test_over_the_soft_limit_gets_the_stop_signal_and_is_replaced(start_master, 
         [workers.grow]
         {command(GROW.format(mode="term", size=80 * 2**20))}
         memory = {{ soft = "40MiB", hard = "400MiB" }}
+        min_uptime = "0s"  # a recycle, not a breach at start (those back off)
     """)
     first = master.wait_running(1)["grow"]
     row = reason_row(master, "grow", "memory_soft")
@@ -66,6 +67,7 @@ def test_over_the_hard_limit_gets_sigkill_at_once(start_master, tmp_path):
         [workers.grow]
         {command(GROW.format(mode="ignore", size=120 * 2**20))}
         memory = {{ soft = "30MiB", hard = "60MiB" }}
+        min_uptime = "0s"  # a recycle, not a breach at start (those back off)
     """)
     master.wait_running(1)
     row = reason_row(master, "grow", "memory_hard")
@@ -123,6 +125,7 @@ def test_a_run_that_hangs_past_timeout_is_killed_and_replaced(start_master, tmp_
         [workers.hang]
         target = "app:Hangs"
         timeout = "500ms"
+        min_uptime = "0s"
         check_point = "50ms"
         preload = true
     """)
@@ -143,8 +146,9 @@ say("READY=1\\nSTATUS=warming up")
 mode = sys.argv[1]
 if mode == "requests":
     for n in range(100):
-        say("ORCH_BEGIN=1"); time.sleep(0.05); say("ORCH_END=1")
-        print("request", n + 1, flush=True)
+        say("ORCH_BEGIN=1"); time.sleep(0.05)
+        print("request", n + 1, flush=True)  # before ORCH_END: the stop may follow at once
+        say("ORCH_END=1")
     time.sleep(1000)
 elif mode == "hang":
     say("ORCH_BEGIN=1"); time.sleep(1000)
@@ -171,12 +175,15 @@ def test_a_command_worker_speaking_notify_is_held_to_timeout(start_master):
         [workers.hang]
         command = {json.dumps([PY, "-c", NOTIFY_CLIENT, "hang"])}
         timeout = "300ms"
+        min_uptime = "0s"
         [workers.silent]
         command = {json.dumps([PY, "-c", NOTIFY_CLIENT, "silent"])}
         timeout = "300ms"
+        min_uptime = "0s"
         [workers.plain]
         command = "sleep 1000"
         timeout = "300ms"
+        min_uptime = "0s"
     """)
     plain = master.wait_running(3)["plain"]
     reason_row(master, "hang", "timeout")

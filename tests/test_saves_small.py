@@ -97,7 +97,7 @@ def test_orch_status_shows_the_workers_status_text(start_master, tmp_path):
     row = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("talk", "long", "quiet")}
     assert row["talk"].endswith("42 jobs in flight")
     assert row["long"].endswith("draining queue1: " + "x" * 60 + "...") and len(row["long"]) < len(long) + 40
-    assert re.search(r"\d\.\d$", row["quiet"]), "no text: the row ends with its CPU%"
+    assert re.search(r"\d\.\d\s+\d+$", row["quiet"]), "no text: the row ends with its CPU% and PROCS"
 
 
 # --- log rotation after an outside truncation (logrotate copytruncate) ------------------------

@@ -149,11 +149,19 @@ def test_down_without_a_terminal_prints_nothing_extra(start_master):
     assert result.stdout == f"master {master.pid} and all its instances are gone\n" and result.stderr == ""
 
 
-def test_restart_on_a_terminal_still_works_when_it_returns_at_once(start_master, tmp_path):
+def test_restart_on_a_terminal_shows_progress_then_only_its_result(start_master, tmp_path):
+    """restart waits until the new process runs: the progress line counts it, and is erased
+    before the result is printed."""
     master = start_master(CONFIG)
     ready_fleet(master)
     code, out = run_in_pty([PY, "-m", "orchestrator", "restart", "-c", str(master.config), "slow-1"], tmp_path)
-    assert code == 0 and out.strip() == "restart: slow-1", repr(out)
+    assert code == 0, repr(out)
+    assert out.replace("\r\x1b[K", "\n").strip().splitlines()[-1] == "restart: slow-1", repr(out)
+    if "restarting" in out:  # shown once the wait passes 0.3 s
+        assert "restarting  0/1 [" in out or "restarting  1/1 [" in out, repr(out)
+    code, out = run_in_pty([PY, "-m", "orchestrator", "restart", "--no-wait", "-c", str(master.config), "slow-1"],
+                           tmp_path)
+    assert code == 0 and out.strip().endswith("restart: slow-1"), repr(out)
 
 
 def test_follow_shows_done_over_total_while_a_caller_waits_for_completion(start_master):

@@ -19,7 +19,9 @@ from ..loop import EventLoop
 from ..plan import describe, reconcile
 from ..supervise.states import ALIVE
 from ..supervise.supervisor import Supervisor
+from ..units import parse_signal
 from .server import Connection, ControlError
+from .waits import Goal, Waits
 
 
 class _Settings(Protocol):
@@ -52,6 +54,7 @@ class MasterControl(Protocol):
     def shutdown(self) -> None: ...
 
 log = logging.getLogger("orch")
+DEFAULT_WAIT = 30.0  # seconds a waiting command allows beyond its instances' stop_timeout + min_uptime
 
 
 class Commands:
@@ -59,6 +62,7 @@ class Commands:
 
     def __init__(self, master: MasterControl):
         self.master = master
+        self.waits = Waits(master.loop, master.supervisor)
 
     def __call__(self, cmd: str, args: dict[str, Any], conn: Connection) -> Any:
         handler = getattr(self, f"cmd_{cmd}", None)
@@ -123,21 +127,27 @@ class Commands:
             names.update(dict.fromkeys(found))
         return list(names)
 
-    def cmd_stop(self, conn: Connection, patterns: list[str]) -> list[str]:
-        names = self.match(patterns)
-        for name in names:
-            self.master.supervisor.hold(self.master.supervisor.instances[name])
-        return names
-
-    def cmd_start(self, conn: Connection, patterns: list[str]) -> list[str]:
-        names = self.match(patterns)
-        for name in names:
-            self.master.supervisor.release(self.master.supervisor.instances[name])
-        return names
-
-    def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False) -> list[str]:
+    def cmd_stop(self, conn: Connection, patterns: list[str], wait: bool = False,
+                 timeout: float | None = None) -> Any:
         names = self.match(patterns)
         supervisor = self.master.supervisor
+        for name in names:
+            supervisor.hold(supervisor.instances[name])
+        return self._wait(names, [Goal(n, "stopped") for n in names], wait, timeout)
+
+    def cmd_start(self, conn: Connection, patterns: list[str], wait: bool = False,
+                  timeout: float | None = None) -> Any:
+        names = self.match(patterns)
+        supervisor = self.master.supervisor
+        for name in names:
+            supervisor.release(supervisor.instances[name])
+        return self._wait(names, [Goal(n, "running") for n in names], wait, timeout)
+
+    def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False, wait: bool = False,
+                    timeout: float | None = None) -> Any:
+        names = self.match(patterns)
+        supervisor = self.master.supervisor
+        goals = [Goal(n, "ready" if rolling else "running", supervisor.instances[n].pid) for n in names]
         items = []
         for name in names:
             inst = supervisor.instances[name]
@@ -148,4 +158,29 @@ class Commands:
                 supervisor.restart(inst)
         if items:
             supervisor.roll(f"{len(items)} instances", items)
-        return names
+        return self._wait(names, goals, wait, timeout, batches=len(items) if rolling else 1)
+
+    def _wait(self, names: list[str], goals: list[Goal], wait: bool, timeout: float | None,
+              batches: int = 1) -> Any:
+        """The names at once, or (`wait`) a reply given when every goal is met."""
+        if not wait:
+            return names
+        if timeout is None:  # long enough for a stop that needs its SIGKILL, and a start
+            policies = [self.master.supervisor.instances[n].target.policy for n in names]
+            timeout = DEFAULT_WAIT + max(batches, 1) * max(p.stop_timeout + p.min_uptime for p in policies)
+        return self.waits.add(goals, names, timeout)
+
+    def cmd_signal(self, conn: Connection, patterns: list[str], signal: str | int) -> dict[str, Any]:
+        """Send a signal to the main process of each matching instance that runs one."""
+        try:
+            signum = parse_signal(signal)
+        except ValueError as exc:
+            raise ControlError(str(exc), 2) from None
+        supervisor = self.master.supervisor
+        names = self.match(patterns)
+        sent = [n for n in names if supervisor.instances[n].pid is not None]
+        if not sent:
+            raise ControlError(f"no running instance matches {' '.join(patterns)}", 1)
+        for name in sent:
+            supervisor.send_signal(supervisor.instances[name], signum, group=False)
+        return {"signal": signum.name, "sent": sent, "skipped": [n for n in names if n not in sent]}

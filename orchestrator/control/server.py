@@ -33,6 +33,26 @@ class ControlError(Exception):
         self.code = code
 
 
+class Pending:
+    """A reply a handler gives later: the connection stays open until `resolve` or `fail`
+    (`orch stop` waiting for its instances to be gone)."""
+
+    def __init__(self) -> None:
+        self.conn: "Connection | None" = None
+        self.answered = False
+
+    def resolve(self, result: Any) -> None:
+        self._answer({"ok": True, "result": result})
+
+    def fail(self, message: str, code: int = 1) -> None:
+        self._answer({"ok": False, "error": message, "code": code})
+
+    def _answer(self, message: dict[str, Any]) -> None:
+        if not self.answered and self.conn is not None:
+            self.answered = True
+            self.conn.send(message)
+
+
 class Connection:
     """One client connection with buffered, non-blocking reads and writes."""
 
@@ -87,6 +107,9 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - a bad request must never take the master down
             log.exception("control command %r failed", cmd)
             self.send({"ok": False, "error": f"internal error: {exc}", "code": 1})
+            return
+        if isinstance(result, Pending):
+            result.conn = self  # answered later, in the loop
             return
         self.send({"ok": True, "result": result})
 

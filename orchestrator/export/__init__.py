@@ -34,7 +34,7 @@ def run(name: str, config_path: Path, out_dir: Path | None, image: str | None,
     config = load_config(config_path)
     options = Options(fleet=config.settings.name, config=config.path, folder=config.folder,
                       log_dir=config.settings.log_dir, image=image,
-                      python=python or "python3", workdir=workdir or "/app")
+                      python=python or "python3", workdir=workdir or "/app", sockets=config.sockets)
     output = export(name, expand(config), options)
     for line in output.warnings:
         print(line, file=sys.stderr)

@@ -25,6 +25,7 @@ class Options:
     image: str | None = None
     python: str = "python3"
     workdir: str = "/app"
+    sockets: tuple = ()  # the config's [sockets.*] declarations (config.sockets.SocketDecl)
 
 
 @dataclass
@@ -49,10 +50,16 @@ def unexpressed(target: str, specs: list[ProcessSpec], attrs: tuple[str, ...]) -
     return warnings
 
 
-def process_warnings(target: str, specs: list[ProcessSpec], inherit: bool) -> list[str]:
-    """Warnings for template keys a target cannot honour: `preload` (no zygote outside orch)
-    and, where `inherit` is False, `inherit = false` (the target passes its own environment)."""
+def process_warnings(target: str, specs: list[ProcessSpec], inherit: bool,
+                     sockets: bool = False) -> list[str]:
+    """Warnings for template keys a target cannot honour: `preload` (no zygote outside orch),
+    where `inherit` is False `inherit = false` (the target passes its own environment), and
+    where `sockets` is False the shared listening sockets the master would hold."""
     warnings = []
+    shared = sorted({s.template for s in specs if s.sockets})
+    if shared and not sockets:
+        warnings.append(f"orch export: {target} cannot express workers.*.sockets "
+                        f"(set in {', '.join(shared)}): no shared socket is passed; left out")
     preload = sorted({s.template for s in specs if s.python is not None and s.python.preload})
     if preload:
         warnings.append(f"orch export: {target} cannot express workers.*.preload "

@@ -1,5 +1,6 @@
-"""`orch export --format systemd`: a service unit per instance, a target per template and one
-for the fleet (pure). Quoting follows systemd.syntax(7) and systemd.service(5)."""
+"""`orch export --format systemd`: a service unit per instance, a socket unit per shared
+socket (FileDescriptorName=, passed with Sockets= in the template's order), a target per
+template and one for the fleet (pure). Quoting follows systemd.syntax(7) and systemd.service(5)."""
 
 from __future__ import annotations
 
@@ -54,10 +55,14 @@ def exec_start(argv: tuple[str, ...]) -> str:
     return " ".join(_quoted(arg, dollars=True) for arg in argv)
 
 
-def _service(spec: ProcessSpec, unit: str, template_target: str) -> str:
+def _service(spec: ProcessSpec, unit: str, template_target: str, sockets: list[str]) -> str:
     policy = spec.policy
     lines = ["[Unit]", f"Description=orch instance {spec.name}".replace("%", "%%"),
-             f"PartOf={template_target}", "StartLimitIntervalSec=0", "", "[Service]"]
+             f"PartOf={template_target}", "StartLimitIntervalSec=0"]
+    lines += [f"Requires={s}\nAfter={s}" for s in sockets]
+    lines += ["", "[Service]"]
+    if sockets:  # passed from fd 3 in this order, named like orch's LISTEN_FDNAMES
+        lines.append("Sockets=" + " ".join(sockets))
     if policy.timeout is not None:  # the notify protocol's watchdog: a worker that stalls restarts
         lines += ["Type=notify", "NotifyAccess=all", f"WatchdogSec={seconds(policy.timeout)}"]
     else:
@@ -79,6 +84,22 @@ def _service(spec: ProcessSpec, unit: str, template_target: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def socket_unit(decl: object, service: str, fleet_target: str) -> str:
+    """A .socket unit holding one [sockets.NAME] for every service that names it; activation
+    starts `service` (the others start with the fleet's target)."""
+    address: str = decl.address  # type: ignore[attr-defined]
+    listen = address[5:] if address.startswith("unix:") else address
+    lines = ["[Unit]", f"Description=orch socket {decl.name} ({address})".replace("%", "%%"),  # type: ignore
+             f"PartOf={fleet_target}", "", "[Socket]", f"ListenStream={listen.replace('%', '%%')}",
+             f"FileDescriptorName={decl.name}", f"Backlog={decl.backlog}", f"Service={service}"]  # type: ignore
+    if address.startswith("unix:") and not listen.startswith("@"):
+        lines.append(f"SocketMode={decl.mode:04o}")  # type: ignore[attr-defined]
+    elif address.startswith("["):
+        lines.append("BindIPv6Only=ipv6-only")  # as orch binds it
+    lines += ["", "[Install]", "WantedBy=sockets.target"]
+    return "\n".join(lines) + "\n"
+
+
 def _target(description: str, wants: list[str], part_of: str | None) -> str:
     lines = ["[Unit]", f"Description={description}"]
     lines += [f"Wants={unit}" for unit in wants]
@@ -97,15 +118,23 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     prefix = f"orch-{escape_name(options.fleet)}"
     fleet_target = f"{prefix}.target"
     out = Output(warnings=unexpressed("systemd", specs, UNEXPRESSED)
-                 + process_warnings("systemd", specs, True))
+                 + process_warnings("systemd", specs, True, sockets=True))
     by_template: dict[str, list[str]] = {}
+    users: dict[str, str] = {}  # socket name -> the first service that uses it
     for spec in specs:
         template_target = f"{prefix}-{escape_name(spec.template)}.target"
         unit = f"{prefix}-{escape_name(spec.name)}.service"
         if len(unit) > 255:
             refuse([spec], options, "systemd", "a unit name over 255 bytes", re.compile(""), where="name")
         by_template.setdefault(template_target, []).append(unit)
-        out.files[unit] = _service(spec, unit, template_target)
+        sockets = [f"{prefix}-socket-{escape_name(name)}.socket" for name, _ in spec.sockets]
+        for name, _ in spec.sockets:
+            users.setdefault(name, unit)
+        out.files[unit] = _service(spec, unit, template_target, sockets)
+    for decl in options.sockets:
+        if decl.name in users:
+            out.files[f"{prefix}-socket-{escape_name(decl.name)}.socket"] = socket_unit(
+                decl, users[decl.name], fleet_target)
     for template_target, units in by_template.items():
         out.files[template_target] = _target(template_target, units, fleet_target)
     out.files[fleet_target] = _target(f"orch fleet {options.fleet}".replace("%", "%%"),

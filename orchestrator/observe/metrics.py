@@ -34,6 +34,8 @@ def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
          lambda r: r["rss"] or 0),
         ("orch_instance_cpu_percent", "gauge", "CPU use since the previous sample, % of one core",
          lambda r: r["cpu"] or 0),
+        ("orch_instance_processes", "gauge", "processes in the instance's tree, orphans it left included",
+         lambda r: r.get("processes") or 0),
         ("orch_instance_requests", "gauge", "requests handled by the current process", lambda r: r["requests"]),
     )
     for name, kind, text, value in series:

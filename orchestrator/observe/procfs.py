@@ -9,7 +9,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, 4096)
     finally:
@@ -42,6 +42,36 @@ def process_group(pid: int) -> int | None:
     return int(fields[2]) if fields else None
 
 
+def environ(pid: int, limit: int = 1 << 20) -> bytes | None:
+    """The environment a process was started with (NUL-separated); None if unreadable."""
+    try:
+        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def env_value(env: bytes, name: str) -> str | None:
+    """One variable of an `environ()` block (pure)."""
+    key = name.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key):].decode(errors="replace")
+    return None
+
+
 def rss(pid: int) -> int:
     """Resident set size in bytes (0 if gone)."""
     try:
@@ -50,12 +80,25 @@ def rss(pid: int) -> int:
         return 0
 
 
+def _read_all(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def children(pid: int) -> list[int]:
+    """Direct children (all of them: a subreaper may have thousands; the kernel's children
+    file costs O(n^2) to read, so callers read it sparingly)."""
     pids: list[int] = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
-                pids += [int(p) for p in _read(f"/proc/{pid}/task/{tid}/children").split()]
+                pids += [int(p) for p in _read_all(f"/proc/{pid}/task/{tid}/children").split()]
             except OSError:
                 pass
     except OSError:
@@ -82,18 +125,37 @@ def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def _usage(stat: bytes) -> tuple[int, int]:
+    """(RSS bytes, CPU ticks including reaped children) from one /proc/PID/stat (pure)."""
+    fields = stat[stat.rindex(b")") + 2:].split()
+    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return int(fields[21]) * PAGE_SIZE, ticks
+
+
+def tree_usage(pid: int) -> tuple[int, int, int]:
+    """(RSS bytes, CPU ticks, processes) of a process and all its descendants."""
+    size = ticks = count = 0
+    for member in tree(pid):
+        try:
+            rss_bytes, cpu = _usage(_read(f"/proc/{member}/stat"))
+        except (OSError, ValueError, IndexError):
+            continue
+        size, ticks, count = size + rss_bytes, ticks + cpu, count + 1
+    return size, ticks, count
+
+
 class TreeSampler:
-    """RSS of process trees, with each leader's /proc files kept open between samples:
-    a pread of an open procfs file returns fresh values, and saves the open and close
-    that dominate a sample of hundreds of trees."""
+    """RSS, CPU and process count of process trees, with each leader's /proc files kept
+    open between samples: a pread of an open procfs file returns fresh values, and saves
+    the open and close that dominate a sample of hundreds of trees."""
 
     def __init__(self) -> None:
-        self._fds: dict[int, tuple[int, ...]] = {}  # leader pid -> (statm, stat, children) fds
+        self._fds: dict[int, tuple[int, ...]] = {}  # leader pid -> (stat, children) fds
 
     def _open(self, pid: int) -> tuple[int, ...] | None:
         fds: list[int] = []
         try:
-            for name in ("statm", "stat", f"task/{pid}/children"):
+            for name in ("stat", f"task/{pid}/children"):
                 fds.append(os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
         except OSError:
             for fd in fds:
@@ -102,27 +164,33 @@ class TreeSampler:
         self._fds[pid] = tuple(fds)
         return self._fds[pid]
 
-    def rss(self, pid: int) -> int:
-        return self.sample(pid)[0]
+    def rss(self, pid: int, extra: tuple[int, ...] = ()) -> int:
+        return self.usage(pid, extra)[0]
 
     def sample(self, pid: int) -> tuple[int, int]:
-        """(RSS of the whole tree in bytes, CPU ticks of the leader); (0, 0) if it is gone."""
+        """(RSS of the whole tree in bytes, CPU ticks of the tree); (0, 0) if it is gone."""
+        return self.usage(pid)[:2]
+
+    def usage(self, pid: int, extra: tuple[int, ...] = ()) -> tuple[int, int, int]:
+        """(RSS bytes, CPU ticks, processes) of the tree under `pid` plus the trees under
+        `extra` (orphans the spawner attributed to it); (0, 0, 0) if the leader is gone."""
         fds = self._fds.get(pid) or self._open(pid)
         if fds is None:
-            return 0, 0
+            return 0, 0, 0
         try:
-            total = int(os.pread(fds[0], 256, 0).split()[1]) * PAGE_SIZE
-            stat = os.pread(fds[1], 4096, 0)
-            fields = stat[stat.rindex(b")") + 2:].split()
-            threads, ticks = int(fields[17]), int(fields[11]) + int(fields[12])
+            stat = os.pread(fds[0], 4096, 0)
+            total, ticks = _usage(stat)
+            threads = int(stat[stat.rindex(b")") + 2:].split()[17])
             # The main thread's children file; a multi-threaded leader gets the full walk.
-            below = os.pread(fds[2], 4096, 0).split() if threads == 1 else children(pid)
+            below = [int(c) for c in os.pread(fds[1], 4096, 0).split()] if threads == 1 else children(pid)
         except (OSError, IndexError, ValueError):
             self.forget(pid)
-            return 0, 0
-        for child in below:
-            total += tree_rss(int(child))
-        return total, ticks
+            return 0, 0, 0
+        count = 1
+        for root in (*below, *extra):
+            size, cpu, members = tree_usage(root)
+            total, ticks, count = total + size, ticks + cpu, count + members
+        return total, ticks, count
 
     def forget(self, pid: int) -> None:
         for fd in self._fds.pop(pid, ()):

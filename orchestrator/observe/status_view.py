@@ -20,7 +20,7 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
     if disk_error and disk_error != reply.get("last_reload_error"):
         lines.append("THE CONFIG ON DISK DOES NOT LOAD (a reload now would change nothing):")
         lines += ["  " + line for line in disk_error.splitlines()]
-    rows = [("NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%")]
+    rows = [("NAME", "TEMPLATE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU%", "PROCS")]
     for inst in reply["instances"]:
         last = inst.get("last_exit") or "-"
         if inst.get("reason"):
@@ -32,6 +32,7 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
             str(inst["restarts"]), last,
             format_size(inst["rss"]) if inst.get("rss") else "-",
             f"{inst['cpu']:.1f}" if inst.get("cpu") is not None else "-",
+            str(inst["processes"]) if inst.get("processes") else "-",
         ))
     texts = [_status_text(inst) for inst in reply["instances"]]
     if any(texts):  # the worker's own words (STATUS=): a column only when some worker speaks

@@ -4,6 +4,7 @@ process title."""
 
 from __future__ import annotations
 
+import array
 import ctypes
 import fcntl
 import os
@@ -17,6 +18,7 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_FDS_PER_MESSAGE = 64
 MAX_FDS_RECEIVED = 253  # SCM_MAX_FD: a zygote's message carries 64 outputs plus the sockets
 MAX_EVENTS_PER_MESSAGE = 256
+MAX_FD = 1 << 20  # above any RLIMIT_NOFILE the master sets (it raises the soft limit to the hard one)
 # Signals the master coordinates; the spawner must not die of them (a Ctrl-C reaches the
 # whole foreground group), and its children must get them back at their defaults.
 _COORDINATED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -38,12 +40,15 @@ def prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl failed")
 
 
-def prepare_child(parent: int, stdin: int, out: int, cwd: str,
-                  sockets: Sequence[int] = ()) -> None:  # pragma: no cover - in children
-    """In a just-forked child: its own process group, death with its parent, default
-    signals, stdin from /dev/null, stdout and stderr to `out`, the listening `sockets` at
-    fds 3, 4, ... (inheritable), and the working directory. `out` is closed here."""
-    os.setpgid(0, 0)
+def prepare_child(parent: int, stdin: int, out: int, cwd: str, sockets: Sequence[int] = (),
+                  keep: int = -1) -> None:  # pragma: no cover - in children
+    """In a just-forked child: its own session and process group, death with its parent,
+    default signals, stdin from /dev/null, stdout and stderr to `out`, the listening
+    `sockets` at fds 3, 4, ... (inheritable), no other fd but `keep` (the exec-error pipe,
+    close-on-exec, above the sockets), and the working directory."""
+    # A session of its own: a descendant that moves to another process group (rq's
+    # work-horse) still carries the instance's session id, which attributes it.
+    os.setsid()
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
         os._exit(1)
@@ -55,7 +60,8 @@ def prepare_child(parent: int, stdin: int, out: int, cwd: str,
     os.dup2(out, 2)
     if out > 2:
         os.close(out)
-    pass_sockets(sockets)  # 3 .. 2+len(sockets); fd hygiene may close everything above, after this
+    pass_sockets(sockets)  # 3 .. 2+len(sockets)
+    close_fds(keep, first=3 + len(sockets))
     os.chdir(cwd)
 
 
@@ -75,6 +81,16 @@ def listen_env(names: Sequence[str]) -> dict[str, str]:  # pragma: no cover - in
     must be the pid of the process that reads them, as sd_listen_fds checks)."""
     return {"LISTEN_FDS": str(len(names)), "LISTEN_FDNAMES": ":".join(names),
             "LISTEN_PID": str(os.getpid())}
+
+
+def close_fds(keep: int = -1, first: int = 3) -> None:  # pragma: no cover - in children
+    """Close every fd from `first` up but `keep`: siblings' pipes, the helpers' sockets and
+    whatever the launcher of `orch up` left open never reach a worker (close_range(2) underneath)."""
+    if keep >= first:
+        os.closerange(first, keep)
+        os.closerange(keep + 1, MAX_FD)
+    else:
+        os.closerange(first, MAX_FD)
 
 
 def reaped() -> Iterator[tuple[int, int]]:
@@ -102,7 +118,7 @@ def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  #
     """One pickled message and the fds sent with it; ((), []) when nothing is ready, None at
     EOF (the other end is gone)."""
     try:
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS_RECEIVED)
+        data, fds = _recv_fds(sock)
     except (BlockingIOError, InterruptedError):
         return (), []
     except OSError:
@@ -110,3 +126,15 @@ def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  #
     if not data:
         return None
     return pickle.loads(data), fds
+
+
+def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:  # pragma: no cover - in the helpers
+    """recvmsg with MSG_CMSG_CLOEXEC: a child forked before these fds are closed must not
+    inherit them (socket.recv_fds drops its flags argument before Python 3.12)."""
+    fds = array.array("i")
+    data, ancillary, _, _ = sock.recvmsg(1 << 20, socket.CMSG_LEN(MAX_FDS_RECEIVED * fds.itemsize),
+                                         socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)

@@ -1,12 +1,15 @@
-"""Nothing left behind after a crash: the state file of running process groups, and the
-start-up sweep that ends what a SIGKILLed (or OOM-killed) master and spawner left alive.
+"""Nothing left behind after a crash: the state file of the run, and the start-up sweep that
+ends what a SIGKILLed (or OOM-killed) master and spawner left alive.
 
-Normally the spawner ends every group when the master dies. Only when both die at once
-(kill -9 of the whole group, the OOM killer) can a worker's grandchildren outlive them.
-The next `orch up`, holding the pidfile lock, reads the state file and SIGKILLs every
-process still in a recorded group. Start times guard against recycled pids: a recorded
-leader alive with another start time is someone else's group, and a member that started
-before the recorded start is never touched.
+Normally the spawner ends every tree when the master dies. Only when both die at once
+(kill -9 of the whole group, the OOM killer) can a worker's descendants outlive them. The
+next `orch up`, holding the pidfile lock, reads the state file and SIGKILLs every process
+that carries the old run's environment cookie (ORCH_RUN, inherited by every descendant that
+did not clear its environment: escaped sessions and double-forked daemons included), or
+whose session or process group is a recorded main process. Start times guard against
+recycled pids: nothing that started before the old master is touched, a recorded leader
+alive with another start time is someone else's, and the kill goes through a pidfd opened
+before the start time is checked again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..observe.procfs import all_pids, is_running, start_time, stat_fields
+from ..observe.procfs import all_pids, env_value, environ, is_running, start_time, stat_fields
 
 log = logging.getLogger("orch")
 
@@ -28,9 +31,11 @@ def state_path(pidfile: Path) -> Path:
     return pidfile.with_name(pidfile.name + ".state")
 
 
-def write_state(pidfile: Path, spawner: int, groups: Iterable[tuple[int, int | None]]) -> None:
-    """Record (leader pid, start time) of every running group, atomically."""
+def write_state(pidfile: Path, spawner: int, groups: Iterable[tuple[int, int | None]],
+                run: str | None = None) -> None:
+    """Record the run's cookie and (leader pid, start time) of every running group, atomically."""
     record = {"master": os.getpid(), "spawner": [spawner, start_time(spawner)],
+              "run": run, "run_start": start_time(os.getpid()),
               "groups": [[pid, start] for pid, start in groups]}
     path = state_path(pidfile)
     tmp = path.with_name(path.name + ".tmp")
@@ -44,11 +49,11 @@ class StateRecorder:
 
     DELAY = 0.05
 
-    def __init__(self, loop: Any, supervisor: Any, pidfile: Path, spawner_pid: Callable[[], int]):
+    def __init__(self, loop: Any, supervisor: Any, pidfile: Path, spawner: Callable[[], Any]):
         self.loop = loop
         self.supervisor = supervisor
         self.pidfile = pidfile
-        self.spawner_pid = spawner_pid
+        self.spawner = spawner  # the current SpawnerClient: its pid and the run's cookie
         self._timer: Any = None
         supervisor.events.subscribe(self.on_event)
 
@@ -68,7 +73,8 @@ class StateRecorder:
                 inst.start_ticks = start_time(inst.pid)
             groups.append((inst.pid, inst.start_ticks))
         try:
-            write_state(self.pidfile, self.spawner_pid(), groups)
+            spawner = self.spawner()
+            write_state(self.pidfile, spawner.pid, groups, run=spawner.run)
         except OSError as exc:
             log.warning("cannot write the state file: %s", exc)
 
@@ -80,30 +86,67 @@ class StateRecorder:
             state_path(self.pidfile).unlink(missing_ok=True)
 
 
-def leftovers(record: dict) -> list[tuple[int, str]]:
-    """(pid, why) of every live process that belongs to a recorded group (reads /proc)."""
-    found: list[tuple[int, str]] = []
-    spawner, spawner_start = record.get("spawner") or (None, None)
-    if spawner and spawner_start is not None and start_time(spawner) == spawner_start:
-        found.append((spawner, "the old spawner"))
-    groups: dict[int, int] = {}
+def _recorded_leaders(record: dict) -> dict[int, int]:
+    leaders: dict[int, int] = {}
     for leader, started in record.get("groups", []):
         if started is None:
             continue
         now = start_time(leader)
         if now is not None and now != started:
             continue  # the pid was recycled: that group is someone else's
-        groups[leader] = started
-    if not groups:
+        leaders[leader] = started
+    return leaders
+
+
+def leftovers(record: dict) -> list[tuple[int, int, str]]:
+    """(pid, start time, why) of every live process of the recorded run (reads /proc)."""
+    found: list[tuple[int, int, str]] = []
+    spawner, spawner_start = record.get("spawner") or (None, None)
+    if spawner and spawner_start is not None and start_time(spawner) == spawner_start:
+        found.append((spawner, spawner_start, "the old spawner"))
+    leaders = _recorded_leaders(record)
+    run, since = record.get("run"), record.get("run_start") or 0
+    if not leaders and not run:
         return found
+    me = os.getpid()
     for pid in all_pids():
         fields = stat_fields(pid)
-        if not fields or pid == os.getpid():
+        if not fields or pid in (me, spawner):
             continue
-        group, started = int(fields[2]), int(fields[19])
-        if group in groups and started >= groups[group]:
-            found.append((pid, f"process group {group}"))
+        group, session, started = int(fields[2]), int(fields[3]), int(fields[19])
+        why = _belongs(pid, group, session, started, leaders, run, since)
+        if why:
+            found.append((pid, started, why))
     return found
+
+
+def _belongs(pid: int, group: int, session: int, started: int, leaders: dict[int, int],
+             run: str | None, since: int) -> str | None:
+    for owner, what in ((group, "process group"), (session, "session")):
+        if owner in leaders and started >= leaders[owner]:
+            return f"{what} {owner}"
+    if run and started >= since:
+        env = environ(pid)  # unreadable for other users' processes: never ours
+        if env is not None and env_value(env, "ORCH_RUN") == run:
+            return f"ORCH_RUN={run}"
+    return None
+
+
+def kill_checked(pid: int, started: int) -> bool:
+    """SIGKILL `pid` only if it is still the process that started at `started`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if start_time(pid) != started:
+            return False  # gone, and the pid reused since the scan
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def end_leftovers(pidfile: Path, timeout: float = 5.0) -> int:
@@ -113,16 +156,21 @@ def end_leftovers(pidfile: Path, timeout: float = 5.0) -> int:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return 0
-    victims = leftovers(record)
-    for pid, why in victims:
-        log.warning("ending pid %d left behind by the previous master %s (%s)", pid, record.get("master"), why)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while victims and time.monotonic() < deadline:
-        victims = [(pid, why) for pid, why in victims if is_running(pid)]
-        time.sleep(0.01)
+    count = end_record(record, f"by the previous master {record.get('master')}", timeout)
     path.unlink(missing_ok=True)
+    return count
+
+
+def end_record(record: dict, by: str, timeout: float) -> int:
+    """SIGKILL every live process of a recorded run, wait up to `timeout` for them to go."""
+    victims = []
+    for pid, started, why in leftovers(record):
+        log.warning("ending pid %d left behind %s (%s)", pid, by, why)
+        if kill_checked(pid, started):
+            victims.append(pid)
+    deadline = time.monotonic() + timeout
+    remaining = victims
+    while remaining and time.monotonic() < deadline:
+        remaining = [pid for pid in remaining if is_running(pid)]
+        time.sleep(0.01)
     return len(victims)

@@ -3,10 +3,14 @@
 Why a separate process: Linux ties PR_SET_PDEATHSIG to the *thread* that forked, and code
 between fork and exec is unsafe in a process with threads (the master has the file watcher's
 thread). The master forks this helper at start-up, before any thread exists; from then on
-the helper does every fork. Each child gets its own process group and PDEATHSIG=SIGKILL, so
-it dies with the helper. The helper is a child subreaper and treats EOF on its socket as
-"the master is gone": it SIGKILLs every child's process group (grandchildren included) and
-exits. So a SIGKILLed master still leaves nothing behind.
+the helper does every fork. Each child gets its own session, only fds 0-2, the run's
+environment cookie (`ORCH_RUN`) and PDEATHSIG=SIGKILL, so it dies with the helper. The
+helper is a child subreaper: it attributes the orphans it inherits to their instance
+(trees.py), signals an instance as its whole tree, ends what is left of a tree when its
+main process exits, and treats EOF on its socket as "the master is gone": it SIGKILLs
+every tree and exits. So a SIGKILLed master still leaves nothing behind.
+
+This module is the master's side; helper.py is the spawner process itself.
 
 Protocol: a SOCK_SEQPACKET socketpair carrying pickled tuples (both ends are ours); pipe fds
 for the children's stdout/stderr travel with the spawn requests as SCM_RIGHTS. Listening
@@ -16,20 +20,17 @@ until the master says "close_sockets"; a spawn request names the keys its child 
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import logging
 import os
 import pickle
-import selectors
-import shutil
-import signal
+import secrets
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, MAX_FDS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER,
-                    kill_group, listen_env, prctl, prepare_child, reaped, receive, set_title)
+from .child import MAX_FDS_PER_MESSAGE, close_fds, set_title
+
+log = logging.getLogger("orch")
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,17 @@ class SpawnRequest:
 class SpawnerClient:
     """The master's end of the spawner."""
 
-    def __init__(self, pid: int, sock: socket.socket):
+    def __init__(self, pid: int, sock: socket.socket, run: str):
         self.pid = pid
         self.sock = sock
+        self.run = run
+        self.adopted: dict[int, set[int]] = {}  # main pid -> orphans the spawner attributed to it
 
     @classmethod
-    def start(cls, title: str | None = None, close: tuple[int, ...] = ()) -> "SpawnerClient":
-        """Fork the spawner. Call before any thread is started. `close`: the master's fds the
-        spawner must not keep (sockets adopted from systemd reach it with "sockets" instead)."""
+    def start(cls, title: str | None = None, run: str | None = None) -> "SpawnerClient":
+        """Fork the spawner. Call before any thread is started. `run` is the cookie every
+        child carries as ORCH_RUN (a new one by default; keep it when replacing a spawner)."""
+        run = run or new_run_id()
         master_end, spawner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (master_end, spawner_end):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
@@ -65,11 +69,11 @@ class SpawnerClient:
             code = 0
             try:
                 master_end.close()
-                for fd in close:
-                    os.close(fd)
+                close_fds(spawner_end.fileno())  # the master's lock, sockets and the launcher's fds
                 if title:
                     set_title(title)
-                _Spawner(spawner_end).run()
+                from .helper import Spawner
+                Spawner(spawner_end, run).run()
             except BaseException:  # noqa: BLE001 - the helper must never return into the master's code
                 import traceback
                 traceback.print_exc()
@@ -77,7 +81,7 @@ class SpawnerClient:
             finally:
                 os._exit(code)
         spawner_end.close()
-        return cls(pid, master_end)
+        return cls(pid, master_end, run)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -102,8 +106,8 @@ class SpawnerClient:
             self.sock.send(pickle.dumps(("close_sockets", keys)))
 
     def signal(self, orders: list[tuple[int, int, bool]]) -> None:
-        """Send signals: (pid, signal, whole process group?). Only live, unreaped children are
-        signalled, so a recycled pid can never be hit."""
+        """Send signals: (main pid, signal, the instance's whole tree?). Only live, unreaped
+        main processes are signalled alone, so a recycled pid can never be hit."""
         if orders:
             self.sock.send(pickle.dumps(("signal", orders)))
 
@@ -116,7 +120,8 @@ class SpawnerClient:
 
     def receive(self) -> list[tuple[Any, ...]]:
         """Read pending events: ("spawned", [(token, pid)]), ("failed", [(token, error)]),
-        ("exec_failed", pid, error), ("exited", [(pid, status)]). Empty list means EOF."""
+        ("exec_failed", pid, error), ("exited", [(pid, status)]), ("eof",) at the end.
+        Orphan bookkeeping ("adopted", "released", "strays") is kept in `adopted` here."""
         events: list[tuple[Any, ...]] = []
         while True:
             try:
@@ -128,230 +133,36 @@ class SpawnerClient:
             if not data:
                 events.append(("eof",))
                 return events
-            events.append(pickle.loads(data))
+            event = pickle.loads(data)
+            if not self._orphans(event):
+                events.append(event)
 
-
-class _Spawner:  # pragma: no cover - runs in the helper process; covered by integration tests
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.children: set[int] = set()
-        self.errpipes: dict[int, int] = {}  # errpipe read fd -> pid
-        self.pid_errpipe: dict[int, int] = {}
-        self.selector = selectors.DefaultSelector()
-        self._which: dict[tuple[str, str], str] = {}
-        self.sockets: dict[str, int] = {}  # listening sockets held for children, by key
-        from .zygote import ZygotePool  # zygote.py builds on this module's helpers
-        self.zygotes = ZygotePool(self.selector, self._send, self.sockets)
-        self.devnull = os.open(os.devnull, os.O_RDWR)
-        os.set_inheritable(self.devnull, False)
-
-    def run(self) -> None:
-        for signum in _COORDINATED:
-            signal.signal(signum, signal.SIG_IGN)
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        try:
-            prctl(PR_SET_CHILD_SUBREAPER, 1)
-        except OSError:
-            pass
-        self.selector.register(self.sock, selectors.EVENT_READ, "master")
-        self.selector.register(wake_r, selectors.EVENT_READ, "sigchld")
-        while True:
-            for key, _ in self.selector.select():
-                if self.selector.get_map().get(key.fd) is not key:
-                    continue  # handled earlier in this batch (an errpipe closed while reaping)
-                try:
-                    if key.data == "master":
-                        if not self._from_master():
-                            self._kill_everything()
-                            return
-                    elif isinstance(key.data, tuple):  # ("zygote", handle)
-                        self.zygotes.readable(key.data[1])
-                    elif key.data == "sigchld":
-                        try:
-                            wake_r.recv(4096)
-                        except BlockingIOError:
-                            pass
-                        self._reap()
-                    else:
-                        self._errpipe_ready(key.fd)
-                except Exception:  # noqa: BLE001 - one bad event must not orphan the fleet
-                    import traceback
-                    traceback.print_exc()
-
-    def _send(self, message: tuple[Any, ...]) -> None:
-        try:
-            self.sock.send(pickle.dumps(message))
-        except OSError:
-            pass  # the master is gone; EOF will follow
-
-    def _from_master(self) -> bool:
-        received = receive(self.sock)
-        if received is None:
+    def _orphans(self, event: tuple[Any, ...]) -> bool:
+        """Keep the orphan map in step; True if `event` was only about orphans."""
+        kind = event[0]
+        if kind == "adopted":
+            for leader, orphan in event[1]:
+                self.adopted.setdefault(leader, set()).add(orphan)
+        elif kind == "released":
+            for leader, orphan in event[1]:
+                self.adopted.get(leader, set()).discard(orphan)
+        elif kind == "strays":
+            for pid, command in event[1]:
+                log.warning("pid %d (%s) was orphaned to the spawner without an instance cookie: "
+                            "it is ended when orch exits", pid, command)
+        elif kind == "exited":
+            for pid, _ in event[1]:
+                self.adopted.pop(pid, None)
             return False
-        message, fds = received
-        if not message:
-            return True
-        if message[0] == "sockets":
-            for key, fd in zip(message[1], fds):
-                os.set_inheritable(fd, False)
-                old = self.sockets.pop(key, None)
-                if old is not None:
-                    os.close(old)
-                self.sockets[key] = fd
-            return True
-        if message[0] == "close_sockets":
-            for key in message[1]:
-                fd = self.sockets.pop(key, None)
-                if fd is not None:
-                    os.close(fd)
-        elif message[0] == "spawn":
-            self._spawn_all(message[1], fds)
-        elif message[0] == "signal":
-            for pid, signum, group in message[1]:
-                self._signal(pid, signum, group)
-        elif message[0] == "exit":
+        else:
             return False
-        for fd in fds:
-            os.close(fd)
         return True
 
-    def _signal(self, pid: int, signum: int, group: bool) -> None:
-        try:
-            if group:
-                os.killpg(pid, signum)  # the group outlives its leader while members remain
-            elif pid in self.children or pid in self.zygotes.children:
-                os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def _spawn_all(self, requests: list[SpawnRequest], fds: list[int]) -> None:
-        spawned, failed = [], []
-        preloaded: dict[tuple[str, tuple[str, ...]], list[tuple[SpawnRequest, int]]] = {}
-        for request, out in zip(requests, fds):
-            if request.preload is not None:
-                preloaded.setdefault(request.preload, []).append((request, out))
-                continue
-            try:
-                spawned.append((request.token, self._spawn_one(request, out)))
-            except KeyError as exc:
-                failed.append((request.token, f"socket {exc.args[0]} is not held by the spawner"))
-            except OSError as exc:
-                failed.append((request.token, f"fork failed: {exc.strerror}"))
-        for key, items in preloaded.items():
-            failed += self.zygotes.fork(key, items)
-        if spawned:
-            self._send(("spawned", spawned))
-        if failed:
-            self._send(("failed", failed))
-
-    def _executable(self, program: str, env: dict[str, str]) -> str:
-        """Resolve the program once per (name, PATH), not by a PATH search in every child."""
-        if "/" in program:
-            return program
-        search = env.get("PATH", os.defpath)
-        key = (program, search)
-        path = self._which.get(key)
-        if path is None:
-            found = shutil.which(program, path=search)
-            if found is None:
-                return program  # execve fails and the error is reported; not cached
-            path = self._which[key] = found
-        return path
-
-    def _spawn_one(self, request: SpawnRequest, out: int) -> int:
-        env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
-        program = self._executable(request.argv[0], env)
-        sockets = [self.sockets[key] for _, key in request.sockets]
-        err_r, err_w = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                if sockets:  # keep the exec-error pipe out of the range the sockets go to
-                    err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3 + len(sockets))
-                prepare_child(parent, self.devnull, out, request.cwd, sockets)
-                if request.sockets:
-                    env.update(listen_env([name for name, _ in request.sockets]))
-                os.execve(program, list(request.argv), env)
-            except BaseException as exc:  # noqa: BLE001
-                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
-                detail = f"{request.argv[0]}: {text}"
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR) \
-                        and not os.path.isdir(request.cwd):
-                    detail = f"cwd {request.cwd}: {text}"
-                try:
-                    os.write(err_w, detail.encode(errors="replace")[:1000])
-                finally:
-                    os._exit(127)
-        os.close(err_w)
-        os.set_blocking(err_r, False)
-        self.children.add(pid)
-        self.errpipes[err_r] = pid
-        self.pid_errpipe[pid] = err_r
-        self.selector.register(err_r, selectors.EVENT_READ, "errpipe")
-        return pid
-
-    def _errpipe_ready(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 1024)
-        except BlockingIOError:
-            return  # the child has not exec'd yet
-        pid = self.errpipes.pop(fd)
-        self.pid_errpipe.pop(pid, None)
-        self.selector.unregister(fd)
-        os.close(fd)
-        if data:
-            self._send(("exec_failed", pid, data.decode(errors="replace")))
-
-    def _reap(self) -> None:
-        exited = []
-        for pid, status in reaped():
-            if pid not in self.children:
-                continue  # an orphaned grandchild, reparented to us as subreaper
-            self.children.discard(pid)
-            errpipe = self.pid_errpipe.get(pid)
-            if errpipe is not None:
-                self._errpipe_ready(errpipe)
-            kill_group(pid)  # what the leader left in its group: no grandchild outlives its worker
-            exited.append((pid, status))
-            if len(exited) >= MAX_EVENTS_PER_MESSAGE:
-                self._send(("exited", exited))
-                exited = []
-        if exited:
-            self._send(("exited", exited))
-
-    def _kill_everything(self) -> None:
-        """Master gone: SIGKILL every group, then any orphan reparented to us, and reap all."""
-        for pid in list(self.children) + list(self.zygotes.children):
-            kill_group(pid)
-        while True:
-            remaining = _direct_children()
-            for pid in remaining:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0]:
-                    pass
-            except ChildProcessError:
-                return
-            if not remaining:
-                return
-            time.sleep(0.002)  # SIGKILLed children need a moment before they can be reaped
+    def orphans(self, pid: int) -> tuple[int, ...]:
+        """Orphans attributed to the instance whose main process is `pid`."""
+        return tuple(self.adopted.get(pid, ()))
 
 
-def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper
-    me = os.getpid()
-    pids: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{me}/task"):
-            with open(f"/proc/{me}/task/{tid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return pids
+def new_run_id() -> str:
+    """A cookie unique to one master run: every child carries it as ORCH_RUN."""
+    return secrets.token_hex(8)

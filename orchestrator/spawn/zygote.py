@@ -16,24 +16,22 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
-from .child import (PR_SET_PDEATHSIG, kill_group, listen_env, prctl, prepare_child, reaped, receive,
-                    set_title)
+from .child import (PR_SET_PDEATHSIG, close_fds, kill_group, listen_env, prctl, prepare_child, reaped,
+                    receive, set_title)
 
 
-def start_zygote(target: str, pythonpath: tuple[str, ...],
-                 close: tuple[int, ...] = ()) -> tuple[int, socket.socket]:
-    """Fork a zygote for `target` (in the spawner); returns (pid, socket). `close`: the
-    spawner's listening sockets, which the zygote must not hold on to (it never execs)."""
+def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
+    """Fork a zygote for `target` (in the spawner); returns (pid, socket). It keeps no fd of
+    the spawner's (pipes, listening sockets): it never execs to drop them."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the zygote
         code = 1
         try:
             ours.close()
-            for fd in close:
-                os.close(fd)
+            close_fds(theirs.fileno())  # the spawner's sockets and pipes are not the zygote's
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             set_title(f"orch: zygote {target}")
             code = _Zygote(theirs, target, pythonpath).run()
@@ -125,10 +123,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             for sock in (self.sock, *self.wake):
                 sock.close()
             mine = [sockets[key] for _, key in request.sockets]
-            prepare_child(parent, self.devnull, out, request.cwd, mine)
-            for fd in set(sockets.values()):  # no exec here to drop the others (CLOEXEC)
-                if fd >= 3 + len(mine):  # the lower ones were replaced by pass_sockets
-                    os.close(fd)
+            prepare_child(parent, self.devnull, out, request.cwd, mine)  # closes every other fd above 2
             env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
             if request.sockets:
                 env.update(listen_env([name for name, _ in request.sockets]))
@@ -163,12 +158,20 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
 class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integration tests
     """The spawner's zygotes, one per preloaded (target, pythonpath), started on first use."""
 
-    def __init__(self, selector: selectors.BaseSelector, send: Any, sockets: dict[str, int]):
+    def __init__(self, selector: selectors.BaseSelector, send: Callable[[tuple[Any, ...]], None],
+                 started: Callable[[int, str | None], None], exited: Callable[[int], None],
+                 sockets: dict[str, int]):
         self.selector = selector
         self.send = send  # to the master
+        self.started = started  # (pid, instance name): a worker is running
+        self.exited = exited  # (pid): a worker ended; its leftovers are the spawner's to end
         self.sockets = sockets  # the spawner's held listening sockets, by key
         self.zygotes: dict[tuple[str, tuple[str, ...]], ZygoteHandle] = {}
         self.children: dict[int, ZygoteHandle] = {}  # worker pid -> the zygote that forked it
+
+    def pids(self) -> list[int]:
+        """The zygotes' own pids (direct children of the spawner, not orphans)."""
+        return [zygote.pid for zygote in self.zygotes.values()]
 
     def fork(self, key: tuple[str, tuple[str, ...]], items: list[tuple[Any, int]]) -> list[tuple[int, str]]:
         """Ask the zygote for `key` (starting it if needed) to fork these requests; returns
@@ -176,8 +179,8 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         zygote = self.zygotes.get(key)
         try:
             if zygote is None:
-                _, sock = start_zygote(*key, close=tuple(self.sockets.values()))
-                zygote = self.zygotes[key] = ZygoteHandle(key, sock)
+                pid, sock = start_zygote(*key)
+                zygote = self.zygotes[key] = ZygoteHandle(key, pid, sock)
                 self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
             keys = sorted({key for r, _ in items for _, key in r.sockets})
             message = pickle.dumps(("fork", [(r.token, r) for r, _ in items], keys))
@@ -186,7 +189,7 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
             return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _ in items]
         except OSError as exc:
             return [(r.token, f"preload zygote: {exc}") for r, _ in items]
-        zygote.pending.update(r.token for r, _ in items)
+        zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _ in items)
         return []
 
     def readable(self, zygote: "ZygoteHandle") -> None:
@@ -207,16 +210,18 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
             return
         if kind == "spawned":
             for token, pid in message[1]:
-                zygote.pending.discard(token)
+                name = zygote.pending.pop(token, None)
                 zygote.children.add(pid)
                 self.children[pid] = zygote
+                self.started(pid, name)
         elif kind == "failed":
             for token, _ in message[1]:
-                zygote.pending.discard(token)
+                zygote.pending.pop(token, None)
         elif kind == "exited":
             for pid, _ in message[1]:
                 zygote.children.discard(pid)
                 self.children.pop(pid, None)
+                self.exited(pid)
         self.send(message)
 
     def _gone(self, zygote: "ZygoteHandle") -> None:
@@ -230,16 +235,17 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         if zygote.children:
             for pid in zygote.children:
                 self.children.pop(pid, None)
-                kill_group(pid)
+                self.exited(pid)
             self.send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
 
 
 class ZygoteHandle:  # pragma: no cover - runs in the helper
     """The spawner's view of one zygote."""
 
-    def __init__(self, key: tuple[str, tuple[str, ...]], sock: socket.socket):
+    def __init__(self, key: tuple[str, tuple[str, ...]], pid: int, sock: socket.socket):
         self.key = key
+        self.pid = pid  # a direct child of the spawner, never taken for an orphan
         self.sock = sock
-        self.pending: set[int] = set()
+        self.pending: dict[int, str | None] = {}  # token -> instance name, not forked yet
         self.children: set[int] = set()
         self.error: str | None = None

@@ -41,3 +41,26 @@ def decide_restart(policy: Policy, *, success: bool, uptime: float, failures: in
     delay = min(raw, policy.backoff_max)
     jitter = (rng or random).uniform(-JITTER, JITTER) * delay
     return RestartDecision(True, max(0.0, min(delay + jitter, policy.backoff_max)), failures, crashloop)
+
+
+# Limits whose breach right after a start means the next start will breach again (a worker
+# that loads 500 MiB at start-up under soft = 200 MiB): these back off. A recycle for
+# max_requests or max_lifetime is the worker doing its work, and never backs off.
+START_BREACHES = {"memory_soft": "over memory.soft", "memory_hard": "over memory.hard",
+                  "timeout": "over timeout"}
+
+
+def limit_at_start(reason: str | None, uptime: float, policy: Policy) -> str | None:
+    """"over memory.soft at start" when a stop for that limit came within `min_uptime` of
+    the start, so the restart backs off like a crash loop; else None (pure)."""
+    if reason in START_BREACHES and uptime < policy.min_uptime:
+        return f"{START_BREACHES[reason]} at start"
+    return None
+
+
+def decide_limit_restart(policy: Policy, *, uptime: float, failures: int,
+                         rng: random.Random | None = None) -> RestartDecision:
+    """The restart after a limit breach at start: backoff as for a crash, whatever `restart` says
+    (a recycle always restarts) (pure)."""
+    always = Policy(**{**policy.__dict__, "restart": "always"})
+    return decide_restart(always, success=False, uptime=uptime, failures=failures, rng=rng)

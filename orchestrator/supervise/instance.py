@@ -35,6 +35,7 @@ class Instance:
         self.failures = 0
         self.last_exit: str | None = None
         self.last_reason: str | None = None  # the limit that caused the last stop, if any
+        self.stop_reason: str | None = None  # the limit behind the stop in progress, if any
         self.limit_kills: dict[str, int] = {}
         self.then = Then.STOP             # what follows the current stop
         self.held = False                 # stopped by an operator: reloads must not start it
@@ -45,6 +46,7 @@ class Instance:
         self.requests = 0
         self.notify_status: str | None = None
         self.rss = 0
+        self.processes = 0                # in the whole tree, at the last status
         self.cpu_percent = 0.0
         self.over_soft = 0
         self.tracked = 0                  # reload operations waiting on this slot's stop
@@ -99,6 +101,7 @@ class Instance:
             "reason": self.last_reason,
             "rss": self.rss if self.pid else None,
             "cpu": round(self.cpu_percent, 1) if self.pid else None,
+            "processes": self.processes if self.pid else None,
             "requests": self.requests,
             "ready": self.ready,
             "held": self.held,

@@ -186,11 +186,13 @@ class Limits:
         watched = 0
         for inst in list(self.supervisor.instances.values()):
             policy = inst.spec.policy
-            if inst.pid is None or inst.state is not State.RUNNING or \
+            # STOPPING too: a worker that ignores the stop signal must not grow past `hard`
+            # for the whole stop_timeout.
+            if inst.pid is None or inst.state not in (State.RUNNING, State.STOPPING) or \
                     not (policy.memory_soft or policy.memory_hard):
                 continue
             watched += 1
-            size = self.supervisor.trees.rss(inst.pid)
+            size, _, _ = self.supervisor.tree_usage(inst.pid)
             inst.rss = size
             verdict, inst.over_soft = memory_verdict(policy, size, inst.over_soft)
             if verdict is not None:
@@ -201,14 +203,17 @@ class Limits:
 
     # --- acting ---------------------------------------------------------------------------
     def enforce(self, inst: Instance, reason: str, detail: str) -> None:
-        """Recycle an instance for a limit: graceful for soft limits, SIGKILL for hard ones."""
-        if inst.state is not State.RUNNING or inst.pid is None:
+        """Recycle an instance for a limit: graceful for soft limits, SIGKILL for hard ones;
+        while stopping, only the hard memory limit acts (once)."""
+        if inst.pid is None or inst.state not in (State.RUNNING, State.STOPPING):
+            return
+        if inst.state is State.STOPPING and (reason != "memory_hard" or inst.stop_reason == reason):
             return
         inst.limit_kills[reason] = inst.limit_kills.get(reason, 0) + 1
         if reason in GRACEFUL_REASONS:
             log.warning("%s[%d] %s (%s): graceful stop, then restart", inst.name, inst.pid, reason, detail)
             self.supervisor.stop(inst, Then.RESTART, reason=reason)
         else:
-            log.warning("%s[%d] %s (%s): SIGKILL to its process group, then restart",
-                        inst.name, inst.pid, reason, detail)
+            log.warning("%s[%d] %s (%s): SIGKILL to its whole process tree%s", inst.name, inst.pid,
+                        reason, detail, "" if inst.state is State.STOPPING else ", then restart")
             self.supervisor.kill_now(inst, reason)

@@ -26,9 +26,10 @@ class Then(enum.Enum):
 
 
 # Exactly the moves the supervisor makes: a stop always ends in STOPPED (a restart goes
-# STOPPED -> STARTING), and a failed spawn may retry at once (STARTING -> STARTING).
+# STOPPED -> STARTING, or STOPPED -> BACKOFF after a limit breach right at start), and a
+# failed spawn may retry at once (STARTING -> STARTING).
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.STARTING}),
+    State.STOPPED: frozenset({State.STARTING, State.BACKOFF, State.CRASHLOOP}),
     State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.BACKOFF, State.CRASHLOOP,
                                State.EXITED, State.STARTING}),
     State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.CRASHLOOP, State.STARTING,

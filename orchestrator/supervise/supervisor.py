@@ -20,7 +20,7 @@ from ..observe.logs import Echo, LogFile, log_path
 from ..observe.procfs import CLOCK_TICKS, TreeSampler
 from ..plan import Plan, Running
 from ..spawn.spawner import SpawnerClient, SpawnRequest
-from .backoff import decide_restart
+from .backoff import decide_limit_restart, decide_restart, limit_at_start
 from .events import EventBus, PolicyChanged, StateChanged
 from .instance import Instance, describe_exit
 from .rollout import Rollout
@@ -258,20 +258,21 @@ class Supervisor:
 
     # --- stopping ------------------------------------------------------------------
     def send_signal(self, inst: Instance, signum: int, group: bool = True) -> None:
+        """`signum` to the instance's whole process tree (`group`), or to its main process."""
         if inst.pid is not None:
             self._signal_queue.append((inst.pid, signum, group))
             self._schedule_flush()
 
     def stop(self, inst: Instance, then: Then = Then.STOP, tracked: bool = False,
              reason: str | None = None) -> None:
-        """Graceful stop: the stop signal to the process group, SIGKILL after `stop_timeout`.
+        """Graceful stop: the stop signal per `kill_mode`, SIGKILL to the tree after `stop_timeout`.
         `then` says what follows: stay stopped, restart, or remove the slot."""
         if tracked:
             self.pending_ops += 1
             inst.tracked += 1
         inst.then = then
         if reason:
-            inst.last_reason = reason
+            inst.last_reason = inst.stop_reason = reason
         if inst.state is State.STOPPING:
             return
         inst.cancel_timer()
@@ -289,30 +290,34 @@ class Supervisor:
         self._signal_stop(inst)
 
     def _signal_stop(self, inst: Instance) -> None:
+        # kill_mode "group": every process of the tree; "mixed": the main process only (it
+        # stops its own children; whatever is left when it exits is SIGKILLed by the spawner).
         assert inst.pid is not None
-        self.send_signal(inst, inst.spec.policy.stop_signal)
+        self.send_signal(inst, inst.spec.policy.stop_signal, group=inst.spec.policy.kill_mode == "group")
         pid = inst.pid
         inst.timer = self.loop.call_later(inst.spec.policy.stop_timeout, lambda: self._kill(inst, pid))
 
     def _kill(self, inst: Instance, pid: int) -> None:
         if inst.pid == pid:
-            log.warning("%s[%d] did not stop within %.1fs: SIGKILL to its process group",
+            log.warning("%s[%d] did not stop within %.1fs: SIGKILL to its whole process tree",
                         inst.name, pid, inst.spec.policy.stop_timeout)
             self.send_signal(inst, signal.SIGKILL)
 
     def kill_now(self, inst: Instance, reason: str) -> None:
-        """SIGKILL the process group at once (hard memory limit, SIGQUIT), then restart or not per `then`."""
+        """SIGKILL the whole tree at once (hard memory limit, timeout), then restart or not per `then`."""
         if inst.pid is None:
             return
         if inst.state is not State.STOPPING:
             inst.then = Then.RESTART if not self.shutting_down else Then.STOP
             inst.set_state(State.STOPPING, reason)
-        inst.last_reason = reason
+        inst.last_reason = inst.stop_reason = reason
         inst.cancel_timer()
         self.send_signal(inst, signal.SIGKILL)
 
-    def _after_stop(self, inst: Instance) -> None:
+    def _after_stop(self, inst: Instance, uptime: float | None = None) -> None:
         then, inst.then = inst.then, Then.STOP
+        breach = limit_at_start(inst.stop_reason, uptime, inst.spec.policy) if uptime is not None else None
+        inst.stop_reason = None
         inst.cancel_timer()
         if inst.state is not State.STOPPED:
             inst.set_state(State.STOPPED)
@@ -322,11 +327,31 @@ class Supervisor:
         elif then is Then.RESTART and not self.shutting_down:
             if inst.next_spec is not None:
                 inst.spec, inst.next_spec = inst.next_spec, None
-            inst.restarts += 1
-            self.start(inst)
+            if breach is None:
+                inst.restarts += 1
+                self.start(inst)
+            else:
+                self._breached_at_start(inst, breach, uptime or 0.0)
         tracked, inst.tracked = inst.tracked, 0
         for _ in range(tracked):
             self.op_done()
+
+    def _breached_at_start(self, inst: Instance, breach: str, uptime: float) -> None:
+        """A limit recycled the instance within min_uptime of its start: the next start will
+        likely breach again, so back off like a crash loop, and say why in status."""
+        if inst.rollout is not None:
+            self._rollout_failed(inst)
+        decision = decide_limit_restart(inst.spec.policy, uptime=uptime, failures=inst.failures)
+        inst.failures = decision.failures
+        inst.last_reason = breach
+        if decision.delay <= 0:
+            inst.restarts += 1
+            self.start(inst)
+            return
+        log.warning("%s %s (up %.1fs); %s, restarting in %.1fs", inst.name, breach, uptime,
+                    "crash-looping" if decision.crashloop else "backing off", decision.delay)
+        inst.set_state(State.CRASHLOOP if decision.crashloop else State.BACKOFF, breach)
+        inst.timer = self.loop.call_later(decision.delay, lambda: self._backoff_over(inst))
 
     # --- events from the spawner -------------------------------------------------------
     def _on_spawner(self) -> None:
@@ -387,7 +412,7 @@ class Supervisor:
         inst.last_exit = text
         if inst.state is State.STOPPING:
             log.info("%s[%d] stopped (%s)", inst.name, pid, text)
-            self._after_stop(inst)
+            self._after_stop(inst, uptime)
             return
         if not inst.limit_kill:
             inst.last_reason = None
@@ -459,6 +484,10 @@ class Supervisor:
             if inst.pid is not None:
                 self.send_signal(inst, signal.SIGKILL)
 
+    def tree_usage(self, pid: int) -> tuple[int, int, int]:
+        """(RSS bytes, CPU ticks, processes) of an instance's whole tree, its orphans included."""
+        return self.trees.usage(pid, self.spawner.orphans(pid))
+
     def status(self, names: Iterable[str] | None = None, usage: bool = False) -> list[dict]:
         """Status rows; with `usage`, fresh RSS (whole tree) and CPU % read from /proc."""
         chosen = self.instances.values() if names is None else [self.instances[n] for n in names]
@@ -466,11 +495,11 @@ class Supervisor:
             now = self.loop.time()
             for inst in chosen:
                 if inst.pid is not None:
-                    inst.rss, ticks = self.trees.sample(inst.pid)
+                    inst.rss, ticks, inst.processes = self.tree_usage(inst.pid)
                     since, before = inst.cpu_sample or (inst.started_at, 0)
                     elapsed = now - since
-                    if elapsed > 0:
-                        inst.cpu_percent = 100.0 * (ticks - before) / CLOCK_TICKS / elapsed
+                    if elapsed > 0:  # ticks of the live tree: an orphan's exit may take some away
+                        inst.cpu_percent = max(0.0, 100.0 * (ticks - before) / CLOCK_TICKS / elapsed)
                     inst.cpu_sample = (now, ticks)
         return [inst.status() for inst in chosen]
 

@@ -1,0 +1,131 @@
+"""Control verbs that finish what they start: `orch stop`, `start` and `restart` answer once
+every named instance got where the command sent it (old process gone, new one running),
+or failed, or the deadline passed (exit 1 with the reason).
+
+Each waiting command is a `Wait`; the supervisor's state changes re-check the waits (at
+most once per loop wake-up, never mid-operation), and a timer fails whatever is overdue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..loop import EventLoop, Timer
+from ..supervise.events import Event, StateChanged
+from ..supervise.states import ALIVE, State
+from .server import Pending
+
+POLL = 0.1  # seconds between looks while a command waits for readiness
+FAILED = (State.BACKOFF, State.CRASHLOOP, State.EXITED, State.STOPPED)
+
+
+@dataclass
+class Goal:
+    """Where one instance must get: "stopped", or "running" (or "ready") with a pid other than
+    `old_pid`."""
+
+    name: str
+    want: str
+    old_pid: int | None = None
+
+
+def check(goal: Goal, inst: Any, why: str | None = None) -> tuple[bool, str | None]:
+    """(finished, failure or None) of one goal against the instance's current state; `why`
+    is the reason given with its last state change (pure)."""
+    if goal.want == "stopped":
+        return inst is None or inst.state not in ALIVE, None
+    if inst is None:
+        return True, f"{goal.name} was removed"
+    if inst.state is State.RUNNING and inst.pid is not None and inst.pid != goal.old_pid:
+        return goal.want == "running" or inst.ready, None  # "ready": a rolling restart's batches
+    if inst.state in FAILED and inst.pid is None:
+        why = inst.last_reason or why or inst.last_exit
+        return True, f"{goal.name} is {inst.state.value}" + (f" ({why})" if why else "")
+    return False, None
+
+
+def describe(goal: Goal, inst: Any) -> str:
+    """What an unfinished goal is still waiting for, for the timeout message."""
+    state = inst.state.value if inst is not None else "gone"
+    return f"{goal.name} is still {state}" + ("" if goal.want == "stopped" else " (not running yet)")
+
+
+class Wait:
+    """One waiting command: its goals, its pending reply and its deadline."""
+
+    def __init__(self, goals: list[Goal], reply: Pending, result: Any, timeout: float, timer: Timer):
+        self.goals = goals
+        self.reply = reply
+        self.result = result
+        self.timeout = timeout
+        self.timer = timer
+
+
+class Waits:
+    """Every command waiting on instances, re-checked as their states change."""
+
+    def __init__(self, loop: EventLoop, supervisor: Any):
+        self.loop = loop
+        self.supervisor = supervisor
+        self.active: list[Wait] = []
+        self._check_queued = False
+        self._poll: Timer | None = None
+        self.reasons: dict[str, str | None] = {}  # instance -> reason of its last state change
+        supervisor.events.subscribe(self._on_event)
+
+    def add(self, goals: list[Goal], result: Any, timeout: float) -> Pending:
+        """A pending reply that resolves to `result` once every goal is met."""
+        reply = Pending()
+        wait = Wait(goals, reply, result, timeout, self.loop.call_later(timeout, lambda: self._overdue(wait)))
+        self.active.append(wait)
+        self._queue_check()  # after the handler returned: the reply is bound to its connection then
+        return reply
+
+    def _on_event(self, event: Event) -> None:
+        if self.active and isinstance(event, StateChanged):
+            self.reasons[event.instance.name] = event.reason
+            self._queue_check()
+
+    def _queue_check(self) -> None:
+        if not self._check_queued:
+            self._check_queued = True
+            self.loop.call_soon(self._check)
+
+    def _check(self) -> None:
+        self._check_queued = False
+        for wait in list(self.active):
+            failures, pending = [], []
+            for goal in wait.goals:
+                finished, failure = check(goal, self.supervisor.instances.get(goal.name),
+                                          self.reasons.get(goal.name))
+                if failure:
+                    failures.append(failure)
+                elif not finished:
+                    pending.append(goal)
+            wait.goals = pending
+            if failures:
+                self._end(wait, "; ".join(failures))
+            elif not pending:
+                self._end(wait, None)
+        if self.active and self._poll is None:  # readiness (min_uptime) changes no state: look again
+            self._poll = self.loop.call_later(POLL, self._polled)
+
+    def _polled(self) -> None:
+        self._poll = None
+        self._queue_check()
+
+    def _overdue(self, wait: Wait) -> None:
+        if wait in self.active:
+            still = "; ".join(describe(g, self.supervisor.instances.get(g.name)) for g in wait.goals)
+            self._end(wait, f"not done after {wait.timeout:g}s: {still}")
+
+    def _end(self, wait: Wait, failure: str | None) -> None:
+        self.active.remove(wait)
+        wait.timer.cancel()
+        if not self.active:
+            self.reasons.clear()
+        if failure:
+            wait.reply.fail(failure)
+        else:
+            wait.reply.resolve(wait.result)

@@ -1,0 +1,319 @@
+"""The spawner process itself: forks, execs and reaps every child, and keeps each instance's
+whole process tree (see spawner.py for why it is a separate process, and its protocol)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pickle
+import selectors
+import shutil
+import signal
+import socket
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, kill_group, listen_env,
+                    prctl, prepare_child, reaped, receive)
+from .trees import Lineage, signal_pid
+from ..observe.procfs import children, tree
+
+if TYPE_CHECKING:
+    from .spawner import SpawnRequest
+
+SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
+SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
+RESCANS = (0.0, 0.005, 0.02, 0.1, 0.5)  # after a kill or an exit: children reparent to us
+
+
+class Spawner:  # pragma: no cover - runs in the helper process; covered by integration tests
+    def __init__(self, sock: socket.socket, run: str):
+        self.sock = sock
+        self.cookie = run
+        self.children: set[int] = set()
+        self.errpipes: dict[int, int] = {}  # errpipe read fd -> pid
+        self.pid_errpipe: dict[int, int] = {}
+        self.selector = selectors.DefaultSelector()
+        self._which: dict[tuple[str, str], str] = {}
+        self.lineage = Lineage(run)
+        self.scans: list[float] = []  # monotonic times of the next looks for orphans
+        self.scan_cost = 0.0  # seconds the last look took
+        self.sockets: dict[str, int] = {}  # listening sockets held for children, by key
+        from .zygote import ZygotePool  # zygote.py builds on this module's helpers
+        self.zygotes = ZygotePool(self.selector, self._send, self.lineage.started, self._leader_exited,
+                                  self.sockets)
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        os.set_inheritable(self.devnull, False)
+
+    def run(self) -> None:
+        for signum in _COORDINATED:
+            signal.signal(signum, signal.SIG_IGN)
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
+        except OSError:
+            pass
+        self.selector.register(self.sock, selectors.EVENT_READ, "master")
+        self.selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+        while True:
+            for key, _ in self.selector.select(self._scan_timeout()):
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue  # handled earlier in this batch (an errpipe closed while reaping)
+                try:
+                    if key.data == "master":
+                        if not self._from_master():
+                            self._kill_everything()
+                            return
+                    elif isinstance(key.data, tuple):  # ("zygote", handle)
+                        self.zygotes.readable(key.data[1])
+                    elif key.data == "sigchld":
+                        try:
+                            wake_r.recv(4096)
+                        except BlockingIOError:
+                            pass
+                        self._reap()
+                    else:
+                        self._errpipe_ready(key.fd)
+                except Exception:  # noqa: BLE001 - one bad event must not orphan the fleet
+                    import traceback
+                    traceback.print_exc()
+            self._scan_if_due()
+
+    # --- orphans -------------------------------------------------------------------
+    def _scan_timeout(self) -> float | None:
+        """Until the next look for orphans: soon after a kill, else every SCAN_EVERY while
+        any instance runs (one read of our own children list), else never."""
+        if not self.scans and self.lineage.leaders:
+            self.scans.append(time.monotonic() + max(SCAN_EVERY, self.scan_cost / SCAN_BUDGET))
+        return max(0.0, min(self.scans) - time.monotonic()) if self.scans else None
+
+    def _scan_if_due(self) -> None:
+        now = time.monotonic()
+        if self.scans and min(self.scans) <= now:
+            self.scans = [t for t in self.scans if t > now]
+            self._scan()
+
+    def _rescan_soon(self) -> None:
+        """Looks at RESCANS from now, merged with those already due about then (a burst of
+        exits must not pile up thousands of timers)."""
+        now = time.monotonic()
+        for delay in RESCANS:
+            when = now + delay
+            if not any(abs(t - when) < max(delay / 2, 0.002) for t in self.scans):
+                self.scans.append(when)
+
+    def _scan(self) -> None:
+        began = time.monotonic()
+        adopted, ended, strays = self.lineage.scan(self.children, set(self.zygotes.pids()))
+        self.scan_cost = time.monotonic() - began
+        if adopted:
+            self._send(("adopted", adopted))
+        if ended:
+            self._rescan_soon()  # their own children reparent to us once they are gone
+        if strays:
+            self._send(("strays", [(pid, _command(pid)) for pid in strays]))
+
+    def _leader_exited(self, pid: int) -> None:
+        """A main process ended: SIGKILL what is left of its tree, however it escaped."""
+        kill_group(pid)
+        for orphan in self.lineage.exited(pid):
+            for member in tree(orphan):
+                signal_pid(member, signal.SIGKILL)
+        # Its children were reparented to us before the SIGCHLD: one look after this batch
+        # of events finds them (an orphan older than the instance's next main process is
+        # ended, so a quick restart cannot adopt it).
+        self._rescan_soon()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.sock.send(pickle.dumps(message))
+        except OSError:
+            pass  # the master is gone; EOF will follow
+
+    def _from_master(self) -> bool:
+        received = receive(self.sock)
+        if received is None:
+            return False
+        message, fds = received
+        if not message:
+            return True
+        if message[0] == "sockets":
+            self._hold_sockets(message[1], fds)
+            return True
+        if message[0] == "close_sockets":
+            for key in message[1]:
+                fd = self.sockets.pop(key, None)
+                if fd is not None:
+                    os.close(fd)
+        elif message[0] == "spawn":
+            self._spawn_all(message[1], fds)
+        elif message[0] == "signal":
+            if any(group for _, _, group in message[1]):
+                self._scan()  # orphans not yet seen belong to the trees too
+            for pid, signum, group in message[1]:
+                self._signal(pid, signum, group)
+        elif message[0] == "exit":
+            return False
+        for fd in fds:
+            os.close(fd)
+        return True
+
+    def _hold_sockets(self, keys: list[str], fds: list[int]) -> None:
+        """Keep the master's listening sockets (close-on-exec here) to pass to children."""
+        for key, fd in zip(keys, fds):
+            os.set_inheritable(fd, False)
+            old = self.sockets.pop(key, None)
+            if old is not None:
+                os.close(old)
+            self.sockets[key] = fd
+
+    def _signal(self, pid: int, signum: int, whole: bool) -> None:
+        if whole:
+            self.lineage.signal(pid, signum)
+            if signum == signal.SIGKILL:
+                self._rescan_soon()  # children of killed processes reparent to us
+        elif pid in self.children or pid in self.zygotes.children:
+            signal_pid(pid, signum)
+
+    def _spawn_all(self, requests: list[SpawnRequest], fds: list[int]) -> None:
+        spawned, failed = [], []
+        preloaded: dict[tuple[str, tuple[str, ...]], list[tuple[SpawnRequest, int]]] = {}
+        for request, out in zip(requests, fds):
+            # The run's cookie, inherited by every descendant: attributes orphans, and lets
+            # the next `orch up` find what a SIGKILLed master and spawner left behind.
+            request = replace(request, env={**request.env, "ORCH_RUN": self.cookie})
+            if request.preload is not None:
+                preloaded.setdefault(request.preload, []).append((request, out))
+                continue
+            try:
+                spawned.append((request.token, self._spawn_one(request, out)))
+            except KeyError as exc:
+                failed.append((request.token, f"socket {exc.args[0]} is not held by the spawner"))
+            except OSError as exc:
+                failed.append((request.token, f"fork failed: {exc.strerror}"))
+        for key, items in preloaded.items():
+            failed += self.zygotes.fork(key, items)
+        if spawned:
+            self._send(("spawned", spawned))
+        if failed:
+            self._send(("failed", failed))
+
+    def _executable(self, program: str, env: dict[str, str]) -> str:
+        """Resolve the program once per (name, PATH), not by a PATH search in every child."""
+        if "/" in program:
+            return program
+        search = env.get("PATH", os.defpath)
+        key = (program, search)
+        path = self._which.get(key)
+        if path is None:
+            found = shutil.which(program, path=search)
+            if found is None:
+                return program  # execve fails and the error is reported; not cached
+            path = self._which[key] = found
+        return path
+
+    def _spawn_one(self, request: SpawnRequest, out: int) -> int:
+        env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
+        program = self._executable(request.argv[0], env)
+        sockets = [self.sockets[key] for _, key in request.sockets]
+        err_r, err_w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if sockets:  # keep the exec-error pipe out of the range the sockets go to
+                    err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3 + len(sockets))
+                prepare_child(parent, self.devnull, out, request.cwd, sockets, keep=err_w)
+                if request.sockets:
+                    env.update(listen_env([name for name, _ in request.sockets]))
+                os.execve(program, list(request.argv), env)
+            except BaseException as exc:  # noqa: BLE001
+                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+                detail = f"{request.argv[0]}: {text}"
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR) \
+                        and not os.path.isdir(request.cwd):
+                    detail = f"cwd {request.cwd}: {text}"
+                try:
+                    os.write(err_w, detail.encode(errors="replace")[:1000])
+                finally:
+                    os._exit(127)
+        os.close(err_w)
+        os.set_blocking(err_r, False)
+        self.children.add(pid)
+        self.lineage.started(pid, request.env.get("ORCH_INSTANCE"))
+        self.errpipes[err_r] = pid
+        self.pid_errpipe[pid] = err_r
+        self.selector.register(err_r, selectors.EVENT_READ, "errpipe")
+        return pid
+
+    def _errpipe_ready(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1024)
+        except BlockingIOError:
+            return  # the child has not exec'd yet
+        pid = self.errpipes.pop(fd)
+        self.pid_errpipe.pop(pid, None)
+        self.selector.unregister(fd)
+        os.close(fd)
+        if data:
+            self._send(("exec_failed", pid, data.decode(errors="replace")))
+
+    def _reap(self) -> None:
+        exited, released = [], []
+        for pid, status in reaped():
+            if pid not in self.children:  # an orphan, reparented to us as subreaper
+                leader = self.lineage.reaped(pid)
+                if leader is not None:
+                    released.append((leader.pid, pid))
+                continue
+            self.children.discard(pid)
+            errpipe = self.pid_errpipe.get(pid)
+            if errpipe is not None:
+                self._errpipe_ready(errpipe)
+            self._leader_exited(pid)  # no grandchild outlives its worker
+            exited.append((pid, status))
+            if len(exited) >= MAX_EVENTS_PER_MESSAGE:
+                self._send(("exited", exited))
+                exited = []
+        if exited:
+            self._send(("exited", exited))
+        if released:
+            self._send(("released", released))
+
+    def _kill_everything(self) -> None:
+        """Master gone: SIGKILL every tree, then any orphan reparented to us, and reap all."""
+        for pid in list(self.children) + list(self.zygotes.children):
+            self.lineage.signal(pid, signal.SIGKILL)
+        while True:
+            remaining = _direct_children()
+            for pid in remaining:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                return
+            if not remaining:
+                return
+            time.sleep(0.002)  # SIGKILLed children need a moment before they can be reaped
+
+
+def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper
+    return children(os.getpid())
+
+
+def _command(pid: int) -> str:  # pragma: no cover - runs in the helper
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read(200).replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
