@@ -277,3 +277,20 @@ def test_beanstalkd_without_result_url_is_a_clear_error(start_master, beanstalkd
     task = TaskQueue(url).task("work", name="t")(lambda: None)
     with pytest.raises(ValueError, match="result_url"):
         task.put().result(timeout=1)
+
+
+def test_configs_tasks_toml_runs_a_small_fleet(start_master, redis_server, tmp_path):
+    import shutil
+    from conftest import ROOT
+    shutil.copytree(ROOT / "configs" / "app", tmp_path / "app")
+    text = (ROOT / "configs" / "tasks.toml").read_text()
+    master = start_master(text.replace("redis://127.0.0.1:6379/0", redis_server.url))
+    master.wait_running(4, timeout=30)
+    done = subprocess.run([sys.executable, "-c", "from app.jobs import add, report\n"
+                           "print(add.put(a=2, b=3).result(timeout=20), report.put(name='r', rows=10).result(timeout=20)['rows'])"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "TASKS_URL": redis_server.url})
+    assert done.stdout.split() == ["5", "10"], done.stdout + done.stderr
+    shown = orch("queues", "--json", cwd=tmp_path)
+    rows = {r["queue"]: r for r in json.loads(shown.stdout)}
+    assert rows["default"]["consumers"] == 2 and rows["reports"]["consumers"] == 2
