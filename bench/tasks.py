@@ -115,9 +115,12 @@ def rq_client(url: str) -> tuple[Callable[[int], Any], Callable[[Any], Any]]:
     return (lambda i: queue.enqueue(benchjobs.rq_add, i, 1)), result
 
 
-def measure(put: Callable[[int], Any], result: Callable[[Any], Any], trips: int,
-            tasks: int) -> tuple[list[float], float]:
-    """Round-trip seconds of `trips` sequential calls, and tasks/s of `tasks` put then awaited."""
+def measure(url: str, put: Callable[[int], Any], result: Callable[[Any], Any], trips: int,
+            tasks: int) -> tuple[list[float], float, float]:
+    """Round-trip seconds of `trips` sequential calls, tasks/s of `tasks` put then awaited,
+    and Redis commands per task in that throughput trial (every client's)."""
+    import redis
+    server = redis.Redis.from_url(url)
     for i in range(3):  # warm-up: connections, imports, the workers' first job
         assert result(put(i)) == i + 1
     rounds = []
@@ -125,11 +128,13 @@ def measure(put: Callable[[int], Any], result: Callable[[Any], Any], trips: int,
         started = time.perf_counter()
         assert result(put(i)) == i + 1
         rounds.append(time.perf_counter() - started)
+    commands = server.info("stats")["total_commands_processed"]
     started = time.perf_counter()
     jobs = [put(i) for i in range(tasks)]
     for i, job in enumerate(jobs):
         assert result(job) == i + 1
-    return rounds, tasks / (time.perf_counter() - started)
+    rate = tasks / (time.perf_counter() - started)
+    return rounds, rate, (server.info("stats")["total_commands_processed"] - commands - 2) / tasks
 
 
 SETUPS = {"orch tasks": (orch_fleet, orch_client),
@@ -139,7 +144,7 @@ SETUPS = {"orch tasks": (orch_fleet, orch_client),
 
 def run(trips: int, tasks: int, reps: int, log: Callable[[str], None]) -> dict[str, dict[str, list]]:
     """Every setup `reps` times, interleaved; per setup the round trips and throughputs."""
-    out: dict[str, dict[str, list]] = {k: {"rounds": [], "rates": []} for k in SETUPS}
+    out: dict[str, dict[str, list]] = {k: {"rounds": [], "rates": [], "commands": []} for k in SETUPS}
     with tempfile.TemporaryDirectory(prefix="bench-tasks-") as tmp:
         folder = Path(tmp)
         server, url = start_redis(folder)
@@ -151,13 +156,14 @@ def run(trips: int, tasks: int, reps: int, log: Callable[[str], None]) -> dict[s
                     stopper = fleet(url, folder)
                     try:
                         count = tasks if "fork" not in name else max(50, tasks // 5)
-                        rounds, rate = measure(*client(url), trips, count)
+                        rounds, rate, commands = measure(url, *client(url), trips, count)
                     finally:
                         stopper()
                     out[name]["rounds"] += rounds
                     out[name]["rates"].append(rate)
+                    out[name]["commands"].append(commands)
                     log(f"rep {rep + 1}: {name}: round trip median {statistics.median(rounds) * 1e3:.1f} ms, "
-                        f"{rate:,.0f} tasks/s ({count} tasks)")
+                        f"{rate:,.0f} tasks/s ({count} tasks), {commands:.1f} Redis commands/task")
         finally:
             sys.path.remove(str(folder))
             server.kill()
@@ -173,7 +179,8 @@ def render(out: dict[str, dict[str, list]], trips: int, tasks: int, reps: int) -
         p90 = rounds[int(len(rounds) * 0.9) - 1]
         rows.append(f"| {name} | {statistics.median(rounds) * 1e3:.1f} ms | {p90 * 1e3:.1f} ms "
                     f"| {statistics.median(data['rates']):,.0f} tasks/s "
-                    f"({min(data['rates']):,.0f}–{max(data['rates']):,.0f}) |")
+                    f"({min(data['rates']):,.0f}–{max(data['rates']):,.0f}) "
+                    f"| {statistics.median(data['commands']):.1f} |")
     return "\n".join([
         "## Task API (orchestrator.tasks) vs RQ", "",
         f"Produced by `python -m bench.tasks --trips {trips} --tasks {tasks} --reps {reps}` on "
@@ -183,7 +190,10 @@ def render(out: dict[str, dict[str, list]], trips: int, tasks: int, reps: int) -
         "`latest_result(timeout=...)`). Throughput: the tasks put one by one, then every result",
         "awaited, end to end from the producer (the fork-per-job RQ worker gets a fifth of the",
         f"tasks, at least 50, to keep the run short). Medians over {reps} interleaved repetitions.", "",
-        "| setup | round trip median | p90 | throughput |", "|---|--:|--:|--:|", *rows, "",
+        "Redis commands per task counts every client's commands during the throughput trial",
+        "(producer, workers, result waits): the work each system asks of the server per task.", "",
+        "| setup | round trip median | p90 | throughput | Redis commands/task |",
+        "|---|--:|--:|--:|--:|", *rows, "",
     ])
 
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from conftest import orch, text_of, wait_for
-from queue_support import chaos
+from queue_support import chaos, redis_leftovers
 
 JOBS = '''
 import os, time
@@ -160,6 +160,7 @@ def test_every_result_stored_exactly_once_while_workers_are_sigkilled(start_mast
     assert kills >= 20, kills
     assert len(set(runs)) == 2 * per_producer  # ran at least once each (some twice: at least once)
     assert client.llen("tasks:work:dead") == 0
+    wait_for(lambda: not redis_leftovers(client, ["tasks:work"]), 10, message="empty processing lists")
 
 
 def test_failing_task_backs_off_then_is_dead_lettered_with_traceback_and_retry_brings_it_back(
@@ -181,7 +182,7 @@ def test_failing_task_backs_off_then_is_dead_lettered_with_traceback_and_retry_b
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert 0.2 <= gaps[0] < gaps[1], gaps  # 0.2 s, then 0.4 s (doubling)
     client = redis.Redis.from_url(redis_server.url)
-    record = json.loads(client.lindex("tasks:work:dead", 0))
+    record = json.loads(client.lindex("tasks:work:dead", 0))  # pushed in the dead result's MULTI
     assert record["attempts"] == 3 and "Traceback" in record["error"] and "broken 1" in record["error"]
     shown = orch("queues", "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -216,7 +217,8 @@ def test_unknown_task_is_dead_lettered_at_once(start_master, redis_server, tmp_p
     ghost = producer.task("work", name="elsewhere.ghost")(lambda: None)
     with pytest.raises(TaskFailed, match="unknown task 'elsewhere.ghost'"):
         ghost.put().result(timeout=15)
-    record = json.loads(redis.Redis.from_url(redis_server.url).lindex("tasks:work:dead", 0))
+    client = redis.Redis.from_url(redis_server.url)
+    record = json.loads(client.lindex("tasks:work:dead", 0))
     assert record["attempts"] == 1 and "unknown task" in record["error"]
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import importlib
 import signal
+import time
 import traceback
 from typing import Any, Callable
 
-from ..queues.base import ConsumerConfigError, Delivery, Handler
+from ..queues.base import ConsumerConfigError, Delivery, Handler, dead_letter_record
 from ..queues.beanstalkd import QueueConsumer as BeanstalkConsumer
 from ..queues.redis import QueueConsumer as RedisConsumer, digest, open_redis
 from .store import (QUEUE_PREFIX, STORE_AND_ACK, STORE_ONLY, dead_record, decode, job_id_of,
@@ -110,12 +111,14 @@ class TaskMixin:
         finally:
             self.max_attempts = saved
 
-    def store_dead(self, body: bytes, error: str, attempts: int) -> None:
-        """Write the dead record of a job (so result() raises) before it is dead-lettered."""
+    def store_dead(self, body: bytes, error: str, attempts: int, client: Any = None) -> None:
+        """Write the dead record of a job (so result() raises) before it is dead-lettered
+        (`client`: a MULTI pipeline to make it part of)."""
         job_id = job_id_of(body)
         if job_id is not None:
             ttl = decode(body).result_ttl
-            self.store(keys=result_keys(job_id), args=[dead_record(error, attempts), int(ttl * 1000)])
+            self.store(keys=result_keys(job_id), args=[dead_record(error, attempts), int(ttl * 1000)],
+                       client=client)
 
 
 def _alarm(signum: int, frame: Any) -> None:
@@ -129,11 +132,11 @@ class RedisTaskWorker(TaskMixin, RedisConsumer):
         consumer = self.task_kwargs(kwargs)
         super().configure({**consumer, "queue": QUEUE_PREFIX + self.task_queue})
         self.housekeeping_interval = 0.2  # delayed tasks start within ~0.25 s of their time
+        self.same_server = not self.result_url or self.result_url == self.url
 
     def connect(self) -> None:
         super().connect()
         self.store_ack = self.redis.register_script(STORE_AND_ACK)
-        self.same_server = not self.result_url or self.result_url == self.url
 
     def ack(self, delivery: Delivery) -> None:
         ttl = int(self.envelope.result_ttl * 1000)
@@ -151,8 +154,18 @@ class RedisTaskWorker(TaskMixin, RedisConsumer):
         self.with_limit(lambda: RedisConsumer.fail(self, delivery, error))
 
     def _bury(self, body: bytes, tries: int, error: str, tail: bool) -> None:
-        self.store_dead(body, error, tries)
-        super()._bury(body, tries, error, tail)
+        if not self.same_server:
+            self.store_dead(body, error, tries)
+            super()._bury(body, tries, error, tail)
+            return
+        record = dead_letter_record(body, queue=self.queue, error=error, attempts=tries,
+                                    instance=self.name, now=time.time())
+        pipe = self.redis.pipeline(transaction=True)  # dead result and dead letter, or neither
+        self.store_dead(body, error, tries, client=pipe)
+        pipe.lrem(self.processing, -1 if tail else 1, body)
+        pipe.lpush(self.dead_letter, record)
+        pipe.hdel(self.attempts, digest(body))
+        pipe.execute()
 
 
 class BeanstalkTaskWorker(TaskMixin, BeanstalkConsumer):
