@@ -16,12 +16,10 @@ import time
 from typing import Any, Callable, Iterable
 
 from ..units import parse_duration
-from .store import (DEFAULT_TTL, QUEUE_PREFIX, Envelope, TaskFailed, check_json, new_id,
+from .store import (DEFAULT_TTL, QUEUE_PREFIX, REGISTRY, Envelope, TaskFailed, check_json, new_id,
                     wait_result)
 
 __all__ = ["TaskQueue", "Task", "Job", "TaskFailed", "TaskWorker", "REGISTRY"]
-
-REGISTRY: dict[str, "Task"] = {}  # task name -> Task, filled by @queue.task as modules import
 
 
 class Job:

@@ -19,6 +19,7 @@ from typing import Any
 RESULT_PREFIX = "tasks:result:"
 QUEUE_PREFIX = "tasks:"          # a Redis task queue NAME lives in the list `tasks:NAME`
 DEFAULT_TTL = 86400.0            # results are kept one day unless the queue says otherwise
+REGISTRY: dict[str, Any] = {}   # task name -> Task, filled by @queue.task as modules import
 WAKE_CAP = 1.0                   # longest single BLPOP: a lost wake-up costs at most this
 
 # Store a record unless a success is already there. KEYS: result, ready. ARGV: record, ttl ms.

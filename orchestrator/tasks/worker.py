@@ -21,9 +21,8 @@ from typing import Any, Callable
 from ..queues.base import ConsumerConfigError, Delivery, Handler, dead_letter_record
 from ..queues.beanstalkd import QueueConsumer as BeanstalkConsumer
 from ..queues.redis import QueueConsumer as RedisConsumer, digest, open_redis
-from .store import (QUEUE_PREFIX, STORE_AND_ACK, STORE_ONLY, dead_record, decode, job_id_of,
+from .store import (QUEUE_PREFIX, REGISTRY, STORE_AND_ACK, STORE_ONLY, dead_record, decode, job_id_of,
                     result_keys, success_record)
-from . import REGISTRY
 
 TRACEBACK_MAX = 8000  # characters of traceback kept in a dead letter and a dead result
 
