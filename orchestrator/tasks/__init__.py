@@ -49,7 +49,7 @@ class Task:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def put(self, delay: float | str | None = None, **kwargs: Any) -> Job:
+    def put(self, *, delay: float | str | None = None, **kwargs: Any) -> Job:
         """Queue one call with JSON keyword arguments (`delay`: start no sooner than this)."""
         check_json(self.name, kwargs)
         envelope = Envelope(new_id(), self.name, kwargs, self.max_attempts, self.timeout,
