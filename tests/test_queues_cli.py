@@ -60,6 +60,10 @@ def test_queues_on_streams(start_master, redis_server, tmp_path):
     master.call("stop", patterns=["consumer-sa"])
     wait_for(lambda: master.status()["consumer-sa"]["state"] == "stopped", 10, message="stopped")
     client.xadd("sa", {"data": "later"})
+    # A consumer stopped the hard way (SIGKILL after stop_timeout, under load) leaves its lease
+    # until it expires: consumers reaches 0 within the lease, not necessarily at once.
+    wait_for(lambda: queues_json(master, tmp_path)[0]["consumers"] == 0, 15, interval=0.5,
+             message="no live consumer")
     row = queues_json(master, tmp_path)[0]
     assert (row["backend"], row["ready"], row["dead"], row["consumers"]) == ("redis-stream", 1, 1, 0)
     moved = orch("queues", "retry", "sa", "-c", str(master.config), cwd=tmp_path)

@@ -402,7 +402,7 @@ def _program(template: Template, name: str, context: dict[str, Any], folder: Pat
     python = None
     if template.target is not None:
         step[0] = "kwargs"
-        kwargs = {k: renderer.value(v, context) for k, v in template.kwargs}
+        kwargs = {k: _deep_value(renderer, v, context) for k, v in template.kwargs}
         paths = (str(folder),) + tuple(str((folder / p).resolve()) for p in template.pythonpath)
         python = PythonTarget(template.target, tuple(sorted(kwargs.items())), template.preload,
                               template.check_point, paths)
@@ -432,3 +432,13 @@ def summary(config: Config, specs: Iterable[ProcessSpec]) -> str:
     """One line: how many templates and instances a config gives."""
     count = sum(1 for _ in specs)
     return f"{config.path}: ok, {len(config.templates)} templates, {count} instances"
+
+
+def _deep_value(renderer: Any, source: Any, context: dict[str, Any]) -> Any:
+    """A kwarg rendered all the way down: strings inside lists and tables render too
+    (`queues = ["{{ queue }}"]`)."""
+    if isinstance(source, list):
+        return [_deep_value(renderer, item, context) for item in source]
+    if isinstance(source, dict):
+        return {k: _deep_value(renderer, item, context) for k, item in source.items()}
+    return renderer.value(source, context)

@@ -139,7 +139,7 @@ class QueueWorker(Worker):
         self._chain_stop_signals()
         try:
             self.configure(self.kwargs)
-            self.handler = load_handler(self.kwargs.get("handler", ""))
+            self.handler = self.make_handler()
             self.connect()
         except ConsumerConfigError as exc:
             self.log.error("error: %s", exc)
@@ -199,7 +199,7 @@ class QueueWorker(Worker):
         try:
             self.handler(delivery.body)
         except Exception as exc:  # noqa: BLE001 - any handler error is one failed attempt
-            error = error_text(exc)
+            error = self.error_text(exc)
             self._insist(lambda d: self.fail(d, error), delivery)
         else:
             self._insist(self.ack, delivery)
@@ -237,6 +237,14 @@ class QueueWorker(Worker):
             self.close()
         except self.server_errors:
             pass
+
+    def make_handler(self) -> Handler:
+        """The callable each message goes to (kwargs.handler; the task worker brings its own)."""
+        return load_handler(self.kwargs.get("handler", ""))
+
+    def error_text(self, exc: BaseException) -> str:
+        """How a handler error is recorded (a retry's log line, a dead letter's `error`)."""
+        return error_text(exc)
 
     # --- what a backend provides -------------------------------------------------------
     def describe(self) -> str:

@@ -17,6 +17,7 @@ BACKENDS = {
     "orchestrator.queues.redis:QueueConsumer": "redis",
     "orchestrator.queues.redis_stream:StreamConsumer": "redis-stream",
     "orchestrator.queues.beanstalkd:QueueConsumer": "beanstalkd",
+    "orchestrator.tasks:TaskWorker": "tasks",
 }
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -40,17 +41,27 @@ def queues_of(specs: list[Any]) -> list[QueueRef]:
         if backend is None:
             continue
         kwargs = dict(spec.python.kwargs)
-        name = str(kwargs.get({"redis": "queue", "redis-stream": "stream"}.get(backend, "tube"), ""))
-        key = (backend, str(kwargs.get("url", "")), name)
-        ref = refs.setdefault(key, QueueRef(backend, key[1], name, kwargs))
-        ref.instances.append(spec.name)
+        for name in _names(backend, kwargs):
+            key = (backend, str(kwargs.get("url", "")), name)
+            ref = refs.setdefault(key, QueueRef(backend, key[1], name, kwargs))
+            ref.instances.append(spec.name)
     return sorted(refs.values(), key=lambda r: (r.name, r.url, r.backend))
+
+
+def _names(backend: str, kwargs: dict[str, Any]) -> list[str]:
+    if backend == "tasks":  # a task worker names its queues in a list
+        queues = kwargs.get("queues", [])
+        return [str(q) for q in ([queues] if isinstance(queues, str) else queues)]
+    return [str(kwargs.get({"redis": "queue", "redis-stream": "stream"}.get(backend, "tube"), ""))]
 
 
 def probe(ref: QueueRef) -> dict[str, Any]:
     """Ask the server about one queue; raises OrchError when it cannot be reached."""
     try:
-        if ref.backend == "beanstalkd":
+        if ref.backend == "tasks":
+            from ..tasks.admin import inspect_tasks
+            row = inspect_tasks(ref.url, ref.name)
+        elif ref.backend == "beanstalkd":
             from .beanstalkd import inspect_tube
             row = inspect_tube(ref.url, ref.name)
         elif ref.backend == "redis-stream":
@@ -70,6 +81,9 @@ def probe(ref: QueueRef) -> dict[str, Any]:
 def retry(ref: QueueRef) -> int:
     """Move this queue's dead letters back (beanstalkd: kick buried jobs); returns how many."""
     try:
+        if ref.backend == "tasks":
+            from ..tasks.admin import retry_tasks
+            return retry_tasks(ref.url, ref.name, str(ref.kwargs.get("result_url") or ""))
         if ref.backend == "beanstalkd":
             from .beanstalkd import kick_tube
             return kick_tube(ref.url, ref.name)
