@@ -1,5 +1,5 @@
 """The package layout keeps its promises: no import circle between any two modules (lazy
-imports inside functions count too), and code that runs inside children (worker/) never
+imports inside functions and imports for type checking only count too), and code that runs inside children (worker/) never
 imports the master's side."""
 
 from __future__ import annotations
@@ -27,25 +27,13 @@ def _resolve(current: str, is_package: bool, level: int, name: str | None) -> st
     return ".".join(base + ([name] if name else []))
 
 
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
 def import_graph() -> dict[str, set[str]]:
     files = {_module(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
         tree = ast.parse(path.read_text())
-        skip = _type_checking_lines(tree)
         is_package = path.name == "__init__.py"
         for node in ast.walk(tree):
-            if getattr(node, "lineno", None) in skip:
-                continue
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom):
                 base = _resolve(name, is_package, node.level, node.module)

@@ -13,15 +13,13 @@ import signal
 import socket
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, kill_group, listen_env,
                     prctl, prepare_child, reaped, receive)
+from .request import SpawnRequest
 from .trees import Lineage, signal_pid
 from ..observe.procfs import children, tree
-
-if TYPE_CHECKING:
-    from .spawner import SpawnRequest
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))

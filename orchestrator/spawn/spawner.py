@@ -25,25 +25,12 @@ import os
 import pickle
 import secrets
 import socket
-from dataclasses import dataclass
 from typing import Any
 
 from .child import MAX_FDS_PER_MESSAGE, close_fds, set_title
+from .request import SpawnRequest  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("orch")
-
-
-@dataclass(frozen=True)
-class SpawnRequest:
-    """One process to start. `env` is the full environment, or overrides on the inherited one."""
-
-    token: int
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    inherit_env: bool
-    cwd: str
-    preload: tuple[str, tuple[str, ...]] | None = None  # (target, pythonpath): fork from a zygote
-    sockets: tuple[tuple[str, str], ...] = ()  # (name, key) of held sockets, for fds 3, 4, ...
 
 
 class SpawnerClient:
