@@ -7,9 +7,7 @@ the spawner as one batch.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,10 +17,11 @@ from ..loop import EventLoop
 from ..observe.logs import Echo, LogFile, log_path
 from ..observe.procfs import CLOCK_TICKS, TreeSampler
 from ..plan import Plan, Running
-from ..spawn.spawner import SpawnerClient, SpawnRequest
+from ..spawn.spawner import SpawnerClient
 from .backoff import decide_limit_restart, decide_restart, limit_at_start
 from .events import EventBus, PolicyChanged, StateChanged
 from .instance import Instance, describe_exit
+from .launch import Launcher
 from .rollout import Rollout
 from .states import ALIVE, State, Then
 
@@ -41,11 +40,8 @@ class Supervisor:
         self.notify_socket = notify_socket
         self.instances: dict[str, Instance] = {}
         self.by_pid: dict[int, Instance] = {}
-        self.by_token: dict[int, Instance] = {}
-        self._tokens = itertools.count(1)
-        self._spawn_queue: list[Instance] = []
-        self._signal_queue: list[tuple[int, int, bool]] = []
-        self._flush_scheduled = False
+        self.launcher = Launcher(loop, lambda: self.spawner, notify_socket)
+        self.by_token = self.launcher.by_token  # spawn requests in flight, by token
         self.pending_ops = 0
         self.on_idle: Callable[[], None] | None = None  # called when pending_ops drops to 0
         self.on_spawner_lost: Callable[[], None] | None = None
@@ -172,8 +168,7 @@ class Supervisor:
         """The one way to a spawn: all spawns of one wake-up go to the spawner as one message."""
         inst.set_state(State.STARTING, reason)
         inst.token = None
-        self._spawn_queue.append(inst)
-        self._schedule_flush()
+        self.launcher.spawn(inst)
 
     # --- operator commands ----------------------------------------------------------------
     def hold(self, inst: Instance) -> None:
@@ -198,70 +193,15 @@ class Supervisor:
         else:
             self.stop(inst, Then.RESTART)
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
     def flush(self) -> None:
         """Send queued spawns and signals now rather than at the end of this wake-up."""
-        self._flush()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        queue, self._spawn_queue = self._spawn_queue, []
-        requests, outputs = [], []
-        for inst in queue:
-            if inst.state is not State.STARTING or inst.token is not None:
-                continue
-            token = next(self._tokens)
-            inst.token = token
-            self.by_token[token] = inst
-            read_end, write_end = os.pipe()
-            os.set_blocking(read_end, False)
-            self.loop.add_reader(read_end, self._reader(inst, read_end))
-            spec = inst.spec
-            env = dict(spec.env)
-            env["ORCH_INSTANCE"] = spec.name
-            if self.notify_socket:
-                env["NOTIFY_SOCKET"] = self.notify_socket
-            if spec.policy.max_requests:
-                env["ORCH_MAX_REQUESTS"] = str(spec.policy.max_requests)
-            if spec.policy.timeout:
-                env["WATCHDOG_USEC"] = str(int(spec.policy.timeout * 1e6))
-            preload = (spec.python.target, spec.python.pythonpath) if spec.python and spec.python.preload else None
-            sockets = tuple(zip((name for name, _ in spec.sockets), spec.socket_keys))
-            requests.append(SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload, sockets))
-            outputs.append(write_end)
-        try:
-            if requests:
-                self.spawner.spawn(requests, outputs)
-        finally:
-            for fd in outputs:
-                os.close(fd)
-        signals, self._signal_queue = self._signal_queue, []
-        if signals:
-            self.spawner.signal(signals)
-
-    def _reader(self, inst: Instance, fd: int) -> Callable[[], None]:
-        def drain() -> None:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            if data:
-                inst.write_output(data)
-            else:  # every holder of the pipe's write end is gone
-                self.loop.remove_reader(fd)
-                os.close(fd)
-        return drain
+        self.launcher.flush()
 
     # --- stopping ------------------------------------------------------------------
     def send_signal(self, inst: Instance, signum: int, group: bool = True) -> None:
         """`signum` to the instance's whole process tree (`group`), or to its main process."""
         if inst.pid is not None:
-            self._signal_queue.append((inst.pid, signum, group))
-            self._schedule_flush()
+            self.launcher.signal(inst.pid, signum, group)
 
     def stop(self, inst: Instance, then: Then = Then.STOP, tracked: bool = False,
              reason: str | None = None) -> None:
@@ -278,8 +218,7 @@ class Supervisor:
         inst.cancel_timer()
         if inst.state is State.STARTING and inst.pid is None:
             inst.set_state(State.STOPPING, reason)
-            if inst in self._spawn_queue:  # never sent to the spawner: nothing to stop
-                self._spawn_queue.remove(inst)
+            if self.launcher.cancel(inst):  # never sent to the spawner: nothing to stop
                 self._after_stop(inst)
             # else the spawner will answer with a pid, and _spawned stops it then
             return
@@ -455,10 +394,9 @@ class Supervisor:
         self.spawner.sock.close()
         self.spawner = spawner
         self.loop.add_reader(spawner.fileno(), self._on_spawner)
-        self.by_token.clear()
+        self.launcher.clear()
         self.by_pid.clear()
         self.trees.close()
-        self._spawn_queue.clear()
         for inst in list(self.instances.values()):
             if inst.state not in ALIVE:
                 continue
