@@ -188,9 +188,29 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         except KeyError as exc:
             return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _ in items]
         except OSError as exc:
-            return [(r.token, f"preload zygote: {exc}") for r, _ in items]
+            # A zygote whose import failed exits at once: the send can meet a closed socket
+            # before we read why. Its own message says why; EPIPE alone would not.
+            error = (self._exit_reason(zygote) if zygote is not None else None) or f"preload zygote: {exc}"
+            return [(r.token, error) for r, _ in items]
         zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _ in items)
         return []
+
+    @staticmethod
+    def _exit_reason(zygote: "ZygoteHandle") -> str | None:
+        """The import error a dead zygote left unread on its socket, if any."""
+        if zygote.error or zygote.children or zygote.pending:
+            return zygote.error  # a zygote with work in flight: its messages are readable()'s
+        while True:
+            try:
+                data = zygote.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except OSError:
+                return None
+            if not data:
+                return None
+            message = pickle.loads(data)
+            if message[0] == "import_failed":
+                zygote.error = message[1]
+                return zygote.error
 
     def readable(self, zygote: "ZygoteHandle") -> None:
         """Forward what a zygote reports to the master, keeping track of its workers."""
