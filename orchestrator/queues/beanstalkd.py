@@ -164,9 +164,9 @@ def kick_tube(url: str, tube: str) -> int:
     """Kick every buried job of the tube back to ready; returns how many."""
     client = open_client(url, tube, 5)
     try:
-        kicked = 0
-        while (stats := client.stats_tube(tube)).get("current-jobs-buried", 0):
-            kicked += client.kick(stats["current-jobs-buried"])
-        return kicked
+        # One kick of the jobs buried now: a poison job a consumer buries again at once must
+        # not be kicked (and counted) twice.
+        buried = client.stats_tube(tube).get("current-jobs-buried", 0)
+        return client.kick(buried) if buried else 0
     finally:
         client.close()

@@ -57,18 +57,20 @@ def _kick_tasks(url: str, tube: str, result_url: str) -> int:
     from ..queues.beanstalkd import open_client
     results = open_redis(result_url) if result_url else None
     client = open_client(url, tube, 5)
-    kicked = 0
+    kicked: set[int] = set()
     try:
         while True:
             try:
                 job = client.peek_buried()
             except greenstalk.NotFoundError:
-                return kicked
+                return len(kicked)
+            if job.id in kicked:  # a worker took it and buried it again: kick each job once
+                return len(kicked)
             job_id = job_id_of(job.body)
             if results is not None and job_id is not None:
                 results.eval(RETRY_DEAD_ONLY, 1, result_keys(job_id)[0])
             client.kick_job(job)
-            kicked += 1
+            kicked.add(job.id)
     finally:
         client.close()
 
