@@ -37,17 +37,20 @@ def _first(m):
         return False
 
 def handle(m):
-    _event("start", m)
     kind, _, rest = m.partition(b":")
+    # The first-attempt marker is made before "start" is logged: a test that kills the
+    # consumer on seeing "start" must never kill it before the marker exists.
+    first = kind in (b"slowfirst", b"hang", b"mem") and _first(m)
+    _event("start", m)
     if kind == b"poison":
         raise RuntimeError("poison message " + m.decode())
     if kind == b"sleep":                      # sleep:SECONDS:id
         time.sleep(float(rest.split(b":")[0]))
-    if kind == b"slowfirst" and _first(m):    # slowfirst:SECONDS:id, quick on later attempts
+    if kind == b"slowfirst" and first:    # slowfirst:SECONDS:id, quick on later attempts
         time.sleep(float(rest.split(b":")[0]))
-    if kind == b"hang" and _first(m):         # hang:id hangs on its first attempt
+    if kind == b"hang" and first:         # hang:id hangs on its first attempt
         time.sleep(3600)
-    if kind == b"mem" and _first(m):          # mem:id grows past any sane limit, first attempt
+    if kind == b"mem" and first:          # mem:id grows past any sane limit, first attempt
         hog = [bytearray(16 << 20) for _ in range(30)]
         time.sleep(3600)
     _event("done", m)

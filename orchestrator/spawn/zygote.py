@@ -200,26 +200,17 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         """The import error a dead zygote left unread on its socket, if any."""
         if zygote.error or zygote.children or zygote.pending:
             return zygote.error  # a zygote with work in flight: its messages are readable()'s
-        while True:
-            try:
-                data = zygote.sock.recv(1 << 20, socket.MSG_DONTWAIT)
-            except OSError:
-                return None
-            if not data:
-                return None
+        while (data := _recv(zygote.sock, socket.MSG_DONTWAIT)):
             message = pickle.loads(data)
             if message[0] == "import_failed":
                 zygote.error = message[1]
-                return zygote.error
+        return zygote.error
 
     def readable(self, zygote: "ZygoteHandle") -> None:
         """Forward what a zygote reports to the master, keeping track of its workers."""
-        try:
-            data = zygote.sock.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(zygote.sock, 0)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._gone(zygote)
             return
@@ -257,6 +248,22 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
                 self.children.pop(pid, None)
                 self.exited(pid)
             self.send(("exited", [(pid, signal.SIGKILL) for pid in zygote.children]))
+
+
+def _recv(sock: socket.socket, flags: int) -> bytes | None:  # pragma: no cover - in the helper
+    """One message; b"" at EOF, None when none is waiting. A zygote that exits with our
+    "fork" unread makes Linux report ECONNRESET once, before the messages it sent are read:
+    skip past it, or an import error would be lost for a bare "exited"."""
+    for _ in range(2):
+        try:
+            return sock.recv(1 << 20, flags)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except ConnectionResetError:
+            continue
+        except OSError:
+            return b""
+    return b""
 
 
 class ZygoteHandle:  # pragma: no cover - runs in the helper
