@@ -374,9 +374,26 @@ def test_systemd_exports_each_used_socket_as_a_socket_unit_passed_in_order(tmp_p
         assert _settings(out.files[unit], "Requires") == ["orch-pool-socket-admin.socket",
                                                           "orch-pool-socket-web.socket"]
     assert "Sockets" not in out.files["orch-pool-plain.service"]
+
+
+
+def test_supervisord_and_procfile_run_socket_workers_under_the_bind_wrapper(tmp_path):
+    """No master holds the socket there: each process binds its own (TCP, SO_REUSEPORT) via
+    orchestrator.worker.listen, said in a warning; a unix socket shared by replicas is refused."""
+    path = _socket_fleet(tmp_path)
     for fmt in ("supervisord", "procfile"):
-        warnings = export(fmt, specs_of(path), options_of(path)).warnings
-        assert any("workers.*.sockets (set in web)" in w for w in warnings), (fmt, warnings)
+        with pytest.raises(ConfigError) as caught:
+            export(fmt, specs_of(path), options_of(path))
+        assert "workers.web.sockets" in str(caught.value) and "unix: socket admin" in str(caught.value)
+    path = write(tmp_path / "tcp", SOCKETS.format(port=8000, python=sys.executable).replace(
+        'sockets = ["admin", "web"]', 'sockets = ["web"]'))
+    for fmt, name in (("supervisord", "supervisord.conf"), ("procfile", "Procfile")):
+        out = export(fmt, specs_of(path), options_of(path))
+        assert any("cannot hold workers.*.sockets (set in web)" in w and "SO_REUSEPORT" in w
+                   for w in out.warnings), (fmt, out.warnings)
+        text = out.files[name].replace("'", "")  # supervisord quotes every word
+        assert text.count("-m orchestrator.worker.listen web/64=127.0.0.1:8000 -- ") == 2, text
+        assert "orchestrator.worker.listen" not in next(line for line in text.splitlines() if "sleep" in line)
 
 
 def test_an_exported_socket_and_service_serve_under_socket_activation(tmp_path):

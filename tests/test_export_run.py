@@ -5,11 +5,14 @@ systemd-analyze verifies every unit; kubernetes-validate --strict checks every d
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import pytest
@@ -66,7 +69,24 @@ def _matching(root: psutil.Process, expected: list[dict]) -> dict[str, int]:
     return found
 
 
-def _run_and_compare(cmd: list[str], cwd: Path, expected: list[dict]) -> None:
+def _serves(port: int, count: int) -> Callable[[], None]:
+    """A check that `count` different processes answer HTTP on 127.0.0.1:port."""
+    def check() -> None:
+        answered: set[str] = set()
+
+        def get() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as reply:
+                    answered.add(reply.read().decode().split()[-1])  # "ok NAME PID"
+            except OSError:
+                pass
+            return len(answered) >= count
+        wait_for(get, timeout=20, interval=0.01, message=f"{count} processes answering on port {port}")
+    return check
+
+
+def _run_and_compare(cmd: list[str], cwd: Path, expected: list[dict],
+                     check: Callable[[], None] | None = None) -> None:
     runner = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=open(cwd / "runner.err", "wb"))
     root = psutil.Process(runner.pid)
@@ -85,6 +105,8 @@ def _run_and_compare(cmd: list[str], cwd: Path, expected: list[dict]) -> None:
                 raise
             missing = sorted({s["name"] for s in expected} - set(found))
             raise AssertionError(f"under {cmd[0]}, no process matches {missing}") from None
+        if check is not None:
+            check()
     finally:
         try:
             seen.update(p.pid for p in root.children(recursive=True))
@@ -103,7 +125,7 @@ def _run_and_compare(cmd: list[str], cwd: Path, expected: list[dict]) -> None:
                 pass
 
 
-def _supervisord(config: Path, tmp: Path) -> None:
+def _supervisord(config: Path, tmp: Path, check: Callable[[], None] | None = None) -> None:
     expected = planned(config)
     _export(config, "supervisord", tmp / "out")
     (config.parent / ".orch" / "logs").mkdir(parents=True, exist_ok=True)
@@ -111,13 +133,13 @@ def _supervisord(config: Path, tmp: Path) -> None:
     main.write_text(f"[supervisord]\nnodaemon=true\nlogfile={tmp}/supervisord.log\n"
                     f"pidfile={tmp}/supervisord.pid\nchildlogdir={tmp}\n\n"
                     f"[include]\nfiles = {tmp}/out/supervisord.conf\n")
-    _run_and_compare([_tool("supervisord"), "-c", str(main), "-n"], tmp, expected)
+    _run_and_compare([_tool("supervisord"), "-c", str(main), "-n"], tmp, expected, check)
 
 
-def _honcho(config: Path, tmp: Path) -> None:
+def _honcho(config: Path, tmp: Path, check: Callable[[], None] | None = None) -> None:
     expected = planned(config)
     _export(config, "procfile", tmp / "out")
-    _run_and_compare([_tool("honcho"), "-f", str(tmp / "out" / "Procfile"), "start"], tmp, expected)
+    _run_and_compare([_tool("honcho"), "-f", str(tmp / "out" / "Procfile"), "start"], tmp, expected, check)
 
 
 def test_supervisord_runs_the_quoting_config_byte_for_byte(tmp_path):
@@ -159,13 +181,21 @@ def _copy_shipped(path: Path, tmp: Path) -> Path:
     return target
 
 
+def _web_check(config: Path) -> Callable[[], None] | None:
+    """For a shipped config with a TCP socket: every instance that uses it must answer."""
+    found = re.search(r'bind = "127\.0\.0\.1:(\d+)"', config.read_text())
+    if not found:
+        return None
+    return _serves(int(found.group(1)), len([s for s in planned(config) if "--fd" in s["argv"]]))
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_supervisord_and_honcho_run_every_shipped_config(path, tmp_path):
     config = _copy_shipped(path, tmp_path)
     (tmp_path / "s").mkdir()
     (tmp_path / "h").mkdir()
-    _supervisord(config, tmp_path / "s")
-    _honcho(config, tmp_path / "h")
+    _supervisord(config, tmp_path / "s", _web_check(config))
+    _honcho(config, tmp_path / "h", _web_check(config))
 
 
 def _verify_units(folder: Path) -> None:

@@ -51,15 +51,21 @@ def unexpressed(target: str, specs: list[ProcessSpec], attrs: tuple[str, ...]) -
 
 
 def process_warnings(target: str, specs: list[ProcessSpec], inherit: bool,
-                     sockets: bool = False) -> list[str]:
+                     sockets: str = "none") -> list[str]:
     """Warnings for template keys a target cannot honour: `preload` (no zygote outside orch),
     where `inherit` is False `inherit = false` (the target passes its own environment), and
-    where `sockets` is False the shared listening sockets the master would hold."""
+    the shared listening sockets the master would hold: `sockets` is "held" where the target
+    holds them (systemd), "bound" where each process binds its own (see bind_sockets), else
+    "none"."""
     warnings = []
     shared = sorted({s.template for s in specs if s.sockets})
-    if shared and not sockets:
+    if shared and sockets == "none":
         warnings.append(f"orch export: {target} cannot express workers.*.sockets "
                         f"(set in {', '.join(shared)}): no shared socket is passed; left out")
+    elif shared and sockets == "bound":
+        warnings.append(f"orch export: {target} cannot hold workers.*.sockets "
+                        f"(set in {', '.join(shared)}): each process binds its own (TCP with "
+                        "SO_REUSEPORT), so connections queued at a stopping process are reset")
     preload = sorted({s.template for s in specs if s.python is not None and s.python.preload})
     if preload:
         warnings.append(f"orch export: {target} cannot express workers.*.preload "
@@ -115,3 +121,31 @@ def portable(specs: list[ProcessSpec], options: Options) -> list[ProcessSpec]:
 def seconds(value: float) -> str:
     """A number of seconds as the shortest exact text: 10, 1.5, 0.25."""
     return f"{value:g}" if value != int(value) else str(int(value))
+
+
+def bind_sockets(specs: list[ProcessSpec], options: Options, target: str) -> list[ProcessSpec]:
+    """For targets without a master to hold `[sockets.*]`: each spec that uses sockets runs
+    under `orchestrator.worker.listen`, which binds them itself at fds 3, 4, ... and execs
+    the command. A `unix:` socket has one holder only, so two instances sharing one are
+    refused."""
+    backlog = {decl.name: decl.backlog for decl in options.sockets}
+    users: dict[str, list[ProcessSpec]] = {}
+    for spec in specs:
+        for name, address in spec.sockets:
+            if address.startswith("unix:"):
+                users.setdefault(name, []).append(spec)
+    shared = {f"workers.{group[0].template}.sockets": ConfigProblem(
+        str(options.config), f"workers.{group[0].template}.sockets",
+        f"{target} cannot share the unix: socket {name} between instances "
+        f"({', '.join(s.name for s in group)}): each binds its own there, and a unix path has one holder")
+        for name, group in users.items() if len(group) > 1}
+    if shared:
+        raise ConfigError(list(shared.values()))
+    wrapped = []
+    for spec in specs:
+        if spec.sockets:
+            words = [f"{name}/{backlog.get(name, 1024)}={address}" for name, address in spec.sockets]
+            argv = (sys.executable, "-m", "orchestrator.worker.listen", *words, "--", *spec.argv)
+            spec = dataclasses.replace(spec, argv=argv)
+        wrapped.append(spec)
+    return wrapped

@@ -11,7 +11,7 @@ import re
 import shlex
 
 from ..expand.spec import ProcessSpec
-from .common import Options, Output, process_warnings, refuse, unexpressed
+from .common import Options, Output, bind_sockets, process_warnings, refuse, unexpressed
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal",
                "stop_timeout", "kill_mode", "memory_soft", "memory_hard", "max_lifetime", "timeout",
@@ -36,6 +36,7 @@ def command_line(spec: ProcessSpec) -> str:
 def export(specs: list[ProcessSpec], options: Options) -> Output:
     """One file, `Procfile`."""
     refuse(specs, options, "a Procfile", "a newline (one line per process)", re.compile("[\r\n]"))
+    specs = bind_sockets(specs, options, "a Procfile")
     # env(1) would read a program name holding '=' as one more variable.
     refuse([s for s in specs if "=" in s.argv[0]], options, "a Procfile", "'=' in the program name",
            re.compile("="), where="argv")
@@ -47,6 +48,6 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
         refuse(specs, options, "a Procfile", "instance names that differ only in characters a "
                "process name cannot hold", re.compile(""), where="name")
     out = Output(warnings=unexpressed("a Procfile", specs, UNEXPRESSED)
-                 + process_warnings("a Procfile", specs, True))
+                 + process_warnings("a Procfile", specs, True, sockets="bound"))
     out.files["Procfile"] = "".join(f"{n}: {command_line(s)}\n" for n, s in zip(names, specs))
     return out

@@ -11,7 +11,7 @@ import re
 import signal
 
 from ..expand.spec import ProcessSpec
-from .common import Options, Output, process_warnings, refuse, seconds, unexpressed
+from .common import Options, Output, bind_sockets, process_warnings, refuse, seconds, unexpressed
 
 UNEXPRESSED = ("backoff_initial", "backoff_max", "memory_soft", "memory_hard", "max_lifetime",
                "timeout", "max_requests", "rolling", "max_unavailable")
@@ -91,8 +91,9 @@ def program_name(instance: str) -> str:
 def export(specs: list[ProcessSpec], options: Options) -> Output:
     """One file, `supervisord.conf`, holding the group and its programs."""
     _check(specs, options)
+    specs = bind_sockets(specs, options, "supervisord")
     out = Output(warnings=unexpressed("supervisord", specs, UNEXPRESSED)
-                 + process_warnings("supervisord", specs, False))
+                 + process_warnings("supervisord", specs, False, sockets="bound"))
     names = [program_name(s.name) for s in specs]
     if len(set(names)) != len(names):
         refuse(specs, options, "supervisord", "instance names that differ only in characters it "

@@ -118,7 +118,7 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     prefix = f"orch-{escape_name(options.fleet)}"
     fleet_target = f"{prefix}.target"
     out = Output(warnings=unexpressed("systemd", specs, UNEXPRESSED)
-                 + process_warnings("systemd", specs, True, sockets=True))
+                 + process_warnings("systemd", specs, True, sockets="held"))
     by_template: dict[str, list[str]] = {}
     users: dict[str, str] = {}  # socket name -> the first service that uses it
     for spec in specs:
