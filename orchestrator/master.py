@@ -25,7 +25,7 @@ from .observe.service import ServiceNotifier
 from .plan import reconcile
 from .spawn.child import reaped
 from .spawn.listeners import Listeners
-from .spawn.orphans import StateRecorder, end_record
+from .spawn.orphans import StateRecorder, end_record, state_path
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
 from .supervise.events import Event, StateChanged
@@ -214,8 +214,8 @@ class Master:
                     self._spawner_lost()
 
     def _spawner_lost(self) -> None:
-        """The spawner died (killed from outside, or a bug). Its children died with it
-        (PDEATHSIG); start a new spawner and bring the fleet back."""
+        """The spawner died (killed from outside, or a bug). Its guard ends its children
+        (spawn/guard.py); start a new spawner and bring the fleet back."""
         if self._finishing or self._replacing_spawner:
             return
         self._replacing_spawner = True
@@ -226,12 +226,16 @@ class Master:
             except ChildProcessError:
                 pass
             log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
-            # Its children died with it (PDEATHSIG); descendants that escaped their session
-            # still carry the run's cookie: end them before the fleet comes back (rare: one /proc scan).
-            end_record({"run": old.run, "run_start": start_time(os.getpid())}, "by the dead spawner", 0.5)
+            # Its guard ends its children, but the fleet must not come back before they are
+            # gone: end them here too, by the run's cookie and their sessions (rare: one /proc
+            # scan; the guard's sweep spares what starts after the spawner died).
+            groups = [[i.pid, i.start_ticks] for i in self.supervisor.by_pid.values() if i.start_ticks is not None]
+            end_record({"run": old.run, "run_start": start_time(os.getpid()), "groups": groups},
+                       "by the dead spawner", 0.5)
             # Forking now that watchdog's thread exists is safe here: the new spawner runs
             # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
-            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run)
+            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,
+                                               state=str(state_path(self.settings.pidfile)))
             self.spawner.send_sockets(self.listeners.items())
             self.supervisor.replace_spawner(self.spawner)
             self.state_file.changed()

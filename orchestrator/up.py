@@ -53,10 +53,11 @@ def _foreground(path: Path, quiet: bool) -> int:
     setup_logging()
     lock = PidLock(settings.pidfile).acquire()
     try:
-        from .spawn.orphans import end_leftovers
+        from .spawn.orphans import end_leftovers, state_path
         end_leftovers(settings.pidfile)
         listeners = Listeners(take_systemd_sockets())  # before the spawner: it must not see LISTEN_*
-        spawner = SpawnerClient.start(f"orch: spawner {settings.name}")  # it closes every fd it inherits
+        spawner = SpawnerClient.start(f"orch: spawner {settings.name}",  # it closes every fd it inherits
+                                      state=str(state_path(settings.pidfile)))
         try:
             from .expand.render import expand
             from .master import Master

@@ -126,6 +126,23 @@ class Master:
         return self.proc.wait(timeout)
 
 
+def spawner_of(master) -> psutil.Process:
+    return next(p for p in psutil.Process(master.pid).children() if "spawner" in " ".join(p.cmdline()))
+
+
+def guard_of(master) -> psutil.Process:
+    return next(p for p in spawner_of(master).children() if "orchestrator.spawn.guard" in " ".join(p.cmdline()))
+
+
+def kill_master_spawner_and_guard(master) -> None:
+    """What only the OOM killer does: master, spawner and guard gone at once, nobody left to
+    clean up. The spawner is stopped first, or it would start a new guard."""
+    spawner, guard = spawner_of(master), guard_of(master)
+    spawner.suspend()
+    guard.kill()
+    os.killpg(master.pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def start_master(tmp_path: Path):
     """Factory: start_master(config_text) -> Master, running and answering on its socket."""

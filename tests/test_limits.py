@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from conftest import text_of, alive, wait_for
+from conftest import alive, kill_master_spawner_and_guard, text_of, wait_for
 
 PY = sys.executable
 
@@ -215,10 +215,10 @@ def test_the_next_master_ends_what_a_killed_master_and_spawner_left(start_master
     grandchild = wait_for(lambda: [p for p in master.descendants() if p.name() == "sleep"],
                           message="the grandchild")[0]
     wait_for(lambda: (tmp_path / ".orch/orch.pid.state").exists(), message="the state file")
-    os.killpg(master.pid, signal.SIGKILL)  # master and spawner at once: nobody cleans up
+    kill_master_spawner_and_guard(master)  # nobody left to clean up
     master.proc.wait(5)
     time.sleep(0.2)
-    assert alive(grandchild.pid), "the grandchild outlived master and spawner"
+    assert alive(grandchild.pid), "the grandchild outlived master, spawner and guard"
     again = start_master(config)
     wait_for(lambda: not alive(grandchild.pid), 5, message="the leftover to be ended")
     again.wait_running(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import alive, wait_for
+from conftest import alive, guard_of, kill_master_spawner_and_guard, spawner_of, wait_for
 
 PY = sys.executable
 
@@ -59,10 +59,6 @@ def fds_of(pid: int) -> dict[str, str]:
         except OSError:
             pass
     return links
-
-
-def spawner_of(master) -> psutil.Process:
-    return next(p for p in psutil.Process(master.pid).children() if "spawner" in " ".join(p.cmdline()))
 
 
 def pids_in(path: Path) -> list[int]:
@@ -229,10 +225,10 @@ def test_the_next_up_ends_escaped_daemons_of_a_sigkilled_master_and_spawner(star
         for env in ({"ORCH_RUN": "0123456789abcdef", "ORCH_INSTANCE": "d"}, {}):
             bystanders.append(subprocess.Popen(["sleep", "1000"], env={**os.environ, **env},
                                                start_new_session=True))
-        os.killpg(master.pid, signal.SIGKILL)  # master and spawner at once: nobody cleans up
+        kill_master_spawner_and_guard(master)
         master.proc.wait(5)
         time.sleep(0.2)
-        assert alive(daemon), "the daemon (its own session) outlived master and spawner"
+        assert alive(daemon), "the daemon (its own session) outlived master, spawner and guard"
         assert psutil.Process(daemon).environ()["ORCH_RUN"] == state["run"]
         (tmp_path / "daemon.py").write_text("import time; time.sleep(1000)")  # the next run starts no daemon
         again = start_master(config)
@@ -353,3 +349,68 @@ def test_a_preloaded_workers_forked_child_in_its_own_group_ends_with_the_worker(
 def orch_stop(master, name: str):
     from conftest import orch
     return orch("stop", name, "-c", str(master.config))
+
+
+def test_a_sigkill_of_the_masters_process_group_leaves_nothing_running(start_master, tmp_path):
+    """`kill -9 -PGID` takes master and spawner at once; the guard (its own group) ends the
+    direct children (posix_spawned, no PDEATHSIG), their descendants and escaped daemons."""
+    master = start_master(daemon_config(tmp_path) + """
+        [workers.plain]
+        command = "sleep 1000"
+        replicas = 3
+        [workers.tree]
+        command = "sh -c 'sleep 1000 & wait'"
+    """)
+    daemons = tmp_path / "daemons.txt"
+    try:
+        pids = master.wait_running(5)
+        daemon = wait_for(lambda: pids_in(daemons), message="the daemon")[0]
+        grandchild = wait_for(lambda: [p.pid for p in psutil.Process(pids["tree"]).children()],
+                              message="tree's sleep")[0]
+        guard = guard_of(master).pid
+        os.killpg(master.pid, signal.SIGKILL)
+        master.proc.wait(5)
+        everything = [*pids.values(), daemon, grandchild]
+        wait_for(lambda: not any(alive(pid) for pid in everything), 5, message="the guard to end them all")
+        wait_for(lambda: not alive(guard), 5, message="the guard to exit")
+        assert f"ending pid {daemon} left behind by the dead spawner" in master.stderr()
+    finally:
+        kill_all(pids_in(daemons))
+
+
+def test_a_killed_guard_is_replaced_and_a_clean_stop_ends_it(start_master, tmp_path):
+    master = start_master("""
+        [workers.w]
+        command = "sleep 1000"
+    """)
+    pid = master.wait_running(1)["w"]
+    first = guard_of(master)
+    first.kill()
+    second = wait_for(lambda: (g := guard_of(master)) and g.pid != first.pid and g, 5, message="a new guard")
+    assert alive(pid), "the guard's death touched the fleet"
+    master.terminate()
+    assert not alive(pid) and not alive(second.pid)
+    assert "left behind" not in master.stderr(), "a clean stop swept"
+
+
+def test_a_child_starts_with_default_signals_its_own_session_and_its_cwd(start_master, tmp_path):
+    """The spawner ignores SIGINT, SIGTERM, ... (it must survive a Ctrl-C to the foreground
+    group); an ignored signal survives exec, so the child must get every one back."""
+    (tmp_path / "work").mkdir()
+    master = start_master("""
+        [workers.w]
+        command = "sleep 1000"
+        cwd = "work"
+    """)
+    pid = master.wait_running(1)["w"]
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    # glibc's posix_spawn leaves its two internal signals (32, 33: thread cancellation and
+    # setxid) ignored in the child; glibc installs its handlers for them when it needs them.
+    internal = (1 << 31) | (1 << 32)
+    assert int(status["SigIgn"], 16) & ~internal == 0 and int(status["SigBlk"], 16) == 0, status
+    assert os.getsid(pid) == pid and os.getpgid(pid) == pid
+    assert os.readlink(f"/proc/{pid}/cwd") == str(tmp_path / "work")
+    assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+    master.proc.send_signal(signal.SIGINT)  # what a Ctrl-C sends the foreground group: a clean stop
+    assert master.proc.wait(15) == 0 and not alive(pid)

@@ -15,11 +15,12 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, kill_group, listen_env,
-                    prctl, prepare_child, reaped, receive)
+from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, kill_group,
+                    listen_env, prctl, prepare_child, reaped, receive)
+from .guard import start_guard
 from .request import SpawnRequest
 from .trees import Lineage, signal_pid
-from ..observe.procfs import children, tree
+from ..observe.procfs import children, start_time, tree
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
@@ -27,9 +28,10 @@ RESCANS = (0.0, 0.005, 0.02, 0.1, 0.5)  # after a kill or an exit: children repa
 
 
 class Spawner:  # pragma: no cover - runs in the helper process; covered by integration tests
-    def __init__(self, sock: socket.socket, run: str):
+    def __init__(self, sock: socket.socket, run: str, state: str | None = None):
         self.sock = sock
         self.cookie = run
+        self.state = state  # the master's state file, for the guard
         self.children: set[int] = set()
         self.errpipes: dict[int, int] = {}  # errpipe read fd -> pid
         self.pid_errpipe: dict[int, int] = {}
@@ -44,8 +46,17 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                                   self.sockets)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         os.set_inheritable(self.devnull, False)
+        self.cwd: str | None = None  # our working directory, as last set for a posix_spawn
+        self.since = start_time(os.getpid())
+        self.guard, self.guard_fd = -1, -1
+
+    def _start_guard(self) -> None:
+        if self.guard_fd >= 0:
+            os.close(self.guard_fd)
+        self.guard, self.guard_fd = start_guard(self.cookie, self.since, self.state)
 
     def run(self) -> None:
+        self._start_guard()
         for signum in _COORDINATED:
             signal.signal(signum, signal.SIG_IGN)
         wake_r, wake_w = socket.socketpair()
@@ -108,7 +119,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
     def _scan(self) -> None:
         began = time.monotonic()
-        adopted, ended, strays = self.lineage.scan(self.children, set(self.zygotes.pids()))
+        adopted, ended, strays = self.lineage.scan(self.children, {*self.zygotes.pids(), self.guard})
         self.scan_cost = time.monotonic() - began
         if adopted:
             self._send(("adopted", adopted))
@@ -219,6 +230,36 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
     def _spawn_one(self, request: SpawnRequest, out: int) -> int:
         env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
         program = self._executable(request.argv[0], env)
+        # posix_spawn where it can say everything the child needs: not LISTEN_PID (it must be
+        # the child's own pid, unknown before); on any error the fork path below runs the
+        # same request again and reports exactly what failed, as it always has.
+        pid = None if request.sockets else self._posix_spawn(program, request, env, out)
+        if pid is None:
+            pid = self._fork_exec(program, request, env, out)
+        self.children.add(pid)
+        self.lineage.started(pid, request.env.get("ORCH_INSTANCE"))
+        return pid
+
+    def _posix_spawn(self, program: str, request: SpawnRequest, env: dict[str, str], out: int) -> int | None:
+        """vfork+exec: its own session, default signals and an empty mask, stdin from
+        /dev/null, stdout and stderr to `out`; every other fd of ours is close-on-exec. The
+        working directory is ours, set just before (we are single-threaded). No PDEATHSIG:
+        the guard stands in for it."""
+        try:
+            if request.cwd != self.cwd:
+                self.cwd = None
+                os.chdir(request.cwd)
+                self.cwd = request.cwd
+            return os.posix_spawn(program, list(request.argv), env, setsid=True, setsigdef=_RESET_IN_CHILD,
+                                  setsigmask=(), file_actions=[(os.POSIX_SPAWN_DUP2, self.devnull, 0),
+                                                               (os.POSIX_SPAWN_DUP2, out, 1),
+                                                               (os.POSIX_SPAWN_DUP2, out, 2)])
+        except OSError:
+            return None
+
+    def _fork_exec(self, program: str, request: SpawnRequest, env: dict[str, str], out: int) -> int:
+        """fork, set the child up in Python (PDEATHSIG, sockets at fds 3..), exec; an exec
+        error comes back through a close-on-exec pipe, read once the child has exec'd."""
         sockets = [self.sockets[key] for _, key in request.sockets]
         err_r, err_w = os.pipe()
         parent = os.getpid()
@@ -243,8 +284,6 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                     os._exit(127)
         os.close(err_w)
         os.set_blocking(err_r, False)
-        self.children.add(pid)
-        self.lineage.started(pid, request.env.get("ORCH_INSTANCE"))
         self.errpipes[err_r] = pid
         self.pid_errpipe[pid] = err_r
         self.selector.register(err_r, selectors.EVENT_READ, "errpipe")
@@ -265,6 +304,9 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
     def _reap(self) -> None:
         exited, released = [], []
         for pid, status in reaped():
+            if pid == self.guard:
+                self._start_guard()  # killed from outside: the children still need one
+                continue
             if pid not in self.children:  # an orphan, reparented to us as subreaper
                 leader = self.lineage.reaped(pid)
                 if leader is not None:
@@ -289,7 +331,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         for pid in list(self.children) + list(self.zygotes.children):
             self.lineage.signal(pid, signal.SIGKILL)
         while True:
-            remaining = _direct_children()
+            remaining = [pid for pid in _direct_children() if pid != self.guard]
             for pid in remaining:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -299,10 +341,29 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                 while os.waitpid(-1, os.WNOHANG)[0]:
                     pass
             except ChildProcessError:
-                return
+                break
             if not remaining:
-                return
+                break
             time.sleep(0.002)  # SIGKILLed children need a moment before they can be reaped
+        self._stop_guard()
+
+    def _stop_guard(self) -> None:
+        """Every tree is ended: tell the guard (it exits without a sweep) and reap it."""
+        try:
+            os.write(self.guard_fd, b"x\n")
+        except OSError:
+            pass  # it died just now; nothing is left for it to do
+        os.close(self.guard_fd)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(self.guard, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            time.sleep(0.001)
+        os.kill(self.guard, signal.SIGKILL)  # stopped or stuck: nothing is left for it to do
+        os.waitpid(self.guard, 0)
 
 
 def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper

@@ -98,8 +98,9 @@ def _recorded_leaders(record: dict) -> dict[int, int]:
     return leaders
 
 
-def leftovers(record: dict) -> list[tuple[int, int, str]]:
-    """(pid, start time, why) of every live process of the recorded run (reads /proc)."""
+def leftovers(record: dict, until: int | None = None) -> list[tuple[int, int, str]]:
+    """(pid, start time, why) of every live process of the recorded run (reads /proc) that
+    started no later than `until` (clock ticks since boot), if given."""
     found: list[tuple[int, int, str]] = []
     spawner, spawner_start = record.get("spawner") or (None, None)
     if spawner and spawner_start is not None and start_time(spawner) == spawner_start:
@@ -114,6 +115,8 @@ def leftovers(record: dict) -> list[tuple[int, int, str]]:
         if not fields or pid in (me, spawner):
             continue
         group, session, started = int(fields[2]), int(fields[3]), int(fields[19])
+        if until is not None and started > until:
+            continue
         why = _belongs(pid, group, session, started, leaders, run, since)
         if why:
             found.append((pid, started, why))
@@ -161,10 +164,11 @@ def end_leftovers(pidfile: Path, timeout: float = 5.0) -> int:
     return count
 
 
-def end_record(record: dict, by: str, timeout: float) -> int:
-    """SIGKILL every live process of a recorded run, wait up to `timeout` for them to go."""
+def end_record(record: dict, by: str, timeout: float, until: int | None = None) -> int:
+    """SIGKILL every live process of a recorded run (started by `until`, if given), wait up
+    to `timeout` for them to go."""
     victims = []
-    for pid, started, why in leftovers(record):
+    for pid, started, why in leftovers(record, until):
         log.warning("ending pid %d left behind %s (%s)", pid, by, why)
         if kill_checked(pid, started):
             victims.append(pid)

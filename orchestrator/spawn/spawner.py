@@ -3,8 +3,9 @@
 Why a separate process: Linux ties PR_SET_PDEATHSIG to the *thread* that forked, and code
 between fork and exec is unsafe in a process with threads (the master has the file watcher's
 thread). The master forks this helper at start-up, before any thread exists; from then on
-the helper does every fork. Each child gets its own session, only fds 0-2, the run's
-environment cookie (`ORCH_RUN`) and PDEATHSIG=SIGKILL, so it dies with the helper. The
+the helper starts every child: posix_spawn where it can, fork where the child needs set-up
+only it can do (see helper.py). Each child gets its own session, only fds 0-2 and the run's
+environment cookie (`ORCH_RUN`); if the helper dies, its guard (guard.py) ends them. The
 helper is a child subreaper: it attributes the orphans it inherits to their instance
 (trees.py), signals an instance as its whole tree, ends what is left of a tree when its
 main process exits, and treats EOF on its socket as "the master is gone": it SIGKILLs
@@ -43,9 +44,10 @@ class SpawnerClient:
         self.adopted: dict[int, set[int]] = {}  # main pid -> orphans the spawner attributed to it
 
     @classmethod
-    def start(cls, title: str | None = None, run: str | None = None) -> "SpawnerClient":
+    def start(cls, title: str | None = None, run: str | None = None, state: str | None = None) -> "SpawnerClient":
         """Fork the spawner. Call before any thread is started. `run` is the cookie every
-        child carries as ORCH_RUN (a new one by default; keep it when replacing a spawner)."""
+        child carries as ORCH_RUN (a new one by default; keep it when replacing a spawner);
+        `state` the master's state file, which the spawner's guard reads if it dies."""
         run = run or new_run_id()
         master_end, spawner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (master_end, spawner_end):
@@ -60,7 +62,7 @@ class SpawnerClient:
                 if title:
                     set_title(title)
                 from .helper import Spawner
-                Spawner(spawner_end, run).run()
+                Spawner(spawner_end, run, state).run()
             except BaseException:  # noqa: BLE001 - the helper must never return into the master's code
                 import traceback
                 traceback.print_exc()
