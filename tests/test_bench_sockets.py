@@ -19,6 +19,6 @@ def test_bench_sockets_runs_every_setup_without_errors(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     for load in ("keep-alive", "new connection per request"):
-        assert set(data[load]) == {"orch", "prefork", "reuseport"}
+        assert set(data[load]) == {"orch", "prefork", "reuseport", "prefork, one session"}
         assert all(r["median"] > 0 and r["errors"] == 0 for r in data[load].values()), data[load]
     assert "against prefork" in result.stdout and "against reuseport" in result.stdout
