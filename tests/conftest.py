@@ -130,8 +130,14 @@ def spawner_of(master) -> psutil.Process:
     return next(p for p in psutil.Process(master.pid).children() if "spawner" in " ".join(p.cmdline()))
 
 
-def guard_of(master) -> psutil.Process:
-    return next(p for p in spawner_of(master).children() if "orchestrator.spawn.guard" in " ".join(p.cmdline()))
+def guard_of(master) -> psutil.Process | None:
+    for proc in spawner_of(master).children():
+        try:
+            if "orchestrator.spawn.guard" in " ".join(proc.cmdline()):
+                return proc
+        except psutil.NoSuchProcess:
+            pass
+    return None
 
 
 def kill_master_spawner_and_guard(master) -> None:

@@ -353,7 +353,7 @@ def test_down_returns_only_when_the_master_and_every_child_are_gone(start_master
                  message="the tree's grandchildren")
         wait_for(lambda: "up" in text_of(tmp_path / ".orch/logs/stubborn.log"), message="the signal setup")
         tree = [master.pid] + [p.pid for p in master.descendants()]
-        assert len(tree) == 8  # master, spawner, 4 children, 2 grandchildren
+        assert len(tree) == 9  # master, spawner, its guard, 4 children, 2 grandchildren
         result = cli(master, "down", timeout=20)
         left = [pid for pid in tree if alive(pid)]
         assert result.returncode == 0, result.stderr
@@ -423,7 +423,7 @@ def test_up_detach_runs_a_daemon_that_down_ends(tmp_path):
                  message="the instances' output")
         wait_for(lambda: "d[" in text_of(pidfile.parent / "master.log"), message="the master's log lines")
         tree = [master_pid] + [p.pid for p in master.children(recursive=True)]
-        assert len(tree) == 4  # master, spawner, 2 instances
+        assert len(tree) == 5  # master, spawner, its guard, 2 instances
 
         second = orch("up", "--detach", "-c", str(config), cwd=tmp_path, timeout=30)
         assert second.returncode == 1 and "already running" in second.stderr, second

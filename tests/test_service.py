@@ -247,7 +247,7 @@ def test_supervisord_runs_stops_and_starts_the_whole_fleet(tmp_path):
         seen.update(p.pid for p in before)
         master = next(p for p in before if p.ppid() == proc.pid)
         assert " ".join(a for a in master.cmdline() if a).startswith("orch: master")
-        assert len(before) == 7  # master, spawner, 4 instances, 1 grandchild
+        assert len(before) == 8  # master, spawner, its guard, 4 instances, 1 grandchild
         assert set(first.values()) <= {p.pid for p in before}
 
         stopped = ctl("stop", "orch")
