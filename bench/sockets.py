@@ -239,11 +239,15 @@ def write_section(text: str, command: str) -> None:
 NOTES = """Why the ratio is about 1: the master is not on the data path. It binds the socket, hands
 it to the spawner once, and every worker inherits it at fd 3; after that the kernel
 delivers connections straight to the workers' accept(). What orch adds is only what
-happens at a (re)start. The plain loops run in one session like `orch up` does: with the
-scheduler's autogroups, a session per worker gave those workers 4 times the CPU share of
-orch's on this shared machine (an earlier run measured ×0.71 for that reason alone). On a
-2-core machine shared with other jobs the spread between turns is wide (see min–max) and
-the ratios move by up to ±15 % from run to run, either way."""
+happens at a (re)start. Scheduling is what moves the figures: every orch instance has a
+session of its own (setsid), and with the scheduler's autogroups each session is a group
+with its own share of the CPU, so the baselines give each worker a session too. The "one
+session" row keeps gunicorn's arrangement (all workers in one group) for context: there
+the 4 workers share one group's share against wrk's, which helps the client-bound load
+(new connections) and hurts the server-bound one (keep-alive); that, not the socket, is
+what an earlier run's ×0.90-0.93 for new connections measured. On a 2-core machine shared
+with other jobs the spread between turns is wide (see min–max) and the ratios move by up
+to ±15 % from run to run, either way."""
 
 
 if __name__ == "__main__":
