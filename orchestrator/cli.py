@@ -230,7 +230,10 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     from .observe.status_view import render_status
     result = request(_socket(args, path), "status", patterns=args.patterns or None)
     if args.json:
-        print(json.dumps(result["instances"], indent=1))
+        # One instance per line, each by the C encoder: at 5,000 rows, indent= (the pure-Python
+        # encoder) took twice as long, and a line per instance greps well.
+        rows = result["instances"]
+        print("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]" if rows else "[]")
     else:
         print(render_status(result, _disk_error(Path(result.get("config") or path))))
     return EXIT_OK
