@@ -10,7 +10,7 @@ from typing import Any
 
 from . import __version__
 from .config.keys import LIVE_SETTINGS
-from .config.load import Config, Settings, load_config
+from .config.load import Config, Settings, TemplateCache, load_config
 from .control.commands import Commands
 from .control.notify import NotifyServer
 from .control.saves import sources_digest
@@ -85,6 +85,7 @@ class Master:
         self.watcher: Any = None
         self._initial_specs = specs
         self.expansions = ExpansionCache()
+        self.templates = TemplateCache()  # a reload parses only the tables that changed
         self.expansions.seed(config, specs)
         self._finishing = False
         self._stopping = False
@@ -301,7 +302,7 @@ class Master:
             self.loop.call_soon(lambda: self.request_reload("queued", force=True))
 
     def load(self) -> tuple[Config, list[ProcessSpec]]:
-        config = load_config(self.config.path)
+        config = load_config(self.config.path, self.templates)
         return config, expand(config, self.expansions)
 
     def reload(self, origin: str) -> dict[str, Any]:

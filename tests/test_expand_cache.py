@@ -54,3 +54,30 @@ def test_seeded_cache_matches(tmp_path):
     cache.seed(config, specs)
     assert cache.get(config, config.templates[0]) == [s for s in specs if s.template == "a"]
     assert expand(config, cache) == specs
+
+
+def test_a_template_cache_parses_only_changed_tables_and_stays_type_exact(tmp_path):
+    from orchestrator.config.load import TemplateCache
+    from orchestrator.errors import ConfigError
+    import pytest
+    cache = TemplateCache()
+    first = load_config(_write(tmp_path, b="sleep 2", replicas="1"), cache)
+    second = load_config(_write(tmp_path, b="sleep 3", replicas="1"), cache)
+    a1, b1 = first.templates
+    a2, b2 = second.templates
+    assert a2 is a1, "an unchanged table was parsed again"
+    assert b2 is not b1 and b2.command == "sleep 3" and b2 == load_config(tmp_path / "workers.toml").templates[1]
+    # True == 1 in Python: a cache comparing tables with == would keep the old template
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, b="sleep 3", replicas="true"), cache)
+    assert "workers.a.replicas" in str(caught.value)
+    # a changed [orchestrator] setting (a policy default comes from it) parses everything again
+    third = load_config(_write(tmp_path, b="sleep 3", replicas="1", stop='log_backups = 7'), cache)
+    assert third.templates[0] is not a2 and third.templates[0].policy.log_backups == 7
+
+
+def _write(tmp_path, b: str, replicas: str, stop: str = ""):
+    path = tmp_path / "workers.toml"
+    path.write_text(f'[orchestrator]\n{stop}\n[workers.a]\ncommand = "sleep 1"\nreplicas = {replicas}\n'
+                    f'[workers.b]\ncommand = "{b}"\n')
+    return path

@@ -8,11 +8,14 @@ are all derived from `KEYS`; tests/test_keys.py keeps the dataclasses in step wi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from enum import Enum
 from typing import Any, Callable
 
 from .fields import (ADDRESS, BIND, BOOL, COMMAND, DURATION, FILE_MODE, PATH, POSITIVE_DURATION,
                      SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, ValueType, int_at_least, one_of)
+
+_UNPARSED = object()
 
 
 class Kind(Enum):
@@ -41,23 +44,33 @@ class Key:
     default_from: str = ""
     template_only: bool = False  # not allowed in [defaults]
 
-    @property
+    # Derived once per key (cached_property writes the instance dict, past the frozen
+    # __setattr__): loading a config reads them for every key of every template, and at
+    # 5,000 templates recomputing them was a third of a reload.
+    @cached_property
     def name(self) -> str:
         return self.path.rsplit(".", 1)[-1]
 
-    @property
+    @cached_property
     def attr(self) -> str:
         """The dataclass field: explicit, or the path below the section joined with '_'."""
         return self.field or "_".join(self.path.split(".")[1 if self.section == "orchestrator" else 2:])
 
-    @property
+    @cached_property
     def section(self) -> str:
         return self.path.split(".", 1)[0]
 
     @property
     def value(self) -> Any:
-        """The default as the loaded value (parsed), None when unset."""
-        return None if self.default is None else self.type.parse(self.default)
+        """The default as the loaded value (parsed), None when unset; a fresh object when it
+        is a table or an array (callers may change it)."""
+        parsed = self.__dict__.get("_value", _UNPARSED)
+        if parsed is _UNPARSED:
+            parsed = None if self.default is None else self.type.parse(self.default)
+            if isinstance(parsed, (dict, list, set)):
+                return parsed
+            self.__dict__["_value"] = parsed
+        return parsed
 
 
 def _w(name: str, *args: Any, **kwargs: Any) -> Key:

@@ -152,8 +152,9 @@ def load_settings(path: Path) -> Settings:
     return settings
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a whole config file (and its includes); every problem at once."""
+def load_config(path: Path, cache: "TemplateCache | None" = None) -> Config:
+    """Read and validate a whole config file (and its includes); every problem at once.
+    With `cache` (kept between loads), only changed templates are parsed again."""
     path = path.absolute()
     data, text = read_toml(path)
     problems = Problems(path, text)
@@ -167,7 +168,7 @@ def load_config(path: Path) -> Config:
     sockets = parse_sockets(data.get("sockets", {}), path.parent, problems)
     patterns = tuple(str(path.parent / pattern) for pattern in settings.include)
     sources = [(path, problems, workers)] + _included(patterns, path, variables)
-    templates = _templates(sources, defaults, path, settings, sockets)
+    templates = _templates(sources, defaults, path, settings, sockets, cache)
     found = [p for _, source_problems, _ in sources for p in source_problems.items]
     if found:
         raise ConfigError(found)
@@ -183,10 +184,25 @@ def _table_at(data: dict, key: str, message: str, problems: Problems) -> dict:
     return value
 
 
+class TemplateCache:
+    """The last load's valid templates by name, with the raw table each was parsed from: a
+    reload through it parses only the tables that changed (a Template is frozen, so sharing
+    one is safe). At 5,000 templates, parsing every table again was most of a one-line
+    reload. The master keeps one, as it keeps an ExpansionCache."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[str, tuple[Path | None, str, Template]] = {}
+        self.context: Any = None  # (folder, settings) they were parsed with
+
+
 def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path: Path,
-               settings: Settings, sockets: tuple[SocketDecl, ...]) -> list[Template]:
+               settings: Settings, sockets: tuple[SocketDecl, ...],
+               cache: TemplateCache | None = None) -> list[Template]:
     """Every [workers.*] of the config and its included files, each defined once."""
     templates, owner = [], {}
+    context = (path.parent, settings)
+    previous = cache.parsed if cache is not None and cache.context == context else {}
+    parsed: dict[str, tuple[Path | None, str, Template]] = {}
     for source, source_problems, tables in sources:
         for name, table in tables.items():
             if name in owner:
@@ -196,11 +212,19 @@ def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path:
             if not isinstance(table, dict):
                 source_problems.add(f"workers.{name}", "expected a table")
                 continue
-            template = _template(name, _merge(defaults, table), path.parent, settings, source_problems,
-                                 source)
+            merged = _merge(defaults, table)
+            raw = repr(merged)  # not ==: True == 1 == 1.0, and `replicas = true` must still be refused
+            hit = previous.get(name)
+            if hit is not None and hit[0] == source and hit[1] == raw:
+                template: Template | None = hit[2]
+            else:
+                template = _template(name, merged, path.parent, settings, source_problems, source)
             if template is not None:
+                parsed[name] = (source, raw, template)
                 check_template_sockets(name, template.sockets, sockets, source_problems)
                 templates.append(template)
+    if cache is not None:
+        cache.parsed, cache.context = parsed, context
     return templates
 
 
