@@ -65,11 +65,13 @@ class Lineage:  # pragma: no cover - runs in the spawner; covered by integration
         self.strays: set[int] = set()        # orphans attributed to no instance
         self.gone: dict[int, str] = {}       # ended main process pid -> instance name
 
-    def started(self, pid: int, name: str | None) -> None:
-        """A main process was spawned (directly or by a zygote)."""
+    def started(self, pid: int, name: str | None, since: int | None = None) -> None:
+        """A main process was spawned (directly or by a zygote). `since`: a lower bound of
+        its start time in clock ticks (taken before the spawn), which spares a /proc read;
+        an orphan is adopted only if it started no earlier than this."""
         if not name:
             return
-        leader = Leader(pid, name, start_time(pid) or 0)
+        leader = Leader(pid, name, since if since is not None else start_time(pid) or 0)
         self.leaders[pid] = leader
         self.by_name[name] = leader
 
