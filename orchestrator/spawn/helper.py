@@ -25,7 +25,9 @@ from ..observe.procfs import children, start_time, tree
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
-RESCANS = (0.0, 0.005, 0.02, 0.1, 0.5)  # after a kill or an exit: children reparent to us
+RESCANS = (0.003, 0.01, 0.03, 0.1, 0.5)  # after a kill or an exit: children reparent to us;
+# not at once: a look is O(children), and the replacement spawn the master is about to ask
+# for must not wait behind it (at 5,000 children a look takes several ms)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc start times count these since boot
 
 
