@@ -195,9 +195,14 @@ def _log_dir(path: Path) -> Path:
     return Path(record["log_dir"]) if record is not None else load_settings(path).log_dir
 
 
-def _disk_error(path: Path) -> str | None:
-    """Why the config on disk would not load now (None when it would)."""
+def _disk_error(path: Path, reply: dict | None = None) -> str | None:
+    """Why the config on disk would not load now (None when it would). When the files on
+    disk are the ones the master last read (same digest), its verdict stands: no parse."""
     from .config.load import load_config
+    if reply is not None and reply.get("sources_digest"):
+        from .control.saves import sources_digest
+        if sources_digest(reply.get("sources", []), reply.get("include", [])) == reply["sources_digest"]:
+            return reply.get("last_reload_error")
     try:
         load_config(path)
     except ConfigError as exc:
@@ -235,7 +240,7 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
         rows = result["instances"]
         print("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]" if rows else "[]")
     else:
-        print(render_status(result, _disk_error(Path(result.get("config") or path))))
+        print(render_status(result, _disk_error(Path(result.get("config") or path), result)))
     return EXIT_OK
 
 

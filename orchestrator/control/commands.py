@@ -30,6 +30,8 @@ class _Settings(Protocol):
 
 class _Config(Protocol):
     path: Path
+    files: tuple[Path, ...]
+    include_patterns: tuple[str, ...]
 
 
 class MasterControl(Protocol):
@@ -43,6 +45,7 @@ class MasterControl(Protocol):
     applied_at: float | None
     reload_count: int
     last_reload_error: str | None
+    config_bytes: str | None  # digest of the config's sources as last read
 
     @property
     def stopping(self) -> bool: ...
@@ -84,6 +87,11 @@ class Commands:
             "applied_at": self.master.applied_at,
             "reloads": self.master.reload_count,
             "last_reload_error": self.master.last_reload_error,
+            # what the master last read: a client whose digest of these files matches knows
+            # how the file on disk loads without parsing it (5,000 templates: most of a second)
+            "sources": [str(f) for f in self.master.config.files],
+            "include": list(self.master.config.include_patterns),
+            "sources_digest": self.master.config_bytes,
             "stopping": self.master.stopping,
             "instances": self.master.supervisor.status(names, usage=True),
             "sockets": self.master.listeners.status(),
