@@ -108,15 +108,18 @@ def orch(url: str, queue: str, count: int, folder: Path) -> tuple[Callable[[], N
             raise RuntimeError("orch consumers did not start")
         time.sleep(0.05)
 
-    def stop() -> None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     import psutil
-    return stop, [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    return (lambda: stop_master(proc)), [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+
+
+def stop_master(proc: subprocess.Popen) -> None:
+    """SIGTERM an `orch up` (its own session), SIGKILL its session after 20 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .queues import start_redis
+from .queues import start_redis, stop_master as stop
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 WORKERS = 2
@@ -84,14 +83,6 @@ def wait(ready: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
             raise RuntimeError(f"{what} did not start")
         time.sleep(0.05)
 
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def orch_client(url: str) -> tuple[Callable[[int], Any], Callable[[Any], Any]]:

@@ -5,6 +5,7 @@ with pid and time, and behaves by the message's prefix."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
 import signal
@@ -55,6 +56,27 @@ def handle(m):
         time.sleep(3600)
     _event("done", m)
 '''
+
+
+def consumer_config(target: str, axis: str, values: list[str], source: str, *, replicas: int = 1,
+                    preload: bool = True, kwargs: str = "", extra: str = "", stop_timeout: str = "2s") -> str:
+    """A `workers.toml` of one consumer template over the matrix axis `axis`, with fast
+    backoff and checks for tests; `source` is the kwargs that name the server and queue,
+    `kwargs` more of them (", key = value" each), `extra` more template keys."""
+    return f"""
+    [orchestrator]
+    check_interval = "0.2s"
+    [workers.consumer]
+    target = "{target}"
+    matrix = {{ {axis} = {json.dumps(values)} }}
+    replicas = {replicas}
+    preload = {str(preload).lower()}
+    backoff = {{ initial = "0.05s", max = "0.5s" }}
+    min_uptime = "0s"
+    stop_timeout = "{stop_timeout}"
+    kwargs = {{ {source}, handler = "handlers:handle"{kwargs} }}
+    {extra}
+    """
 
 
 def write_handlers(folder: Path) -> Path:

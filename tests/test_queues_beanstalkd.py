@@ -10,25 +10,14 @@ import time
 import greenstalk
 
 from conftest import text_of, wait_for
-from queue_support import Events, batches_of, chaos, write_handlers, started_at
+from queue_support import Events, consumer_config, batches_of, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.beanstalkd:QueueConsumer"
 
 
 def config(url: str, tubes: list[str], *, replicas: int = 1, kwargs: str = "", stop_timeout: str = "2s") -> str:
-    return f"""
-    [orchestrator]
-    check_interval = "0.2s"
-    [workers.consumer]
-    target = "{TARGET}"
-    matrix = {{ tube = {json.dumps(tubes)} }}
-    replicas = {replicas}
-    preload = true
-    backoff = {{ initial = "0.05s", max = "0.5s" }}
-    min_uptime = "0s"
-    stop_timeout = "{stop_timeout}"
-    kwargs = {{ url = "{url}", tube = "{{{{ tube }}}}", handler = "handlers:handle"{kwargs} }}
-    """
+    return consumer_config(TARGET, "tube", tubes, f'url = "{url}", tube = "{{{{ tube }}}}"', replicas=replicas,
+                           kwargs=kwargs, stop_timeout=stop_timeout)
 
 
 def put(url: str, tube: str, messages: list[str], ttr: int = 30) -> None:

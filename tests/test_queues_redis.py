@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from conftest import text_of, wait_for
-from queue_support import Events, batches_of, chaos, redis_leftovers, write_handlers, started_at
+from queue_support import Events, consumer_config, batches_of, chaos, redis_leftovers, write_handlers, started_at
 
 TARGET = "orchestrator.queues.redis:QueueConsumer"
 
@@ -25,20 +25,8 @@ def config(url: str, queues: list[str], *, replicas: int = 1, preload: bool = Fa
            kwargs: str = "", extra: str = "", stop_timeout: str = "2s") -> str:
     if "retry_delay" not in kwargs:
         kwargs += ", retry_delay = 0.1"
-    return f"""
-    [orchestrator]
-    check_interval = "0.2s"
-    [workers.consumer]
-    target = "{TARGET}"
-    matrix = {{ queue = {json.dumps(queues)} }}
-    replicas = {replicas}
-    preload = {str(preload).lower()}
-    backoff = {{ initial = "0.05s", max = "0.5s" }}
-    min_uptime = "0s"
-    stop_timeout = "{stop_timeout}"
-    kwargs = {{ url = "{url}", queue = "{{{{ queue }}}}", handler = "handlers:handle"{kwargs} }}
-    {extra}
-    """
+    return consumer_config(TARGET, "queue", queues, f'url = "{url}", queue = "{{{{ queue }}}}"', replicas=replicas,
+                           preload=preload, kwargs=kwargs, extra=extra, stop_timeout=stop_timeout)
 
 
 def push(client: redis.Redis, queue: str, messages: list[str]) -> None:

@@ -11,7 +11,7 @@ import psutil
 import redis
 
 from conftest import wait_for
-from queue_support import Events, batches_of, chaos, write_handlers, started_at
+from queue_support import Events, consumer_config, batches_of, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.redis_stream:StreamConsumer"
 
@@ -20,19 +20,8 @@ def config(url: str, streams: list[str], *, replicas: int = 1, preload: bool = T
            stop_timeout: str = "2s") -> str:
     if "retry_delay" not in kwargs:
         kwargs += ", retry_delay = 0.1"
-    return f"""
-    [orchestrator]
-    check_interval = "0.2s"
-    [workers.consumer]
-    target = "{TARGET}"
-    matrix = {{ stream = {json.dumps(streams)} }}
-    replicas = {replicas}
-    preload = {str(preload).lower()}
-    backoff = {{ initial = "0.05s", max = "0.5s" }}
-    min_uptime = "0s"
-    stop_timeout = "{stop_timeout}"
-    kwargs = {{ url = "{url}", stream = "{{{{ stream }}}}", group = "workers", handler = "handlers:handle"{kwargs} }}
-    """
+    return consumer_config(TARGET, "stream", streams, f'url = "{url}", stream = "{{{{ stream }}}}", group = "workers"',
+                           replicas=replicas, preload=preload, kwargs=kwargs, stop_timeout=stop_timeout)
 
 
 def add(client: redis.Redis, stream: str, messages: list[str]) -> None:

@@ -4,6 +4,7 @@ celery finish the task in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -129,24 +131,41 @@ def test_a_hard_memory_limit_kills_rqs_growing_work_horse(start_master, tmp_path
             os.kill(horse, signal.SIGKILL)
 
 
-def test_kill_mode_mixed_lets_celery_finish_the_task_in_flight(start_master, tmp_path, redis_server):
+def _celery_master(start_master, tmp_path: Path, broker: str, extra: str = ""):
+    """A real celery prefork worker (2 children) under orch, ready for tasks."""
     (tmp_path / "celerytasks.py").write_text(CELERY_APP)
     master = start_master(f"""
         [workers.celery]
         command = {json.dumps([program("celery"), "-A", "celerytasks", "worker", "--pool", "prefork",
                                "--concurrency", "2", "--loglevel", "INFO", "--without-gossip",
                                "--without-mingle", "--without-heartbeat"])}
-        env = {{ BROKER = "{redis_server.url}", PYTHONPATH = "{tmp_path}" }}
-        kill_mode = "mixed"
+        env = {{ BROKER = "{broker}", PYTHONPATH = "{tmp_path}" }}
         stop_timeout = "10s"
+        {extra}
     """)
     master.wait_running(1, timeout=20)
     wait_for(lambda: "ready." in (tmp_path / ".orch/logs/celery.log").read_text(errors="replace")
              if (tmp_path / ".orch/logs/celery.log").exists() else False, 30, message="celery ready")
+    return master
+
+
+@contextlib.contextmanager
+def _celery_client(tmp_path: Path, broker: str) -> Iterator[Any]:
+    """The test's own import of the celery app, to send tasks; undone afterwards."""
     sys.path.insert(0, str(tmp_path))
-    os.environ["BROKER"] = redis_server.url
+    os.environ["BROKER"] = broker
     try:
         import celerytasks
+        yield celerytasks
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("celerytasks", None)
+        os.environ.pop("BROKER", None)
+
+
+def test_kill_mode_mixed_lets_celery_finish_the_task_in_flight(start_master, tmp_path, redis_server):
+    master = _celery_master(start_master, tmp_path, redis_server.url, 'kill_mode = "mixed"')
+    with _celery_client(tmp_path, redis_server.url) as celerytasks:
         result = celerytasks.slow.delay(str(tmp_path / "task.pid"))
         child = wait_for(lambda: read_pid(tmp_path / "task.pid"), 20, message="the task to start")
         assert master.status()["celery"]["processes"] >= 3, "main process and two pool children"
@@ -154,37 +173,15 @@ def test_kill_mode_mixed_lets_celery_finish_the_task_in_flight(start_master, tmp
         assert stopped.returncode == 0, stopped.stderr
         assert result.get(timeout=10) == "done" and result.state == "SUCCESS"
         assert not alive(child)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("celerytasks", None)
-        os.environ.pop("BROKER", None)
 
 
 def test_kill_mode_group_aborts_celerys_task_in_flight(start_master, tmp_path, redis_server):
     """The contrast that makes "mixed" worth having: the stop signal to every process kills
     the prefork child at once."""
-    (tmp_path / "celerytasks.py").write_text(CELERY_APP)
-    master = start_master(f"""
-        [workers.celery]
-        command = {json.dumps([program("celery"), "-A", "celerytasks", "worker", "--pool", "prefork",
-                               "--concurrency", "2", "--loglevel", "INFO", "--without-gossip",
-                               "--without-mingle", "--without-heartbeat"])}
-        env = {{ BROKER = "{redis_server.url}", PYTHONPATH = "{tmp_path}" }}
-        stop_timeout = "10s"
-    """)
-    master.wait_running(1, timeout=20)
-    wait_for(lambda: "ready." in (tmp_path / ".orch/logs/celery.log").read_text(errors="replace")
-             if (tmp_path / ".orch/logs/celery.log").exists() else False, 30, message="celery ready")
-    sys.path.insert(0, str(tmp_path))
-    os.environ["BROKER"] = redis_server.url
-    try:
-        import celerytasks
+    master = _celery_master(start_master, tmp_path, redis_server.url)
+    with _celery_client(tmp_path, redis_server.url) as celerytasks:
         result = celerytasks.slow.delay(str(tmp_path / "task.pid"))
         wait_for(lambda: read_pid(tmp_path / "task.pid"), 20, message="the task to start")
         assert orch("stop", "celery", "-c", str(master.config), timeout=30).returncode == 0
         time.sleep(3.5)
         assert result.state != "SUCCESS"
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("celerytasks", None)
-        os.environ.pop("BROKER", None)
