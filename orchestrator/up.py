@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config.load import Config, Settings, load_config, load_settings
+from .config.load import Config, Settings, TemplateCache, load_config, load_settings
 from .control.record import remove_record, write_record
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
@@ -61,7 +61,8 @@ def _foreground(path: Path, quiet: bool) -> int:
         try:
             from .expand.render import expand
             from .master import Master
-            config = load_config(path)
+            templates = TemplateCache()  # the master's: its first reload parses only what changed
+            config = load_config(path, templates)
             specs = expand(config)
             _bind(listeners, config)
         except BaseException:
@@ -72,7 +73,7 @@ def _foreground(path: Path, quiet: bool) -> int:
         lock.release()
         raise
     set_title(f"orch: master {config.settings.name} [{config.path}]")
-    master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners)
+    master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners, templates=templates)
     # Clients find this master from the config's path alone, even once the file is broken.
     write_record(path, config.settings.control_socket, config.settings.log_dir)
     try:

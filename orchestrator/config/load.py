@@ -10,6 +10,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported f
                    MERGED_TABLES, POLICY_KEYS, POLICY_SUB_KEYS, SETTINGS_KEYS, SUB_TABLES,
                    TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
 from .locate import Problems
+from .pieces import TomlPieces
 from .sockets import SocketDecl, check_template_sockets, parse_sockets
 
 try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-table file
@@ -111,7 +113,7 @@ class Config:
     include_patterns: tuple[str, ...] = ()  # absolute globs: a new matching file is watched too
     sockets: tuple[SocketDecl, ...] = ()
 
-    @property
+    @cached_property
     def folder(self) -> Path:
         return self.path.parent
 
@@ -121,8 +123,9 @@ def find_config(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("ORCH_CONFIG") or DEFAULT_CONFIG_NAME).absolute()
 
 
-def read_toml(path: Path) -> tuple[dict, str]:
-    """Parse a TOML file; syntax errors become a located `ConfigError`."""
+def read_toml(path: Path, parser: TomlPieces | None = None) -> tuple[dict, str]:
+    """Parse a TOML file; syntax errors become a located `ConfigError`. A `parser` that
+    parsed this file before parses only the tables whose text changed since."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -130,7 +133,7 @@ def read_toml(path: Path) -> tuple[dict, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"cannot read config file: {exc}")]) from None
     try:
-        return tomllib.loads(text), text
+        return (tomllib.loads(text) if parser is None else parser.loads(text)), text
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"\(at line (\d+), column \d+\)", message)
@@ -156,18 +159,18 @@ def load_config(path: Path, cache: "TemplateCache | None" = None) -> Config:
     """Read and validate a whole config file (and its includes); every problem at once.
     With `cache` (kept between loads), only changed templates are parsed again."""
     path = path.absolute()
-    data, text = read_toml(path)
+    data, text = read_toml(path, None if cache is None else cache.parser(path))
     problems = Problems(path, text)
     for key in data:
         if key not in TOP_KEYS:
             problems.unknown("", key, TOP_KEYS)
     settings = _settings(data.get("orchestrator", {}), path, problems)
-    variables = _table_at(data, "vars", "expected a table", problems)
+    variables = dict(_table_at(data, "vars", "expected a table", problems))  # included files add theirs
     defaults = _valid_defaults(_table_at(data, "defaults", "expected a table", problems), problems)
     workers = _table_at(data, "workers", "expected a table of templates like [workers.consumer]", problems)
     sockets = parse_sockets(data.get("sockets", {}), path.parent, problems)
     patterns = tuple(str(path.parent / pattern) for pattern in settings.include)
-    sources = [(path, problems, workers)] + _included(patterns, path, variables)
+    sources = [(path, problems, workers)] + _included(patterns, path, variables, cache)
     templates = _templates(sources, defaults, path, settings, sockets, cache)
     found = [p for _, source_problems, _ in sources for p in source_problems.items]
     if found:
@@ -191,8 +194,17 @@ class TemplateCache:
     reload. The master keeps one, as it keeps an ExpansionCache."""
 
     def __init__(self) -> None:
-        self.parsed: dict[str, tuple[Path | None, str, Template]] = {}
+        # name: (source file, raw table, repr of [defaults], repr of the merged table, template)
+        self.parsed: dict[str, tuple[str, dict, str, str, Template]] = {}
         self.context: Any = None  # (folder, settings) they were parsed with
+        self.parsers: dict[Path, TomlPieces] = {}
+
+    def parser(self, path: Path) -> TomlPieces:
+        """The piecewise TOML parser of one file: unchanged tables come back as the same dicts."""
+        found = self.parsers.get(path)
+        if found is None:
+            found = self.parsers[path] = TomlPieces()
+        return found
 
 
 def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path: Path,
@@ -202,8 +214,10 @@ def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path:
     templates, owner = [], {}
     context = (path.parent, settings)
     previous = cache.parsed if cache is not None and cache.context == context else {}
-    parsed: dict[str, tuple[Path | None, str, Template]] = {}
+    parsed: dict[str, tuple[str, dict, str, str, Template]] = {}
+    base = repr(defaults)
     for source, source_problems, tables in sources:
+        where = str(source)  # compared per template: a str compares far faster than a Path
         for name, table in tables.items():
             if name in owner:
                 source_problems.add(f"workers.{name}", f"template {name!r} is also defined in {owner[name]}")
@@ -212,15 +226,19 @@ def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path:
             if not isinstance(table, dict):
                 source_problems.add(f"workers.{name}", "expected a table")
                 continue
-            merged = _merge(defaults, table)
-            raw = repr(merged)  # not ==: True == 1 == 1.0, and `replicas = true` must still be refused
             hit = previous.get(name)
-            if hit is not None and hit[0] == source and hit[1] == raw:
-                template: Template | None = hit[2]
+            template: Template | None = None
+            if hit is not None and hit[1] is table and hit[0] == where and hit[2] == base:
+                raw, template = hit[3], hit[4]  # the very dict the parser kept: its text is unchanged
             else:
-                template = _template(name, merged, path.parent, settings, source_problems, source)
+                merged = _merge(defaults, table)
+                raw = repr(merged)  # not ==: True == 1 == 1.0, and `replicas = true` must still be refused
+                if hit is not None and hit[0] == where and hit[3] == raw:
+                    template = hit[4]
+                else:
+                    template = _template(name, merged, path.parent, settings, source_problems, source)
             if template is not None:
-                parsed[name] = (source, raw, template)
+                parsed[name] = (where, table, base, raw, template)
                 check_template_sockets(name, template.sockets, sockets, source_problems)
                 templates.append(template)
     if cache is not None:
@@ -228,15 +246,15 @@ def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path:
     return templates
 
 
-def _included(patterns: tuple[str, ...], main: Path,
-              variables: dict) -> list[tuple[Path, "Problems", dict]]:
+def _included(patterns: tuple[str, ...], main: Path, variables: dict,
+              cache: TemplateCache | None = None) -> list[tuple[Path, "Problems", dict]]:
     """The files `[orchestrator] include` names, in sorted order: each may add [vars] and
     [workers.*] (never redefine them); everything else stays in the main file."""
     files = sorted({Path(f) for pattern in patterns for f in glob.glob(pattern)} - {main})
     found: list[tuple[Path, Problems, dict]] = []
     for file in files:
         try:
-            data, text = read_toml(file)
+            data, text = read_toml(file, None if cache is None else cache.parser(file))
         except ConfigError as exc:
             problems = Problems(file, "")
             problems.items += exc.problems

@@ -163,11 +163,16 @@ class ExpansionCache:
         self.vars, self.folder, self.sockets = config.vars, config.folder, config.sockets
         self.templates = {t.name: (t, by_template[t.name]) for t in config.templates}
 
-    def get(self, config: Config, template: Template) -> list[ProcessSpec] | None:
-        if self.vars != config.vars or self.folder != config.folder or self.sockets != config.sockets:
-            return None
+    def usable(self, config: Config) -> bool:
+        """Whether this cache's specs were rendered with the same vars, folder and sockets."""
+        return self.vars == config.vars and self.folder == config.folder and self.sockets == config.sockets
+
+    def get(self, template: Template) -> list[ProcessSpec] | None:
+        """The specs of an unchanged template (ask `usable` once per load first)."""
         cached = self.templates.get(template.name)
-        return cached[1] if cached is not None and cached[0] == template else None
+        if cached is None:
+            return None
+        return cached[1] if cached[0] is template or cached[0] == template else None
 
 
 def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessSpec]:
@@ -215,8 +220,9 @@ def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[st
     sockets = socket_context(config)
     specs: list[ProcessSpec] = []
     seen: dict[str, str] = {}
+    reuse = cache if cache is not None and cache.usable(config) else None
     for template in config.templates:
-        made = cache.get(config, template) if cache is not None else None
+        made = reuse.get(template) if reuse is not None else None
         if made is None:
             room = config.settings.max_instances - len(specs)
             made = _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
