@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from . import __version__
 from .config.keys import LIVE_SETTINGS
@@ -55,7 +57,8 @@ class Master:
     """One `orch up`: runs the loop until shutdown; `run()` returns the exit code."""
 
     def __init__(self, config: Config, specs: list[ProcessSpec], spawner: SpawnerClient,
-                 lock: PidLock, quiet: bool = False, listeners: Listeners | None = None):
+                 lock: PidLock, quiet: bool = False, listeners: Listeners | None = None,
+                 templates: TemplateCache | None = None):
         self.config = config
         self.settings: Settings = config.settings
         self.spawner = spawner
@@ -66,7 +69,7 @@ class Master:
         self.applied_at: float | None = None
         self.last_reload_error: str | None = None
         self.reload_count = 0
-        self.reload_queued = False
+        self.reload_queued: str | None = None  # the origin of a reload waiting for the one being applied
         self.config_bytes: str | None = None  # digest of the sources last read
         echo = None if quiet else Echo()
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
@@ -85,7 +88,7 @@ class Master:
         self.watcher: Any = None
         self._initial_specs = specs
         self.expansions = ExpansionCache()
-        self.templates = TemplateCache()  # a reload parses only the tables that changed
+        self.templates = templates or TemplateCache()  # a reload parses only the tables that changed
         self.expansions.seed(config, specs)
         self._finishing = False
         self._stopping = False
@@ -111,6 +114,8 @@ class Master:
     def _release_sockets(self) -> None:
         """Close the sockets a reload retired once no instance's process can still use them."""
         self._release_pending = False
+        if not self.listeners.retired:  # the usual case: no walk over every instance
+            return
         self.spawner.close_sockets(self.listeners.release(
             {key for inst in self.supervisor.instances.values()
              for spec in (inst.spec, inst.next_spec) if spec is not None for key in spec.socket_keys}))
@@ -145,6 +150,7 @@ class Master:
             self.applied_at = time.time()
             log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
                      len(plan.start), self.config.path)
+            gc.freeze()  # what exists now lives as long as the master: no collection walks it again
             loop.run()
         finally:
             self._cleanup()
@@ -289,7 +295,8 @@ class Master:
         if self._stopping:
             return {"applied": False, "reason": "shutting down"}
         if self.supervisor.pending_ops:
-            self.reload_queued = True
+            if self.reload_queued is None or self.reload_queued.startswith("file"):
+                self.reload_queued = origin  # an explicit request outranks a file save
             log.info("reload (%s) queued: the previous reload is still being applied", origin)
             return {"applied": False, "queued": True}
         if not force and origin.startswith("file") and self._read_sources() == self.config_bytes:
@@ -297,15 +304,22 @@ class Master:
         return self.reload(origin)
 
     def _ops_idle(self) -> None:
-        if self.reload_queued:
-            self.reload_queued = False
-            self.loop.call_soon(lambda: self.request_reload("queued", force=True))
+        if self.reload_queued is not None:
+            origin, self.reload_queued = self.reload_queued, None
+            # A save is applied only if the file changed since the reload it waited for read
+            # it; `orch reload` and SIGHUP reload whatever the file holds.
+            self.loop.call_soon(lambda: self.request_reload(f"{origin}, queued",
+                                                            force=not origin.startswith("file")))
 
     def load(self) -> tuple[Config, list[ProcessSpec]]:
         config = load_config(self.config.path, self.templates)
         return config, expand(config, self.expansions)
 
     def reload(self, origin: str) -> dict[str, Any]:
+        with _collector_paused():
+            return self._reload(origin)
+
+    def _reload(self, origin: str) -> dict[str, Any]:
         began = time.perf_counter()
         try:
             config, specs = self.load()
@@ -329,6 +343,7 @@ class Master:
         plan = reconcile(specs, self.supervisor.running_view())
         self._apply_settings(config.settings)
         self.supervisor.apply(plan)
+        self.supervisor.flush()  # the spawner starts on the new instances while we finish here
         self._release_sockets()  # sockets gone from the config and used by no instance
         self.config = config
         if self.watcher is not None:
@@ -368,3 +383,18 @@ class Master:
             self.watcher.settle = new.settle
         live = {k: getattr(new, k) for k in LIVE_SETTINGS}
         self.settings = Settings(**{**old.__dict__, **live})
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a reload runs: parsing a 5,000-table file makes
+    enough objects to set off full collections over the whole fleet's state, which took
+    as long as the reload's own work. The collector runs as usual once the reload is
+    applied (its spawn requests already sent)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -227,6 +227,29 @@ def test_a_reload_during_a_reload_is_queued_and_applies_the_newest_file(start_ma
     assert "queued" in master.stderr()
 
 
+def test_a_save_queued_behind_a_reload_is_not_applied_again_when_the_file_is_unchanged(start_master):
+    """A save that waited for a slow reload, of the very file that reload read, changes
+    nothing: it is not applied a second time (at 5,000 instances that is a whole reload)."""
+    stubborn = json.dumps([sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, "
+                           "signal.SIG_IGN); print('up', flush=True); time.sleep(1000)"])
+    config = "[workers.slow]\ncommand = " + stubborn.replace("{", "{{").replace("}", "}}") + """
+        env = {{ V = "{v}" }}
+        stop_timeout = "1s"
+    """
+    master = start_master(config.format(v=1))
+    master.wait_running(1)
+    wait_for(lambda: "up" in text_of(master.folder / ".orch/logs/slow.log"), message="signal setup")
+    master.write(config.format(v=2))   # slow restart: takes stop_timeout
+    wait_for(lambda: master.status()["slow"]["state"] == "stopping", message="the slow stop")
+    reloads = master.call("status")["reloads"]
+    master.write(config.format(v=2))   # the same content again, saved while the reload is applied
+    wait_for(lambda: "queued" in master.stderr(), message="the second save to be queued")
+    wait_for(lambda: master.status()["slow"]["state"] == "running", timeout=6, message="the restart")
+    time.sleep(0.5)  # the queued save is looked at as soon as the restart is done
+    assert master.call("status")["reloads"] == reloads
+    assert "reload (file" in master.stderr() and "queued): +" not in master.stderr()
+
+
 def test_a_stopped_instance_stays_stopped_across_reloads(start_master):
     config = """
         [workers.s]
