@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 from ..fleet import Fleet
@@ -32,7 +34,8 @@ class Orch(Tool):
     def settings(self) -> str:
         return ('one [workers.x] table per instance; restart="always", backoff 1s..60s '
                 '(a first crash restarts at once), check_interval=1s, output to per-instance '
-                'log files, `up --quiet`; reload by saving the file (watched)')
+                'log files, `up --quiet`; reload: save the file, then SIGHUP (a save alone applies '
+                '250 ms later: the window that folds a burst of saves into one reload)')
 
     def version(self) -> str:
         version = package_version(self.distribution)
@@ -61,7 +64,14 @@ class Orch(Tool):
         return python_module("orchestrator", "up", "-c", str(self.config_path), "--quiet")
 
     def reload_commands(self) -> list[list[str]]:
-        return []  # orch reloads when the file is replaced
+        return []  # orch also reloads by itself when the file is replaced: see apply_reload
+
+    def apply_reload(self, fleet: Fleet) -> None:
+        """Save, then SIGHUP (systemd's `ExecReload=kill -HUP $MAINPID`): applied at once. The
+        save alone is applied too, after the 250 ms that fold a burst of saves into one
+        reload; the watcher then finds the file already applied and does nothing."""
+        self.write_config(fleet)
+        os.kill(self.pid, signal.SIGHUP)
 
     def status_argv(self) -> list[str]:
         return python_module("orchestrator", "status", "-c", str(self.config_path))
