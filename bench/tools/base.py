@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import compileall
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -97,6 +99,7 @@ class Tool(ABC):
     def setup(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        byte_compile(self.module)
 
     def write_config(self, fleet: Fleet) -> None:
         if not self.python_targets and any(inst.target is not None for inst in fleet.instances):
@@ -172,3 +175,14 @@ class Tool(ABC):
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+@functools.cache
+def byte_compile(module: str) -> None:
+    """Byte-compile a tool's package, as pip does when it installs one. Without it, a
+    package run from a checkout (orch here) with PYTHONDONTWRITEBYTECODE set, as this
+    sandbox sets it, compiles its modules from source at every CLI call: 20-40 ms of each
+    status query that an installed tool never pays."""
+    spec = importlib.util.find_spec(module)
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        compileall.compile_dir(folder, quiet=2)

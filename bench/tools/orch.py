@@ -74,4 +74,4 @@ class Orch(Tool):
         os.kill(self.pid, signal.SIGHUP)
 
     def status_argv(self) -> list[str]:
-        return python_module("orchestrator", "status", "-c", str(self.config_path))
+        return python_module("orchestrator", "status", "-c", str(self.config_path), "--json")

@@ -28,7 +28,6 @@ try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-
 except ImportError:  # pragma: no cover - Python >= 3.11 without tomli installed
     import tomllib  # type: ignore[no-redef]
 
-DEFAULT_CONFIG_NAME = "workers.toml"
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,6 @@ class Config:
     @cached_property
     def folder(self) -> Path:
         return self.path.parent
-
-
-def find_config(explicit: str | None) -> Path:
-    """The config path from `-c`, then `$ORCH_CONFIG`, then `./workers.toml`."""
-    return Path(explicit or os.environ.get("ORCH_CONFIG") or DEFAULT_CONFIG_NAME).absolute()
 
 
 def read_toml(path: Path, parser: TomlPieces | None = None) -> tuple[dict, str]:

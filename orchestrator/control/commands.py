@@ -8,6 +8,7 @@ forbids. A `ControlError` becomes the reply's error and the CLI's exit code.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 from pathlib import Path
@@ -76,9 +77,14 @@ class Commands:
     def cmd_ping(self, conn: Connection) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__}
 
-    def cmd_status(self, conn: Connection, patterns: list[str] | None = None) -> dict[str, Any]:
+    def cmd_status(self, conn: Connection, patterns: list[str] | None = None,
+                   as_text: bool = False) -> dict[str, Any]:
+        """The master and its instances. `as_text` sends the rows as the text `orch status
+        --json` prints (a JSON array, a row per line): at 5,000 rows, decoding them in the
+        client only to encode them again took longer than the master's whole answer."""
         names = self.match(patterns) if patterns else None
-        return {
+        rows = self.master.supervisor.status(names, usage=True)
+        reply = {
             "name": self.master.settings.name,
             "config": str(self.master.config.path),
             "pid": os.getpid(),
@@ -93,9 +99,13 @@ class Commands:
             "include": list(self.master.config.include_patterns),
             "sources_digest": self.master.config_bytes,
             "stopping": self.master.stopping,
-            "instances": self.master.supervisor.status(names, usage=True),
             "sockets": self.master.listeners.status(),
         }
+        if as_text:
+            reply["instances_text"] = rows_text(rows)
+        else:
+            reply["instances"] = rows
+        return reply
 
     def cmd_reload(self, conn: Connection) -> dict[str, Any]:
         result = self.master.request_reload("orch reload", force=True)
@@ -192,3 +202,12 @@ class Commands:
         for name in sent:
             supervisor.send_signal(supervisor.instances[name], signum, group=False)
         return {"signal": signum.name, "sent": sent, "skipped": [n for n in names if n not in sent]}
+
+
+_encode_row = json.JSONEncoder().encode
+
+
+def rows_text(rows: list[dict[str, Any]]) -> str:
+    """A JSON array with one row per line: it greps well, and each row goes through the C
+    encoder (indent= is the pure-Python one, twice as slow at 5,000 rows)."""
+    return "[\n" + ",\n".join(map(_encode_row, rows)) + "\n]" if rows else "[]"

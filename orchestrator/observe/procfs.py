@@ -179,15 +179,18 @@ class TreeSampler:
             return 0, 0, 0
         try:
             stat = os.pread(fds[0], 4096, 0)
-            total, ticks = _usage(stat)
-            threads = int(stat[stat.rindex(b")") + 2:].split()[17])
+            fields = stat[stat.rindex(b")") + 2:].split()  # what _usage reads, and the threads
+            total = int(fields[21]) * PAGE_SIZE
+            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
             # The main thread's children file; a multi-threaded leader gets the full walk.
-            below = [int(c) for c in os.pread(fds[1], 4096, 0).split()] if threads == 1 else children(pid)
+            below = os.pread(fds[1], 4096, 0).split() if fields[17] == b"1" else children(pid)
         except (OSError, IndexError, ValueError):
             self.forget(pid)
             return 0, 0, 0
+        if not below and not extra:  # a lone process: the usual worker
+            return total, ticks, 1
         count = 1
-        for root in (*below, *extra):
+        for root in (*map(int, below), *extra):
             size, cpu, members = tree_usage(root)
             total, ticks, count = total + size, ticks + cpu, count + members
         return total, ticks, count

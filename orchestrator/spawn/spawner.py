@@ -149,7 +149,8 @@ class SpawnerClient:
 
     def orphans(self, pid: int) -> tuple[int, ...]:
         """Orphans attributed to the instance whose main process is `pid`."""
-        return tuple(self.adopted.get(pid, ()))
+        found = self.adopted.get(pid)
+        return tuple(found) if found else ()
 
 
 def new_run_id() -> str:
