@@ -106,12 +106,13 @@ def reaped() -> Iterator[tuple[int, int]]:
         yield pid, status
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL a whole process group, if any member is left."""
+def kill_group(pgid: int) -> bool:
+    """SIGKILL a whole process group, if any member is left; whether one was."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
+    return True
 
 
 def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  # pragma: no cover

@@ -25,9 +25,11 @@ from ..observe.procfs import children, start_time, tree
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
-RESCANS = (0.003, 0.01, 0.03, 0.1, 0.5)  # after a kill or an exit: children reparent to us;
-# not at once: a look is O(children), and the replacement spawn the master is about to ask
-# for must not wait behind it (at 5,000 children a look takes several ms)
+RESCANS = (0.003, 0.01, 0.03, 0.1, 0.5)  # after a kill: children reparent to us as their
+# killed parents go, over the next moments; not at once: a look is O(children)
+AFTER_EXIT = (0.02,)  # after a lone main process exited: its children (if any) were already
+# reparented to us, so one look; late enough that the replacement spawn the master is about
+# to ask for never waits behind it (at 5,000 children a look takes a few ms)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc start times count these since boot
 
 
@@ -112,12 +114,12 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             del self.scans[:bisect.bisect_right(self.scans, now)]
             self._scan()
 
-    def _rescan_soon(self) -> None:
+    def _rescan_soon(self, delays: tuple[float, ...] = RESCANS) -> None:
         """Looks at RESCANS from now, merged with those already due about then: a burst of
         exits (5,000 at a shutdown) must not pile up timers, nor cost a pass over them all
         per exit (that was 10 s of this process's CPU at N = 5,000). `scans` stays sorted."""
         now = time.monotonic()
-        for delay in RESCANS:
+        for delay in delays:
             when, near = now + delay, max(delay / 2, 0.002)
             i = bisect.bisect_left(self.scans, when - near)
             if i == len(self.scans) or self.scans[i] > when + near:
@@ -136,14 +138,15 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
     def _leader_exited(self, pid: int) -> None:
         """A main process ended: SIGKILL what is left of its tree, however it escaped."""
-        kill_group(pid)
-        for orphan in self.lineage.exited(pid):
+        killed = kill_group(pid)
+        orphans = self.lineage.exited(pid)
+        for orphan in orphans:
             for member in tree(orphan):
                 signal_pid(member, signal.SIGKILL)
-        # Its children were reparented to us before the SIGCHLD: one look after this batch
-        # of events finds them (an orphan older than the instance's next main process is
-        # ended, so a quick restart cannot adopt it).
-        self._rescan_soon()
+        # Its children were reparented to us before the SIGCHLD: one look finds them (an
+        # orphan older than the instance's next main process is ended, so a quick restart
+        # cannot adopt it). What was just killed may leave children of its own, later.
+        self._rescan_soon(RESCANS if killed or orphans else AFTER_EXIT)
 
     def _send(self, message: tuple[Any, ...]) -> None:
         try:

@@ -130,10 +130,9 @@ class Lineage:  # pragma: no cover - runs in the spawner; covered by integration
         processes, zygotes) nor seen before: returns (adopted (main pid, orphan), orphans
         ended because their instance's main process is gone, strays)."""
         adopted, ended, strays = [], [], []
-        seen = (*known, self.owner, self.strays)
-        for pid in children(os.getpid()):
-            if any(pid in group for group in seen):
-                continue
+        # One set difference in C: at 5,000 children a test per pid took most of a look.
+        new = set(children(os.getpid())).difference(*known, self.owner, self.strays)
+        for pid in sorted(new):
             fields = stat_fields(pid)
             if not fields or fields[0] in (b"Z", b"X"):
                 continue  # exited, reaped soon: nothing to attribute
