@@ -56,6 +56,51 @@ def _find_token(argv: tuple[str, ...]) -> str | None:
     return None
 
 
+def last_pid() -> int:
+    """The pid the kernel handed out last (this pid namespace)."""
+    with open("/proc/sys/kernel/ns_last_pid", "rb") as f:
+        return int(f.read())
+
+
+_PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
+_FIRST_PID_AFTER_WRAP = 300  # the kernel's RESERVED_PIDS
+
+
+def _pids_after(since: int, last: int) -> range | list[int]:
+    if last >= since:
+        return range(since + 1, last + 1)
+    return [*range(since + 1, _PID_MAX), *range(_FIRST_PID_AFTER_WRAP, last + 1)]  # wrapped
+
+
+def wait_new_process(token: str, since: int, timeout: float, poll: float) -> float:
+    """Wait until a process handed a pid after `since` runs with `token` in its argv (exec'd);
+    returns the time it took. Raises TimeoutError.
+
+    Only the pids handed out since are read, a few per poll. Walking the daemon's children
+    list instead costs O(N) per poll, and at N = 5,000 it holds the kernel's tasklist lock
+    (about 3 ms per read) that the tool's own fork and exit need: the harness slowed what
+    it timed, and its 10-40 ms between looks hid the crash replacement itself."""
+    start = time.perf_counter()
+    word = token.encode()
+    pending: set[int] = set()  # forked, not yet exec'd into the fleet command
+    while True:
+        last = last_pid()
+        for pid in (*pending, *_pids_after(since, last)):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                pending.discard(pid)
+                continue
+            if word in raw.replace(b"\0", b" ").split():  # before exec: the tool's own argv
+                return time.perf_counter() - start
+            pending.add(pid)
+        since = last
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"replacement carrying {token} not seen within {timeout:.0f}s")
+        time.sleep(poll)
+
+
 def pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 

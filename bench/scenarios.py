@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import fleet as fleets
+from . import procfs
 from .procfs import pss, Scanner, Snapshot, cpu_percent
 from .tools import Tool, Unsupported, tool_class
 
@@ -270,12 +271,11 @@ def _crashes(tool: Tool, fleet: fleets.Fleet, victims: list[str], timeout: float
     by_name = fleet.by_name()
     for name in victims:
         tok = by_name[name].token
-        scanner = Scanner(fleet.tag, tool.pid)
-        (old,) = scanner.snapshot().by_token()[tok]
+        (old,) = Scanner(fleet.tag, tool.pid).snapshot().by_token()[tok]
+        since = procfs.last_pid()
         start = time.perf_counter()
         os.kill(old, signal.SIGKILL)
-        scanner.wait(lambda snap: bool(snap.by_token().get(tok, set()) - {old}), timeout, CRASH_POLL,
-                     f"replacement of {name}")
+        procfs.wait_new_process(tok, since, timeout, CRASH_POLL)
         times.append(time.perf_counter() - start)
         time.sleep(0.1)
     return times
