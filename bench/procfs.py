@@ -72,33 +72,53 @@ def _pids_after(since: int, last: int) -> range | list[int]:
     return [*range(since + 1, _PID_MAX), *range(_FIRST_PID_AFTER_WRAP, last + 1)]  # wrapped
 
 
-def wait_new_process(token: str, since: int, timeout: float, poll: float) -> float:
-    """Wait until a process handed a pid after `since` runs with `token` in its argv (exec'd);
-    returns the time it took. Raises TimeoutError.
+def wait_changed(wanted: set[str], gone: set[int], since: int, timeout: float, poll: float) -> float:
+    """Wait until, for every token in `wanted`, a process handed a pid after `since` runs
+    with it in its argv (exec'd), and every pid in `gone` has ended; returns the time it
+    took. Raises TimeoutError.
 
-    Only the pids handed out since are read, a few per poll. Walking the daemon's children
-    list instead costs O(N) per poll, and at N = 5,000 it holds the kernel's tasklist lock
-    (about 3 ms per read) that the tool's own fork and exit need: the harness slowed what
-    it timed, and its 10-40 ms between looks hid the crash replacement itself."""
+    Only the pids handed out since are read, a few per poll, and the `gone` ones. Walking
+    the daemon's children list instead costs O(N) per poll, and at N = 5,000 it holds the
+    kernel's tasklist lock (about 3 ms per read) that the tool's own fork and exit need:
+    the harness slowed what it timed, and the 10-40 ms between its looks hid a crash
+    replacement or a one-instance reload."""
     start = time.perf_counter()
-    word = token.encode()
-    pending: set[int] = set()  # forked, not yet exec'd into the fleet command
+    missing = {token.encode() for token in wanted}
+    gone = set(gone)
+    pending: set[int] = set()  # forked, not yet exec'd into a fleet command
     while True:
         last = last_pid()
         for pid in (*pending, *_pids_after(since, last)):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    raw = f.read()
+                    words = f.read().replace(b"\0", b" ").split()  # before exec: the tool's argv
             except OSError:
                 pending.discard(pid)
                 continue
-            if word in raw.replace(b"\0", b" ").split():  # before exec: the tool's own argv
-                return time.perf_counter() - start
-            pending.add(pid)
+            found = missing.intersection(words)
+            if found:
+                missing -= found
+                pending.discard(pid)
+            else:
+                pending.add(pid)
         since = last
+        gone = {pid for pid in gone if _alive(pid)}
+        if not missing and not gone:
+            return time.perf_counter() - start
         if time.perf_counter() - start > timeout:
-            raise TimeoutError(f"replacement carrying {token} not seen within {timeout:.0f}s")
+            raise TimeoutError(f"{len(missing)} new and {len(gone)} ended processes not seen "
+                               f"within {timeout:.0f}s")
         time.sleep(poll)
+
+
+def _alive(pid: int) -> bool:
+    """Not ended: exists and is no zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] != b"Z"
 
 
 def pids() -> list[int]:

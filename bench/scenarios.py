@@ -275,7 +275,7 @@ def _crashes(tool: Tool, fleet: fleets.Fleet, victims: list[str], timeout: float
         since = procfs.last_pid()
         start = time.perf_counter()
         os.kill(old, signal.SIGKILL)
-        procfs.wait_new_process(tok, since, timeout, CRASH_POLL)
+        procfs.wait_changed({tok}, set(), since, timeout, CRASH_POLL)
         times.append(time.perf_counter() - start)
         time.sleep(0.1)
     return times
@@ -287,15 +287,14 @@ def _reload(tool: Tool, old: fleets.Fleet, new: fleets.Fleet, timeout: float) ->
     wanted = [t for t in new.tokens() if t not in old.tokens()]
     kept = sorted(set(old.by_name()) & set(new.by_name()) - {new.tokens()[t].name for t in wanted})
     scanner = Scanner(new.tag, tool.pid)
-    before = _pids(scanner.snapshot(), kept, old)
+    snap = scanner.snapshot()
+    before = _pids(snap, kept, old)
+    present = snap.by_token()
+    ending = {pid for t in gone for pid in present.get(t, ())}
+    since = procfs.last_pid()
     start = time.perf_counter()
     tool.apply_reload(new)
-
-    def converged(snap: Snapshot) -> bool:
-        present = snap.by_token()
-        return all(t in present for t in wanted) and not any(t in present for t in gone)
-
-    scanner.wait(converged, timeout, POLL, "reloaded fleet")
+    procfs.wait_changed(set(wanted), ending, since, timeout, POLL)
     elapsed = time.perf_counter() - start
     time.sleep(SETTLE)
     after = _pids(scanner.snapshot(), kept, old)

@@ -414,3 +414,32 @@ def test_a_child_starts_with_default_signals_its_own_session_and_its_cwd(start_m
     assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
     master.proc.send_signal(signal.SIGINT)  # what a Ctrl-C sends the foreground group: a clean stop
     assert master.proc.wait(15) == 0 and not alive(pid)
+
+
+def test_tree_usage_still_reads_a_tree_when_the_master_is_out_of_fds(tmp_path):
+    """The sampler keeps two /proc fds per instance; with none left to open it reads each
+    file and closes it, rather than report a live tree as 0 bytes (what `orch status` and
+    the memory limits would then have believed)."""
+    script = textwrap.dedent("""
+        import os, resource, subprocess, sys
+        from orchestrator.observe.procfs import TreeSampler
+        child = subprocess.Popen(["sleep", "30"])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        held = []
+        try:
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        os.close(held.pop())  # one free fd: enough for a read, not for two kept open
+        sampler = TreeSampler()
+        sampler.track(child.pid)
+        rss, ticks, count = sampler.usage(os.getpid())
+        child.kill()
+        print(rss, count)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rss, count = map(int, out.stdout.split())
+    assert count == 2 and rss > 1_000_000, out.stdout  # this interpreter and its sleep

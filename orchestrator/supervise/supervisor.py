@@ -324,6 +324,7 @@ class Supervisor:
         if inst is None:
             return
         inst.pid = pid
+        self.trees.track(pid)
         inst.started_at = self.loop.time()
         inst.ready = False
         inst.requests = 0
