@@ -39,6 +39,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "py_start_plain": ("s", "Python workers, preload=false: launch -> all ran init()"),
     "py_start_preload": ("s", "Python workers, preload=true: launch -> all ran init()"),
     "log_cpu": ("%", "daemon + helpers CPU, children each logging 1 MB/s"),
+    "limits_cpu": ("%", "daemon + helpers CPU while idle, a memory limit on every instance "
+                        "(check_interval 1s; orch only)"),
     "log_rate": ("MB/s", "log bytes written to files, all children together"),
 }
 FLEET_KEYS = ["start", "harness_cpu", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one",
@@ -379,6 +381,27 @@ def log_session(results: Results, tool: Tool, count: int, opts: Options, workdir
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def limits_session(results: Results, tool: Tool, n: int, opts: Options, workdir: Path) -> None:
+    """N sleeps, each with a memory limit: the daemon's CPU while it samples them all."""
+    s = Session(results, tool, n, opts)
+    fleet = fleets.sleep_fleet(n)
+    tool.setup(workdir)
+    tool.memory_limits = True
+    try:
+        def run() -> dict[str, float]:
+            tool.write_config(fleet)
+            launch(tool, fleet, s.timeout(30 + 0.1 * n))
+            time.sleep(SETTLE)
+            helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
+            cpu, _ = cpu_percent(helpers, opts.idle_seconds)
+            return {"limits_cpu": cpu}
+        s.measure(["limits_cpu"], run)
+    finally:
+        tool.memory_limits = False
+        tool.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _bytes_under(folder: Path) -> int:
     """Bytes in the log files under `folder` (rotated ones included)."""
     total = 0
@@ -427,6 +450,12 @@ def run(opts: Options, progress: Callable[[str], None]) -> Results:
             for name, tool in tools.items():
                 attempt(name, FLEET_KEYS, n, f"N={n} rep {rep + 1}/{opts.reps}",
                         lambda: fleet_session(results, tool, n, rep, opts, root / f"{name}-{n}-{rep}"))
+        for name, tool in tools.items():
+            if name != "orch":
+                results.fail(name, "limits_cpu", n, "orch-only scenario")
+            else:
+                attempt(name, ["limits_cpu"], n, f"N={n} memory limits on every instance",
+                        lambda: limits_session(results, tool, n, opts, root / f"limits-{n}"))
 
     def orch_only() -> None:
         for name in tools:

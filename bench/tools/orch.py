@@ -50,6 +50,8 @@ class Orch(Tool):
     def config_path(self) -> Path:
         return self.workdir / "workers.toml"
 
+    memory_limits = False  # a memory limit on every instance (the limits_cpu scenario)
+
     def render_config(self, fleet: Fleet) -> str:
         tables = []
         for inst in fleet.instances:
@@ -58,7 +60,9 @@ class Orch(Tool):
             else:
                 body = f"command = {json.dumps(list(inst.argv))}\n"
             tables.append(f"\n[workers.{inst.name}]\n{body}")
-        return HEAD + "".join(tables)
+        head = HEAD.replace("[defaults]\n", '[defaults]\nmemory = { soft = "200MiB", hard = "300MiB" }\n') \
+            if self.memory_limits else HEAD
+        return head + "".join(tables)
 
     def daemon_argv(self) -> list[str]:
         return python_module("orchestrator", "up", "-c", str(self.config_path), "--quiet")
