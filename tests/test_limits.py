@@ -75,6 +75,25 @@ def test_over_the_hard_limit_gets_sigkill_at_once(start_master, tmp_path):
     assert not (tmp_path / "saw-term").exists()
 
 
+def test_a_child_forked_after_the_start_counts_against_the_instances_limit(start_master, tmp_path):
+    """The sampler looks for a tree's new descendants every few samples (LOOK_EVERY): a
+    child the worker forks a second after it started, and that grows, is still caught."""
+    script = tmp_path / "grow.py"
+    script.write_text(GROW.format(mode="ignore", size=120 * 2**20))
+    master = start_master(f"""
+        [orchestrator]
+        check_interval = "100ms"
+        [workers.parent]
+        command = ["sh", "-c", "sleep 1; {PY} {script} & wait"]
+        memory = {{ hard = "60MiB" }}
+        min_uptime = "0s"
+    """)
+    master.wait_running(1)
+    row = reason_row(master, "parent", "memory_hard")
+    assert row["limit_kills"] == {"memory_hard": 1}
+    assert "memory_hard (RSS" in master.stderr()
+
+
 PY_WORKERS = """
 import os, time, pathlib
 from orchestrator.worker import Worker

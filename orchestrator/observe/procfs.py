@@ -152,6 +152,8 @@ class TreeSampler:
 
     def __init__(self) -> None:
         self._fds: dict[int, tuple[int, ...]] = {}  # leader pid -> (stat, children) fds
+        self._statm: dict[int, int] = {}  # leader pid -> statm fd, for the memory limits
+        self._below: dict[int, list[int]] = {}  # leader pid -> descendants at the last look
 
     def track(self, pid: int) -> None:
         """Open a new main process's files now (at its spawn), not in the first `orch status`:
@@ -204,10 +206,66 @@ class TreeSampler:
             total, ticks, count = total + size, ticks + cpu, count + members
         return total, ticks, count
 
+    def memory(self, pid: int, extra: tuple[int, ...] = (), look: bool = True) -> int:
+        """RSS in bytes of the tree under `pid` plus the trees under `extra` (0 if the leader
+        is gone), for the memory limits. When `look` (the limits ask every few samples, and
+        on an instance's first), the leader's stat and children are read and its
+        descendants looked up again; in between, its statm (which the kernel makes in about
+        half the time of stat) and the descendants found last. At 5,000 instances this keeps
+        a sample near the cost of one small read per instance."""
+        below = self._below.get(pid)
+        if look or below is None:
+            size, below = self._look(pid)
+            if below is None:
+                return 0
+            self._below[pid] = below
+        else:
+            fd = self._statm.get(pid)
+            if fd is None:
+                fd = self._open_statm(pid)
+            try:
+                statm = os.pread(fd, 128, 0) if fd is not None and fd >= 0 else _read(f"/proc/{pid}/statm")
+                size = int(statm.split(None, 2)[1]) * PAGE_SIZE
+            except (OSError, IndexError, ValueError):
+                self.forget(pid)
+                return 0
+        if below:
+            size += sum(map(rss, below))
+        if extra:
+            size += sum(map(tree_rss, extra))
+        return size
+
+    def _open_statm(self, pid: int) -> int | None:
+        try:
+            fd = self._statm[pid] = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+            return fd
+        except OSError as exc:
+            return -1 if exc.errno in (errno.EMFILE, errno.ENFILE) else None
+
+    def _look(self, pid: int) -> tuple[int, list[int] | None]:
+        """(the leader's RSS, its descendants); (0, None) if it is gone."""
+        fds = self._fds.get(pid) or self._open(pid)
+        if fds is None:
+            return 0, None
+        try:
+            stat = os.pread(fds[0], 4096, 0) if fds[0] >= 0 else _read(f"/proc/{pid}/stat")
+            fields = stat[stat.rindex(b")") + 2:].split()
+            size = int(fields[21]) * PAGE_SIZE
+            single = fields[17] == b"1"
+            below = os.pread(fds[1], 4096, 0).split() if single and fds[1] >= 0 else children(pid)
+        except (OSError, IndexError, ValueError):
+            self.forget(pid)
+            return 0, None
+        return size, [member for child in below for member in tree(int(child))]
+
     def forget(self, pid: int) -> None:
         for fd in self._fds.pop(pid, ()):
             os.close(fd)
+        fd = self._statm.pop(pid, -1)
+        if fd >= 0:
+            os.close(fd)
+        self._below.pop(pid, None)
 
     def close(self) -> None:
-        for pid in list(self._fds):
+        for pid in {*self._fds, *self._statm}:
             self.forget(pid)
