@@ -43,6 +43,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self.pid_errpipe: dict[int, int] = {}
         self.selector = selectors.DefaultSelector()
         self._which: dict[tuple[str, str], str] = {}
+        self._environ = dict(os.environ)  # read once: os.environ decodes every item per copy
         self.lineage = Lineage(run)
         self.scans: list[float] = []  # monotonic times of the next looks for orphans, sorted
         self.scan_cost = 0.0  # seconds the last look took
@@ -119,8 +120,12 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         exits (5,000 at a shutdown) must not pile up timers, nor cost a pass over them all
         per exit (that was 10 s of this process's CPU at N = 5,000). `scans` stays sorted."""
         now = time.monotonic()
+        # Looks closer together than ten times what one costs are merged: 500 exits in a
+        # second (a 10 % reload at 5,000) made a look every 10-20 ms, each of a few ms, and
+        # the spawns of that reload waited behind them.
+        floor = max(0.002, 10 * self.scan_cost)
         for delay in delays:
-            when, near = now + delay, max(delay / 2, 0.002)
+            when, near = now + delay, max(delay / 2, floor)
             i = bisect.bisect_left(self.scans, when - near)
             if i == len(self.scans) or self.scans[i] > when + near:
                 self.scans.insert(i, when)
@@ -237,7 +242,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         return path
 
     def _spawn_one(self, request: SpawnRequest, out: int) -> int:
-        env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
+        env = {**self._environ, **request.env} if request.inherit_env else dict(request.env)
         program = self._executable(request.argv[0], env)
         # posix_spawn where it can say everything the child needs: not LISTEN_PID (it must be
         # the child's own pid, unknown before); on any error the fork path below runs the
