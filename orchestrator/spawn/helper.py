@@ -44,6 +44,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self.selector = selectors.DefaultSelector()
         self._which: dict[tuple[str, str], str] = {}
         self._environ = dict(os.environ)  # read once: os.environ decodes every item per copy
+        self.stopping: set[int] = set()  # main processes the master signalled as a whole tree
         self.lineage = Lineage(run)
         self.scans: list[float] = []  # monotonic times of the next looks for orphans, sorted
         self.scan_cost = 0.0  # seconds the last look took
@@ -151,7 +152,14 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         # Its children were reparented to us before the SIGCHLD: one look finds them (an
         # orphan older than the instance's next main process is ended, so a quick restart
         # cannot adopt it). What was just killed may leave children of its own, later.
-        self._rescan_soon(RESCANS if killed or orphans else AFTER_EXIT)
+        if pid in self.stopping:
+            # A stop: look now, before the exit is reported, so that when `orch stop` (or a
+            # reload, or `orch down`) says the instance is stopped, nothing of it runs.
+            self.stopping.discard(pid)
+            self._scan()
+            self._rescan_soon()
+        else:  # a crash: the replacement spawn comes first
+            self._rescan_soon(RESCANS if killed or orphans else AFTER_EXIT)
 
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -198,6 +206,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
     def _signal(self, pid: int, signum: int, whole: bool) -> None:
         if whole:
+            if pid in self.children or pid in self.zygotes.children:
+                self.stopping.add(pid)
             self.lineage.signal(pid, signum)
             if signum == signal.SIGKILL:
                 self._rescan_soon()  # children of killed processes reparent to us
