@@ -1,1 +1,2 @@
-"""Spawning: the single-threaded spawner, zygotes, child set-up, orphans and the pidfile."""
+"""Spawning: the spawner (single-threaded but for its parallel posix_spawn runs), zygotes,
+child set-up, orphans and the pidfile."""
