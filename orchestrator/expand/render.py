@@ -384,11 +384,10 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
     except ValueError as exc:  # shlex: unbalanced quotes
         problem(f"{prefix}.{step[0]}", f"cannot split the command: {exc}")
         return None
-    spec = ProcessSpec(name=name, template=template.name, params=tuple(params.items()),
-                       replica=replica, argv=argv, env=env, inherit_env=template.inherit,
-                       cwd=cwd, policy=template.policy, python=python,
-                       sockets=tuple((n, context["sockets"][n]["bind"]) for n in template.sockets))
-    return spec.with_hashes()
+    return ProcessSpec.hashed(name=name, template=template.name, params=tuple(params.items()),
+                              replica=replica, argv=argv, env=env, inherit_env=template.inherit,
+                              cwd=cwd, policy=template.policy, python=python,
+                              sockets=tuple((n, context["sockets"][n]["bind"]) for n in template.sockets))
 
 
 def _instance_name(template: Template, params: dict[str, Any], replica: int, context: dict[str, Any],
