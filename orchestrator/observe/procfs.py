@@ -38,6 +38,11 @@ def is_running(pid: int) -> bool:
     return bool(fields) and fields[0] not in (b"Z", b"X")
 
 
+def session(pid: int) -> int | None:
+    fields = stat_fields(pid)
+    return int(fields[3]) if fields and fields[0] not in (b"Z", b"X") else None
+
+
 def process_group(pid: int) -> int | None:
     fields = stat_fields(pid)
     return int(fields[2]) if fields else None

@@ -22,7 +22,7 @@ from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SE
 from .guard import start_guard
 from .request import SpawnRequest
 from .trees import Lineage, signal_pid
-from ..observe.procfs import children, start_time, tree
+from ..observe.procfs import children, session, start_time, tree
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
@@ -47,7 +47,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self.selector = selectors.DefaultSelector()
         self._which: dict[tuple[str, str], str] = {}
         self._environ = dict(os.environ)  # read once: os.environ decodes every item per copy
-        self.stopping: set[int] = set()  # main processes the master signalled as a whole tree
+        # main processes the master signalled as a whole tree -> the tree's members then
+        self.stopping: dict[int, list[int]] = {}
         self.lineage = Lineage(run)
         self.scans: list[float] = []  # monotonic times of the next looks for orphans, sorted
         self.scan_cost = 0.0  # seconds the last look took
@@ -152,17 +153,19 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         for orphan in orphans:
             for member in tree(orphan):
                 signal_pid(member, signal.SIGKILL)
+        # A stop: what was in the tree when it was signalled and is still in its session
+        # (a child in a process group of its own) ends now, before the exit is reported, so
+        # that when `orch stop` (a reload, `orch down`) says stopped, nothing of it runs.
+        # The members were read then, so no look over all our children is needed now.
+        for member in self.stopping.pop(pid, ()):
+            if member != pid and session(member) == pid:
+                killed = True
+                for process in tree(member):
+                    signal_pid(process, signal.SIGKILL)
         # Its children were reparented to us before the SIGCHLD: one look finds them (an
         # orphan older than the instance's next main process is ended, so a quick restart
         # cannot adopt it). What was just killed may leave children of its own, later.
-        if pid in self.stopping:
-            # A stop: look now, before the exit is reported, so that when `orch stop` (or a
-            # reload, or `orch down`) says the instance is stopped, nothing of it runs.
-            self.stopping.discard(pid)
-            self._scan()
-            self._rescan_soon()
-        else:  # a crash: the replacement spawn comes first
-            self._rescan_soon(RESCANS if killed or orphans else AFTER_EXIT)
+        self._rescan_soon(RESCANS if killed or orphans else AFTER_EXIT)
 
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -209,9 +212,9 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
     def _signal(self, pid: int, signum: int, whole: bool) -> None:
         if whole:
+            members = self.lineage.signal(pid, signum)
             if pid in self.children or pid in self.zygotes.children:
-                self.stopping.add(pid)
-            self.lineage.signal(pid, signum)
+                self.stopping[pid] = members
             if signum == signal.SIGKILL:
                 self._rescan_soon()  # children of killed processes reparent to us
         elif pid in self.children or pid in self.zygotes.children:

@@ -105,13 +105,15 @@ class Lineage:  # pragma: no cover - runs in the spawner; covered by integration
             found += tree(orphan)
         return found
 
-    def signal(self, pid: int, signum: int) -> None:
+    def signal(self, pid: int, signum: int) -> list[int]:
         """`signum` to the whole instance: its process group, then each member outside it
-        (once each: a second SIGTERM can cut a graceful exit short)."""
+        (once each: a second SIGTERM can cut a graceful exit short). Returns the members."""
         signal_group(pid, signum)
-        for member in self.members(pid):
+        members = self.members(pid)
+        for member in members:
             if process_group(member) != pid:
                 signal_pid(member, signum)
+        return members
 
     def attribute(self, pid: int, fields: list[bytes]) -> str | None:
         """The instance an orphan belongs to (from its /proc stat `fields`), or None."""
