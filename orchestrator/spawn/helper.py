@@ -211,14 +211,17 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             self.sockets[key] = fd
 
     def _signal(self, pid: int, signum: int, whole: bool) -> None:
-        if whole:
-            members = self.lineage.signal(pid, signum)
-            if pid in self.children or pid in self.zygotes.children:
-                self.stopping[pid] = members
+        live = pid in self.children or pid in self.zygotes.children
+        if whole and live:
+            self.stopping[pid] = self.lineage.signal(pid, signum)
             if signum == signal.SIGKILL:
                 self._rescan_soon()  # children of killed processes reparent to us
-        elif pid in self.children or pid in self.zygotes.children:
+        elif live:
             signal_pid(pid, signum)
+        # Else the main process was reaped already (the master's order crossed its exit
+        # report): what was left of its tree was ended then, and its pid, which is also its
+        # process group's id, may be another process's by now (pid_max wraps every few
+        # reloads of 5,000 instances). Nothing is signalled.
 
     def _spawn_all(self, requests: list[SpawnRequest], fds: list[int]) -> None:
         spawned, failed = [], []
