@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ["floor", "orch", "supervisord", "circus"]
 FLEET_KEYS = ["start", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one", "reload_one_collateral",
-              "reload_10pct", "reload_10pct_collateral", "shutdown"]
+              "reload_10pct", "reload_10pct_collateral", "shutdown", "limits_cpu"]
 ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
-ORCH_MUST_MEASURE = ["start", "crash", "shutdown", "reload_one"]
+ORCH_MUST_MEASURE = ["start", "crash", "shutdown", "reload_one", "reload_10pct", "limits_cpu"]
 
 
 def run_bench(out: Path) -> subprocess.CompletedProcess[str]:
@@ -57,3 +57,39 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
 
     assert "| start | 5 |" in done.stdout
     assert data["machine"]["cores"] and data["machine"]["versions"]["orch"]
+
+
+def test_pids_handed_out_since_include_a_wrap_around() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.procfs import _FIRST_PID_AFTER_WRAP, _PID_MAX, _pids_after
+
+    assert list(_pids_after(100, 103)) == [101, 102, 103]
+    assert list(_pids_after(103, 103)) == []
+    wrapped = list(_pids_after(_PID_MAX - 3, _FIRST_PID_AFTER_WRAP + 1))
+    assert wrapped == [_PID_MAX - 2, _PID_MAX - 1, _FIRST_PID_AFTER_WRAP, _FIRST_PID_AFTER_WRAP + 1]
+
+
+def test_the_harness_sees_a_new_process_by_its_token_and_an_ended_one(tmp_path: Path) -> None:
+    """What crash and reload timings rest on: a process started after `since` carrying the
+    token is found (also when it execs after its fork), and a pid meant to end is waited for."""
+    sys.path.insert(0, str(ROOT))
+    from bench.procfs import last_pid, wait_changed
+
+    doomed = subprocess.Popen(["sleep", "30"])
+    since = last_pid()
+    born = subprocess.Popen([sys.executable, "-c", "import os, sys, time; time.sleep(0.2); "
+                             "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', "
+                             "'tok123x'])"])
+    try:
+        doomed.kill()
+        doomed.wait()
+        assert wait_changed({"tok123x"}, {doomed.pid}, since, 10, 0.005) < 10
+        try:
+            wait_changed({"never-seen-token"}, set(), since, 0.3, 0.005)
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("a token no process carries was reported seen")
+    finally:
+        born.kill()
+        born.wait()
