@@ -146,8 +146,9 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         if strays:
             self._send(("strays", [(pid, _command(pid)) for pid in strays]))
 
-    def _leader_exited(self, pid: int) -> None:
-        """A main process ended: SIGKILL what is left of its tree, however it escaped."""
+    def _leader_exited(self, pid: int, direct: bool = False) -> None:
+        """A main process ended: SIGKILL what is left of its tree, however it escaped.
+        `direct`: it was our own child (reaped here), not a zygote's worker."""
         killed = kill_group(pid)
         orphans = self.lineage.exited(pid)
         for orphan in orphans:
@@ -165,7 +166,10 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         # Its children were reparented to us before the SIGCHLD: one look finds them (an
         # orphan older than the instance's next main process is ended, so a quick restart
         # cannot adopt it). What was just killed may leave children of its own, later.
-        self._rescan_soon(RESCANS if killed or orphans else AFTER_EXIT)
+        # A zygote's worker keeps the full series: its exit reaches us through the zygote's
+        # report, later than its orphans reach us, and a preloaded worker's forked child
+        # was seen to outlive a single look (one CI run in several).
+        self._rescan_soon(AFTER_EXIT if direct and not (killed or orphans) else RESCANS)
 
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -398,7 +402,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             errpipe = self.pid_errpipe.get(pid)
             if errpipe is not None:
                 self._errpipe_ready(errpipe)
-            self._leader_exited(pid)  # no grandchild outlives its worker
+            self._leader_exited(pid, direct=True)  # no grandchild outlives its worker
             exited.append((pid, status))
             if len(exited) >= MAX_EVENTS_PER_MESSAGE:
                 self._send(("exited", exited))
