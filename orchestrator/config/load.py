@@ -11,7 +11,6 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +112,7 @@ class Config:
     include_patterns: tuple[str, ...] = ()  # absolute globs: a new matching file is watched too
     sockets: tuple[SocketDecl, ...] = ()
 
-    @cached_property
+    @functools.cached_property
     def folder(self) -> Path:
         return self.path.parent
 

@@ -65,11 +65,8 @@ class ProcessSpec:
 
     def with_hashes(self) -> "ProcessSpec":
         """This spec with `process_hash` and `policy_hash` filled in."""
-        return dataclasses.replace(
-            self,
-            process_hash=_digest(self.identity()),
-            policy_hash=policy_digest(self.policy),
-        )
+        return ProcessSpec.hashed(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                     if f.name not in ("process_hash", "policy_hash")})
 
 
 @functools.lru_cache(maxsize=1024)

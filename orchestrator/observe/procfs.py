@@ -190,19 +190,12 @@ class TreeSampler:
     def usage(self, pid: int, extra: tuple[int, ...] = ()) -> tuple[int, int, int]:
         """(RSS bytes, CPU ticks, processes) of the tree under `pid` plus the trees under
         `extra` (orphans the spawner attributed to it); (0, 0, 0) if the leader is gone."""
-        fds = self._fds.get(pid) or self._open(pid)
-        if fds is None:
+        read = self._read_leader(pid)
+        if read is None:
             return 0, 0, 0
-        try:
-            stat = os.pread(fds[0], 4096, 0) if fds[0] >= 0 else _read(f"/proc/{pid}/stat")
-            fields = stat[stat.rindex(b")") + 2:].split()  # what _usage reads, and the threads
-            total = int(fields[21]) * PAGE_SIZE
-            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-            # The main thread's children file; a multi-threaded leader gets the full walk.
-            below = os.pread(fds[1], 4096, 0).split() if fields[17] == b"1" and fds[1] >= 0 else children(pid)
-        except (OSError, IndexError, ValueError):
-            self.forget(pid)
-            return 0, 0, 0
+        fields, below = read
+        total = int(fields[21]) * PAGE_SIZE
+        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
         if not below and not extra:  # a lone process: the usual worker
             return total, ticks, 1
         count = 1
@@ -249,19 +242,29 @@ class TreeSampler:
 
     def _look(self, pid: int) -> tuple[int, list[int] | None]:
         """(the leader's RSS, its descendants); (0, None) if it is gone."""
+        read = self._read_leader(pid)
+        if read is None:
+            return 0, None
+        fields, below = read
+        return int(fields[21]) * PAGE_SIZE, [member for child in below for member in tree(int(child))]
+
+    def _read_leader(self, pid: int) -> tuple[list[bytes], list] | None:
+        """(the leader's /proc stat fields after the name, its children); None if it is gone
+        (its fds are then closed). The main thread's children file from the kept fd; a
+        multi-threaded leader, or one whose fds could not be kept, gets the full walk."""
         fds = self._fds.get(pid) or self._open(pid)
         if fds is None:
-            return 0, None
+            return None
         try:
             stat = os.pread(fds[0], 4096, 0) if fds[0] >= 0 else _read(f"/proc/{pid}/stat")
             fields = stat[stat.rindex(b")") + 2:].split()
-            size = int(fields[21]) * PAGE_SIZE
-            single = fields[17] == b"1"
-            below = os.pread(fds[1], 4096, 0).split() if single and fds[1] >= 0 else children(pid)
+            below = os.pread(fds[1], 4096, 0).split() if fields[17] == b"1" and fds[1] >= 0 else children(pid)
+            if len(fields) < 22:
+                raise ValueError("short stat")
         except (OSError, IndexError, ValueError):
             self.forget(pid)
-            return 0, None
-        return size, [member for child in below for member in tree(int(child))]
+            return None
+        return fields, below
 
     def forget(self, pid: int) -> None:
         for fd in self._fds.pop(pid, ()):
