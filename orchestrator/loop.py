@@ -54,6 +54,9 @@ class EventLoop:
         self.add_reader(self._wake_r.fileno(), self._on_wakeup)
         self._old_wakeup_fd: int | None = None
         self._threadsafe: collections.deque[Callback] = collections.deque()
+        # run before every wait that may block: the master's log handler writes out here,
+        # so a burst of events costs one write(2), not one per line
+        self.before_wait: list[Callback] = []
 
     # --- fds -----------------------------------------------------------------
     def add_reader(self, fd: int, callback: Callback) -> None:
@@ -136,7 +139,11 @@ class EventLoop:
             self._run_soon()
             if not self._running:
                 break
-            self.run_once(self._next_timeout())
+            timeout = self._next_timeout()
+            if timeout != 0:
+                for callback in self.before_wait:
+                    self._call(callback)
+            self.run_once(timeout)
 
     def run_once(self, timeout: float | None = 0) -> None:
         """One turn: wait up to `timeout` for fds, run their callbacks, due timers and soon calls."""

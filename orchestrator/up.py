@@ -12,6 +12,7 @@ from .config.load import Config, Settings, TemplateCache, load_config, load_sett
 from .control.record import remove_record, write_record
 from .control.server import ControlClient, ControlError
 from .errors import OrchError
+from .observe.masterlog import TurnHandler
 from .observe.procfs import is_running
 from .observe.progress import Progress
 from .spawn.pidfile import PidLock
@@ -50,7 +51,7 @@ def _foreground(path: Path, quiet: bool) -> int:
     to exit and the lock released before the error is reported (exit 2)."""
     settings = load_settings(path)
     _make_folders(settings)
-    setup_logging()
+    log_handler = setup_logging()
     lock = PidLock(settings.pidfile).acquire()
     try:
         from .spawn.orphans import end_leftovers, state_path
@@ -74,6 +75,7 @@ def _foreground(path: Path, quiet: bool) -> int:
         raise
     set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners, templates=templates)
+    master.loop.before_wait.append(log_handler.flush)
     # Clients find this master from the config's path alone, even once the file is broken.
     write_record(path, config.settings.control_socket, config.settings.log_dir)
     try:
@@ -82,6 +84,7 @@ def _foreground(path: Path, quiet: bool) -> int:
         remove_record(path)
     # Exit now, not through interpreter finalization: `orch down` waits for the control
     # connection to close, and it must close when this process is gone, not before.
+    log_handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -183,11 +186,13 @@ def _tail(path: Path, count: int) -> str:
     return "\n".join("  " + line for line in lines[-count:])
 
 
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging() -> TurnHandler:
+    """The master's log on stderr (fd 2), written once per loop turn (see TurnHandler)."""
+    handler = TurnHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s orch %(levelname)s %(message)s"))
     root = logging.getLogger("orch")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
     os.environ.pop("ORCH_INSTANCE", None)
+    return handler
