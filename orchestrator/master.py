@@ -157,7 +157,7 @@ class Master:
         return self.exit_code
 
     def _start_watcher(self) -> None:
-        from .control.watch import ConfigWatcher  # watchdog starts a thread: only after the spawner exists
+        from .control.watch import ConfigWatcher
         self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload, self.settings.settle)
         self.watcher.set_files(self.config.files, self.config.include_patterns)
         self.watcher.start()
@@ -239,8 +239,8 @@ class Master:
             groups = [[i.pid, i.start_ticks] for i in self.supervisor.by_pid.values() if i.start_ticks is not None]
             end_record({"run": old.run, "run_start": start_time(os.getpid()), "groups": groups},
                        "by the dead spawner", 0.5)
-            # Forking now that watchdog's thread exists is safe here: the new spawner runs
-            # only our own single-threaded code, and the main thread forks it (PDEATHSIG).
+            # The master has no thread of its own (the file watcher reads inotify in the
+            # loop); the main thread forks the new spawner, which runs only our own code.
             self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,
                                                state=str(state_path(self.settings.pidfile)))
             self.spawner.send_sockets(self.listeners.items())

@@ -1,7 +1,7 @@
 """What a config save looks like on disk: the names a lookup of the config goes through, the
 content digest that tells a real change from a re-save, and how each file event is read.
 
-Measured with watchdog's inotify events (man/orch.1, CONFIG SAVES, lists the timings):
+Measured with inotify events (as control/inotify.py names them) (man/orch.1, CONFIG SAVES, lists the timings):
   vim (default, backupcopy=auto)  moved config->config~, created, modified, closed
   vim backupcopy=yes / nowritebackup, cp, a shell `>`   modified..., closed
   sed -i, `mv tmp config`, atomic writers               created tmp, closed tmp, moved tmp->config

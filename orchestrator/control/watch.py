@@ -1,4 +1,4 @@
-"""Watching the config file: watchdog on the config's folders, events posted into the loop.
+"""Watching the config file: inotify on the config's folders, read in the loop (inotify.py).
 
 Folders are watched, not files: an editor that saves by renaming replaces the inode, and a
 ConfigMap swaps a `..data` symlink next to the config. A finished save (close after writing,
@@ -17,10 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from ..loop import EventLoop, Timer
+from .inotify import OVERFLOW, FolderWatch
 from .saves import FINISHED, GONE, IGNORE, WRITING, classify, lookup_chain
 
 log = logging.getLogger("orch")
@@ -28,7 +26,7 @@ BURST = 0.25  # a finished save is applied once no other save followed for this 
 DEFAULT_SETTLE = 2.0
 
 
-class ConfigWatcher(FileSystemEventHandler):
+class ConfigWatcher:
     """Calls `on_change(origin)` in the loop once a save of any of `files` is finished."""
 
     def __init__(self, loop: EventLoop, files: Iterable[Path], on_change: Callable[[str], Any],
@@ -39,8 +37,7 @@ class ConfigWatcher(FileSystemEventHandler):
         self.files: tuple[str, ...] = ()
         self.patterns: tuple[str, ...] = ()
         self.watched: set[str] = set()  # every name a lookup of a source passes through
-        self.observer = Observer()
-        self._watches: dict[str, Any] = {}
+        self.inotify = FolderWatch(self._event)
         self._timer: Timer | None = None
         self.set_files(files)
 
@@ -56,38 +53,34 @@ class ConfigWatcher(FileSystemEventHandler):
         self.watched = {name for f in self.files for name in lookup_chain(f)}
         folders = {os.path.dirname(n) for n in self.watched} | {os.path.dirname(p) for p in self.patterns}
         folders = {f for f in folders if os.path.isdir(f)}
-        for folder in folders - self._watches.keys():
+        watching = self.inotify.folders
+        for folder in folders - watching:
             try:
-                self._watches[folder] = self.observer.schedule(self, folder, recursive=False)
+                self.inotify.add(folder)
             except OSError as exc:  # removed again in between: the next event re-follows
                 log.debug("cannot watch %s: %s", folder, exc)
-        for folder in set(self._watches) - folders:
+        for folder in watching - folders:
             try:
-                self.observer.unschedule(self._watches.pop(folder))
-            except (KeyError, OSError):
+                self.inotify.remove(folder)
+            except OSError:
                 pass
 
     def start(self) -> None:
-        self.observer.daemon = True
-        self.observer.start()
+        self.loop.add_reader(self.inotify.fd, self.inotify.read)
 
     def stop(self) -> None:
         self._cancel()
-        self.observer.stop()
-        self.observer.join(timeout=2)
-
-    # Runs in watchdog's thread: only filter and hand over to the loop.
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type in ("opened", "closed_no_write", "attrib"):
-            return
-        src = os.path.normpath(os.fsdecode(event.src_path))
-        dest = os.path.normpath(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else None
-        self.loop.call_soon_threadsafe(lambda: self._event(event.event_type, src, dest))
+        self.loop.remove_reader(self.inotify.fd)
+        self.inotify.close()
 
     def _matches(self, path: str | None) -> bool:
         return path is not None and any(fnmatch.fnmatch(path, p) for p in self.patterns)
 
     def _event(self, kind: str, src: str, dest: str | None) -> None:
+        if kind == OVERFLOW:  # events were lost: follow the folders again, and read the file
+            self._rewatch()
+            self._arm(BURST, "file events overflowed", "another save follows")
+            return
         watched = self.watched | {p for p in (src, dest) if self._matches(p)}
         verdict = classify(kind, src, dest, watched, kind == "created" and os.path.islink(src))
         if verdict == IGNORE:
