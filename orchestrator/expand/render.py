@@ -7,6 +7,7 @@ never leaves the argv element it was written in: command strings are split with 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -15,9 +16,6 @@ import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterable
-
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from ..config.load import Config, Template
 from ..errors import ConfigError, ConfigProblem
@@ -40,20 +38,43 @@ class _Placeholders:
         return f"\x00{len(self.values) - 1}\x00"
 
 
+def _template_error() -> type[BaseException]:
+    """jinja2.TemplateError, for an `except` clause: until a string with Jinja syntax is met,
+    Jinja is not imported and nothing can raise its errors."""
+    jinja = sys.modules.get("jinja2")
+    return jinja.TemplateError if jinja is not None else _NoJinja
+
+
+class _NoJinja(Exception):
+    """Never raised: what `_template_error()` names while Jinja is not imported."""
+
+
 class _Renderer:
-    """Jinja environments plus a per-load cache, so each template string compiles once."""
+    """Jinja environments plus a per-load cache, so each template string compiles once.
+
+    The environments are made (and Jinja imported) on the first string with a `{`: a config
+    without Jinja syntax never loads it, 9 MiB less in the master's RSS."""
 
     def __init__(self) -> None:
-        self.plain = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                          finalize=lambda v: _text(v) if isinstance(v, bool) else v)
         self.placeholders = _Placeholders()
-        self.argv = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                         finalize=self.placeholders)
         self._cache: dict[tuple[int, str], Any] = {}
         self._splits: dict[str, tuple[str, ...]] = {}
         self._paths: dict[str, str] = {}
 
-    def _compiled(self, env: SandboxedEnvironment, source: str) -> Any:
+    @functools.cached_property
+    def plain(self) -> Any:
+        from jinja2 import StrictUndefined
+        from jinja2.sandbox import SandboxedEnvironment
+        return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                    finalize=lambda v: _text(v) if isinstance(v, bool) else v)
+
+    @functools.cached_property
+    def argv(self) -> Any:
+        from jinja2 import StrictUndefined
+        from jinja2.sandbox import SandboxedEnvironment
+        return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=self.placeholders)
+
+    def _compiled(self, env: Any, source: str) -> Any:
         key = (id(env), source)
         compiled = self._cache.get(key)
         if compiled is None:
@@ -77,7 +98,8 @@ class _Renderer:
                 expression = self._cache[key] = self.plain.compile_expression(
                     whole.group(1), undefined_to_none=False)
             value = expression(**context)
-            if isinstance(value, jinja2.Undefined):
+            from jinja2 import Undefined
+            if isinstance(value, Undefined):
                 value._fail_with_undefined_error()  # StrictUndefined: raises UndefinedError
             return value
         return self.text(source, context)
@@ -289,7 +311,7 @@ def _combinations(template: Template, variables: dict[str, Any], renderer: _Rend
         keypath = f"workers.{template.name}.matrix.{axis}"
         try:
             values = renderer.value(raw, context) if isinstance(raw, str) else raw
-        except jinja2.TemplateError as exc:
+        except _template_error() as exc:
             problem(keypath, f"cannot render: {exc}")
             return None
         if isinstance(values, (tuple, range)):
@@ -378,7 +400,7 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
     except _Refused as exc:
         problem(f"{prefix}.{step[0]}", str(exc))
         return None
-    except jinja2.TemplateError as exc:
+    except _template_error() as exc:
         problem(f"{prefix}.{step[0]}", f"cannot render for {params or template.name}: {exc}")
         return None
     except ValueError as exc:  # shlex: unbalanced quotes
