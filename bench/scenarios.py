@@ -451,8 +451,8 @@ def run(opts: Options, progress: Callable[[str], None]) -> Results:
                 attempt(name, FLEET_KEYS, n, f"N={n} rep {rep + 1}/{opts.reps}",
                         lambda: fleet_session(results, tool, n, rep, opts, root / f"{name}-{n}-{rep}"))
         for name, tool in tools.items():
-            if name != "orch":
-                results.fail(name, "limits_cpu", n, "orch-only scenario")
+            if name not in ("orch", "floor"):
+                results.fail(name, "limits_cpu", n, "orch-only scenario (and the floor's sampling loop)")
             else:
                 attempt(name, ["limits_cpu"], n, f"N={n} memory limits on every instance",
                         lambda: limits_session(results, tool, n, opts, root / f"limits-{n}"))

@@ -37,16 +37,31 @@ from .supervise.supervisor import Supervisor
 log = logging.getLogger("orch")
 
 
-def _raise_fd_limit() -> None:
-    """The master holds a pipe per instance (plus /proc fds while sampling memory): the usual
-    soft limit of 1024 fds would cap a fleet at a few hundred instances."""
+HARD_FDS = 1 << 19  # systemd's default hard limit for services
+
+
+def _raise_fd_limit() -> tuple[int, int]:
+    """The master holds a pipe per instance, and /proc fds per instance for status and the
+    memory limits (up to four in all): the usual soft limit of 1,024 fds would cap a fleet
+    at a few hundred instances. The soft limit goes up to the hard one; a master allowed to
+    (root, CAP_SYS_RESOURCE) also lifts a hard limit below HARD_FDS, as supervisord's
+    `minfds` does and as systemd gives services. Kept /proc fds always leave some free
+    (observe/procfs.py: kept_fd_ceiling), so a full table never blocks a control connection.
+    Returns the limits before, which a replacement spawner restores for its children."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < HARD_FDS:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (HARD_FDS, HARD_FDS))
+            return soft, hard
+        except (ValueError, OSError):
+            pass  # not allowed: the hard limit stays
     if hard == resource.RLIM_INFINITY or hard > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
         except (ValueError, OSError):
             pass
+    return soft, hard
 
 
 def set_log_level(name: str) -> None:
@@ -94,6 +109,7 @@ class Master:
         self._stopping = False
         self._done_check_pending = False
         self._replacing_spawner = False
+        self._fd_limit: tuple[int, int] | None = None  # RLIMIT_NOFILE before run() raised it
         self.listeners = listeners or Listeners()
         self._release_pending = False
         set_log_level(self.settings.log_level)
@@ -122,7 +138,7 @@ class Master:
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
-        _raise_fd_limit()  # after the spawner fork: children keep the usual limit
+        self._fd_limit = _raise_fd_limit()  # after the spawner fork: children keep the usual limit
         loop = self.loop
         try:
             loop.add_signal_handler(signal.SIGTERM, self._graceful)
@@ -242,6 +258,7 @@ class Master:
             # The master has no thread of its own (the file watcher reads inotify in the
             # loop); the main thread forks the new spawner, which runs only our own code.
             self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,
+                                               fd_limit=self._fd_limit,
                                                state=str(state_path(self.settings.pidfile)))
             self.spawner.send_sockets(self.listeners.items())
             self.supervisor.replace_spawner(self.spawner)

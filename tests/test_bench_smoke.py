@@ -54,6 +54,8 @@ def test_bench_produces_every_figure(tmp_path: Path) -> None:
     for key in ORCH_MUST_MEASURE:
         figure = figures[("orch", key)]
         assert figure["median"] is not None, f"orch {key}: {figure['na']}"
+    floor = figures[("floor", "limits_cpu")]  # the bare sampling loop orch is compared with
+    assert floor["median"] is not None, f"floor limits_cpu: {floor['na']}"
 
     assert "| start | 5 |" in done.stdout
     assert data["machine"]["cores"] and data["machine"]["versions"]["orch"]

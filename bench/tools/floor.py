@@ -4,6 +4,11 @@ As a daemon (`python -m bench.tools.floor FLEET.json`) it posix_spawns every ins
 (each in its own process group, like the tools do), then sits in a bare blocking
 waitpid() loop that respawns whatever exits; SIGTERM sends SIGTERM to every child, reaps
 them all and exits. It has no config reload and no status.
+
+With `--sample-memory SECONDS` (the limits_cpu scenario) it is instead the least a
+supervisor that enforces memory limits by sampling must do: every SECONDS, one read of each
+child's /proc/PID/statm (an fd kept open per child, the resident size parsed and compared
+with a limit), and a non-blocking reap of whatever exited. No process tree, no soft limit.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from ..fleet import Fleet
@@ -24,6 +30,7 @@ class Floor(Tool):
     name = "floor"
     module = "bench"
     distribution = ""
+    memory_limits = False  # sample every child's memory each second (the limits_cpu scenario)
 
     def settings(self) -> str:
         return ("a minimal Python daemon: os.posix_spawn loop (own process group, output to "
@@ -40,7 +47,12 @@ class Floor(Tool):
         return json.dumps({inst.name: list(inst.argv) for inst in fleet.instances})
 
     def daemon_argv(self) -> list[str]:
-        return python_module("bench.tools.floor", str(self.config_path))
+        extra = ["--sample-memory", str(SAMPLE_EVERY)] if self.memory_limits else []
+        return python_module("bench.tools.floor", str(self.config_path), *extra)
+
+
+SAMPLE_EVERY = 1.0  # seconds, as orch's check_interval in the scenario
+LIMIT = 300 * 2**20  # bytes, as the scenario's hard limit for orch
 
 
 class _Stop(Exception):
@@ -52,7 +64,7 @@ def _spawn(argv: list[str]) -> int:
     return os.posix_spawn(argv[0], argv, os.environ, setpgroup=0, setsigmask=())
 
 
-def serve(path: str) -> int:
+def serve(path: str, sample_every: float | None = None) -> int:
     """The floor daemon's main loop."""
     fleet: dict[str, list[str]] = json.loads(Path(path).read_text())
 
@@ -64,6 +76,8 @@ def serve(path: str) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, term)  # SIGTERM only while waiting: no child untracked
     children = {_spawn(argv): name for name, argv in fleet.items()}
     try:
+        if sample_every is not None:
+            _sample(fleet, children, sample_every, term)
         while True:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, term)
             pid, _ = os.waitpid(-1, 0)
@@ -87,5 +101,39 @@ def serve(path: str) -> int:
     return 0
 
 
+def _sample(fleet: dict[str, list[str]], children: dict[int, str], every: float, term: set) -> None:
+    """Sample each child's resident size every `every` seconds until SIGTERM (raises _Stop)."""
+    limit_pages = LIMIT // os.sysconf("SC_PAGE_SIZE")
+    statm = {pid: os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC) for pid in children}
+    pread = os.pread
+    due = time.monotonic()
+    while True:
+        while True:  # reap and replace what exited since the last turn
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            os.close(statm.pop(pid))
+            name = children.pop(pid)
+            new = _spawn(fleet[name])
+            children[new] = name
+            statm[new] = os.open(f"/proc/{new}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        for pid, fd in statm.items():
+            if int(pread(fd, 128, 0).split(None, 2)[1]) > limit_pages:
+                os.kill(pid, signal.SIGKILL)
+        due += every
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, term)
+        time.sleep(max(0.0, due - time.monotonic()))
+        signal.pthread_sigmask(signal.SIG_BLOCK, term)
+
+
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1]))
+    args = sys.argv[1:]
+    every = None
+    if "--sample-memory" in args:
+        at = args.index("--sample-memory")
+        every = float(args[at + 1])
+        del args[at:at + 2]
+    sys.exit(serve(args[0], every))

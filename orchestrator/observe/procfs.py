@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+KEEP_FREE_MIN, KEEP_FREE_SHARE = 64, 16  # fds kept /proc fds leave free: 1/16 of the limit, at least 64
 
 
 def _read(path: str) -> bytes:
@@ -150,6 +152,23 @@ def tree_usage(pid: int) -> tuple[int, int, int]:
     return size, ticks, count
 
 
+def kept_fd_ceiling() -> int:
+    """The lowest fd number a kept /proc fd may not have: the last fds below the limit are
+    left to what needs them more (control connections, new instances' pipes and logs)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft - max(KEEP_FREE_MIN, soft // KEEP_FREE_SHARE) if soft != resource.RLIM_INFINITY else 1 << 30
+
+
+def _kept(path: str) -> int:
+    """An fd of `path` to keep open, or -1 when it would be among the last free fds (fds are
+    handed out lowest first: a number that high means the ones below are all taken)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if fd >= kept_fd_ceiling():
+        os.close(fd)
+        return -1
+    return fd
+
+
 class TreeSampler:
     """RSS, CPU and process count of process trees, with each leader's /proc files kept
     open between samples: a pread of an open procfs file returns fresh values, and saves
@@ -170,13 +189,14 @@ class TreeSampler:
         fds: list[int] = []
         try:
             for name in ("stat", f"task/{pid}/children"):
-                fds.append(os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
+                fds.append(_kept(f"/proc/{pid}/{name}"))
         except OSError as exc:
             for fd in fds:
-                os.close(fd)
-            if exc.errno in (errno.EMFILE, errno.ENFILE):  # out of fds: read without keeping one
-                return (-1, -1)
-            return None
+                if fd >= 0:
+                    os.close(fd)
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return None
+            fds = [-1, -1]  # out of fds: read without keeping one
         self._fds[pid] = tuple(fds)
         return self._fds[pid]
 
@@ -235,10 +255,13 @@ class TreeSampler:
 
     def _open_statm(self, pid: int) -> int | None:
         try:
-            fd = self._statm[pid] = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
-            return fd
+            fd = _kept(f"/proc/{pid}/statm")
         except OSError as exc:
-            return -1 if exc.errno in (errno.EMFILE, errno.ENFILE) else None
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return None
+            fd = -1
+        self._statm[pid] = fd
+        return fd
 
     def _look(self, pid: int) -> tuple[int, list[int] | None]:
         """(the leader's RSS, its descendants); (0, None) if it is gone."""
@@ -268,7 +291,8 @@ class TreeSampler:
 
     def forget(self, pid: int) -> None:
         for fd in self._fds.pop(pid, ()):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         fd = self._statm.pop(pid, -1)
         if fd >= 0:
             os.close(fd)

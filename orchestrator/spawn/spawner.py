@@ -46,10 +46,12 @@ class SpawnerClient:
         self.adopted: dict[int, set[int]] = {}  # main pid -> orphans the spawner attributed to it
 
     @classmethod
-    def start(cls, title: str | None = None, run: str | None = None, state: str | None = None) -> "SpawnerClient":
+    def start(cls, title: str | None = None, run: str | None = None, state: str | None = None,
+              fd_limit: tuple[int, int] | None = None) -> "SpawnerClient":
         """Fork the spawner. Call before any thread is started. `run` is the cookie every
         child carries as ORCH_RUN (a new one by default; keep it when replacing a spawner);
-        `state` the master's state file, which the spawner's guard reads if it dies."""
+        `state` the master's state file, which the spawner's guard reads if it dies;
+        `fd_limit` the RLIMIT_NOFILE its children get (the master's own has been raised)."""
         run = run or new_run_id()
         master_end, spawner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (master_end, spawner_end):
@@ -61,6 +63,9 @@ class SpawnerClient:
             try:
                 master_end.close()
                 close_fds(spawner_end.fileno())  # the master's lock, sockets and the launcher's fds
+                if fd_limit is not None:
+                    import resource
+                    resource.setrlimit(resource.RLIMIT_NOFILE, fd_limit)
                 if title:
                     set_title(title)
                 from .helper import Spawner
