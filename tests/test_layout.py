@@ -98,5 +98,5 @@ def test_worker_code_never_imports_the_masters_side():
 def test_the_graph_is_read():
     graph = import_graph()
     assert "orchestrator.supervise.states" in graph["orchestrator.supervise.supervisor"]
-    assert "orchestrator.spawn.helper" in graph["orchestrator.spawn.spawner"], "lazy imports count"
+    assert "orchestrator.control.watch" in graph["orchestrator.master"], "lazy imports count"
     assert "orchestrator.spawn.zygote" in graph["orchestrator.spawn.helper"], "lazy imports count"

@@ -13,6 +13,8 @@ import signal
 import socket
 from typing import Any, Iterator, Sequence
 
+from ..title import set_title  # noqa: F401 - the helpers' title, from here
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_FDS_PER_MESSAGE = 64
@@ -27,12 +29,6 @@ _RESET_IN_CHILD = _COORDINATED + (signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ
                                   signal.SIGTTOU)
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def set_title(title: str) -> None:  # pragma: no cover - runs in the helper
-    """The process title of a master, spawner or zygote (see worker.runtime.set_title)."""
-    from ..worker.runtime import set_title as titled
-    titled(title)
 
 
 def prctl(option: int, value: int) -> None:

@@ -23,10 +23,8 @@ leaves the sweep to the next `orch up`, which reads the same state file.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from pathlib import Path
 
 # $0 is the Python to sweep with; $1.. are main()'s arguments but the last, the time of EOF.
 SCRIPT = ('read -r line; [ "$line" = x ] && exit 0; read -r up idle < /proc/uptime; '
@@ -48,12 +46,14 @@ def start_guard(run: str, since: int | None, state: str | None) -> tuple[int, in
 
 def main(argv: list[str]) -> int:  # pragma: no cover - runs in the guard, after the spawner died
     """RUN SINCE STATE UPTIME: SIGKILL what the dead spawner's run left, started before UPTIME."""
+    import json
     from .orphans import end_record
     run, since, state, uptime = argv
     record: dict = {}
     if state:
         try:
-            record = json.loads(Path(state).read_text())
+            with open(state, encoding="utf-8") as f:
+                record = json.load(f)
         except (OSError, ValueError):
             record = {}
     if record.get("run") != run:

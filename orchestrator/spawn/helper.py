@@ -9,16 +9,15 @@ import fcntl
 import os
 import pickle
 import selectors
-import shutil
 import signal
 import socket
+import sys
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, kill_group,
-                    listen_env, prctl, prepare_child, reaped, receive)
+                    listen_env, prctl, prepare_child, reaped, receive, set_title)
 from .guard import start_guard
 from .request import SpawnRequest
 from .trees import Lineage, signal_pid
@@ -234,7 +233,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         for request, out in zip(requests, fds):
             # The run's cookie, inherited by every descendant: attributes orphans, and lets
             # the next `orch up` find what a SIGKILLed master and spawner left behind.
-            request = replace(request, env={**request.env, "ORCH_RUN": self.cookie})
+            request = request._replace(env={**request.env, "ORCH_RUN": self.cookie})
             if request.preload is not None:
                 preloaded.setdefault(request.preload, []).append((request, out))
             else:
@@ -265,7 +264,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         key = (program, search)
         path = self._which.get(key)
         if path is None:
-            found = shutil.which(program, path=search)
+            found = _which(program, search)
             if found is None:
                 return program  # execve fails and the error is reported; not cached
             path = self._which[key] = found
@@ -450,6 +449,32 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             time.sleep(0.001)
         os.kill(self.guard, signal.SIGKILL)  # stopped or stuck: nothing is left for it to do
         os.waitpid(self.guard, 0)
+
+
+def main() -> None:  # pragma: no cover - the helper's entry point (spawner.py: helper_argv)
+    """Run the spawner: arguments title, socket fd, run cookie, state file ("": none)."""
+    title, fd, run, state = sys.argv[:4]
+    code = 0
+    try:
+        set_title(title)
+        sock = socket.socket(fileno=int(fd))
+        os.set_inheritable(sock.fileno(), False)
+        Spawner(sock, run, state or None).run()
+    except BaseException:  # noqa: BLE001 - report, and never leave a half-working spawner
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _which(program: str, search: str) -> str | None:
+    """shutil.which, without importing shutil (and its compression modules) in the spawner."""
+    for folder in search.split(os.pathsep):
+        path = os.path.join(folder or os.curdir, program)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper

@@ -1,13 +1,13 @@
 """`SpawnRequest`: what the master asks the spawner to start (both sides of the protocol
-import it; the spawner process itself lives in helper.py)."""
+import it; the spawner process itself lives in helper.py). A NamedTuple, not a dataclass:
+dataclasses pulls in inspect and ast, a fifth of what the spawner imports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class SpawnRequest:
+class SpawnRequest(NamedTuple):
     """One process to start. `env` is the full environment, or overrides on the inherited one."""
 
     token: int

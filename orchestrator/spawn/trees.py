@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass, field
-
 from ..observe.procfs import children, env_value, environ, process_group, start_time, stat_fields, tree
 
 GONE_MEMORY = 4096  # ended main processes remembered for attribution by session or group
 
 
-@dataclass
 class Leader:
     """One live main process of an instance."""
 
-    pid: int
-    name: str
-    start: int
-    orphans: set[int] = field(default_factory=set)
+    __slots__ = ("pid", "name", "start", "orphans")
+
+    def __init__(self, pid: int, name: str, start: int) -> None:
+        self.pid, self.name, self.start = pid, name, start
+        self.orphans: set[int] = set()
 
 
 def cookie(env: bytes, run: str) -> str | None:

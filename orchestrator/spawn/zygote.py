@@ -15,7 +15,6 @@ import selectors
 import signal
 import socket
 import sys
-import traceback
 from typing import Any, Callable
 
 from .child import (PR_SET_PDEATHSIG, close_fds, kill_group, listen_env, prctl, prepare_child, reaped,
@@ -136,6 +135,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # noqa: BLE001
+            import traceback
             traceback.print_exc()
         finally:
             try:

@@ -26,6 +26,8 @@ import socket
 import sys
 from typing import Any
 
+from ..title import set_title
+
 
 class Worker:
     """Base class for Python workers run by orch."""
@@ -123,22 +125,6 @@ def _logger(name: str) -> logging.Logger:
         log.setLevel(logging.INFO)
         log.propagate = False
     return log
-
-
-def set_title(title: str) -> None:
-    """Name the process in ps. SPT_NOENV keeps setproctitle to the argv area: by default it
-    overwrites the environment block too, and /proc/PID/environ (where orch's ORCH_RUN cookie
-    sweep and tools like ps e look) would then show the title instead of the environment."""
-    added = "SPT_NOENV" not in os.environ
-    os.environ.setdefault("SPT_NOENV", "1")
-    try:
-        import setproctitle
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
-    finally:
-        if added:
-            os.environ.pop("SPT_NOENV", None)
 
 
 def serve(cls: type[Worker], args: argparse.Namespace) -> int:
