@@ -24,7 +24,7 @@ class PythonTarget:
     pythonpath: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per instance, and a reload keeps two
 class ProcessSpec:
     """A desired process: what it is (argv, env, cwd) and how it is supervised (policy)."""
 
