@@ -82,3 +82,24 @@ def test_kept_proc_fds_leave_the_last_fds_free_and_sampling_still_reads_every_tr
     kept, highest, ceiling, smallest, spare = map(int, out.stdout.split())
     assert 0 < kept and highest < ceiling <= 256 - 64
     assert smallest > 100_000  # every sleep read, kept fd or not
+
+
+def test_log_files_past_the_ceiling_are_written_and_closed_so_no_line_is_lost(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, resource
+        from pathlib import Path
+        from orchestrator.observe.logs import LogFile
+        from orchestrator.observe.procfs import KEEP_FREE_MIN
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        logs = [LogFile(Path({str(tmp_path)!r}) / f"w{{i}}.log", 0, 0) for i in range(400)]
+        for round in range(2):
+            for i, log in enumerate(logs):
+                log.write(f"line {{round}} of {{i}}\\n".encode())
+        spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(KEEP_FREE_MIN - 8)]
+        print(len(spare))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for i in range(400):
+        assert (tmp_path / f"w{i}.log").read_text() == f"line 0 of {i}\nline 1 of {i}\n"

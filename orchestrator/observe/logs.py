@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 from urllib.parse import unquote
 
+from .procfs import kept_fd_ceiling
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
 _MAX_STEM = 200  # NAME_MAX is 255 bytes; leave room for ".log.<backup number>"
 _COLOURS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
@@ -45,6 +47,7 @@ class LogFile:
         self.backups = backups
         self._fd = -1
         self._size = 0
+        self._keep = True  # False: the fd came from the last free ones; closed after each write
         # Opened on the first write: most workers print nothing at start, and 500 eager
         # opens are most of the master's own cost of starting 500 instances.
 
@@ -52,6 +55,10 @@ class LogFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self._size = os.fstat(self._fd).st_size
+        # A fleet of chatty workers would otherwise hold an fd each for good, and once the
+        # table is full a write is lost: past the ceiling the kept /proc fds also respect,
+        # a log file is opened for each write and closed after it.
+        self._keep = self._fd < kept_fd_ceiling()
 
     def reopen(self) -> None:
         """For external logrotate (SIGUSR1): close; the next write opens the path again."""
@@ -75,6 +82,9 @@ class LogFile:
             os.write(self._fd, data)
         except OSError:
             return  # a full disk must not take the master down
+        finally:
+            if not self._keep:
+                self.close()
         self._size += len(data)
 
     def _real_size(self) -> int:
