@@ -169,14 +169,21 @@ def test_python_workers_run_from_the_export(runner, tmp_path):
     runner(config, tmp_path)
 
 
-def _copy_shipped(path: Path, tmp: Path) -> Path:
-    """A shipped config copied into tmp (its runtime files must not land in the repository)."""
+def _copy_shipped(path: Path, tmp: Path, redis_port: int | None = None) -> Path:
+    """A shipped config copied into tmp (its runtime files must not land in the repository),
+    with the `app` package its workers import, and its Redis on the test's own server: a
+    worker that exited at once (no handler to import, no Redis to reach) made the runners
+    stop the others before the test had seen them all."""
     folder = tmp / "fleet"
     folder.mkdir()
+    shutil.copytree(path.parent / "app", folder / "app")
     target = folder / path.name
     # A shipped demo's fixed port (web.toml's 8000) becomes a free one: a port another test
     # or a lingering process holds must not fail this one.
-    target.write_text(path.read_text().replace("127.0.0.1:8000", f"127.0.0.1:{free_port()}"))
+    text = path.read_text().replace("127.0.0.1:8000", f"127.0.0.1:{free_port()}")
+    if redis_port is not None:
+        text = text.replace("127.0.0.1:6379", f"127.0.0.1:{redis_port}").replace("port = 6379", f"port = {redis_port}")
+    target.write_text(text)
     (folder / ".orch").mkdir()
     return target
 
@@ -190,8 +197,8 @@ def _web_check(config: Path) -> Callable[[], None] | None:
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_supervisord_and_honcho_run_every_shipped_config(path, tmp_path):
-    config = _copy_shipped(path, tmp_path)
+def test_supervisord_and_honcho_run_every_shipped_config(path, tmp_path, redis_server):
+    config = _copy_shipped(path, tmp_path, redis_server.port)
     (tmp_path / "s").mkdir()
     (tmp_path / "h").mkdir()
     _supervisord(config, tmp_path / "s", _web_check(config))
