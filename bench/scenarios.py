@@ -285,9 +285,10 @@ def _crashes(tool: Tool, fleet: fleets.Fleet, victims: list[str], timeout: float
 
 def _reload(tool: Tool, old: fleets.Fleet, new: fleets.Fleet, timeout: float) -> tuple[float, int]:
     """Apply `new`; (seconds until /proc matches it, restarts among the untouched)."""
-    gone = [t for t in old.tokens() if t not in new.tokens()]
-    wanted = [t for t in new.tokens() if t not in old.tokens()]
-    kept = sorted(set(old.by_name()) & set(new.by_name()) - {new.tokens()[t].name for t in wanted})
+    old_tokens, new_tokens = old.tokens(), new.tokens()  # once: each call builds a dict of N
+    gone = [t for t in old_tokens if t not in new_tokens]
+    wanted = [t for t in new_tokens if t not in old_tokens]
+    kept = sorted(set(old.by_name()) & set(new.by_name()) - {new_tokens[t].name for t in wanted})
     scanner = Scanner(new.tag, tool.pid)
     snap = scanner.snapshot()
     before = _pids(snap, kept, old)

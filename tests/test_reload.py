@@ -313,3 +313,26 @@ def test_included_files_are_watched_and_their_errors_located(start_master, tmp_p
     wait_for(lambda: "also defined in" in (master.call("status")["last_reload_error"] or ""),
              message="the duplicate template error")
     assert master.pids()["main"] == before["main"]
+
+
+def test_a_reload_stops_what_it_removes_before_it_starts_what_it_adds(start_master):
+    """The spawner handles the master's messages in order: a stop sent after a batch of
+    spawns waited for all of them. Stops now go first, so an instance removed in the same
+    save as 300 added ones is stopped before the added ones have all started."""
+    master = start_master("""
+        [workers.old]
+        command = ["sleep", "60"]
+        """)
+    old = master.wait_running(1)["old"]
+    master.write("""
+        [workers.new]
+        command = ["sleep", "60"]
+        replicas = 300
+        """)
+    os.kill(master.pid, signal.SIGHUP)
+    master.wait_running(300, timeout=30)
+    lines = master.stderr().splitlines()
+    stopped = next(i for i, line in enumerate(lines) if f"old[{old}] stopped" in line)
+    started = [i for i, line in enumerate(lines) if "] started" in line and line.split()[4].startswith("new")]
+    assert len(started) == 300
+    assert stopped < started[-1], "the removed instance was stopped only after every added one started"
