@@ -41,6 +41,8 @@ def instance_name(path: Path) -> str:
 class LogFile:
     """An append-only file rotated by size: name.log -> name.log.1 -> ... -> name.log.N."""
 
+    __slots__ = ("path", "max_size", "backups", "_fd", "_size", "_keep")  # one per instance
+
     def __init__(self, path: Path, max_size: int, backups: int):
         self.path = path
         self.max_size = max_size
