@@ -1,4 +1,4 @@
-"""`orch up`: validate, lock, fork the spawner, then hand over to the `Master` (foreground or detached)."""
+"""`orch up`: validate, lock, start the spawner, then hand over to the `Master` (foreground or detached)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,11 @@ def _make_folders(settings: Settings) -> None:
 
 
 def _foreground(path: Path, quiet: bool) -> int:
-    """Lock, end leftovers, fork the spawner, then validate the whole file and run.
+    """Lock, end leftovers, start the spawner, then validate the whole file and run.
 
-    The spawner is forked as early as possible: before any thread exists (see spawner.py)
-    and before Jinja, watchdog and the master's own modules are imported, so the helper that
-    forks every child stays small. A config error still starts nothing: the spawner is told
-    to exit and the lock released before the error is reported (exit 2)."""
+    The spawner (a fresh interpreter, see spawner.py) starts as early as possible, so its
+    own start-up overlaps the config's load. A config error still starts nothing: the
+    spawner is told to exit and the lock released before the error is reported (exit 2)."""
     settings = load_settings(path)
     _make_folders(settings)
     log_handler = setup_logging()

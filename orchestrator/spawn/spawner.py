@@ -3,9 +3,9 @@ whenever it forks; only a run of posix_spawn calls is spread over short-lived th
 before anything else happens (see helper.py, _spawn_run).
 
 Why a separate process: Linux ties PR_SET_PDEATHSIG to the *thread* that forked, and code
-between fork and exec is unsafe in a process with threads (the master has the file watcher's
-thread). The master forks this helper at start-up, before any thread exists; from then on
-the helper starts every child: posix_spawn where it can, fork where the child needs set-up
+between fork and exec is unsafe in a process with threads. The master starts this helper
+at start-up as a fresh interpreter (fork, then exec: see helper_argv); from then on the
+helper starts every child: posix_spawn where it can, fork where the child needs set-up
 only it can do (see helper.py). Each child gets its own session, only fds 0-2 and the run's
 environment cookie (`ORCH_RUN`); if the helper dies, its guard (guard.py) ends them. The
 helper is a child subreaper: it attributes the orphans it inherits to their instance
