@@ -233,7 +233,11 @@ def fleet_session(results: Results, tool: Tool, n: int, rep: int, opts: Options,
             return {"crash": _crashes(tool, state["fleet"], victims, s.timeout(10.0))}
 
         if not s.measure(["start", "harness_cpu"], start):
-            s.skip(FLEET_KEYS[2:], "start failed: " + results.get(tool.name, "start", n).errors[-1])
+            errors = results.get(tool.name, "start", n).errors
+            if errors:
+                s.skip(FLEET_KEYS[2:], "start failed: " + errors[-1])
+            # else not repeated (the first start took over slow_seconds): the first
+            # repetition's figures stand, and there is no daemon to measure
             return
         time.sleep(SETTLE)
         if rep == 0:
@@ -442,7 +446,9 @@ def run(opts: Options, progress: Callable[[str], None]) -> Results:
                 session()
                 return
             except Exception as exc:  # noqa: BLE001 - a bench bug must not lose the other tools
-                reason = f"session error: {type(exc).__name__}: {exc}"
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                reason = (f"session error: {type(exc).__name__}: {exc} "
+                          f"@ {os.path.basename(frame.filename)}:{frame.lineno} {frame.name}")
         for key in keys:
             results.fail(name, key, n, reason)
 
