@@ -231,3 +231,20 @@ def test_an_included_file_saved_by_vim_applies_once(start_master, tmp_path):
                              + BASE.split(PADDING)[0])
     vim(included)
     assert_one_clean_reload(master, before)
+
+
+def test_a_rename_in_from_another_folder_is_a_finished_save(start_master, tmp_path):
+    """`mv /elsewhere/new.toml workers.toml`: the file is whole the moment it appears, so it
+    applies after the burst window, not after `settle` (30 s here) as a half-written file
+    would. inotify has no pair for a rename from an unwatched folder (control/inotify.py)."""
+    slow = '[orchestrator]\nsettle = "30s"\n\n'
+    master, before = started(start_master, slow + BASE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "new.toml").write_text(slow + edited())
+    os.rename(elsewhere / "new.toml", master.config)
+    wait_for(lambda: cmdline(master.pids().get("edit")) == ["sleep", "2001"], 10,
+             message="the renamed-in config to apply well before the 30 s settle")
+    assert reloads(master) == 1
+    pids = master.pids()
+    assert {n: pids[n] for n in KEEP} == {n: before[n] for n in KEEP}
