@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any, Callable
 from . import __version__
 from .config import find_config
 from .control.record import live_record
-from .control.server import ControlClient, ControlError, request
+from .control.client import ControlClient, ControlError, request
 from .errors import ConfigError, NoMasterError, OrchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config.load import Config, Settings, TemplateCache, load_config, load_settings
 from .control.record import remove_record, write_record
-from .control.server import ControlClient, ControlError
+from .control.client import ControlClient, ControlError
 from .errors import OrchError
 from .observe.masterlog import TurnHandler
 from .observe.procfs import is_running

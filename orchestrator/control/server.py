@@ -1,4 +1,5 @@
-"""The control socket: JSON lines over a Unix socket, owner-only, served inside the event loop.
+"""The control socket: JSON lines over a Unix socket, owner-only, served inside the event loop
+(the master's side; client.py is the CLI's).
 
 Wire format (one JSON object per line, both ways):
   request  {"cmd": "status", "args": {...}}
@@ -15,22 +16,16 @@ import os
 import socket
 import struct
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import NoMasterError, OrchError
-from ..loop import EventLoop
+from .client import ControlClient, ControlError, request  # noqa: F401 - the client side lives there
+
+if TYPE_CHECKING:
+    from ..loop import EventLoop
 
 log = logging.getLogger("orch")
 Handler = Callable[[str, dict[str, Any], "Connection"], Any]
 MAX_REQUEST = 1 << 20
-
-
-class ControlError(Exception):
-    """A request the master refuses; `code` becomes the CLI's exit code."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
 
 
 class Pending:
@@ -210,63 +205,3 @@ def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
-
-
-class ControlClient:
-    """The CLI's end: send requests, read replies."""
-
-    def __init__(self, path: Path, timeout: float | None = 30.0):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            self.sock.close()
-            raise NoMasterError(f"no orch master is running (no one listens on {path})") from None
-        except PermissionError:
-            self.sock.close()
-            raise OrchError(f"permission denied on the control socket {path}: it is for the user "
-                            "the master runs as (and root)") from None
-        self.reader = self.sock.makefile("rb")
-
-    def call(self, cmd: str, **args: Any) -> Any:
-        try:
-            self.sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused at once (another uid): the reason may be waiting to be read
-        try:
-            line = self.reader.readline()
-        except ConnectionResetError:
-            line = b""
-        if not line:
-            raise OrchError("the master closed the connection without answering")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise ControlError(reply.get("error", "failed"), reply.get("code", 1))
-        return reply.get("result")
-
-    def wait_closed(self, timeout: float | None) -> bool:
-        """Block until the master closes the connection (it has exited); False on timeout."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.reader.read(65536):
-                pass
-        except socket.timeout:
-            return False
-        except OSError:
-            pass
-        return True
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-
-def request(path: Path, cmd: str, **args: Any) -> Any:
-    """One request on a fresh connection."""
-    client = ControlClient(path)
-    try:
-        return client.call(cmd, **args)
-    finally:
-        client.close()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
-from ..control.server import ControlClient, ControlError
+from ..control.client import ControlClient, ControlError
 from ..errors import OrchError
 
 Row = dict[str, Any]

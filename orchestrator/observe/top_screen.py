@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..control.server import ControlClient, ControlError
+from ..control.client import ControlClient, ControlError
 from ..errors import OrchError
 from .logs import log_path
 from .top import HEADER_LINES, TopState, apply_reply, handle_key, master_gone, render

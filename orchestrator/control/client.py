@@ -1,0 +1,80 @@
+"""The control socket's client side: what the CLI needs to talk to a master (wire format in
+server.py). Kept apart from the server so a CLI call imports neither the event loop nor
+logging: every `orch` command pays for its imports before it can ask anything."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from ..errors import NoMasterError, OrchError
+
+
+class ControlError(Exception):
+    """A request the master refuses; `code` becomes the CLI's exit code."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class ControlClient:
+    """The CLI's end: send requests, read replies."""
+
+    def __init__(self, path: Path, timeout: float | None = 30.0):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            self.sock.close()
+            raise NoMasterError(f"no orch master is running (no one listens on {path})") from None
+        except PermissionError:
+            self.sock.close()
+            raise OrchError(f"permission denied on the control socket {path}: it is for the user "
+                            "the master runs as (and root)") from None
+        self.reader = self.sock.makefile("rb")
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        try:
+            self.sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at once (another uid): the reason may be waiting to be read
+        try:
+            line = self.reader.readline()
+        except ConnectionResetError:
+            line = b""
+        if not line:
+            raise OrchError("the master closed the connection without answering")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "failed"), reply.get("code", 1))
+        return reply.get("result")
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """Block until the master closes the connection (it has exited); False on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.reader.read(65536):
+                pass
+        except socket.timeout:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def request(path: Path, cmd: str, **args: Any) -> Any:
+    """One request on a fresh connection."""
+    client = ControlClient(path)
+    try:
+        return client.call(cmd, **args)
+    finally:
+        client.close()
