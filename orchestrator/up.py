@@ -71,6 +71,7 @@ def _foreground(path: Path, quiet: bool) -> int:
             raise
     except BaseException:
         lock.release()
+        log_handler.flush()  # what was logged goes out before the error is reported
         raise
     set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners, templates=templates)
@@ -81,9 +82,9 @@ def _foreground(path: Path, quiet: bool) -> int:
         code = master.run()
     finally:
         remove_record(path)
+        log_handler.flush()  # also when run() raised: its lines before the error's report
     # Exit now, not through interpreter finalization: `orch down` waits for the control
     # connection to close, and it must close when this process is gone, not before.
-    log_handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
