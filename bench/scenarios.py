@@ -40,7 +40,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "py_start_preload": ("s", "Python workers, preload=true: launch -> all ran init()"),
     "log_cpu": ("%", "daemon + helpers CPU, children each logging 1 MB/s"),
     "limits_cpu": ("%", "daemon + helpers CPU while idle, a memory limit on every instance "
-                        "(check_interval 1s; orch only)"),
+                        "(check_interval 1s; orch, and the floor's bare statm loop)"),
     "log_rate": ("MB/s", "log bytes written to files, all children together"),
 }
 FLEET_KEYS = ["start", "harness_cpu", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one",

@@ -16,9 +16,9 @@ from .observe.masterlog import TurnHandler
 from .observe.procfs import is_running
 from .observe.progress import Progress
 from .spawn.pidfile import PidLock
-from .spawn.child import set_title
 from .spawn.listeners import Listeners, take_systemd_sockets
 from .spawn.spawner import SpawnerClient
+from .title import set_title
 
 
 def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:

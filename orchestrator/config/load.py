@@ -389,8 +389,8 @@ def _template_defaults() -> tuple[tuple[str, Any], ...]:
 
 @functools.lru_cache(maxsize=8)
 def _policy_defaults(settings: Settings) -> tuple[tuple[str, Any], ...]:
-    """The policy a template that sets nothing gets under these settings (immutable values
-    only: a table or array default is made afresh per template)."""
+    """The policy a template that sets nothing gets under these settings: the immutable
+    values only (a table or array default is left for `_policy` to fill in, as before)."""
     values: dict[str, Any] = {k.attr: k.value for k in POLICY_SUB_KEYS}
     for k in POLICY_KEYS:  # a key left out takes the table's default, or the setting it names
         values[k.attr] = getattr(settings, k.default_from.split(".")[1]) if k.default_from else k.value
@@ -419,7 +419,7 @@ def _policy(clean: dict, prefix: str, settings: Settings, problems: Problems) ->
             except ValueError as exc:
                 problems.add(f"{prefix}{table_key}.{key}", str(exc))
     for k in POLICY_SUB_KEYS:
-        if k.attr not in values:  # a table or array default: its own copy
+        if k.attr not in values:  # a table or array default (not among the cached ones)
             values[k.attr] = k.value
     for k in POLICY_KEYS:
         if k.name in clean:

@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .client import ControlClient, ControlError, request  # noqa: F401 - the client side lives there
+from .client import ControlError  # the client side lives in client.py
 
 if TYPE_CHECKING:
     from ..loop import EventLoop

@@ -2,7 +2,7 @@
 
 A StreamHandler on `sys.stderr` costs a write(2) per record (stderr is line-buffered). At
 5,000 instances a start, a stop or a large reload logs a line per instance, and those
-writes were a third of the master's CPU in a start. `TurnHandler` keeps the lines in a
+writes were about a third of the master's CPU over a start and a stop. `TurnHandler` keeps the lines in a
 64 KiB buffer instead; the event loop flushes it before every wait that may block
 (`EventLoop.before_wait`), and `up.py` flushes it before the master exits. So a line
 reaches the file within the turn that logged it, and lines keep their order.

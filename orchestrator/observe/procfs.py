@@ -160,9 +160,15 @@ def kept_fd_ceiling() -> int:
 
 
 def _kept(path: str) -> int:
-    """An fd of `path` to keep open, or -1 when it would be among the last free fds (fds are
-    handed out lowest first: a number that high means the ones below are all taken)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """An fd of `path` to keep open, or -1 when there is none to spare: the table is full, or
+    the fd would be among the last free ones (fds are handed out lowest first: a number that
+    high means the ones below are all taken). Other errors (the process is gone) raise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return -1
+        raise
     if fd >= kept_fd_ceiling():
         os.close(fd)
         return -1
@@ -186,17 +192,15 @@ class TreeSampler:
             self._open(pid)
 
     def _open(self, pid: int) -> tuple[int, ...] | None:
-        fds: list[int] = []
+        fds: list[int] = []  # -1: none to spare, the file is read without keeping one
         try:
             for name in ("stat", f"task/{pid}/children"):
                 fds.append(_kept(f"/proc/{pid}/{name}"))
-        except OSError as exc:
+        except OSError:
             for fd in fds:
                 if fd >= 0:
                     os.close(fd)
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                return None
-            fds = [-1, -1]  # out of fds: read without keeping one
+            return None
         self._fds[pid] = tuple(fds)
         return self._fds[pid]
 
@@ -256,10 +260,8 @@ class TreeSampler:
     def _open_statm(self, pid: int) -> int | None:
         try:
             fd = _kept(f"/proc/{pid}/statm")
-        except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                return None
-            fd = -1
+        except OSError:
+            return None
         self._statm[pid] = fd
         return fd
 

@@ -13,8 +13,6 @@ import signal
 import socket
 from typing import Any, Iterator, Sequence
 
-from ..title import set_title  # noqa: F401 - the helpers' title, from here
-
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_FDS_PER_MESSAGE = 64

@@ -17,11 +17,12 @@ import time
 from typing import Any
 
 from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, kill_group,
-                    listen_env, prctl, prepare_child, reaped, receive, set_title)
+                    listen_env, prctl, prepare_child, reaped, receive)
 from .guard import start_guard
 from .request import SpawnRequest
 from .trees import Lineage, signal_pid
 from ..observe.procfs import children, session, start_time, tree
+from ..title import set_title
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
@@ -278,11 +279,12 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         execs, so two cores start two children at once (5,000 sleeps: 3.3 s instead of 6).
         The threads are joined before this returns: every fork (the fork path, zygotes)
         still happens in a single-threaded process."""
-        results: list[tuple[str, dict[str, str], int, int | None]] = []
+        prepared: list[tuple[str, dict[str, str]]] = []  # (program, env)
         for request, _ in items:
             env = {**self._environ, **request.env} if request.inherit_env else dict(request.env)
-            results.append((self._executable(request.argv[0], env), env, 0, None))
+            prepared.append((self._executable(request.argv[0], env), env))
         pids: list[int | None] = [None] * len(items)
+        sinces = [0] * len(items)
         start = 0
         while start < len(items):
             cwd = items[start][0].cwd
@@ -291,14 +293,12 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                 end += 1
             # A lower bound of the children's /proc start times (CLOCK_BOOTTIME, in ticks):
             # reading /proc/PID/stat of a process mid-exec cost 0.15 ms a child here.
-            since = int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)
-            for i in range(start, end):
-                results[i] = results[i][:2] + (since, None)
+            sinces[start:end] = [int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)] * (end - start)
             run = [i for i in range(start, end) if not items[i][0].sockets]
             if run and self._enter(cwd):
-                self._spawn_run(run, items, results, pids)
+                self._spawn_run(run, items, prepared, pids)
             start = end
-        return [(program, env, since, pids[i]) for i, (program, env, since, _) in enumerate(results)]
+        return [(program, env, since, pid) for (program, env), since, pid in zip(prepared, sinces, pids)]
 
     def _enter(self, cwd: str) -> bool:
         """chdir for the next spawns (posix_spawn has no cwd of its own in Python)."""
@@ -313,7 +313,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         return True
 
     def _spawn_run(self, run: list[int], items: list[tuple[SpawnRequest, int]],
-                   prepared: list[tuple[str, dict[str, str], int, int | None]], pids: list[int | None]) -> None:
+                   prepared: list[tuple[str, dict[str, str]]], pids: list[int | None]) -> None:
         def spawn(indexes: list[int]) -> None:
             for i in indexes:
                 request, out = items[i]

@@ -49,8 +49,10 @@ class SpawnerClient:
     @classmethod
     def start(cls, title: str | None = None, run: str | None = None, state: str | None = None,
               fd_limit: tuple[int, int] | None = None) -> "SpawnerClient":
-        """Fork the spawner. Call before any thread is started. `run` is the cookie every
-        child carries as ORCH_RUN (a new one by default; keep it when replacing a spawner);
+        """Start the spawner: fork, then exec a fresh interpreter (helper_argv); between the
+        two the child runs Python, so call it from a single-threaded process. `run` is the
+        cookie every child carries as ORCH_RUN (a new one by default; keep it when replacing
+        a spawner);
         `state` the master's state file, which the spawner's guard reads if it dies;
         `fd_limit` the RLIMIT_NOFILE its children get (the master's own has been raised)."""
         run = run or new_run_id()

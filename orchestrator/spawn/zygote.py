@@ -18,7 +18,8 @@ import sys
 from typing import Any, Callable
 
 from .child import (PR_SET_PDEATHSIG, close_fds, kill_group, listen_env, prctl, prepare_child, reaped,
-                    receive, set_title)
+                    receive)
+from ..title import set_title
 
 
 def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
