@@ -19,6 +19,12 @@ from typing import Callable
 Callback = Callable[[], None]
 log = logging.getLogger("orch")
 
+# epoll takes a wait of at most INT_MAX milliseconds (24.8 days) and raises OverflowError
+# past it: a loop never waits longer than a day at a time, and a timer is never further out
+# than ten years, so `max_lifetime = "30d"` (or any slip in a computed delay) cannot end it.
+MAX_WAIT = 86400.0
+MAX_DELAY = 10 * 365 * 86400.0
+
 
 class Timer:
     """A cancellable call scheduled on the loop's monotonic clock."""
@@ -88,7 +94,8 @@ class EventLoop:
 
     # --- timers ----------------------------------------------------------------
     def call_later(self, delay: float, callback: Callback) -> Timer:
-        timer = Timer(self.time() + max(0.0, delay), callback)
+        delay = delay if 0.0 <= delay <= MAX_DELAY else (MAX_DELAY if delay > 0 else 0.0)  # NaN: now
+        timer = Timer(self.time() + delay, callback)
         heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
         return timer
 
@@ -173,7 +180,7 @@ class EventLoop:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0][0] - self.time())
+        return min(MAX_WAIT, max(0.0, self._timers[0][0] - self.time()))
 
     def _run_timers(self) -> None:
         now = self.time()

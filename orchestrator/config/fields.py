@@ -118,11 +118,32 @@ def _file_mode(v: object) -> int:
     return int(text, 8)
 
 
-def _positive_duration(v: object) -> float:
-    seconds = parse_duration(v)
-    if seconds <= 0:
-        raise ValueError(f"must be longer than zero, got {v!r}")
-    return seconds
+def _human(seconds: float) -> str:
+    """A bound as people write it: 10ms, 1h, 365d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def duration(low: float = 0.0, high: float = 86400.0, positive: bool = False) -> ValueType:
+    """A duration from `low` (exclusive of 0 when `positive`) to `high` seconds. Every timer
+    the master arms comes from one of these, so none is infinite or past what the selector
+    takes (the loop also caps each wait: loop.MAX_WAIT)."""
+    def parse(v: object) -> float:
+        seconds = parse_duration(v)
+        if positive and seconds <= 0:
+            raise ValueError(f"must be longer than zero, got {v!r}")
+        if seconds < low:
+            raise ValueError(f"must be at least {_human(low)}, got {v!r}")
+        if seconds > high:
+            raise ValueError(f"must be at most {_human(high)}, got {v!r}")
+        return seconds
+    number: dict[str, Any] = {"type": "number", "maximum": high}
+    number.update({"exclusiveMinimum": 0} if positive and not low else {"minimum": low})
+    text = (_NONZERO_TEXT + _DURATION_TEXT[1:]) if positive else _DURATION_TEXT
+    name = f"duration{' > 0' if positive else ''} up to {_human(high)}"
+    return ValueType(name, parse, {"anyOf": [{"type": "string", "pattern": text}, number]})
 
 
 def _signal(v: object) -> int:
@@ -153,11 +174,9 @@ TABLE = ValueType("table", _table, {"type": "object"})
 TABLES = ValueType("array of tables", _list_of_tables, {"type": "array", "items": {"type": "object"}})
 STRINGS = ValueType("array of strings", _str_list, {"type": "array", "items": {"type": "string"}})
 ADDRESS = ValueType("HOST:PORT", _address, {"type": "string", "pattern": rf"^.+:{_PORT}$"})
-DURATION = ValueType("duration", parse_duration, {"anyOf": [
-    {"type": "string", "pattern": _DURATION_TEXT}, {"type": "number", "minimum": 0}]})
-POSITIVE_DURATION = ValueType("duration > 0", _positive_duration, {"anyOf": [
-    {"type": "string", "pattern": _NONZERO_TEXT + _DURATION_TEXT[1:]},
-    {"type": "number", "exclusiveMinimum": 0}]})
+DAY = 86400.0
+DURATION = duration()
+POSITIVE_DURATION = duration(positive=True)
 SIZE = ValueType("size", parse_size, {"anyOf": [
     {"type": "string", "pattern": _SIZE_TEXT}, {"type": "integer", "minimum": 0}]})
 SIGNAL = ValueType("signal", _signal, {"anyOf": [

@@ -12,8 +12,8 @@ from functools import cached_property
 from enum import Enum
 from typing import Any, Callable
 
-from .fields import (ADDRESS, BIND, BOOL, COMMAND, DURATION, FILE_MODE, PATH, POSITIVE_DURATION,
-                     SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, ValueType, int_at_least, one_of)
+from .fields import (ADDRESS, BIND, BOOL, COMMAND, DAY, DURATION, FILE_MODE, PATH, POSITIVE_DURATION,
+                     SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, ValueType, duration, int_at_least, one_of)
 
 _UNPARSED = object()
 
@@ -111,7 +111,7 @@ KEYS: tuple[Key, ...] = (
        spec="argv"),
     _w("preload", BOOL, False, P, "import the target in a zygote and fork instances from it",
        "true", spec="python"),
-    _w("check_point", DURATION, 0, P, "how often a Python worker's loop checks for a stop",
+    _w("check_point", duration(high=3600), 0, P, "how often a Python worker's loop checks for a stop",
        '"1s"', spec="python"),
     _w("pythonpath", STRINGS, [], P, "folders added to sys.path, relative to the config",
        '["src"]', spec="python"),
@@ -135,7 +135,7 @@ KEYS: tuple[Key, ...] = (
        '{ soft = "200MiB", hard = "300MiB" }'),
     _w("memory.soft", SIZE, None, S, "over it twice in a row: graceful restart", '"200MiB"'),
     _w("memory.hard", SIZE, None, S, "over it once: SIGKILL and restart (acts while stopping too)", '"300MiB"'),
-    _w("max_lifetime", POSITIVE_DURATION, None, S, "recycle after this long (up to 10% early)",
+    _w("max_lifetime", duration(high=365 * DAY, positive=True), None, S, "recycle after this long (up to 10% early)",
        '"6h"'),
     _w("timeout", POSITIVE_DURATION, None, S,
        "a request (or the watchdog keep-alive) may take this long (notify protocol)", '"30s"'),
@@ -157,8 +157,8 @@ KEYS: tuple[Key, ...] = (
     _o("log_dir", PATH, ".orch/logs", R, "instance logs, relative to the config", '".orch/logs"'),
     _o("graceful_timeout", DURATION, "10s", L, "how long a shutdown waits for instances before SIGKILL",
        '"10s"'),
-    _o("check_interval", POSITIVE_DURATION, "1s", L, "memory sampling period", '"1s"'),
-    _o("settle", POSITIVE_DURATION, "2s", L,
+    _o("check_interval", duration(0.01, 3600, positive=True), "1s", L, "memory sampling period", '"1s"'),
+    _o("settle", duration(0.01, 3600, positive=True), "2s", L,
        "a save its writer never closes (or a vanished config) is acted on after this long unchanged",
        '"2s"'),
     _o("watch", BOOL, True, L, "reload when the config (or an included file) is saved", "true"),
