@@ -44,8 +44,9 @@ class FakeSpawner:
     def fileno(self) -> int:
         return self._r.fileno()
 
-    def spawn(self, requests: list[Any], outputs: list[int]) -> None:
+    def spawn(self, requests: list[Any], outputs: list[int]) -> list[tuple[int, str]]:
         self.pending += requests
+        return []
 
     def signal(self, orders: list[tuple[int, int, bool]]) -> None:
         self.signals += orders

@@ -87,3 +87,117 @@ def test_a_stop_with_a_long_timeout_still_works(start_master):
     assert master.proc.poll() is None
     master.proc.send_signal(signal.SIGTERM)
     assert master.proc.wait(15) == 0
+
+
+# --- spawn batches ------------------------------------------------------------------------
+
+def test_batches_are_cut_by_bytes_and_count():
+    from orchestrator.spawn.child import MAX_FDS_PER_MESSAGE, MESSAGE_BYTES, in_batches
+    sizes = [20_000] * 64
+    cuts = list(in_batches(sizes, size=lambda n: n))
+    assert all(sum(sizes[a:b]) <= MESSAGE_BYTES for a, b in cuts)
+    assert [b - a for a, b in cuts] == [52, 12]
+    assert list(in_batches([1] * 130, size=lambda n: n)) == [(0, 64), (64, 128), (128, 130)]
+    assert MAX_FDS_PER_MESSAGE == 64
+    big = [10, 3 * MESSAGE_BYTES, 10]
+    assert list(in_batches(big, size=lambda n: n)) == [(0, 1), (1, 2), (2, 3)]  # alone, not dropped
+    assert list(in_batches([], size=lambda n: n)) == []
+
+
+def test_sixty_four_instances_with_big_distinct_env_values_all_run(start_master):
+    # 64 x 20 KB in one batch was a truncated pickle: every instance stuck in "starting"
+    master = start_master("""
+        [workers.w]
+        command = "sleep 300"
+        matrix = { n = "{{ range(64) | list }}" }
+        env = { BIG = "{{ (n | string) * 20000 }}" }
+        stop_timeout = "2s"
+    """)
+    master.wait_running(64, timeout=30)
+    assert master.call("reload")["applied"] is not None  # reloads are not wedged behind it
+
+
+def test_seventy_preloaded_workers_with_big_kwargs_all_run(start_master, tmp_path):
+    (tmp_path / "bigkw.py").write_text(
+        "from orchestrator.worker import Worker\n"
+        "import time\n"
+        "class W(Worker):\n"
+        "    def run(self):\n"
+        "        assert len(self.kwargs['hosts']) == 600\n"
+        "        time.sleep(0.5)\n"
+        "        return False\n")
+    hosts = ", ".join(f'"host-{i:05d}.example.org"' for i in range(600))  # ~16 KB
+    master = start_master(f"""
+        [workers.w]
+        target = "bigkw:W"
+        preload = true
+        matrix = {{ n = "{{{{ range(70) | list }}}}" }}
+        kwargs = {{ hosts = [{hosts}], n = "{{{{ n }}}}" }}
+        stop_timeout = "2s"
+    """)
+    master.wait_running(70, timeout=60)
+
+
+def test_an_env_value_exec_cannot_take_is_a_located_error(tmp_path):
+    config = tmp_path / "workers.toml"
+    config.write_text('[workers.w]\ncommand = "sleep 300"\nenv = { BIG = "{{ \'x\' * 200000 }}" }\n')
+    result = orch("check", "-c", str(config))
+    assert result.returncode == 2, result.stdout
+    assert f"{config}:3: workers.w.env: w: BIG's value is 200,000 characters" in result.stderr
+
+
+@pytest.mark.parametrize("env, message", [
+    ('{ "A=B" = "1" }', "is not a variable name"),
+    ('{ "" = "1" }', "is not a variable name"),
+    ('{ A = "x\\u0000y" }', "NUL"),
+])
+def test_env_names_and_values_exec_refuses_are_located_errors(tmp_path, env, message):
+    config = tmp_path / "workers.toml"
+    config.write_text(f'[workers.w]\ncommand = "sleep 300"\nenv = {env}\n')
+    result = orch("check", "-c", str(config))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_nul_in_argv_is_a_located_error(tmp_path):
+    config = tmp_path / "workers.toml"
+    config.write_text('[workers.w]\ncommand = ["sleep", "3\\u00000"]\n')
+    result = orch("check", "-c", str(config))
+    assert result.returncode == 2 and "workers.w.command" in result.stderr and "NUL" in result.stderr
+
+
+def test_out_of_fds_for_pipes_backs_off_instead_of_wedging(start_master, tmp_path):
+    # Every instance needs a pipe: with the fd table full, the ones that get none fail and
+    # back off; the master still answers, and `orch down` returns.
+    import resource
+    import subprocess
+    import sys
+    config = tmp_path / "workers.toml"
+    config.write_text("""
+        [workers.w]
+        command = "sleep 300"
+        replicas = 80
+        stop_timeout = "2s"
+        backoff = { initial = "0.2s", max = "0.5s" }
+    """.replace("\n        ", "\n"))
+    limit = (48, 48)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-c", str(config), "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit))
+    try:
+        def status():
+            result = orch("status", "--json", "-c", str(config), timeout=10)
+            return result.returncode == 0 and __import__("json").loads(result.stdout)
+        rows = wait_for(status, 20, message="status")
+        wait_for(lambda: any(r["state"] in ("backoff", "crashloop") for r in status()), 20,
+                 message="instances without a pipe to back off")
+        assert not any(r["state"] == "starting" and r["pid"] is None and r.get("uptime", 0) > 35
+                       for r in status())
+        assert rows
+        down = orch("down", "-c", str(config), "--timeout", "20", timeout=30)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from ..config.load import Config, Template
 from ..errors import ConfigError, ConfigProblem
 from ..config.locate import Problems
-from .spec import ProcessSpec, PythonTarget
+from .spec import ProcessSpec, PythonTarget, exec_problem
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
 _PLACEHOLDER = re.compile("\x00(\\d+)\x00")
@@ -397,6 +397,10 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
                            for k, v in template.env))
         step[0] = "cwd"
         cwd = renderer.path(folder, template.cwd, context)
+        refused = exec_problem(argv, env)
+        if refused is not None:
+            step[0] = refused[0] if refused[0] == "env" or template.target is None else "kwargs"
+            raise _Refused(f"{name}: {refused[1]}")
     except _Refused as exc:
         problem(f"{prefix}.{step[0]}", str(exc))
         return None

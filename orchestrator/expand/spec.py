@@ -102,3 +102,37 @@ def changed_fields(old: ProcessSpec, new: ProcessSpec) -> list[str]:
     old_policy, new_policy = dataclasses.asdict(old.policy), dataclasses.asdict(new.policy)
     changed += [k for k in new_policy if old_policy[k] != new_policy[k]]
     return changed
+
+
+# What exec(2) takes, checked when a spec is made so that a value no process could start
+# with is a located config error, not a spawn that fails (or a message too big for the
+# spawner's channel: spawn/child.py's MAX_REQUEST_BYTES, which this total stays under).
+MAX_ARG_STRLEN = 128 * 1024  # Linux: one argv or env string, with its NUL
+MAX_EXEC_BYTES = 1 << 20  # orch's own ceiling for argv + env overrides; exec's is 2 MiB in all
+
+
+def exec_problem(argv: tuple[str, ...], env: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """(key, message) if exec could never take this argv and env, else None (pure)."""
+    total = 0
+    for arg in argv:
+        if "\0" in arg:
+            return "command", f"an argument contains a NUL character: {_cut(arg)}"
+        if len(arg.encode("utf-8", "surrogateescape")) >= MAX_ARG_STRLEN:
+            return "command", f"an argument is {len(arg):,} characters; exec takes under {MAX_ARG_STRLEN:,}"
+        total += len(arg) + 1
+    for key, value in env:
+        if not key or "=" in key or "\0" in key:
+            return "env", f"{_cut(key)} is not a variable name (empty, or has '=' or NUL)"
+        if "\0" in value:
+            return "env", f"{key}'s value contains a NUL character"
+        if len(key) + len(value.encode("utf-8", "surrogateescape")) + 2 > MAX_ARG_STRLEN:
+            return "env", f"{key}'s value is {len(value):,} characters; exec takes under {MAX_ARG_STRLEN:,}"
+        total += len(key) + len(value) + 2
+    if total > MAX_EXEC_BYTES:
+        return "command", f"command and env come to {total:,} bytes; orch takes up to {MAX_EXEC_BYTES:,}"
+    return None
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text):,} characters)"

@@ -18,6 +18,15 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_FDS_PER_MESSAGE = 64
 MAX_FDS_RECEIVED = 253  # SCM_MAX_FD: a zygote's message carries 64 outputs plus the sockets
 MAX_EVENTS_PER_MESSAGE = 256
+# Messages between master, spawner and zygotes are SOCK_SEQPACKET datagrams: one that is
+# bigger than the receiver's buffer is cut short (a truncated pickle wedged every instance of
+# the batch in "starting"). Spawn batches are packed to MESSAGE_BYTES (requests_in_batches);
+# one request is at most MAX_REQUEST_BYTES (expansion refuses bigger argv + env: exec's own
+# ceiling is 2 MiB); receivers take RECEIVE_BYTES and the socket buffers hold SOCKET_BUFFER.
+MESSAGE_BYTES = 1 << 20
+MAX_REQUEST_BYTES = 1 << 20
+RECEIVE_BYTES = 4 << 20
+SOCKET_BUFFER = 4 << 20
 MAX_FD = 1 << 20  # above any RLIMIT_NOFILE the master sets (it raises the soft limit to the hard one)
 # Signals the master coordinates; the spawner must not die of them (a Ctrl-C reaches the
 # whole foreground group), and its children must get them back at their defaults.
@@ -120,16 +129,54 @@ def receive(sock: socket.socket) -> tuple[tuple[Any, ...], list[int]] | None:  #
         return None
     if not data:
         return None
-    return pickle.loads(data), fds
+    try:
+        return pickle.loads(data), fds
+    except Exception:  # noqa: BLE001 - a bad message is dropped; the master times the spawn out
+        for fd in fds:
+            os.close(fd)
+        return (), []
 
 
 def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:  # pragma: no cover - in the helpers
     """recvmsg with MSG_CMSG_CLOEXEC: a child forked before these fds are closed must not
     inherit them (socket.recv_fds drops its flags argument before Python 3.12)."""
     fds = array.array("i")
-    data, ancillary, _, _ = sock.recvmsg(1 << 20, socket.CMSG_LEN(MAX_FDS_RECEIVED * fds.itemsize),
-                                         socket.MSG_CMSG_CLOEXEC)
+    data, ancillary, flags, _ = sock.recvmsg(RECEIVE_BYTES, socket.CMSG_LEN(MAX_FDS_RECEIVED * fds.itemsize),
+                                             socket.MSG_CMSG_CLOEXEC)
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    if flags & socket.MSG_TRUNC:  # cannot happen with batches packed by size; never unpickle half
+        for fd in fds:
+            os.close(fd)
+        return b"\0", []
     return data, list(fds)
+
+
+def request_bytes(request: Any) -> int:
+    """About how many bytes `request` (a SpawnRequest) pickles to: its strings plus framing."""
+    return (256 + sum(len(a) + 8 for a in request.argv)
+            + sum(len(k) + len(v) + 16 for k, v in request.env.items()) + len(request.cwd))
+
+
+def in_batches(requests: Sequence[Any], size: Any = request_bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) slices of `requests` that fit one message: at most MAX_FDS_PER_MESSAGE
+    requests and MESSAGE_BYTES by `size` (a lone bigger request goes alone)."""
+    start, total = 0, 0
+    for i, request in enumerate(requests):
+        bytes_ = size(request)
+        if i > start and (i - start >= MAX_FDS_PER_MESSAGE or total + bytes_ > MESSAGE_BYTES):
+            yield start, i
+            start, total = i, 0
+        total += bytes_
+    if start < len(requests):
+        yield start, len(requests)
+
+
+def buffered_pair() -> tuple[socket.socket, socket.socket]:
+    """A SOCK_SEQPACKET socketpair whose buffers hold the largest message we send."""
+    ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for end in ends:
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    return ends

@@ -23,6 +23,7 @@ until the master says "close_sockets"; a spawn request names the keys its child 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -31,7 +32,7 @@ import socket
 import sys
 from typing import Any
 
-from .child import MAX_FDS_PER_MESSAGE, close_fds
+from .child import MAX_FDS_PER_MESSAGE, buffered_pair, close_fds, in_batches
 from .request import SpawnRequest  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("orch")
@@ -56,10 +57,7 @@ class SpawnerClient:
         `state` the master's state file, which the spawner's guard reads if it dies;
         `fd_limit` the RLIMIT_NOFILE its children get (the master's own has been raised)."""
         run = run or new_run_id()
-        master_end, spawner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for end in (master_end, spawner_end):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 2**20)
+        master_end, spawner_end = buffered_pair()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the helper until it execs
             try:
@@ -81,12 +79,23 @@ class SpawnerClient:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, requests: list[SpawnRequest], outputs: list[int]) -> None:
-        """Ask for these processes; `outputs[i]` is the stdout/stderr fd for `requests[i]`."""
-        for i in range(0, len(requests), MAX_FDS_PER_MESSAGE):
-            chunk = requests[i:i + MAX_FDS_PER_MESSAGE]
-            fds = outputs[i:i + MAX_FDS_PER_MESSAGE]
-            socket.send_fds(self.sock, [pickle.dumps(("spawn", chunk))], fds)
+    def spawn(self, requests: list[SpawnRequest], outputs: list[int]) -> list[tuple[int, str]]:
+        """Ask for these processes; `outputs[i]` is the stdout/stderr fd for `requests[i]`.
+        Returns (token, reason) for each request that could not be sent (the others are)."""
+        failed: list[tuple[int, str]] = []
+        for start, end in in_batches(requests):
+            try:
+                socket.send_fds(self.sock, [pickle.dumps(("spawn", requests[start:end]))], outputs[start:end])
+            except (OSError, pickle.PicklingError) as exc:
+                if isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                    raise  # the spawner is gone: its EOF brings the fleet back
+                if end - start > 1:  # one bad request must not fail its neighbours
+                    mid = (start + end) // 2
+                    failed += self.spawn(requests[start:mid], outputs[start:mid])
+                    failed += self.spawn(requests[mid:end], outputs[mid:end])
+                else:
+                    failed.append((requests[start].token, f"the spawner cannot take this request: {exc}"))
+        return failed
 
     def send_sockets(self, sockets: list[tuple[str, int]]) -> None:
         """Hand listening sockets over, as (key, fd); the spawner keeps its own copies."""

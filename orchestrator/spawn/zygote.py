@@ -17,15 +17,15 @@ import socket
 import sys
 from typing import Any, Callable
 
-from .child import (PR_SET_PDEATHSIG, close_fds, kill_group, listen_env, prctl, prepare_child, reaped,
-                    receive)
+from .child import (PR_SET_PDEATHSIG, RECEIVE_BYTES, buffered_pair, close_fds, in_batches, kill_group,
+                    listen_env, prctl, prepare_child, reaped, receive, request_bytes)
 from ..title import set_title
 
 
 def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
     """Fork a zygote for `target` (in the spawner); returns (pid, socket). It keeps no fd of
     the spawner's (pipes, listening sockets): it never execs to drop them."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours, theirs = buffered_pair()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the zygote
         code = 1
@@ -183,17 +183,22 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
                 pid, sock = start_zygote(*key)
                 zygote = self.zygotes[key] = ZygoteHandle(key, pid, sock)
                 self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
-            keys = sorted({key for r, _ in items for _, key in r.sockets})
-            message = pickle.dumps(("fork", [(r.token, r) for r, _ in items], keys))
-            socket.send_fds(zygote.sock, [message], [out for _, out in items] + [self.sockets[k] for k in keys])
+            for start, end in in_batches(items, lambda item: request_bytes(item[0])):
+                batch = items[start:end]
+                keys = sorted({key for r, _ in batch for _, key in r.sockets})
+                message = pickle.dumps(("fork", [(r.token, r) for r, _ in batch], keys))
+                socket.send_fds(zygote.sock, [message], [out for _, out in batch] + [self.sockets[k] for k in keys])
+                zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _ in batch)
         except KeyError as exc:
-            return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _ in items]
+            sent = zygote.pending if zygote is not None else {}
+            return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _ in items
+                    if r.token not in sent]
         except OSError as exc:
             # A zygote whose import failed exits at once: the send can meet a closed socket
             # before we read why. Its own message says why; EPIPE alone would not.
             error = (self._exit_reason(zygote) if zygote is not None else None) or f"preload zygote: {exc}"
-            return [(r.token, error) for r, _ in items]
-        zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _ in items)
+            sent = zygote.pending if zygote is not None else {}
+            return [(r.token, error) for r, _ in items if r.token not in sent]
         return []
 
     @staticmethod
@@ -257,7 +262,7 @@ def _recv(sock: socket.socket, flags: int) -> bytes | None:  # pragma: no cover 
     skip past it, or an import error would be lost for a bare "exited"."""
     for _ in range(2):
         try:
-            return sock.recv(1 << 20, flags)
+            return sock.recv(RECEIVE_BYTES, flags)
         except (BlockingIOError, InterruptedError):
             return None
         except ConnectionResetError:

@@ -1,12 +1,18 @@
 """`Launcher`: the supervisor's side of spawning. Every spawn and signal of one loop
-wake-up goes to the spawner as one message each, and each new process's output pipe is
-read into its instance's log."""
+wake-up goes to the spawner in as few messages as fit, and each new process's output pipe
+is read into its instance's log.
+
+Every instance handed to it leaves "starting": the spawner answers with a pid or a reason,
+or the launcher fails it itself (no fd for its pipe, a request the channel refuses, no
+answer within ANSWER_TIMEOUT), through `on_failed`, which backs it off like a crash."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
-from typing import TYPE_CHECKING, Callable
+import resource
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..loop import EventLoop
 from ..spawn.request import SpawnRequest
@@ -17,12 +23,18 @@ if TYPE_CHECKING:
     from .instance import Instance
 
 
+PIPE_RESERVE = 16  # fds a new instance's pipe leaves free for control connections and logs
+ANSWER_TIMEOUT = 30.0  # seconds the spawner may take to answer a spawn (a fork takes ms)
+
+
 class Launcher:
     """Queues spawns and signals and sends them in batches; `by_token` maps spawn requests
     in flight to their instance until the spawner answers with a pid."""
 
-    def __init__(self, loop: EventLoop, spawner: Callable[[], "SpawnerClient"], notify_socket: str | None):
+    def __init__(self, loop: EventLoop, spawner: Callable[[], "SpawnerClient"], notify_socket: str | None,
+                 on_failed: Callable[["Instance", str], None]):
         self.loop = loop
+        self.on_failed = on_failed  # the supervisor's: a spawn that never happened, and why
         self.spawner = spawner  # the current one: a dead spawner is replaced
         self.notify_socket = notify_socket
         self.by_token: dict[int, "Instance"] = {}
@@ -30,6 +42,8 @@ class Launcher:
         self._spawns: list["Instance"] = []
         self._signals: list[tuple[int, int, bool]] = []
         self._scheduled = False
+        self._sent: dict[int, float] = {}  # token -> when it was sent (oldest first)
+        self._overdue_timer: Any = None
 
     def spawn(self, inst: "Instance") -> None:
         self._spawns.append(inst)
@@ -50,6 +64,7 @@ class Launcher:
         """Forget every queued spawn and every request in flight (the spawner died)."""
         self._spawns.clear()
         self.by_token.clear()
+        self._sent.clear()
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -65,24 +80,74 @@ class Launcher:
         if signals:
             self.spawner().signal(signals)
         queue, self._spawns = self._spawns, []
-        requests, outputs = [], []
+        requests: list[SpawnRequest] = []
+        outputs: list[int] = []
+        top = _pipe_ceiling() if queue else 0
         for inst in queue:
             if inst.state is not State.STARTING or inst.token is not None:
                 continue
-            token = next(self._tokens)
-            inst.token = token
-            self.by_token[token] = inst
-            read_end, write_end = os.pipe()
-            os.set_blocking(read_end, False)
-            self.loop.add_reader(read_end, self._reader(inst, read_end))
-            requests.append(self._request(inst, token))
-            outputs.append(write_end)
+            try:
+                requests.append(self._prepare(inst, outputs, top))
+            except Exception as exc:  # noqa: BLE001 - EMFILE for the pipe, a bad value: this one fails
+                self._fail(inst, f"cannot start: {_reason(exc)}")
         try:
-            if requests:
-                self.spawner().spawn(requests, outputs)
+            failed = self.spawner().spawn(requests, outputs) if requests else []
         finally:
             for fd in outputs:
                 os.close(fd)
+        now = self.loop.time()
+        for request in requests:
+            self._sent[request.token] = now
+        for token, reason in failed:
+            inst = self.by_token.get(token)
+            if inst is not None:
+                self._fail(inst, reason)
+        if self._sent and self._overdue_timer is None:
+            self._overdue_timer = self.loop.call_later(ANSWER_TIMEOUT, self._check_overdue)
+
+    def _prepare(self, inst: "Instance", outputs: list[int], top: int) -> SpawnRequest:
+        """The instance's request, with its token and output pipe set up; the pipe may not
+        take the last fds (`top`), or a full table would leave no fd for `orch status`."""
+        token = next(self._tokens)
+        request = self._request(inst, token)
+        read_end, write_end = os.pipe()
+        if write_end >= top:
+            os.close(read_end)
+            os.close(write_end)
+            raise OSError(errno.EMFILE, f"no file descriptor to spare for its output (limit {top + PIPE_RESERVE})")
+        os.set_blocking(read_end, False)
+        inst.token = token
+        self.by_token[token] = inst
+        self.loop.add_reader(read_end, self._reader(inst, read_end))
+        outputs.append(write_end)
+        return request
+
+    def answered(self, token: int) -> "Instance | None":
+        """The instance a spawner's answer (a pid or a failure) is about, no longer in flight."""
+        self._sent.pop(token, None)
+        return self.by_token.pop(token, None)
+
+    def _fail(self, inst: "Instance", reason: str) -> None:
+        if inst.token is not None:
+            self.by_token.pop(inst.token, None)
+            self._sent.pop(inst.token, None)
+            inst.token = None
+        self.on_failed(inst, reason)
+
+    def _check_overdue(self) -> None:
+        """Fail the spawns the spawner never answered (it lost the message, or hangs)."""
+        self._overdue_timer = None
+        now = self.loop.time()
+        for token, sent in list(self._sent.items()):
+            if now - sent < ANSWER_TIMEOUT:
+                break  # in sending order: the rest are younger
+            inst = self.by_token.get(token)
+            self._sent.pop(token)
+            if inst is not None:
+                self._fail(inst, f"the spawner did not answer within {ANSWER_TIMEOUT:.0f}s")
+        if self._sent:
+            oldest = next(iter(self._sent.values()))
+            self._overdue_timer = self.loop.call_later(ANSWER_TIMEOUT - (now - oldest), self._check_overdue)
 
     def _request(self, inst: "Instance", token: int) -> SpawnRequest:
         spec = inst.spec
@@ -110,3 +175,13 @@ class Launcher:
                 self.loop.remove_reader(fd)
                 os.close(fd)
         return drain
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+
+
+def _pipe_ceiling() -> int:
+    """The lowest fd number an instance's pipe may not have."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft - PIPE_RESERVE if soft != resource.RLIM_INFINITY else 1 << 30

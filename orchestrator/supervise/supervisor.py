@@ -40,7 +40,7 @@ class Supervisor:
         self.notify_socket = notify_socket
         self.instances: dict[str, Instance] = {}
         self.by_pid: dict[int, Instance] = {}
-        self.launcher = Launcher(loop, lambda: self.spawner, notify_socket)
+        self.launcher = Launcher(loop, lambda: self.spawner, notify_socket, self._spawn_failed)
         self.by_token = self.launcher.by_token  # spawn requests in flight, by token
         self.pending_ops = 0
         self.on_idle: Callable[[], None] | None = None  # called when pending_ops drops to 0
@@ -309,18 +309,26 @@ class Supervisor:
                     inst.last_reason = "exec failed: " + event[2]
             elif kind == "failed":
                 for token, error in event[1]:
-                    inst = self.by_token.pop(token, None)
+                    inst = self.launcher.answered(token)
                     if inst is not None:
-                        log.error("%s: %s", inst.name, error)
                         inst.token = None
-                        self._exited_early(inst, error)
+                        self._spawn_failed(inst, error)
             elif kind == "eof":
                 self.loop.remove_reader(self.spawner.fileno())
                 if self.on_spawner_lost is not None:
                     self.on_spawner_lost()
 
+    def _spawn_failed(self, inst: Instance, reason: str) -> None:
+        """A spawn that never made a process: recorded, then backed off like a crash."""
+        log.error("%s: %s", inst.name, reason)
+        inst.last_exit = reason
+        if inst.state is State.STOPPING:
+            self._after_stop(inst)
+        elif inst.state is State.STARTING:
+            self._exited_early(inst, reason)
+
     def _spawned(self, token: int, pid: int) -> None:
-        inst = self.by_token.pop(token, None)
+        inst = self.launcher.answered(token)
         if inst is None:
             return
         inst.pid = pid
