@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -11,11 +12,11 @@ from pathlib import Path
 from .config.load import Config, Settings, TemplateCache, load_config, load_settings
 from .control.record import remove_record, write_record
 from .control.client import ControlClient, ControlError
-from .errors import OrchError
+from .errors import ConfigError, ConfigProblem, OrchError
 from .observe.masterlog import TurnHandler
 from .observe.procfs import is_running
 from .observe.progress import Progress
-from .spawn.pidfile import PidLock
+from .spawn.pidfile import PidLock, open_own_file
 from .spawn.listeners import Listeners, take_systemd_sockets
 from .spawn.spawner import SpawnerClient
 from .title import set_title
@@ -31,15 +32,63 @@ def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
             probe = Listeners()
             _bind(probe, config)
             probe.close_all()
-        _make_folders(config.settings)
+        _make_folders(config.settings, config.path)
         return _detach(config.path, config.settings.control_socket, config.settings.log_dir,
                        config.settings.pidfile)
     return _foreground(path, quiet)
 
 
-def _make_folders(settings: Settings) -> None:
-    for folder in (settings.control_socket.parent, settings.pidfile.parent, settings.log_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+def _make_folders(settings: Settings, config: Path) -> None:
+    """Create the master's folders, and refuse (exit 2, one line each) any another user could
+    write: a link planted there would aim the pidfile's truncation or a log's appends at any
+    file, and a state file put there would make this master SIGKILL the pids it names."""
+    problems = []
+    seen: set[Path] = set()
+    for key, folder in (("orchestrator.control_socket", settings.control_socket.parent),
+                        ("orchestrator.pidfile", settings.pidfile.parent),  # state file, master.log
+                        ("orchestrator.log_dir", settings.log_dir)):
+        if folder in seen:
+            continue
+        seen.add(folder)
+        why = _unsafe_folder(folder)
+        if why:
+            problems.append(ConfigProblem(str(config), key, f"folder {folder} {why}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _unsafe_folder(folder: Path) -> str | None:
+    """Why `folder` (created 0750 if missing) is not safe for the master's files, or None.
+    Owned by this user or root (who can do anything anyway), and writable by its owner only."""
+    try:
+        _make_private(folder)
+        info = os.stat(folder)  # a link to a folder is fine: what counts is who can write there
+    except OSError as exc:
+        return f"cannot be used: {exc.strerror}"
+    me = os.geteuid()
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a folder"
+    if info.st_uid not in (me, 0):
+        return (f"is owned by uid {info.st_uid}, not by this master's user (uid {me}); "
+                "use a folder only this user can write")
+    if info.st_mode & 0o022:
+        return (f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}), who could "
+                "plant links in it; chmod go-w it or use a folder only this user can write")
+    return None
+
+
+def _make_private(folder: Path) -> None:
+    """mkdir -p with 0750 for every folder it creates (Path.mkdir gives the parents it makes
+    the umask's default, group-writable under umask 002)."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o750)
+        except FileExistsError:
+            pass  # made at the same moment by another `orch up`: checked like any other
 
 
 def _foreground(path: Path, quiet: bool) -> int:
@@ -49,7 +98,7 @@ def _foreground(path: Path, quiet: bool) -> int:
     own start-up overlaps the config's load. A config error still starts nothing: the
     spawner is told to exit and the lock released before the error is reported (exit 2)."""
     settings = load_settings(path)
-    _make_folders(settings)
+    _make_folders(settings, path)
     log_handler = setup_logging()
     lock = PidLock(settings.pidfile).acquire()
     try:
@@ -107,7 +156,12 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
     the end of its log."""
     PidLock(pidfile).acquire().release()  # another master for this config: fail here (exit 1)
     log_file = pidfile.parent / "master.log"
-    daemon = _daemonize(path, log_file)
+    # Opened here, not in the daemon: a link planted at its path fails this command (exit 2).
+    log_fd = open_own_file(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        daemon = _daemonize(path, log_file, log_fd)
+    finally:
+        os.close(log_fd)
     progress = Progress(f"starting master {daemon}: waiting for it to listen on {socket_path}")
     try:
         deadline = time.monotonic() + 15
@@ -126,8 +180,8 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
     raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_file}")
 
 
-def _daemonize(path: Path, log_file: Path) -> int:
-    """Double fork + setsid, stdio to `log_file`; returns the daemon's pid (sent up a pipe)."""
+def _daemonize(path: Path, log_file: Path, log_fd: int) -> int:
+    """Double fork + setsid, stdio to `log_fd` (`log_file`); returns the daemon's pid (sent up a pipe)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -137,7 +191,7 @@ def _daemonize(path: Path, log_file: Path) -> int:
             os._exit(0)
         os.write(write_end, f"{os.getpid()}\n".encode())
         os.close(write_end)  # the parent now waits on the socket instead
-        _run_daemon(path, log_file)
+        _run_daemon(path, log_fd)
     os.close(write_end)
     os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as pipe:
@@ -147,15 +201,14 @@ def _daemonize(path: Path, log_file: Path) -> int:
     return int(reported)
 
 
-def _run_daemon(path: Path, log_file: Path) -> None:  # pragma: no cover - runs in the daemon
+def _run_daemon(path: Path, log_fd: int) -> None:  # pragma: no cover - runs in the daemon
     """In the daemon: stdin from /dev/null, stdout and stderr to the log, then the master."""
-    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
     os.close(null)
-    os.close(log)
+    os.close(log_fd)
     os.chdir("/")
     code = 1
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import re
+import stat
 import sys
 import zlib
 from pathlib import Path
@@ -16,6 +19,10 @@ from .procfs import kept_fd_ceiling
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
 _MAX_STEM = 200  # NAME_MAX is 255 bytes; leave room for ".log.<backup number>"
 _COLOURS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
+# Never through a link at the last component; O_NONBLOCK: a FIFO without a reader fails
+# the open (ENXIO) instead of hanging the master (no effect on plain files).
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+log = logging.getLogger("orch")
 
 
 def log_path(log_dir: Path, name: str) -> Path:
@@ -30,6 +37,32 @@ def log_path(log_dir: Path, name: str) -> Path:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         safe = safe[:_MAX_STEM - 17] + "~" + digest
     return log_dir / (safe + ".log")
+
+
+def open_log(path: Path) -> tuple[int, int]:
+    """(fd appending to `path`, its size), `path` being a plain file with one name.
+
+    A symlink, FIFO or second hard link found there is removed (never its target: unlink acts
+    on the link) and a fresh file made: a worker's output lands where `orch logs` reads it and
+    nowhere else, and a log opened at any time (first output, a reload) never stops the master."""
+    try:
+        fd = os.open(path, _APPEND | os.O_CREAT, 0o640)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):  # ENXIO: a FIFO with no reader
+            raise
+    else:
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            return fd, info.st_size
+        os.close(fd)
+    log.warning("log file %s was a link or not a plain file: replaced by a new file, what it "
+                "pointed at left untouched", path)
+    path.unlink()
+    return os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o640), 0
 
 
 def instance_name(path: Path) -> str:
@@ -54,9 +87,8 @@ class LogFile:
         # opens are most of the master's own cost of starting 500 instances.
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-        self._size = os.fstat(self._fd).st_size
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)  # removed while running
+        self._fd, self._size = open_log(self.path)
         # A fleet of chatty workers would otherwise hold an fd each for good, and once the
         # table is full a write is lost: past the ceiling the kept /proc fds also respect,
         # a log file is opened for each write and closed after it.
@@ -100,10 +132,14 @@ class LogFile:
     def rotate(self) -> None:
         self.close()
         if self.backups > 0:
+            # rename(2) moves or replaces a link itself, never what it points at; no
+            # exists() first, which would follow one.
             for index in range(self.backups - 1, 0, -1):
                 older = self.path.with_name(f"{self.path.name}.{index}")
-                if older.exists():
+                try:
                     os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+                except FileNotFoundError:
+                    pass  # fewer backups than that yet
             try:
                 os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
             except FileNotFoundError:

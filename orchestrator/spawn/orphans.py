@@ -9,15 +9,19 @@ did not clear its environment: escaped sessions and double-forked daemons includ
 whose session or process group is a recorded main process. Start times guard against
 recycled pids: nothing that started before the old master is touched, a recorded leader
 alive with another start time is someone else's, and the kill goes through a pidfd opened
-before the start time is checked again.
+before the start time is checked again. A state file is believed only if this user wrote it:
+a plain file it owns that nobody else can write (otherwise anyone who could write it would
+choose what root's `orch up` kills); it is written without following links.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -39,8 +43,11 @@ def write_state(pidfile: Path, spawner: int, groups: Iterable[tuple[int, int | N
               "groups": [[pid, start] for pid, start in groups]}
     path = state_path(pidfile)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a leftover (or a planted link): O_EXCL then never follows one
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(record))
+    os.replace(tmp, path)  # rename(2) replaces a link at `path`, never its target
 
 
 class StateRecorder:
@@ -162,13 +169,47 @@ def kill_checked(pid: int, started: int) -> bool:
 def end_leftovers(pidfile: Path, timeout: float = 5.0) -> int:
     """SIGKILL what a previous master left alive; returns how many. Call with the pidfile locked."""
     path = state_path(pidfile)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    record = read_state(path)
+    if record is None:
         return 0
     count = end_record(record, f"by the previous master {record.get('master')}", timeout)
     path.unlink(missing_ok=True)
     return count
+
+
+def read_state(path: Path) -> dict | None:
+    """The record in the state file at `path`, or None: none there, unreadable, or not to be
+    trusted (then a warning says why, and nothing it names is signalled)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        log.warning("ignoring the state file %s: %s; nothing it names is signalled", path, why)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        why = _untrusted(os.fstat(fd))
+        if why:
+            log.warning("ignoring the state file %s: %s; nothing it names is signalled", path, why)
+            return None
+        try:
+            record = json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+    return record if isinstance(record, dict) else None
+
+
+def _untrusted(info: os.stat_result) -> str | None:
+    """Why a state file with this stat cannot have been written by this user alone, or None."""
+    me = os.geteuid()
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a plain file"
+    if info.st_uid != me:
+        return f"it is owned by uid {info.st_uid}, not by this master's user (uid {me})"
+    if info.st_mode & 0o022:
+        return f"it is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
 
 
 def end_record(record: dict, by: str, timeout: float, until: int | None = None) -> int:

@@ -1,13 +1,47 @@
 """The pidfile, locked for the master's whole life: one master per config, and the lock is
-taken before anything else happens, so a second `orch up` can never harm the first fleet."""
+taken before anything else happens, so a second `orch up` can never harm the first fleet.
+Also `open_own_file`, how the master opens the files of its own folders (pidfile, master.log)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
-from ..errors import OrchError
+from ..errors import ConfigError, ConfigProblem, OrchError
+
+# O_NOFOLLOW: a link at the last component is refused, never written through. O_NONBLOCK:
+# a FIFO planted there cannot hang the master in open() (it has no effect on plain files).
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_own_file(path: Path, flags: int, mode: int) -> int:
+    """An fd for `path` if it is (or is created as) a plain file with one name; a symlink,
+    FIFO, device or second hard link there is a config error (exit 2) naming it, since
+    whoever put it there could aim the master's truncations and writes at any file."""
+    try:
+        fd = os.open(path, flags | _SAFE, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path, "is a symbolic link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refused(path, "is not a plain file")
+        if info.st_nlink != 1:
+            raise _refused(path, f"has {info.st_nlink} hard links")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refused(path: Path, what: str) -> ConfigError:
+    return ConfigError([ConfigProblem(str(path), "", f"{what}; orch writes its own files only "
+                                      "directly: remove it and start again")])
 
 
 class PidLock:
@@ -18,8 +52,8 @@ class PidLock:
         self.fd = -1
 
     def acquire(self) -> "PidLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Lock and write our pid; up.py has already made sure the folder is the master's own."""
+        self.fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
