@@ -10,6 +10,7 @@ orch runtime (`run()` returns True), so `max_requests`, `timeout` and the notify
 from __future__ import annotations
 
 import base64
+import binascii
 import importlib
 import json
 import signal
@@ -21,8 +22,11 @@ from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from ..worker import Worker
+from .safe_json import loads as safe_loads
 
 Handler = Callable[[bytes], Any]
+MAX_ATTEMPTS = 1000          # kwargs.max_attempts bound (the task envelope's is the same)
+MAX_SECONDS = 7 * 86400.0    # longest block/lease/retry delay a kwarg may ask for
 
 
 class ConsumerConfigError(Exception):
@@ -39,7 +43,9 @@ class Delivery:
 
 def retry_delay(attempt: int, initial: float, maximum: float) -> float:
     """Seconds before retry number `attempt` (1-based): doubling from `initial`, capped."""
-    return min(maximum, initial * (2 ** max(0, attempt - 1)))
+    # 2 ** 64 already passes any cap; a larger power (beanstalkd's reserves can grow past
+    # max_attempts through deaths) would overflow the float
+    return min(maximum, initial * (2 ** min(64, max(0, attempt - 1))))
 
 
 def dead_letter_record(body: bytes, *, queue: str, error: str, attempts: int, instance: str,
@@ -57,15 +63,18 @@ def dead_letter_record(body: bytes, *, queue: str, error: str, attempts: int, in
 def original_bytes(record: bytes) -> bytes:
     """The message inside a dead-letter record (the record itself if it is not one of ours)."""
     try:
-        data = json.loads(record)
+        data = safe_loads(record, 100)  # anyone can push onto a dead list; never crash `retry`
     except ValueError:
         return record
     if not isinstance(data, dict):
         return record
-    if "message_b64" in data:
-        return base64.b64decode(data["message_b64"])
+    if isinstance(data.get("message_b64"), str):
+        try:
+            return base64.b64decode(data["message_b64"], validate=True)
+        except binascii.Error:
+            return record
     if isinstance(data.get("message"), str):
-        return data["message"].encode("utf-8")
+        return data["message"].encode("utf-8", "surrogatepass")
     return record
 
 
@@ -199,11 +208,28 @@ class QueueWorker(Worker):
         try:
             self.handler(delivery.body)
         except Exception as exc:  # noqa: BLE001 - any handler error is one failed attempt
-            error = self.error_text(exc)
+            error = self._describe(exc)
             self._insist(lambda d: self.fail(d, error), delivery)
         else:
-            self._insist(self.ack, delivery)
+            self._acknowledge(delivery)
         return True
+
+    def _acknowledge(self, delivery: Delivery) -> None:
+        """Ack the message; an ack that fails other than by a lost connection (which _insist
+        retries) is a failed attempt instead. Letting it escape would kill the worker with the
+        message in hand, and its replacement would run it again, over and over."""
+        try:
+            self._insist(self.ack, delivery)
+        except Exception as exc:  # noqa: BLE001 - WRONGTYPE, a script error, OOM, a bug
+            error = f"acknowledging failed: {error_text(exc)}"
+            self.log.error("%s; counted as a failed attempt", error)
+            self._insist(lambda d: self.fail(d, error), delivery)
+
+    def _describe(self, exc: BaseException) -> str:
+        try:
+            return self.error_text(exc)
+        except Exception:  # noqa: BLE001 - an exception whose __str__ raises is still one attempt
+            return type(exc).__name__
 
     def _insist(self, step: Callable[[Delivery], None], delivery: Delivery) -> None:
         """Run an ack/fail/release step until the server takes it (each step is idempotent)."""
@@ -246,6 +272,11 @@ class QueueWorker(Worker):
         """How a handler error is recorded (a retry's log line, a dead letter's `error`)."""
         return error_text(exc)
 
+    def death_limit(self, body: bytes) -> int:
+        """Deaths while handling `body` after which it is dead-lettered (the task worker also
+        honours the task's own max_attempts)."""
+        return self.max_attempts
+
     # --- what a backend provides -------------------------------------------------------
     def describe(self) -> str:
         """What this consumer reads, for the start-up log line."""
@@ -281,21 +312,21 @@ class QueueWorker(Worker):
         """Release server-side state on a graceful exit."""
 
 
-def positive_float(kwargs: dict[str, Any], key: str, default: float) -> float:
-    """kwargs[key] as seconds > 0, or a ConsumerConfigError naming the kwarg."""
+def positive_float(kwargs: dict[str, Any], key: str, default: float, maximum: float = MAX_SECONDS) -> float:
+    """kwargs[key] as seconds in (0, maximum], or a ConsumerConfigError naming the kwarg."""
     value = kwargs.get(key, default)
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConsumerConfigError(f"kwargs.{key} must be a number of seconds, not {value!r}") from None
-    if number <= 0:
-        raise ConsumerConfigError(f"kwargs.{key} must be > 0, not {value!r}")
+    if not 0 < number <= maximum:  # also refuses NaN and inf, which no timer or sleep takes
+        raise ConsumerConfigError(f"kwargs.{key} must be > 0 and at most {maximum:g}, not {value!r}")
     return number
 
 
-def positive_int(kwargs: dict[str, Any], key: str, default: int) -> int:
-    """kwargs[key] as a whole number >= 1, or a ConsumerConfigError naming the kwarg."""
+def positive_int(kwargs: dict[str, Any], key: str, default: int, maximum: int = MAX_ATTEMPTS) -> int:
+    """kwargs[key] as a whole number in [1, maximum], or a ConsumerConfigError naming the kwarg."""
     value = kwargs.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConsumerConfigError(f"kwargs.{key} must be a whole number >= 1, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ConsumerConfigError(f"kwargs.{key} must be a whole number >= 1 and <= {maximum}, not {value!r}")
     return value

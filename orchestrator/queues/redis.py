@@ -27,11 +27,16 @@ from .base import (ConsumerConfigError, Delivery, Heartbeat, QueueWorker, dead_l
 
 try:  # optional extra: pip install 'orch[redis]'
     import redis as redis_py
-    from redis.exceptions import ConnectionError as _ConnectionError, TimeoutError as _TimeoutError
+    from redis.exceptions import (ConnectionError as _ConnectionError, ResponseError as _ResponseError,
+                                  TimeoutError as _TimeoutError)
     SERVER_ERRORS: tuple[type[BaseException], ...] = (_ConnectionError, _TimeoutError)
+    # The server answered but refused the command (WRONGTYPE, a script error, OOM): retrying
+    # the same command will not help, unlike SERVER_ERRORS.
+    REFUSED: tuple[type[BaseException], ...] = (_ResponseError,)
 except ImportError:  # pragma: no cover - exercised only without the extra
     redis_py = None
     SERVER_ERRORS = (OSError,)
+    REFUSED = ()
 
 TOKEN = 16  # hex characters prefixed to a delayed message so identical bodies stay distinct
 
@@ -146,7 +151,7 @@ class QueueConsumer(QueueWorker):
         while (body := self.redis.lindex(self.processing, -1)) is not None:
             if count_attempts:  # it was in hand when the previous incarnation died
                 tries = self.redis.hincrby(self.attempts, digest(body), 1)
-                if tries >= self.max_attempts:
+                if tries >= self.death_limit(body):
                     self._bury(body, tries, "the consumer died while handling it (killed: "
                                             "timeout, memory limit, or a crash)", tail=True)
                     continue
