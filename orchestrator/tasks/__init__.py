@@ -16,8 +16,8 @@ import time
 from typing import Any, Callable, Iterable
 
 from ..units import parse_duration
-from .store import (DEFAULT_TTL, QUEUE_PREFIX, REGISTRY, Envelope, TaskFailed, check_json, new_id,
-                    wait_result)
+from .envelope import DEFAULT_TTL, RESULT_TTL, TIMEOUT, Envelope, check_attempts, check_seconds, new_id
+from .store import QUEUE_PREFIX, REGISTRY, TaskFailed, check_json, wait_result
 
 __all__ = ["TaskQueue", "Task", "Job", "TaskFailed", "TaskWorker", "REGISTRY"]
 
@@ -74,7 +74,10 @@ class TaskQueue:
 
     def __init__(self, url: str, *, result_url: str | None = None,
                  result_ttl: float | str = DEFAULT_TTL):
-        self.url, self.result_ttl = url, parse_duration(result_ttl)
+        # the bounds a worker checks in every envelope, checked here so put() never sends
+        # a task that would only be dead-lettered
+        self.url = url
+        self.result_ttl = check_seconds("result_ttl", parse_duration(result_ttl), RESULT_TTL)
         self.beanstalk = url.startswith(("beanstalk://", "beanstalkd://"))
         self.result_url = result_url or (None if self.beanstalk else url)
         self._lock = threading.Lock()
@@ -84,10 +87,10 @@ class TaskQueue:
 
     def task(self, queue: str, *, name: str | None = None, max_attempts: int = 5,
              timeout: float | str | None = None) -> Callable[[Callable[..., Any]], Task]:
-        """Decorator: register `fn` (as `module.qualname`, or `name`) to run on `queue`."""
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"max_attempts must be a whole number >= 1, not {max_attempts!r}")
-        seconds = parse_duration(timeout) if timeout else None
+        """Decorator: register `fn` (as `module.qualname`, or `name`) to run on `queue`
+        (max_attempts 1..1000, timeout 1 ms to 7 days: the bounds workers enforce)."""
+        check_attempts(max_attempts)
+        seconds = check_seconds("timeout", parse_duration(timeout), TIMEOUT) if timeout else None
 
         def register(fn: Callable[..., Any]) -> Task:
             task = Task(self, fn, queue, name or f"{fn.__module__}.{fn.__qualname__}",

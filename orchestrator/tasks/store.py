@@ -1,5 +1,6 @@
-"""The task envelope (what travels on the queue) and the result store (Redis): key names,
-the first-writer-wins store scripts, and the wait a producer does in `Job.result()`.
+"""The result store (Redis): key names, the first-writer-wins store scripts, the wait a
+producer does in `Job.result()`, and the producer's JSON check of arguments (what travels
+on the queue, and how a worker checks it, is tasks/envelope.py).
 
 A result record is JSON: `{"ok": true, "value": ...}` or, for a task that was dead-lettered,
 `{"ok": false, "error": ..., "traceback": ..., "attempts": ...}`. A success is written once
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
+
+from ..queues.safe_json import too_deep
+from .envelope import MAX_DEPTH
 
 RESULT_PREFIX = "tasks:result:"
 QUEUE_PREFIX = "tasks:"          # a Redis task queue NAME lives in the list `tasks:NAME`
-DEFAULT_TTL = 86400.0            # results are kept one day unless the queue says otherwise
 REGISTRY: dict[str, Any] = {}   # task name -> Task, filled by @queue.task as modules import
 WAKE_CAP = 1.0                   # longest single BLPOP: a lost wake-up costs at most this
 
@@ -57,48 +58,6 @@ class TaskFailed(Exception):
         self.task, self.job_id, self.error, self.traceback = task, job_id, error, tb
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """One queued call: job id, task name, JSON kwargs and the limits it travels with."""
-
-    id: str
-    task: str
-    kwargs: dict[str, Any]
-    max_attempts: int
-    timeout: float | None
-    result_ttl: float
-
-    def encode(self) -> bytes:
-        return json.dumps({"id": self.id, "task": self.task, "kwargs": self.kwargs,
-                           "max_attempts": self.max_attempts, "timeout": self.timeout,
-                           "result_ttl": self.result_ttl, "put_at": round(time.time(), 3)},
-                          separators=(",", ":")).encode()
-
-
-def new_id() -> str:
-    """A fresh job id (random, so producers on different hosts never collide)."""
-    return uuid.uuid4().hex
-
-
-def decode(body: bytes) -> Envelope:
-    """Parse a queued task; ValueError (with the reason) for anything that is not one."""
-    data = json.loads(body)
-    if not isinstance(data, dict) or not isinstance(data.get("task"), str) \
-            or not isinstance(data.get("kwargs"), dict) or not isinstance(data.get("id"), str):
-        raise ValueError("not an orch task envelope (needs id, task and kwargs)")
-    timeout = data.get("timeout")
-    return Envelope(data["id"], data["task"], data["kwargs"], int(data.get("max_attempts") or 1),
-                    float(timeout) if timeout else None, float(data.get("result_ttl") or DEFAULT_TTL))
-
-
-def job_id_of(body: bytes) -> str | None:
-    """The job id inside a queued body, or None when the body is not an envelope."""
-    try:
-        return decode(body).id
-    except (ValueError, TypeError):
-        return None
-
-
 def result_keys(job_id: str) -> list[str]:
     """[result key, ready-list key] of one job."""
     return [RESULT_PREFIX + job_id, RESULT_PREFIX + job_id + ":ready"]
@@ -109,9 +68,12 @@ def check_json(task: str, kwargs: dict[str, Any]) -> None:
     for key, value in kwargs.items():
         try:
             text = json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise TypeError(f"{task}.put(): argument {key!r} cannot travel as JSON "
                             f"({type(value).__name__}): {exc}") from None
+        if too_deep(text.encode(), MAX_DEPTH - 2):  # inside the envelope and its kwargs object
+            raise TypeError(f"{task}.put(): argument {key!r} nests deeper than {MAX_DEPTH - 2} "
+                            f"levels; workers refuse deeper envelopes")
         if json.loads(text) != value:  # tuples, non-str dict keys: would arrive changed
             raise TypeError(f"{task}.put(): argument {key!r} would not arrive unchanged as JSON "
                             f"({type(value).__name__}); pass lists, dicts with str keys, "

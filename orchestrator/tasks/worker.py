@@ -2,12 +2,14 @@
 
 kwargs: url (`redis://…` or `beanstalk://…`), queues (one name per instance; use a matrix for
 more), imports (modules whose `@queue.task` functions this worker may run), result_url (Redis;
-required on beanstalkd, defaults to url on Redis), max_attempts (deaths while running, default
-5; a task's own limit comes with it), retry_delay / retry_max_delay, block. Everything the
-queue consumers guarantee (processing lists, leases, reclaim, delayed retries with backoff,
-dead letters) holds; on top, each success is stored and acknowledged in one Lua script on
-Redis (stored first-writer-wins on beanstalkd), an unknown task name or a body that is not a
-task is dead-lettered at once, and a task over its `timeout` is one failed attempt.
+required on beanstalkd, defaults to url on Redis), max_attempts (1..1000: deaths while
+running, default 5, never more than the task's own max_attempts, which bounds its failures),
+retry_delay / retry_max_delay, block. Everything the queue consumers guarantee (processing
+lists, leases, reclaim, delayed retries with backoff, dead letters) holds; on top, each success
+is stored and acknowledged in one Lua script on Redis (stored first-writer-wins on
+beanstalkd), an unknown task name or a body that fails tasks/envelope.py's checks is
+dead-lettered on its first attempt with the reason, and a task over its `timeout` is one
+failed attempt.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any, Callable
 
 from ..queues.base import ConsumerConfigError, Delivery, Handler, dead_letter_record
 from ..queues.beanstalkd import QueueConsumer as BeanstalkConsumer
-from ..queues.redis import QueueConsumer as RedisConsumer, digest, open_redis
-from .store import (QUEUE_PREFIX, REGISTRY, STORE_AND_ACK, STORE_ONLY, dead_record, decode, job_id_of,
-                    result_keys, success_record)
+from ..queues.redis import REFUSED, QueueConsumer as RedisConsumer, digest, open_redis
+from .envelope import BadEnvelope, job_id_of, parse_envelope, result_ttl_of
+from .store import QUEUE_PREFIX, REGISTRY, STORE_AND_ACK, STORE_ONLY, dead_record, result_keys, success_record
 
 TRACEBACK_MAX = 8000  # characters of traceback kept in a dead letter and a dead result
 
@@ -77,10 +79,10 @@ class TaskMixin:
         """Decode, look up, run under the task's timeout; keep the JSON result for ack()."""
         self.fatal, self.limit, self.outcome = False, self.max_attempts, ""
         try:
-            envelope = decode(body)
-        except (ValueError, TypeError) as exc:
+            envelope = parse_envelope(body)
+        except BadEnvelope as exc:  # no retry can fix the bytes: dead-lettered on this attempt
             self.fatal = True
-            raise Fatal(f"not a task envelope: {exc}") from None
+            raise Fatal(f"not a valid task envelope: {exc}") from None
         self.envelope, self.limit = envelope, envelope.max_attempts
         task = REGISTRY.get(envelope.task)
         if task is None:
@@ -110,14 +112,26 @@ class TaskMixin:
         finally:
             self.max_attempts = saved
 
+    def death_limit(self, body: bytes) -> int:
+        """Deaths while running a body that end it: the worker's max_attempts, and no more
+        than the task's own (1 for a body that is not a valid envelope)."""
+        try:
+            return min(self.max_attempts, parse_envelope(body).max_attempts)
+        except BadEnvelope:
+            return 1
+
     def store_dead(self, body: bytes, error: str, attempts: int, client: Any = None) -> None:
         """Write the dead record of a job (so result() raises) before it is dead-lettered
-        (`client`: a MULTI pipeline to make it part of)."""
+        (`client`: a MULTI pipeline to make it part of). A malformed body with a usable id
+        still gets one, kept for the default TTL, so its producer learns why."""
         job_id = job_id_of(body)
-        if job_id is not None:
-            ttl = decode(body).result_ttl
-            self.store(keys=result_keys(job_id), args=[dead_record(error, attempts), int(ttl * 1000)],
-                       client=client)
+        if job_id is None:
+            return
+        ttl_ms = int(result_ttl_of(body) * 1000)
+        try:
+            self.store(keys=result_keys(job_id), args=[dead_record(error, attempts), ttl_ms], client=client)
+        except REFUSED as exc:  # the dead letter matters more than the dead result: go on
+            self.log.warning("could not store the dead result of job %s: %s", job_id, exc)
 
 
 def _alarm(signum: int, frame: Any) -> None:
@@ -138,7 +152,7 @@ class RedisTaskWorker(TaskMixin, RedisConsumer):
         self.store_ack = self.redis.register_script(STORE_AND_ACK)
 
     def ack(self, delivery: Delivery) -> None:
-        ttl = int(self.envelope.result_ttl * 1000)
+        ttl = self.envelope.ttl_ms
         keys = result_keys(self.envelope.id)
         take_next = "0" if self.stopping or self._down_since else "1"
         if self.same_server:  # one script: stored and acknowledged, or neither
@@ -164,7 +178,11 @@ class RedisTaskWorker(TaskMixin, RedisConsumer):
         pipe.lrem(self.processing, -1 if tail else 1, body)
         pipe.lpush(self.dead_letter, record)
         pipe.hdel(self.attempts, digest(body))
-        pipe.execute()
+        # A command the server refuses inside MULTI (the dead result's key clobbered, say)
+        # does not stop the others: the message is dead-lettered either way, so log, not raise.
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception):
+                self.log.warning("dead-lettering a message: the server refused a step: %s", reply)
 
 
 class BeanstalkTaskWorker(TaskMixin, BeanstalkConsumer):
@@ -180,7 +198,7 @@ class BeanstalkTaskWorker(TaskMixin, BeanstalkConsumer):
 
     def ack(self, delivery: Delivery) -> None:
         keys = result_keys(self.envelope.id)
-        self.store(keys=keys, args=[self.outcome, int(self.envelope.result_ttl * 1000)])
+        self.store(keys=keys, args=[self.outcome, self.envelope.ttl_ms])
         super().ack(delivery)
 
     def fail(self, delivery: Delivery, error: str) -> None:
