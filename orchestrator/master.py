@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import gc
 import logging
 import os
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any, Callable
 
 from . import __version__
 from .config.keys import LIVE_SETTINGS
@@ -18,7 +18,7 @@ from .control.notify import NotifyServer
 from .control.saves import sources_digest
 from .control.server import ControlServer
 from .errors import ConfigError, ConfigProblem
-from .expand.render import ExpansionCache, expand
+from .expand.render import Expansion, ExpansionCache
 from .expand.spec import ProcessSpec
 from .loop import EventLoop
 from .observe.logs import Echo
@@ -37,6 +37,7 @@ from .supervise.supervisor import Supervisor
 log = logging.getLogger("orch")
 
 
+STEP_SECONDS = 0.02  # how long one step of a reload's expansion holds the loop (plus one render's budget)
 HARD_FDS = 1 << 19  # systemd's default hard limit for services
 
 
@@ -112,12 +113,18 @@ class Master:
         self._fd_limit: tuple[int, int] | None = None  # RLIMIT_NOFILE before run() raised it
         self.listeners = listeners or Listeners()
         self._release_pending = False
+        self._expanding: str | None = None  # the origin of the reload being expanded, if any
         set_log_level(self.settings.log_level)
 
     @property
     def stopping(self) -> bool:
         """Shutting down: reloads are refused and `orch down` only waits."""
         return self._stopping
+
+    @property
+    def reloading(self) -> str | None:
+        """The origin of the reload whose config is being expanded, if one is."""
+        return self._expanding
 
     def _on_event(self, event: Event) -> None:
         """Once shutting down, the last process to end lets the master exit."""
@@ -272,6 +279,7 @@ class Master:
         return render_metrics(rows, {"orch_reloads_total": self.reload_count,
                                      "orch_reload_failures_total": self.reload_failures,
                                      "orch_last_reload_seconds": self.last_reload_seconds,
+                                     "orch_notify_dropped_total": self.limits.notify_dropped,
                                      "orch_instances": len(rows)})
 
     def _reopen_logs(self, signum: int) -> None:
@@ -307,50 +315,94 @@ class Master:
         re-save, vim's rename dance, a burst ending where it began) is never applied."""
         return sources_digest(self.config.files, self.config.include_patterns)
 
-    def request_reload(self, origin: str, force: bool = False) -> dict[str, Any]:
-        """Reload now, or after the reload being applied finishes (against the newest file)."""
+    def request_reload(self, origin: str, force: bool = False,
+                       on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """Reload now, or after the reload being applied finishes (against the newest file).
+        Returns the outcome, or None when the config is still being expanded: then
+        `on_done` gets it, from the loop, once it is applied or refused."""
         if self._stopping:
             return {"applied": False, "reason": "shutting down"}
-        if self.supervisor.pending_ops:
+        if self.supervisor.pending_ops or self._expanding is not None:
             if self.reload_queued is None or self.reload_queued.startswith("file"):
                 self.reload_queued = origin  # an explicit request outranks a file save
             log.info("reload (%s) queued: the previous reload is still being applied", origin)
             return {"applied": False, "queued": True}
         if not force and origin.startswith("file") and self._read_sources() == self.config_bytes:
             return {"applied": False, "reason": "unchanged"}
-        return self.reload(origin)
+        return self.reload(origin, on_done)
 
     def _ops_idle(self) -> None:
-        if self.reload_queued is not None:
+        if self.reload_queued is not None and self._expanding is None:
             origin, self.reload_queued = self.reload_queued, None
             # A save is applied only if the file changed since the reload it waited for read
             # it; `orch reload` and SIGHUP reload whatever the file holds.
             self.loop.call_soon(lambda: self.request_reload(f"{origin}, queued",
                                                             force=not origin.startswith("file")))
 
-    def load(self) -> tuple[Config, list[ProcessSpec]]:
-        config = load_config(self.config.path, self.templates)
-        return config, expand(config, self.expansions)
+    def load_later(self, on_done: Callable[[tuple[Config, list[ProcessSpec]] | ConfigError], None]) -> None:
+        """Read and expand the config in steps from the loop (as a reload does, without
+        applying it): `on_done` gets (config, specs) or the ConfigError. For `orch diff`."""
+        try:
+            config = load_config(self.config.path, self.templates)
+        except ConfigError as exc:
+            on_done(exc)
+            return
+        cache = copy.copy(self.expansions)  # a diff must not become the next reload's baseline
+        cache.templates = dict(cache.templates)
+        self._step(Expansion(config, cache, STEP_SECONDS), lambda job: on_done(_outcome(job, config)))
 
-    def reload(self, origin: str) -> dict[str, Any]:
-        with _collector_paused():
-            return self._reload(origin)
+    def _step(self, job: Expansion, then: Callable[[Expansion], None]) -> None:
+        """Run `job` one slice per loop turn (timers run after the fds are polled), then `then`."""
+        def next_slice() -> None:
+            try:
+                done = job.step()
+            except Exception:  # noqa: BLE001 - a bug in expansion must not wedge reloads
+                log.exception("expansion failed")
+                job.problem("", "internal error while expanding the config (see the master's log)")
+                done = job.force_end()
+            if done:
+                then(job)
+            else:
+                self.loop.call_later(0, next_slice)
+        next_slice()
 
-    def _reload(self, origin: str) -> dict[str, Any]:
+    def reload(self, origin: str, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """Read the config now, expand it in steps, apply the plan: the outcome, or None
+        (then `on_done` gets it) when the expansion takes more than one step."""
         began = time.perf_counter()
         try:
-            config, specs = self.load()
+            config = load_config(self.config.path, self.templates)
+        except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
+            return self._reload_failed(origin, exc)
+        outcome: list[dict[str, Any]] = []
+        self._expanding = origin
+        # No cyclic collection while a reload runs: parsing a 5,000-table file makes enough
+        # objects to set off full collections over the whole fleet's state, which took as
+        # long as the reload's own work. It runs again once the plan is applied.
+        gc.disable()
+
+        def applied(job: Expansion) -> None:
+            self._expanding = None
+            gc.enable()
+            result = self._apply_expansion(origin, config, job, began)
+            if on_done is not None and not first_step[0]:
+                on_done(result)
+            outcome.append(result)
+            if not self.supervisor.pending_ops:
+                self._ops_idle()  # a reload queued behind this one, with nothing to wait for
+
+        first_step = [True]
+        self._step(Expansion(config, self.expansions, STEP_SECONDS), applied)
+        first_step[0] = False
+        return outcome[0] if outcome else None
+
+    def _apply_expansion(self, origin: str, config: Config, job: Expansion, began: float) -> dict[str, Any]:
+        try:
+            specs = job.result()
             if specs:  # bound before anything changes: a failed bind leaves the fleet as it was
                 self.spawner.send_sockets(self.listeners.bind_config(config.sockets, config.path))
         except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
-            if not isinstance(exc, ConfigError):
-                log.exception("reload (%s): unexpected error", origin)
-                exc = ConfigError([ConfigProblem(str(self.config.path), "", f"internal error: {exc!r}")])
-            self.reload_failures += 1
-            self.last_reload_error = str(exc)
-            self._remember_file()
-            log.error("reload (%s) failed; nothing changed, every process keeps running:\n%s", origin, exc)
-            return {"applied": False, "error": f"reload failed, nothing changed:\n{exc}"}
+            return self._reload_failed(origin, exc)
         self._remember_file()
         if not specs:
             self.last_reload_error = (f"{config.path}: the new config has no instances; refusing to "
@@ -374,6 +426,16 @@ class Master:
         log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
                  counts["stop"], counts["restart"], counts["update"], counts["keep"], took)
         return {"applied": True, **counts, "planned_ms": round(took, 2)}
+
+    def _reload_failed(self, origin: str, exc: Exception) -> dict[str, Any]:
+        if not isinstance(exc, ConfigError):
+            log.exception("reload (%s): unexpected error", origin)
+            exc = ConfigError([ConfigProblem(str(self.config.path), "", f"internal error: {exc!r}")])
+        self.reload_failures += 1
+        self.last_reload_error = str(exc)
+        self._remember_file()
+        log.error("reload (%s) failed; nothing changed, every process keeps running:\n%s", origin, exc)
+        return {"applied": False, "error": f"reload failed, nothing changed:\n{exc}"}
 
     def _apply_settings(self, new: Settings) -> None:
         old = self.settings
@@ -402,16 +464,8 @@ class Master:
         self.settings = Settings(**{**old.__dict__, **live})
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a reload runs: parsing a 5,000-table file makes
-    enough objects to set off full collections over the whole fleet's state, which took
-    as long as the reload's own work. The collector runs as usual once the reload is
-    applied (its spawn requests already sent)."""
-    was = gc.isenabled()
-    gc.disable()
+def _outcome(job: Expansion, config: Config) -> tuple[Config, list[ProcessSpec]] | ConfigError:
     try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+        return config, job.result()
+    except ConfigError as exc:
+        return exc

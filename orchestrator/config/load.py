@@ -22,6 +22,7 @@ from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported f
 from .locate import Problems
 from .pieces import TomlPieces
 from .sockets import SocketDecl, check_template_sockets, parse_sockets
+from .source import read_source
 
 try:  # the same parser as the stdlib's tomllib, compiled: 2.4x faster on a 500-table file
     import tomli as tomllib
@@ -121,7 +122,7 @@ def read_toml(path: Path, parser: TomlPieces | None = None) -> tuple[dict, str]:
     """Parse a TOML file; syntax errors become a located `ConfigError`. A `parser` that
     parsed this file before parses only the tables whose text changed since."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_source(path).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(str(path), "", "config file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:

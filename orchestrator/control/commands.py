@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .. import __version__
 from ..errors import ConfigError
@@ -21,7 +21,7 @@ from ..plan import describe, reconcile
 from ..supervise.states import ALIVE
 from ..supervise.supervisor import Supervisor
 from ..units import parse_signal
-from .server import Connection, ControlError
+from .server import Connection, ControlError, Pending
 from .waits import Goal, Waits
 
 
@@ -51,9 +51,13 @@ class MasterControl(Protocol):
     @property
     def stopping(self) -> bool: ...
 
-    def request_reload(self, origin: str, force: bool = False) -> dict[str, Any]: ...
+    @property
+    def reloading(self) -> str | None: ...
 
-    def load(self) -> tuple[Any, list[Any]]: ...
+    def request_reload(self, origin: str, force: bool = False,
+                       on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None: ...
+
+    def load_later(self, on_done: Callable[[Any], None]) -> None: ...
 
     def shutdown(self) -> None: ...
 
@@ -93,6 +97,7 @@ class Commands:
             "applied_at": self.master.applied_at,
             "reloads": self.master.reload_count,
             "last_reload_error": self.master.last_reload_error,
+            "reloading": self.master.reloading,  # a reload being expanded, by its origin
             # what the master last read: a client whose digest of these files matches knows
             # how the file on disk loads without parsing it (5,000 templates: most of a second)
             "sources": [str(f) for f in self.master.config.files],
@@ -107,20 +112,27 @@ class Commands:
             reply["instances"] = rows
         return reply
 
-    def cmd_reload(self, conn: Connection) -> dict[str, Any]:
-        result = self.master.request_reload("orch reload", force=True)
+    def cmd_reload(self, conn: Connection) -> Any:
+        reply = Pending()
+        result = self.master.request_reload("orch reload", force=True, on_done=lambda r: _answer(reply, r))
+        if result is None:  # expanding in steps: answered when applied
+            return reply
         if result.get("error"):
             raise ControlError(result["error"], 2)
         return result
 
-    def cmd_diff(self, conn: Connection) -> dict[str, Any]:
-        try:
-            _, specs = self.master.load()
-        except ConfigError as exc:
-            raise ControlError(str(exc), 2) from None
-        plan = reconcile(specs, self.master.supervisor.running_view())
-        current = {name: inst.target for name, inst in self.master.supervisor.instances.items()}
-        return {"lines": describe(plan, current), **plan.counts()}
+    def cmd_diff(self, conn: Connection) -> Any:
+        reply = Pending()
+
+        def done(loaded: Any) -> None:
+            if isinstance(loaded, ConfigError):
+                reply.fail(str(loaded), 2)
+                return
+            plan = reconcile(loaded[1], self.master.supervisor.running_view())
+            current = {name: inst.target for name, inst in self.master.supervisor.instances.items()}
+            reply.resolve({"lines": describe(plan, current), **plan.counts()})
+        self.master.loop.call_soon(lambda: self.master.load_later(done))  # after the reply is owed
+        return reply
 
     def cmd_down(self, conn: Connection) -> dict[str, Any]:
         conn.keep_open = True  # the client waits for EOF, which comes when this process exits
@@ -211,3 +223,10 @@ def rows_text(rows: list[dict[str, Any]]) -> str:
     """A JSON array with one row per line: it greps well, and each row goes through the C
     encoder (indent= is the pure-Python one, twice as slow at 5,000 rows)."""
     return "[\n" + ",\n".join(map(_encode_row, rows)) + "\n]" if rows else "[]"
+
+
+def _answer(reply: Pending, result: dict[str, Any]) -> None:
+    if result.get("error"):
+        reply.fail(result["error"], 2)
+    else:
+        reply.resolve(result)

@@ -19,6 +19,8 @@ import hashlib
 import os
 from typing import Iterable
 
+from ..config.source import read_source
+
 FINISHED, GONE, WRITING, IGNORE = "finished", "gone", "writing", "ignore"
 MAX_LINKS = 40  # as the kernel's ELOOP limit: a symlink loop must not hang the watcher
 
@@ -63,8 +65,7 @@ def sources_digest(files: Iterable[os.PathLike | str], patterns: Iterable[str] =
     digest = hashlib.sha256()
     try:
         for name in source_files(files, patterns):
-            with open(name, "rb") as handle:
-                content = handle.read()
+            content = read_source(name)
             digest.update(f"{name}\0{len(content)}\0".encode())
             digest.update(content)
     except OSError:

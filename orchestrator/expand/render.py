@@ -14,157 +14,18 @@ import math
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..config.load import Config, Template
 from ..errors import ConfigError, ConfigProblem
 from ..config.locate import Problems
+from .budget import TOTAL_SECONDS, RenderError, guarded
+from .renderer import Renderer, _text, template_errors
 from .spec import ProcessSpec, PythonTarget, exec_problem
 
-_WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
-_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:@+=-]")
-
-
-class _Placeholders:
-    """Jinja `finalize` hook: remembers each output value and emits a placeholder instead."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any) -> str:
-        self.values.append(value)
-        return f"\x00{len(self.values) - 1}\x00"
-
-
-def _template_error() -> type[BaseException]:
-    """jinja2.TemplateError, for an `except` clause: until a string with Jinja syntax is met,
-    Jinja is not imported and nothing can raise its errors."""
-    jinja = sys.modules.get("jinja2")
-    return jinja.TemplateError if jinja is not None else _NoJinja
-
-
-class _NoJinja(Exception):
-    """Never raised: what `_template_error()` names while Jinja is not imported."""
-
-
-class _Renderer:
-    """Jinja environments plus a per-load cache, so each template string compiles once.
-
-    The environments are made (and Jinja imported) on the first string with a `{`: a config
-    without Jinja syntax never loads it (9 MiB in a bare interpreter)."""
-
-    def __init__(self) -> None:
-        self.placeholders = _Placeholders()
-        self._cache: dict[tuple[int, str], Any] = {}
-        self._splits: dict[str, tuple[str, ...]] = {}
-        self._paths: dict[str, str] = {}
-
-    @functools.cached_property
-    def plain(self) -> Any:
-        from jinja2 import StrictUndefined
-        from jinja2.sandbox import SandboxedEnvironment
-        return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                    finalize=lambda v: _text(v) if isinstance(v, bool) else v)
-
-    @functools.cached_property
-    def argv(self) -> Any:
-        from jinja2 import StrictUndefined
-        from jinja2.sandbox import SandboxedEnvironment
-        return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=self.placeholders)
-
-    def _compiled(self, env: Any, source: str) -> Any:
-        key = (id(env), source)
-        compiled = self._cache.get(key)
-        if compiled is None:
-            compiled = self._cache[key] = env.from_string(source)
-        return compiled
-
-    def text(self, source: str, context: dict[str, Any]) -> str:
-        if "{" not in source:
-            return source
-        return self._compiled(self.plain, source).render(context)
-
-    def value(self, source: Any, context: dict[str, Any]) -> Any:
-        """A string that is one `{{ expr }}` keeps the expression's type; other strings render as text."""
-        if not isinstance(source, str):
-            return source
-        whole = _WHOLE_EXPRESSION.match(source)
-        if whole and "{{" not in whole.group(1):
-            key = (0, whole.group(1))
-            expression = self._cache.get(key)
-            if expression is None:
-                expression = self._cache[key] = self.plain.compile_expression(
-                    whole.group(1), undefined_to_none=False)
-            value = expression(**context)
-            from jinja2 import Undefined
-            if isinstance(value, Undefined):
-                value._fail_with_undefined_error()  # StrictUndefined: raises UndefinedError
-            return value
-        return self.text(source, context)
-
-    def command(self, source: str, context: dict[str, Any]) -> tuple[str, ...]:
-        if "{" not in source:
-            return tuple(shlex.split(source))
-        self.placeholders.values = []
-        rendered = self._compiled(self.argv, source).render(context)
-        values = self.placeholders.values
-        # Instances of one template usually render the same placeholder string: split it once.
-        parts = self._splits.get(rendered)
-        if parts is None:
-            parts = self._splits[rendered] = tuple(shlex.split(rendered))
-        return tuple(_PLACEHOLDER.sub(lambda m: _text(values[int(m.group(1))]), part)
-                     if "\x00" in part else part for part in parts)
-
-    def path(self, folder: Path, source: str, context: dict[str, Any]) -> str:
-        rendered = self.text(source, context)
-        resolved = self._paths.get(rendered)
-        if resolved is None:
-            resolved = self._paths[rendered] = str((folder / rendered).resolve())
-        return resolved
-
-    def shell(self, source: str, context: dict[str, Any]) -> str:
-        """A `shell = true` command: each value escaped for the quoting it sits in."""
-        self.placeholders.values = []
-        rendered = self._compiled(self.argv, source).render(context)
-        return shell_substitute(rendered, [_text(v) for v in self.placeholders.values])
-
-
-def shell_substitute(rendered: str, values: list[str]) -> str:
-    """Put values back into a shell command so the shell reads each as literal text: bare
-    values are shell-quoted, values inside '...' or "..." are escaped for those quotes (pure)."""
-    out: list[str] = []
-    quote = ""  # "", "'" or '"': the quoting in force at this point of the template
-    i = 0
-    while i < len(rendered):
-        char = rendered[i]
-        if char == "\x00":
-            end = rendered.index("\x00", i + 1)
-            value = values[int(rendered[i + 1:end])]
-            if quote == "'":
-                out.append(value.replace("'", "'\\''"))
-            elif quote == '"':
-                out.append(re.sub(r'([$`"\\])', r"\\\1", value))
-            else:
-                out.append(shlex.quote(value))
-            i = end + 1
-            continue
-        if char == "\\" and quote != "'" and i + 1 < len(rendered):
-            out.append(rendered[i:i + 2])
-            i += 2
-            continue
-        if char in "'\"" and (not quote or quote == char):
-            quote = "" if quote else char
-        out.append(char)
-        i += 1
-    return "".join(out)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 class ExpansionCache:
@@ -200,16 +61,87 @@ class ExpansionCache:
 def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessSpec]:
     """Every instance the config asks for, in file order, with stable names and hashes.
     With a `cache`, templates identical to the previous load reuse their specs."""
-    problem = _Problems(config)
-    variables = {"python": sys.executable, **dict(config.vars)}
-    fresh: dict[str, tuple[Template, list[ProcessSpec]]] = {}
-    specs = _expand_all(config, cache, variables, problem, fresh)
-    if problem.items:
-        raise ConfigError(problem.items)
-    if cache is not None:  # only a load that succeeded becomes the new baseline
-        cache.vars, cache.folder, cache.templates = config.vars, config.folder, fresh
-        cache.sockets = config.sockets
-    return specs
+    job = Expansion(config, cache)
+    while not job.step():
+        pass
+    return job.result()
+
+
+class Expansion:
+    """One expansion, run in steps: the master steps it from its loop, so that a slow or
+    runaway config holds the loop for at most `slice_seconds` (plus one render's budget)
+    at a time, and `orch status` and crash replacement go on in between. Every step runs
+    under budget.guarded(); the whole expansion may spend TOTAL_SECONDS in steps."""
+
+    def __init__(self, config: Config, cache: ExpansionCache | None = None,
+                 slice_seconds: float = math.inf) -> None:
+        self.config = config
+        self.cache = cache
+        self.problem = _Problems(config)
+        self.fresh: dict[str, tuple[Template, list[ProcessSpec]]] = {}
+        self.clock = _Slices(slice_seconds)
+        self._specs: list[ProcessSpec] | None = None
+        variables = {"python": sys.executable, **dict(config.vars)}
+        self._steps = _expand_all(config, cache, variables, self.problem, self.fresh, self.clock)
+
+    def step(self) -> bool:
+        """Run one slice; True once the expansion is over (then call `result`)."""
+        if self._specs is not None:
+            return True
+        self.clock.begin()
+        try:
+            with guarded():
+                next(self._steps)
+        except StopIteration as done:
+            self._specs = done.value
+        except RenderError as exc:  # the budget ran out between two renders' checks
+            self.problem(f"workers.{self.clock.template}", str(exc))
+            self._specs = []
+        finally:
+            self.clock.end()
+        return self._specs is not None
+
+    def force_end(self) -> bool:
+        """End the expansion where it is (after a bug was reported as a problem)."""
+        self._steps.close()
+        self._specs = []
+        return True
+
+    def result(self) -> list[ProcessSpec]:
+        """The specs, or ConfigError with every problem found; a success becomes the cache's
+        new baseline."""
+        if self._specs is None:
+            raise RuntimeError("the expansion is not over")
+        if self.problem.items:
+            raise ConfigError(self.problem.items)
+        if self.cache is not None:  # only a load that succeeded becomes the new baseline
+            config = self.config
+            self.cache.vars, self.cache.folder, self.cache.templates = config.vars, config.folder, self.fresh
+            self.cache.sockets = config.sockets
+        return self._specs
+
+
+class _Slices:
+    """Time spent in an expansion's steps: when to yield to the loop, and the total budget."""
+
+    def __init__(self, slice_seconds: float) -> None:
+        self.slice = slice_seconds
+        self.spent = 0.0
+        self.template = ""  # the template being expanded, for a problem's key path
+        self._began = 0.0
+
+    def begin(self) -> None:
+        self._began = time.monotonic()
+
+    def end(self) -> None:
+        self.spent += time.monotonic() - self._began
+
+    def due(self) -> bool:
+        """Time to hand the loop back (between two instances)."""
+        return time.monotonic() - self._began > self.slice
+
+    def over(self) -> bool:
+        return self.spent + time.monotonic() - self._began > TOTAL_SECONDS
 
 
 class _Problems:
@@ -237,18 +169,25 @@ class _Problems:
 
 
 def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[str, Any],
-                problem: _Problems, fresh: dict[str, tuple[Template, list[ProcessSpec]]]) -> list[ProcessSpec]:
-    renderer = _Renderer()
+                problem: _Problems, fresh: dict[str, tuple[Template, list[ProcessSpec]]],
+                clock: _Slices) -> Iterator[None]:
+    """A generator: yields whenever `clock` says the slice is up; returns the specs."""
+    renderer = Renderer()
     sockets = socket_context(config)
     specs: list[ProcessSpec] = []
     seen: dict[str, str] = {}
     reuse = cache if cache is not None and cache.usable(config) else None
     for template in config.templates:
+        clock.template = template.name
+        if clock.over():
+            problem(f"workers.{template.name}", f"the expansion took longer than {TOTAL_SECONDS:g}s "
+                    "in all; stopped here")
+            break
         made = reuse.get(template) if reuse is not None else None
         if made is None:
             room = config.settings.max_instances - len(specs)
-            made = _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
-                                    config, renderer, problem, room)
+            made = yield from _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
+                                               config, renderer, problem, room, clock)
         if made is None or len(specs) + len(made) > config.settings.max_instances:
             if made is not None:
                 _too_many(template, config, problem)
@@ -265,6 +204,8 @@ def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[st
             specs.append(spec)
         if len(problem.items) > 20:
             break
+        if clock.due():
+            yield
     return specs
 
 
@@ -283,10 +224,10 @@ def socket_context(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
             for t in config.templates if t.sockets}
 
 
-def _expand_template(template: Template, variables: dict[str, Any], config: Config,
-                     renderer: _Renderer, problem: Any, room: int) -> list[ProcessSpec] | None:
-    """The template's instances; None (with the problem told) when it fails or when it
-    would not fit in the `room` left under max_instances (checked before rendering any)."""
+def _expand_template(template: Template, variables: dict[str, Any], config: Config, renderer: Renderer,
+                     problem: Any, room: int, clock: _Slices) -> Iterator[None]:
+    """A generator returning the template's instances; None (with the problem told) when it
+    fails or would not fit in the `room` left under max_instances (checked before rendering)."""
     combos = _combinations(template, variables, renderer, problem)
     if combos is None:
         return None
@@ -299,10 +240,18 @@ def _expand_template(template: Template, variables: dict[str, Any], config: Conf
             spec = _render(template, params, replica, variables, config.folder, renderer, problem)
             if spec is not None:
                 made.append(spec)
+            elif len(problem.items) > 20:
+                return None
+            if clock.due() or clock.over():
+                if clock.over():
+                    problem(f"workers.{template.name}", f"the expansion took longer than "
+                            f"{TOTAL_SECONDS:g}s in all; stopped here")
+                    return None
+                yield
     return made
 
 
-def _combinations(template: Template, variables: dict[str, Any], renderer: _Renderer,
+def _combinations(template: Template, variables: dict[str, Any], renderer: Renderer,
                   problem: Any) -> list[dict[str, Any]] | None:
     """The matrix product, less `exclude` matches, plus `include`, as parameter dicts."""
     axes: list[tuple[str, list[Any]]] = []
@@ -311,7 +260,7 @@ def _combinations(template: Template, variables: dict[str, Any], renderer: _Rend
         keypath = f"workers.{template.name}.matrix.{axis}"
         try:
             values = renderer.value(raw, context) if isinstance(raw, str) else raw
-        except _template_error() as exc:
+        except template_errors() as exc:
             problem(keypath, f"cannot render: {exc}")
             return None
         if isinstance(values, (tuple, range)):
@@ -383,7 +332,7 @@ class _Refused(Exception):
 
 
 def _render(template: Template, params: dict[str, Any], replica: int, variables: dict[str, Any],
-            folder: Path, renderer: _Renderer, problem: Any) -> ProcessSpec | None:
+            folder: Path, renderer: Renderer, problem: Any) -> ProcessSpec | None:
     """One instance of the template, or None with the problem told (key path, cause)."""
     prefix = f"workers.{template.name}"
     context = {**variables, **params, "replica": replica, "template": template.name}
@@ -404,7 +353,7 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
     except _Refused as exc:
         problem(f"{prefix}.{step[0]}", str(exc))
         return None
-    except _template_error() as exc:
+    except template_errors() as exc:
         problem(f"{prefix}.{step[0]}", f"cannot render for {params or template.name}: {exc}")
         return None
     except ValueError as exc:  # shlex: unbalanced quotes
@@ -417,7 +366,7 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
 
 
 def _instance_name(template: Template, params: dict[str, Any], replica: int, context: dict[str, Any],
-                   renderer: _Renderer) -> str:
+                   renderer: Renderer) -> str:
     if template.name_pattern is None:
         return default_name(template, params, replica)
     name = renderer.text(template.name_pattern, context).strip()
@@ -427,7 +376,7 @@ def _instance_name(template: Template, params: dict[str, Any], replica: int, con
     return name
 
 
-def _program(template: Template, name: str, context: dict[str, Any], folder: Path, renderer: _Renderer,
+def _program(template: Template, name: str, context: dict[str, Any], folder: Path, renderer: Renderer,
              step: list[str]) -> tuple[tuple[str, ...], PythonTarget | None]:
     """(argv, the Python target if any) of one instance."""
     python = None

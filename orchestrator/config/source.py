@@ -1,0 +1,50 @@
+"""Reading a config file or an included one: only regular files, and only up to a size.
+
+An include of /dev/zero, a FIFO nobody writes or a 5 GiB log matched by a glob would hang
+or exhaust `orch check` and a live master's reload; each is refused with a reason instead.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+# The largest file orch parses: 5,000 templates are about 300 KB, and parsing 2 MiB of
+# TOML takes about 0.5 s on one core here, which bounds what a save can cost the master.
+MAX_FILE_BYTES = 2 << 20
+
+
+class SourceError(OSError):
+    """A config source orch will not read; str() says why in one line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def read_source(path: os.PathLike | str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else SourceError (OSError on
+    the usual failures: missing, unreadable). Never blocks on a FIFO or device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceError(f"not a regular file ({_kind(info.st_mode)})")
+        if info.st_size > limit:
+            raise SourceError(f"the file is {info.st_size:,} bytes; orch reads config files of up to {limit:,}")
+        chunks, size = [], 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise SourceError(f"the file grew past {limit:,} bytes while being read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
