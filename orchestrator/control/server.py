@@ -10,9 +10,11 @@ open and the client sees EOF only when the master process has exited.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import resource
 import socket
 import struct
 from pathlib import Path
@@ -21,11 +23,121 @@ from typing import TYPE_CHECKING, Any, Callable
 from .client import ControlError  # the client side lives in client.py
 
 if TYPE_CHECKING:
-    from ..loop import EventLoop
+    from ..loop import EventLoop, Timer
 
 log = logging.getLogger("orch")
 Handler = Callable[[str, dict[str, Any], "Connection"], Any]
-MAX_REQUEST = 1 << 20
+# Requests are a command and a few patterns; at the connection cap this bounds what clients
+# can make the master hold to 256 x 64 KiB (it was 1 MiB each: 256 MiB).
+MAX_REQUEST = 1 << 16
+# Same-uid clients must not take the fds instances need (pipes, logs, /proc fds): at most
+# 256 connections, and never more than 1/8 of the soft fd limit. A new client at the cap
+# closes the oldest idle one, so `orch status` gets in unless every one is owed an answer.
+MAX_CONNECTIONS, FD_SHARE = 256, 8
+IDLE_TIMEOUT = 60.0  # a connection that asked nothing for this long, and is owed nothing, is closed
+ACCEPT_BATCH = 64  # accepts per wake-up: a connect flood cannot starve the rest of the loop
+NO_FDS_PAUSE = 0.1  # seconds a listener is not watched after EMFILE/ENFILE
+NO_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Out of fds, an idle connection silent this long gives its fd to the next client; a newer
+# one is spared: it may be the client the last accept was for, about to send its request.
+NO_FDS_SILENT = 1.0
+REPORT_EVERY = 10.0  # seconds between two warnings of one kind: a flood must not flood the log
+
+
+def connection_cap(ceiling: int, share: int, fd_limit: int | None = None) -> int:
+    """How many connections a listener may hold: `ceiling`, and at most 1/`share` of the soft
+    fd limit (read now unless given: it may have been lowered since start-up)."""
+    if fd_limit is None:
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if fd_limit == resource.RLIM_INFINITY:
+        return ceiling
+    return max(1, min(ceiling, fd_limit // share))
+
+
+def admission(held: int, cap: int, any_idle: bool) -> str:
+    """What a new connection does (pure): "accept" under the cap; at it, "evict" the oldest
+    idle connection to make room, or "refuse" the newcomer when every held one is busy."""
+    if held < cap:
+        return "accept"
+    return "evict" if any_idle else "refuse"
+
+
+class Throttle:
+    """Says yes at most once per `every` seconds: rate-limits warnings about floods."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self._last: float | None = None
+
+    def due(self, now: float) -> bool:
+        if self._last is not None and now - self._last < self.every:
+            return False
+        self._last = now
+        return True
+
+
+class Acceptor:
+    """Accepts clients of a listening socket in the loop: a bounded batch per wake-up and,
+    out of fds, a short pause instead of a retry. (A client waiting in the backlog keeps the
+    socket readable, so retrying at once ran the loop at 100% CPU and starved every instance.)"""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, on_client: Callable[[socket.socket], None],
+                 on_no_fds: Callable[[], None], what: str, has_room: Callable[[], bool] = lambda: True):
+        self.loop = loop
+        self.sock = sock
+        self.on_client = on_client
+        self.on_no_fds = on_no_fds  # frees an fd if it can, for the accept after the pause
+        self.has_room = has_room  # False: leave clients in the listen backlog until `room_made`
+        self.what = what
+        self.pauses = 0
+        self._timer: Timer | None = None
+        self._held = self._closed = False
+        self._report = Throttle(REPORT_EVERY)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if not self.has_room():
+                self._held = True
+                self.loop.remove_reader(self.sock.fileno())
+                return
+            try:
+                client, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in NO_FDS:
+                    self._pause(exc)
+                return  # anything else (ECONNABORTED): the next readable event retries
+            self.on_client(client)
+
+    def _pause(self, exc: OSError) -> None:
+        self.pauses += 1
+        self.loop.remove_reader(self.sock.fileno())
+        self._timer = self.loop.call_later(NO_FDS_PAUSE, self._resume)
+        if self._report.due(self.loop.time()):
+            log.warning("%s: cannot accept a connection (%s): pausing %dms (%d pauses so far)",
+                        self.what, exc.strerror or exc, NO_FDS_PAUSE * 1000, self.pauses)
+        self.on_no_fds()
+
+    def _resume(self) -> None:
+        self._timer = None
+        if not self._held and not self._closed:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def room_made(self) -> None:
+        """A client left: accept again if `has_room` said no."""
+        if self._held:
+            self._held = False
+            if self._timer is None:
+                self._resume()
+
+    def close(self) -> None:
+        """Stop accepting for good (the caller closes the socket)."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.loop.remove_reader(self.sock.fileno())
 
 
 class Pending:
@@ -45,11 +157,15 @@ class Pending:
     def _answer(self, message: dict[str, Any]) -> None:
         if not self.answered and self.conn is not None:
             self.answered = True
+            self.conn.owed -= 1
+            self.conn.last_active = self.conn.server.loop.time()
             self.conn.send(message)
 
 
 class Connection:
-    """One client connection with buffered, non-blocking reads and writes."""
+    """One client connection with buffered, non-blocking reads and writes. One reply at a
+    time: while a reply waits for the client to read it, further requests wait in the
+    kernel's buffer, not in ours (a client that never reads cannot grow the master)."""
 
     def __init__(self, server: "ControlServer", sock: socket.socket):
         self.server = server
@@ -58,6 +174,15 @@ class Connection:
         self.outbuf = bytearray()
         self.keep_open = False  # `down`: closes when the process exits
         self.closed = False
+        self.owed = 0  # Pending replies not given yet
+        self.last_active = server.loop.time()
+        self._eof = False
+        self._reading = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing owed either way: closing it loses no answer."""
+        return not (self.keep_open or self.owed or self.outbuf or self.closed)
 
     def on_readable(self) -> None:
         try:
@@ -67,21 +192,37 @@ class Connection:
         except OSError:
             data = b""
         if not data:
+            self._eof = True
             if not self.keep_open:
                 self.close()
             else:
-                self.server.loop.remove_reader(self.sock.fileno())
+                self.watch_reads()
             return
+        self.last_active = self.server.loop.time()
         self.inbuf.extend(data)
-        if len(self.inbuf) > MAX_REQUEST:
-            self.send({"ok": False, "error": "request too large", "code": 2})
-            self.inbuf.clear()
-            return
-        while b"\n" in self.inbuf:
+        self._serve()
+
+    def _serve(self) -> None:
+        """Handle the complete requests buffered, until one leaves a reply unsent."""
+        while b"\n" in self.inbuf and not self.outbuf and not self.closed:
             line, _, rest = bytes(self.inbuf).partition(b"\n")
             self.inbuf[:] = rest
             if line.strip():
                 self._handle(line)
+        if len(self.inbuf) > MAX_REQUEST and b"\n" not in self.inbuf:
+            self.inbuf.clear()
+            self.send({"ok": False, "error": "request too large", "code": 2})
+        self.watch_reads()
+
+    def watch_reads(self) -> None:
+        """Read requests unless a reply is still being sent (or the client is gone)."""
+        want = not (self.closed or self._eof or self.outbuf)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                self.server.loop.add_reader(self.sock.fileno(), self.on_readable)
+            else:
+                self.server.loop.remove_reader(self.sock.fileno())
 
     def _handle(self, line: bytes) -> None:
         try:
@@ -104,6 +245,7 @@ class Connection:
             self.send({"ok": False, "error": f"internal error: {exc}", "code": 1})
             return
         if isinstance(result, Pending):
+            self.owed += 1
             result.conn = self  # answered later, in the loop
             return
         self.send({"ok": True, "result": result})
@@ -112,9 +254,10 @@ class Connection:
         if self.closed:
             return
         self.outbuf.extend(json.dumps(message, default=str).encode() + b"\n")
-        self.on_writable()
+        self._flush()
+        self.watch_reads()
 
-    def on_writable(self) -> None:
+    def _flush(self) -> None:
         try:
             sent = self.sock.send(self.outbuf)
             del self.outbuf[:sent]
@@ -128,6 +271,12 @@ class Connection:
         else:
             self.server.loop.remove_writer(self.sock.fileno())
 
+    def on_writable(self) -> None:
+        """The client read some of a reply: send more, then serve the requests that waited."""
+        self._flush()
+        if not self.closed and not self.outbuf:
+            self._serve()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -138,41 +287,82 @@ class Connection:
 
 
 class ControlServer:
-    """Accepts clients of the same uid (or root) on an owner-only Unix socket."""
+    """Accepts clients of the same uid (or root) on an owner-only Unix socket, at most
+    `connection_cap` at a time; idle ones time out."""
 
     def __init__(self, loop: EventLoop, path: Path, handler: Handler):
         self.loop = loop
         self.path = path
         self.handler = handler
         self.connections: set[Connection] = set()
+        self._sweeper: Timer | None = None
+        self._report = Throttle(REPORT_EVERY)
         self.sock = bind_unix(path, socket.SOCK_STREAM)
         self.sock.listen(128)
         self.sock.setblocking(False)
-        loop.add_reader(self.sock.fileno(), self._accept)
+        self.acceptor = Acceptor(loop, self.sock, self._client,
+                                 lambda: self._free_one(silent_for=NO_FDS_SILENT), "control")
 
-    def _accept(self) -> None:
+    def _client(self, client: socket.socket) -> None:
+        uid = peer_uid(client)
+        if uid not in (os.getuid(), 0):
+            log.warning("control: refused a client with uid %s", uid)
+            _refuse(client, "permission denied")
+            return
+        if not self._make_room():
+            _refuse(client, "too many control connections, each waiting for an answer")
+            return
+        client.setblocking(False)
+        conn = Connection(self, client)
+        self.connections.add(conn)
+        conn.watch_reads()
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 4, self._sweep)
+
+    def _make_room(self) -> bool:
+        """Close the oldest idle connections while at the cap; False if none can go."""
+        cap = connection_cap(MAX_CONNECTIONS, FD_SHARE)
         while True:
-            try:
-                client, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            uid = peer_uid(client)
-            if uid not in (os.getuid(), 0):
-                log.warning("control: refused a client with uid %s", uid)
-                try:
-                    client.send(b'{"ok": false, "error": "permission denied", "code": 1}\n')
-                finally:
-                    client.close()
-                continue
-            client.setblocking(False)
-            conn = Connection(self, client)
-            self.connections.add(conn)
-            self.loop.add_reader(client.fileno(), conn.on_readable)
+            verdict = admission(len(self.connections), cap, any(c.idle for c in self.connections))
+            if verdict != "evict":
+                return verdict == "accept"
+            if self._report.due(self.loop.time()):
+                log.warning("control: %d connections, the cap: closing the oldest idle ones", cap)
+            self._free_one()
+
+    def _free_one(self, silent_for: float = 0.0) -> None:
+        """Close the idle connection that asked something longest ago, if silent for at
+        least `silent_for` seconds (out of fds: its fd serves the next client)."""
+        cutoff = self.loop.time() - silent_for
+        idle = [c for c in self.connections if c.idle and c.last_active <= cutoff]
+        if idle:
+            min(idle, key=lambda c: c.last_active).close()
+
+    def _sweep(self) -> None:
+        """Close connections idle for IDLE_TIMEOUT; runs every quarter of it while any is open."""
+        self._sweeper = None
+        cutoff = self.loop.time() - IDLE_TIMEOUT
+        for conn in [c for c in self.connections if c.idle and c.last_active <= cutoff]:
+            conn.close()
+        if self.connections:
+            self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 4, self._sweep)
 
     def close(self) -> None:
+        self.acceptor.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         close_listener(self.loop, self.sock, self.path)
+
+
+def _refuse(client: socket.socket, reason: str) -> None:
+    """One error line (it fits any socket buffer, so this never blocks), then close."""
+    try:
+        client.setblocking(False)
+        client.send(json.dumps({"ok": False, "error": reason, "code": 1}).encode() + b"\n")
+    except OSError:
+        pass
+    finally:
+        client.close()
 
 
 def bind_unix(path: Path, kind: int) -> socket.socket:

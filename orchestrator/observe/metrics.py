@@ -1,23 +1,41 @@
 """Optional Prometheus text endpoint (`[orchestrator] metrics = "127.0.0.1:9108"`), served in
-the loop: non-blocking sockets, one short response per connection, never a thread."""
+the loop: non-blocking sockets, one short response per connection, never a thread.
+
+Any process of the host can connect, so what scrapers cost is bounded: the text is rendered
+at most once per RENDER_EVERY, and every scrape waiting then is served from that one copy
+(500 scrapes of 300 instances, each rendered, held the loop 4 s). A scrape is never answered
+with a text rendered before its request arrived (a scrape just after a change sees it), so
+one may wait up to RENDER_EVERY. At most MAX_CONNECTIONS are open at a time; more wait in
+the listen backlog."""
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import Any, Callable
+from typing import Callable
 
+from ..control.server import Acceptor, Throttle, admission, connection_cap
 from ..errors import OrchError
-from ..loop import EventLoop
+from ..loop import EventLoop, Timer
 
 log = logging.getLogger("orch")
 MAX_REQUEST = 8192
 IDLE_TIMEOUT = 5.0  # a client that has not sent its whole request by then is dropped
+SEND_TIMEOUT = 30.0  # and one that has not read the whole answer by then
+RENDER_EVERY = 1.0  # seconds between two renderings at least
+# 64 scrapers at once (Prometheus needs one), and never more than 1/32 of the fd limit; a
+# newcomer at the cap closes the oldest connection still sending its request after IDLE_AFTER,
+# or else waits in the backlog (a scraper between its connect and its request is not idle).
+MAX_CONNECTIONS, FD_SHARE = 64, 32
+IDLE_AFTER = 1.0
 MASTER_HELP = {
     "orch_instances": "instances the master supervises",
     "orch_reloads_total": "config reloads applied",
     "orch_reload_failures_total": "config reloads that failed and changed nothing",
     "orch_last_reload_seconds": "time the last applied reload took to plan",
+    "orch_notify_dropped_total": "notify messages dropped: from no instance, or kept too long before one started",
+    "orch_metrics_renders_total": "times this text was rendered (at most once a second; scrapes between share it)",
+    "orch_metrics_connections_dropped_total": "metrics connections closed for the connection cap or a timeout",
 }
 
 
@@ -46,11 +64,17 @@ def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
     for r in rows:
         for reason, count in sorted(r["limit_kills"].items()):
             lines.append(f'orch_instance_limit_kills_total{{name="{esc(r["name"])}",reason="{reason}"}} {count}')
-    for name, value in sorted(master.items()):
+    return "\n".join(lines + scalar_lines(master)) + "\n"
+
+
+def scalar_lines(values: dict[str, float]) -> list[str]:
+    """HELP, TYPE and sample lines of unlabelled series (pure)."""
+    lines = []
+    for name, value in sorted(values.items()):
         kind = "counter" if name.endswith("_total") else "gauge"
         text = MASTER_HELP.get(name, name.removeprefix("orch_").replace("_", " "))
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -59,8 +83,21 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class Scrape:
+    """One scraper's connection: its request so far, then the answer left to send."""
+
+    __slots__ = ("sock", "opened", "request", "reply", "timer")
+
+    def __init__(self, sock: socket.socket, opened: float, timer: Timer):
+        self.sock = sock
+        self.opened = opened
+        self.request: bytearray | None = bytearray()  # None once complete
+        self.reply: memoryview | None = None  # set when answered
+        self.timer = timer
+
+
 class MetricsServer:
-    """Answers any GET with the current metrics."""
+    """Answers any GET with the metrics, rendered at most once per RENDER_EVERY."""
 
     def __init__(self, loop: EventLoop, address: str, collect: Callable[[], str]):
         host, port = parse_address(address)
@@ -74,64 +111,125 @@ class MetricsServer:
                             f"{exc.strerror or exc}") from None
         self.sock.setblocking(False)
         self.address = self.sock.getsockname()
-        loop.add_reader(self.sock.fileno(), self._accept)
+        self.scrapes: dict[socket.socket, Scrape] = {}  # oldest first
+        self.waiting: list[Scrape] = []  # whole requests read, for the next rendering
+        self.renders = 0
+        self.dropped = 0  # closed for the cap or a timeout
+        self._rendered_at = 0.0
+        self._render_timer: Timer | None = None
+        self._recheck: Timer | None = None
+        self._report = Throttle(10.0)
+        self.acceptor = Acceptor(loop, self.sock, self._client, self._free_one, "metrics", has_room=self._has_room)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError, OSError):
+    def render(self) -> bytes:
+        """The whole HTTP answer, rendered now."""
+        self.renders += 1
+        self._rendered_at = self.loop.time()
+        own = {"orch_metrics_renders_total": self.renders, "orch_metrics_connections_dropped_total": self.dropped}
+        body = (self.collect() + "\n".join(scalar_lines(own)) + "\n").encode()
+        return (f"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+    def _has_room(self) -> bool:
+        """Under the cap, or one connection has been sending its request for IDLE_AFTER."""
+        oldest = next((s for s in self.scrapes.values() if s.request is not None), None)
+        now = self.loop.time()
+        idle = oldest is not None and oldest.opened <= now - IDLE_AFTER
+        if admission(len(self.scrapes), connection_cap(MAX_CONNECTIONS, FD_SHARE), idle) != "refuse":
+            return True
+        if oldest is not None and self._recheck is None:  # it will be idle then: look again
+            self._recheck = self.loop.call_later(oldest.opened + IDLE_AFTER - now, self._room_maybe)
+        return False
+
+    def _room_maybe(self) -> None:
+        self._recheck = None
+        self.acceptor.room_made()
+
+    def _client(self, sock: socket.socket) -> None:
+        if len(self.scrapes) >= connection_cap(MAX_CONNECTIONS, FD_SHARE):  # has_room: one is idle
+            if self._report.due(self.loop.time()):
+                log.warning("metrics: %d connections, the cap: closing the oldest idle ones", len(self.scrapes))
+            self._free_one()
+        sock.setblocking(False)
+        scrape = Scrape(sock, self.loop.time(),
+                        self.loop.call_later(IDLE_TIMEOUT, lambda: self._close(scrape, timed_out=True)))
+        self.scrapes[sock] = scrape
+        self._read(scrape)  # a scraper usually sends its request with the connection
+
+    def _free_one(self) -> None:
+        """Close the oldest connection still sending its request after IDLE_AFTER (at the cap,
+        or out of fds: its fd serves the next client)."""
+        cutoff = self.loop.time() - IDLE_AFTER
+        for scrape in self.scrapes.values():
+            if scrape.request is not None and scrape.opened <= cutoff:
+                self._close(scrape, timed_out=True)
                 return
-            client.setblocking(False)
-            buffer = bytearray()
-            # One timer per connection: a client that connects and sends nothing (or half a
-            # request) would otherwise hold an fd and a reader for ever.
-            timer = self.loop.call_later(IDLE_TIMEOUT, lambda c=client: self._drop(c))
-            self.loop.add_reader(client.fileno(), lambda c=client, b=buffer, t=timer: self._read(c, b, t))
 
-    def _drop(self, client: socket.socket) -> None:
-        if client.fileno() < 0:
-            return  # answered and closed already
-        self.loop.remove_reader(client.fileno())
-        client.close()
-
-    def _read(self, client: socket.socket, buffer: bytearray, timer: Any) -> None:
+    def _read(self, scrape: Scrape) -> None:
+        assert scrape.request is not None
         try:
-            data = client.recv(4096)
+            data = scrape.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
+            self.loop.add_reader(scrape.sock.fileno(), lambda: self._read(scrape))
             return
         except OSError:
             data = b""
-        buffer.extend(data)
-        if data and b"\r\n\r\n" not in buffer and len(buffer) < MAX_REQUEST:
-            return
-        self.loop.remove_reader(client.fileno())
-        timer.cancel()
         if not data:
-            client.close()
+            self._close(scrape)
             return
-        body = self.collect().encode()
-        head = (f"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        pending = bytearray(head + body)
-        self._write(client, pending)
+        scrape.request.extend(data)
+        if b"\r\n\r\n" not in scrape.request and len(scrape.request) < MAX_REQUEST:
+            self.loop.add_reader(scrape.sock.fileno(), lambda: self._read(scrape))
+            return
+        self.loop.remove_reader(scrape.sock.fileno())
+        scrape.request = None
+        scrape.timer.cancel()
+        scrape.timer = self.loop.call_later(SEND_TIMEOUT, lambda: self._close(scrape, timed_out=True))
+        self.waiting.append(scrape)
+        if self._render_timer is None:  # at the end of this turn: requests read in it share it
+            due = self._rendered_at + RENDER_EVERY if self.renders else 0.0
+            self._render_timer = self.loop.call_later(due - self.loop.time(), self._answer_waiting)
 
-    def _write(self, client: socket.socket, pending: bytearray) -> None:
+    def _answer_waiting(self) -> None:
+        self._render_timer = None
+        reply = memoryview(self.render())  # one copy for every waiting scrape
+        waiting, self.waiting = self.waiting, []
+        for scrape in waiting:
+            if self.scrapes.get(scrape.sock) is scrape:  # not timed out meanwhile
+                scrape.reply = reply
+                self._write(scrape)
+
+    def _write(self, scrape: Scrape) -> None:
         """Send what the socket takes now; the rest when it is writable (a slow scraper
         never holds the loop)."""
+        assert scrape.reply is not None
         try:
-            sent = client.send(pending)
-            del pending[:sent]
+            sent = scrape.sock.send(scrape.reply)
+            scrape.reply = scrape.reply[sent:]
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
-            pending.clear()
-        if pending:
-            self.loop.add_writer(client.fileno(), lambda: self._write(client, pending))
-            return
-        self.loop.remove_writer(client.fileno())
-        client.close()
+            scrape.reply = scrape.reply[:0]
+        if scrape.reply:
+            self.loop.add_writer(scrape.sock.fileno(), lambda: self._write(scrape))
+        else:
+            self._close(scrape)
+
+    def _close(self, scrape: Scrape, timed_out: bool = False) -> None:
+        if self.scrapes.pop(scrape.sock, None) is None:
+            return  # closed already
+        self.dropped += timed_out
+        scrape.timer.cancel()
+        self.loop.remove_reader(scrape.sock.fileno())
+        self.loop.remove_writer(scrape.sock.fileno())
+        scrape.sock.close()
+        self.acceptor.room_made()
 
     def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
+        self.acceptor.close()
+        for timer in (self._render_timer, self._recheck):
+            if timer is not None:
+                timer.cancel()
+        for scrape in list(self.scrapes.values()):
+            self._close(scrape)
         self.sock.close()
