@@ -12,7 +12,9 @@ instances; an orphan the spawner attributes to an instance counts from the next 
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import random
 from typing import Any
 
@@ -20,15 +22,23 @@ from ..config.load import Policy
 from .events import Event, PolicyChanged, StateChanged
 from .instance import Instance
 from ..loop import EventLoop, Timer
-from ..observe.procfs import process_group
+from ..observe.procfs import process_group, stat_fields
 from .states import State, Then
 from ..units import format_size
 
 log = logging.getLogger("orch")
 SOFT_SAMPLES = 2
 LOOK_EVERY = 5  # samples between looks for a tree's new descendants
-EARLY_MAX = 1024  # process groups whose notify messages may wait for their "spawned"
-EARLY_SECONDS = 10.0
+# Notify messages from a process group the master does not know yet wait for its "spawned"
+# this long, this many in all and per group: a flood from a process that never becomes an
+# instance costs a fixed amount of memory (it grew the master by 352 MiB before).
+EARLY_SECONDS, EARLY_TOTAL, EARLY_PER_GROUP = 5.0, 1000, 64
+# Only a descendant of the master within this many generations can become an instance:
+# instance -> spawner -> master, or instance -> zygote -> spawner -> master.
+ANCESTRY_DEPTH = 4
+STRANGER_SECONDS = 1.0  # a sender found to be no instance's is dropped this long without /proc reads
+STRANGERS_MAX = 4096
+DROP_REPORT_EVERY = 10.0
 LIFETIME_JITTER = 0.1
 GRACEFUL_REASONS = ("memory_soft", "max_lifetime", "max_requests")
 
@@ -48,6 +58,69 @@ def lifetime_delay(max_lifetime: float, rng: random.Random | None = None) -> flo
     return max_lifetime * (1 - (rng or random).uniform(0, LIFETIME_JITTER))
 
 
+class EarlyNotes:
+    """Notify messages of process groups not known yet, oldest first, bounded in age, in
+    total and per group (a fast worker forked from a zygote can speak before the spawner's
+    "spawned" arrives). `now` is passed in: pure apart from the clock it is given."""
+
+    def __init__(self, seconds: float = EARLY_SECONDS, total: int = EARLY_TOTAL,
+                 per_group: int = EARLY_PER_GROUP):
+        self.seconds, self.total, self.per_group = seconds, total, per_group
+        self.count = 0
+        self.dropped = 0  # refused when full, or expired before their group became an instance
+        self._groups: dict[int, list[tuple[float, dict[str, str]]]] = {}
+        # arrival order, for expiry; an entry whose message was taken is skipped when it expires
+        self._order: collections.deque[tuple[float, int]] = collections.deque()
+
+    def keep(self, now: float, group: int, fields: dict[str, str]) -> bool:
+        """Keep a message for `group`; False (and counted) when the bounds say no."""
+        self.expire(now)
+        kept = self._groups.get(group)
+        if self.count >= self.total or (kept is not None and len(kept) >= self.per_group):
+            self.dropped += 1  # the newest go: a worker's first words (READY=1) are kept
+            return False
+        self._groups.setdefault(group, []).append((now, fields))
+        self._order.append((now, group))
+        self.count += 1
+        return True
+
+    def take(self, now: float, group: int) -> list[dict[str, str]]:
+        """The fresh messages of `group`, which just became an instance (stale ones are never
+        replayed: the pid may have been recycled)."""
+        self.expire(now)
+        kept = self._groups.pop(group, [])
+        self.count -= len(kept)
+        return [fields for _, fields in kept]
+
+    def expire(self, now: float) -> None:
+        while self._order and now - self._order[0][0] >= self.seconds:
+            sent, group = self._order.popleft()
+            kept = self._groups.get(group)
+            if kept and kept[0][0] == sent:
+                kept.pop(0)
+                self.count -= 1
+                self.dropped += 1
+                if not kept:
+                    del self._groups[group]
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def descends_from(pid: int, ancestor: int, depth: int = ANCESTRY_DEPTH) -> bool:
+    """Whether `ancestor` is among the first `depth` ancestors of `pid` (reads /proc)."""
+    for _ in range(depth):
+        fields = stat_fields(pid)
+        if not fields:
+            return False
+        pid = int(fields[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 class Limits:
     """Arms and checks every limit; acts through the supervisor's stop and kill."""
 
@@ -57,7 +130,12 @@ class Limits:
         self.check_interval = check_interval
         self._sampler: Timer | None = None
         self._round = 0  # samples taken: staggers the looks for new descendants
-        self._early: dict[int, list[tuple[float, dict[str, str]]]] = {}  # process group -> messages
+        self._early = EarlyNotes()
+        self._early_purge: Timer | None = None
+        self._strangers: dict[int, float] = {}  # pid -> until when its messages are dropped unread
+        self._strangers_dropped = 0
+        self._drop_report = 0  # notify_dropped when the last warning was logged
+        self._drop_logged_at: float | None = None
         supervisor.events.subscribe(self.on_event)
 
     # --- lifecycle ------------------------------------------------------------------
@@ -76,8 +154,8 @@ class Limits:
         self._arm_lifetime(inst)
         if inst.spec.policy.memory_hard or inst.spec.policy.memory_soft:
             self.ensure_sampling()
-        for sent, fields in self._early.pop(inst.pid, ()):  # sent before we knew this pid
-            if self.loop.time() - sent < EARLY_SECONDS:  # never replay to a recycled pid
+        if self._early.count and inst.pid is not None:
+            for fields in self._early.take(self.loop.time(), inst.pid):  # sent before we knew this pid
                 self._apply(inst, fields)
 
     def on_exit(self, inst: Instance) -> None:
@@ -115,24 +193,56 @@ class Limits:
                 old.cancel()
 
     # --- notify protocol --------------------------------------------------------------
-    def instance_for(self, pid: int) -> Instance | None:
-        inst = self.supervisor.by_pid.get(pid)
-        if inst is None:
-            group = process_group(pid)
-            inst = self.supervisor.by_pid.get(group) if group else None
-        return inst
+    @property
+    def notify_dropped(self) -> int:
+        """Notify messages dropped: from no instance, or kept too long waiting for one."""
+        return self._strangers_dropped + self._early.dropped
 
     def on_notify(self, pid: int, fields: dict[str, str]) -> None:
-        inst = self.instance_for(pid)
-        if inst is None:
+        inst = self.supervisor.by_pid.get(pid)
+        if inst is not None:
+            self._apply(inst, fields)
+            return
+        now = self.loop.time()
+        if self._strangers.get(pid, 0.0) > now:  # a flood costs a dict look-up per message
+            self._drop(pid, now)
+            return
+        group = process_group(pid)
+        inst = self.supervisor.by_pid.get(group) if group else None
+        if inst is not None:  # a worker behind a wrapper: its group leader is the instance
+            self._apply(inst, fields)
+        elif group and descends_from(group, os.getpid()):
             # A fast worker (forked from a zygote) can speak before the spawner's "spawned"
             # reaches us: keep its messages, by process group, until its pid is known.
-            group = process_group(pid) or pid
-            self._early.setdefault(group, []).append((self.loop.time(), fields))
-            while len(self._early) > EARLY_MAX:
-                self._early.pop(next(iter(self._early)))
+            if not self._early.keep(now, group, fields):  # counted there
+                self._report_drops(pid, now)
+            elif self._early_purge is None:
+                self._early_purge = self.loop.call_later(EARLY_SECONDS, self._purge_early)
+        else:  # no instance, and none can start as it: not a process of ours
+            if len(self._strangers) >= STRANGERS_MAX:
+                self._strangers.clear()
+            self._strangers[pid] = now + STRANGER_SECONDS
+            self._drop(pid, now)
+
+    def _drop(self, pid: int, now: float) -> None:
+        self._strangers_dropped += 1
+        self._report_drops(pid, now)
+
+    def _report_drops(self, pid: int, now: float) -> None:
+        """Say how many were dropped, at most every DROP_REPORT_EVERY seconds."""
+        if self._drop_logged_at is not None and now - self._drop_logged_at < DROP_REPORT_EVERY:
             return
-        self._apply(inst, fields)
+        total = self.notify_dropped
+        log.warning("notify: dropped %d messages from processes that are not instances (the latest "
+                    "from pid %d), %d in all", total - self._drop_report, pid, total)
+        self._drop_logged_at, self._drop_report = now, total
+
+    def _purge_early(self) -> None:
+        """Let go of messages no instance claimed in time (memory, not only replay, is bounded)."""
+        self._early.expire(self.loop.time())
+        self._early_purge = None
+        if self._early.count:
+            self._early_purge = self.loop.call_later(EARLY_SECONDS, self._purge_early)
 
     def _apply(self, inst: Instance, fields: dict[str, str]) -> None:
         policy = inst.spec.policy
