@@ -201,3 +201,89 @@ def test_out_of_fds_for_pipes_backs_off_instead_of_wedging(start_master, tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- orch check is bounded -------------------------------------------------------------------
+
+def _check(tmp_path, text: str, timeout: float = 20):
+    config = tmp_path / "workers.toml"
+    config.write_text(text)
+    return config, orch("check", "-c", str(config), timeout=timeout)
+
+
+def test_ten_thousand_problems_print_as_fifty_lines(tmp_path):
+    tables = "".join(f'[workers.w{i}]\ncommand = "sleep 1"\nstop_timeout = "x"\n' for i in range(3000))
+    config, result = _check(tmp_path, tables)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 50, len(lines)
+    assert lines[-1] == "... and 2951 more problems", lines[-1]
+    assert lines[0].startswith(f"orch: config error: {config}:3: workers.w0.stop_timeout")
+
+
+def test_an_error_never_echoes_a_huge_value_in_full(tmp_path):
+    config, result = _check(tmp_path, '[workers.w]\ncommand = "sleep 1"\nrestart = "' + "x" * 400_000 + '"\n')
+    assert result.returncode == 2
+    assert len(result.stderr) < 1000 and "characters)" in result.stderr, result.stderr[:300]
+
+
+def test_one_undefined_name_over_a_matrix_is_one_line_with_its_count(tmp_path):
+    config, result = _check(tmp_path, """
+[workers.w]
+command = "sleep 1"
+name = "w-{{ nope }}-{{ a }}-{{ b }}"
+matrix = { a = "{{ range(30) | list }}", b = "{{ range(10) | list }}" }
+""")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert "'nope' is undefined" in lines[0] and "(and 299 more instances like it)" in lines[0]
+
+
+def test_problems_print_in_line_order(tmp_path):
+    config, result = _check(tmp_path, """
+[workers.b]
+command = "echo {{ undefined_b }}"
+
+[workers.a]
+command = "sleep 1"
+stop_timeout = "x"
+""")
+    lines = [line for line in result.stderr.splitlines() if str(config) in line]
+    numbers = [int(line.split(str(config) + ":")[1].split(":")[0]) for line in lines]
+    assert numbers == sorted(numbers), lines
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[workers."a\\nb"]\ncommand = "sleep 1"\n', "may use only letters"),
+    ('[workers.w]\ncommand = "sleep 1"\nreplicas = 1000000000\n', "at most 100,000"),
+    ('[orchestrator]\nmax_instances = 1000000000000\n[workers.w]\ncommand = "sleep 1"\n', "at most 1,000,000"),
+    ('[workers.w]\ncommand = "sleep 1"\nreplicas = 1e9\n', "expected a whole number"),
+])
+def test_what_can_never_run_is_refused(tmp_path, text, message):
+    config, result = _check(tmp_path, text)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_includes_are_read_only_from_regular_files_under_the_size_limit(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "fifo.toml")
+    (tmp_path / "zero.toml").symlink_to("/dev/zero")
+    (tmp_path / "big.toml").write_text("# x\n" * 200_000)
+    config, result = _check(tmp_path, '[orchestrator]\ninclude = ["*.toml"]\n[workers.w]\ncommand = "sleep 1"\n',
+                            timeout=10)
+    assert result.returncode == 2
+    assert "fifo.toml: cannot read config file: not a regular file (a FIFO)" in result.stderr
+    assert "zero.toml: cannot read config file: not a regular file (a device)" in result.stderr
+    assert "big.toml: cannot read config file: the file is 800,000 bytes" in result.stderr
+
+
+def test_a_64_mib_file_is_refused_at_once(tmp_path):
+    config = tmp_path / "workers.toml"
+    with open(config, "w") as handle:
+        handle.write('[workers.w]\ncommand = "sleep 1"\n')
+        handle.write("# padding\n" * (64 * 2**20 // 10 - 10))
+    began = time.monotonic()
+    result = orch("check", "-c", str(config), timeout=20)
+    assert result.returncode == 2 and "orch reads config files of up to" in result.stderr
+    assert time.monotonic() - began < 5

@@ -41,15 +41,18 @@ def _bool(v: object) -> bool:
     return v
 
 
-def int_at_least(low: int) -> ValueType:
-    """A whole number `low` or more."""
+def int_at_least(low: int, high: int = 2**31 - 1) -> ValueType:
+    """A whole number from `low` to `high` (by default, what fits a C int)."""
     def parse(v: object) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"expected a whole number, got {type_name(v)}")
         if v < low:
             raise ValueError(f"must be at least {low}, got {v}")
+        if v > high:
+            raise ValueError(f"must be at most {high:,}, got {v if v < 10**30 else 'a larger number'}")
         return v
-    return ValueType(f"integer >= {low}", parse, {"type": "integer", "minimum": low})
+    return ValueType(f"integer >= {low}" if high == 2**31 - 1 else f"integer from {low} to {high:,}", parse,
+                     {"type": "integer", "minimum": low, "maximum": high})
 
 
 def one_of(*choices: str) -> ValueType:

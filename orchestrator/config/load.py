@@ -202,6 +202,9 @@ class TemplateCache:
         return found
 
 
+_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9._:@+=-]{1,100}")
+
+
 def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path: Path,
                settings: Settings, sockets: tuple[SocketDecl, ...],
                cache: TemplateCache | None = None) -> list[Template]:
@@ -220,6 +223,10 @@ def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path:
             owner[name] = source
             if not isinstance(table, dict):
                 source_problems.add(f"workers.{name}", "expected a table")
+                continue
+            if not _TEMPLATE_NAME.fullmatch(name):  # it names instances, logs and units
+                source_problems.add(f"workers.{name[:60]}", f"template name {name[:60]!r} may use only letters, "
+                                    "digits and ._:@+=- (up to 100 characters)")
                 continue
             hit = previous.get(name)
             template: Template | None = None

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import stat
 
-# The largest file orch parses: 5,000 templates are about 300 KB, and parsing 2 MiB of
-# TOML takes about 0.5 s on one core here, which bounds what a save can cost the master.
-MAX_FILE_BYTES = 2 << 20
+# The largest file orch reads: 5,000 templates are about 300 KB. A 1 MiB file of 16,000
+# three-line templates took 2.7 s to parse, validate and expand here (the worst case
+# `orch check` and a save meet), half that at this size; bigger fleets split into
+# included files, each under this size.
+MAX_FILE_BYTES = 512 << 10
 
 
 class SourceError(OSError):

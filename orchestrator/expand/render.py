@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 from ..config.load import Config, Template
 from ..errors import ConfigError, ConfigProblem
 from ..config.locate import Problems
+from ..config.source import read_source
 from .budget import TOTAL_SECONDS, RenderError, guarded
 from .renderer import Renderer, _text, template_errors
 from .spec import ProcessSpec, PythonTarget, exec_problem
@@ -152,20 +153,27 @@ class _Problems:
         self.config = config
         self.items: list[ConfigProblem] = []
         self._by_source: dict[Path, Problems] = {}
+        self._families: set[str] = set()
+        self.distinct = 0  # problems that print as lines of their own: expansion stops past 20
 
-    def __call__(self, keypath: str, message: str) -> None:
+    def __call__(self, keypath: str, message: str, family: str | None = None) -> None:
         name = keypath.split(".")[1] if keypath.startswith("workers.") else ""
         source = next((t.source for t in self.config.templates if t.name == name and t.source),
                       self.config.path)
         if source not in self._by_source:
             try:
-                text = source.read_text(encoding="utf-8")
+                text = read_source(source).decode("utf-8", "replace")
             except OSError:
                 text = ""
             self._by_source[source] = Problems(source, text)
         located = self._by_source[source]
         located.add(keypath, message)
+        located.items[-1].family = family
         self.items.append(located.items[-1])
+        if family is None or family not in self._families:
+            self.distinct += 1
+            if family is not None:
+                self._families.add(family)
 
 
 def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[str, Any],
@@ -184,29 +192,38 @@ def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[st
                     "in all; stopped here")
             break
         made = reuse.get(template) if reuse is not None else None
+        room = config.settings.max_instances - len(specs)
+        try:
+            if made is None:
+                made = yield from _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
+                                                   config, renderer, problem, room, clock)
+            elif len(made) > room:
+                raise _TooMany()
+        except _TooMany:
+            _too_many(template, config, problem)
+            break  # once: every later template would say the same
         if made is None:
-            room = config.settings.max_instances - len(specs)
-            made = yield from _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
-                                               config, renderer, problem, room, clock)
-        if made is None or len(specs) + len(made) > config.settings.max_instances:
-            if made is not None:
-                _too_many(template, config, problem)
-            if made is not None or len(problem.items) > 20:
+            if problem.distinct > 20:
                 break
             continue
         fresh[template.name] = (template, made)
         for spec in made:
             if spec.name in seen:
                 problem(f"workers.{template.name}.name",
-                        f"duplicate instance name {spec.name!r} (also made by workers.{seen[spec.name]})")
+                        f"duplicate instance name {spec.name!r} (also made by workers.{seen[spec.name]})",
+                        family=f"workers.{template.name}.name: duplicate")
                 continue
             seen[spec.name] = template.name
             specs.append(spec)
-        if len(problem.items) > 20:
+        if problem.distinct > 20:
             break
         if clock.due():
             yield
     return specs
+
+
+class _TooMany(Exception):
+    """The template's instances would not fit under max_instances."""
 
 
 def _too_many(template: Template, config: Config, problem: Any) -> None:
@@ -232,15 +249,14 @@ def _expand_template(template: Template, variables: dict[str, Any], config: Conf
     if combos is None:
         return None
     if len(combos) * template.replicas > room:
-        _too_many(template, config, problem)
-        return None
+        raise _TooMany()
     made: list[ProcessSpec] = []
     for params in combos:
         for replica in range(template.replicas):
             spec = _render(template, params, replica, variables, config.folder, renderer, problem)
             if spec is not None:
                 made.append(spec)
-            elif len(problem.items) > 20:
+            elif problem.distinct > 20:
                 return None
             if clock.due() or clock.over():
                 if clock.over():
@@ -351,10 +367,11 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
             step[0] = refused[0] if refused[0] == "env" or template.target is None else "kwargs"
             raise _Refused(f"{name}: {refused[1]}")
     except _Refused as exc:
-        problem(f"{prefix}.{step[0]}", str(exc))
+        problem(f"{prefix}.{step[0]}", str(exc), family=f"{prefix}.{step[0]}: {type(exc).__name__}")
         return None
     except template_errors() as exc:
-        problem(f"{prefix}.{step[0]}", f"cannot render for {params or template.name}: {exc}")
+        problem(f"{prefix}.{step[0]}", f"cannot render for {params or template.name}: {exc}",
+                family=f"{prefix}.{step[0]}: {exc}")
         return None
     except ValueError as exc:  # shlex: unbalanced quotes
         problem(f"{prefix}.{step[0]}", f"cannot split the command: {exc}")
