@@ -45,6 +45,7 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[ConfigProblem]):
         self.problems = list(problems)
+        self.partial: object = None  # what loaded despite the problems (config/load.py), if usable
         super().__init__(str(self))
 
     def __str__(self) -> str:

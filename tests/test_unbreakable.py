@@ -287,3 +287,28 @@ def test_a_64_mib_file_is_refused_at_once(tmp_path):
     result = orch("check", "-c", str(config), timeout=20)
     assert result.returncode == 2 and "orch reads config files of up to" in result.stderr
     assert time.monotonic() - began < 5
+
+
+def test_check_reports_render_errors_beside_an_unknown_key(tmp_path):
+    config, result = _check(tmp_path, """
+[workers.a]
+command = "sleep 1"
+stop_timout = "1s"
+
+[workers.b]
+command = "echo {{ nope }}"
+""")
+    assert result.returncode == 2
+    assert "workers.a.stop_timout: unknown key" in result.stderr
+    assert "workers.b.command: cannot render for b: 'nope' is undefined" in result.stderr
+
+
+def test_a_broken_shared_table_does_not_cascade_into_render_errors(tmp_path):
+    config, result = _check(tmp_path, """
+vars = "not a table"
+
+[workers.b]
+command = "echo {{ nope }}"
+""")
+    assert result.returncode == 2
+    assert "undefined" not in result.stderr, result.stderr

@@ -168,10 +168,17 @@ def load_config(path: Path, cache: "TemplateCache | None" = None) -> Config:
     sources = [(path, problems, workers)] + _included(patterns, path, variables, cache)
     templates = _templates(sources, defaults, path, settings, sockets, cache)
     found = [p for _, source_problems, _ in sources for p in source_problems.items]
+    config = Config(path, settings, tuple(variables.items()), tuple(templates),
+                    tuple(source for source, _, _ in sources), patterns, sockets)
     if found:
-        raise ConfigError(found)
-    return Config(path, settings, tuple(variables.items()), tuple(templates),
-                  tuple(source for source, _, _ in sources), patterns, sockets)
+        error = ConfigError(found)
+        # The templates that validated, for `orch check` to render too (every problem at
+        # once), unless a shared table is at fault: its errors would cascade into theirs.
+        shared = ("orchestrator", "vars", "defaults", "sockets")
+        if not any(p.keypath.split(".")[0] in shared or not p.keypath for p in found):
+            error.partial = config
+        raise error
+    return config
 
 
 def _table_at(data: dict, key: str, message: str, problems: Problems) -> dict:

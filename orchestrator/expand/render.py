@@ -425,6 +425,24 @@ def _python_argv(name: str, python: PythonTarget) -> tuple[str, ...]:
     return tuple(argv)
 
 
+def check(path: Path) -> tuple[Config, list[ProcessSpec]]:
+    """Load and expand, reporting every problem at once: when some templates fail to
+    validate (an unknown key, a bad duration), the others are still rendered, so their
+    render errors are not hidden behind the first fix."""
+    from ..config.load import load_config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if not isinstance(exc.partial, Config) or not exc.partial.templates:
+            raise
+        try:
+            expand(exc.partial)
+        except ConfigError as more:
+            raise ConfigError(exc.problems + more.problems) from None
+        raise
+    return config, expand(config)
+
+
 def summary(config: Config, specs: Iterable[ProcessSpec]) -> str:
     """One line: how many templates and instances a config gives."""
     count = sum(1 for _ in specs)
