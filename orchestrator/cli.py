@@ -143,10 +143,8 @@ def cmd_up(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_check(args: argparse.Namespace, path: Path) -> int:
-    from .config.load import load_config
-    from .expand.render import expand, summary  # Jinja: only the commands that render pay for it
-    config = load_config(path)
-    print(summary(config, expand(config)))
+    from .expand.render import check, summary  # Jinja: only the commands that render pay for it
+    print(summary(*check(path)))
     return EXIT_OK
 
 
