@@ -13,6 +13,7 @@ from typing import Any, Callable
 from . import __version__
 from .config.keys import LIVE_SETTINGS
 from .config.load import Config, Settings, TemplateCache, load_config
+from .config.sockets import DEFAULT_RESET_AFTER
 from .control.commands import Commands
 from .control.notify import NotifyServer
 from .control.saves import sources_digest
@@ -33,6 +34,7 @@ from .spawn.spawner import SpawnerClient
 from .supervise.events import Event, StateChanged
 from .supervise.limits import Limits
 from .supervise.supervisor import Supervisor
+from .supervise.unserved import UnservedSockets
 
 log = logging.getLogger("orch")
 
@@ -112,6 +114,10 @@ class Master:
         self._replacing_spawner = False
         self._fd_limit: tuple[int, int] | None = None  # RLIMIT_NOFILE before run() raised it
         self.listeners = listeners or Listeners()
+        self.unserved = UnservedSockets(self.loop, lambda: self.supervisor.instances.values(),
+                                        lambda: self.listeners.held, self._reset_after)
+        self.supervisor.events.subscribe(self.unserved.on_event)
+        self.listeners.annotate = lambda key: self.unserved.status(key)
         self._release_pending = False
         self._expanding: str | None = None  # the origin of the reload being expanded, if any
         set_log_level(self.settings.log_level)
@@ -133,6 +139,10 @@ class Master:
         if isinstance(event, StateChanged) and self.listeners.retired and not self._release_pending:
             self._release_pending = True  # after this wake-up: a restarting slot swaps its spec
             self.loop.call_soon(self._release_sockets)
+
+    def _reset_after(self, key: str) -> float:
+        decl = self.listeners.decls.get(key)
+        return decl.reset_after if decl is not None else DEFAULT_RESET_AFTER
 
     def _release_sockets(self) -> None:
         """Close the sockets a reload retired once no instance's process can still use them."""
@@ -298,6 +308,7 @@ class Master:
             self.notify.close()
         if self.metrics is not None:
             self.metrics.close()
+        self.unserved.close()
         for inst in self.supervisor.instances.values():
             inst.logfile.close()
         self.state_file.close(clean=not self.exit_code)

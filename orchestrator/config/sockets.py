@@ -15,6 +15,7 @@ from .locate import Problems
 
 DEFAULT_BACKLOG = 1024
 DEFAULT_UNIX_MODE = 0o600  # owner-only unless the config widens it, like the control socket
+DEFAULT_RESET_AFTER = 10.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class SocketDecl:
     address: str          # "127.0.0.1:8000", "[::1]:8000", "unix:/absolute/path" or "unix:@abstract"
     backlog: int = DEFAULT_BACKLOG
     mode: int = DEFAULT_UNIX_MODE
+    reset_after: float = DEFAULT_RESET_AFTER  # supervise/unserved.py
 
     @property
     def key(self) -> str:
@@ -101,7 +103,8 @@ def _socket(name: str, body: object, folder: Path, problems: Problems) -> Socket
             return None
         address = bind
     return SocketDecl(name, address, int(clean.get("backlog", DEFAULT_BACKLOG)),  # type: ignore[arg-type]
-                      int(clean.get("mode", DEFAULT_UNIX_MODE)))  # type: ignore[arg-type]
+                      int(clean.get("mode", DEFAULT_UNIX_MODE)),  # type: ignore[arg-type]
+                      float(clean.get("reset_after", DEFAULT_RESET_AFTER)))  # type: ignore[arg-type]
 
 
 def check_template_sockets(template: str, names: tuple[str, ...], declared: tuple[SocketDecl, ...],

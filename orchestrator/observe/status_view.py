@@ -43,7 +43,16 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
     for inst in reply["instances"]:
         counts[inst["state"]] = counts.get(inst["state"], 0) + 1
     lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances")
+    lines += [_unserved(sock) for sock in reply.get("sockets", []) if sock.get("unserved_for") is not None]
     return "\n".join(lines)
+
+
+def _unserved(sock: dict[str, Any]) -> str:
+    """A held socket no running instance serves: its connections wait, or are reset."""
+    head = f"socket {sock['name']} ({sock['address']}): no running instance for {format_duration(sock['unserved_for'])}"
+    if sock.get("resetting"):
+        return f"{head}; new connections are reset ({sock.get('reset', 0)} so far)"
+    return f"{head}; connections wait in its backlog"
 
 
 def _status_text(inst: dict[str, Any]) -> str:

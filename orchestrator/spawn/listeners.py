@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import Callable
 
 from ..config.locate import Problems
 from ..config.sockets import SocketDecl
@@ -132,6 +133,7 @@ class Listeners:
         self.decls: dict[str, SocketDecl] = {}
         self.retired: set[str] = set()  # not in the config any more; closed when unused
         self._unix_files: dict[str, tuple[Path, int]] = {}  # key -> (path, inode) we created
+        self.annotate: Callable[[str], dict[str, object]] = lambda key: {}  # more status, by key
 
     def items(self) -> list[tuple[str, int]]:
         """(key, fd) of every held socket, to hand to a spawner."""
@@ -141,7 +143,7 @@ class Listeners:
         """Rows for `orch status --json`: what the master holds, and what it will close."""
         return [{"name": decl.name, "address": decl.address, "backlog": decl.backlog,
                  "adopted": any(s is self.held[key] for s in self.adopted.values()),
-                 "retired": key in self.retired}
+                 "retired": key in self.retired, **self.annotate(key)}
                 for key, decl in self.decls.items() if key in self.held]
 
     def fds(self) -> tuple[int, ...]:
