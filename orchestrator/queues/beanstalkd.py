@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from .base import ConsumerConfigError, Delivery, Heartbeat, QueueWorker, positive_float, retry_delay
 
-try:  # optional extra: pip install 'orch[beanstalkd]'
+try:  # optional extra: pip install 'orch-fleet[beanstalkd]'
     import greenstalk
 except ImportError:  # pragma: no cover - exercised only without the extra
     greenstalk = None
@@ -42,7 +42,8 @@ def address(url: str) -> tuple[str, int]:
 def open_client(url: str, tube: str, timeout: float) -> Any:
     """A greenstalk client (bytes bodies) using and watching `tube`, with socket timeouts."""
     if greenstalk is None:
-        raise ConsumerConfigError("the beanstalkd consumer needs greenstalk: pip install 'orch[beanstalkd]'")
+        raise ConsumerConfigError(
+            "the beanstalkd consumer needs greenstalk: pip install 'orch-fleet[beanstalkd]'")
     sock = socket.create_connection(address(url), timeout=2)
     sock.settimeout(timeout)
     return greenstalk.Client(sock, encoding=None, use=tube, watch=tube)

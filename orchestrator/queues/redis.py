@@ -25,7 +25,7 @@ from typing import Any
 from .base import (ConsumerConfigError, Delivery, Heartbeat, QueueWorker, dead_letter_record, positive_float,
                    retry_delay)
 
-try:  # optional extra: pip install 'orch[redis]'
+try:  # optional extra: pip install 'orch-fleet[redis]'
     import redis as redis_py
     from redis.exceptions import (ConnectionError as _ConnectionError, ResponseError as _ResponseError,
                                   TimeoutError as _TimeoutError)
@@ -81,7 +81,7 @@ def open_redis(url: str, block: float = 1.0, single: bool = False) -> Any:
     """A client for `url` with no hidden retries (the consumer loop owns reconnecting);
     `single`: one dedicated connection, no pool round trip per command (the hot loop)."""
     if redis_py is None:
-        raise ConsumerConfigError("the Redis consumers need redis-py: pip install 'orch[redis]'")
+        raise ConsumerConfigError("the Redis consumers need redis-py: pip install 'orch-fleet[redis]'")
     from redis.retry import Retry
     from redis.backoff import NoBackoff
     try:
