@@ -11,6 +11,7 @@ from .common import Options, Output, portable
 
 FORMATS = ("systemd", "supervisord", "kubernetes", "nomad", "procfile")
 ELSEWHERE = ("kubernetes", "nomad")  # run on other hosts: no paths or interpreter of this one
+EXIT_USAGE = 2  # as cli.EXIT_USAGE: a bad -o is the user's to fix, like a bad argument
 
 
 def module(name: str) -> ModuleType:
@@ -28,7 +29,8 @@ def export(name: str, specs: list, options: Options) -> Output:
 
 def run(name: str, config_path: Path, out_dir: Path | None, image: str | None,
         python: str | None, workdir: str | None) -> int:
-    """Load, expand and export; write the files to `out_dir` (or print them), warnings to stderr."""
+    """Load, expand and export; write the files to `out_dir` (or print them), warnings to stderr.
+    Returns 2 (usage error) when `out_dir` cannot be written, with one line saying why."""
     from ..config.load import load_config
     from ..expand.render import expand
     config = load_config(config_path)
@@ -43,10 +45,41 @@ def run(name: str, config_path: Path, out_dir: Path | None, image: str | None,
             if len(output.files) > 1:
                 print(f"# {file}")
             sys.stdout.write(text)
-        return 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for file, text in output.files.items():
-        (out_dir / file).write_text(text, encoding="utf-8")
-    count = len(output.files)
-    print(f"wrote {count} file{'s' if count != 1 else ''} to {out_dir}", file=sys.stderr)
+    else:
+        problem = write(out_dir, output.files)
+        if problem is not None:
+            print(f"orch: export: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        count = len(output.files)
+        print(f"wrote {count} file{'s' if count != 1 else ''} to {out_dir}", file=sys.stderr)
+    for line in make_folders(output.folders, name):
+        print(line, file=sys.stderr)
     return 0
+
+
+def write(out_dir: Path, files: dict[str, str]) -> str | None:
+    """Write `files` into `out_dir` (made if missing); None, or why it could not."""
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"-o {out_dir}: is a file, not a folder (give a folder to write the files into)"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"-o {out_dir}: cannot create this folder: {exc.strerror or exc}"
+    for file, text in files.items():
+        try:
+            (out_dir / file).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            return f"-o {out_dir}: cannot write {file} there: {exc.strerror or exc}"
+    return None
+
+
+def make_folders(folders: list[Path], target: str) -> list[str]:
+    """Create the folders an export names (its log folder); a warning per one that fails."""
+    warnings = []
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            warnings.append(f"orch export: cannot create {folder} ({exc.strerror or exc}): "
+                            f"{target} will not start until it exists")
+    return warnings

@@ -30,10 +30,12 @@ class Options:
 
 @dataclass
 class Output:
-    """An export: file name -> text, plus one warning line per key the target cannot express."""
+    """An export: file name -> text, one warning line per key the target cannot express, and
+    the folders on this host that the files name and the target will not create."""
 
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)  # must exist before the target reads the files
 
 
 def unexpressed(target: str, specs: list[ProcessSpec], attrs: tuple[str, ...]) -> list[str]:

@@ -92,8 +92,11 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     """One file, `supervisord.conf`, holding the group and its programs."""
     _check(specs, options)
     specs = bind_sockets(specs, options, "supervisord")
+    # supervisord refuses to start any program (the whole config) while a stdout_logfile's
+    # folder is missing: the export creates it.
     out = Output(warnings=unexpressed("supervisord", specs, UNEXPRESSED)
-                 + process_warnings("supervisord", specs, False, sockets="bound"))
+                 + process_warnings("supervisord", specs, False, sockets="bound"),
+                 folders=[options.log_dir])
     names = [program_name(s.name) for s in specs]
     if len(set(names)) != len(names):
         refuse(specs, options, "supervisord", "instance names that differ only in characters it "
