@@ -9,6 +9,7 @@ sockets as SCM_RIGHTS; ("spawned", ...), ("exited", ...) and ("import_failed", e
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import selectors
@@ -59,6 +60,11 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
     def run(self) -> int:
         from ..worker.runtime import load_target
         try:
+            # What the spawner's own imports cached is stale here: a sys.path folder missing
+            # when it started stays "no such folder" (a None in sys.path_importer_cache),
+            # and folder listings may predate the fix. Without this, every zygote after a
+            # missing dependency was installed failed the same way until a master restart.
+            importlib.invalidate_caches()
             self.cls = load_target(self.target, list(self.pythonpath))
         except BaseException as exc:  # noqa: BLE001 - report any import failure, then exit
             self._send(("import_failed", f"cannot import {self.target}: {exc!r}"))
@@ -157,7 +163,10 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
 
 
 class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integration tests
-    """The spawner's zygotes, one per preloaded (target, pythonpath), started on first use."""
+    """The spawner's zygotes, one per preloaded (target, pythonpath), started on first use.
+
+    A zygote whose import failed, or that died, is never sent work again: the next start
+    of its template builds a new one, which imports the code as it is on disk then."""
 
     def __init__(self, selector: selectors.BaseSelector, send: Callable[[tuple[Any, ...]], None],
                  started: Callable[[int, str | None], None], exited: Callable[[int], None],
@@ -167,22 +176,36 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         self.started = started  # (pid, instance name): a worker is running
         self.exited = exited  # (pid): a worker ended; its leftovers are the spawner's to end
         self.sockets = sockets  # the spawner's held listening sockets, by key
-        self.zygotes: dict[tuple[str, tuple[str, ...]], ZygoteHandle] = {}
+        self.zygotes: dict[tuple[str, tuple[str, ...]], ZygoteHandle] = {}  # the ones to fork from
+        self.retired: set[ZygoteHandle] = set()  # failed or dead, until their socket's EOF
         self.children: dict[int, ZygoteHandle] = {}  # worker pid -> the zygote that forked it
 
     def pids(self) -> list[int]:
         """The zygotes' own pids (direct children of the spawner, not orphans)."""
-        return [zygote.pid for zygote in self.zygotes.values()]
+        return [zygote.pid for zygote in (*self.zygotes.values(), *self.retired)]
 
     def fork(self, key: tuple[str, tuple[str, ...]], items: list[tuple[Any, int]]) -> list[tuple[int, str]]:
         """Ask the zygote for `key` (starting it if needed) to fork these requests; returns
         (token, error) for any it could not take."""
         zygote = self.zygotes.get(key)
+        if zygote is not None:
+            failed = self._send_fork(zygote, items)
+            if not failed or zygote not in self.retired:
+                return failed  # taken, or refused for a socket: a new zygote would not help
+            # It died since its last work (its EOF not read yet): a new one takes the rest.
+            unsent = {token for token, _ in failed}
+            items = [item for item in items if item[0].token in unsent]
         try:
-            if zygote is None:
-                pid, sock = start_zygote(*key)
-                zygote = self.zygotes[key] = ZygoteHandle(key, pid, sock)
-                self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
+            pid, sock = start_zygote(*key)
+        except OSError as exc:
+            return [(r.token, f"preload zygote: {exc}") for r, _ in items]
+        zygote = self.zygotes[key] = ZygoteHandle(key, pid, sock)
+        self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
+        return self._send_fork(zygote, items)
+
+    def _send_fork(self, zygote: "ZygoteHandle", items: list[tuple[Any, int]]) -> list[tuple[int, str]]:
+        """Send the requests to one zygote; (token, error) for those it did not get."""
+        try:
             for start, end in in_batches(items, lambda item: request_bytes(item[0])):
                 batch = items[start:end]
                 keys = sorted({key for r, _ in batch for _, key in r.sockets})
@@ -190,16 +213,21 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
                 socket.send_fds(zygote.sock, [message], [out for _, out in batch] + [self.sockets[k] for k in keys])
                 zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _ in batch)
         except KeyError as exc:
-            sent = zygote.pending if zygote is not None else {}
             return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _ in items
-                    if r.token not in sent]
+                    if r.token not in zygote.pending]
         except OSError as exc:
             # A zygote whose import failed exits at once: the send can meet a closed socket
             # before we read why. Its own message says why; EPIPE alone would not.
-            error = (self._exit_reason(zygote) if zygote is not None else None) or f"preload zygote: {exc}"
-            sent = zygote.pending if zygote is not None else {}
-            return [(r.token, error) for r, _ in items if r.token not in sent]
+            self._retire(zygote)
+            error = self._exit_reason(zygote) or f"preload zygote: {exc}"
+            return [(r.token, error) for r, _ in items if r.token not in zygote.pending]
         return []
+
+    def _retire(self, zygote: "ZygoteHandle") -> None:
+        """Send it no more work; it stays known (its pid, its workers) until its EOF."""
+        if self.zygotes.get(zygote.key) is zygote:
+            del self.zygotes[zygote.key]
+        self.retired.add(zygote)
 
     @staticmethod
     def _exit_reason(zygote: "ZygoteHandle") -> str | None:
@@ -224,6 +252,7 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         kind = message[0]
         if kind == "import_failed":
             zygote.error = message[1]
+            self._retire(zygote)  # its EOF follows and fails what it was sent with this error
             return
         if kind == "spawned":
             for token, pid in message[1]:
@@ -245,7 +274,8 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         """Its workers die with it (PDEATHSIG): report them, and fail what it never forked."""
         self.selector.unregister(zygote.sock)
         zygote.sock.close()
-        self.zygotes.pop(zygote.key, None)
+        self._retire(zygote)
+        self.retired.discard(zygote)
         error = zygote.error or "the preload zygote exited"
         if zygote.pending:
             self.send(("failed", [(token, error) for token in zygote.pending]))
