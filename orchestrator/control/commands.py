@@ -171,13 +171,13 @@ class Commands:
         supervisor = self.master.supervisor
         for name in names:
             supervisor.release(supervisor.instances[name])
-        return self._wait(names, [Goal(n, "running") for n in names], wait, timeout)
+        return self._wait(names, [Goal(n, "ready") for n in names], wait, timeout)
 
     def cmd_restart(self, conn: Connection, patterns: list[str], rolling: bool = False, wait: bool = False,
                     timeout: float | None = None) -> Any:
         names = self.match(patterns)
         supervisor = self.master.supervisor
-        goals = [Goal(n, "ready" if rolling else "running", supervisor.instances[n].pid) for n in names]
+        goals = [Goal(n, "ready", supervisor.instances[n].pid) for n in names]
         items = []
         for name in names:
             inst = supervisor.instances[name]

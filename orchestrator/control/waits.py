@@ -1,6 +1,6 @@
 """Control verbs that finish what they start: `orch stop`, `start` and `restart` answer once
-every named instance got where the command sent it (old process gone, new one running),
-or failed, or the deadline passed (exit 1 with the reason).
+every named instance got where the command sent it (old process gone; new one up for its
+`min_uptime`, or said READY=1), or failed, or the deadline passed (exit 1 with the reason).
 
 Each waiting command is a `Wait`; the supervisor's state changes re-check the waits (at
 most once per loop wake-up, never mid-operation), and a timer fails whatever is overdue.
@@ -22,23 +22,27 @@ FAILED = (State.BACKOFF, State.CRASHLOOP, State.EXITED, State.STOPPED)
 
 @dataclass
 class Goal:
-    """Where one instance must get: "stopped", or "running" (or "ready") with a pid other than
-    `old_pid`."""
+    """Where one instance must get: "stopped"; or, with a pid other than `old_pid`, "ready"
+    (up for `min_uptime`, or said READY=1: what start and restart wait for) or "running"
+    (a process, ready or not)."""
 
     name: str
     want: str
     old_pid: int | None = None
 
 
-def check(goal: Goal, inst: Any, why: str | None = None) -> tuple[bool, str | None]:
+def check(goal: Goal, inst: Any, why: str | None = None, up: bool = False) -> tuple[bool, str | None]:
     """(finished, failure or None) of one goal against the instance's current state; `why`
-    is the reason given with its last state change (pure)."""
+    is the reason given with its last state change, `up` whether its process has been up
+    for its `min_uptime` (pure)."""
     if goal.want == "stopped":
         return inst is None or inst.state not in ALIVE, None
     if inst is None:
         return True, f"{goal.name} was removed"
     if inst.state is State.RUNNING and inst.pid is not None and inst.pid != goal.old_pid:
-        return goal.want == "running" or inst.ready, None  # "ready": a rolling restart's batches
+        # Not ready yet: a process that dies at once was spawned, but did not start. Its
+        # death (backoff, crash loop, exited) is the failure reported below.
+        return goal.want == "running" or inst.ready or up, None
     if inst.state in FAILED and inst.pid is None:
         why = inst.last_reason or why or inst.last_exit
         return True, f"{goal.name} is {inst.state.value}" + (f" ({why})" if why else "")
@@ -48,7 +52,13 @@ def check(goal: Goal, inst: Any, why: str | None = None) -> tuple[bool, str | No
 def describe(goal: Goal, inst: Any) -> str:
     """What an unfinished goal is still waiting for, for the timeout message."""
     state = inst.state.value if inst is not None else "gone"
-    return f"{goal.name} is still {state}" + ("" if goal.want == "stopped" else " (not running yet)")
+    if goal.want == "stopped":
+        return f"{goal.name} is still {state}"
+    if inst is not None and inst.state is State.RUNNING:
+        if inst.pid == goal.old_pid:
+            return f"{goal.name} still runs its old process"
+        return f"{goal.name} is running but not ready yet (up min_uptime, or READY=1)"
+    return f"{goal.name} is still {state} (not running yet)"
 
 
 class Wait:
@@ -97,8 +107,8 @@ class Waits:
         for wait in list(self.active):
             failures, pending = [], []
             for goal in wait.goals:
-                finished, failure = check(goal, self.supervisor.instances.get(goal.name),
-                                          self.reasons.get(goal.name))
+                inst = self.supervisor.instances.get(goal.name)
+                finished, failure = check(goal, inst, self.reasons.get(goal.name), _up(inst))
                 if failure:
                     failures.append(failure)
                 elif not finished:
@@ -108,7 +118,7 @@ class Waits:
                 self._end(wait, "; ".join(failures))
             elif not pending:
                 self._end(wait, None)
-        if self.active and self._poll is None:  # readiness (min_uptime) changes no state: look again
+        if self.active and self._poll is None:  # min_uptime passing changes no state: look again
             self._poll = self.loop.call_later(POLL, self._polled)
 
     def _polled(self) -> None:
@@ -129,3 +139,8 @@ class Waits:
             wait.reply.fail(failure)
         else:
             wait.reply.resolve(wait.result)
+
+
+def _up(inst: Any) -> bool:
+    """Its current process has been up for its `min_uptime` (uptime on the loop's clock)."""
+    return inst is not None and inst.pid is not None and inst.uptime() >= inst.spec.policy.min_uptime
