@@ -272,8 +272,8 @@ class Master:
             groups = [[i.pid, i.start_ticks] for i in self.supervisor.by_pid.values() if i.start_ticks is not None]
             end_record({"run": old.run, "run_start": start_time(os.getpid()), "groups": groups},
                        "by the dead spawner", 0.5)
-            # The master has no thread of its own (the file watcher reads inotify in the
-            # loop); the main thread forks the new spawner, which runs only our own code.
+            # posix_spawn: the config watcher's threads are running, and no Python may run
+            # between fork and exec in a process with threads.
             self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,
                                                fd_limit=self._fd_limit,
                                                state=str(state_path(self.settings.pidfile)))

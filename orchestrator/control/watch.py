@@ -1,4 +1,5 @@
-"""Watching the config file: inotify on the config's folders, read in the loop (inotify.py).
+"""Watching the config file: watchdog's observer on the config's folders, its events
+classified and acted on in the loop (observer.py).
 
 Folders are watched, not files: an editor that saves by renaming replaces the inode, and a
 ConfigMap swaps a `..data` symlink next to the config. A finished save (close after writing,
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..loop import EventLoop, Timer
-from .inotify import OVERFLOW, FolderWatch
+from .observer import OVERFLOW, FolderWatch
 from .saves import FINISHED, GONE, IGNORE, WRITING, classify, lookup_chain
 
 log = logging.getLogger("orch")
@@ -37,7 +38,7 @@ class ConfigWatcher:
         self.files: tuple[str, ...] = ()
         self.patterns: tuple[str, ...] = ()
         self.watched: set[str] = set()  # every name a lookup of a source passes through
-        self.inotify = FolderWatch(self._event)
+        self.inotify = FolderWatch(loop, self._event, self._relevant)
         self._timer: Timer | None = None
         self.set_files(files)
 
@@ -66,12 +67,18 @@ class ConfigWatcher:
                 pass
 
     def start(self) -> None:
-        self.loop.add_reader(self.inotify.fd, self.inotify.read)
+        self.inotify.start()
 
     def stop(self) -> None:
         self._cancel()
-        self.loop.remove_reader(self.inotify.fd)
-        self.inotify.close()
+        self.inotify.stop()
+
+    def _relevant(self, event: tuple[str, str, str | None]) -> bool:
+        """On the observer's thread: only events about watched names reach the loop (it
+        reads `watched` and `patterns`, which the loop replaces whole, never changes)."""
+        kind, src, dest = event
+        watched = self.watched
+        return kind == OVERFLOW or src in watched or dest in watched or self._matches(src) or self._matches(dest)
 
     def _matches(self, path: str | None) -> bool:
         return path is not None and any(fnmatch.fnmatch(path, p) for p in self.patterns)

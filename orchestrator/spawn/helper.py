@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, kill_group,
+from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, kill_group,
                     listen_env, prctl, prepare_child, reaped, receive)
 from .guard import start_guard
 from .request import SpawnRequest
@@ -452,10 +452,16 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
 
 def main() -> None:  # pragma: no cover - the helper's entry point (spawner.py: helper_argv)
-    """Run the spawner: arguments title, socket fd, run cookie, state file ("": none)."""
-    title, fd, run, state = sys.argv[:4]
+    """Run the spawner: arguments title, socket fd, run cookie, state file ("": none), and
+    the RLIMIT_NOFILE for its children as "soft:hard" ("": as inherited)."""
+    title, fd, run, state, limit = sys.argv[:5]
     code = 0
     try:
+        close_fds(int(fd))  # whatever the master's launcher left inheritable is not ours
+        if limit:
+            import resource
+            soft, hard = (int(n) for n in limit.split(":"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         set_title(title)
         sock = socket.socket(fileno=int(fd))
         os.set_inheritable(sock.fileno(), False)

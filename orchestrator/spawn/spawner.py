@@ -32,7 +32,7 @@ import socket
 import sys
 from typing import Any
 
-from .child import MAX_FDS_PER_MESSAGE, buffered_pair, close_fds, in_batches
+from .child import MAX_FDS_PER_MESSAGE, buffered_pair, in_batches
 from .request import SpawnRequest  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("orch")
@@ -50,30 +50,24 @@ class SpawnerClient:
     @classmethod
     def start(cls, title: str | None = None, run: str | None = None, state: str | None = None,
               fd_limit: tuple[int, int] | None = None) -> "SpawnerClient":
-        """Start the spawner: fork, then exec a fresh interpreter (helper_argv); between the
-        two the child runs Python, so call it from a single-threaded process. `run` is the
-        cookie every child carries as ORCH_RUN (a new one by default; keep it when replacing
-        a spawner);
-        `state` the master's state file, which the spawner's guard reads if it dies;
-        `fd_limit` the RLIMIT_NOFILE its children get (the master's own has been raised)."""
+        """Start the spawner: a fresh interpreter (helper_argv) by posix_spawn, so no Python
+        runs between fork and exec, and a master that has threads (the config watcher's)
+        may start one at any time. `run` is the cookie every child carries as ORCH_RUN (a
+        new one by default; keep it when replacing a spawner); `state` the master's state
+        file, which the spawner's guard reads if it dies; `fd_limit` the RLIMIT_NOFILE its
+        children get (the master's own has been raised). Only fds 0-2 and the socket are
+        inheritable; the spawner closes whatever else it was left before anything else."""
         run = run or new_run_id()
         master_end, spawner_end = buffered_pair()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the helper until it execs
-            try:
-                master_end.close()
-                os.set_inheritable(spawner_end.fileno(), True)
-                close_fds(spawner_end.fileno())  # the master's lock, sockets and the launcher's fds
-                if fd_limit is not None:
-                    import resource
-                    resource.setrlimit(resource.RLIMIT_NOFILE, fd_limit)
-                os.execv(sys.executable, helper_argv(title or "orch: spawner", spawner_end.fileno(), run, state))
-            except BaseException:  # noqa: BLE001 - the helper must never return into the master's code
-                import traceback
-                traceback.print_exc()
-            finally:
-                os._exit(1)
-        spawner_end.close()
+        try:
+            os.set_inheritable(spawner_end.fileno(), True)
+            argv = helper_argv(title or "orch: spawner", spawner_end.fileno(), run, state, fd_limit)
+            pid = os.posix_spawn(sys.executable, argv, os.environ)
+        except BaseException:
+            master_end.close()
+            raise
+        finally:
+            spawner_end.close()
         return cls(pid, master_end, run)
 
     def fileno(self) -> int:
@@ -168,7 +162,8 @@ class SpawnerClient:
         return tuple(found) if found else ()
 
 
-def helper_argv(title: str, fd: int, run: str, state: str | None) -> list[str]:
+def helper_argv(title: str, fd: int, run: str, state: str | None,
+                fd_limit: tuple[int, int] | None = None) -> list[str]:
     """The spawner's command line: a fresh interpreter that imports only the spawn modules
     (a fork of the master kept every page the master had touched: 22 MiB at 5,000
     instances, against about 13 for a fresh one). It gets the master's sys.path, so zygotes
@@ -176,7 +171,8 @@ def helper_argv(title: str, fd: int, run: str, state: str | None) -> list[str]:
     is in the arguments, so ps names the helper before it renames itself."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     paths = os.pathsep.join([root, *sys.path])
-    return [sys.executable, "-c", _HELPER_MAIN, title, str(fd), run, state or "", paths]
+    limit = f"{fd_limit[0]}:{fd_limit[1]}" if fd_limit else ""
+    return [sys.executable, "-c", _HELPER_MAIN, title, str(fd), run, state or "", limit, paths]
 
 
 _HELPER_MAIN = ("import os, sys; sys.argv.pop(0); sys.path[:] = sys.argv.pop().split(os.pathsep); "
