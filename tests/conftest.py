@@ -69,9 +69,22 @@ class Master:
     def pid(self) -> int:
         return self.proc.pid
 
+    @staticmethod
+    def folder_of(config: Path) -> Path:
+        """Where a config's master keeps its files by default: .orch/STEM/ beside it."""
+        return config.parent / ".orch" / config.stem
+
     @property
     def socket(self) -> Path:
-        return self.folder / ".orch" / "orch.sock"
+        return self.folder_of(self.config) / "orch.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.folder_of(self.config) / "orch.pid"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.folder_of(self.config) / "logs"
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")

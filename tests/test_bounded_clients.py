@@ -403,7 +403,7 @@ def test_a_notify_flood_from_processes_that_are_no_instances_leaves_the_master_s
         wait_for(lambda: latencies.append(timed_status(master)) or stranger.poll() is not None, 30,
                  message="the stranger's flood")
         assert stranger.returncode == 0 and max(latencies) < 0.2, max(latencies)
-        log = master.folder / ".orch/logs/flood.log"
+        log = master.log_dir / "flood.log"
         wait_for(lambda: log.exists() and "flooded" in log.read_text(), 30, message="the descendant's flood")
     finally:
         stranger.kill()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import alive, orch, text_of, wait_for
+from conftest import Master, alive, orch, text_of, wait_for
 from orchestrator import cli as cli_module
 
 PY = sys.executable
@@ -106,7 +106,8 @@ def test_control_socket_is_owner_only_and_checks_the_peer_uid(start_master, tmp_
     shared = Path(tempfile.mkdtemp(prefix="orch-sock-", dir="/tmp"))
     try:
         shared.chmod(0o755)
-        (tmp_path / ".orch").symlink_to(shared)
+        (tmp_path / ".orch").mkdir()
+        Master.folder_of(tmp_path / "workers.toml").symlink_to(shared)
         master = start_master("""
             [workers.w]
             command = "sleep 1000"
@@ -351,7 +352,7 @@ def test_down_returns_only_when_the_master_and_every_child_are_gone(start_master
         master.wait_running(4)
         wait_for(lambda: len([p for p in master.descendants() if p.name() == "sleep"]) == 4,
                  message="the tree's grandchildren")
-        wait_for(lambda: "up" in text_of(tmp_path / ".orch/logs/stubborn.log"), message="the signal setup")
+        wait_for(lambda: "up" in text_of(master.log_dir / "stubborn.log"), message="the signal setup")
         tree = [master.pid] + [p.pid for p in master.descendants()]
         assert len(tree) == 9  # master, spawner, its guard, 4 children, 2 grandchildren
         result = cli(master, "down", timeout=20)
@@ -360,7 +361,7 @@ def test_down_returns_only_when_the_master_and_every_child_are_gone(start_master
         assert left == [], f"round {round_}: still alive after `orch down` returned: {left}"
         assert f"master {master.pid} and all its instances are gone" in result.stdout
         assert master.proc.wait(5) == 0
-        assert not master.socket.exists() and not (tmp_path / ".orch/orch.pid").exists()
+        assert not master.socket.exists() and not master.pidfile.exists()
 
 
 # --- up --detach -----------------------------------------------------------------------
@@ -389,7 +390,8 @@ def test_up_detach_runs_a_daemon_that_down_ends(tmp_path):
         command = "sh -c 'echo hello from $ORCH_INSTANCE; exec sleep 1000'"
         replicas = 2
     """))
-    pidfile, log_dir, sock = tmp_path / ".orch/orch.pid", tmp_path / ".orch/logs", tmp_path / ".orch/orch.sock"
+    folder = Master.folder_of(config)
+    pidfile, log_dir, sock = folder / "orch.pid", folder / "logs", folder / "orch.sock"
     master_pid = None
     tree: list[int] = []
     try:

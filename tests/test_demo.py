@@ -29,7 +29,7 @@ def test_the_demo_config_runs_consumers_that_drain_the_queue(start_master, tmp_p
                        message="jobs done by several consumers")
     assert workers <= set(running)
     assert master.terminate() == 0
-    log = (tmp_path / ".orch/logs/consumer-10.0.0.3-urgent.log").read_text()
+    log = (master.log_dir / "consumer-10.0.0.3-urgent.log").read_text()
     assert "finished the job in hand" in log, "consumers stop gracefully on SIGTERM"
 
 

@@ -186,7 +186,7 @@ def test_an_ack_the_server_refuses_is_a_failed_attempt_never_a_fourth_run(start_
     assert len(starts(tmp_path, "ran-refused")) == 3
     row = worker_row(master)
     assert (row["pid"], row["restarts"]) == (pid, 0), row
-    log = text_of(tmp_path / ".orch" / "logs" / "tasks-work.log")
+    log = text_of(master.log_dir / "tasks-work.log")
     assert "counted as a failed attempt" in log and "the server refused a step" in log
 
 
@@ -215,7 +215,7 @@ def test_malformed_envelopes_on_beanstalkd_are_buried_on_their_first_reserve(
             assert (stats["state"], stats["reserves"]) == ("buried", 1), (name, stats)
     finally:
         client.close()
-    log = text_of(tmp_path / ".orch" / "logs" / "tasks-work.log")
+    log = text_of(master.log_dir / "tasks-work.log")
     for name in [*BEANSTALK_BAD, "deep"]:
         assert f"after 1 attempts: Fatal: not a valid task envelope: {BAD[name][1]}" in log, name
     with pytest.raises(TaskFailed, match="'result_ttl' must be seconds"):

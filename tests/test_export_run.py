@@ -16,7 +16,7 @@ from typing import Callable
 
 import psutil
 import pytest
-from conftest import ROOT, orch, wait_for
+from conftest import ROOT, Master, orch, wait_for
 from servers import free_port
 from export_cases import config_text, planned, write
 
@@ -128,7 +128,7 @@ def _run_and_compare(cmd: list[str], cwd: Path, expected: list[dict],
 def _supervisord(config: Path, tmp: Path, check: Callable[[], None] | None = None) -> None:
     expected = planned(config)
     _export(config, "supervisord", tmp / "out")
-    (config.parent / ".orch" / "logs").mkdir(parents=True, exist_ok=True)
+    (Master.folder_of(config) / "logs").mkdir(parents=True, exist_ok=True)
     main = tmp / "main.conf"
     main.write_text(f"[supervisord]\nnodaemon=true\nlogfile={tmp}/supervisord.log\n"
                     f"pidfile={tmp}/supervisord.pid\nchildlogdir={tmp}\n\n"

@@ -113,7 +113,7 @@ def test_kill_mode_mixed_signals_only_the_main_process_and_is_applied_in_place(s
         {wrapper_command()}
         stop_timeout = "5s"
     """)
-    log = tmp_path / ".orch/logs/wrap.log"
+    log = master.log_dir / "wrap.log"
     first = master.wait_running(1)["wrap"]
     wait_for(lambda: "child up" in text_of(log), message="the child")
     assert orch("restart", "wrap", "-c", str(master.config)).returncode == 0
@@ -211,7 +211,7 @@ def test_orch_signal_reaches_the_main_process_only(start_master, tmp_path):
         command = "sleep 1000"
     """)
     master.wait_running(3)
-    logs = [tmp_path / ".orch/logs/web.log", tmp_path / ".orch/logs/web-1.log"]  # replica 0 is unsuffixed
+    logs = [master.log_dir / "web.log", master.log_dir / "web-1.log"]  # replica 0 is unsuffixed
     wait_for(lambda: all("child up" in text_of(log) for log in logs), message="the children")
     result = orch("signal", "HUP", "template:web", "-c", str(master.config))
     assert result.returncode == 0 and result.stdout.strip() == "SIGHUP: web, web-1", result

@@ -185,7 +185,7 @@ def test_a_command_worker_speaking_notify_is_held_to_max_requests(start_master, 
     first = master.wait_running(1)["cmd"]
     row = reason_row(master, "cmd", "max_requests")
     assert row["pid"] != first and row["notify_status"] == "warming up"
-    log = text_of(tmp_path / ".orch/logs/cmd.log")
+    log = text_of(master.log_dir / "cmd.log")
     assert "request 2" in log
 
 
@@ -233,7 +233,7 @@ def test_the_next_master_ends_what_a_killed_master_and_spawner_left(start_master
     master.wait_running(1)
     grandchild = wait_for(lambda: [p for p in master.descendants() if p.name() == "sleep"],
                           message="the grandchild")[0]
-    wait_for(lambda: (tmp_path / ".orch/orch.pid.state").exists(), message="the state file")
+    wait_for(lambda: master.pidfile.with_name("orch.pid.state").exists(), message="the state file")
     kill_master_spawner_and_guard(master)  # nobody left to clean up
     master.proc.wait(5)
     time.sleep(0.2)

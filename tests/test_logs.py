@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import orch, text_of, wait_for
+from conftest import Master, orch, text_of, wait_for
 
 PY = sys.executable
 
@@ -31,7 +31,7 @@ def command(code: str, *args: str) -> str:
 
 
 def logs(master) -> Path:
-    return master.folder / ".orch" / "logs"
+    return master.log_dir
 
 
 def cli(master, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -410,7 +410,7 @@ def test_foreground_quiet_prints_no_child_output(foreground, tmp_path):
     out = tmp_path / "stdout.txt"
     with open(out, "wb") as stdout:
         proc = foreground("--quiet", stdout=stdout)
-    folder = tmp_path / ".orch" / "logs"
+    folder = Master.folder_of(tmp_path / "workers.toml") / "logs"
     wait_for(lambda: "hello from echo" in text_of(folder / "echo.log") and
              "hello from other" in text_of(folder / "other.log"), message="the instances' output in their logs")
     time.sleep(0.2)  # proving a negative: nothing reaches stdout

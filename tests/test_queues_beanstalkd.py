@@ -91,7 +91,7 @@ def test_poison_job_buried_after_exactly_max_attempts_then_kicked(start_master, 
     assert len(starts) == 3
     ok_done = [when for kind, _, when, m in events.all() if kind == "done" and m.startswith("ok-")]
     assert len(ok_done) == 20 and max(ok_done) < starts[1][1]
-    log = text_of(tmp_path / ".orch" / "logs" / "consumer-ta.log")
+    log = text_of(master.log_dir / "consumer-ta.log")
     assert "buried job" in log and "after 3 attempts: RuntimeError: poison message" in log
     shown = orch("queues", "--json", "-c", str(master.config), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -113,7 +113,7 @@ def test_graceful_stop_and_wrong_url(start_master, beanstalkd_server, tmp_path):
     assert "sleep:1.5:first" in events.done() and not events.starts("after-0")
     assert stats(url, "ta")["current-jobs-ready"] == 3
     master.write(config("beanstalk://127.0.0.1:1", ["tb"]))
-    log = tmp_path / ".orch" / "logs" / "consumer-tb.log"
+    log = master.log_dir / "consumer-tb.log"
     wait_for(lambda: "cannot reach beanstalk://127.0.0.1:1" in text_of(log), 10, message="the error")
     assert "Traceback" not in text_of(log)
 
@@ -123,7 +123,7 @@ def test_beanstalkd_killed_and_restarted_mid_run(start_master, beanstalkd_server
     url = beanstalkd_server.url
     expected = {f"sleep:0.005:{i}" for i in range(500)}
     put(url, "ta", sorted(expected))
-    start_master(config(url, ["ta"], replicas=2))
+    master = start_master(config(url, ["ta"], replicas=2))
     wait_for(lambda: len(events.done()) >= 100, 20, message="some progress")
     beanstalkd_server.kill()  # its binlog (-b) keeps every job not yet deleted
     time.sleep(1.5)
@@ -132,5 +132,5 @@ def test_beanstalkd_killed_and_restarted_mid_run(start_master, beanstalkd_server
     wait_for(lambda: stats(url, "ta").get("current-jobs-ready", 0) == 0
              and stats(url, "ta").get("current-jobs-reserved", 0) == 0, 10, message="tube empty")
     for name in ("consumer-ta", "consumer-ta-1"):
-        log = text_of(tmp_path / ".orch" / "logs" / f"{name}.log")
+        log = text_of(master.log_dir / f"{name}.log")
         assert log.count("lost beanstalk://") == 1 and log.count("reconnected to beanstalk://") == 1, log

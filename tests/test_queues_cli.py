@@ -91,7 +91,7 @@ def test_seed_config_runs_against_a_real_redis(start_master, redis_server, tmp_p
     master.wait_running(4, timeout=20)
     client = redis.Redis.from_url(redis_server.url)
     client.lpush("queue1", "hello", "fail-me")
-    log = tmp_path / ".orch" / "logs"
+    log = master.log_dir
     wait_for(lambda: "handled b'hello'" in "".join(text_of(p) for p in log.glob("consumer-*.log")), 10,
              message="the example handler")
     rows = {r["queue"]: r for r in queues_json(master, tmp_path)}

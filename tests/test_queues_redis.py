@@ -78,7 +78,7 @@ def test_nothing_lost_with_recycling_timeout_and_memory_kills(start_master, redi
     wait_for(lambda: all_handled(events, expected | special), 60, interval=0.2,
              message="every message handled")
     wait_for(lambda: not redis_leftovers(client, queues), 10, message="empty processing lists")
-    master_log = text_of(tmp_path / ".orch" / "logs" / "orch.log") + master.stderr()
+    master_log = text_of(master.log_dir / "orch.log") + master.stderr()
     restarts = sum(r["restarts"] for r in master.status().values())
     assert restarts >= 2 * 800 // 50 // 2, restarts  # max_requests recycling happened
     for m in special:  # each was killed on its first attempt (timeout or memory.hard), then handled
@@ -180,7 +180,7 @@ def test_redis_killed_and_restarted_mid_run(start_master, redis_server, tmp_path
     client = redis.Redis.from_url(redis_server.url)
     expected = {f"sleep:0.005:{i}" for i in range(600)}
     push(client, "qa", sorted(expected))
-    start_master(config(redis_server.url, ["qa"], replicas=2))
+    master = start_master(config(redis_server.url, ["qa"], replicas=2))
     wait_for(lambda: len(events.done()) >= 100, 20, message="some progress")
     redis_server.kill()
     time.sleep(1.5)
@@ -189,7 +189,7 @@ def test_redis_killed_and_restarted_mid_run(start_master, redis_server, tmp_path
     client = redis.Redis.from_url(redis_server.url)
     wait_for(lambda: not redis_leftovers(client, ["qa"]), 10, message="nothing left")
     for name in ("consumer-qa", "consumer-qa-1"):
-        log = text_of(tmp_path / ".orch" / "logs" / f"{name}.log")
+        log = text_of(master.log_dir / f"{name}.log")
         assert log.count("lost redis://") == 1, log
         assert log.count("reconnected to redis://") == 1, log
 
@@ -199,7 +199,7 @@ def test_wrong_url_is_a_clear_error_with_crash_backoff(start_master, tmp_path):
     master = start_master(config("redis://127.0.0.1:1/0", ["qa"]).replace(
         'backoff = { initial = "0.05s", max = "0.5s" }', 'backoff = { initial = "0.5s", max = "2s" }').replace(
         'min_uptime = "0s"', 'min_uptime = "5s"'))
-    log = tmp_path / ".orch" / "logs" / "consumer-qa.log"
+    log = master.log_dir / "consumer-qa.log"
     wait_for(lambda: "cannot reach redis://127.0.0.1:1/0" in text_of(log), 10, message="the error")
     time.sleep(3)
     attempts = text_of(log).count("cannot reach")

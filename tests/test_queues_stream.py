@@ -121,7 +121,7 @@ def test_redis_killed_and_restarted_mid_run(start_master, redis_server, tmp_path
     client = redis.Redis.from_url(redis_server.url)
     expected = {f"sleep:0.005:{i}" for i in range(500)}
     add(client, "sa", sorted(expected))
-    start_master(config(redis_server.url, ["sa"], replicas=2))
+    master = start_master(config(redis_server.url, ["sa"], replicas=2))
     wait_for(lambda: len(events.done()) >= 100, 20, message="some progress")
     redis_server.kill()
     time.sleep(1.5)
@@ -130,5 +130,5 @@ def test_redis_killed_and_restarted_mid_run(start_master, redis_server, tmp_path
     client = redis.Redis.from_url(redis_server.url)
     wait_for(lambda: pending(client, "sa") == 0, 10, message="everything acknowledged")
     for name in ("consumer-sa", "consumer-sa-1"):
-        log = text_of(tmp_path / ".orch" / "logs" / f"{name}.log")
+        log = text_of(master.log_dir / f"{name}.log")
         assert log.count("lost redis://") == 1 and log.count("reconnected to redis://") == 1, log

@@ -144,8 +144,8 @@ def _celery_master(start_master, tmp_path: Path, broker: str, extra: str = ""):
         {extra}
     """)
     master.wait_running(1, timeout=20)
-    wait_for(lambda: "ready." in (tmp_path / ".orch/logs/celery.log").read_text(errors="replace")
-             if (tmp_path / ".orch/logs/celery.log").exists() else False, 30, message="celery ready")
+    wait_for(lambda: "ready." in (master.log_dir / "celery.log").read_text(errors="replace")
+             if (master.log_dir / "celery.log").exists() else False, 30, message="celery ready")
     return master
 
 

@@ -133,7 +133,7 @@ def test_a_policy_change_applies_in_place_without_a_restart(start_master):
     """
     master = start_master(config.format(t="60s"))
     pid = master.wait_running(1)["s"]
-    wait_for(lambda: "up" in text_of(master.folder / ".orch/logs/s.log"), message="signal setup")
+    wait_for(lambda: "up" in text_of(master.log_dir / "s.log"), message="signal setup")
     master.write(config.format(t="300ms"))
     wait_for(lambda: master.call("status")["reloads"] == 1, message="the reload")
     assert master.pids()["s"] == pid
@@ -217,7 +217,7 @@ def test_a_reload_during_a_reload_is_queued_and_applies_the_newest_file(start_ma
     """
     master = start_master(config.format(v=1, n=1))
     before = master.wait_running(2)
-    wait_for(lambda: "up" in text_of(master.folder / ".orch/logs/slow.log"), message="signal setup")
+    wait_for(lambda: "up" in text_of(master.log_dir / "slow.log"), message="signal setup")
     master.write(config.format(v=2, n=1))   # slow restart: takes stop_timeout
     wait_for(lambda: master.status()["slow"]["state"] == "stopping", message="the slow stop")
     master.write(config.format(v=2, n=2))   # arrives while the first is applied
@@ -238,7 +238,7 @@ def test_a_save_queued_behind_a_reload_is_not_applied_again_when_the_file_is_unc
     """
     master = start_master(config.format(v=1))
     master.wait_running(1)
-    wait_for(lambda: "up" in text_of(master.folder / ".orch/logs/slow.log"), message="signal setup")
+    wait_for(lambda: "up" in text_of(master.log_dir / "slow.log"), message="signal setup")
     master.write(config.format(v=2))   # slow restart: takes stop_timeout
     wait_for(lambda: master.status()["slow"]["state"] == "stopping", message="the slow stop")
     reloads = master.call("status")["reloads"]
@@ -275,9 +275,9 @@ def test_global_settings_apply_live_or_say_they_need_a_restart(start_master):
         [workers.g]
         command = "sleep 1000"
     """
-    master = start_master(config.format(g="10s", sock=".orch/orch.sock"))
+    master = start_master(config.format(g="10s", sock=".orch/workers/orch.sock"))
     pid = master.wait_running(1)["g"]
-    master.write(config.format(g="3s", sock=".orch/other.sock"))
+    master.write(config.format(g="3s", sock=".orch/workers/other.sock"))
     wait_for(lambda: "control_socket changed" in master.stderr(), message="the restart warning")
     err = master.stderr()
     assert "setting orchestrator.graceful_timeout: 10.0 -> 3.0" in err

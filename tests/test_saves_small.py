@@ -135,7 +135,7 @@ def test_a_running_master_rotates_by_real_size_after_copytruncate(start_master, 
         log_max_size = "8KiB"
         log_backups = 2
     """)
-    log = tmp_path / ".orch" / "logs" / "p.log"
+    log = master.log_dir / "p.log"
     wait_for(lambda: log.exists() and log.stat().st_size >= 6000, 15, message="6000 bytes of log")
     copytruncate(log)
     wait_for(lambda: log.stat().st_size >= 4000, 15, message="4000 bytes after the truncation")

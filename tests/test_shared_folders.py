@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import alive, orch, text_of, wait_for
+from conftest import Master, alive, orch, text_of, wait_for
 from orchestrator.observe.procfs import start_time
 
 NOBODY = 65534
@@ -104,13 +104,13 @@ def test_folders_orch_creates_are_private_even_under_umask_002(start_master, tmp
     finally:
         os.umask(old)
     master.wait_running(1)
-    for folder in (".orch", "var", "var/orch", "var/orch/logs"):
+    for folder in (".orch", ".orch/workers", "var", "var/orch", "var/orch/logs"):
         assert mode_of(tmp_path / folder) == 0o750, folder
     wait_for(lambda: "hello" in text_of(tmp_path / "var/orch/logs/w.log"), message="the log line")
-    state = wait_for(lambda: os.path.exists(tmp_path / ".orch/orch.pid.state") and tmp_path / ".orch/orch.pid.state",
-                     message="the state file")
+    state_file = master.pidfile.with_name("orch.pid.state")
+    state = wait_for(lambda: state_file.exists() and state_file, message="the state file")
     assert mode_of(state) == 0o600 and os.lstat(state).st_uid == os.geteuid()
-    assert mode_of(tmp_path / ".orch/orch.pid") & 0o022 == 0
+    assert mode_of(master.pidfile) & 0o022 == 0
     assert mode_of(tmp_path / "var/orch/logs/w.log") & 0o022 == 0
 
 
@@ -133,13 +133,14 @@ def plant(kind: str, at: Path, victim: Path) -> None:
 def test_a_link_at_the_pidfile_or_master_log_is_refused_and_its_target_untouched(tmp_path, name, kind, args):
     """Refused rather than replaced: the pidfile is the lock, and a link there may be how its
     owner shares one, so orch does not decide to delete it; the message says to."""
-    (tmp_path / ".orch").mkdir(mode=0o700)
-    victim = tmp_path / "victim.txt"
-    victim.write_text("precious\n")
-    at = tmp_path / ".orch" / name
-    plant(kind, at, victim)
     config = tmp_path / "workers.toml"
     config.write_text(WORKER)
+    (tmp_path / ".orch").mkdir(mode=0o700)
+    Master.folder_of(config).mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    at = Master.folder_of(config) / name
+    plant(kind, at, victim)
 
     result = refused_up(config, *args)
     lines = result.stderr.strip().splitlines()
@@ -160,8 +161,9 @@ CHATTY = json.dumps([sys.executable, "-c", (
 def test_links_at_log_paths_are_replaced_never_written_through(start_master, tmp_path):
     """Replaced rather than refused: an instance's log opens at its first output, long after
     start-up, and refusing it would silently drop that output."""
-    logs = tmp_path / ".orch" / "logs"
-    logs.mkdir(parents=True, mode=0o700)
+    logs = Master.folder_of(tmp_path / "workers.toml") / "logs"
+    for folder in (logs.parent.parent, logs.parent, logs):
+        folder.mkdir(mode=0o700)
     victims = {name: tmp_path / f"victim-{name}" for name in ("w.log", "w.log.1")}
     for name, victim in victims.items():
         victim.write_text(f"precious {name}\n")
@@ -203,10 +205,12 @@ def bystander():
     ("trusted", None),  # the same record written by this user: the sweep does kill it
 ])
 def test_a_state_file_this_user_did_not_write_kills_nothing(start_master, tmp_path, bystander, forged, why):
-    (tmp_path / ".orch").mkdir(mode=0o700)
+    folder = Master.folder_of(tmp_path / "workers.toml")
+    folder.parent.mkdir(mode=0o700)
+    folder.mkdir(mode=0o700)
     record = {"master": 999999, "run": "forged", "run_start": 0,
               "groups": [[bystander.pid, start_time(bystander.pid)]]}
-    state = tmp_path / ".orch" / "orch.pid.state"
+    state = folder / "orch.pid.state"
     written = tmp_path / "elsewhere.json" if forged == "symlink" else state
     written.write_text(json.dumps(record))
     written.chmod(0o666 if forged == "others-writable" else 0o600)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import orch, wait_for
+from conftest import Master, orch, wait_for
 from loadgen import ClientLoop, Wrk, http_get
 
 PY = sys.executable
@@ -262,7 +262,7 @@ def test_systemd_socket_activate_hands_the_socket_to_orch_up_by_name(tmp_path):
         assert "adopted from systemd" in (tmp_path / "up.err").read_text()
         with socket.socket(socket.AF_UNIX) as control:  # the full status, sockets included
             control.settimeout(10)
-            control.connect(str(tmp_path / ".orch" / "orch.sock"))
+            control.connect(str(Master.folder_of(config) / "orch.sock"))
             control.sendall(b'{"cmd": "status", "args": {}}\n')
             sockets = json.loads(control.makefile("rb").readline())["result"]["sockets"]
         assert [(s["name"], s["adopted"], s["retired"]) for s in sockets] == [("web", True, False)], sockets

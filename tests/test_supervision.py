@@ -9,7 +9,7 @@ import sys
 
 import psutil
 
-from conftest import text_of, alive, orch, wait_for
+from conftest import Master, text_of, alive, orch, wait_for
 
 PY = sys.executable
 # A TOML `command = [...]` line for a child that ignores SIGTERM.
@@ -93,7 +93,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(start_master,
         stop_timeout = "0.5s"
     """)
     pid = master.wait_running(1)["stubborn"]
-    wait_for(lambda: "up" in text_of(tmp_path / ".orch/logs/stubborn.log"), message="the child's signal setup")
+    wait_for(lambda: "up" in text_of(master.log_dir / "stubborn.log"), message="the child's signal setup")
     master.proc.send_signal(signal.SIGTERM)
     assert master.proc.wait(5) == 0
     assert not alive(pid)
@@ -146,7 +146,7 @@ def test_children_get_stdin_from_dev_null_and_the_config_env(start_master, tmp_p
         env = { REDIS_HOST = "{{ template }}.local" }
     """)
     master.wait_running(1)
-    log = tmp_path / ".orch/logs/envy.log"
+    log = master.log_dir / "envy.log"
     wait_for(lambda: log.exists() and "stdin-eof" in log.read_text(), message="output in the log")
     assert "host=envy.local inst=envy" in log.read_text()
 
@@ -192,7 +192,7 @@ def test_a_bad_config_starts_nothing_and_exits_2(tmp_path):
     assert result.returncode == 2
     first = result.stderr.splitlines()[0]
     assert f"{config}:2:" in first and "workers.a.comand" in first and "did you mean 'command'" in first
-    assert not (tmp_path / ".orch" / "orch.pid").exists()
+    assert not (Master.folder_of(config) / "orch.pid").exists()
 
 
 def test_a_killed_spawner_is_replaced_and_the_fleet_comes_back(start_master):

@@ -272,8 +272,8 @@ def test_beanstalkd_backend_with_results_in_redis(start_master, beanstalkd_serve
 
 def test_beanstalkd_without_result_url_is_a_clear_error(start_master, beanstalkd_server, tmp_path):
     url = f"beanstalk://127.0.0.1:{beanstalkd_server.port}"
-    start_master(setup(tmp_path, url), wait=False)
-    log = tmp_path / ".orch" / "logs" / "tasks-work.log"
+    master = start_master(setup(tmp_path, url), wait=False)
+    log = master.log_dir / "tasks-work.log"
     wait_for(lambda: "kwargs.result_url is required" in text_of(log), 20, message="the error in the log")
     from orchestrator.tasks import TaskQueue
     task = TaskQueue(url).task("work", name="t")(lambda: None)

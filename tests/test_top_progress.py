@@ -39,7 +39,7 @@ matrix = {{ n = [1, 2, 3, 4] }}
 def ready_fleet(master) -> dict[str, int]:
     """Running, and past installing the slow SIGTERM handler (a TERM before it kills at once)."""
     pids = master.wait_running(4)
-    logs = master.folder / ".orch" / "logs"
+    logs = master.log_dir
     wait_for(lambda: all("ready" in text_of(logs / f"{name}.log") for name in pids), 10,
              message="every worker ready")
     return pids

@@ -174,8 +174,8 @@ def test_every_child_carries_the_run_cookie_and_its_instance_name(start_master, 
         replicas = 2
     """)
     running = master.wait_running(2)
-    state = json.loads(wait_for(lambda: (tmp_path / ".orch/orch.pid.state").exists() and
-                                (tmp_path / ".orch/orch.pid.state").read_text(), message="the state file"))
+    state_file = master.pidfile.with_name("orch.pid.state")
+    state = json.loads(wait_for(lambda: state_file.exists() and state_file.read_text(), message="the state file"))
     for name, pid in running.items():
         env = psutil.Process(pid).environ()
         assert env["ORCH_RUN"] == state["run"] and env["ORCH_INSTANCE"] == name
@@ -219,8 +219,9 @@ def test_the_next_up_ends_escaped_daemons_of_a_sigkilled_master_and_spawner(star
     try:
         master.wait_running(1)
         daemon = wait_for(lambda: pids_in(daemons), message="the daemon")[0]
-        state = json.loads(wait_for(lambda: (tmp_path / ".orch/orch.pid.state").exists() and
-                                    (tmp_path / ".orch/orch.pid.state").read_text(), message="the state file"))
+        state_file = master.pidfile.with_name("orch.pid.state")
+        state = json.loads(wait_for(lambda: state_file.exists() and state_file.read_text(),
+                                    message="the state file"))
         # Not orch's: another run's cookie with the same instance name, and one without any.
         for env in ({"ORCH_RUN": "0123456789abcdef", "ORCH_INSTANCE": "d"}, {}):
             bystanders.append(subprocess.Popen(["sleep", "1000"], env={**os.environ, **env},

@@ -150,11 +150,16 @@ KEYS: tuple[Key, ...] = (
        default_from="orchestrator.log_backups"),
     _o("name", STRING, None, R, "the fleet's name (default: the config file's or folder's name)",
        '"queue-consumers"'),
-    _o("control_socket", PATH, ".orch/orch.sock", R, "the control socket, relative to the config",
-       '".orch/orch.sock"'),
-    _o("pidfile", PATH, ".orch/orch.pid", R, "the master's pid file, relative to the config",
-       '".orch/orch.pid"'),
-    _o("log_dir", PATH, ".orch/logs", R, "instance logs, relative to the config", '".orch/logs"'),
+    # {stem} is the config file's name without its extension: two configs in one folder
+    # get a master each (web.toml: .orch/web/orch.sock), never one another's.
+    _o("control_socket", PATH, ".orch/{stem}/orch.sock", R,
+       "the control socket, relative to the config; {stem} is the config file's name without "
+       "its extension, so each config in a folder has its own master", '".orch/orch.sock"'),
+    _o("pidfile", PATH, ".orch/{stem}/orch.pid", R,
+       "the master's pid file (master.log and the state file go beside it), relative to the "
+       "config; {stem} as for control_socket", '".orch/orch.pid"'),
+    _o("log_dir", PATH, ".orch/{stem}/logs", R, "instance logs, relative to the config; {stem} as "
+       "for control_socket", '".orch/logs"'),
     _o("graceful_timeout", DURATION, "10s", L, "how long a shutdown waits for instances before SIGKILL",
        '"10s"'),
     _o("check_interval", duration(0.01, 3600, positive=True), "1s", L, "memory sampling period", '"1s"'),

@@ -345,8 +345,9 @@ def _settings(table: object, path: Path, problems: Problems) -> Settings:
         except ValueError as exc:
             problems.add(f"orchestrator.{key}", str(exc))
     for k in SETTINGS_KEYS:
-        if k.type is PATH:
-            values[k.attr] = (folder / values.get(k.attr, k.default)).absolute()
+        if k.type is PATH:  # {stem}: each config of a folder gets its own (see keys.py)
+            written = str(values.get(k.attr, k.default)).replace("{stem}", path.stem)
+            values[k.attr] = (folder / written).absolute()
     for k in SETTINGS_KEYS:
         if k.default is not None:
             values.setdefault(k.attr, k.value)
