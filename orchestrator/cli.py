@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any, Callable
 from . import __version__
 from .config import find_config
 from .control.record import live_record
-from .control.client import ControlClient, ControlError, request
+from .control.client import ControlClient, ControlError
 from .errors import ConfigError, NoMasterError, OrchError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
@@ -45,23 +46,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that never talk to a master, so take no --socket.
+OFFLINE = ("up", "check", "plan", "export", "schema", "queues")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="config file (default: $ORCH_CONFIG, then ./workers.toml)")
-    common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
-                        help="the master's control socket (default: $ORCH_SOCKET, then the running "
-                             "master of the config, then its control_socket)")
+    client = argparse.ArgumentParser(add_help=False, parents=[config])
+    client.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the master's control socket, whatever config it runs (default: "
+                             "$ORCH_SOCKET, then the running master of the config, then its "
+                             "control_socket)")
     parser = argparse.ArgumentParser(
         prog="orch", description="Declarative process orchestrator: templates x matrices, live reload by diff.",
-        epilog="example: orch up -c configs/workers.toml", parents=[common])
+        epilog="example: orch up -c configs/workers.toml", parents=[client])
     parser.add_argument("--version", action="version", version=f"orch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     parsers = {}
     for name, (text, example) in COMMANDS.items():
-        parsers[name] = sub.add_parser(name, help=text, description=text, parents=[common],
-                                       epilog=f"example: {example}")
+        parsers[name] = sub.add_parser(name, help=text, description=text, epilog=f"example: {example}",
+                                       parents=[config if name in OFFLINE else client])
     up = parsers["up"]
     up.add_argument("-q", "--quiet", action="store_true", help="do not echo children's output on stdout")
     up.add_argument("-d", "--detach", action="store_true",
@@ -116,11 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = _bad_arguments(args)
+    if problem:
+        print(f"orch: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     path = find_config(getattr(args, "config", None))
     try:
         return HANDLERS[args.command](args, path)
     except ConfigError as exc:
-        print(f"orch: config error: {exc}", file=sys.stderr)
+        if "config" not in args and not os.environ.get("ORCH_CONFIG") and not os.path.lexists(path):
+            print(f"orch: no {path.name} in {path.parent}: name the config with -c FILE "
+                  "(or $ORCH_CONFIG)", file=sys.stderr)
+        else:
+            print(f"orch: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NoMasterError as exc:
         print(f"orch: {exc}", file=sys.stderr)
@@ -135,6 +150,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """What argparse's types let through but no command can use, as one line (exit 2)."""
+    if "socket" in args and args.command in OFFLINE:  # `orch --socket X check`
+        return f"{args.command} does not talk to a master: --socket is for client commands"
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not (0 < timeout < math.inf):
+        return f"--timeout must be a positive number of seconds, not {timeout:g}"
+    if args.command == "logs" and args.lines < 0:
+        return f"logs -n must be 0 or more lines, not {args.lines}"
+    return None
 
 
 def cmd_up(args: argparse.Namespace, path: Path) -> int:
@@ -175,17 +202,53 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _socket(args: argparse.Namespace, path: Path) -> Path:
-    """Where the master of `path` listens, without parsing the file when it can: `--socket`,
-    $ORCH_SOCKET, the record a running master wrote for this config, then the file."""
-    explicit = getattr(args, "socket", None) or os.environ.get("ORCH_SOCKET")
-    if explicit:
-        return Path(explicit).absolute()
-    record = live_record(path)
-    if record is not None:
-        return Path(record["socket"])
-    from .config.load import load_settings  # only without a record: imports the parser
-    return load_settings(path).control_socket
+def _client(args: argparse.Namespace, path: Path, timeout: float | None = 30.0) -> ControlClient:
+    """A connection to the master of `path`, found without parsing the file when it can:
+    `--socket`, $ORCH_SOCKET, the record a running master wrote for this config, then the
+    file. Unless the socket was named (`--socket`, or $ORCH_SOCKET without `-c`), the master
+    must run `path`: another config's master refuses the command (exit 3)."""
+    record = None
+    if "socket" in args:
+        socket, check = Path(args.socket).absolute(), False
+    elif os.environ.get("ORCH_SOCKET"):
+        socket, check = Path(os.environ["ORCH_SOCKET"]).absolute(), "config" in args
+    else:
+        record, check = live_record(path), True
+        if record is not None:
+            socket = Path(record["socket"])
+        else:
+            from .config.load import load_settings  # only without a record: imports the parser
+            socket = load_settings(path).control_socket
+    client = ControlClient(socket, timeout)
+    try:
+        if check:
+            _check_master(client, path, record)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _check_master(client: ControlClient, path: Path, record: dict | None) -> None:
+    """Raise NoMasterError unless the master on `client` runs `path`, asked on the same
+    connection (a master short of fds may pause its accepts). A ping answered by the pid
+    that wrote `path`'s record settles it; otherwise its status names its config."""
+    pid = client.call("ping")["pid"]
+    if record is not None and record.get("pid") == pid:
+        return
+    theirs = client.call("status", as_text=True).get("config")
+    if theirs is None or os.path.realpath(theirs) != os.path.realpath(path):
+        raise NoMasterError(f"the master at {client.path} (pid {pid}) runs {theirs}, not {path}: "
+                            "name its config with -c, or pass --socket to use it anyway")
+
+
+def _ask(args: argparse.Namespace, path: Path, cmd: str, **kwargs: Any) -> Any:
+    """One request to the master of `path` (see `_client`)."""
+    client = _client(args, path)
+    try:
+        return client.call(cmd, **kwargs)
+    finally:
+        client.close()
 
 
 def _log_dir(path: Path) -> Path:
@@ -212,7 +275,7 @@ def _disk_error(path: Path, reply: dict | None = None) -> str | None:
 
 
 def cmd_diff(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(args, path), "diff")
+    result = _ask(args, path, "diff")
     for line in result["lines"]:
         print(line)
     print(f"{result['start']} to start, {result['stop']} to stop, {result['restart']} to restart, "
@@ -221,7 +284,7 @@ def cmd_diff(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(args, path), "reload")
+    result = _ask(args, path, "reload")
     if result.get("queued"):
         print("reload queued behind the one being applied")
     elif not result.get("applied"):
@@ -235,20 +298,18 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
     from .observe.status_view import render_status
     if args.json:  # the master sends the very text to print
-        print(request(_socket(args, path), "status", patterns=args.patterns or None,
-                      as_text=True)["instances_text"])
+        print(_ask(args, path, "status", patterns=args.patterns or None, as_text=True)["instances_text"])
         return EXIT_OK
-    result = request(_socket(args, path), "status", patterns=args.patterns or None)
+    result = _ask(args, path, "status", patterns=args.patterns or None)
     print(render_status(result, _disk_error(Path(result.get("config") or path), result)))
     return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace, path: Path) -> int:
     from .observe.progress import follow
-    socket = _socket(args, path)
-    client = ControlClient(socket)
+    client = _client(args, path)
     try:
-        with follow(socket, "stopping every instance", "gone"):
+        with follow(client.path, "stopping every instance", "gone"):
             result = client.call("down")
             closed = client.wait_closed(args.timeout)
         if not closed:
@@ -270,22 +331,21 @@ def _control(action: str) -> Callable[[argparse.Namespace, Path], int]:
         extra: dict[str, Any] = {"rolling": True} if getattr(args, "rolling", False) else {}
         if not args.no_wait:
             extra.update(wait=True, timeout=args.timeout)
-        socket = _socket(args, path)
+        client = _client(args, path, timeout=None if not args.no_wait else 30.0)
         # The master answers when the work is done, or fails it at its own deadline; on a
         # terminal a progress line shows what it waits for meanwhile.
-        with follow(socket, GOALS[action][0], GOALS[action][1], args.patterns):
-            client = ControlClient(socket, timeout=None if not args.no_wait else 30.0)
-            try:
+        try:
+            with follow(client.path, GOALS[action][0], GOALS[action][1], args.patterns):
                 names = client.call(action, patterns=args.patterns, **extra)
-            finally:
-                client.close()
+        finally:
+            client.close()
         print(f"{action}: {', '.join(names)}")
         return EXIT_OK
     return run
 
 
 def cmd_signal(args: argparse.Namespace, path: Path) -> int:
-    result = request(_socket(args, path), "signal", patterns=args.patterns, signal=args.signal)
+    result = _ask(args, path, "signal", patterns=args.patterns, signal=args.signal)
     print(f"{result['signal']}: {', '.join(result['sent'])}"
           + (f" (not running: {', '.join(result['skipped'])})" if result["skipped"] else ""))
     return EXIT_OK
@@ -323,7 +383,7 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
 def _instances(args: argparse.Namespace, path: Path, pattern: str) -> list[str]:
     """Names of the running master's instances matching `pattern`; [] without a master."""
     try:
-        rows = request(_socket(args, path), "status", patterns=[pattern])["instances"]
+        rows = _ask(args, path, "status", patterns=[pattern])["instances"]
     except (OrchError, ControlError, OSError):
         return []
     return [row["name"] for row in rows]
@@ -431,9 +491,9 @@ def cmd_top(args: argparse.Namespace, path: Path) -> int:
     if not 0.1 <= args.interval <= 3600:
         print("orch: top --interval must be between 0.1 and 3600 seconds", file=sys.stderr)
         return EXIT_USAGE
-    socket = _socket(args, path)
-    request(socket, "ping")  # no master: exit 3 before the screen is taken
-    return run_top(socket, _log_dir(path), tuple(args.patterns), args.interval)
+    client = _client(args, path)  # no master (or another config's): exit 3 before the screen is taken
+    client.close()
+    return run_top(client.path, _log_dir(path), tuple(args.patterns), args.interval)
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {

@@ -64,7 +64,8 @@ def test_socket_option_and_env_reach_a_master_from_anywhere(start_master, tmp_pa
     by_env = orch("status", "--json", cwd=elsewhere, env={"ORCH_SOCKET": str(master.socket)})
     assert by_env.returncode == 0 and '"name": "b"' in by_env.stdout, by_env.stderr
     nothing = orch("status", cwd=elsewhere)
-    assert nothing.returncode == 2 and "config file not found" in nothing.stderr
+    assert nothing.returncode == 2 and nothing.stderr == (
+        f"orch: no workers.toml in {elsewhere}: name the config with -c FILE (or $ORCH_CONFIG)\n")
 
 
 def test_a_config_with_a_custom_socket_is_found_while_broken(start_master, tmp_path):
