@@ -135,6 +135,9 @@ KEYS: tuple[Key, ...] = (
        '{ soft = "200MiB", hard = "300MiB" }'),
     _w("memory.soft", SIZE, None, S, "over it twice in a row: graceful restart", '"200MiB"'),
     _w("memory.hard", SIZE, None, S, "over it once: SIGKILL and restart (acts while stopping too)", '"300MiB"'),
+    _w("memory.measure", one_of("rss", "pss", "uss"), "rss", S,
+       "what the limits count: rss (every page mapped), pss (shared pages divided among their "
+       "users: fair to workers forked from a preload zygote), uss (private pages only)", '"pss"'),
     _w("max_lifetime", duration(high=365 * DAY, positive=True), None, S, "recycle after this long (up to 10% early)",
        '"6h"'),
     _w("timeout", POSITIVE_DURATION, None, S,
@@ -180,6 +183,9 @@ KEYS: tuple[Key, ...] = (
        '"127.0.0.1:8000"', spec="sockets"),
     _s("backlog", int_at_least(1), 1024, S, "the listen queue's length", "1024"),
     _s("mode", FILE_MODE, "0600", S, "permissions of a unix: socket's file", '"0660"'),
+    _s("reset_after", duration(0.1, 3600, positive=True), "10s", S,
+       "with no instance of its templates running this long, new connections are reset "
+       "(clients fail at once) instead of waiting in the backlog", '"10s"'),
 )
 del P, F, S, L, R
 

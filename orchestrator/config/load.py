@@ -45,6 +45,7 @@ class Policy:
     kill_mode: str = "group"
     memory_soft: int | None = None
     memory_hard: int | None = None
+    memory_measure: str = "rss"
     max_lifetime: float | None = None
     timeout: float | None = None
     max_requests: int | None = None
@@ -175,7 +176,8 @@ def load_config(path: Path, cache: "TemplateCache | None" = None) -> Config:
         # The templates that validated, for `orch check` to render too (every problem at
         # once), unless a shared table is at fault: its errors would cascade into theirs.
         shared = ("orchestrator", "vars", "defaults", "sockets")
-        if not any(p.keypath.split(".")[0] in shared or not p.keypath for p in found):
+        if not any(p.keypath.split(".")[0] in shared or not p.keypath or p.keypath.endswith(".sockets")
+                   for p in found):
             error.partial = config
         raise error
     return config

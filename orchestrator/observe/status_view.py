@@ -34,6 +34,9 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
             f"{inst['cpu']:.1f}" if inst.get("cpu") is not None else "-",
             str(inst["processes"]) if inst.get("processes") else "-",
         ))
+    measured = [_measured(inst) for inst in reply["instances"]]
+    if any(measured):  # memory.measure = "pss" or "uss": what the limits count, beside RSS
+        rows = [row + (m,) for row, m in zip(rows, ["LIMITED ON"] + measured)]
     texts = [_status_text(inst) for inst in reply["instances"]]
     if any(texts):  # the worker's own words (STATUS=): a column only when some worker speaks
         rows = [row + (text,) for row, text in zip(rows, ["STATUS"] + texts)]
@@ -53,6 +56,15 @@ def _unserved(sock: dict[str, Any]) -> str:
     if sock.get("resetting"):
         return f"{head}; new connections are reset ({sock.get('reset', 0)} so far)"
     return f"{head}; connections wait in its backlog"
+
+
+def _measured(inst: dict[str, Any]) -> str:
+    """"PSS 12.3M" for an instance whose memory limits count PSS or USS, else ""."""
+    measure = inst.get("memory_measure") or "rss"
+    if measure == "rss":
+        return ""
+    value = inst.get("measured")
+    return f"{measure.upper()} {format_size(value)}" if value else measure.upper()
 
 
 def _status_text(inst: dict[str, Any]) -> str:

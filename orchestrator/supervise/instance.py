@@ -23,7 +23,7 @@ class Instance:
     # slots: 35 attributes are past what CPython's key-sharing dicts hold, so every instance
     # paid a full dict of its own (1.6 KB; 8 MiB at 5,000 instances)
     __slots__ = ("_clock", "_emit", "counts_requests", "cpu_percent", "cpu_sample", "echo", "failures",
-                 "held", "last_exit", "last_reason", "limit_kill", "limit_kills", "limit_timers", "logfile",
+                 "held", "last_exit", "last_reason", "limit_kill", "limit_kills", "limit_timers", "logfile", "measured",
                  "next_spec", "notify_status", "over_soft", "pid", "processes", "ready", "requests",
                  "restarts", "rollout", "rss", "spec", "start_ticks", "started_at", "state", "stop_reason",
                  "then", "timer", "token", "tracked")
@@ -54,6 +54,7 @@ class Instance:
         self.requests = 0
         self.notify_status: str | None = None
         self.rss = 0
+        self.measured = 0  # the last PSS or USS sample, with memory.measure = "pss" or "uss"
         self.processes = 0                # in the whole tree, at the last status
         self.cpu_percent = 0.0
         self.over_soft = 0
@@ -108,6 +109,8 @@ class Instance:
             "last_exit": self.last_exit,
             "reason": self.last_reason,
             "rss": self.rss if self.pid else None,
+            "memory_measure": self.spec.policy.memory_measure,
+            "measured": self.measured if self.pid and self.spec.policy.memory_measure != "rss" else None,
             "cpu": round(self.cpu_percent, 1) if self.pid else None,
             "processes": self.processes if self.pid else None,
             "requests": self.requests,
