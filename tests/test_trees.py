@@ -244,15 +244,19 @@ def test_the_next_up_ends_escaped_daemons_of_a_sigkilled_master_and_spawner(star
             proc.wait()
 
 
-def test_the_sweep_never_signals_a_pid_whose_start_time_changed(tmp_path):
+def test_the_sweep_never_signals_a_process_that_is_not_the_one_it_found(tmp_path):
+    import psutil
     from orchestrator.observe.procfs import start_time
-    from orchestrator.spawn.orphans import kill_checked
+    from orchestrator.spawn.orphans import kill_checked, ticks
+    gone = subprocess.Popen(["sleep", "1000"])
+    found = psutil.Process(gone.pid)
+    assert ticks(found) == start_time(gone.pid), "psutil's start time in the state file's unit"
+    gone.kill()
+    gone.wait()
+    assert not kill_checked(found), "a process that is gone (its pid free for reuse) was signalled"
     proc = subprocess.Popen(["sleep", "1000"])
     try:
-        started = start_time(proc.pid)
-        assert not kill_checked(proc.pid, started - 1), "a recycled pid (other start time) was signalled"
-        assert proc.poll() is None
-        assert kill_checked(proc.pid, started)
+        assert kill_checked(psutil.Process(proc.pid))
         assert proc.wait(5) == -signal.SIGKILL
     finally:
         proc.kill()

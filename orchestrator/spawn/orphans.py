@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..observe.procfs import all_pids, env_value, environ, is_running, start_time, stat_fields
+import psutil
+
+from ..observe.procfs import CLOCK_TICKS, start_time  # start_time: the state file's per-instance fast path
 
 log = logging.getLogger("orch")
 
@@ -100,63 +102,86 @@ class StateRecorder:
             state_path(self.pidfile).unlink(missing_ok=True)
 
 
+def ticks(proc: psutil.Process) -> int | None:
+    """A process's start time in clock ticks since boot, the unit the state file, the spawner
+    and the guard record (psutil gives seconds: boot time + ticks / CLK_TCK); None if gone."""
+    try:
+        return round((proc.create_time() - psutil.boot_time()) * CLOCK_TICKS)
+    except psutil.Error:
+        return None
+
+
 def _recorded_leaders(record: dict) -> dict[int, int]:
     leaders: dict[int, int] = {}
     for leader, started in record.get("groups", []):
         if started is None:
             continue
-        now = start_time(leader)
+        now = _ticks_of(leader)
         if now is not None and now != started:
             continue  # the pid was recycled: that group is someone else's
         leaders[leader] = started
     return leaders
 
 
-def leftovers(record: dict, until: int | None = None) -> list[tuple[int, int, str]]:
-    """(pid, start time, why) of every live process of the recorded run (reads /proc) that
-    started no later than `until` (clock ticks since boot), if given."""
-    found: list[tuple[int, int, str]] = []
+def _ticks_of(pid: int) -> int | None:
+    try:
+        return ticks(psutil.Process(pid))
+    except psutil.Error:
+        return None
+
+
+def leftovers(record: dict, until: int | None = None) -> list[tuple[psutil.Process, int, str]]:
+    """(process, start time, why) of every live process of the recorded run that started no
+    later than `until` (clock ticks since boot), if given. Rare (once per `orch up`, or when
+    a spawner died), so psutil's per-process reads cost nothing that matters here."""
+    found: list[tuple[psutil.Process, int, str]] = []
     spawner, spawner_start = record.get("spawner") or (None, None)
-    if spawner and spawner_start is not None and start_time(spawner) == spawner_start:
-        found.append((spawner, spawner_start, "the old spawner"))
+    if spawner and spawner_start is not None and _ticks_of(spawner) == spawner_start:
+        found.append((psutil.Process(spawner), spawner_start, "the old spawner"))
     leaders = _recorded_leaders(record)
     run, since = record.get("run"), record.get("run_start") or 0
     if not leaders and not run:
         return found
     me = os.getpid()
-    for pid in all_pids():
-        fields = stat_fields(pid)
-        if not fields or pid in (me, spawner):
+    for proc in psutil.process_iter():
+        if proc.pid in (me, spawner):
             continue
-        group, session, started = int(fields[2]), int(fields[3]), int(fields[19])
-        if until is not None and started > until:
+        try:
+            started = ticks(proc)
+            if started is None or (until is not None and started > until):
+                continue
+            why = _belongs(proc, started, leaders, run, since)
+        except (psutil.Error, OSError):  # gone meanwhile, or not ours to read
             continue
-        why = _belongs(pid, group, session, started, leaders, run, since)
         if why:
-            found.append((pid, started, why))
+            found.append((proc, started, why))
     return found
 
 
-def _belongs(pid: int, group: int, session: int, started: int, leaders: dict[int, int],
-             run: str | None, since: int) -> str | None:
-    for owner, what in ((group, "process group"), (session, "session")):
+def _belongs(proc: psutil.Process, started: int, leaders: dict[int, int], run: str | None,
+             since: int) -> str | None:
+    for owner, what in ((os.getpgid(proc.pid), "process group"), (os.getsid(proc.pid), "session")):
         if owner in leaders and started >= leaders[owner]:
             return f"{what} {owner}"
     if run and started >= since:
-        env = environ(pid)  # unreadable for other users' processes: never ours
-        if env is not None and env_value(env, "ORCH_RUN") == run:
+        try:
+            env = proc.environ()
+        except psutil.AccessDenied:  # another user's process: never ours
+            return None
+        if env.get("ORCH_RUN") == run:
             return f"ORCH_RUN={run}"
     return None
 
 
-def kill_checked(pid: int, started: int) -> bool:
-    """SIGKILL `pid` only if it is still the process that started at `started`."""
+def kill_checked(proc: psutil.Process) -> bool:
+    """SIGKILL `proc` only if it is still the process psutil found (same pid and start time):
+    the pidfd is opened first, so the identity checked is the one signalled."""
     try:
-        fd = os.pidfd_open(pid)
+        fd = os.pidfd_open(proc.pid)
     except OSError:
         return False
     try:
-        if start_time(pid) != started:
+        if not proc.is_running():
             return False  # gone, and the pid reused since the scan
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
@@ -216,13 +241,11 @@ def end_record(record: dict, by: str, timeout: float, until: int | None = None) 
     """SIGKILL every live process of a recorded run (started by `until`, if given), wait up
     to `timeout` for them to go."""
     victims = []
-    for pid, started, why in leftovers(record, until):
-        log.warning("ending pid %d left behind %s (%s)", pid, by, why)
-        if kill_checked(pid, started):
-            victims.append(pid)
-    deadline = time.monotonic() + timeout
-    remaining = victims
-    while remaining and time.monotonic() < deadline:
-        remaining = [pid for pid in remaining if is_running(pid)]
-        time.sleep(0.01)
+    for proc, _, why in leftovers(record, until):
+        log.warning("ending pid %d left behind %s (%s)", proc.pid, by, why)
+        if kill_checked(proc):
+            victims.append(proc)
+    _, alive = psutil.wait_procs(victims, timeout=timeout)  # ours are reaped by their parents
+    for proc in alive:
+        log.warning("pid %d did not end within %.1fs of SIGKILL", proc.pid, timeout)
     return len(victims)
