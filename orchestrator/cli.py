@@ -29,12 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("show every instance of the running master", "orch status 'consumer-*' --json"),
     "reload": ("re-read the config and apply only what changed", "orch reload -c workers.toml"),
     "down": ("stop every instance and the master; returns when all are gone", "orch down"),
-    "start": ("start instances (names, globs or template:NAME); returns once they run",
-              "orch start template:consumer"),
+    "start": ("start instances (names, globs or template:NAME); returns once they are up "
+              "min_uptime or ready", "orch start template:consumer"),
     "stop": ("stop instances; they stay stopped across reloads; returns once they are gone",
              "orch stop 'consumer-10.0.0.2-*'"),
-    "restart": ("restart instances; returns once the new processes run", "orch restart --rolling template:consumer"),
+    "restart": ("restart instances; returns once the new processes are up min_uptime or ready",
+                "orch restart --rolling template:consumer"),
     "signal": ("send a signal to the main process of instances", "orch signal HUP template:web"),
+    "inspect": ("an instance's whole process tree: user, state, CPU, RSS/USS/PSS, threads, fds, sockets",
+                "orch inspect web-1 --json"),
     "logs": ("print an instance's log (or every log), optionally following",
              "orch logs consumer-10.0.0.1-queue1 -f -n 50"),
     "export": ("write the fleet as systemd, supervisord, kubernetes, nomad or Procfile files",
@@ -86,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "instances' stop_timeout + min_uptime + 30s")
     parsers["signal"].add_argument("signal", metavar="SIGNAL", help="HUP, SIGUSR1, TTIN, 10, ...")
     parsers["signal"].add_argument("patterns", nargs="+", metavar="PATTERN")
+    parsers["inspect"].add_argument("name", metavar="NAME", help="one instance's exact name")
+    parsers["inspect"].add_argument("--json", action="store_true", help="print a JSON object")
     parsers["restart"].add_argument("--rolling", action="store_true",
                                     help="restart in batches of the template's max_unavailable")
     parsers["down"].add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -351,6 +356,18 @@ def cmd_signal(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
+def cmd_inspect(args: argparse.Namespace, path: Path) -> int:
+    from .observe.inspect_view import gather, render
+    found = _ask(args, path, "inspect", name=args.name)
+    rows = gather(found["pids"])
+    if args.json:
+        print(json.dumps({"name": found["name"], "state": found["state"], "pid": found["pid"],
+                          "processes": rows}, indent=2))
+    else:
+        print(render(found["name"], found["state"], rows))
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
     from .observe.logs import instance_name, log_path
     import fnmatch
@@ -499,6 +516,7 @@ def cmd_top(args: argparse.Namespace, path: Path) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "up": cmd_up, "check": cmd_check, "plan": cmd_plan, "diff": cmd_diff, "status": cmd_status,
     "reload": cmd_reload, "down": cmd_down, "start": _control("start"), "stop": _control("stop"),
-    "restart": _control("restart"), "signal": cmd_signal, "logs": cmd_logs, "export": cmd_export,
+    "restart": _control("restart"), "signal": cmd_signal, "inspect": cmd_inspect, "logs": cmd_logs,
+    "export": cmd_export,
     "schema": cmd_schema, "queues": cmd_queues, "top": cmd_top,
 }

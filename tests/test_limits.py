@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def test_a_python_worker_is_replaced_after_exactly_max_requests(start_master, tm
     runs = [line.split() for line in (tmp_path / "runs.log").read_text().splitlines()]
     assert [r for r in runs if r[0] == str(first)] == [[str(first), "count-jobs", "jobs"]] * 3
     assert f"{first} 3" in (tmp_path / "after.log").read_text().splitlines()
+    wait_for(lambda: re.search(rf"count-jobs\[{first}\] stopped \((SIGTERM|exit 0), max_requests\)",
+                               master.stderr()), 5,
+             message="the recycle's log line to give its reason")
 
 
 def test_a_run_that_hangs_past_timeout_is_killed_and_replaced(start_master, tmp_path):

@@ -180,8 +180,9 @@ def test_out_of_fds_for_pipes_backs_off_instead_of_wedging(start_master, tmp_pat
         backoff = { initial = "0.2s", max = "0.5s" }
     """.replace("\n        ", "\n"))
     limit = (48, 48)
+    log = open(tmp_path / "master.err", "wb")  # a pipe nobody reads would fill and stop the master
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-c", str(config), "--quiet"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log,
                             start_new_session=True,
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit))
     try:

@@ -112,6 +112,14 @@ class Commands:
             reply["instances"] = rows
         return reply
 
+    def cmd_inspect(self, conn: Connection, name: str) -> dict[str, Any]:
+        """Which processes are the instance's: the client reads each with psutil itself."""
+        inst = self.master.supervisor.instances.get(name)
+        if inst is None:
+            raise ControlError(f"no instance named {name!r} (see orch status)", 2)
+        pids = self.master.supervisor.tree_pids(inst.pid) if inst.pid else []
+        return {"name": name, "state": inst.state.value, "pid": inst.pid, "pids": pids}
+
     def cmd_reload(self, conn: Connection) -> Any:
         reply = Pending()
         result = self.master.request_reload("orch reload", force=True, on_done=lambda r: _answer(reply, r))

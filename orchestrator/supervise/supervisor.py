@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from ..expand.spec import ProcessSpec
 from ..loop import EventLoop
 from ..observe.logs import Echo, LogFile, log_path
-from ..observe.procfs import CLOCK_TICKS, TreeSampler
+from ..observe.procfs import CLOCK_TICKS, TreeSampler, tree
 from ..plan import Plan, Running
 from ..spawn.spawner import SpawnerClient
 from .backoff import decide_limit_restart, decide_restart, limit_at_start
@@ -359,7 +359,8 @@ class Supervisor:
         inst.token = None
         inst.last_exit = text
         if inst.state is State.STOPPING:
-            log.info("%s[%d] stopped (%s)", inst.name, pid, text)
+            log.info("%s[%d] stopped (%s%s)", inst.name, pid, text,
+                     f", {inst.stop_reason}" if inst.stop_reason else "")  # why: max_requests, a limit
             self._after_stop(inst, uptime)
             return
         if not inst.limit_kill:
@@ -375,6 +376,8 @@ class Supervisor:
                                   failures=inst.failures, limit_kill=inst.last_reason is not None)
         inst.failures = decision.failures
         who = f"{inst.name}[{pid}]" if pid else inst.name
+        if inst.last_reason and pid:  # it said why it exits (ORCH_LIMIT=max_requests, a limit)
+            text = f"{text}, {inst.last_reason}"
         if self.shutting_down or not decision.restart:
             log.info("%s exited (%s)%s", who, text,
                      "" if self.shutting_down else f"; restart = {inst.spec.policy.restart}: not restarting")
@@ -430,6 +433,14 @@ class Supervisor:
         for inst in self.alive():
             if inst.pid is not None:
                 self.send_signal(inst, signal.SIGKILL)
+
+    def tree_pids(self, pid: int) -> list[int]:
+        """Every process of the instance whose main process is `pid`: its descendants and
+        the orphans the spawner attributed to it, with theirs (for `orch inspect`)."""
+        found = set(tree(pid))
+        for orphan in self.spawner.orphans(pid):
+            found.update(tree(orphan))
+        return sorted(found)
 
     def tree_usage(self, pid: int) -> tuple[int, int, int]:
         """(RSS bytes, CPU ticks, processes) of an instance's whole tree, its orphans included."""
