@@ -12,9 +12,10 @@ import itertools
 import logging
 import selectors
 import signal
-import socket
 import time
 from typing import Callable
+
+from .wakeup import nonblocking_pair
 
 Callback = Callable[[], None]
 log = logging.getLogger("orch")
@@ -54,9 +55,7 @@ class EventLoop:
         self._soon: list[Callback] = []
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._running = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r, self._wake_w = nonblocking_pair()  # the wakeup fd once a signal is handled
         self.add_reader(self._wake_r.fileno(), self._on_wakeup)
         self._old_wakeup_fd: int | None = None
         self._threadsafe: collections.deque[Callback] = collections.deque()

@@ -23,8 +23,8 @@ from .expand.render import Expansion, ExpansionCache
 from .expand.spec import ProcessSpec
 from .loop import EventLoop
 from .observe.logs import Echo
-from .observe.procfs import start_time
-from .observe.service import ServiceNotifier
+from .procfs import start_time
+from .supervise.service import ServiceNotifier
 from .plan import reconcile
 from .spawn.child import reaped
 from .spawn.listeners import Listeners

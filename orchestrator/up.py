@@ -14,7 +14,7 @@ from .control.record import remove_record, write_record
 from .control.client import ControlClient, ControlError
 from .errors import ConfigError, ConfigProblem, OrchError
 from .observe.masterlog import TurnHandler
-from .observe.procfs import is_running
+from .procfs import is_running
 from .observe.progress import Progress
 from .spawn.pidfile import PidLock, open_own_file
 from .spawn.listeners import Listeners, take_systemd_sockets

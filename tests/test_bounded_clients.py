@@ -20,7 +20,8 @@ from conftest import wait_for
 from test_notify_early import Fleet
 from test_service import free_port, samples, scrape
 from orchestrator.control import server
-from orchestrator.control.server import ControlServer, Pending, Throttle, admission, connection_cap
+from orchestrator.acceptor import Throttle, admission, connection_cap
+from orchestrator.control.server import ControlServer, Pending
 from orchestrator.loop import EventLoop
 from orchestrator.observe.metrics import MetricsServer
 from orchestrator.supervise.limits import EarlyNotes, Limits, descends_from

@@ -57,7 +57,7 @@ def test_the_master_raises_its_limit_and_children_keep_the_usual_one_after_a_new
 def test_kept_proc_fds_leave_the_last_fds_free_and_sampling_still_reads_every_tree():
     script = textwrap.dedent("""
         import os, resource, subprocess
-        from orchestrator.observe.procfs import KEEP_FREE_MIN, TreeSampler, kept_fd_ceiling
+        from orchestrator.procfs import KEEP_FREE_MIN, TreeSampler, kept_fd_ceiling
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         kids = [subprocess.Popen(["sleep", "30"]) for _ in range(150)]  # 3 fds each: far past 256
@@ -89,7 +89,7 @@ def test_log_files_past_the_ceiling_are_written_and_closed_so_no_line_is_lost(tm
         import os, resource
         from pathlib import Path
         from orchestrator.observe.logs import LogFile
-        from orchestrator.observe.procfs import KEEP_FREE_MIN
+        from orchestrator.procfs import KEEP_FREE_MIN
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         logs = [LogFile(Path({str(tmp_path)!r}) / f"w{{i}}.log", 0, 0) for i in range(400)]

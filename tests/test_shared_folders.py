@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from conftest import Master, alive, orch, text_of, wait_for
-from orchestrator.observe.procfs import start_time
+from orchestrator.procfs import start_time
 
 NOBODY = 65534
 WORKER = '[workers.w]\ncommand = "sleep 1000"\n'

@@ -246,7 +246,7 @@ def test_the_next_up_ends_escaped_daemons_of_a_sigkilled_master_and_spawner(star
 
 def test_the_sweep_never_signals_a_process_that_is_not_the_one_it_found(tmp_path):
     import psutil
-    from orchestrator.observe.procfs import start_time
+    from orchestrator.procfs import start_time
     from orchestrator.spawn.orphans import kill_checked, ticks
     gone = subprocess.Popen(["sleep", "1000"])
     found = psutil.Process(gone.pid)
@@ -427,7 +427,7 @@ def test_tree_usage_still_reads_a_tree_when_the_master_is_out_of_fds(tmp_path):
     the memory limits would then have believed)."""
     script = textwrap.dedent("""
         import os, resource, subprocess, sys
-        from orchestrator.observe.procfs import TreeSampler
+        from orchestrator.procfs import TreeSampler
         child = subprocess.Popen(["sleep", "30"])
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))

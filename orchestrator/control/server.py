@@ -10,16 +10,15 @@ open and the client sees EOF only when the master process has exited.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import resource
 import socket
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..acceptor import REPORT_EVERY, Acceptor, Throttle, admission, connection_cap  # noqa: F401 - re-exported
 from .client import ControlError  # the client side lives in client.py
 
 if TYPE_CHECKING:
@@ -35,109 +34,9 @@ MAX_REQUEST = 1 << 16
 # closes the oldest idle one, so `orch status` gets in unless every one is owed an answer.
 MAX_CONNECTIONS, FD_SHARE = 256, 8
 IDLE_TIMEOUT = 60.0  # a connection that asked nothing for this long, and is owed nothing, is closed
-ACCEPT_BATCH = 64  # accepts per wake-up: a connect flood cannot starve the rest of the loop
-NO_FDS_PAUSE = 0.1  # seconds a listener is not watched after EMFILE/ENFILE
-NO_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Out of fds, an idle connection silent this long gives its fd to the next client; a newer
 # one is spared: it may be the client the last accept was for, about to send its request.
 NO_FDS_SILENT = 1.0
-REPORT_EVERY = 10.0  # seconds between two warnings of one kind: a flood must not flood the log
-
-
-def connection_cap(ceiling: int, share: int, fd_limit: int | None = None) -> int:
-    """How many connections a listener may hold: `ceiling`, and at most 1/`share` of the soft
-    fd limit (read now unless given: it may have been lowered since start-up)."""
-    if fd_limit is None:
-        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if fd_limit == resource.RLIM_INFINITY:
-        return ceiling
-    return max(1, min(ceiling, fd_limit // share))
-
-
-def admission(held: int, cap: int, any_idle: bool) -> str:
-    """What a new connection does (pure): "accept" under the cap; at it, "evict" the oldest
-    idle connection to make room, or "refuse" the newcomer when every held one is busy."""
-    if held < cap:
-        return "accept"
-    return "evict" if any_idle else "refuse"
-
-
-class Throttle:
-    """Says yes at most once per `every` seconds: rate-limits warnings about floods."""
-
-    def __init__(self, every: float):
-        self.every = every
-        self._last: float | None = None
-
-    def due(self, now: float) -> bool:
-        if self._last is not None and now - self._last < self.every:
-            return False
-        self._last = now
-        return True
-
-
-class Acceptor:
-    """Accepts clients of a listening socket in the loop: a bounded batch per wake-up and,
-    out of fds, a short pause instead of a retry. (A client waiting in the backlog keeps the
-    socket readable, so retrying at once ran the loop at 100% CPU and starved every instance.)"""
-
-    def __init__(self, loop: EventLoop, sock: socket.socket, on_client: Callable[[socket.socket], None],
-                 on_no_fds: Callable[[], None], what: str, has_room: Callable[[], bool] = lambda: True):
-        self.loop = loop
-        self.sock = sock
-        self.on_client = on_client
-        self.on_no_fds = on_no_fds  # frees an fd if it can, for the accept after the pause
-        self.has_room = has_room  # False: leave clients in the listen backlog until `room_made`
-        self.what = what
-        self.pauses = 0
-        self._timer: Timer | None = None
-        self._held = self._closed = False
-        self._report = Throttle(REPORT_EVERY)
-        loop.add_reader(sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            if not self.has_room():
-                self._held = True
-                self.loop.remove_reader(self.sock.fileno())
-                return
-            try:
-                client, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in NO_FDS:
-                    self._pause(exc)
-                return  # anything else (ECONNABORTED): the next readable event retries
-            self.on_client(client)
-
-    def _pause(self, exc: OSError) -> None:
-        self.pauses += 1
-        self.loop.remove_reader(self.sock.fileno())
-        self._timer = self.loop.call_later(NO_FDS_PAUSE, self._resume)
-        if self._report.due(self.loop.time()):
-            log.warning("%s: cannot accept a connection (%s): pausing %dms (%d pauses so far)",
-                        self.what, exc.strerror or exc, NO_FDS_PAUSE * 1000, self.pauses)
-        self.on_no_fds()
-
-    def _resume(self) -> None:
-        self._timer = None
-        if not self._held and not self._closed:
-            self.loop.add_reader(self.sock.fileno(), self._readable)
-
-    def room_made(self) -> None:
-        """A client left: accept again if `has_room` said no."""
-        if self._held:
-            self._held = False
-            if self._timer is None:
-                self._resume()
-
-    def close(self) -> None:
-        """Stop accepting for good (the caller closes the socket)."""
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self.loop.remove_reader(self.sock.fileno())
 
 
 class Pending:

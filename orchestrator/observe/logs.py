@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 from urllib.parse import unquote
 
-from .procfs import kept_fd_ceiling
+from ..procfs import kept_fd_ceiling
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
 _MAX_STEM = 200  # NAME_MAX is 255 bytes; leave room for ".log.<backup number>"

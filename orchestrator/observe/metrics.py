@@ -14,7 +14,7 @@ import logging
 import socket
 from typing import Callable
 
-from ..control.server import Acceptor, Throttle, admission, connection_cap
+from ..acceptor import Acceptor, Throttle, admission, connection_cap
 from ..errors import OrchError
 from ..loop import EventLoop, Timer
 

@@ -21,8 +21,9 @@ from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SE
 from .guard import start_guard
 from .request import SpawnRequest
 from .trees import Lineage, signal_pid
-from ..observe.procfs import children, session, start_time, tree
+from ..procfs import children, session, start_time, tree
 from ..title import set_title
+from ..wakeup import wakeup_pair
 
 SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance runs, at least
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
@@ -71,11 +72,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self._start_guard()
         for signum in _COORDINATED:
             signal.signal(signum, signal.SIG_IGN)
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        wake_r, wake_w = wakeup_pair()
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError:

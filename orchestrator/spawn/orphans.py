@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from ..observe.procfs import CLOCK_TICKS, start_time  # start_time: the state file's per-instance fast path
+from ..procfs import CLOCK_TICKS, start_time  # start_time: the state file's per-instance fast path
 
 log = logging.getLogger("orch")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
-from ..observe.procfs import children, env_value, environ, process_group, start_time, stat_fields, tree
+from ..procfs import children, env_value, environ, process_group, start_time, stat_fields, tree
 
 GONE_MEMORY = 4096  # ended main processes remembered for attribution by session or group
 

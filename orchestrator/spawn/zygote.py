@@ -21,6 +21,7 @@ from typing import Any, Callable
 from .child import (PR_SET_PDEATHSIG, RECEIVE_BYTES, buffered_pair, close_fds, in_batches, kill_group,
                     listen_env, prctl, prepare_child, reaped, receive, request_bytes)
 from ..title import set_title
+from ..wakeup import wakeup_pair
 
 
 def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
@@ -69,11 +70,8 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
         except BaseException as exc:  # noqa: BLE001 - report any import failure, then exit
             self._send(("import_failed", f"cannot import {self.target}: {exc!r}"))
             return 1
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        wake_r, wake_w = wakeup_pair()
         self.wake = (wake_r, wake_w)
         selector = selectors.DefaultSelector()
         selector.register(self.sock, selectors.EVENT_READ, "spawner")

@@ -24,7 +24,7 @@ from ..config.load import Policy
 from .events import Event, PolicyChanged, StateChanged
 from .instance import Instance
 from ..loop import EventLoop, Timer
-from ..observe.procfs import process_group, stat_fields
+from ..procfs import process_group, stat_fields
 from .states import State, Then
 from ..units import format_size
 

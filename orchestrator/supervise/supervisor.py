@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from ..expand.spec import ProcessSpec
 from ..loop import EventLoop
 from ..observe.logs import Echo, LogFile, log_path
-from ..observe.procfs import CLOCK_TICKS, TreeSampler, tree
+from ..procfs import CLOCK_TICKS, TreeSampler, tree
 from ..plan import Plan, Running
 from ..spawn.spawner import SpawnerClient
 from .backoff import decide_limit_restart, decide_restart, limit_at_start

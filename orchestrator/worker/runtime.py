@@ -27,6 +27,7 @@ import sys
 from typing import Any
 
 from ..title import set_title
+from ..wakeup import wakeup_pair
 
 
 class Worker:
@@ -131,9 +132,7 @@ def serve(cls: type[Worker], args: argparse.Namespace) -> int:
     """The worker loop; returns the exit code."""
     set_title(f"orch: {args.name}")
     stopping = False
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
+    wake_r, wake_w = wakeup_pair()
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -141,7 +140,6 @@ def serve(cls: type[Worker], args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     max_requests = int(os.environ.get("ORCH_MAX_REQUESTS") or 0)
     worker = cls(args.name, json.loads(args.kwargs), _logger(args.name))
     worker.init()

@@ -8,8 +8,8 @@ import os
 from typing import Any
 
 from ..loop import EventLoop, Timer
-from ..supervise.events import Event, StateChanged
-from ..supervise.states import State
+from .events import Event, StateChanged
+from .states import State
 from ..worker.runtime import notify
 
 
