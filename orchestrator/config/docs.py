@@ -31,7 +31,7 @@ restart), \fIapplied live\fR or \fIneeds a restart of the master\fR (settings).
 
 _DEFAULTS = r""".SH [defaults]
 Any key of a template except {template_only}. A template's own value wins; the tables
-\fBbackoff\fR, \fBmemory\fR and \fBenv\fR merge key by key.
+\fBbackoff\fR, \fBmemory\fR, \fBenv\fR and \fBrlimits\fR merge key by key.
 .SH [vars]
 Free\-form values for the templates, e.g. \fBqueues = ["queue1", "queue2"]\fR used as
 \fBmatrix = {{ queue = "{{{{ queues }}}}" }}\fR. Included files may add vars, never redefine them.

@@ -188,3 +188,16 @@ SIGNAL = ValueType("signal", _signal, {"anyOf": [
 BIND = ValueType("HOST:PORT, [IPV6]:PORT or unix:PATH", _bind, {"type": "string", "anyOf": [
     {"pattern": r"^unix:.+$"}, {"pattern": rf"^.+:{_PORT}$"}]})
 FILE_MODE = ValueType("octal file mode", _file_mode, {"type": "string", "pattern": r"^0?[0-7]{3}$"})
+UMASK = ValueType("octal umask", _file_mode, {"type": "string", "pattern": r"^0?[0-7]{3}$"})
+
+
+def _paths(v: object) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) and x.strip("- ") for x in v):
+        raise ValueError("expected a path or an array of paths (a leading '-': the file may be missing)")
+    return tuple(v)
+
+
+PATHS = ValueType("path or array of paths", _paths, {"anyOf": [
+    {"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1}}]})

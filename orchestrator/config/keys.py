@@ -12,8 +12,10 @@ from functools import cached_property
 from enum import Enum
 from typing import Any, Callable
 
-from .fields import (ADDRESS, BIND, BOOL, COMMAND, DAY, DURATION, FILE_MODE, PATH, POSITIVE_DURATION,
-                     SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, ValueType, duration, int_at_least, one_of)
+from .fields import (ADDRESS, BIND, BOOL, COMMAND, DAY, DURATION, FILE_MODE, PATH, PATHS, POSITIVE_DURATION,
+                     SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, UMASK, ValueType, duration, int_at_least,
+                     one_of)
+from .production import RLIMITS
 
 _UNPARSED = object()
 
@@ -117,6 +119,24 @@ KEYS: tuple[Key, ...] = (
        '["src"]', spec="python"),
     _w("sockets", STRINGS, [], P, "listening sockets passed to each instance, from fd 3 in this order",
        '["web"]', spec="sockets"),
+    _w("user", STRING, None, P, "run as this user (name or uid): its uid, its primary group unless "
+       "group is set, and HOME, USER, LOGNAME and SHELL from its passwd entry unless env sets them; "
+       "another user than the master's needs a master running as root", '"app"', spec="run_as"),
+    _w("group", STRING, None, P, "run with this primary group (name or gid; default: the user's)",
+       '"app"', spec="run_as"),
+    _w("groups", STRINGS, None, P, "supplementary groups (names or gids; default: the user's own, as "
+       "initgroups gives them; [] for none)", '["www-data"]', spec="run_as"),
+    _w("env_file", PATHS, [], P, "KEY=value files added to the environment (env wins, later files win "
+       "over earlier ones), relative to the config, rendered; a leading '-' lets the file be missing; "
+       "watched, and a change restarts exactly the instances that read the file", '"secrets/{{ queue }}.env"',
+       spec="env_files"),
+    _w("rlimits", RLIMITS, {}, P, "resource limits set (soft and hard; [soft, hard] to set them apart) "
+       "before exec: as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, "
+       "rtprio, rttime, sigpending, stack", '{ nofile = 65536, core = "unlimited" }', spec="rlimits"),
+    _w("umask", UMASK, None, P, "the file mode creation mask (default: the master's)", '"022"', spec="umask"),
+    _w("stderr", one_of("merge", "separate", "discard"), "merge", P,
+       "merge: into the instance's log with stdout; separate: into NAME.stderr.log beside it, rotated "
+       "alike; discard: to /dev/null", '"separate"', spec="stderr"),
     _w("restart", one_of("always", "on-failure", "never"), "always", S,
        "when an exited instance is started again", '"on-failure"'),
     _w("backoff", TABLE, {}, S, "the delay before a restart after a quick exit",
@@ -206,7 +226,7 @@ SUB_TABLES = {"backoff": BACKOFF_KEYS, "memory": MEMORY_KEYS}
 ORCHESTRATOR_KEYS = _parsers("orchestrator.")
 SOCKET_KEYS = _parsers("sockets.*.")
 TEMPLATE_ONLY = tuple(k.name for k in KEYS if k.template_only)
-MERGED_TABLES = ("backoff", "memory", "env")  # [defaults] and a template merge these key by key
+MERGED_TABLES = ("backoff", "memory", "env", "rlimits")  # [defaults] and a template merge these key by key
 POLICY_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is Kind.POLICY and k.path.count(".") == 2
                     and k.name not in SUB_TABLES)
 POLICY_SUB_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is Kind.POLICY

@@ -20,6 +20,7 @@ from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported f
                    TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
 from .locate import Problems
 from .pieces import TomlPieces, tomllib
+from .production import check_template
 from .sockets import SocketDecl, check_template_sockets, parse_sockets
 from .source import read_source
 
@@ -74,6 +75,13 @@ class Template:
     policy: Policy
     source: Path | None = None  # the file it was written in (an included file, or the config)
     sockets: tuple[str, ...] = ()  # names of [sockets.*], passed at fds 3, 4, ... in this order
+    user: str | None = None  # run-as and process set-up: see config/production.py
+    group: str | None = None
+    groups: tuple[str, ...] | None = None
+    env_file: tuple[str, ...] = ()
+    rlimits: tuple[tuple[str, tuple[int, int]], ...] = ()
+    umask: int | None = None
+    stderr: str = "merge"
 
 
 @dataclass(frozen=True)
@@ -384,6 +392,7 @@ def _template(name: str, table: dict, folder: Path, settings: Settings,
     for key, value in clean.get("env", {}).items():
         if not isinstance(value, (str, int, float, bool)):
             problems.add(f"{prefix}env.{key}", f"expected a string or number, got {type_name(value)}")
+    check_template(clean, prefix, problems)
     if len(problems.items) > before or policy is None:
         return None
     values = dict(_template_defaults())

@@ -24,6 +24,7 @@ from ..config.locate import Problems
 from ..config.source import read_source
 from .budget import TOTAL_SECONDS, RenderError, guarded
 from .renderer import Renderer, _text, template_errors
+from .production import SetupError, reads_host, setup_fields
 from .spec import ProcessSpec, PythonTarget, exec_problem
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:@+=-]")
@@ -54,8 +55,8 @@ class ExpansionCache:
     def get(self, template: Template) -> list[ProcessSpec] | None:
         """The specs of an unchanged template (ask `usable` once per load first)."""
         cached = self.templates.get(template.name)
-        if cached is None:
-            return None
+        if cached is None or reads_host(template):
+            return None  # env files and the user database are read again at every load
         return cached[1] if cached[0] is template or cached[0] == template else None
 
 
@@ -362,12 +363,16 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
                            for k, v in template.env))
         step[0] = "cwd"
         cwd = renderer.path(folder, template.cwd, context)
-        refused = exec_problem(argv, env)
+        setup = setup_fields(template, context, folder, renderer, step)
+        refused = exec_problem(argv, env + setup.get("file_env", ()))
         if refused is not None:
             step[0] = refused[0] if refused[0] == "env" or template.target is None else "kwargs"
             raise _Refused(f"{name}: {refused[1]}")
     except _Refused as exc:
         problem(f"{prefix}.{step[0]}", str(exc), family=f"{prefix}.{step[0]}: {type(exc).__name__}")
+        return None
+    except SetupError as exc:  # the message names a file or user, never an env file's value
+        problem(f"{prefix}.{exc.key}", str(exc), family=f"{prefix}.{exc.key}: {exc}")
         return None
     except template_errors() as exc:
         problem(f"{prefix}.{step[0]}", f"cannot render for {params or template.name}: {exc}",
@@ -379,7 +384,9 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
     return ProcessSpec.hashed(name=name, template=template.name, params=tuple(params.items()),
                               replica=replica, argv=argv, env=env, inherit_env=template.inherit,
                               cwd=cwd, policy=template.policy, python=python,
-                              sockets=tuple((n, context["sockets"][n]["bind"]) for n in template.sockets))
+                              sockets=tuple((n, context["sockets"][n]["bind"]) for n in template.sockets),
+                              **setup)
+
 
 
 def _instance_name(template: Template, params: dict[str, Any], replica: int, context: dict[str, Any],

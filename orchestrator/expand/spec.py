@@ -11,6 +11,8 @@ from typing import Any
 
 from ..config.keys import IDENTITY_FIELDS
 from ..config.load import Policy
+from .envfile import EnvFile
+from .identity import RunAs
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,30 @@ class ProcessSpec:
     policy: Policy
     python: PythonTarget | None = None
     sockets: tuple[tuple[str, str], ...] = ()  # (name, address), passed at fds 3, 4, ...
+    run_as: RunAs | None = None  # user, group, groups (expand/identity.py)
+    env_files: tuple[EnvFile, ...] = ()  # their digests are the identity, never their values
+    # The env files' assignments, merged: secrets, so no output of orch shows them (not in
+    # repr, not in identity(), not in `orch plan --json`), and only the spawner gets them.
+    file_env: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
+    rlimits: tuple[tuple[str, tuple[int, int]], ...] = ()  # name: (soft, hard)
+    umask: int | None = None
+    stderr: str = "merge"  # merge | separate | discard
     process_hash: str = ""
     policy_hash: str = ""
+
+    def full_env(self) -> dict[str, str]:
+        """The environment overrides a process gets: the user's passwd variables, then the
+        env files, then `env` (each wins over the one before)."""
+        env = self.run_as.env() if self.run_as is not None else {}
+        env.update(self.file_env)
+        env.update(self.env)
+        return env
 
     def identity(self) -> dict[str, Any]:
         """Everything that, when changed, needs a new process (the fields the PROCESS keys of
         `config.keys` feed); canonical form: tuples as lists, key-value pairs sorted."""
         return {name: _canonical(getattr(self, name)) for name in IDENTITY_FIELDS
-                if getattr(self, name) is not None and not (name in _ONLY_WHEN_SET and not getattr(self, name))}
+                if getattr(self, name) is not None and _ONLY_WHEN_SET.get(name, _SET) != getattr(self, name)}
 
     @property
     def socket_keys(self) -> tuple[str, ...]:
@@ -75,8 +93,9 @@ def policy_digest(policy: Policy) -> str:
     return _digest(dataclasses.asdict(policy))
 
 
-# Fields newer than the hash: left out while empty, so an upgrade restarts nothing.
-_ONLY_WHEN_SET = ("sockets",)
+# Fields newer than the hash: left out at these values, so an upgrade restarts nothing.
+_SET = object()
+_ONLY_WHEN_SET: dict[str, Any] = {"sockets": (), "env_files": (), "rlimits": (), "stderr": "merge"}
 
 
 def _canonical(value: Any) -> Any:

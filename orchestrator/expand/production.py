@@ -1,0 +1,93 @@
+"""One instance's run-as user, env files, rlimits, umask and stderr, rendered and resolved
+for its `ProcessSpec` (render.py calls `setup_fields` once per instance)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config.load import Template
+from .envfile import EnvFileError, EnvFiles
+from .identity import RunAs, resolve
+
+
+class SetupError(ValueError):
+    """A value of one of these keys that cannot be used; `key` is the key at fault."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class SetupContext:
+    """What the instances of one expansion share: each env file is read once, each user
+    looked up once."""
+
+    def __init__(self) -> None:
+        self.env_files = EnvFiles()
+        self.users: dict[tuple, RunAs] = {}
+
+
+def reads_host(template: Template) -> bool:
+    """Whether expanding the template reads env files or the user database: then its specs
+    are made again at every load (a file or a uid may have changed), never reused."""
+    return bool(template.env_file) or template.user is not None or template.group is not None \
+        or template.groups is not None
+
+
+def _needs_setup(template: Template) -> bool:
+    return reads_host(template) or bool(template.rlimits) or template.umask is not None \
+        or template.stderr != "merge"
+
+
+def setup_fields(template: Template, context: dict[str, Any], folder: Path, renderer: Any,
+                 step: list[str]) -> dict[str, Any]:
+    """The spec fields of these keys for one instance (empty for a template using none);
+    `step[0]` names the key being rendered, for a render error's key path. The env files
+    and users of one expansion are shared through its `renderer` (one per expansion)."""
+    fields: dict[str, Any] = {}
+    if not _needs_setup(template):
+        return fields
+    shared = getattr(renderer, "setup", None)
+    if shared is None:
+        shared = renderer.setup = SetupContext()
+    if template.user is not None or template.group is not None or template.groups is not None:
+        user = _render(renderer, template.user, context, "user", step)
+        group = _render(renderer, template.group, context, "group", step)
+        groups = None if template.groups is None else tuple(
+            _render(renderer, g, context, "groups", step) for g in template.groups)
+        try:
+            fields["run_as"] = resolve(user, group, groups, shared.users)
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise SetupError(key, message) from None
+    if template.env_file:
+        written = []
+        for raw in template.env_file:
+            path = _render(renderer, raw, context, "env_file", step) or ""
+            optional = path.startswith("-")
+            path = path[1:] if optional else path
+            if not path.strip():
+                raise SetupError("env_file", f"{raw!r} renders to an empty path")
+            written.append((str((folder / path).absolute()), optional))
+        try:
+            fields["env_files"], fields["file_env"] = shared.env_files.load(written)
+        except EnvFileError as exc:
+            raise SetupError("env_file", str(exc)) from None
+    if template.rlimits:
+        fields["rlimits"] = tuple(sorted(template.rlimits))
+    if template.umask is not None:
+        fields["umask"] = template.umask
+    if template.stderr != "merge":
+        fields["stderr"] = template.stderr
+    return fields
+
+
+def _render(renderer: Any, value: str | None, context: dict[str, Any], key: str, step: list[str]) -> str | None:
+    if value is None:
+        return None
+    step[0] = key
+    text = renderer.text(value, context).strip()
+    if not text:
+        raise SetupError(key, f"{value!r} renders empty")
+    return text
