@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.observe.top import TopState, apply_reply, handle_key, render
-from orchestrator.observe.top_screen import Top, call
+from orchestrator.cli.top import TopState, apply_reply, handle_key, render
+from orchestrator.cli.top_screen import Top, call
 
 
 def synthetic(rows: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from conftest import orch
 
 from orchestrator.config.load import load_config
 from orchestrator.expand.render import expand
-from orchestrator.export import Options
+from orchestrator.export.common import Options
 from orchestrator.expand.spec import ProcessSpec
 
 # The sleeper ignores its arguments: they are there to be compared byte for byte.

@@ -100,3 +100,74 @@ def test_the_graph_is_read():
     assert "orchestrator.supervise.states" in graph["orchestrator.supervise.supervisor"]
     assert "orchestrator.control.watch" in graph["orchestrator.master"], "lazy imports count"
     assert "orchestrator.spawn.zygote" in graph["orchestrator.spawn.helper"], "lazy imports count"
+
+
+def _folder(module: str) -> str:
+    """The folder (stage or edge) a module lives in: orchestrator.spawn.helper -> spawn; a
+    module at the package root is a floor of its own."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def folder_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name, targets in import_graph().items():
+        here = _folder(name)
+        graph.setdefault(here, set())
+        for target in targets:
+            there = _folder(target)
+            graph.setdefault(there, set())
+            if there != here:
+                graph[here].add(there)
+    return graph
+
+
+def test_no_import_circles_between_folders():
+    assert cycles(folder_graph()) == []
+
+
+# The library rule: code that runs inside children or producers (the worker runtime, queue
+# consumers, the task API) imports nothing of the master's side or the CLI.
+MASTERS_SIDE = ("orchestrator.supervise", "orchestrator.spawn", "orchestrator.master", "orchestrator.control",
+                "orchestrator.cli", "orchestrator.config", "orchestrator.expand", "orchestrator.observe",
+                "orchestrator.export", "orchestrator.plan")
+
+
+def test_libraries_for_children_never_import_the_masters_side():
+    for name, targets in import_graph().items():
+        if name.startswith(("orchestrator.worker", "orchestrator.queues", "orchestrator.tasks")):
+            bad = {t for t in targets if t.startswith(MASTERS_SIDE)}
+            assert not bad, f"{name} imports {bad}"
+
+
+FLOORS = {  # lower floors never import higher ones (the README's Architecture section)
+    "orchestrator": 0, "errors": 0, "units": 0, "title": 0, "wakeup": 0, "procfs": 0,
+    "loop": 1, "config": 1, "worker": 1,
+    "acceptor": 2, "expand": 2, "queues": 2, "demo": 2,
+    "plan": 3, "export": 3, "spawn": 3, "observe": 3, "tasks": 3,
+    "supervise": 4, "control": 5, "master": 6, "cli": 7, "__main__": 8,
+}
+
+
+def test_no_arrow_runs_back_up_between_folders():
+    graph = folder_graph()
+    assert set(graph) <= set(FLOORS), f"a folder without a floor: {set(graph) - set(FLOORS)}"
+    up = [(a, b) for a, targets in graph.items() for b in targets
+          if a in FLOORS and b in FLOORS and FLOORS[b] > FLOORS[a]]
+    assert not up, f"lower floors import higher ones: {up}"
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"
+
+
+def test_the_readme_names_only_modules_and_folders_that_exist():
+    import re
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:[a-z_]+/)+|[a-z_]+(?:/[a-z_]+)*\.py)`", section))
+    assert named, "the Architecture section names no module"
+    missing = [n for n in named if not (PACKAGE / n).exists() and not (PACKAGE.parent / n).exists()]
+    assert not missing, f"the README's Architecture section names what is not there: {missing}"

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.queues.base import (ConsumerConfigError, dead_letter_record, load_handler, original_bytes,
                                       positive_float, positive_int, redact, retry_delay)
-from orchestrator.queues.inspect import queues_of, render
+from orchestrator.cli.queues_admin import queues_of, render
 
 
 @pytest.mark.parametrize("attempt, initial, maximum, expected", [

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from orchestrator.observe.top import (COLUMNS, HELP, TopState, apply_reply, fit_columns, handle_key,
+from orchestrator.cli.top import (COLUMNS, HELP, TopState, apply_reply, fit_columns, handle_key,
                                       master_gone, matches, render, select_rows)
 
 

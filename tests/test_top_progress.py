@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import orch, text_of, wait_for
-from orchestrator.observe.progress import Progress, count, follow, progress_line
+from orchestrator.cli.progress import Progress, count, follow, progress_line
 
 PY = sys.executable
 # Takes 0.5 s x n to stop after SIGTERM, so a stop of the fleet is under way long enough to see.

@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from .common import Options, Output, portable
+if TYPE_CHECKING:  # imported where used: the CLI reads FORMATS at every start, cheaply
+    from .common import Options, Output
 
 FORMATS = ("systemd", "supervisord", "kubernetes", "nomad", "procfile")
 ELSEWHERE = ("kubernetes", "nomad")  # run on other hosts: no paths or interpreter of this one
@@ -23,6 +25,7 @@ def module(name: str) -> ModuleType:
 def export(name: str, specs: list, options: Options) -> Output:
     """Files and warnings for one format (pure)."""
     if name in ELSEWHERE:
+        from .common import portable
         specs = portable(specs, options)
     return module(name).export(specs, options)
 
@@ -34,6 +37,7 @@ def run(name: str, config_path: Path, out_dir: Path | None, image: str | None,
     from ..config.load import load_config
     from ..expand.render import expand
     config = load_config(config_path)
+    from .common import Options
     options = Options(fleet=config.settings.name, config=config.path, folder=config.folder,
                       log_dir=config.settings.log_dir, image=image,
                       python=python or "python3", workdir=workdir or "/app", sockets=config.sockets)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OrchError
-from .base import redact
+from ..queues.base import redact
 
 BACKENDS = {
     "orchestrator.queues.redis:QueueConsumer": "redis",
@@ -59,7 +59,7 @@ def probe(ref: QueueRef) -> dict[str, Any]:
     """Ask the server about one queue; raises OrchError when it cannot be reached."""
     try:
         if ref.backend == "tasks":
-            from ..tasks.admin import inspect_tasks
+            from .tasks_admin import inspect_tasks
             row = inspect_tasks(ref.url, ref.name)
         elif ref.backend == "beanstalkd":
             from .beanstalkd import inspect_tube
@@ -82,7 +82,7 @@ def retry(ref: QueueRef) -> int:
     """Move this queue's dead letters back (beanstalkd: kick buried jobs); returns how many."""
     try:
         if ref.backend == "tasks":
-            from ..tasks.admin import retry_tasks
+            from .tasks_admin import retry_tasks
             return retry_tasks(ref.url, ref.name, str(ref.kwargs.get("result_url") or ""))
         if ref.backend == "beanstalkd":
             from .beanstalkd import kick_tube

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..control.client import ControlClient, ControlError
 from ..errors import OrchError
-from .logs import log_path
+from ..observe.logs import log_path
 from .top import HEADER_LINES, TopState, apply_reply, handle_key, master_gone, render
 
 _KEYS = {curses.KEY_UP: "up", curses.KEY_DOWN: "down", curses.KEY_PPAGE: "pgup",

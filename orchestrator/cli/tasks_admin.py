@@ -7,8 +7,8 @@ from typing import Any
 
 from ..queues.base import original_bytes
 from ..queues.redis import digest, inspect_queue, keys, open_redis
-from .envelope import job_id_of
-from .store import QUEUE_PREFIX, result_keys
+from ..tasks.envelope import job_id_of
+from ..tasks.store import QUEUE_PREFIX, result_keys
 
 # Move the oldest dead record back only if it still is the oldest (two retries never
 # duplicate), and drop the job's dead result. KEYS: dead list, queue, attempts, result.

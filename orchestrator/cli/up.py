@@ -9,23 +9,23 @@ import sys
 import time
 from pathlib import Path
 
-from .config.load import Config, Settings, TemplateCache, load_config, load_settings
-from .control.record import remove_record, write_record
-from .control.client import ControlClient, ControlError
-from .errors import ConfigError, ConfigProblem, OrchError
-from .observe.masterlog import TurnHandler
-from .procfs import is_running
-from .observe.progress import Progress
-from .spawn.pidfile import PidLock, open_own_file
-from .spawn.listeners import Listeners, take_systemd_sockets
-from .spawn.spawner import SpawnerClient
-from .title import set_title
+from ..config.load import Config, Settings, TemplateCache, load_config, load_settings
+from ..control.record import remove_record, write_record
+from ..control.client import ControlClient, ControlError
+from ..errors import ConfigError, ConfigProblem, OrchError
+from ..observe.masterlog import TurnHandler
+from ..procfs import is_running
+from .progress import Progress
+from ..spawn.pidfile import PidLock, open_own_file
+from ..spawn.listeners import Listeners, take_systemd_sockets
+from ..spawn.spawner import SpawnerClient
+from ..title import set_title
 
 
 def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
     """Run the master; validation errors raise before anything starts (exit 2)."""
     if detach:
-        from .expand.render import expand
+        from ..expand.render import expand
         config = load_config(path)
         expand(config)  # every error on this terminal, before daemonizing
         if "LISTEN_FDS" not in os.environ:  # a port in use too: bind once here, and let go
@@ -102,14 +102,14 @@ def _foreground(path: Path, quiet: bool) -> int:
     log_handler = setup_logging()
     lock = PidLock(settings.pidfile).acquire()
     try:
-        from .spawn.orphans import end_leftovers, state_path
+        from ..spawn.orphans import end_leftovers, state_path
         end_leftovers(settings.pidfile)
         listeners = Listeners(take_systemd_sockets())  # before the spawner: it must not see LISTEN_*
         spawner = SpawnerClient.start(f"orch: spawner {settings.name}",  # it closes every fd it inherits
                                       state=str(state_path(settings.pidfile)))
         try:
-            from .expand.render import expand
-            from .master import Master
+            from ..expand.render import expand
+            from ..master import Master
             templates = TemplateCache()  # the master's: its first reload parses only what changed
             config = load_config(path, templates)
             specs = expand(config)

@@ -1,0 +1,65 @@
+"""`orch ...`: the command line. Commands are declared once, in commands.py; `main()` parses,
+runs one, and maps error types to exit codes: 0 ok, 1 operation failed, 2 usage or config
+error, 3 no master running. The views a command prints (status, inspect, top, progress)
+live beside it in this package."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+from ..config import find_config
+from ..control.client import ControlError
+from ..errors import ConfigError, NoMasterError, OrchError
+from .commands import COMMANDS, OFFLINE, build_parser  # noqa: F401 - the CLI's declarations
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    if not sys.platform.startswith("linux"):  # prctl, /proc and subreapers are Linux's
+        print(f"orch: needs Linux (this is {sys.platform}): it relies on prctl, /proc and "
+              "child subreapers", file=sys.stderr)
+        return EXIT_FAILED
+    args = build_parser().parse_args(argv)
+    problem = _bad_arguments(args)
+    if problem:
+        print(f"orch: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    path = find_config(getattr(args, "config", None))
+    try:
+        return COMMANDS[args.command].run(args, path)
+    except ConfigError as exc:
+        if "config" not in args and not os.environ.get("ORCH_CONFIG") and not os.path.lexists(path):
+            print(f"orch: no {path.name} in {path.parent}: name the config with -c FILE "
+                  "(or $ORCH_CONFIG)", file=sys.stderr)
+        else:
+            print(f"orch: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoMasterError as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+        return EXIT_NO_MASTER
+    except ControlError as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+        return exc.code
+    except OrchError as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """What argparse's types let through but no command can use, as one line (exit 2)."""
+    if "socket" in args and args.command in OFFLINE:  # `orch --socket X check`
+        return f"{args.command} does not talk to a master: --socket is for client commands"
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not (0 < timeout < math.inf):
+        return f"--timeout must be a positive number of seconds, not {timeout:g}"
+    if args.command == "logs" and args.lines < 0:
+        return f"logs -n must be 0 or more lines, not {args.lines}"
+    return None

@@ -1,0 +1,142 @@
+"""Every `orch` command, declared once: its name, one-line help, an example, its arguments
+and its handler. The parser, `orch --help`, the man page's command list and the README's
+command table come from these records (tests/test_man.py keeps the pages in step).
+
+Handlers are named as "module:function" and imported only when their command runs, so
+`orch status` never pays for Jinja, redis-py or curses."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any, Callable, NamedTuple
+
+from .. import __version__
+from ..export import FORMATS
+
+Handler = Callable[[argparse.Namespace, Any], int]
+
+
+class Arg(NamedTuple):
+    """One argument: add_argument's names and keywords."""
+
+    names: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def arg(*names: str, **options: Any) -> Arg:
+    return Arg(names, options)
+
+
+class Command(NamedTuple):
+    """One command of the CLI."""
+
+    name: str
+    help: str
+    example: str
+    handler: str  # "module:function", relative to this package
+    args: tuple[Arg, ...] = ()
+    offline: bool = False  # asks no master, so takes no --socket
+
+    def run(self, args: argparse.Namespace, path: Any) -> int:
+        module, function = self.handler.split(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), function)(args, path)
+
+
+PATTERNS = arg("patterns", nargs="*", metavar="PATTERN")
+SOME_PATTERNS = arg("patterns", nargs="+", metavar="PATTERN")
+JSON_LIST = arg("--json", action="store_true", help="print a JSON list of instances")
+
+
+def _waiting(*extra: Arg) -> tuple[Arg, ...]:
+    return (SOME_PATTERNS,
+            arg("--no-wait", action="store_true", help="return at once instead of when the work is done"),
+            arg("--timeout", type=float, default=None, metavar="SECONDS",
+                help="give up waiting after this long (exit 1); default: the instances' "
+                     "stop_timeout + min_uptime + 30s"), *extra)
+
+
+COMMAND_LIST: tuple[Command, ...] = (
+    Command("up", "run the master in the foreground", "orch up -c workers.toml", "local_commands:cmd_up", (
+        arg("-q", "--quiet", action="store_true", help="do not echo children's output on stdout"),
+        arg("-d", "--detach", action="store_true",
+            help="run in the background (daemonize); returns once the master is listening")), offline=True),
+    Command("check", "validate the config and print a one-line summary", "orch check -c workers.toml",
+            "local_commands:cmd_check", offline=True),
+    Command("plan", "print the expanded instances (or, with --diff, what a reload would do)",
+            "orch plan --json | jq '.[].name'", "local_commands:cmd_plan", (
+                arg("--json", action="store_true", help="print a JSON list of instances"),
+                arg("--diff", action="store_true", help="same as `orch diff`")), offline=True),
+    Command("diff", "ask the running master what a reload of the current file would do", "orch diff",
+            "client_commands:cmd_diff"),
+    Command("status", "show every instance of the running master", "orch status 'consumer-*' --json",
+            "client_commands:cmd_status", (PATTERNS, JSON_LIST)),
+    Command("reload", "re-read the config and apply only what changed", "orch reload -c workers.toml",
+            "client_commands:cmd_reload"),
+    Command("down", "stop every instance and the master; returns when all are gone", "orch down",
+            "client_commands:cmd_down", (arg("--timeout", type=float, default=None, metavar="SECONDS",
+                                             help="give up waiting after this long (exit 1)"),)),
+    Command("start", "start instances (names, globs or template:NAME); returns once they are up "
+            "min_uptime or ready", "orch start template:consumer", "client_commands:cmd_start", _waiting()),
+    Command("stop", "stop instances; they stay stopped across reloads; returns once they are gone",
+            "orch stop 'consumer-10.0.0.2-*'", "client_commands:cmd_stop", _waiting()),
+    Command("restart", "restart instances; returns once the new processes are up min_uptime or ready",
+            "orch restart --rolling template:consumer", "client_commands:cmd_restart",
+            _waiting(arg("--rolling", action="store_true", help="restart in batches of the template's "
+                                                                 "max_unavailable"))),
+    Command("signal", "send a signal to the main process of instances", "orch signal HUP template:web",
+            "client_commands:cmd_signal", (arg("signal", metavar="SIGNAL", help="HUP, SIGUSR1, TTIN, 10, ..."),
+                                           SOME_PATTERNS)),
+    Command("inspect", "an instance's whole process tree: user, state, CPU, RSS/USS/PSS, threads, fds, "
+            "sockets", "orch inspect web-1 --json", "client_commands:cmd_inspect", (
+                arg("name", metavar="NAME", help="one instance's exact name"),
+                arg("--json", action="store_true", help="print a JSON object"))),
+    Command("logs", "print an instance's log (or every log), optionally following",
+            "orch logs consumer-10.0.0.1-queue1 -f -n 50", "client_commands:cmd_logs", (
+                PATTERNS, arg("-f", "--follow", action="store_true", help="keep printing new lines"),
+                arg("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)"))),
+    Command("export", f"write the fleet as {', '.join(FORMATS[:-1])} or {FORMATS[-1]} files",
+            "orch export --format systemd -o units/", "local_commands:cmd_export", (
+                arg("--format", required=True, metavar="FORMAT", choices=FORMATS, help=", ".join(FORMATS)),
+                arg("-o", "--output", metavar="DIR", help="write files here (default: print them)"),
+                arg("--image", help="container image (kubernetes: required; nomad: docker driver)"),
+                arg("--python", help="interpreter on the target (kubernetes, nomad; default python3)"),
+                arg("--workdir", help="the config's folder on the target (kubernetes, nomad; default /app)")),
+            offline=True),
+    Command("schema", "print a JSON Schema of workers.toml (for editors)", "orch schema > workers.schema.json",
+            "local_commands:cmd_schema", offline=True),
+    Command("queues", "show the consumers' queues (ready, in flight, dead); `retry QUEUE` moves dead "
+            "letters back", "orch queues retry queue1", "local_commands:cmd_queues", (
+                arg("action", nargs="?", choices=["retry"], help="retry: move QUEUE's dead letters back"),
+                arg("queue", nargs="?", metavar="QUEUE"), arg("--json", action="store_true", help="print JSON")),
+            offline=True),
+    Command("top", "a live full-screen view of the fleet (q quits)", "orch top template:consumer",
+            "client_commands:cmd_top", (PATTERNS, arg("--interval", type=float, default=1.0, metavar="SECONDS",
+                                                       help="seconds between refreshes (default 1)"))),
+)
+COMMANDS: dict[str, Command] = {c.name: c for c in COMMAND_LIST}
+OFFLINE = tuple(c.name for c in COMMAND_LIST if c.offline)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser, from COMMAND_LIST."""
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
+                        help="config file (default: $ORCH_CONFIG, then ./workers.toml)")
+    client = argparse.ArgumentParser(add_help=False, parents=[config])
+    client.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the master's control socket, whatever config it runs (default: "
+                             "$ORCH_SOCKET, then the running master of the config, then its "
+                             "control_socket)")
+    parser = argparse.ArgumentParser(
+        prog="orch", description="Declarative process orchestrator: templates x matrices, live reload by diff.",
+        epilog="example: orch up -c configs/workers.toml", parents=[client])
+    parser.add_argument("--version", action="version", version=f"orch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for command in COMMAND_LIST:
+        one = sub.add_parser(command.name, help=command.help, description=command.help,
+                             epilog=f"example: {command.example}", parents=[config if command.offline else client])
+        for argument in command.args:
+            one.add_argument(*argument.names, **argument.options)
+    return parser
