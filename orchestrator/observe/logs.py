@@ -36,7 +36,21 @@ def log_path(log_dir: Path, name: str) -> Path:
     if len(safe) > _MAX_STEM:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         safe = safe[:_MAX_STEM - 17] + "~" + digest
+    if safe.endswith(STDERR_SUFFIX):  # never the stderr log of another instance (`x` and `x.stderr`)
+        safe = safe[:-len(STDERR_SUFFIX)] + "%2E" + STDERR_SUFFIX[1:]
     return log_dir / (safe + ".log")
+
+
+STDERR_SUFFIX = ".stderr"
+
+
+def stderr_path(path: Path) -> Path:
+    """Where `stderr = "separate"` writes: `<name>.stderr.log` beside `<name>.log`."""
+    return path.with_name(path.name[:-4] + STDERR_SUFFIX + ".log")
+
+
+def is_stderr_log(path: Path) -> bool:
+    return path.name.endswith(STDERR_SUFFIX + ".log")
 
 
 def open_log(path: Path) -> tuple[int, int]:
@@ -66,15 +80,17 @@ def open_log(path: Path) -> tuple[int, int]:
 
 
 def instance_name(path: Path) -> str:
-    """The instance name a `log_path()` file belongs to (its stem when the name was hashed)."""
+    """The instance name a `log_path()` or `stderr_path()` file belongs to (its stem when the
+    name was hashed)."""
     stem = path.name[:-4] if path.name.endswith(".log") else path.name
+    stem = stem[:-len(STDERR_SUFFIX)] if stem.endswith(STDERR_SUFFIX) else stem
     return stem if "~" in stem else unquote(stem, errors="surrogatepass")
 
 
 class LogFile:
     """An append-only file rotated by size: name.log -> name.log.1 -> ... -> name.log.N."""
 
-    __slots__ = ("path", "max_size", "backups", "_fd", "_size", "_keep")  # one per instance
+    __slots__ = ("path", "max_size", "backups", "_fd", "_size", "_keep", "_err")  # one per instance
 
     def __init__(self, path: Path, max_size: int, backups: int):
         self.path = path
@@ -83,6 +99,7 @@ class LogFile:
         self._fd = -1
         self._size = 0
         self._keep = True  # False: the fd came from the last free ones; closed after each write
+        self._err: LogFile | None = None  # the stderr log, with stderr = "separate"
         # Opened on the first write: most workers print nothing at start, and 500 eager
         # opens are most of the master's own cost of starting 500 instances.
 
@@ -97,6 +114,14 @@ class LogFile:
     def reopen(self) -> None:
         """For external logrotate (SIGUSR1): close; the next write opens the path again."""
         self.close()
+
+    def errors(self) -> "LogFile":
+        """The stderr log beside this one (`stderr = "separate"`), rotated by the same
+        sizes; closed and reopened with this one."""
+        if self._err is None:
+            self._err = LogFile(stderr_path(self.path), self.max_size, self.backups)
+        self._err.max_size, self._err.backups = self.max_size, self.backups
+        return self._err
 
     def write(self, data: bytes) -> None:
         if self._fd < 0:
@@ -151,6 +176,8 @@ class LogFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._err is not None:
+            self._err.close()
 
 
 class Echo:
@@ -163,14 +190,16 @@ class Echo:
         self.colour = colour
         self.width = 12
 
-    def prefixer(self, name: str) -> Callable[[bytes], None]:
-        """A writer for one instance; keeps a partial last line until its newline arrives."""
+    def prefixer(self, name: str) -> Callable[..., None]:
+        """A writer for one instance; keeps a partial last line until its newline arrives.
+        `write(data, True)` is a separate stderr's: its lines say `[stderr]` after the name."""
         self.width = max(self.width, min(len(name), 40))
         colour = _COLOURS[zlib.crc32(name.encode()) % len(_COLOURS)]  # the same colour every run
-        pending = bytearray()
+        pendings = (bytearray(), bytearray())
         buffer = self.stream.buffer if hasattr(self.stream, "buffer") else None
 
-        def write(data: bytes) -> None:
+        def write(data: bytes, stderr: bool = False) -> None:
+            pending = pendings[stderr]
             pending.extend(data)
             if b"\n" not in pending:
                 if len(pending) < 65536:
@@ -181,6 +210,8 @@ class Echo:
             pending[:] = rest
             label = name.ljust(self.width)
             prefix = f"\x1b[{colour}m{label} |\x1b[0m " if self.colour else f"{label} | "
+            if stderr:
+                prefix += "[stderr] "
             text = "".join(prefix + line + "\n" for line in
                            lines.decode(errors="replace").splitlines())
             try:

@@ -11,7 +11,7 @@ import os
 import pickle
 import signal
 import socket
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -44,11 +44,13 @@ def prctl(option: int, value: int) -> None:
 
 
 def prepare_child(parent: int, stdin: int, out: int, cwd: str, sockets: Sequence[int] = (),
-                  keep: int = -1) -> None:  # pragma: no cover - in children
+                  keep: int = -1, err: int | None = None,
+                  before_cwd: Callable[[], None] | None = None) -> None:  # pragma: no cover - in children
     """In a just-forked child: its own session and process group, death with its parent,
-    default signals, stdin from /dev/null, stdout and stderr to `out`, the listening
-    `sockets` at fds 3, 4, ... (inheritable), no other fd but `keep` (the exec-error pipe,
-    close-on-exec, above the sockets), and the working directory."""
+    default signals, stdin from /dev/null, stdout to `out` and stderr to `err` (default:
+    `out`), the listening `sockets` at fds 3, 4, ... (inheritable), no other fd but `keep`
+    (the exec-error pipe, close-on-exec, above the sockets), then `before_cwd` (identity.py's
+    limits, umask and user), and the working directory, entered as that user."""
     # A session of its own: a descendant that moves to another process group (rq's
     # work-horse) still carries the instance's session id, which attributes it.
     os.setsid()
@@ -60,11 +62,11 @@ def prepare_child(parent: int, stdin: int, out: int, cwd: str, sockets: Sequence
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     os.dup2(stdin, 0)
     os.dup2(out, 1)
-    os.dup2(out, 2)
-    if out > 2:
-        os.close(out)
+    os.dup2(out if err is None else err, 2)
     pass_sockets(sockets)  # 3 .. 2+len(sockets)
-    close_fds(keep, first=3 + len(sockets))
+    close_fds(keep, first=3 + len(sockets))  # `out` and `err` too
+    if before_cwd is not None:
+        before_cwd()
     os.chdir(cwd)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, kill_group,
                     listen_env, prctl, prepare_child, reaped, receive)
 from .guard import start_guard
-from .request import SpawnRequest
+from .identity import apply_setup
+from .request import SpawnRequest, with_outputs
 from .trees import Lineage, signal_pid
 from ..procfs import children, session, start_time, tree
 from ..title import set_title
@@ -227,20 +228,20 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
     def _spawn_all(self, requests: list[SpawnRequest], fds: list[int]) -> None:
         spawned, failed = [], []
-        preloaded: dict[tuple[str, tuple[str, ...]], list[tuple[SpawnRequest, int]]] = {}
-        plain: list[tuple[SpawnRequest, int]] = []
-        for request, out in zip(requests, fds):
+        preloaded: dict[tuple[Any, ...], list[tuple[SpawnRequest, int, int]]] = {}
+        plain: list[tuple[SpawnRequest, int, int]] = []
+        for request, out, err in with_outputs(requests, fds, self.devnull):
             # The run's cookie, inherited by every descendant: attributes orphans, and lets
             # the next `orch up` find what a SIGKILLed master and spawner left behind.
             request = request._replace(env={**request.env, "ORCH_RUN": self.cookie})
-            if request.preload is not None:
-                preloaded.setdefault(request.preload, []).append((request, out))
+            if request.preload is not None:  # a zygote per target and set-up (user, limits)
+                preloaded.setdefault((*request.preload, request.setup), []).append((request, out, err))
             else:
-                plain.append((request, out))
-        for (request, out), (program, env, since, pid) in zip(plain, self._posix_spawn_all(plain)):
+                plain.append((request, out, err))
+        for (request, out, err), (program, env, since, pid) in zip(plain, self._posix_spawn_all(plain)):
             try:
-                if pid is None:  # sockets, or posix_spawn refused: the fork path says why
-                    pid = self._fork_exec(program, request, env, out)
+                if pid is None:  # sockets, a set-up, or posix_spawn refused: the fork path
+                    pid = self._fork_exec(program, request, env, out, err)
                 self.children.add(pid)
                 self.lineage.started(pid, request.env.get("ORCH_INSTANCE"), since)
                 spawned.append((request.token, pid))
@@ -269,7 +270,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             path = self._which[key] = found
         return path
 
-    def _posix_spawn_all(self, items: list[tuple[SpawnRequest, int]]) -> list[tuple[str, dict[str, str], int, int | None]]:
+    def _posix_spawn_all(self, items: list[tuple[SpawnRequest, int, int]]) -> list[tuple[str, dict[str, str], int, int | None]]:
         """(program, env, start-time lower bound, pid or None) per request: posix_spawn where
         it can say everything the child needs (not LISTEN_PID: it must be the child's own
         pid, unknown before). A run of requests sharing a working directory is spread over
@@ -278,7 +279,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         The threads are joined before this returns: every fork (the fork path, zygotes)
         still happens in a single-threaded process."""
         prepared: list[tuple[str, dict[str, str]]] = []  # (program, env)
-        for request, _ in items:
+        for request, _, _ in items:
             env = {**self._environ, **request.env} if request.inherit_env else dict(request.env)
             prepared.append((self._executable(request.argv[0], env), env))
         pids: list[int | None] = [None] * len(items)
@@ -292,7 +293,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             # A lower bound of the children's /proc start times (CLOCK_BOOTTIME, in ticks):
             # reading /proc/PID/stat of a process mid-exec cost 0.15 ms a child here.
             sinces[start:end] = [int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)] * (end - start)
-            run = [i for i in range(start, end) if not items[i][0].sockets]
+            run = [i for i in range(start, end) if not items[i][0].sockets and items[i][0].setup is None]
             if run and self._enter(cwd):
                 self._spawn_run(run, items, prepared, pids)
             start = end
@@ -310,12 +311,12 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self.cwd = cwd
         return True
 
-    def _spawn_run(self, run: list[int], items: list[tuple[SpawnRequest, int]],
+    def _spawn_run(self, run: list[int], items: list[tuple[SpawnRequest, int, int]],
                    prepared: list[tuple[str, dict[str, str]]], pids: list[int | None]) -> None:
         def spawn(indexes: list[int]) -> None:
             for i in indexes:
-                request, out = items[i]
-                pids[i] = self._posix_spawn(prepared[i][0], request, prepared[i][1], out)
+                request, out, err = items[i]
+                pids[i] = self._posix_spawn(prepared[i][0], request, prepared[i][1], out, err)
         threads = min(SPAWN_THREADS, len(run) // PARALLEL_FROM)
         if threads <= 1:
             spawn(run)
@@ -327,22 +328,24 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         for helper in helpers:
             helper.join()
 
-    def _posix_spawn(self, program: str, request: SpawnRequest, env: dict[str, str], out: int) -> int | None:
+    def _posix_spawn(self, program: str, request: SpawnRequest, env: dict[str, str], out: int,
+                     err: int) -> int | None:
         """vfork+exec: its own session, default signals and an empty mask, stdin from
-        /dev/null, stdout and stderr to `out`; every other fd of ours is close-on-exec. The
+        /dev/null, stdout to `out` and stderr to `err`; every other fd of ours is close-on-exec. The
         working directory is ours, set by _enter before the run. No PDEATHSIG: the guard
         stands in for it. None when posix_spawn refuses: the fork path then says why."""
         try:
             return os.posix_spawn(program, list(request.argv), env, setsid=True, setsigdef=_RESET_IN_CHILD,
                                   setsigmask=(), file_actions=[(os.POSIX_SPAWN_DUP2, self.devnull, 0),
                                                                (os.POSIX_SPAWN_DUP2, out, 1),
-                                                               (os.POSIX_SPAWN_DUP2, out, 2)])
+                                                               (os.POSIX_SPAWN_DUP2, err, 2)])
         except Exception:  # noqa: BLE001 - in a helper thread too: never lost, the fork path retries
             return None
 
-    def _fork_exec(self, program: str, request: SpawnRequest, env: dict[str, str], out: int) -> int:
-        """fork, set the child up in Python (PDEATHSIG, sockets at fds 3..), exec; an exec
-        error comes back through a close-on-exec pipe, read once the child has exec'd."""
+    def _fork_exec(self, program: str, request: SpawnRequest, env: dict[str, str], out: int, err: int) -> int:
+        """fork, set the child up in Python (PDEATHSIG, sockets at fds 3.., limits, umask and
+        user), exec; an exec error comes back through a close-on-exec pipe, read once the
+        child has exec'd."""
         sockets = [self.sockets[key] for _, key in request.sockets]
         err_r, err_w = os.pipe()
         parent = os.getpid()
@@ -351,7 +354,9 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             try:
                 if sockets:  # keep the exec-error pipe out of the range the sockets go to
                     err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3 + len(sockets))
-                prepare_child(parent, self.devnull, out, request.cwd, sockets, keep=err_w)
+                setup = request.setup
+                prepare_child(parent, self.devnull, out, request.cwd, sockets, keep=err_w, err=err,
+                              before_cwd=None if setup is None else lambda: apply_setup(setup, parent))
                 if request.sockets:
                     env.update(listen_env([name for name, _ in request.sockets]))
                 os.execve(program, list(request.argv), env)

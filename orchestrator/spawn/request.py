@@ -17,3 +17,22 @@ class SpawnRequest(NamedTuple):
     cwd: str
     preload: tuple[str, tuple[str, ...]] | None = None  # (target, pythonpath): fork from a zygote
     sockets: tuple[tuple[str, str], ...] = ()  # (name, key) of held sockets, for fds 3, 4, ...
+    setup: tuple | None = None  # identity.Setup: limits, umask, user (forces the fork path)
+    stderr: str = "merge"  # merge | separate (a second fd follows the output's) | discard
+
+
+def fd_count(request: SpawnRequest) -> int:
+    """How many fds travel with the request: its output, and its stderr when separate."""
+    return 2 if request.stderr == "separate" else 1
+
+
+def with_outputs(requests: list[SpawnRequest], fds: list[int], devnull: int) -> list[tuple[SpawnRequest, int, int]]:
+    """(request, stdout fd, stderr fd) of a message: a separate stderr's fd follows its
+    output's in `fds`; a discarded stderr is `devnull`; a merged one is the output."""
+    found, at = [], 0
+    for request in requests:
+        out = fds[at]
+        err = fds[at + 1] if fd_count(request) == 2 else devnull if request.stderr == "discard" else out
+        at += fd_count(request)
+        found.append((request, out, err))
+    return found

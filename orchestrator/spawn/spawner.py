@@ -73,13 +73,15 @@ class SpawnerClient:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, requests: list[SpawnRequest], outputs: list[int]) -> list[tuple[int, str]]:
-        """Ask for these processes; `outputs[i]` is the stdout/stderr fd for `requests[i]`.
+    def spawn(self, requests: list[SpawnRequest], outputs: list[tuple[int, ...]]) -> list[tuple[int, str]]:
+        """Ask for these processes; `outputs[i]` is the stdout (and stderr) fd for `requests[i]`:
+        (out,), or (out, err) for a separate stderr (then the err fd follows out's).
         Returns (token, reason) for each request that could not be sent (the others are)."""
         failed: list[tuple[int, str]] = []
         for start, end in in_batches(requests):
             try:
-                socket.send_fds(self.sock, [pickle.dumps(("spawn", requests[start:end]))], outputs[start:end])
+                socket.send_fds(self.sock, [pickle.dumps(("spawn", requests[start:end]))],
+                                [fd for fds in outputs[start:end] for fd in fds])
             except (OSError, pickle.PicklingError) as exc:
                 if isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET):
                     raise  # the spawner is gone: its EOF brings the fleet back

@@ -20,14 +20,19 @@ from typing import Any, Callable
 
 from .child import (PR_SET_PDEATHSIG, RECEIVE_BYTES, buffered_pair, close_fds, in_batches, kill_group,
                     listen_env, prctl, prepare_child, reaped, receive, request_bytes)
+from .identity import apply_setup
+from .request import fd_count, with_outputs
 from ..title import set_title
 from ..wakeup import wakeup_pair
 
 
-def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.socket]:
+def start_zygote(target: str, pythonpath: tuple[str, ...], setup: Any = None) -> tuple[int, socket.socket]:
     """Fork a zygote for `target` (in the spawner); returns (pid, socket). It keeps no fd of
-    the spawner's (pipes, listening sockets): it never execs to drop them."""
+    the spawner's (pipes, listening sockets): it never execs to drop them. With a `setup`
+    (identity.Setup) it takes on those limits, umask and user before importing anything of
+    the target's: user code never runs as root, and every worker it forks inherits them."""
     ours, theirs = buffered_pair()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the zygote
         code = 1
@@ -35,6 +40,13 @@ def start_zygote(target: str, pythonpath: tuple[str, ...]) -> tuple[int, socket.
             ours.close()
             close_fds(theirs.fileno())  # the spawner's sockets and pipes are not the zygote's
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if setup is not None:
+                from ..worker import runtime  # noqa: F401 - orch's own code, imported while still root
+                try:
+                    apply_setup(setup, parent)
+                except OSError as exc:  # said as the zygote's failure, like an import error
+                    theirs.send(pickle.dumps(("import_failed", f"preload zygote: {exc.strerror or exc}")))
+                    raise
             set_title(f"orch: zygote {target}")
             code = _Zygote(theirs, target, pythonpath).run()
         finally:
@@ -98,15 +110,19 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
         if not message:
             return True
         items = message[1]
-        # The listening sockets come after the outputs, once per message; ours only while forking.
-        sockets = dict(zip(message[2], fds[len(items):]))
+        # The listening sockets come after the outputs (two fds for a separate stderr), once
+        # per message; ours only while forking.
+        outputs = sum(fd_count(request) for _, request in items)
+        sockets = dict(zip(message[2], fds[outputs:]))
         spawned, failed = [], []
-        for (token, request), out in zip(items, fds):
+        for request, out, err in with_outputs([r for _, r in items], fds, self.devnull):
             try:
-                spawned.append((token, self._fork(request, out, sockets)))
+                spawned.append((request.token, self._fork(request, out, err, sockets)))
             except OSError as exc:
-                failed.append((token, f"fork failed: {exc.strerror}"))
+                failed.append((request.token, f"fork failed: {exc.strerror}"))
             os.close(out)
+            if fd_count(request) == 2:
+                os.close(err)
         for fd in sockets.values():
             os.close(fd)
         if spawned:
@@ -115,7 +131,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             self._send(("failed", failed))
         return True
 
-    def _fork(self, request: Any, out: int, sockets: dict[str, int]) -> int:
+    def _fork(self, request: Any, out: int, err: int, sockets: dict[str, int]) -> int:
         parent = os.getpid()
         pid = os.fork()
         if pid:
@@ -127,7 +143,7 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             for sock in (self.sock, *self.wake):
                 sock.close()
             mine = [sockets[key] for _, key in request.sockets]
-            prepare_child(parent, self.devnull, out, request.cwd, mine)  # closes every other fd above 2
+            prepare_child(parent, self.devnull, out, request.cwd, mine, err=err)  # closes every other fd above 2
             env = {**os.environ, **request.env} if request.inherit_env else dict(request.env)
             if request.sockets:
                 env.update(listen_env([name for name, _ in request.sockets]))
@@ -182,7 +198,7 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         """The zygotes' own pids (direct children of the spawner, not orphans)."""
         return [zygote.pid for zygote in (*self.zygotes.values(), *self.retired)]
 
-    def fork(self, key: tuple[str, tuple[str, ...]], items: list[tuple[Any, int]]) -> list[tuple[int, str]]:
+    def fork(self, key: tuple[Any, ...], items: list[tuple[Any, int, int]]) -> list[tuple[int, str]]:
         """Ask the zygote for `key` (starting it if needed) to fork these requests; returns
         (token, error) for any it could not take."""
         zygote = self.zygotes.get(key)
@@ -196,29 +212,30 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         try:
             pid, sock = start_zygote(*key)
         except OSError as exc:
-            return [(r.token, f"preload zygote: {exc}") for r, _ in items]
+            return [(r.token, f"preload zygote: {exc}") for r, _, _ in items]
         zygote = self.zygotes[key] = ZygoteHandle(key, pid, sock)
         self.selector.register(sock, selectors.EVENT_READ, ("zygote", zygote))
         return self._send_fork(zygote, items)
 
-    def _send_fork(self, zygote: "ZygoteHandle", items: list[tuple[Any, int]]) -> list[tuple[int, str]]:
+    def _send_fork(self, zygote: "ZygoteHandle", items: list[tuple[Any, int, int]]) -> list[tuple[int, str]]:
         """Send the requests to one zygote; (token, error) for those it did not get."""
         try:
             for start, end in in_batches(items, lambda item: request_bytes(item[0])):
                 batch = items[start:end]
-                keys = sorted({key for r, _ in batch for _, key in r.sockets})
-                message = pickle.dumps(("fork", [(r.token, r) for r, _ in batch], keys))
-                socket.send_fds(zygote.sock, [message], [out for _, out in batch] + [self.sockets[k] for k in keys])
-                zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _ in batch)
+                keys = sorted({key for r, _, _ in batch for _, key in r.sockets})
+                message = pickle.dumps(("fork", [(r.token, r) for r, _, _ in batch], keys))
+                outputs = [fd for r, out, err in batch for fd in ((out, err) if fd_count(r) == 2 else (out,))]
+                socket.send_fds(zygote.sock, [message], outputs + [self.sockets[k] for k in keys])
+                zygote.pending.update((r.token, r.env.get("ORCH_INSTANCE")) for r, _, _ in batch)
         except KeyError as exc:
-            return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _ in items
+            return [(r.token, f"socket {exc.args[0]} is not held by the spawner") for r, _, _ in items
                     if r.token not in zygote.pending]
         except OSError as exc:
             # A zygote whose import failed exits at once: the send can meet a closed socket
             # before we read why. Its own message says why; EPIPE alone would not.
             self._retire(zygote)
             error = self._exit_reason(zygote) or f"preload zygote: {exc}"
-            return [(r.token, error) for r, _ in items if r.token not in zygote.pending]
+            return [(r.token, error) for r, _, _ in items if r.token not in zygote.pending]
         return []
 
     def _retire(self, zygote: "ZygoteHandle") -> None:
@@ -303,7 +320,7 @@ def _recv(sock: socket.socket, flags: int) -> bytes | None:  # pragma: no cover 
 class ZygoteHandle:  # pragma: no cover - runs in the helper
     """The spawner's view of one zygote."""
 
-    def __init__(self, key: tuple[str, tuple[str, ...]], pid: int, sock: socket.socket):
+    def __init__(self, key: tuple[Any, ...], pid: int, sock: socket.socket):
         self.key = key
         self.pid = pid  # a direct child of the spawner, never taken for an orphan
         self.sock = sock

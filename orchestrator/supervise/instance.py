@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import time
 from typing import Any, Callable
 
+from ..expand.identity import RunAs
 from ..expand.spec import ProcessSpec
 from ..loop import Timer
 from ..observe.logs import LogFile
@@ -97,6 +99,12 @@ class Instance:
         if self.echo is not None:
             self.echo(data)
 
+    def write_stderr(self, data: bytes) -> None:
+        """Output of a separate stderr (`stderr = "separate"`): its own log, and the echo says so."""
+        self.logfile.errors().write(data)
+        if self.echo is not None:
+            self.echo(data, True)
+
     def status(self) -> dict[str, Any]:
         """A row of `orch status --json`."""
         return {
@@ -119,6 +127,7 @@ class Instance:
             "notify_status": self.notify_status,
             "limit_kills": dict(self.limit_kills),
             "hash": self.spec.process_hash,
+            "user": _user(self.spec),
         }
 
 
@@ -131,3 +140,20 @@ def describe_exit(status: int) -> tuple[str, bool]:
         return signal.Signals(-code).name, False
     except ValueError:
         return f"signal {-code}", False
+
+
+def _user(spec: ProcessSpec) -> str | None:
+    """Who the instance runs as, for status: None for the master's own user."""
+    return None if spec.run_as is None else _run_as_text(spec.run_as)
+
+
+@functools.lru_cache(maxsize=256)  # status asks for every row every second (orch top)
+def _run_as_text(run_as: RunAs) -> str:
+    """"user", or "user:group" when the group is not the user's own (names where known)."""
+    import grp
+    try:
+        group = grp.getgrgid(run_as.gid).gr_name
+    except KeyError:
+        group = str(run_as.gid)
+    user = run_as.user or str(run_as.uid)
+    return user if run_as.user and group == user else f"{user}:{group}"

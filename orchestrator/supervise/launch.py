@@ -14,7 +14,9 @@ import os
 import resource
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..expand.identity import needs_switch
 from ..loop import EventLoop
+from ..spawn.identity import Setup
 from ..spawn.request import SpawnRequest
 from .states import State
 
@@ -81,7 +83,7 @@ class Launcher:
             self.spawner().signal(signals)
         queue, self._spawns = self._spawns, []
         requests: list[SpawnRequest] = []
-        outputs: list[int] = []
+        outputs: list[tuple[int, ...]] = []
         top = _pipe_ceiling() if queue else 0
         for inst in queue:
             if inst.state is not State.STARTING or inst.token is not None:
@@ -93,8 +95,9 @@ class Launcher:
         try:
             failed = self.spawner().spawn(requests, outputs) if requests else []
         finally:
-            for fd in outputs:
-                os.close(fd)
+            for fds in outputs:
+                for fd in fds:
+                    os.close(fd)
         now = self.loop.time()
         for request in requests:
             self._sent[request.token] = now
@@ -105,21 +108,27 @@ class Launcher:
         if self._sent and self._overdue_timer is None:
             self._overdue_timer = self.loop.call_later(ANSWER_TIMEOUT, self._check_overdue)
 
-    def _prepare(self, inst: "Instance", outputs: list[int], top: int) -> SpawnRequest:
-        """The instance's request, with its token and output pipe set up; the pipe may not
-        take the last fds (`top`), or a full table would leave no fd for `orch status`."""
+    def _prepare(self, inst: "Instance", outputs: list[tuple[int, ...]], top: int) -> SpawnRequest:
+        """The instance's request, with its token and output pipe (two with a separate
+        stderr) set up; a pipe may not take the last fds (`top`), or a full table would
+        leave no fd for `orch status`. The pipes are the master's: a child running as
+        another user writes into them as into any inherited fd."""
         token = next(self._tokens)
         request = self._request(inst, token)
-        read_end, write_end = os.pipe()
-        if write_end >= top:
-            os.close(read_end)
-            os.close(write_end)
-            raise OSError(errno.EMFILE, f"no file descriptor to spare for its output (limit {top + PIPE_RESERVE})")
-        os.set_blocking(read_end, False)
+        ends = [_pipe(top)]
+        if request.stderr == "separate":
+            try:
+                ends.append(_pipe(top))
+            except OSError:
+                os.close(ends[0][0])
+                os.close(ends[0][1])
+                raise
         inst.token = token
         self.by_token[token] = inst
-        self.loop.add_reader(read_end, self._reader(inst, read_end))
-        outputs.append(write_end)
+        self.loop.add_reader(ends[0][0], self._reader(inst, ends[0][0], inst.write_output))
+        if len(ends) == 2:
+            self.loop.add_reader(ends[1][0], self._reader(inst, ends[1][0], inst.write_stderr))
+        outputs.append(tuple(write_end for _, write_end in ends))
         return request
 
     def answered(self, token: int) -> "Instance | None":
@@ -151,7 +160,7 @@ class Launcher:
 
     def _request(self, inst: "Instance", token: int) -> SpawnRequest:
         spec = inst.spec
-        env = dict(spec.env)
+        env = spec.full_env()  # the user's HOME etc., the env files, then env
         env["ORCH_INSTANCE"] = spec.name
         if self.notify_socket:
             env["NOTIFY_SOCKET"] = self.notify_socket
@@ -161,20 +170,44 @@ class Launcher:
             env["WATCHDOG_USEC"] = str(int(spec.policy.timeout * 1e6))
         preload = (spec.python.target, spec.python.pythonpath) if spec.python and spec.python.preload else None
         sockets = tuple(zip((name for name, _ in spec.sockets), spec.socket_keys))
-        return SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload, sockets)
+        return SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload, sockets,
+                            _setup(spec), spec.stderr)
 
-    def _reader(self, inst: "Instance", fd: int) -> Callable[[], None]:
+    def _reader(self, inst: "Instance", fd: int, write: Callable[[bytes], None]) -> Callable[[], None]:
         def drain() -> None:
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
                 return
             if data:
-                inst.write_output(data)
+                write(data)
             else:  # every holder of the pipe's write end is gone
                 self.loop.remove_reader(fd)
                 os.close(fd)
         return drain
+
+
+def _pipe(top: int) -> tuple[int, int]:
+    """A pipe (read end non-blocking) whose write end is below `top`."""
+    read_end, write_end = os.pipe()
+    if write_end >= top:
+        os.close(read_end)
+        os.close(write_end)
+        raise OSError(errno.EMFILE, f"no file descriptor to spare for its output (limit {top + PIPE_RESERVE})")
+    os.set_blocking(read_end, False)
+    return read_end, write_end
+
+
+def _setup(spec: Any) -> Setup | None:
+    """What the child takes on before exec (spawn/identity.py), None when nothing."""
+    from ..config.production import RLIMITS_BY_NAME
+    switch = needs_switch(spec.run_as)
+    if not switch and not spec.rlimits and spec.umask is None:
+        return None
+    run_as = spec.run_as if switch else None
+    return Setup(run_as.uid if run_as else None, run_as.gid if run_as else None,
+                 run_as.groups if run_as else None, spec.umask,
+                 tuple((RLIMITS_BY_NAME[name][0], soft, hard) for name, (soft, hard) in spec.rlimits))
 
 
 def _reason(exc: BaseException) -> str:
