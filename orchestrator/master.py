@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
 import os
@@ -11,15 +10,12 @@ import time
 from typing import Any, Callable
 
 from . import __version__
-from .config.keys import LIVE_SETTINGS
-from .config.load import Config, Settings, TemplateCache, load_config
+from .config.load import Config, Settings, TemplateCache
 from .config.sockets import DEFAULT_RESET_AFTER
 from .control.commands import Commands
 from .control.notify import NotifyServer
-from .control.saves import sources_digest
 from .control.server import ControlServer
-from .errors import ConfigError, ConfigProblem
-from .expand.render import Expansion, ExpansionCache
+from .expand.render import ExpansionCache
 from .expand.spec import ProcessSpec
 from .loop import EventLoop
 from .observe.logs import Echo
@@ -34,12 +30,12 @@ from .spawn.spawner import SpawnerClient
 from .supervise.events import Event, StateChanged
 from .supervise.limits import Limits
 from .supervise.supervisor import Supervisor
+from .supervise.reloader import Reloader, set_log_level
 from .supervise.unserved import UnservedSockets
 
 log = logging.getLogger("orch")
 
 
-STEP_SECONDS = 0.02  # how long one step of a reload's expansion holds the loop (plus one render's budget)
 HARD_FDS = 1 << 19  # systemd's default hard limit for services
 
 
@@ -67,10 +63,6 @@ def _raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def set_log_level(name: str) -> None:
-    log.setLevel(getattr(logging, name.upper(), logging.INFO))
-
-
 class Master:
     """One `orch up`: runs the loop until shutdown; `run()` returns the exit code."""
 
@@ -85,21 +77,15 @@ class Master:
         self.exit_code = 0
         self.started = time.time()
         self.applied_at: float | None = None
-        self.last_reload_error: str | None = None
-        self.reload_count = 0
-        self.reload_queued: str | None = None  # the origin of a reload waiting for the one being applied
-        self.config_bytes: str | None = None  # digest of the sources last read
         echo = None if quiet else Echo()
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
         self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
         self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
         self.notify: NotifyServer | None = None
         self.metrics: Any = None
-        self.reload_failures = 0
-        self.last_reload_seconds = 0.0
         self.service = ServiceNotifier(self.loop, self.supervisor)
         self.state_file = StateRecorder(self.loop, self.supervisor, self.settings.pidfile, lambda: self.spawner)
-        self.supervisor.on_idle = self._ops_idle
+        self.supervisor.on_idle = lambda: self.reloader.idle()
         self.supervisor.on_spawner_lost = self._spawner_lost
         self.supervisor.events.subscribe(self._on_event)
         self.control: ControlServer | None = None
@@ -119,18 +105,13 @@ class Master:
         self.supervisor.events.subscribe(self.unserved.on_event)
         self.listeners.annotate = lambda key: self.unserved.status(key)
         self._release_pending = False
-        self._expanding: str | None = None  # the origin of the reload being expanded, if any
+        self.reloader = Reloader(self)
         set_log_level(self.settings.log_level)
 
     @property
     def stopping(self) -> bool:
         """Shutting down: reloads are refused and `orch down` only waits."""
         return self._stopping
-
-    @property
-    def reloading(self) -> str | None:
-        """The origin of the reload whose config is being expanded, if one is."""
-        return self._expanding
 
     def _on_event(self, event: Event) -> None:
         """Once shutting down, the last process to end lets the master exit."""
@@ -170,14 +151,14 @@ class Master:
                 from .observe.metrics import MetricsServer
                 self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
                 log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
-            self._remember_file()
+            self.reloader._remember_file()
             self.spawner.send_sockets(self.listeners.items())  # bound by up.py, before any spawn
             plan = reconcile(self._initial_specs, {})
             self.supervisor.apply(plan)
             self.supervisor.flush()  # the spawner forks while the watcher below starts up
             if self.settings.watch:
                 self._start_watcher()
-                if self._read_sources() != self.config_bytes:  # saved while we were starting
+                if self.reloader._read_sources() != self.reloader.config_bytes:  # saved while we were starting
                     self.loop.call_soon(lambda: self.request_reload("file changed during start-up"))
             self.loop.call_soon(self.service.update)  # an empty fleet is ready at once
             self.applied_at = time.time()
@@ -286,9 +267,9 @@ class Master:
     def _metrics_text(self) -> str:
         from .observe.metrics import render_metrics
         rows = self.supervisor.status(usage=True)
-        return render_metrics(rows, {"orch_reloads_total": self.reload_count,
-                                     "orch_reload_failures_total": self.reload_failures,
-                                     "orch_last_reload_seconds": self.last_reload_seconds,
+        return render_metrics(rows, {"orch_reloads_total": self.reloader.count,
+                                     "orch_reload_failures_total": self.reloader.failures,
+                                     "orch_last_reload_seconds": self.reloader.last_seconds,
                                      "orch_notify_dropped_total": self.limits.notify_dropped,
                                      "orch_instances": len(rows)})
 
@@ -318,165 +299,27 @@ class Master:
         log.info("master %d exited", os.getpid())
 
     # --- reload ---------------------------------------------------------------------
-    def _remember_file(self) -> None:
-        self.config_bytes = self._read_sources()
-
-    def _read_sources(self) -> str | None:
-        """A digest of the config and its included files: a save that changes nothing (a
-        re-save, vim's rename dance, a burst ending where it began) is never applied."""
-        return sources_digest(self.config.files, self.config.include_patterns)
-
+    # --- reload (supervise/reloader.py) ----------------------------------------------------
     def request_reload(self, origin: str, force: bool = False,
                        on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
-        """Reload now, or after the reload being applied finishes (against the newest file).
-        Returns the outcome, or None when the config is still being expanded: then
-        `on_done` gets it, from the loop, once it is applied or refused."""
-        if self._stopping:
-            return {"applied": False, "reason": "shutting down"}
-        if self.supervisor.pending_ops or self._expanding is not None:
-            if self.reload_queued is None or self.reload_queued.startswith("file"):
-                self.reload_queued = origin  # an explicit request outranks a file save
-            log.info("reload (%s) queued: the previous reload is still being applied", origin)
-            return {"applied": False, "queued": True}
-        if not force and origin.startswith("file") and self._read_sources() == self.config_bytes:
-            return {"applied": False, "reason": "unchanged"}
-        return self.reload(origin, on_done)
+        return self.reloader.request(origin, force, on_done)
 
-    def _ops_idle(self) -> None:
-        if self.reload_queued is not None and self._expanding is None:
-            origin, self.reload_queued = self.reload_queued, None
-            # A save is applied only if the file changed since the reload it waited for read
-            # it; `orch reload` and SIGHUP reload whatever the file holds.
-            self.loop.call_soon(lambda: self.request_reload(f"{origin}, queued",
-                                                            force=not origin.startswith("file")))
+    def load_later(self, on_done: Callable[[Any], None]) -> None:
+        self.reloader.load_later(on_done)
 
-    def load_later(self, on_done: Callable[[tuple[Config, list[ProcessSpec]] | ConfigError], None]) -> None:
-        """Read and expand the config in steps from the loop (as a reload does, without
-        applying it): `on_done` gets (config, specs) or the ConfigError. For `orch diff`."""
-        try:
-            config = load_config(self.config.path, self.templates)
-        except ConfigError as exc:
-            on_done(exc)
-            return
-        cache = copy.copy(self.expansions)  # a diff must not become the next reload's baseline
-        cache.templates = dict(cache.templates)
-        self._step(Expansion(config, cache, STEP_SECONDS), lambda job: on_done(_outcome(job, config)))
+    @property
+    def reloading(self) -> str | None:
+        """The origin of the reload whose config is being expanded, if one is."""
+        return self.reloader.expanding
 
-    def _step(self, job: Expansion, then: Callable[[Expansion], None]) -> None:
-        """Run `job` one slice per loop turn (timers run after the fds are polled), then `then`."""
-        def next_slice() -> None:
-            try:
-                done = job.step()
-            except Exception:  # noqa: BLE001 - a bug in expansion must not wedge reloads
-                log.exception("expansion failed")
-                job.problem("", "internal error while expanding the config (see the master's log)")
-                done = job.force_end()
-            if done:
-                then(job)
-            else:
-                self.loop.call_later(0, next_slice)
-        next_slice()
+    @property
+    def last_reload_error(self) -> str | None:
+        return self.reloader.last_error
 
-    def reload(self, origin: str, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
-        """Read the config now, expand it in steps, apply the plan: the outcome, or None
-        (then `on_done` gets it) when the expansion takes more than one step."""
-        began = time.perf_counter()
-        try:
-            config = load_config(self.config.path, self.templates)
-        except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
-            return self._reload_failed(origin, exc)
-        outcome: list[dict[str, Any]] = []
-        self._expanding = origin
-        # No cyclic collection while a reload runs: parsing a 5,000-table file makes enough
-        # objects to set off full collections over the whole fleet's state, which took as
-        # long as the reload's own work. It runs again once the plan is applied.
-        gc.disable()
+    @property
+    def reload_count(self) -> int:
+        return self.reloader.count
 
-        def applied(job: Expansion) -> None:
-            self._expanding = None
-            gc.enable()
-            result = self._apply_expansion(origin, config, job, began)
-            if on_done is not None and not first_step[0]:
-                on_done(result)
-            outcome.append(result)
-            if not self.supervisor.pending_ops:
-                self._ops_idle()  # a reload queued behind this one, with nothing to wait for
-
-        first_step = [True]
-        self._step(Expansion(config, self.expansions, STEP_SECONDS), applied)
-        first_step[0] = False
-        return outcome[0] if outcome else None
-
-    def _apply_expansion(self, origin: str, config: Config, job: Expansion, began: float) -> dict[str, Any]:
-        try:
-            specs = job.result()
-            if specs:  # bound before anything changes: a failed bind leaves the fleet as it was
-                self.spawner.send_sockets(self.listeners.bind_config(config.sockets, config.path))
-        except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
-            return self._reload_failed(origin, exc)
-        self._remember_file()
-        if not specs:
-            self.last_reload_error = (f"{config.path}: the new config has no instances; refusing to "
-                                      "stop everything (use `orch down` for that)")
-            log.warning("reload (%s) refused: %s", origin, self.last_reload_error)
-            return {"applied": False, "error": self.last_reload_error}
-        plan = reconcile(specs, self.supervisor.running_view())
-        self._apply_settings(config.settings)
-        self.supervisor.apply(plan)
-        self.supervisor.flush()  # the spawner starts on the new instances while we finish here
-        self._release_sockets()  # sockets gone from the config and used by no instance
-        self.config = config
-        if self.watcher is not None:
-            self.watcher.set_files(config.files, config.include_patterns)
-        self.last_reload_error = None
-        self.applied_at = time.time()
-        self.reload_count += 1
-        took = (time.perf_counter() - began) * 1000
-        self.last_reload_seconds = took / 1000
-        counts = plan.counts()
-        log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
-                 counts["stop"], counts["restart"], counts["update"], counts["keep"], took)
-        return {"applied": True, **counts, "planned_ms": round(took, 2)}
-
-    def _reload_failed(self, origin: str, exc: Exception) -> dict[str, Any]:
-        if not isinstance(exc, ConfigError):
-            log.exception("reload (%s): unexpected error", origin)
-            exc = ConfigError([ConfigProblem(str(self.config.path), "", f"internal error: {exc!r}")])
-        self.reload_failures += 1
-        self.last_reload_error = str(exc)
-        self._remember_file()
-        log.error("reload (%s) failed; nothing changed, every process keeps running:\n%s", origin, exc)
-        return {"applied": False, "error": f"reload failed, nothing changed:\n{exc}"}
-
-    def _apply_settings(self, new: Settings) -> None:
-        old = self.settings
-        for key in Settings.__dataclass_fields__:
-            before, after = getattr(old, key), getattr(new, key)
-            if before == after:
-                continue
-            if key in LIVE_SETTINGS:
-                log.info("setting orchestrator.%s: %s -> %s", key, before, after)
-            else:
-                log.warning("setting orchestrator.%s changed (%s -> %s): takes effect only after "
-                            "a restart of the master", key, before, after)
-        if new.log_level != old.log_level:
-            set_log_level(new.log_level)
-        if new.check_interval != old.check_interval:
-            self.limits.set_check_interval(new.check_interval)
-        if new.watch != old.watch:
-            if new.watch and self.watcher is None:
-                self._start_watcher()
-            elif not new.watch and self.watcher is not None:
-                self.watcher.stop()
-                self.watcher = None
-        if self.watcher is not None:
-            self.watcher.settle = new.settle
-        live = {k: getattr(new, k) for k in LIVE_SETTINGS}
-        self.settings = Settings(**{**old.__dict__, **live})
-
-
-def _outcome(job: Expansion, config: Config) -> tuple[Config, list[ProcessSpec]] | ConfigError:
-    try:
-        return config, job.result()
-    except ConfigError as exc:
-        return exc
+    @property
+    def config_bytes(self) -> str | None:
+        return self.reloader.config_bytes

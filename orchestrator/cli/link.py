@@ -75,7 +75,7 @@ def disk_error(path: Path, reply: dict | None = None) -> str | None:
     disk are the ones the master last read (same digest), its verdict stands: no parse."""
     from ..config.load import load_config
     if reply is not None and reply.get("sources_digest"):
-        from ..control.saves import sources_digest
+        from ..config.source import sources_digest
         if sources_digest(reply.get("sources", []), reply.get("include", [])) == reply["sources_digest"]:
             return reply.get("last_reload_error")
     try:

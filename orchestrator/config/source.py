@@ -6,8 +6,11 @@ or exhaust `orch check` and a live master's reload; each is refused with a reaso
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import stat
+from typing import Iterable
 
 # The largest file orch reads: 5,000 templates are about 300 KB. A 1 MiB file of 16,000
 # three-line templates took 2.7 s to parse, validate and expand here (the worst case
@@ -50,3 +53,24 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a plain file"
+
+
+def source_files(files: Iterable[os.PathLike | str], patterns: Iterable[str]) -> list[str]:
+    """The config, its included files, and whatever matches an include glob now (a new one)."""
+    found = {os.fspath(f) for f in files}
+    for pattern in patterns:
+        found.update(glob.glob(pattern))
+    return sorted(found)
+
+
+def sources_digest(files: Iterable[os.PathLike | str], patterns: Iterable[str] = ()) -> str | None:
+    """A digest of every source's name and content; None while one cannot be read (missing)."""
+    digest = hashlib.sha256()
+    try:
+        for name in source_files(files, patterns):
+            content = read_source(name)
+            digest.update(f"{name}\0{len(content)}\0".encode())
+            digest.update(content)
+    except OSError:
+        return None
+    return digest.hexdigest()

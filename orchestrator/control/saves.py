@@ -14,12 +14,9 @@ has not finished (or never closes).
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import os
-from typing import Iterable
 
-from ..config.source import read_source
+from ..config.source import source_files, sources_digest  # noqa: F401 - re-exported
 
 FINISHED, GONE, WRITING, IGNORE = "finished", "gone", "writing", "ignore"
 MAX_LINKS = 40  # as the kernel's ELOOP limit: a symlink loop must not hang the watcher
@@ -50,27 +47,6 @@ def lookup_chain(path: str) -> list[str]:
             current = candidate
     names.append(current)
     return names
-
-
-def source_files(files: Iterable[os.PathLike | str], patterns: Iterable[str]) -> list[str]:
-    """The config, its included files, and whatever matches an include glob now (a new one)."""
-    found = {os.fspath(f) for f in files}
-    for pattern in patterns:
-        found.update(glob.glob(pattern))
-    return sorted(found)
-
-
-def sources_digest(files: Iterable[os.PathLike | str], patterns: Iterable[str] = ()) -> str | None:
-    """A digest of every source's name and content; None while one cannot be read (missing)."""
-    digest = hashlib.sha256()
-    try:
-        for name in source_files(files, patterns):
-            content = read_source(name)
-            digest.update(f"{name}\0{len(content)}\0".encode())
-            digest.update(content)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def classify(kind: str, src: str, dest: str | None, watched: set[str], is_link: bool) -> str:

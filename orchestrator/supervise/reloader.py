@@ -1,0 +1,230 @@
+"""Reloading a running master: a request (a save, SIGHUP, `orch reload`), queued behind an
+apply in progress and replayed against the newest file afterwards; the config read, expanded
+in steps from the loop (expand/render.py's Expansion), diffed and applied; and the live
+settings changed in place. Master.py wires it; `host` is the master (see ReloadHost)."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+from ..config.keys import LIVE_SETTINGS
+from ..config.load import Config, Settings, TemplateCache, load_config
+from ..config.source import sources_digest
+from ..errors import ConfigError, ConfigProblem
+from ..expand.render import Expansion, ExpansionCache
+from ..expand.spec import ProcessSpec
+from ..loop import EventLoop
+from ..plan import reconcile
+
+log = logging.getLogger("orch")
+STEP_SECONDS = 0.02  # how long one step of a reload's expansion holds the loop (plus one render's budget)
+
+
+class ReloadHost(Protocol):
+    """What the reloader needs of the master."""
+
+    loop: EventLoop
+    config: Config
+    settings: Settings
+    supervisor: Any
+    spawner: Any
+    listeners: Any
+    limits: Any
+    watcher: Any
+    templates: TemplateCache
+    expansions: ExpansionCache
+    applied_at: float | None
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def _start_watcher(self) -> None: ...
+
+    def _release_sockets(self) -> None: ...
+
+
+def set_log_level(name: str) -> None:
+    log.setLevel(getattr(logging, name.upper(), logging.INFO))
+
+
+class Reloader:
+    """The reload state of one master: counts, the last error, the reload queued or being
+    expanded, and the digest of the files last read."""
+
+    def __init__(self, host: ReloadHost) -> None:
+        self.host = host
+        self.count = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_seconds = 0.0
+        self.queued: str | None = None  # the origin of a reload waiting for the one being applied
+        self.expanding: str | None = None  # the origin of the reload being expanded, if any
+        self.config_bytes: str | None = None  # digest of the sources last read
+
+    def _remember_file(self) -> None:
+        self.config_bytes = self._read_sources()
+
+    def _read_sources(self) -> str | None:
+        """A digest of the config and its included files: a save that changes nothing (a
+        re-save, vim's rename dance, a burst ending where it began) is never applied."""
+        return sources_digest(self.host.config.files, self.host.config.include_patterns)
+
+    def request(self, origin: str, force: bool = False,
+                       on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """Reload now, or after the reload being applied finishes (against the newest file).
+        Returns the outcome, or None when the config is still being expanded: then
+        `on_done` gets it, from the loop, once it is applied or refused."""
+        if self.host.stopping:
+            return {"applied": False, "reason": "shutting down"}
+        if self.host.supervisor.pending_ops or self.expanding is not None:
+            if self.queued is None or self.queued.startswith("file"):
+                self.queued = origin  # an explicit request outranks a file save
+            log.info("reload (%s) queued: the previous reload is still being applied", origin)
+            return {"applied": False, "queued": True}
+        if not force and origin.startswith("file") and self._read_sources() == self.config_bytes:
+            return {"applied": False, "reason": "unchanged"}
+        return self.reload(origin, on_done)
+
+    def idle(self) -> None:
+        if self.queued is not None and self.expanding is None:
+            origin, self.queued = self.queued, None
+            # A save is applied only if the file changed since the reload it waited for read
+            # it; `orch reload` and SIGHUP reload whatever the file holds.
+            self.host.loop.call_soon(lambda: self.request(f"{origin}, queued",
+                                                            force=not origin.startswith("file")))
+
+    def load_later(self, on_done: Callable[[tuple[Config, list[ProcessSpec]] | ConfigError], None]) -> None:
+        """Read and expand the config in steps from the loop (as a reload does, without
+        applying it): `on_done` gets (config, specs) or the ConfigError. For `orch diff`."""
+        try:
+            config = load_config(self.host.config.path, self.host.templates)
+        except ConfigError as exc:
+            on_done(exc)
+            return
+        cache = copy.copy(self.host.expansions)  # a diff must not become the next reload's baseline
+        cache.templates = dict(cache.templates)
+        self._step(Expansion(config, cache, STEP_SECONDS), lambda job: on_done(_outcome(job, config)))
+
+    def _step(self, job: Expansion, then: Callable[[Expansion], None]) -> None:
+        """Run `job` one slice per loop turn (timers run after the fds are polled), then `then`."""
+        def next_slice() -> None:
+            try:
+                done = job.step()
+            except Exception:  # noqa: BLE001 - a bug in expansion must not wedge reloads
+                log.exception("expansion failed")
+                job.problem("", "internal error while expanding the config (see the master's log)")
+                done = job.force_end()
+            if done:
+                then(job)
+            else:
+                self.host.loop.call_later(0, next_slice)
+        next_slice()
+
+    def reload(self, origin: str, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """Read the config now, expand it in steps, apply the plan: the outcome, or None
+        (then `on_done` gets it) when the expansion takes more than one step."""
+        began = time.perf_counter()
+        try:
+            config = load_config(self.host.config.path, self.host.templates)
+        except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
+            return self._reload_failed(origin, exc)
+        outcome: list[dict[str, Any]] = []
+        self.expanding = origin
+        # No cyclic collection while a reload runs: parsing a 5,000-table file makes enough
+        # objects to set off full collections over the whole fleet's state, which took as
+        # long as the reload's own work. It runs again once the plan is applied.
+        gc.disable()
+
+        def applied(job: Expansion) -> None:
+            self.expanding = None
+            gc.enable()
+            result = self._apply_expansion(origin, config, job, began)
+            if on_done is not None and not first_step[0]:
+                on_done(result)
+            outcome.append(result)
+            if not self.host.supervisor.pending_ops:
+                self.idle()  # a reload queued behind this one, with nothing to wait for
+
+        first_step = [True]
+        self._step(Expansion(config, self.host.expansions, STEP_SECONDS), applied)
+        first_step[0] = False
+        return outcome[0] if outcome else None
+
+    def _apply_expansion(self, origin: str, config: Config, job: Expansion, began: float) -> dict[str, Any]:
+        try:
+            specs = job.result()
+            if specs:  # bound before anything changes: a failed bind leaves the fleet as it was
+                self.host.spawner.send_sockets(self.host.listeners.bind_config(config.sockets, config.path))
+        except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
+            return self._reload_failed(origin, exc)
+        self._remember_file()
+        if not specs:
+            self.last_error = (f"{config.path}: the new config has no instances; refusing to "
+                                      "stop everything (use `orch down` for that)")
+            log.warning("reload (%s) refused: %s", origin, self.last_error)
+            return {"applied": False, "error": self.last_error}
+        plan = reconcile(specs, self.host.supervisor.running_view())
+        self._apply_settings(config.settings)
+        self.host.supervisor.apply(plan)
+        self.host.supervisor.flush()  # the spawner starts on the new instances while we finish here
+        self.host._release_sockets()  # sockets gone from the config and used by no instance
+        self.host.config = config
+        if self.host.watcher is not None:
+            self.host.watcher.set_files(config.files, config.include_patterns)
+        self.last_error = None
+        self.host.applied_at = time.time()
+        self.count += 1
+        took = (time.perf_counter() - began) * 1000
+        self.last_seconds = took / 1000
+        counts = plan.counts()
+        log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
+                 counts["stop"], counts["restart"], counts["update"], counts["keep"], took)
+        return {"applied": True, **counts, "planned_ms": round(took, 2)}
+
+    def _reload_failed(self, origin: str, exc: Exception) -> dict[str, Any]:
+        if not isinstance(exc, ConfigError):
+            log.exception("reload (%s): unexpected error", origin)
+            exc = ConfigError([ConfigProblem(str(self.host.config.path), "", f"internal error: {exc!r}")])
+        self.failures += 1
+        self.last_error = str(exc)
+        self._remember_file()
+        log.error("reload (%s) failed; nothing changed, every process keeps running:\n%s", origin, exc)
+        return {"applied": False, "error": f"reload failed, nothing changed:\n{exc}"}
+
+    def _apply_settings(self, new: Settings) -> None:
+        old = self.host.settings
+        for key in Settings.__dataclass_fields__:
+            before, after = getattr(old, key), getattr(new, key)
+            if before == after:
+                continue
+            if key in LIVE_SETTINGS:
+                log.info("setting orchestrator.%s: %s -> %s", key, before, after)
+            else:
+                log.warning("setting orchestrator.%s changed (%s -> %s): takes effect only after "
+                            "a restart of the master", key, before, after)
+        if new.log_level != old.log_level:
+            set_log_level(new.log_level)
+        if new.check_interval != old.check_interval:
+            self.host.limits.set_check_interval(new.check_interval)
+        if new.watch != old.watch:
+            if new.watch and self.host.watcher is None:
+                self.host._start_watcher()
+            elif not new.watch and self.host.watcher is not None:
+                self.host.watcher.stop()
+                self.host.watcher = None
+        if self.host.watcher is not None:
+            self.host.watcher.settle = new.settle
+        live = {k: getattr(new, k) for k in LIVE_SETTINGS}
+        self.host.settings = Settings(**{**old.__dict__, **live})
+
+
+
+def _outcome(job: Expansion, config: Config) -> tuple[Config, list[ProcessSpec]] | ConfigError:
+    try:
+        return config, job.result()
+    except ConfigError as exc:
+        return exc
