@@ -108,10 +108,10 @@ def cmd_inspect(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, path: Path) -> int:
-    from ..observe.logs import instance_name, log_path
+    from ..observe.logs import instance_name, is_stderr_log, log_path, stderr_path
     import fnmatch
     folder = log_dir(path)
-    files = sorted(folder.glob("*.log"))
+    files = [f for f in sorted(folder.glob("*.log")) if not is_stderr_log(f)]
     if args.patterns:
         chosen = []
         for pattern in args.patterns:
@@ -124,7 +124,10 @@ def cmd_logs(args: argparse.Namespace, path: Path) -> int:
                 raise OrchError(f"no log matches {pattern!r} in {folder}")
             chosen += [m for m in matched if m not in chosen]
         files = chosen
-    followers = [LogFollower(f, instance_name(f) if len(files) > 1 else None) for f in files]
+    if args.stderr:  # the labels say which stream: NAME:stderr
+        files = [stderr_path(f) for f in files if args.patterns or stderr_path(f).exists()]
+    label = ":stderr" if args.stderr else ""
+    followers = [LogFollower(f, instance_name(f) + label if len(files) > 1 else None) for f in files]
     for follower in followers:
         follower.tail(args.lines, keep_partial=args.follow)
     sys.stdout.flush()

@@ -94,7 +94,9 @@ COMMAND_LIST: tuple[Command, ...] = (
     Command("logs", "print an instance's log (or every log), optionally following",
             "orch logs consumer-10.0.0.1-queue1 -f -n 50", "client_commands:cmd_logs", (
                 PATTERNS, arg("-f", "--follow", action="store_true", help="keep printing new lines"),
-                arg("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)"))),
+                arg("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)"),
+                arg("--stderr", action="store_true",
+                    help='the separate stderr log (stderr = "separate") instead of the output log'))),
     Command("export", f"write the fleet as {', '.join(FORMATS[:-1])} or {FORMATS[-1]} files",
             "orch export --format systemd -o units/", "local_commands:cmd_export", (
                 arg("--format", required=True, metavar="FORMAT", choices=FORMATS, help=", ".join(FORMATS)),

@@ -34,6 +34,9 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
             f"{inst['cpu']:.1f}" if inst.get("cpu") is not None else "-",
             str(inst["processes"]) if inst.get("processes") else "-",
         ))
+    users = [inst.get("user") or "" for inst in reply["instances"]]
+    if any(users):  # `user =`: a column only when some instance runs as another user
+        rows = [row[:2] + (user,) + row[2:] for row, user in zip(rows, ["USER"] + [u or "-" for u in users])]
     measured = [_measured(inst) for inst in reply["instances"]]
     if any(measured):  # memory.measure = "pss" or "uss": what the limits count, beside RSS
         rows = [row + (m,) for row, m in zip(rows, ["LIMITED ON"] + measured)]

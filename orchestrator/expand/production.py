@@ -3,10 +3,12 @@ for its `ProcessSpec` (render.py calls `setup_fields` once per instance)."""
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
 from typing import Any
 
-from ..config.load import Template
+from ..config.load import Config, Template
 from .envfile import EnvFileError, EnvFiles
 from .identity import RunAs, resolve
 
@@ -91,3 +93,20 @@ def _render(renderer: Any, value: str | None, context: dict[str, Any], key: str,
     if not text:
         raise SetupError(key, f"{value!r} renders empty")
     return text
+
+
+def watch_env_files(config: Config, specs: list[Any]) -> None:
+    """Add the env files the specs read to the config's watched sources, as its includes
+    are: `config.files` (the watcher, and the digest that tells a real save from a re-save)
+    gets the files that exist, `config.include_patterns` the optional ones still missing,
+    so that creating one is a save too. The only change an expansion makes to its Config,
+    once it succeeded: the files are known only after rendering."""
+    found = {Path(f.path) for spec in specs for f in spec.env_files}
+    if not found:
+        return
+    present = tuple(sorted(f for f in found if os.path.exists(f)))
+    missing = tuple(sorted(glob.escape(str(f)) for f in found if not os.path.exists(f)))
+    files = config.files + tuple(f for f in present if f not in config.files)
+    patterns = config.include_patterns + tuple(p for p in missing if p not in config.include_patterns)
+    object.__setattr__(config, "files", files)  # frozen for everyone else
+    object.__setattr__(config, "include_patterns", patterns)

@@ -24,7 +24,7 @@ from ..config.locate import Problems
 from ..config.source import read_source
 from .budget import TOTAL_SECONDS, RenderError, guarded
 from .renderer import Renderer, _text, template_errors
-from .production import SetupError, reads_host, setup_fields
+from .production import SetupError, reads_host, setup_fields, watch_env_files
 from .spec import ProcessSpec, PythonTarget, exec_problem
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:@+=-]")
@@ -116,6 +116,7 @@ class Expansion:
             raise RuntimeError("the expansion is not over")
         if self.problem.items:
             raise ConfigError(self.problem.items)
+        watch_env_files(self.config, self._specs)
         if self.cache is not None:  # only a load that succeeded becomes the new baseline
             config = self.config
             self.cache.vars, self.cache.folder, self.cache.templates = config.vars, config.folder, self.fresh
