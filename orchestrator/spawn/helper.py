@@ -363,7 +363,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             except BaseException as exc:  # noqa: BLE001
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
                 detail = f"{request.argv[0]}: {text}"
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR) \
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) \
                         and not os.path.isdir(request.cwd):
                     detail = f"cwd {request.cwd}: {text}"
                 try:
