@@ -7,10 +7,13 @@ which checks the transition table and emits `StateChanged`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from .states import State
+
+log = logging.getLogger("orch")
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,10 @@ class EventBus:
     def emit(self, event: Event) -> None:
         for subscriber in self._subscribers:
             subscriber(event)
+
+
+def log_transition(event: object) -> None:
+    """Every state change at debug level: `log_level = "debug"` shows the full history."""
+    if isinstance(event, StateChanged) and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: %s -> %s%s", event.instance.name, event.old.value, event.new.value,
+                  f" ({event.reason})" if event.reason else "")

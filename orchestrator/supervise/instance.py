@@ -12,6 +12,7 @@ from typing import Any, Callable
 from ..expand.identity import RunAs
 from ..expand.spec import ProcessSpec
 from ..loop import Timer
+from ..procfs import CLOCK_TICKS
 from ..observe.logs import LogFile
 from .events import Event, StateChanged
 from .states import State, Then, check_transition
@@ -157,3 +158,15 @@ def _run_as_text(run_as: RunAs) -> str:
         group = str(run_as.gid)
     user = run_as.user or str(run_as.uid)
     return user if run_as.user and group == user else f"{user}:{group}"
+
+
+def sample_usage(chosen: list[Instance], usage: Callable[[int], tuple[int, int, int]], now: float) -> None:
+    """Fresh RSS, process count and CPU % (since the last sample) for these instances."""
+    for inst in chosen:
+        if inst.pid is not None:
+            inst.rss, ticks, inst.processes = usage(inst.pid)
+            since, before = inst.cpu_sample or (inst.started_at, 0)
+            elapsed = now - since
+            if elapsed > 0:  # ticks of the live tree: an orphan's exit may take some away
+                inst.cpu_percent = max(0.0, 100.0 * (ticks - before) / CLOCK_TICKS / elapsed)
+            inst.cpu_sample = (now, ticks)

@@ -15,14 +15,14 @@ from typing import Callable, Iterable
 from ..expand.spec import ProcessSpec
 from ..loop import EventLoop
 from ..observe.logs import Echo, LogFile, log_path
-from ..procfs import CLOCK_TICKS, TreeSampler, tree
+from ..procfs import TreeSampler, tree
 from ..plan import Plan, Running
 from ..spawn.spawner import SpawnerClient
 from .backoff import decide_limit_restart, decide_restart, limit_at_start
-from .events import EventBus, PolicyChanged, StateChanged
-from .instance import Instance, describe_exit
+from .events import EventBus, PolicyChanged, log_transition
+from .instance import Instance, describe_exit, sample_usage
 from .launch import Launcher
-from .rollout import Rollout
+from .rolling import RollingRestarts
 from .states import ALIVE, State, Then
 
 log = logging.getLogger("orch")
@@ -46,9 +46,9 @@ class Supervisor:
         self.on_idle: Callable[[], None] | None = None  # called when pending_ops drops to 0
         self.on_spawner_lost: Callable[[], None] | None = None
         self.events = EventBus()  # StateChanged and PolicyChanged, for limits, master, logs
-        self.events.subscribe(_log_transition)
+        self.events.subscribe(log_transition)
         self.shutting_down = False
-        self.rollouts: set[Rollout[Instance]] = set()
+        self.rolling = RollingRestarts(self)
         self.trees = TreeSampler()  # /proc fds kept open per live pid, for status and limits
         loop.add_reader(spawner.fileno(), self._on_spawner)
 
@@ -99,39 +99,13 @@ class Supervisor:
         echo = self.echo.prefixer(spec.name) if self.echo else None
         return Instance(spec, logfile, echo, self.events.emit, self.loop.time)
 
-    # --- rolling restarts ---------------------------------------------------------------
+    # --- rolling restarts (rolling.py) ------------------------------------------------
     def roll(self, label: str, items: list[tuple[Instance, ProcessSpec | None]]) -> None:
         """Restart these instances in batches of their template's `max_unavailable`."""
-        batch = min(inst.target.policy.max_unavailable for inst, _ in items)
-        rollout: Rollout[Instance] = Rollout(label, batch, items)
-        self.pending_ops += 1  # a queued reload waits for the whole rollout
-        self.rollouts.add(rollout)
-        log.info("rolling restart of %s: %d instances, %d at a time", label, rollout.total, rollout.batch)
-        self._roll_on(rollout)
-
-    def _roll_on(self, rollout: Rollout[Instance]) -> None:
-        def eligible(inst: Instance) -> bool:
-            return self.instances.get(inst.name) is inst and inst.then is not Then.REMOVE
-        for inst, spec in rollout.take(eligible):
-            if spec is not None:
-                inst.next_spec = spec
-            inst.rollout = rollout
-            self.stop(inst, Then.RESTART, tracked=True)
-        if rollout.finished:
-            self._end_rollout(rollout, f"rolling restart of {rollout.label} done")
+        self.rolling.roll(label, items)
 
     def _rollout_failed(self, inst: Instance) -> None:
-        rollout, inst.rollout = inst.rollout, None
-        left = rollout.failed(inst)
-        self._end_rollout(rollout, f"rolling restart of {rollout.label} halted: {inst.name} died before "
-                                   f"it was ready; {left} instances keep their old process", warning=True)
-
-    def _end_rollout(self, rollout: Rollout[Instance], message: str, warning: bool = False) -> None:
-        if rollout not in self.rollouts:
-            return
-        self.rollouts.discard(rollout)
-        (log.warning if warning else log.info)(message)
-        self.op_done()
+        self.rolling.failed(inst)
 
     def op_done(self) -> None:
         """One tracked operation (a reload's stop, a rollout) finished."""
@@ -145,9 +119,7 @@ class Supervisor:
             return
         inst.ready = True
         if inst.rollout is not None:
-            rollout, inst.rollout = inst.rollout, None
-            rollout.ready(inst)
-            self._roll_on(rollout)
+            self.rolling.ready(inst)
 
     def _ready_after_min_uptime(self, inst: Instance) -> None:
         pid = inst.pid
@@ -448,22 +420,7 @@ class Supervisor:
 
     def status(self, names: Iterable[str] | None = None, usage: bool = False) -> list[dict]:
         """Status rows; with `usage`, fresh RSS (whole tree) and CPU % read from /proc."""
-        chosen = self.instances.values() if names is None else [self.instances[n] for n in names]
+        chosen = list(self.instances.values()) if names is None else [self.instances[n] for n in names]
         if usage:
-            now = self.loop.time()
-            for inst in chosen:
-                if inst.pid is not None:
-                    inst.rss, ticks, inst.processes = self.tree_usage(inst.pid)
-                    since, before = inst.cpu_sample or (inst.started_at, 0)
-                    elapsed = now - since
-                    if elapsed > 0:  # ticks of the live tree: an orphan's exit may take some away
-                        inst.cpu_percent = max(0.0, 100.0 * (ticks - before) / CLOCK_TICKS / elapsed)
-                    inst.cpu_sample = (now, ticks)
+            sample_usage(chosen, self.tree_usage, self.loop.time())
         return [inst.status() for inst in chosen]
-
-
-def _log_transition(event: object) -> None:
-    """Every state change at debug level: `log_level = "debug"` shows the full history."""
-    if isinstance(event, StateChanged) and log.isEnabledFor(logging.DEBUG):
-        log.debug("%s: %s -> %s%s", event.instance.name, event.old.value, event.new.value,
-                  f" ({event.reason})" if event.reason else "")

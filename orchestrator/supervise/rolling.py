@@ -1,0 +1,71 @@
+"""Rolling restarts as the supervisor runs them: batches of a template's `max_unavailable`
+(rollout.py decides which), each stopped and restarted onto its new spec, the next batch once
+the last one is ready, halted when one dies before it is ready. A rollout is one tracked
+operation, so a reload queued behind it waits for the whole of it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..expand.spec import ProcessSpec
+from .instance import Instance
+from .rollout import Rollout
+from .states import Then
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("orch")
+
+
+class RollingRestarts:
+    """The rollouts in progress of one supervisor."""
+
+    def __init__(self, supervisor: "Supervisor") -> None:
+        self.supervisor = supervisor
+        self.rollouts: set[Rollout[Instance]] = set()
+
+    def roll(self, label: str, items: list[tuple[Instance, ProcessSpec | None]]) -> None:
+        batch = min(inst.target.policy.max_unavailable for inst, _ in items)
+        rollout: Rollout[Instance] = Rollout(label, batch, items)
+        self.supervisor.pending_ops += 1
+        self.rollouts.add(rollout)
+        log.info("rolling restart of %s: %d instances, %d at a time", label, rollout.total, rollout.batch)
+        self._roll_on(rollout)
+
+    def ready(self, inst: Instance) -> None:
+        """`inst`, part of a rollout, is ready on its new process: go on with the next batch."""
+        rollout, inst.rollout = inst.rollout, None
+        if rollout is not None:
+            rollout.ready(inst)
+            self._roll_on(rollout)
+
+    def failed(self, inst: Instance) -> None:
+        """`inst` died before it was ready: halt its rollout, the rest keep their old process."""
+        rollout, inst.rollout = inst.rollout, None
+        if rollout is None:
+            return
+        left = rollout.failed(inst)
+        self._end(rollout, f"rolling restart of {rollout.label} halted: {inst.name} died before "
+                           f"it was ready; {left} instances keep their old process", warning=True)
+
+    def _roll_on(self, rollout: Rollout[Instance]) -> None:
+        instances = self.supervisor.instances
+
+        def eligible(inst: Instance) -> bool:
+            return instances.get(inst.name) is inst and inst.then is not Then.REMOVE
+        for inst, spec in rollout.take(eligible):
+            if spec is not None:
+                inst.next_spec = spec
+            inst.rollout = rollout
+            self.supervisor.stop(inst, Then.RESTART, tracked=True)
+        if rollout.finished:
+            self._end(rollout, f"rolling restart of {rollout.label} done")
+
+    def _end(self, rollout: Rollout[Instance], message: str, warning: bool = False) -> None:
+        if rollout not in self.rollouts:
+            return
+        self.rollouts.discard(rollout)
+        (log.warning if warning else log.info)(message)
+        self.supervisor.op_done()
