@@ -196,3 +196,10 @@ def test_worker_text_cannot_smuggle_terminal_escapes():
 def test_a_long_name_is_cut_visibly():
     state = state_with([row("n" * 100)])
     assert text(render(state, 80, 8))[4].startswith("n" * 23 + "~ ")
+
+
+def test_the_memory_column_says_what_the_limits_count():
+    from orchestrator.cli.top import _memory
+    assert _memory({"rss": 50 * 2**20, "memory_measure": "rss"}) == "50.0M"
+    assert _memory({"rss": 50 * 2**20, "memory_measure": "pss", "measured": 6 * 2**20}) == "6.0M pss"
+    assert _memory({"rss": None}) == "-"

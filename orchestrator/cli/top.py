@@ -202,6 +202,14 @@ def _last_exit(row: Row) -> str:
     return f"{text} ({row['reason']})" if row.get("reason") else text
 
 
+def _memory(row: Row) -> str:
+    """RSS, or what the memory limits count (memory.measure = "pss" or "uss") with its name."""
+    measure = row.get("memory_measure") or "rss"
+    if measure != "rss" and row.get("measured"):
+        return f"{format_size(row['measured'])} {measure}"
+    return format_size(row["rss"]) if row.get("rss") else "-"
+
+
 COLUMNS = (
     Column("NAME", lambda r: r["name"], 48, 0),
     Column("TEMPLATE", lambda r: r["template"], 20, 6),
@@ -211,7 +219,7 @@ COLUMNS = (
            7, 4, True),
     Column("RESTARTS", lambda r: str(r.get("restarts", 0)), 8, 2, True),
     Column("LAST EXIT", _last_exit, 26, 5),
-    Column("RSS", lambda r: format_size(r["rss"]) if r.get("rss") else "-", 7, 3, True),
+    Column("RSS", lambda r: _memory(r), 12, 3, True),
     Column("CPU%", lambda r: f"{r['cpu']:.1f}" if r.get("cpu") is not None else "-", 6, 3, True),
     Column("REQS", lambda r: str(r.get("requests") or 0), 7, 7, True),
     Column("STATUS", lambda r: r.get("notify_status") or "", 0, 8),
