@@ -80,14 +80,16 @@ def process_warnings(target: str, specs: list[ProcessSpec], inherit: bool,
 
 
 def refuse(specs: list[ProcessSpec], options: Options, target: str, what: str,
-           bad: "re.Pattern[str]", where: str = "both") -> None:
+           bad: "re.Pattern[str]", where: str = "both", files: bool = False) -> None:
     """Raise a ConfigError naming every template key whose rendered value matches `bad`:
-    in the argv, the env values, both, or the instance name (`where`)."""
+    in the argv, the env values, both, or the instance name (`where`); with `files`, the
+    env files' values too (for a target that inlines them: named, never quoted)."""
     problems: dict[str, ConfigProblem] = {}
     for spec in specs:
         places = [("command", a) for a in spec.argv] if where in ("argv", "both") else []
         places += [(f"env.{k}", v) for k, v in spec.env] if where in ("env", "both") else []
         places += [("name", spec.name)] if where == "name" else []
+        places += [(f"env_file ({k})", v) for k, v in spec.file_env] if files and where != "argv" else []
         for key, text in places:
             keypath = f"workers.{spec.template}.{key}"
             if bad.search(text) and keypath not in problems:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import OrchError
 from ..expand.spec import ProcessSpec
+from .production import setup_warnings
 from .common import Options, Output, process_warnings, unexpressed
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal", "kill_mode",
@@ -134,7 +135,7 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     if not options.image:
         raise OrchError("--format kubernetes needs --image IMAGE (an image with the workers' code "
                         "and orch installed)")
-    out = Output(warnings=unexpressed("kubernetes", specs, UNEXPRESSED)
+    out = Output(warnings=unexpressed("kubernetes", specs, UNEXPRESSED) + setup_warnings("kubernetes", specs, ())
                  + process_warnings("kubernetes", specs, False))
     documents = [to_yaml(deployment(name, members, options)) for name, members in groups(specs)]
     out.files["kubernetes.yaml"] = "---\n" + "---\n".join(documents)

@@ -14,6 +14,7 @@ import signal
 from typing import Any
 
 from ..expand.spec import ProcessSpec
+from .production import setup_warnings
 from .common import Options, Output, process_warnings, refuse, unexpressed
 from .kubernetes import dns_label, groups
 
@@ -81,7 +82,7 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     """One file, `<fleet>.nomad.json`, for `nomad job run -json` or the jobs API."""
     # Nomad interpolates ${...} in a task's args and env at run time, with no escape.
     refuse(specs, options, "nomad", "'${' (Nomad interpolates it)", re.compile(r"\$\{"))
-    out = Output(warnings=unexpressed("nomad", specs, UNEXPRESSED)
+    out = Output(warnings=unexpressed("nomad", specs, UNEXPRESSED) + setup_warnings("nomad", specs, ())
                  + process_warnings("nomad", specs, False))
     if any(s.policy.restart == "on-failure" for s in specs):
         out.warnings.append("orch export: nomad cannot express workers.*.restart = \"on-failure\" "

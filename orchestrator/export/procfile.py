@@ -11,6 +11,7 @@ import re
 import shlex
 
 from ..expand.spec import ProcessSpec
+from .production import setup_warnings
 from .common import Options, Output, bind_sockets, process_warnings, refuse, unexpressed
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal",
@@ -47,7 +48,7 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     if len(set(names)) != len(names):
         refuse(specs, options, "a Procfile", "instance names that differ only in characters a "
                "process name cannot hold", re.compile(""), where="name")
-    out = Output(warnings=unexpressed("a Procfile", specs, UNEXPRESSED)
+    out = Output(warnings=unexpressed("a Procfile", specs, UNEXPRESSED) + setup_warnings("a Procfile", specs, ())
                  + process_warnings("a Procfile", specs, True, sockets="bound"))
     out.files["Procfile"] = "".join(f"{n}: {command_line(s)}\n" for n, s in zip(names, specs))
     return out

@@ -12,6 +12,7 @@ import signal
 
 from ..expand.spec import ProcessSpec
 from .common import Options, Output, bind_sockets, process_warnings, refuse, seconds, unexpressed
+from .production import env_file_values, setup_warnings
 
 UNEXPRESSED = ("backoff_initial", "backoff_max", "memory_soft", "memory_hard", "max_lifetime",
                "timeout", "max_requests", "rolling", "max_unavailable")
@@ -43,23 +44,26 @@ def _env_value(value: str) -> str:
 
 def _check(specs: list[ProcessSpec], options: Options) -> None:
     """What supervisord's file format cannot carry: an error, never a silently different value."""
-    refuse(specs, options, "supervisord", "a newline", re.compile("[\r\n]"))
+    refuse(specs, options, "supervisord", "a newline", re.compile("[\r\n]"), files=True)
     refuse(specs, options, "supervisord", "an environment value with both ' and \"",
-           re.compile("^(?=.*')(?=.*\")", re.S), where="env")
+           re.compile("^(?=.*')(?=.*\")", re.S), where="env", files=True)
     refuse(specs, options, "supervisord", "an environment value starting or ending with a quote",
-           re.compile("^['\"]|['\"]$"), where="env")
+           re.compile("^['\"]|['\"]$"), where="env", files=True)
     refuse(specs, options, "supervisord", "an environment value with whitespace before ; or #",
-           re.compile(r"\s[;#]"), where="env")
+           re.compile(r"\s[;#]"), where="env", files=True)
     refuse(specs, options, "supervisord", "the text %(here)s in an environment value",
-           re.compile(re.escape("%(here)s")), where="env")
+           re.compile(re.escape("%(here)s")), where="env", files=True)
     bad_keys = [s for s in specs if any(not _ENV_KEY.match(k) for k, _ in s.env)]
     refuse(bad_keys, options, "supervisord", "an environment name other than [A-Za-z_][A-Za-z0-9_]*",
            re.compile(""), where="env")
+    bad_files = [s for s in specs if any(not _ENV_KEY.match(k) for k, _ in s.file_env)]
+    refuse(bad_files, options, "supervisord", "an env file name other than [A-Za-z_][A-Za-z0-9_]*",
+           re.compile(""), where="argv-none", files=True)
 
 
 def _program(spec: ProcessSpec, name: str, options: Options) -> list[str]:
     policy = spec.policy
-    env = [("ORCH_INSTANCE", spec.name)] + list(spec.env)
+    env = [("ORCH_INSTANCE", spec.name)] + env_file_values(spec) + list(spec.env)
     log = str(options.log_dir / f"{spec.name}.log").replace("%", "%%")
     group = "true" if policy.kill_mode == "group" else "false"
     return [
@@ -75,12 +79,25 @@ def _program(spec: ProcessSpec, name: str, options: Options) -> list[str]:
         f"stopwaitsecs={seconds(policy.stop_timeout)}",
         f"stopasgroup={group}",
         "killasgroup=true",
-        "redirect_stderr=true",
         f"stdout_logfile={log}",
         f"stdout_logfile_maxbytes={policy.log_max_size}",
         f"stdout_logfile_backups={policy.log_backups}",
-        "",
-    ]
+    ] + _stderr(spec, log) + _identity(spec) + [""]
+
+
+def _stderr(spec: ProcessSpec, log: str) -> list[str]:
+    if spec.stderr == "merge":
+        return ["redirect_stderr=true"]
+    target = "NONE" if spec.stderr == "discard" else log[:-4] + ".stderr.log"
+    return ["redirect_stderr=false", f"stderr_logfile={target}",
+            f"stderr_logfile_maxbytes={spec.policy.log_max_size}",
+            f"stderr_logfile_backups={spec.policy.log_backups}"]
+
+
+def _identity(spec: ProcessSpec) -> list[str]:
+    """user= (supervisord sets the user's own groups) and umask=."""
+    lines = [f"user={spec.run_as.user}"] if spec.run_as is not None and spec.run_as.user else []
+    return lines + ([f"umask={spec.umask:03o}"] if spec.umask is not None else [])
 
 
 def program_name(instance: str) -> str:
@@ -95,7 +112,11 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     # supervisord refuses to start any program (the whole config) while a stdout_logfile's
     # folder is missing: the export creates it.
     out = Output(warnings=unexpressed("supervisord", specs, UNEXPRESSED)
-                 + process_warnings("supervisord", specs, False, sockets="bound"),
+                 + process_warnings("supervisord", specs, False, sockets="bound")
+                 + setup_warnings("supervisord", specs, ("user", "env_file", "umask", "stderr"), {
+                     "group": "supervisord runs a program with its user's primary group; left out",
+                     "groups": "supervisord gives a program its user's own groups; left out",
+                     "rlimits": "supervisord sets only its own minfds/minprocs; left out"}),
                  folders=[options.log_dir])
     names = [program_name(s.name) for s in specs]
     if len(set(names)) != len(names):

@@ -9,6 +9,7 @@ import signal
 
 from ..expand.spec import ProcessSpec
 from .common import Options, Output, process_warnings, refuse, seconds, unexpressed
+from .production import setup_warnings, systemd_lines
 
 # systemd 252 (Debian 12) has no RestartSteps=/RestartMaxDelaySec=: backoff.max is a warning.
 UNEXPRESSED = ("backoff_max", "min_uptime", "max_requests", "rolling", "max_unavailable",
@@ -55,7 +56,7 @@ def exec_start(argv: tuple[str, ...]) -> str:
     return " ".join(_quoted(arg, dollars=True) for arg in argv)
 
 
-def _service(spec: ProcessSpec, unit: str, template_target: str, sockets: list[str]) -> str:
+def _service(spec: ProcessSpec, unit: str, template_target: str, sockets: list[str], log_dir: str = "") -> str:
     policy = spec.policy
     lines = ["[Unit]", f"Description=orch instance {spec.name}".replace("%", "%%"),
              f"PartOf={template_target}", "StartLimitIntervalSec=0"]
@@ -81,6 +82,7 @@ def _service(spec: ProcessSpec, unit: str, template_target: str, sockets: list[s
         lines.append(f"MemoryMax={policy.memory_hard}")
     if policy.max_lifetime is not None:
         lines.append(f"RuntimeMaxSec={seconds(policy.max_lifetime)}")
+    lines += systemd_lines(spec, _quoted, str(log_dir).replace("%", "%%"))
     return "\n".join(lines) + "\n"
 
 
@@ -118,7 +120,9 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     prefix = f"orch-{escape_name(options.fleet)}"
     fleet_target = f"{prefix}.target"
     out = Output(warnings=unexpressed("systemd", specs, UNEXPRESSED)
-                 + process_warnings("systemd", specs, True, sockets="held"))
+                 + process_warnings("systemd", specs, True, sockets="held")
+                 + setup_warnings("systemd", specs, ("user", "group", "groups", "env_file", "rlimits", "umask",
+                                                     "stderr")))
     by_template: dict[str, list[str]] = {}
     users: dict[str, str] = {}  # socket name -> the first service that uses it
     for spec in specs:
@@ -130,7 +134,7 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
         sockets = [f"{prefix}-socket-{escape_name(name)}.socket" for name, _ in spec.sockets]
         for name, _ in spec.sockets:
             users.setdefault(name, unit)
-        out.files[unit] = _service(spec, unit, template_target, sockets)
+        out.files[unit] = _service(spec, unit, template_target, sockets, str(options.log_dir))
     for decl in options.sockets:
         if decl.name in users:
             out.files[f"{prefix}-socket-{escape_name(decl.name)}.socket"] = socket_unit(
