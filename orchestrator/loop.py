@@ -41,6 +41,25 @@ class Timer:
         self.cancelled = True
 
 
+class Coalesced:
+    """A callback run once per loop wake-up however often it is asked for (500 exits must
+    not cost 500 scans of the fleet)."""
+
+    __slots__ = ("loop", "callback", "pending")
+
+    def __init__(self, loop: "EventLoop", callback: Callback) -> None:
+        self.loop, self.callback, self.pending = loop, callback, False
+
+    def __call__(self) -> None:
+        if not self.pending:
+            self.pending = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self.pending = False
+        self.callback()
+
+
 class EventLoop:
     """Selector + timers + signals; `run()` until `stop()`.
 

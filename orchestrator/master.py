@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import gc
 import logging
 import os
@@ -17,7 +18,7 @@ from .control.notify import NotifyServer
 from .control.server import ControlServer
 from .expand.render import ExpansionCache
 from .expand.spec import ProcessSpec
-from .loop import EventLoop
+from .loop import Coalesced, EventLoop
 from .observe.logs import Echo
 from .procfs import start_time
 from .supervise.service import ServiceNotifier
@@ -27,8 +28,9 @@ from .spawn.listeners import Listeners
 from .spawn.orphans import StateRecorder, end_record, state_path
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
-from .supervise.events import Event, StateChanged
+from .supervise.events import Event, OpsIdle, SpawnerLost, StateChanged
 from .supervise.limits import Limits
+from .supervise.probing import Prober
 from .supervise.supervisor import Supervisor
 from .supervise.reloader import Reloader, set_log_level
 from .supervise.unserved import UnservedSockets
@@ -63,6 +65,19 @@ def _raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+class Phase(enum.Enum):
+    """The master's lifecycle: running; stopping every instance (graceful); finishing (the
+    spawner was told to end what is left and exit, and the loop ends with it)."""
+
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FINISHING = "finishing"
+
+
+_NEXT = {Phase.RUNNING: {Phase.STOPPING, Phase.FINISHING}, Phase.STOPPING: {Phase.FINISHING},
+         Phase.FINISHING: set()}
+
+
 class Master:
     """One `orch up`: runs the loop until shutdown; `run()` returns the exit code."""
 
@@ -81,12 +96,11 @@ class Master:
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
         self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
         self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
+        self.probes = Prober(self.supervisor, self.loop)
         self.notify: NotifyServer | None = None
         self.metrics: Any = None
         self.service = ServiceNotifier(self.loop, self.supervisor)
         self.state_file = StateRecorder(self.loop, self.supervisor, self.settings.pidfile, lambda: self.spawner)
-        self.supervisor.on_idle = lambda: self.reloader.idle()
-        self.supervisor.on_spawner_lost = self._spawner_lost
         self.supervisor.events.subscribe(self._on_event)
         self.control: ControlServer | None = None
         self.watcher: Any = None
@@ -94,32 +108,40 @@ class Master:
         self.expansions = ExpansionCache()
         self.templates = templates or TemplateCache()  # a reload parses only the tables that changed
         self.expansions.seed(config, specs)
-        self._finishing = False
-        self._stopping = False
-        self._done_check_pending = False
-        self._replacing_spawner = False
+        self.phase = Phase.RUNNING
+        self._check_done = Coalesced(self.loop, self._finish_if_idle)  # one scan per wake-up
         self._fd_limit: tuple[int, int] | None = None  # RLIMIT_NOFILE before run() raised it
         self.listeners = listeners or Listeners()
         self.unserved = UnservedSockets(self.loop, lambda: self.supervisor.instances.values(),
                                         lambda: self.listeners.held, self._reset_after)
         self.supervisor.events.subscribe(self.unserved.on_event)
         self.listeners.annotate = lambda key: self.unserved.status(key)
-        self._release_pending = False
+        self._release_later = Coalesced(self.loop, self._release_sockets)
         self.reloader = Reloader(self)
         set_log_level(self.settings.log_level)
 
     @property
     def stopping(self) -> bool:
         """Shutting down: reloads are refused and `orch down` only waits."""
-        return self._stopping
+        return self.phase is not Phase.RUNNING
+
+    def _enter(self, phase: "Phase") -> bool:
+        """Move to `phase` if the lifecycle allows it from here; False (nothing done) if not."""
+        if phase not in _NEXT[self.phase]:
+            return False
+        self.phase = phase
+        return True
 
     def _on_event(self, event: Event) -> None:
-        """Once shutting down, the last process to end lets the master exit."""
-        if isinstance(event, StateChanged) and (event.started or event.ended):
-            self._check_done()
-        if isinstance(event, StateChanged) and self.listeners.retired and not self._release_pending:
-            self._release_pending = True  # after this wake-up: a restarting slot swaps its spec
-            self.loop.call_soon(self._release_sockets)
+        if isinstance(event, StateChanged):
+            if (event.started or event.ended) and self.phase is Phase.STOPPING:
+                self._check_done()  # once shutting down, the last process to end lets the master exit
+            if self.listeners.retired:
+                self._release_later()  # after this wake-up: a restarting slot swaps its spec
+        elif isinstance(event, OpsIdle):
+            self.reloader.idle()
+        elif isinstance(event, SpawnerLost):
+            self._spawner_lost(event.spawner)
 
     def _reset_after(self, key: str) -> float:
         decl = self.listeners.decls.get(key)
@@ -127,7 +149,6 @@ class Master:
 
     def _release_sockets(self) -> None:
         """Close the sockets a reload retired once no instance's process can still use them."""
-        self._release_pending = False
         if not self.listeners.retired:  # the usual case: no walk over every instance
             return
         self.spawner.close_sockets(self.listeners.release(
@@ -177,7 +198,7 @@ class Master:
         self.watcher.start()
 
     def _graceful(self, signum: int) -> None:
-        if self._stopping:
+        if self.stopping:
             if signum == signal.SIGINT:  # a second Ctrl-C: stop waiting
                 self._immediate(signum)
             return
@@ -187,8 +208,9 @@ class Master:
 
     def shutdown(self) -> None:
         """Graceful stop of every instance, bounded by graceful_timeout, then exit."""
+        if not self._enter(Phase.STOPPING):
+            return
         self.service.stop()
-        self._stopping = True
         self.supervisor.stop_all()
         self.loop.call_later(self.settings.graceful_timeout, self._graceful_deadline)
         self._check_done()
@@ -200,25 +222,16 @@ class Master:
 
     def _immediate(self, signum: int) -> None:
         log.info("%s: killing every instance now", signal.Signals(signum).name)
-        self._stopping = True
         self.supervisor.shutting_down = True
         self._finish()
 
-    def _check_done(self) -> None:
-        # Coalesced: one scan per wake-up, not one per exit (500 exits must not cost O(N^2)).
-        if self._stopping and not self._done_check_pending:
-            self._done_check_pending = True
-            self.loop.call_soon(self._finish_if_idle)
-
     def _finish_if_idle(self) -> None:
-        self._done_check_pending = False
-        if self._stopping and not self.supervisor.alive():
+        if self.phase is Phase.STOPPING and not self.supervisor.alive():
             self._finish()
 
     def _finish(self) -> None:
-        if self._finishing:
+        if not self._enter(Phase.FINISHING):
             return
-        self._finishing = True
         self.spawner.exit()  # it SIGKILLs any group still alive, reaps, and exits
         self.loop.call_later(5.0, self._spawner_overdue)
 
@@ -229,40 +242,36 @@ class Master:
     def _reap(self, signum: int) -> None:
         for pid, _ in reaped():
             if pid == self.spawner.pid:
-                if self._finishing:
+                if self.phase is Phase.FINISHING:
                     self.loop.stop()
                 else:
-                    self._spawner_lost()
+                    self._spawner_lost(self.spawner)
 
-    def _spawner_lost(self) -> None:
+    def _spawner_lost(self, old: SpawnerClient) -> None:
         """The spawner died (killed from outside, or a bug). Its guard ends its children
-        (spawn/guard.py); start a new spawner and bring the fleet back."""
-        if self._finishing or self._replacing_spawner:
+        (spawn/guard.py); start a new spawner and bring the fleet back. Its EOF and its
+        exit both say so: only the first, while it is still the current one, acts."""
+        if self.phase is Phase.FINISHING or old is not self.spawner:
             return
-        self._replacing_spawner = True
         try:
-            old = self.spawner
-            try:
-                os.waitpid(old.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
-            # Its guard ends its children, but the fleet must not come back before they are
-            # gone: end them here too, by the run's cookie and their sessions (rare: one /proc
-            # scan; the guard's sweep spares what starts after the spawner died).
-            groups = [[i.pid, i.start_ticks] for i in self.supervisor.by_pid.values() if i.start_ticks is not None]
-            end_record({"run": old.run, "run_start": start_time(os.getpid()), "groups": groups},
-                       "by the dead spawner", 0.5)
-            # posix_spawn: the config watcher's threads are running, and no Python may run
-            # between fork and exec in a process with threads.
-            self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,
-                                               fd_limit=self._fd_limit,
-                                               state=str(state_path(self.settings.pidfile)))
-            self.spawner.send_sockets(self.listeners.items())
-            self.supervisor.replace_spawner(self.spawner)
-            self.state_file.changed()
-        finally:
-            self._replacing_spawner = False
+            os.waitpid(old.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
+        # Its guard ends its children, but the fleet must not come back before they are
+        # gone: end them here too, by the run's cookie and their sessions (rare: one /proc
+        # scan; the guard's sweep spares what starts after the spawner died).
+        groups = [[i.pid, i.start_ticks] for i in self.supervisor.by_pid.values() if i.start_ticks is not None]
+        end_record({"run": old.run, "run_start": start_time(os.getpid()), "groups": groups},
+                   "by the dead spawner", 0.5)
+        # posix_spawn: the config watcher's threads are running, and no Python may run
+        # between fork and exec in a process with threads.
+        self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,
+                                           fd_limit=self._fd_limit,
+                                           state=str(state_path(self.settings.pidfile)))
+        self.spawner.send_sockets(self.listeners.items())
+        self.supervisor.replace_spawner(self.spawner)
+        self.state_file.changed()
 
     def _metrics_text(self) -> str:
         from .observe.metrics import render_metrics
@@ -279,7 +288,7 @@ class Master:
         log.info("SIGUSR1: reopened %d log files", len(self.supervisor.instances))
 
     def _cleanup(self) -> None:
-        if not self._finishing:  # set-up failed: the spawner must not outlive us
+        if self.phase is not Phase.FINISHING:  # set-up failed: the spawner must not outlive us
             self.spawner.exit()
         if self.watcher is not None:
             self.watcher.stop()

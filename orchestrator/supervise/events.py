@@ -43,7 +43,19 @@ class PolicyChanged:
     instance: Any
 
 
-Event = Union[StateChanged, PolicyChanged]
+@dataclass(frozen=True)
+class OpsIdle:
+    """The last tracked operation (a reload's stop, a rollout) finished: a queued reload may go."""
+
+
+@dataclass(frozen=True)
+class SpawnerLost:
+    """The spawner's socket reached EOF: it died, and every instance with it."""
+
+    spawner: Any
+
+
+Event = Union[StateChanged, PolicyChanged, OpsIdle, SpawnerLost]
 Subscriber = Callable[[Event], None]
 
 

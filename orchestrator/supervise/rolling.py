@@ -6,23 +6,31 @@ operation, so a reload queued behind it waits for the whole of it."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..expand.spec import ProcessSpec
 from .instance import Instance
 from .rollout import Rollout
 from .states import Then
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
-
 log = logging.getLogger("orch")
+
+
+class Stopper(Protocol):
+    """What a rollout needs of the supervisor."""
+
+    instances: dict[str, Instance]
+    pending_ops: int
+
+    def stop(self, inst: Instance, then: Then = Then.STOP, tracked: bool = False) -> None: ...
+
+    def op_done(self) -> None: ...
 
 
 class RollingRestarts:
     """The rollouts in progress of one supervisor."""
 
-    def __init__(self, supervisor: "Supervisor") -> None:
+    def __init__(self, supervisor: Stopper) -> None:
         self.supervisor = supervisor
         self.rollouts: set[Rollout[Instance]] = set()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from ..expand.spec import ProcessSpec
 from ..loop import EventLoop
@@ -19,9 +19,10 @@ from ..procfs import TreeSampler, tree
 from ..plan import Plan, Running
 from ..spawn.spawner import SpawnerClient
 from .backoff import decide_limit_restart, decide_restart, limit_at_start
-from .events import EventBus, PolicyChanged, log_transition
+from .events import EventBus, OpsIdle, PolicyChanged, SpawnerLost, log_transition
 from .instance import Instance, describe_exit, sample_usage
 from .launch import Launcher
+from .probes import gated
 from .rolling import RollingRestarts
 from .states import ALIVE, State, Then
 
@@ -43,8 +44,6 @@ class Supervisor:
         self.launcher = Launcher(loop, lambda: self.spawner, notify_socket, self._spawn_failed)
         self.by_token = self.launcher.by_token  # spawn requests in flight, by token
         self.pending_ops = 0
-        self.on_idle: Callable[[], None] | None = None  # called when pending_ops drops to 0
-        self.on_spawner_lost: Callable[[], None] | None = None
         self.events = EventBus()  # StateChanged and PolicyChanged, for limits, master, logs
         self.events.subscribe(log_transition)
         self.shutting_down = False
@@ -110,12 +109,13 @@ class Supervisor:
     def op_done(self) -> None:
         """One tracked operation (a reload's stop, a rollout) finished."""
         self.pending_ops -= 1
-        if self.pending_ops == 0 and self.on_idle is not None:
-            self.on_idle()
+        if self.pending_ops == 0:
+            self.events.emit(OpsIdle())
 
-    def mark_ready(self, inst: Instance) -> None:
-        """The instance's current process is ready (READY=1, or up for min_uptime)."""
-        if inst.ready:
+    def mark_ready(self, inst: Instance, by_probe: bool = False) -> None:
+        """The instance's current process is ready (READY=1, or up for min_uptime; with a
+        startup or readiness probe, only when the probes say so)."""
+        if inst.ready or (gated(inst.spec.probes) and not by_probe):
             return
         inst.ready = True
         if inst.rollout is not None:
@@ -287,8 +287,7 @@ class Supervisor:
                         self._spawn_failed(inst, error)
             elif kind == "eof":
                 self.loop.remove_reader(self.spawner.fileno())
-                if self.on_spawner_lost is not None:
-                    self.on_spawner_lost()
+                self.events.emit(SpawnerLost(self.spawner))
 
     def _spawn_failed(self, inst: Instance, reason: str) -> None:
         """A spawn that never made a process: recorded, then backed off like a crash."""
