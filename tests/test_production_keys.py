@@ -214,14 +214,16 @@ def test_rlimits_nofile_for_a_plain_command_and_a_preloaded_worker(start_master,
 # --- stderr ---------------------------------------------------------------------------------
 
 def test_stderr_separate_splits_rotates_and_follows(start_master, tmp_path):
+    # in bursts: a log rotates between writes, and one read of the whole output is one write
     script = ("i=0; while [ $i -lt 400 ]; do echo out-$i-xxxxxxxxxxxxxxxxxxxxxxxx; "
-              "echo err-$i-yyyyyyyyyyyyyyyyyyyyyyyy >&2; i=$((i+1)); done; exec sleep 60")
+              "echo err-$i-yyyyyyyyyyyyyyyyyyyyyyyy >&2; i=$((i+1)); "
+              "[ $((i % 20)) -eq 0 ] && sleep 0.05; done; exec sleep 60")
     master = start_master(f"""
         [workers.s]
         command = ["sh", "-c", "{script}"]
         stderr = "separate"
-        log_max_size = 4000
-        log_backups = 20
+        log_max_size = 2000
+        log_backups = 40
         [workers.d]
         command = ["sh", "-c", "echo kept; echo dropped >&2; exec sleep 60"]
         stderr = "discard"
