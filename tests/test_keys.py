@@ -15,7 +15,7 @@ from orchestrator.config.keys import KEYS, Kind
 from orchestrator.config.load import Policy, Settings, Template, load_config
 from orchestrator.expand.render import expand
 from orchestrator.expand.spec import ProcessSpec
-from orchestrator.master import LIVE_SETTINGS
+from orchestrator.supervise.reloader import LIVE_SETTINGS
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

@@ -24,13 +24,20 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import psutil
 
 from ..procfs import CLOCK_TICKS, start_time  # start_time: the state file's per-instance fast path
 
 log = logging.getLogger("orch")
+
+
+class Fleet(Protocol):
+    """What the state file needs of the supervisor (spawn/ is below supervise/)."""
+
+    by_pid: dict[int, Any]  # main pid -> instance (with .pid and .start_ticks)
+    events: Any  # the EventBus: subscribe(callback)
 
 
 def state_path(pidfile: Path) -> Path:
@@ -62,7 +69,7 @@ class StateRecorder:
     DELAY = 0.05
     SHARE = 0.05  # of a core, at most
 
-    def __init__(self, loop: Any, supervisor: Any, pidfile: Path, spawner: Callable[[], Any]):
+    def __init__(self, loop: Any, supervisor: "Fleet", pidfile: Path, spawner: Callable[[], Any]):
         self.loop = loop
         self.supervisor = supervisor
         self.pidfile = pidfile

@@ -26,6 +26,7 @@ from .instance import Instance
 from ..loop import EventLoop, Timer
 from ..procfs import process_group, stat_fields
 from .states import State, Then
+from .supervisor import Supervisor
 from ..units import format_size
 
 log = logging.getLogger("orch")
@@ -126,7 +127,7 @@ def descends_from(pid: int, ancestor: int, depth: int = ANCESTRY_DEPTH) -> bool:
 class Limits:
     """Arms and checks every limit; acts through the supervisor's stop and kill."""
 
-    def __init__(self, supervisor: Any, loop: EventLoop, check_interval: float):
+    def __init__(self, supervisor: Supervisor, loop: EventLoop, check_interval: float):
         self.supervisor = supervisor
         self.loop = loop
         self.check_interval = check_interval

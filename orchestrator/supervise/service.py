@@ -5,18 +5,19 @@ A subscriber of the supervisor's events; silent unless NOTIFY_SOCKET is set."""
 from __future__ import annotations
 
 import os
-from typing import Any
+
 
 from ..loop import EventLoop, Timer
 from .events import Event, StateChanged
 from .states import State
+from .supervisor import Supervisor
 from ..worker.runtime import notify
 
 
 class ServiceNotifier:
     """Tells the service manager that started `orch up` how the fleet is doing."""
 
-    def __init__(self, loop: EventLoop, supervisor: Any):
+    def __init__(self, loop: EventLoop, supervisor: Supervisor):
         self.loop = loop
         self.supervisor = supervisor
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
