@@ -134,6 +134,7 @@ class _Inst:
         from orchestrator.supervise.states import State
         self.state, self.pid, self.ready = State(state), pid, ready
         self.last_reason = self.last_exit = None
+        self.spec, self.probes = type("Spec", (), {"probes": ()})(), None  # no probes: min_uptime counts
 
 
 def test_ready_goals_count_min_uptime_and_say_what_they_wait_for():

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .fields import (ADDRESS, BIND, BOOL, COMMAND, DAY, DURATION, FILE_MODE, PATH, PATHS, POSITIVE_DURATION,
                      SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, UMASK, ValueType, duration, int_at_least,
                      one_of)
+from .probes import PROBES
 from .production import RLIMITS
 
 _UNPARSED = object()
@@ -167,6 +168,10 @@ KEYS: tuple[Key, ...] = (
     _w("rolling", BOOL, False, S, "restart changed instances in batches, each ready before the next",
        "true"),
     _w("max_unavailable", int_at_least(1), 1, S, "the batch size of a rolling restart", "2"),
+    _w("probes", PROBES, {}, S, "health probes, each { http = URL | tcp = \"HOST:PORT\", period, timeout, "
+       "failures, successes, status }: startup (must pass before the others count), readiness (decides "
+       "READY), liveness (restarts the instance after failures in a row); targets are rendered",
+       '{ readiness = { http = "http://127.0.0.1:{{ 9000 + replica }}/health", period = "2s" } }'),
     _w("log_max_size", SIZE, "50MiB", S, "rotate the instance's log at this size", '"50MiB"',
        default_from="orchestrator.log_max_size"),
     _w("log_backups", int_at_least(0), 5, S, "rotated logs kept", "5",

@@ -47,6 +47,7 @@ class Policy:
     max_requests: int | None = None
     rolling: bool = False
     max_unavailable: int = 1
+    probes: tuple[Any, ...] = ()  # ProbeDecls (config/probes.py), targets not yet rendered
     log_max_size: int = 50 * 2**20
     log_backups: int = 5
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..loop import EventLoop, Timer
 from ..supervise.events import Event, StateChanged
+from ..supervise.probes import gated
 from ..supervise.states import ALIVE, State
 from .server import Pending
 
@@ -57,6 +58,8 @@ def describe(goal: Goal, inst: Any) -> str:
     if inst is not None and inst.state is State.RUNNING:
         if inst.pid == goal.old_pid:
             return f"{goal.name} still runs its old process"
+        if gated(inst.spec.probes):
+            return f"{goal.name} is running but its probes do not pass yet{_last_failure(inst)}"
         return f"{goal.name} is running but not ready yet (up min_uptime, or READY=1)"
     return f"{goal.name} is still {state} (not running yet)"
 
@@ -143,4 +146,12 @@ class Waits:
 
 def _up(inst: Any) -> bool:
     """Its current process has been up for its `min_uptime` (uptime on the loop's clock)."""
-    return inst is not None and inst.pid is not None and inst.uptime() >= inst.spec.policy.min_uptime
+    return inst is not None and inst.pid is not None and inst.uptime() >= inst.spec.policy.min_uptime \
+        and not gated(inst.spec.probes)  # a startup or readiness probe alone says ready
+
+
+def _last_failure(inst: Any) -> str:
+    """" (readiness: HTTP 503 from /health)": the last failure of a probe, if there was one."""
+    rows = inst.probes.status() if getattr(inst, "probes", None) is not None else {}
+    failed = [f"{role}: {row['last']}" for role, row in rows.items() if row["last"] not in (None, "ok")]
+    return f" ({'; '.join(failed)})" if failed else ""

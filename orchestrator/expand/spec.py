@@ -49,6 +49,7 @@ class ProcessSpec:
     rlimits: tuple[tuple[str, tuple[int, int]], ...] = ()  # name: (soft, hard)
     umask: int | None = None
     stderr: str = "merge"  # merge | separate | discard
+    probes: tuple[Any, ...] = ()  # config.probes.Probe, rendered: policy (applied in place), not identity
     process_hash: str = ""
     policy_hash: str = ""
 
@@ -78,7 +79,10 @@ class ProcessSpec:
         new object before anything else can see it, as a __post_init__ would."""
         spec = cls(**fields)
         object.__setattr__(spec, "process_hash", _digest(spec.identity()))
-        object.__setattr__(spec, "policy_hash", policy_digest(spec.policy))
+        policy_hash = policy_digest(spec.policy)
+        if spec.probes:  # rendered per instance, so not in the template's shared Policy
+            policy_hash = _digest([policy_hash, _canonical(spec.probes)])
+        object.__setattr__(spec, "policy_hash", policy_hash)
         return spec
 
     def with_hashes(self) -> "ProcessSpec":

@@ -27,7 +27,7 @@ class Instance:
     # paid a full dict of its own (1.6 KB; 8 MiB at 5,000 instances)
     __slots__ = ("_clock", "_emit", "counts_requests", "cpu_percent", "cpu_sample", "echo", "failures",
                  "held", "last_exit", "last_reason", "limit_kill", "limit_kills", "limit_timers", "logfile", "measured",
-                 "next_spec", "notify_status", "over_soft", "pid", "processes", "ready", "requests",
+                 "next_spec", "notify_status", "over_soft", "pid", "probes", "processes", "ready", "requests",
                  "restarts", "rollout", "rss", "spec", "start_ticks", "started_at", "state", "stop_reason",
                  "then", "timer", "token", "tracked")
 
@@ -54,6 +54,7 @@ class Instance:
         self.logfile = logfile
         self.echo = echo
         self.ready = False
+        self.probes: Any = None  # the probes of its process (probing.InstanceProbes), if any
         self.requests = 0
         self.notify_status: str | None = None
         self.rss = 0
@@ -124,6 +125,7 @@ class Instance:
             "processes": self.processes if self.pid else None,
             "requests": self.requests,
             "ready": self.ready,
+            "probes": self.probes.status() if self.probes is not None else None,
             "held": self.held,
             "notify_status": self.notify_status,
             "limit_kills": dict(self.limit_kills),

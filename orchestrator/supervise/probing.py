@@ -1,0 +1,133 @@
+"""Runs each instance's probes on the master's loop and acts on their verdicts (probes.py):
+marks it ready through `Supervisor.mark_ready`, not ready, or restarts it with the probe's
+own words as the reason. A process's probes begin when it runs and end when it stops."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..config.probes import Probe
+from ..loop import EventLoop, Timer
+from .events import Event, PolicyChanged, StateChanged
+from .instance import Instance
+from .probe_checks import Check
+from .probes import ProbeState, Verdict, decide, ready_on_start, restart_reason, running
+from .states import State, Then
+
+log = logging.getLogger("orch")
+
+
+class InstanceProbes:
+    """The probes of one process of one instance: their states, timers and checks in flight."""
+
+    def __init__(self, inst: Instance, probes: tuple[Probe, ...]) -> None:
+        self.inst = inst
+        self.pid = inst.pid
+        self.probes = probes
+        self.started = False  # the startup probe passed (or there is none)
+        self.states: dict[str, ProbeState] = {p.role: ProbeState() for p in probes}
+        self.timers: dict[str, Timer] = {}
+        self.checks: dict[str, Check] = {}
+        self.began: dict[str, float] = {}
+
+    def close(self) -> None:
+        for timer in self.timers.values():
+            timer.cancel()
+        for check in self.checks.values():
+            check.cancel()
+        self.timers.clear()
+        self.checks.clear()
+
+    def status(self) -> dict[str, Any]:
+        """Per probe: kind, target, whether it passes, the last result and the last failure."""
+        rows = {}
+        for p in self.probes:
+            state = self.states[p.role]
+            rows[p.role] = {"kind": p.kind, "target": p.address + p.path, "passing": state.passing,
+                            "active": p in running(self.probes, self.started), "checks": state.checks,
+                            "failures": state.failures, "last": state.last, "last_failure": state.last_failure}
+        return rows
+
+
+class Prober:
+    """Every instance's probes; subscribes to the supervisor's events."""
+
+    def __init__(self, supervisor: Any, loop: EventLoop) -> None:
+        self.supervisor = supervisor
+        self.loop = loop
+        self.runs: dict[str, InstanceProbes] = {}
+        supervisor.events.subscribe(self.on_event)
+
+    def on_event(self, event: Event) -> None:
+        inst = getattr(event, "instance", None)
+        if isinstance(event, StateChanged):
+            if event.started:
+                self.begin(inst)
+            elif event.new is not State.RUNNING:
+                self.end(inst)
+        elif isinstance(event, PolicyChanged) and inst is not None:
+            run = self.runs.get(inst.name)
+            if (run.probes if run else ()) != inst.spec.probes and inst.state is State.RUNNING:
+                self.end(inst)
+                self.begin(inst)
+
+    def begin(self, inst: Instance) -> None:
+        """Start probing the instance's current process (nothing when it has no probes)."""
+        self.end(inst)
+        if not inst.spec.probes or inst.pid is None:
+            return
+        run = self.runs[inst.name] = InstanceProbes(inst, inst.spec.probes)
+        run.started = not any(p.role == "startup" for p in run.probes)
+        inst.probes = run
+        for probe in running(run.probes, run.started):
+            self._schedule(run, probe, 0.0)
+
+    def end(self, inst: Instance) -> None:
+        run = self.runs.pop(inst.name, None)
+        if run is not None:
+            run.close()
+
+    def _schedule(self, run: InstanceProbes, probe: Probe, delay: float) -> None:
+        run.timers[probe.role] = self.loop.call_later(delay, lambda: self._check(run, probe))
+
+    def _check(self, run: InstanceProbes, probe: Probe) -> None:
+        run.timers.pop(probe.role, None)
+        if self.runs.get(run.inst.name) is not run:
+            return
+        check = run.checks[probe.role] = Check(self.loop, probe, lambda ok, detail: self._result(run, probe, ok, detail))
+        run.began[probe.role] = self.loop.time()
+        check.start()
+
+    def _result(self, run: InstanceProbes, probe: Probe, ok: bool, detail: str) -> None:
+        run.checks.pop(probe.role, None)
+        if self.runs.get(run.inst.name) is not run:
+            return
+        state, verdict = decide(probe.role, probe.successes, probe.failures, run.states[probe.role], ok, detail)
+        run.states[probe.role] = state
+        self._act(run, probe, verdict, detail)
+        if self.runs.get(run.inst.name) is run and probe in running(run.probes, run.started):
+            elapsed = self.loop.time() - run.began.get(probe.role, 0.0)
+            self._schedule(run, probe, max(0.0, probe.period - elapsed))
+
+    def _act(self, run: InstanceProbes, probe: Probe, verdict: Verdict, detail: str) -> None:
+        inst = run.inst
+        if verdict is Verdict.STARTED:
+            run.started = True
+            log.info("%s[%s] started: %s probe passed", inst.name, inst.pid, probe.role)
+            for other in running(run.probes, True):
+                self._schedule(run, other, 0.0)
+            if ready_on_start(run.probes):
+                self.supervisor.mark_ready(inst, by_probe=True)
+        elif verdict is Verdict.READY:
+            log.info("%s[%s] ready: readiness probe passed", inst.name, inst.pid)
+            self.supervisor.mark_ready(inst, by_probe=True)
+        elif verdict is Verdict.UNREADY:
+            log.warning("%s[%s] not ready: readiness probe failed (%s)", inst.name, inst.pid, detail)
+            inst.ready = False
+        elif verdict is Verdict.RESTART:
+            reason = restart_reason(probe.role, detail)
+            log.warning("%s[%s] %s: %d failures in a row; restarting", inst.name, inst.pid, reason, probe.failures)
+            self.end(inst)
+            inst.limit_kills[probe.role] = inst.limit_kills.get(probe.role, 0) + 1
+            self.supervisor.stop(inst, Then.RESTART, reason=reason)
