@@ -12,14 +12,14 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
-from .child import (_COORDINATED, _RESET_IN_CHILD, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, kill_group,
+from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, kill_group,
                     listen_env, prctl, prepare_child, reaped, receive)
 from .guard import start_guard
 from .identity import apply_setup
+from .posix import PosixStarter
 from .request import SpawnRequest, with_outputs
 from .trees import Lineage, signal_pid
 from ..procfs import children, session, start_time, tree
@@ -30,8 +30,6 @@ SCAN_EVERY = 1.0  # seconds between looks for new orphans while any instance run
 SCAN_BUDGET = 0.0002  # ...and at most this share of a core (the children file costs O(n^2))
 RESCANS = (0.003, 0.01, 0.03, 0.1, 0.5)  # after a kill: children reparent to us as their
 # killed parents go, over the next moments; not at once: a look is O(children)
-SPAWN_THREADS = max(1, min(4, os.cpu_count() or 1))  # posix_spawn calls at once (see _spawn_run)
-PARALLEL_FROM = 8  # requests per thread below which one thread does them all
 AFTER_EXIT = (0.02,)  # after a lone main process exited: its children (if any) were already
 # reparented to us, so one look; late enough that the replacement spawn the master is about
 # to ask for never waits behind it (at 5,000 children a look takes a few ms)
@@ -47,8 +45,6 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self.errpipes: dict[int, int] = {}  # errpipe read fd -> pid
         self.pid_errpipe: dict[int, int] = {}
         self.selector = selectors.DefaultSelector()
-        self._which: dict[tuple[str, str], str] = {}
-        self._environ = dict(os.environ)  # read once: os.environ decodes every item per copy
         # main processes the master signalled as a whole tree -> the tree's members then
         self.stopping: dict[int, list[int]] = {}
         self.lineage = Lineage(run)
@@ -60,7 +56,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                                   self.sockets)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         os.set_inheritable(self.devnull, False)
-        self.cwd: str | None = None  # our working directory, as last set for a posix_spawn
+        self.posix = PosixStarter(self.devnull)  # the posix_spawn path (posix.py)
         self.since = start_time(os.getpid())
         self.guard, self.guard_fd = -1, -1
 
@@ -238,7 +234,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                 preloaded.setdefault((*request.preload, request.setup), []).append((request, out, err))
             else:
                 plain.append((request, out, err))
-        for (request, out, err), (program, env, since, pid) in zip(plain, self._posix_spawn_all(plain)):
+        for (request, out, err), (program, env, since, pid) in zip(plain, self.posix.start_all(plain)):
             try:
                 if pid is None:  # sockets, a set-up, or posix_spawn refused: the fork path
                     pid = self._fork_exec(program, request, env, out, err)
@@ -255,92 +251,6 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             self._send(("spawned", spawned))
         if failed:
             self._send(("failed", failed))
-
-    def _executable(self, program: str, env: dict[str, str]) -> str:
-        """Resolve the program once per (name, PATH), not by a PATH search in every child."""
-        if "/" in program:
-            return program
-        search = env.get("PATH", os.defpath)
-        key = (program, search)
-        path = self._which.get(key)
-        if path is None:
-            found = _which(program, search)
-            if found is None:
-                return program  # execve fails and the error is reported; not cached
-            path = self._which[key] = found
-        return path
-
-    def _posix_spawn_all(self, items: list[tuple[SpawnRequest, int, int]]) -> list[tuple[str, dict[str, str], int, int | None]]:
-        """(program, env, start-time lower bound, pid or None) per request: posix_spawn where
-        it can say everything the child needs (not LISTEN_PID: it must be the child's own
-        pid, unknown before). A run of requests sharing a working directory is spread over
-        SPAWN_THREADS threads: os.posix_spawn lets go of the GIL while the kernel copies and
-        execs, so two cores start two children at once (5,000 sleeps: 3.3 s instead of 6).
-        The threads are joined before this returns: every fork (the fork path, zygotes)
-        still happens in a single-threaded process."""
-        prepared: list[tuple[str, dict[str, str]]] = []  # (program, env)
-        for request, _, _ in items:
-            env = {**self._environ, **request.env} if request.inherit_env else dict(request.env)
-            prepared.append((self._executable(request.argv[0], env), env))
-        pids: list[int | None] = [None] * len(items)
-        sinces = [0] * len(items)
-        start = 0
-        while start < len(items):
-            cwd = items[start][0].cwd
-            end = start
-            while end < len(items) and items[end][0].cwd == cwd:
-                end += 1
-            # A lower bound of the children's /proc start times (CLOCK_BOOTTIME, in ticks):
-            # reading /proc/PID/stat of a process mid-exec cost 0.15 ms a child here.
-            sinces[start:end] = [int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)] * (end - start)
-            run = [i for i in range(start, end) if not items[i][0].sockets and items[i][0].setup is None]
-            if run and self._enter(cwd):
-                self._spawn_run(run, items, prepared, pids)
-            start = end
-        return [(program, env, since, pid) for (program, env), since, pid in zip(prepared, sinces, pids)]
-
-    def _enter(self, cwd: str) -> bool:
-        """chdir for the next spawns (posix_spawn has no cwd of its own in Python)."""
-        if cwd == self.cwd:
-            return True
-        try:
-            self.cwd = None
-            os.chdir(cwd)
-        except OSError:
-            return False  # the fork path reports the missing folder
-        self.cwd = cwd
-        return True
-
-    def _spawn_run(self, run: list[int], items: list[tuple[SpawnRequest, int, int]],
-                   prepared: list[tuple[str, dict[str, str]]], pids: list[int | None]) -> None:
-        def spawn(indexes: list[int]) -> None:
-            for i in indexes:
-                request, out, err = items[i]
-                pids[i] = self._posix_spawn(prepared[i][0], request, prepared[i][1], out, err)
-        threads = min(SPAWN_THREADS, len(run) // PARALLEL_FROM)
-        if threads <= 1:
-            spawn(run)
-            return
-        helpers = [threading.Thread(target=spawn, args=(run[k::threads],), daemon=True) for k in range(1, threads)]
-        for helper in helpers:
-            helper.start()
-        spawn(run[::threads])
-        for helper in helpers:
-            helper.join()
-
-    def _posix_spawn(self, program: str, request: SpawnRequest, env: dict[str, str], out: int,
-                     err: int) -> int | None:
-        """vfork+exec: its own session, default signals and an empty mask, stdin from
-        /dev/null, stdout to `out` and stderr to `err`; every other fd of ours is close-on-exec. The
-        working directory is ours, set by _enter before the run. No PDEATHSIG: the guard
-        stands in for it. None when posix_spawn refuses: the fork path then says why."""
-        try:
-            return os.posix_spawn(program, list(request.argv), env, setsid=True, setsigdef=_RESET_IN_CHILD,
-                                  setsigmask=(), file_actions=[(os.POSIX_SPAWN_DUP2, self.devnull, 0),
-                                                               (os.POSIX_SPAWN_DUP2, out, 1),
-                                                               (os.POSIX_SPAWN_DUP2, err, 2)])
-        except Exception:  # noqa: BLE001 - in a helper thread too: never lost, the fork path retries
-            return None
 
     def _fork_exec(self, program: str, request: SpawnRequest, env: dict[str, str], out: int, err: int) -> int:
         """fork, set the child up in Python (PDEATHSIG, sockets at fds 3.., limits, umask and
@@ -475,15 +385,6 @@ def main() -> None:  # pragma: no cover - the helper's entry point (spawner.py: 
         code = 1
     finally:
         os._exit(code)
-
-
-def _which(program: str, search: str) -> str | None:
-    """shutil.which, without importing shutil (and its compression modules) in the spawner."""
-    for folder in search.split(os.pathsep):
-        path = os.path.join(folder or os.curdir, program)
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None
 
 
 def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper
