@@ -107,7 +107,7 @@ time.sleep(float(os.environ.get("BIND_DELAY", "0")))
 began = time.monotonic()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        if os.path.exists(f"hang-{port}"):
+        if os.path.exists(f"hang-{port}") and open(f"hang-{port}").read() == str(os.getpid()):
             time.sleep(3600)  # deadlocked: this one-threaded server never answers again
         slow = time.monotonic() - began < float(os.environ.get("SLOW", "0"))
         code = 503 if slow or os.path.exists(f"unready-{port}") else 200
@@ -162,6 +162,8 @@ def test_readiness_flips_both_ways(start_master, tmp_path: Path) -> None:
     (tmp_path / f"unready-{port}").touch()
     row = wait_for(lambda: (r := _row(master))["ready"] is False and r, 5, message="not ready")
     assert row["probes"]["readiness"]["last_failure"] == "HTTP 503 from /" and row["state"] == "running"
+    text = orch("status", "-c", str(master.config)).stdout
+    assert "PROBES" in text and "not ready, readiness: HTTP 503 from /" in text, text
     (tmp_path / f"unready-{port}").unlink()
     wait_for(lambda: _row(master)["ready"], 5, message="ready again")
     assert _row(master)["restarts"] == 0
@@ -170,10 +172,11 @@ def test_readiness_flips_both_ways(start_master, tmp_path: Path) -> None:
 def test_a_deadlocked_server_is_restarted_by_liveness(start_master, tmp_path: Path) -> None:
     port = free_port()
     master = start_master(_config(tmp_path, port, f'liveness = {{ http = "http://127.0.0.1:{port}/", '
-                                  'period = "0.2s", timeout = "0.3s", failures = 2 }'))
+                                  'period = "0.2s", timeout = "0.3s", failures = 2 }, '
+                                  f'startup = {{ tcp = "127.0.0.1:{port}", period = "0.05s", failures = 100 }}'))
     first = wait_for(lambda: (r := _row(master))["probes"] and r["probes"]["liveness"]["checks"] > 1 and r["pid"],
                      10, message="live")
-    (tmp_path / f"hang-{port}").touch()
+    (tmp_path / f"hang-{port}").write_text(str(first))  # this process deadlocks, the next one does not
     hung = time.monotonic()
     row = wait_for(lambda: (r := _row(master))["pid"] not in (None, first) and r, 10, message="a new process")
     # two timeouts (0.3s each, one period apart) plus one period, and the stop: well under 3s
@@ -181,7 +184,8 @@ def test_a_deadlocked_server_is_restarted_by_liveness(start_master, tmp_path: Pa
     assert row["reason"] == "liveness: timed out after 0.3s" and row["limit_kills"] == {"liveness": 1}
     text = orch("status", "-c", str(master.config)).stdout
     assert "liveness: timed out after 0.3s" in text
-    (tmp_path / f"hang-{port}").unlink()
+    wait_for(lambda: _row(master)["ready"], 5, message="the new process ready")
+    assert _row(master)["restarts"] == 1
 
 
 def _answering(port: int) -> bool:

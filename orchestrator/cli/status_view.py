@@ -40,6 +40,9 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
     measured = [_measured(inst) for inst in reply["instances"]]
     if any(measured):  # memory.measure = "pss" or "uss": what the limits count, beside RSS
         rows = [row + (m,) for row, m in zip(rows, ["LIMITED ON"] + measured)]
+    probed = [_probes(inst) for inst in reply["instances"]]
+    if any(probed):  # health probes: a column only when some template has them
+        rows = [row + (p or "-",) for row, p in zip(rows, ["PROBES"] + probed)]
     texts = [_status_text(inst) for inst in reply["instances"]]
     if any(texts):  # the worker's own words (STATUS=): a column only when some worker speaks
         rows = [row + (text,) for row, text in zip(rows, ["STATUS"] + texts)]
@@ -74,3 +77,15 @@ def _status_text(inst: dict[str, Any]) -> str:
     """The worker's last STATUS= text on one line, cut to keep the table readable."""
     text = " ".join((inst.get("notify_status") or "").split())
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _probes(inst: dict[str, Any]) -> str:
+    """"ready", or "not ready" with the failing probe's last words (issue 27's probes)."""
+    probes = inst.get("probes")
+    if not probes:
+        return ""
+    failing = [f"{role}: {row['last']}" for role, row in probes.items()
+               if row.get("active") and row.get("last") not in (None, "ok")]
+    if not {"startup", "readiness"} & set(probes):  # liveness alone says nothing of readiness
+        return ", ".join(failing) or "ok"
+    return ", ".join(["ready" if inst.get("ready") else "not ready"] + failing)
