@@ -178,6 +178,10 @@ def test_a_deadlocked_server_is_restarted_by_liveness(start_master, tmp_path: Pa
                      10, message="live")
     (tmp_path / f"hang-{port}").write_text(str(first))  # this process deadlocks, the next one does not
     hung = time.monotonic()
+    wait_for(lambda: _row(master)["probes"]["liveness"]["failures"] >= 1, 5, message="a probe timing out")
+    began = time.monotonic()
+    master.call("ping")  # a probe waiting on a server that never answers holds nothing up
+    assert time.monotonic() - began < 0.1
     row = wait_for(lambda: (r := _row(master))["pid"] not in (None, first) and r, 10, message="a new process")
     # two timeouts (0.3s each, one period apart) plus one period, and the stop: well under 3s
     assert time.monotonic() - hung < 3.0
