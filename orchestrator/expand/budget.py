@@ -113,3 +113,26 @@ def check_size(value: object) -> None:
     if isinstance(value, (str, bytes, list, tuple, dict)) and len(value) > VALUE_CHARS:
         raise RenderError(f"renders to {len(value):,} characters or items; "
                           f"a value may have up to {VALUE_CHARS:,}")
+
+
+class Slices:
+    """Time spent in an expansion's steps: when to yield to the loop, and the total budget."""
+
+    def __init__(self, slice_seconds: float) -> None:
+        self.slice = slice_seconds
+        self.spent = 0.0
+        self.template = ""  # the template being expanded, for a problem's key path
+        self._began = 0.0
+
+    def begin(self) -> None:
+        self._began = time.monotonic()
+
+    def end(self) -> None:
+        self.spent += time.monotonic() - self._began
+
+    def due(self) -> bool:
+        """Time to hand the loop back (between two instances)."""
+        return time.monotonic() - self._began > self.slice
+
+    def over(self) -> bool:
+        return self.spent + time.monotonic() - self._began > TOTAL_SECONDS

@@ -7,14 +7,10 @@ never leaves the argv element it was written in: command strings are split with 
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
 import math
 import re
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -22,7 +18,8 @@ from ..config.load import Config, Template
 from ..errors import ConfigError, ConfigProblem
 from ..config.locate import Problems
 from ..config.source import read_source
-from .budget import TOTAL_SECONDS, RenderError, guarded
+from .budget import TOTAL_SECONDS, RenderError, Slices, guarded
+from .matrix import combinations
 from .renderer import Renderer, _text, template_errors
 from .production import SetupError, reads_host, setup_fields, watch_env_files
 from .probes import probe_fields
@@ -82,7 +79,7 @@ class Expansion:
         self.cache = cache
         self.problem = _Problems(config)
         self.fresh: dict[str, tuple[Template, list[ProcessSpec]]] = {}
-        self.clock = _Slices(slice_seconds)
+        self.clock = Slices(slice_seconds)
         self._specs: list[ProcessSpec] | None = None
         variables = {"python": sys.executable, **dict(config.vars)}
         self._steps = _expand_all(config, cache, variables, self.problem, self.fresh, self.clock)
@@ -125,29 +122,6 @@ class Expansion:
         return self._specs
 
 
-class _Slices:
-    """Time spent in an expansion's steps: when to yield to the loop, and the total budget."""
-
-    def __init__(self, slice_seconds: float) -> None:
-        self.slice = slice_seconds
-        self.spent = 0.0
-        self.template = ""  # the template being expanded, for a problem's key path
-        self._began = 0.0
-
-    def begin(self) -> None:
-        self._began = time.monotonic()
-
-    def end(self) -> None:
-        self.spent += time.monotonic() - self._began
-
-    def due(self) -> bool:
-        """Time to hand the loop back (between two instances)."""
-        return time.monotonic() - self._began > self.slice
-
-    def over(self) -> bool:
-        return self.spent + time.monotonic() - self._began > TOTAL_SECONDS
-
-
 class _Problems:
     """Problems found while expanding, each located (file and line) in the file its template
     was written in: the config, or an included file. Files are read only once a problem is."""
@@ -181,7 +155,7 @@ class _Problems:
 
 def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[str, Any],
                 problem: _Problems, fresh: dict[str, tuple[Template, list[ProcessSpec]]],
-                clock: _Slices) -> Iterator[None]:
+                clock: Slices) -> Iterator[None]:
     """A generator: yields whenever `clock` says the slice is up; returns the specs."""
     renderer = Renderer()
     sockets = socket_context(config)
@@ -245,10 +219,10 @@ def socket_context(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _expand_template(template: Template, variables: dict[str, Any], config: Config, renderer: Renderer,
-                     problem: Any, room: int, clock: _Slices) -> Iterator[None]:
+                     problem: Any, room: int, clock: Slices) -> Iterator[None]:
     """A generator returning the template's instances; None (with the problem told) when it
     fails or would not fit in the `room` left under max_instances (checked before rendering)."""
-    combos = _combinations(template, variables, renderer, problem)
+    combos = combinations(template, variables, renderer, problem)
     if combos is None:
         return None
     if len(combos) * template.replicas > room:
@@ -268,71 +242,6 @@ def _expand_template(template: Template, variables: dict[str, Any], config: Conf
                     return None
                 yield
     return made
-
-
-def _combinations(template: Template, variables: dict[str, Any], renderer: Renderer,
-                  problem: Any) -> list[dict[str, Any]] | None:
-    """The matrix product, less `exclude` matches, plus `include`, as parameter dicts."""
-    axes: list[tuple[str, list[Any]]] = []
-    context = {**variables, "template": template.name}
-    for axis, raw in template.matrix:
-        keypath = f"workers.{template.name}.matrix.{axis}"
-        try:
-            values = renderer.value(raw, context) if isinstance(raw, str) else raw
-        except template_errors() as exc:
-            problem(keypath, f"cannot render: {exc}")
-            return None
-        if isinstance(values, (tuple, range)):
-            values = list(values)
-        if not isinstance(values, list):
-            problem(keypath, f"the matrix axis must be a list, {raw!r} gave {type(values).__name__}")
-            return None
-        if not values:  # (a literal empty list is refused by config/load.py already)
-            problem(keypath, f"empty matrix axis: {raw!r} gave no values")
-            return None
-        axes.append((axis, values))
-    count = math.prod(len(v) for _, v in axes)
-    if count > 1_000_000:
-        problem(f"workers.{template.name}.matrix", f"the matrix has {count} combinations")
-        return None
-    names = [a for a, _ in axes]
-    if not _entries_name_axes(template, names, problem):
-        return None
-    combos = [dict(zip(names, values)) for values in itertools.product(*(v for _, v in axes))]
-    excludes = [dict(e) for e in template.exclude]
-    combos = [c for c in combos if not any(_matches(c, e) for e in excludes)]
-    for extra in template.include:
-        extra_dict = dict(extra)
-        if extra_dict not in combos:
-            combos.append(extra_dict)
-    return combos
-
-
-def _entries_name_axes(template: Template, axes: list[str], problem: Any) -> bool:
-    """`include`/`exclude` entries name only the matrix's axes, and an include names them
-    all: a typo would otherwise silently exclude nothing, or add a half-named instance."""
-    ok = True
-    have = ", ".join(axes) if axes else "none: the template has no matrix"
-    for kind, entries in (("exclude", template.exclude), ("include", template.include)):
-        for number, entry in enumerate(entries, 1):
-            keys = [k for k, _ in entry]
-            unknown = [k for k in keys if k not in axes]
-            missing = [a for a in axes if a not in keys] if kind == "include" else []
-            if unknown:
-                message = f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not an axis"
-            elif missing:
-                message = f"no value for the axis {', '.join(map(repr, missing))}"
-            elif not keys:
-                message = "an empty entry would exclude every combination"
-            else:
-                continue
-            problem(f"workers.{template.name}.{kind}", f"entry {number}: {message} (axes: {have})")
-            ok = False
-    return ok
-
-
-def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:
-    return all(k in combo and combo[k] == v for k, v in pattern.items())
 
 
 def default_name(template: Template, params: dict[str, Any], replica: int) -> str:

@@ -12,7 +12,7 @@ import errno
 import itertools
 import os
 import resource
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..expand.identity import needs_switch
 from ..loop import EventLoop
@@ -26,7 +26,21 @@ if TYPE_CHECKING:
 
 
 PIPE_RESERVE = 16  # fds a new instance's pipe leaves free for control connections and logs
-ANSWER_TIMEOUT = 30.0  # seconds the spawner may take to answer a spawn (a fork takes ms)
+ANSWER_TIMEOUT = 30.0
+
+
+class Reactions(Protocol):
+    """What the supervisor does with the spawner's reports."""
+
+    def _spawned(self, token: int, pid: int) -> None: ...
+
+    def _exited(self, pid: int, status: int) -> None: ...
+
+    def _spawn_failed(self, inst: "Instance", reason: str) -> None: ...
+
+    def exec_failed(self, pid: int, error: str) -> None: ...
+
+    def spawner_gone(self) -> None: ...  # seconds the spawner may take to answer a spawn (a fork takes ms)
 
 
 class Launcher:
@@ -135,6 +149,27 @@ class Launcher:
         """The instance a spawner's answer (a pid or a failure) is about, no longer in flight."""
         self._sent.pop(token, None)
         return self.by_token.pop(token, None)
+
+    def receive(self, to: "Reactions") -> None:
+        """Read what the spawner reports and hand each outcome to `to` (the supervisor)."""
+        for event in self.spawner().receive():
+            kind = event[0]
+            if kind == "spawned":
+                for token, pid in event[1]:
+                    to._spawned(token, pid)
+            elif kind == "exited":
+                for pid, status in event[1]:
+                    to._exited(pid, status)
+            elif kind == "exec_failed":
+                to.exec_failed(event[1], event[2])
+            elif kind == "failed":
+                for token, error in event[1]:
+                    inst = self.answered(token)
+                    if inst is not None:
+                        inst.token = None
+                        to._spawn_failed(inst, error)
+            elif kind == "eof":
+                to.spawner_gone()
 
     def _fail(self, inst: "Instance", reason: str) -> None:
         if inst.token is not None:

@@ -19,10 +19,11 @@ from ..procfs import TreeSampler, tree
 from ..plan import Plan, Running
 from ..spawn.spawner import SpawnerClient
 from .backoff import decide_limit_restart, decide_restart, limit_at_start
-from .events import EventBus, OpsIdle, PolicyChanged, SpawnerLost, log_transition
+from .events import EventBus, OpsIdle, SpawnerLost, log_transition
 from .instance import Instance, describe_exit, sample_usage
 from .launch import Launcher
 from .probes import gated
+from .applying import apply_plan
 from .rolling import RollingRestarts
 from .states import ALIVE, State, Then
 
@@ -59,38 +60,7 @@ class Supervisor:
 
     def apply(self, plan: Plan) -> None:
         """Start, stop, restart and update per the plan; returns at once, work goes on in the loop."""
-        for spec in plan.start:
-            existing = self.instances.get(spec.name)
-            if existing is not None:  # still stopping from an earlier removal: run it again after
-                existing.next_spec = spec
-                existing.then = Then.RESTART
-                continue
-            inst = self._new_instance(spec)
-            self.instances[spec.name] = inst
-            self.start(inst)
-        for name in plan.stop:
-            self.stop(self.instances[name], Then.REMOVE, tracked=True)
-        rolling: dict[str, list[tuple[Instance, ProcessSpec | None]]] = {}
-        for spec in plan.restart:
-            inst = self.instances[spec.name]
-            if inst.held or inst.state in (State.STOPPED, State.EXITED):
-                inst.spec, inst.next_spec = spec, None
-                continue
-            if spec.policy.rolling and inst.state in ALIVE:
-                rolling.setdefault(spec.template, []).append((inst, spec))
-                continue
-            inst.next_spec = spec
-            self.stop(inst, Then.RESTART, tracked=True)
-        for template, items in rolling.items():
-            self.roll(f"template {template}", items)
-        for spec in plan.update:
-            inst = self.instances[spec.name]
-            if inst.next_spec is not None:
-                inst.next_spec = spec
-                continue
-            inst.spec = spec
-            inst.logfile.max_size, inst.logfile.backups = spec.policy.log_max_size, spec.policy.log_backups
-            self.events.emit(PolicyChanged(inst))
+        apply_plan(self, plan)
 
     def _new_instance(self, spec: ProcessSpec) -> Instance:
         policy = spec.policy
@@ -266,28 +236,17 @@ class Supervisor:
 
     # --- events from the spawner -------------------------------------------------------
     def _on_spawner(self) -> None:
-        for event in self.spawner.receive():
-            kind = event[0]
-            if kind == "spawned":
-                for token, pid in event[1]:
-                    self._spawned(token, pid)
-            elif kind == "exited":
-                for pid, status in event[1]:
-                    self._exited(pid, status)
-            elif kind == "exec_failed":
-                inst = self.by_pid.get(event[1])
-                if inst is not None:
-                    log.error("%s: cannot start: %s", inst.name, event[2])
-                    inst.last_reason = "exec failed: " + event[2]
-            elif kind == "failed":
-                for token, error in event[1]:
-                    inst = self.launcher.answered(token)
-                    if inst is not None:
-                        inst.token = None
-                        self._spawn_failed(inst, error)
-            elif kind == "eof":
-                self.loop.remove_reader(self.spawner.fileno())
-                self.events.emit(SpawnerLost(self.spawner))
+        self.launcher.receive(self)
+
+    def exec_failed(self, pid: int, error: str) -> None:
+        inst = self.by_pid.get(pid)
+        if inst is not None:
+            log.error("%s: cannot start: %s", inst.name, error)
+            inst.last_reason = "exec failed: " + error
+
+    def spawner_gone(self) -> None:
+        self.loop.remove_reader(self.spawner.fileno())
+        self.events.emit(SpawnerLost(self.spawner))
 
     def _spawn_failed(self, inst: Instance, reason: str) -> None:
         """A spawn that never made a process: recorded, then backed off like a crash."""
