@@ -44,6 +44,12 @@ class FakeSpawner:
     def fileno(self) -> int:
         return self._r.fileno()
 
+    def send_sockets(self, sockets: list[Any]) -> None:
+        pass
+
+    def close_sockets(self, keys: list[str]) -> None:
+        pass
+
     def spawn(self, requests: list[Any], outputs: list[int]) -> list[tuple[int, str]]:
         self.pending += requests
         return []
