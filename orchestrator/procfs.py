@@ -1,4 +1,11 @@
-"""Cheap reads of /proc: raw os.read on small files, no per-sample process objects."""
+"""Cheap reads of /proc for the paths that run every second or for every instance: raw
+os.read on small files, no per-sample process objects. Everything else asks psutil.
+
+Why these bypass psutil (bench/libraries.py measures both in one run): the `rss` memory
+limits read each instance's `statm` through a kept fd, about 2 us, against 50 us or more
+for psutil's open-read-close per call (5,000 instances once a second: 1 % of a core
+against 25 %); the status rows at 5,000 instances read stat and children the same way;
+and the spawner, which imports only spawn/ and this floor, counts each exit's orphans."""
 
 from __future__ import annotations
 

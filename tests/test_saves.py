@@ -194,6 +194,29 @@ def test_twenty_saves_in_a_second_apply_once(start_master):
     assert_one_clean_reload(master, before, "sleep 3019", count=1 + gaps)
 
 
+def test_a_checkout_burst_that_ends_where_it_began_is_no_reload(start_master, tmp_path):
+    # `git checkout main && git checkout base`: two saves inside the burst window, the file
+    # back to what the master runs. Not a reload: nothing counted, nothing logged as one.
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, timeout=20, capture_output=True)
+    config = tmp_path / "workers.toml"
+    git("init", "-q", "-b", "main", ".")
+    config.write_text(edited())
+    git("add", "workers.toml")
+    git("commit", "-qm", "edited")
+    git("checkout", "-q", "-b", "base")
+    config.write_text(BASE)
+    git("commit", "-qam", "base")
+    master, before = started(start_master)
+    git("checkout", "-q", "main")
+    git("checkout", "-q", "base")
+    time.sleep(SETTLE + 0.5)  # past every window a save could wait out: nothing is pending
+    assert reloads(master) == 0
+    assert "reload (" not in master.stderr(), master.stderr()
+    assert master.pids() == before
+
+
 def test_saving_the_same_content_again_reloads_nothing(start_master):
     master, before = started(start_master)
     vim(master.config, edit="set nomodified")  # `:wq` writes the unchanged buffer: vim's rename dance

@@ -14,7 +14,6 @@ from ..control.record import remove_record, write_record
 from ..control.client import ControlClient, ControlError
 from ..errors import ConfigError, ConfigProblem, OrchError
 from ..observe.masterlog import TurnHandler
-from ..procfs import is_running
 from .progress import Progress
 from ..spawn.pidfile import PidLock, open_own_file
 from ..spawn.listeners import Listeners, take_systemd_sockets
@@ -171,7 +170,7 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
                 progress.clear()
                 print(f"orch master {daemon} is running in the background (logs: {log_file})")
                 return 0
-            if not is_running(daemon):
+            if not _running(daemon):
                 raise OrchError(f"the detached master exited during start-up; the end of {log_file}:\n"
                                 + _tail(log_file, 10))
             time.sleep(0.05)
@@ -249,3 +248,12 @@ def setup_logging() -> TurnHandler:
     root.propagate = False
     os.environ.pop("ORCH_INSTANCE", None)
     return handler
+
+
+def _running(pid: int) -> bool:
+    """psutil's answer: alive and not a zombie (the daemon is our grandchild: never reaped here)."""
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
