@@ -116,11 +116,12 @@ def test_rename_into_place_applies_once(start_master):
     assert_one_clean_reload(master, before)
 
 
-def test_git_checkout_applies_once(start_master, tmp_path):
+def _two_branches(folder: Path):
+    """A git repo with the config edited on `main` and as BASE on `base` (checked out)."""
     def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder,
                        check=True, timeout=20, capture_output=True)
-    config = tmp_path / "workers.toml"
+    config = folder / "workers.toml"
     git("init", "-q", "-b", "main", ".")
     config.write_text(edited())
     git("add", "workers.toml")
@@ -128,6 +129,11 @@ def test_git_checkout_applies_once(start_master, tmp_path):
     git("checkout", "-q", "-b", "base")
     config.write_text(BASE)
     git("commit", "-qam", "base")
+    return git, config
+
+
+def test_git_checkout_applies_once(start_master, tmp_path):
+    git, config = _two_branches(tmp_path)
     master, before = started(start_master)  # writes the same BASE: the checkout is clean
     git("checkout", "-q", "main")
     assert config.read_text() == edited()
@@ -197,17 +203,7 @@ def test_twenty_saves_in_a_second_apply_once(start_master):
 def test_a_checkout_burst_that_ends_where_it_began_is_no_reload(start_master, tmp_path):
     # `git checkout main && git checkout base`: two saves inside the burst window, the file
     # back to what the master runs. Not a reload: nothing counted, nothing logged as one.
-    def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
-                       check=True, timeout=20, capture_output=True)
-    config = tmp_path / "workers.toml"
-    git("init", "-q", "-b", "main", ".")
-    config.write_text(edited())
-    git("add", "workers.toml")
-    git("commit", "-qm", "edited")
-    git("checkout", "-q", "-b", "base")
-    config.write_text(BASE)
-    git("commit", "-qam", "base")
+    git, _ = _two_branches(tmp_path)
     master, before = started(start_master)
     git("checkout", "-q", "main")
     git("checkout", "-q", "base")
