@@ -15,11 +15,12 @@ from typing import Any
 
 from ..errors import OrchError
 from ..expand.spec import ProcessSpec
-from .production import setup_warnings
+from .production import env_file_values, setup_warnings
 from .common import Options, Output, process_warnings, unexpressed
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal", "kill_mode",
                "max_lifetime", "timeout", "max_requests", "log_max_size", "log_backups")
+CARRIED = ("user", "group", "groups", "env_file")
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -50,15 +51,49 @@ def groups(specs: list[ProcessSpec]) -> list[tuple[str, list[ProcessSpec]]]:
     found = []
     for members in combos.values():
         first = members[0]
-        same = all((s.argv, s.env, s.cwd, s.python) == (first.argv, first.env, first.cwd, first.python)
-                   for s in members)
+        same = all(_shared(s) == _shared(first) for s in members)
         base = first.name if len(members) == 1 else "-".join(
             [first.template] + [str(v) for _, v in first.params])
         found += [(base, members)] if same else [(s.name, [s]) for s in members]
     return found
 
 
-def _container(spec: ProcessSpec, options: Options) -> dict[str, Any]:
+def _shared(spec: ProcessSpec) -> tuple:
+    """What the replicas of one Deployment must have in common."""
+    return spec.argv, spec.env, spec.cwd, spec.python, spec.run_as, spec.file_env
+
+
+def _secret_name(name: str) -> str:
+    return dns_label(name, 58) + "-env"
+
+
+def secret(name: str, spec: ProcessSpec) -> dict[str, Any] | None:
+    """The env files' assignments as an Opaque Secret for `envFrom` (`env` wins there too, and
+    envFrom values are never `$(VAR)`-expanded, so they are written as read)."""
+    if not spec.env_files:
+        return None
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": _secret_name(name), "labels": {"app.kubernetes.io/managed-by": "orch",
+                                                                 "orch/deployment": dns_label(name)}},
+            "stringData": dict(env_file_values(spec))}
+
+
+def security_context(spec: ProcessSpec) -> dict[str, Any] | None:
+    """runAsUser, runAsGroup and supplementalGroups: this host's numeric ids for the names."""
+    if spec.run_as is None:
+        return None
+    context = {"runAsUser": spec.run_as.uid} if spec.run_as.user is not None else {}
+    return {**context, "runAsGroup": spec.run_as.gid, "supplementalGroups": list(spec.run_as.groups)}
+
+
+def _resolved(specs: list[ProcessSpec]) -> list[str]:
+    """One line per user named by name: the image must hold the same ids."""
+    users = sorted({(s.run_as.user, s.run_as.uid) for s in specs if s.run_as is not None and s.run_as.user})
+    return [f"orch export: kubernetes: user {user} resolved to uid {uid} on this host "
+            "(runAsUser is numeric; the image must give that uid the same meaning)" for user, uid in users]
+
+
+def _container(spec: ProcessSpec, options: Options, name: str = "") -> dict[str, Any]:
     env = [{"name": "ORCH_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     env += [{"name": k, "value": _escape(v)} for k, v in spec.env]
     container: dict[str, Any] = {
@@ -66,6 +101,8 @@ def _container(spec: ProcessSpec, options: Options) -> dict[str, Any]:
         "command": [_escape(spec.argv[0])], "args": [_escape(a) for a in spec.argv[1:]],
         "env": env, "workingDir": spec.cwd,
     }
+    if spec.env_files:
+        container["envFrom"] = [{"secretRef": {"name": _secret_name(name)}}]
     memory: dict[str, Any] = {}
     if spec.policy.memory_soft is not None:
         memory["requests"] = {"memory": str(spec.policy.memory_soft)}
@@ -86,15 +123,17 @@ def deployment(name: str, members: list[ProcessSpec], options: Options) -> dict[
     if spec.policy.rolling:
         strategy = {"type": "RollingUpdate",
                     "rollingUpdate": {"maxUnavailable": spec.policy.max_unavailable, "maxSurge": 0}}
+    pod: dict[str, Any] = {"terminationGracePeriodSeconds": math.ceil(spec.policy.stop_timeout),
+                           "containers": [_container(spec, options, name)]}
+    if security_context(spec):
+        pod["securityContext"] = security_context(spec)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": dns_label(name), "labels": labels},
         "spec": {
             "replicas": len(members), "strategy": strategy,
             "selector": {"matchLabels": {"orch/deployment": dns_label(name)}},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "terminationGracePeriodSeconds": math.ceil(spec.policy.stop_timeout),
-                "containers": [_container(spec, options)]}},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
 
@@ -131,12 +170,16 @@ def _nested(value: Any, indent: str) -> str:
 
 
 def export(specs: list[ProcessSpec], options: Options) -> Output:
-    """One file, `kubernetes.yaml`, a document per Deployment."""
+    """One file, `kubernetes.yaml`, a document per Deployment and one per env files' Secret."""
     if not options.image:
         raise OrchError("--format kubernetes needs --image IMAGE (an image with the workers' code "
                         "and orch installed)")
-    out = Output(warnings=unexpressed("kubernetes", specs, UNEXPRESSED) + setup_warnings("kubernetes", specs, ())
-                 + process_warnings("kubernetes", specs, False))
-    documents = [to_yaml(deployment(name, members, options)) for name, members in groups(specs)]
+    out = Output(warnings=unexpressed("kubernetes", specs, UNEXPRESSED) + setup_warnings("kubernetes", specs, CARRIED)
+                 + process_warnings("kubernetes", specs, False) + _resolved(specs))
+    documents = []
+    for name, members in groups(specs):
+        found = secret(name, members[0])
+        documents += [to_yaml(found)] if found else []
+        documents.append(to_yaml(deployment(name, members, options)))
     out.files["kubernetes.yaml"] = "---\n" + "---\n".join(documents)
     return out

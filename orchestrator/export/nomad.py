@@ -14,12 +14,14 @@ import signal
 from typing import Any
 
 from ..expand.spec import ProcessSpec
-from .production import setup_warnings
+from .production import env_file_values, setup_warnings
 from .common import Options, Output, process_warnings, refuse, unexpressed
 from .kubernetes import dns_label, groups
 
 UNEXPRESSED = ("backoff_max", "min_uptime", "kill_mode", "max_lifetime", "timeout",
                "max_requests", "log_max_size", "log_backups")
+# env files are inlined into the task's Env (values in the job file, as Nomad's own `env` is)
+CARRIED = ("user", "env_file")
 NS = 1_000_000_000
 MIB = 2**20
 
@@ -49,18 +51,21 @@ def _task(name: str, spec: ProcessSpec, count: int, options: Options) -> dict[st
     if options.image:
         config = {"image": options.image, "entrypoint": [spec.argv[0]],
                   "args": list(spec.argv[1:]), "work_dir": spec.cwd}
-    return {
+    task: dict[str, Any] = {
         "Name": dns_label(spec.template),
         "Driver": "docker" if options.image else "exec",
         "Config": config,
         # Nomad fills in ${NOMAD_ALLOC_INDEX} (0..Count-1) at run time: one name per replica.
         "Env": {"ORCH_INSTANCE": f"{name}-${{NOMAD_ALLOC_INDEX}}" if count > 1 else name,
-                **dict(spec.env)},
+                **dict(env_file_values(spec)), **dict(spec.env)},
         "Resources": _resources(spec),
         "KillTimeout": int(spec.policy.stop_timeout * NS),
         "KillSignal": signal.Signals(spec.policy.stop_signal).name,
         "Meta": {"orch_template": spec.template, **{f"orch_param_{k}": str(v) for k, v in spec.params}},
     }
+    if spec.run_as is not None and spec.run_as.user is not None:
+        task["User"] = spec.run_as.user  # a name, looked up where the task runs
+    return task
 
 
 def job(specs: list[ProcessSpec], options: Options) -> dict[str, Any]:
@@ -81,8 +86,8 @@ def job(specs: list[ProcessSpec], options: Options) -> dict[str, Any]:
 def export(specs: list[ProcessSpec], options: Options) -> Output:
     """One file, `<fleet>.nomad.json`, for `nomad job run -json` or the jobs API."""
     # Nomad interpolates ${...} in a task's args and env at run time, with no escape.
-    refuse(specs, options, "nomad", "'${' (Nomad interpolates it)", re.compile(r"\$\{"))
-    out = Output(warnings=unexpressed("nomad", specs, UNEXPRESSED) + setup_warnings("nomad", specs, ())
+    refuse(specs, options, "nomad", "'${' (Nomad interpolates it)", re.compile(r"\$\{"), files=True)
+    out = Output(warnings=unexpressed("nomad", specs, UNEXPRESSED) + setup_warnings("nomad", specs, CARRIED)
                  + process_warnings("nomad", specs, False))
     if any(s.policy.restart == "on-failure" for s in specs):
         out.warnings.append("orch export: nomad cannot express workers.*.restart = \"on-failure\" "
