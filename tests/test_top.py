@@ -203,3 +203,17 @@ def test_the_memory_column_says_what_the_limits_count():
     assert _memory({"rss": 50 * 2**20, "memory_measure": "rss"}) == "50.0M"
     assert _memory({"rss": 50 * 2**20, "memory_measure": "pss", "measured": 6 * 2**20}) == "6.0M pss"
     assert _memory({"rss": None}) == "-"
+
+
+def test_a_user_column_shows_when_some_instance_runs_as_another_user():
+    plain = text(render(state_with(fleet(3)), 200, 8))[HEADER]
+    assert "USER" not in plain
+    rows = [row("a", user="app"), row("b", user="app:www-data"), row("c")] + fleet(40)
+    state = state_with(rows)
+    screen = text(render(state, 200, 50))
+    assert screen[HEADER].split()[:3] == ["NAME", "TEMPLATE", "USER"]
+    cells = {line.split()[0]: line.split()[2] for line in screen[HEADER + 1:] if line.strip()}
+    assert cells["a"] == "app" and cells["b"] == "app:www-data" and cells["c"] == "-"
+    handle_key(state, "end", 5)  # scrolled past every row with a user: the column stays
+    assert text(render(state, 200, 10))[HEADER].split()[:3] == ["NAME", "TEMPLATE", "USER"]
+    assert "USER" not in text(render(state, 40, 10))[HEADER]  # dropped before PID on a narrow terminal

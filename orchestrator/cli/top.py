@@ -224,13 +224,17 @@ COLUMNS = (
     Column("REQS", lambda r: str(r.get("requests") or 0), 7, 7, True),
     Column("STATUS", lambda r: r.get("notify_status") or "", 0, 8),
 )
+# `user =`: after TEMPLATE, and only when some instance runs as another user (as in orch status)
+USER = Column("USER", lambda r: r.get("user") or "-", 20, 6)
 MIN_NAME = 12
 
 
-def fit_columns(name_width: int, visible: list[Row], width: int) -> list[tuple[Column, int]]:
+def fit_columns(name_width: int, visible: list[Row], width: int,
+                users: bool | None = None) -> list[tuple[Column, int]]:
     """Columns and widths for this terminal: drop the least useful columns, then shrink NAME;
     STATUS takes what is left. The name width is the longest of every shown row's, so
-    scrolling does not make the table jump; other widths come from the visible rows only."""
+    scrolling does not make the table jump; other widths come from the visible rows only.
+    `users`: show USER (default: when a visible row has a user; render asks every shown row)."""
     def natural(col: Column) -> int:
         if col.title == "NAME":
             longest = name_width
@@ -238,7 +242,10 @@ def fit_columns(name_width: int, visible: list[Row], width: int) -> list[tuple[C
             longest = max((len(col.cell(r)) for r in visible), default=0) if col.cap else 0
         return max(len(col.title), min(longest, col.cap)) if col.cap else len(col.title)
 
-    chosen = [(c, natural(c)) for c in COLUMNS]
+    if users is None:
+        users = any(r.get("user") for r in visible)
+    columns = COLUMNS[:2] + (USER,) + COLUMNS[2:] if users else COLUMNS
+    chosen = [(c, natural(c)) for c in columns]
 
     def excess() -> int:
         return sum(w for _, w in chosen) + 2 * (len(chosen) - 1) - width
@@ -354,7 +361,7 @@ def render(state: TopState, width: int, height: int) -> list[Line]:
     else:
         fit_scroll(state, page)
         visible = state.rows[state.top:state.top + page]
-        columns = fit_columns(state.name_width, visible, width)
+        columns = fit_columns(state.name_width, visible, width, any(r.get("user") for r in state.rows))
         lines.append([(_fit("  ".join(_fit(c.title, w, c.right) for c, w in columns), width), "heading")])
         body = [_row_line(row, columns, width, state.top + i == state.cursor)
                 for i, row in enumerate(visible)]
