@@ -168,9 +168,10 @@ KEYS: tuple[Key, ...] = (
     _w("rolling", BOOL, False, S, "restart changed instances in batches, each ready before the next",
        "true"),
     _w("max_unavailable", int_at_least(1), 1, S, "the batch size of a rolling restart", "2"),
-    _w("probes", PROBES, {}, S, "health probes, each { http = URL | tcp = \"HOST:PORT\", period, timeout, "
-       "failures, successes, status }: startup (must pass before the others count), readiness (decides "
-       "READY), liveness (restarts the instance after failures in a row); targets are rendered",
+    _w("probes", PROBES, {}, S, "health probes, each { http = URL | tcp = \"HOST:PORT\" | exec = [argv], period, "
+       "timeout, failures, successes, status }: startup (must pass before the others count), readiness (decides "
+       "READY), liveness (restarts the instance after failures in a row); targets are rendered; an exec "
+       "probe passes on exit 0, runs with the instance's env, cwd and user, and is killed at its timeout",
        '{ readiness = { http = "http://127.0.0.1:{{ 9000 + replica }}/health", period = "2s" } }'),
     _w("log_max_size", SIZE, "50MiB", S, "rotate the instance's log at this size", '"50MiB"',
        default_from="orchestrator.log_max_size"),

@@ -1,6 +1,7 @@
 """The `probes` table of a template: startup, readiness and liveness checks, parsed and
 validated (pure). Targets are Jinja text here; `resolve` turns a rendered target into the
 `Probe` an instance is checked with (expand/probes.py renders, supervise/probing.py runs).
+An `exec` probe is an argv (no shell), run through the spawner as the instance would run.
 
 A probe target must be an IP address (or `localhost`): a name would need a DNS lookup, and
 the master's loop never waits on one.
@@ -17,7 +18,7 @@ from ..units import parse_duration
 from .fields import ValueType, type_name
 
 ROLES = ("startup", "readiness", "liveness")
-KINDS = ("http", "tcp")
+KINDS = ("http", "tcp", "exec")
 DEFAULTS: dict[str, Any] = {"period": 10.0, "timeout": 1.0, "failures": 3, "successes": 1}
 _OPTIONS = ("period", "timeout", "failures", "successes", "status")
 
@@ -28,7 +29,7 @@ class ProbeDecl:
 
     role: str
     kind: str
-    target: str
+    target: str | tuple[str, ...]  # exec: the argv
     period: float = 10.0
     timeout: float = 1.0
     failures: int = 3
@@ -50,10 +51,16 @@ class Probe:
     failures: int
     successes: int
     status: int | None = None
+    argv: tuple[str, ...] = ()  # exec: the command, rendered
 
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def shown(self) -> str:
+        """The target as status shows it: the URL's address and path, or the command."""
+        return " ".join(self.argv) if self.kind == "exec" else self.address + self.path
 
 
 def _count(role: str, key: str, v: object, high: int = 1000) -> int:
@@ -83,7 +90,13 @@ def _one(role: str, table: object) -> ProbeDecl:
         if key not in KINDS and key not in _OPTIONS:
             raise ValueError(f"probes.{role}: unknown key {key!r} (one of {', '.join(KINDS + _OPTIONS)})")
     kind, target = kinds[0], table[kinds[0]]
-    if not isinstance(target, str) or not target.strip():
+    if kind == "exec":
+        if not isinstance(target, list) or not target or not all(isinstance(a, str) for a in target) \
+                or not target[0].strip():
+            raise ValueError(f"probes.{role}.exec: expected a command as an array of strings like "
+                             "[\"app\", \"healthcheck\"] (no shell)")
+        target = tuple(target)
+    elif not isinstance(target, str) or not target.strip():
         raise ValueError(f"probes.{role}.{kind}: expected a non-empty string")
     status = table.get("status")
     if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599):
@@ -95,8 +108,8 @@ def _one(role: str, table: object) -> ProbeDecl:
                      _seconds(role, "timeout", table.get("timeout", DEFAULTS["timeout"])),
                      _count(role, "failures", table.get("failures", DEFAULTS["failures"])),
                      _count(role, "successes", table.get("successes", DEFAULTS["successes"])), status)
-    if "{" not in target:  # a literal target is checked now, a templated one once rendered
-        resolve(decl, target)
+    if isinstance(target, str) and "{" not in target:  # a literal target is checked now,
+        resolve(decl, target)  # a templated one once rendered
     return decl
 
 
@@ -122,10 +135,14 @@ def _host(role: str, text: str) -> str:
     return host
 
 
-def resolve(decl: ProbeDecl, target: str) -> Probe:
+def resolve(decl: ProbeDecl, target: str | tuple[str, ...]) -> Probe:
     """The probe with its rendered `target` parsed: "HOST:PORT" for tcp, an http:// URL for
-    http; ValueError with a message naming the probe otherwise."""
+    http, the argv for exec; ValueError with a message naming the probe otherwise."""
     role, path = decl.role, ""
+    if decl.kind == "exec":
+        return Probe(role, "exec", "", 0, "", decl.period, decl.timeout, decl.failures, decl.successes,
+                     argv=tuple(target))
+    assert isinstance(target, str)
     if decl.kind == "http":
         url = urllib.parse.urlsplit(target.strip())
         if url.scheme != "http" or not url.hostname:
@@ -149,6 +166,7 @@ def resolve(decl: ProbeDecl, target: str) -> Probe:
 _PROBE_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "properties": {"http": {"type": "string"}, "tcp": {"type": "string"},
+                   "exec": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                    "period": {}, "timeout": {}, "failures": {"type": "integer", "minimum": 1},
                    "successes": {"type": "integer", "minimum": 1},
                    "status": {"type": "integer", "minimum": 100, "maximum": 599}}}

@@ -20,11 +20,13 @@ def probe_fields(template: Template, context: dict[str, Any], renderer: Any,
     shared = {info["bind"]: name for name, info in context.get("sockets", {}).items()}
     probes: list[Probe] = []
     for decl in template.policy.probes:
-        target = renderer.text(decl.target, context) if "{" in decl.target else decl.target
         try:
-            probe = resolve(decl, target)
+            probe = resolve(decl, _rendered(decl.target, context, renderer))
         except ValueError as exc:
             raise SetupError("probes", f"{context.get('name')}: {exc}") from None
+        if probe.kind == "exec":
+            probes.append(probe)
+            continue
         name = shared.get(probe.address) or shared.get(f"localhost:{probe.port}")
         if name is not None:
             raise SetupError("probes", f"probes.{decl.role} checks {probe.address}, the shared socket "
@@ -32,3 +34,10 @@ def probe_fields(template: Template, context: dict[str, Any], renderer: Any,
                              "port (e.g. {{ 9000 + replica }}) and probe that")
         probes.append(probe)
     return {"probes": tuple(probes)}
+
+
+def _rendered(target: str | tuple[str, ...], context: dict[str, Any], renderer: Any) -> str | tuple[str, ...]:
+    """A tcp or http target rendered, or each argument of an exec probe's command."""
+    if isinstance(target, tuple):
+        return tuple(renderer.text(arg, context) if "{" in arg else arg for arg in target)
+    return renderer.text(target, context) if "{" in target else target

@@ -20,6 +20,7 @@ from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER
 from .guard import start_guard
 from .identity import apply_setup
 from .posix import PosixStarter
+from .probe_runner import ProbeRunner
 from .request import SpawnRequest, with_outputs
 from .trees import Lineage, signal_pid
 from ..procfs import children, session, start_time, tree
@@ -57,6 +58,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self.devnull = os.open(os.devnull, os.O_RDWR)
         os.set_inheritable(self.devnull, False)
         self.posix = PosixStarter(self.devnull)  # the posix_spawn path (posix.py)
+        self.probes = ProbeRunner(self.posix, self.devnull, run, self._send)
         self.since = start_time(os.getpid())
         self.guard, self.guard_fd = -1, -1
 
@@ -132,7 +134,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
 
     def _scan(self) -> None:
         began = time.monotonic()
-        adopted, ended, strays = self.lineage.scan(self.children, {*self.zygotes.pids(), self.guard})
+        known = {*self.zygotes.pids(), self.guard, *self.probes.tokens}  # exec probes are no orphans
+        adopted, ended, strays = self.lineage.scan(self.children, known)
         self.scan_cost = time.monotonic() - began
         if adopted:
             self._send(("adopted", adopted))
@@ -194,6 +197,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                 self._scan()  # orphans not yet seen belong to the trees too
             for pid, signum, group in message[1]:
                 self._signal(pid, signum, group)
+        elif message[0] in ("probe", "probe_kill"):
+            self.probes.handle(message)
         elif message[0] == "exit":
             return False
         for fd in fds:
@@ -305,8 +310,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             if pid == self.guard:
                 self._start_guard()  # killed from outside: the children still need one
                 continue
-            if pid not in self.children:  # an orphan, reparented to us as subreaper
-                leader = self.lineage.reaped(pid)
+            if pid not in self.children:  # an orphan, reparented to us as subreaper, or a probe
+                leader = None if self.probes.reaped(pid, status) else self.lineage.reaped(pid)
                 if leader is not None:
                     released.append((leader.pid, pid))
                 continue
@@ -329,7 +334,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         for pid in list(self.children) + list(self.zygotes.children):
             self.lineage.signal(pid, signal.SIGKILL)
         while True:
-            remaining = [pid for pid in _direct_children() if pid != self.guard]
+            remaining = [pid for pid in children(os.getpid()) if pid != self.guard]
             for pid in remaining:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -385,10 +390,6 @@ def main() -> None:  # pragma: no cover - the helper's entry point (spawner.py: 
         code = 1
     finally:
         os._exit(code)
-
-
-def _direct_children() -> list[int]:  # pragma: no cover - runs in the helper
-    return children(os.getpid())
 
 
 def _command(pid: int) -> str:  # pragma: no cover - runs in the helper

@@ -19,6 +19,7 @@ Protocol: a SOCK_SEQPACKET socketpair carrying pickled tuples (both ends are our
 for the children's stdout/stderr travel with the spawn requests as SCM_RIGHTS. Listening
 sockets travel once, when the master binds them ("sockets"), and stay here under their key
 until the master says "close_sockets"; a spawn request names the keys its child gets.
+Exec probes ("probe", "probe_kill", answered by "probed") run here too (probe_runner.py).
 """
 
 from __future__ import annotations
@@ -111,6 +112,19 @@ class SpawnerClient:
         if orders:
             self.sock.send(pickle.dumps(("signal", orders)))
 
+    def probe(self, token: int, argv: tuple[str, ...], env: dict[str, str], inherit_env: bool, cwd: str,
+              setup: Any) -> None:
+        """Run an exec probe (probe_runner.py) as an instance would run: its env, cwd and
+        set-up (identity.Setup or None); answered by ("probed", token, wait status or why not)."""
+        self.sock.send(pickle.dumps(("probe", token, argv, env, inherit_env, cwd, setup)))
+
+    def probe_kill(self, token: int) -> None:
+        """End an exec probe's whole process group (its timeout passed, or its instance stopped)."""
+        try:
+            self.sock.send(pickle.dumps(("probe_kill", token)))
+        except OSError:
+            pass  # the spawner is gone, and its probes with it
+
     def exit(self) -> None:
         """Ask the spawner to kill what is left and exit."""
         try:
@@ -120,7 +134,8 @@ class SpawnerClient:
 
     def receive(self) -> list[tuple[Any, ...]]:
         """Read pending events: ("spawned", [(token, pid)]), ("failed", [(token, error)]),
-        ("exec_failed", pid, error), ("exited", [(pid, status)]), ("eof",) at the end.
+        ("exec_failed", pid, error), ("exited", [(pid, status)]), ("probed", token, status or
+        why not), ("eof",) at the end.
         Orphan bookkeeping ("adopted", "released", "strays") is kept in `adopted` here."""
         events: list[tuple[Any, ...]] = []
         while True:

@@ -40,6 +40,8 @@ class Reactions(Protocol):
 
     def exec_failed(self, pid: int, error: str) -> None: ...
 
+    def probed(self, token: int, result: int | str) -> None: ...
+
     def spawner_gone(self) -> None: ...  # seconds the spawner may take to answer a spawn (a fork takes ms)
 
 
@@ -162,6 +164,8 @@ class Launcher:
                     to._exited(pid, status)
             elif kind == "exec_failed":
                 to.exec_failed(event[1], event[2])
+            elif kind == "probed":
+                to.probed(event[1], event[2])
             elif kind == "failed":
                 for token, error in event[1]:
                     inst = self.answered(token)

@@ -12,6 +12,7 @@ from ..loop import EventLoop, Timer
 from .events import Event, PolicyChanged, StateChanged
 from .instance import Instance
 from .probe_checks import Check
+from .probe_exec import ExecCheck
 from .probes import ProbeState, Verdict, decide, ready_on_start, restart_reason, running
 from .states import State, Then
 
@@ -28,7 +29,7 @@ class InstanceProbes:
         self.started = False  # the startup probe passed (or there is none)
         self.states: dict[str, ProbeState] = {p.role: ProbeState() for p in probes}
         self.timers: dict[str, Timer] = {}
-        self.checks: dict[str, Check] = {}
+        self.checks: dict[str, Check | ExecCheck] = {}
         self.began: dict[str, float] = {}
 
     def close(self) -> None:
@@ -44,7 +45,7 @@ class InstanceProbes:
         rows = {}
         for p in self.probes:
             state = self.states[p.role]
-            rows[p.role] = {"kind": p.kind, "target": p.address + p.path, "passing": state.passing,
+            rows[p.role] = {"kind": p.kind, "target": p.shown, "passing": state.passing,
                             "active": p in running(self.probes, self.started), "checks": state.checks,
                             "failures": state.failures, "last": state.last, "last_failure": state.last_failure}
         return rows
@@ -95,7 +96,11 @@ class Prober:
         run.timers.pop(probe.role, None)
         if self.runs.get(run.inst.name) is not run:
             return
-        check = run.checks[probe.role] = Check(self.loop, probe, lambda ok, detail: self._result(run, probe, ok, detail))
+        def done(ok: bool, detail: str) -> None:
+            self._result(run, probe, ok, detail)
+        check: Check | ExecCheck = (ExecCheck(self.loop, probe, done, run.inst, self.supervisor.exec_probes)
+                                    if probe.kind == "exec" else Check(self.loop, probe, done))
+        run.checks[probe.role] = check
         run.began[probe.role] = self.loop.time()
         check.start()
 

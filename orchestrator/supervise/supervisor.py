@@ -23,6 +23,7 @@ from .events import EventBus, OpsIdle, SpawnerLost, log_transition
 from .instance import Instance, describe_exit, sample_usage
 from .launch import Launcher
 from .probes import gated
+from .probe_exec import ExecProbes
 from .applying import apply_plan
 from .rolling import RollingRestarts
 from .states import ALIVE, State, Then
@@ -44,6 +45,7 @@ class Supervisor:
         self.by_pid: dict[int, Instance] = {}
         self.launcher = Launcher(loop, lambda: self.spawner, notify_socket, self._spawn_failed)
         self.by_token = self.launcher.by_token  # spawn requests in flight, by token
+        self.exec_probes = ExecProbes(lambda: self.spawner)  # exec probes run by the spawner
         self.pending_ops = 0
         self.events = EventBus()  # StateChanged and PolicyChanged, for limits, master, logs
         self.events.subscribe(log_transition)
@@ -243,6 +245,9 @@ class Supervisor:
         if inst is not None:
             log.error("%s: cannot start: %s", inst.name, error)
             inst.last_reason = "exec failed: " + error
+
+    def probed(self, token: int, result: int | str) -> None:
+        self.exec_probes.answered(token, result)
 
     def spawner_gone(self) -> None:
         self.loop.remove_reader(self.spawner.fileno())
