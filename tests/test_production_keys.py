@@ -129,6 +129,43 @@ def test_a_non_root_master_asked_for_another_user_fails_with_one_located_line(te
     assert len(lines) == 1 and f"{config}:3: workers.w.user:" in lines[0] and "not root" in lines[0]
 
 
+def _check_as_root(config: Path, python: str) -> subprocess.CompletedProcess:
+    """`orch check` run by `python` (any path to an interpreter) on this checkout's sources."""
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    return subprocess.run([python, "-m", "orchestrator", "check", "-c", str(config)], capture_output=True,
+                          text=True, timeout=60, cwd=config.parent,
+                          env={**os.environ, "PYTHONPATH": f"{Path(__file__).parent.parent}:{site}"})
+
+
+def test_check_names_a_program_or_interpreter_the_user_cannot_run(test_user):
+    base = test_user[1]
+    locked = Path(tempfile.mkdtemp(prefix="orch-locked-"))  # mode 0700, root's: like /root
+    try:
+        os.symlink(os.path.realpath(sys.executable), locked / "python")
+        os.symlink("/bin/sh", locked / "sh")
+        script = base / "tool"
+        script.write_text(f"#!{locked}/sh\nexec sleep 1\n")
+        script.chmod(0o755)
+        config = base / "workers.toml"
+        cases = [  # (the template's first lines, the key at fault, the path named, run by)
+            (f'target = "app:Idle"', "target", f"{locked}/python", f"{locked}/python"),
+            (f'command = "{locked}/sh -c true"', "command", f"{locked}/sh", sys.executable),
+            (f'command = "{script}"', "command", f"{locked}/sh", sys.executable)]
+        for first, key, path, python in cases:
+            config.write_text(f'[workers.w]\n{first}\nuser = "{USER}"\n')
+            result = _check_as_root(config, python)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2 and len(lines) == 1, (first, result.stderr)
+            assert f"{config}:2: workers.w.{key}: user {USER} cannot execute {path}" in lines[0], lines
+            assert f"{locked} (mode 0700, owner root) is not searchable" in lines[0]
+        locked.chmod(0o755)  # the user reaches both now (the worker's Python may still sit under /root)
+        for first, _, _, python in cases[1:]:
+            config.write_text(f'[workers.w]\n{first}\nuser = "{USER}"\n')
+            assert _check_as_root(config, python).returncode == 0, first
+    finally:
+        shutil.rmtree(locked, ignore_errors=True)
+
+
 # --- env files ------------------------------------------------------------------------------
 
 def test_env_file_change_restarts_only_its_users_and_no_output_shows_a_secret(start_master, tmp_path):

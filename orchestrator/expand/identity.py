@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,61 @@ def needs_switch(run_as: RunAs | None) -> bool:
     """Whether a child must change credentials (a master that is not root never does: the
     checks above allowed only its own)."""
     return run_as is not None and os.geteuid() == 0
+
+
+READ, EXECUTE = 4, 1
+
+
+def _allowed(st: os.stat_result, run_as: RunAs, bits: int) -> bool:
+    """Whether the mode bits give `run_as` these rights (the kernel's order: owner, then
+    group, then other; POSIX ACLs are not read)."""
+    if run_as.uid == 0:
+        return bits != EXECUTE or bool(st.st_mode & 0o111)
+    shift = 6 if st.st_uid == run_as.uid else 3 if st.st_gid == run_as.gid or st.st_gid in run_as.groups else 0
+    return (st.st_mode >> shift) & bits == bits
+
+
+def _describe(path: str, st: os.stat_result) -> str:
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    return f"{path} (mode {st.st_mode & 0o7777:04o}, owner {owner})"
+
+
+def access_problem(run_as: RunAs, path: str, bits: int) -> str | None:
+    """Why `run_as` cannot reach `path` and read or execute it (`bits`), or None; a path
+    that is not there is left to other checks. Both the path as written and where its links
+    lead are walked, as exec walks them."""
+    try:
+        for candidate in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
+            for folder in reversed(Path(candidate).parents):
+                st = os.stat(folder)
+                if not _allowed(st, run_as, EXECUTE):
+                    return f"{_describe(str(folder), st)} is not searchable by it"
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not _allowed(st, run_as, bits):
+        return f"{_describe(os.path.realpath(path), st)} is not {'executable' if bits & EXECUTE else 'readable'} by it"
+    return None
+
+
+def program_problem(run_as: RunAs, program: str) -> str | None:
+    """Why `run_as` cannot run `program` (an absolute path), or its `#!` interpreter, or None."""
+    why = access_problem(run_as, program, EXECUTE)
+    if why is not None:
+        return f"cannot execute {program}: {why}"
+    try:
+        with open(program, "rb") as file:
+            head = file.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!") or not head[2:].split():
+        return None
+    interpreter = os.fsdecode(head[2:].split()[0])
+    why = access_problem(run_as, program, READ)  # the interpreter opens the script as the user
+    if why is None:
+        why = access_problem(run_as, interpreter, EXECUTE)
+        return None if why is None else f"cannot execute {interpreter}, the interpreter of {program}: {why}"
+    return f"cannot read the script {program}: {why}"

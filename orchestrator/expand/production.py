@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..config.load import Config, Template
 from .envfile import EnvFileError, EnvFiles
-from .identity import RunAs, resolve
+from .identity import EXECUTE, READ, RunAs, access_problem, program_problem, resolve
 
 
 class SetupError(ValueError):
@@ -28,6 +30,7 @@ class SetupContext:
     def __init__(self) -> None:
         self.env_files = EnvFiles()
         self.users: dict[tuple, RunAs] = {}
+        self.access: dict[tuple, str | None] = {}  # (run_as, key, program) -> why it cannot run
 
 
 def reads_host(template: Template) -> bool:
@@ -63,6 +66,7 @@ def setup_fields(template: Template, context: dict[str, Any], folder: Path, rend
         except ValueError as exc:
             key, _, message = str(exc).partition(": ")
             raise SetupError(key, message) from None
+        _check_access(template, context, folder, renderer, fields["run_as"], shared)
     if template.env_file:
         written = []
         for raw in template.env_file:
@@ -83,6 +87,43 @@ def setup_fields(template: Template, context: dict[str, Any], folder: Path, rend
     if template.stderr != "merge":
         fields["stderr"] = template.stderr
     return fields
+
+
+def _program(template: Template, context: dict[str, Any], folder: Path, renderer: Any) -> tuple[str, str | None]:
+    """(key, the program exec will run, None where PATH has none): render.py's argv[0]."""
+    if template.target is not None:
+        return "target", sys.executable
+    if template.shell:
+        return "command", "/bin/sh"
+    first = (renderer.command(template.command, context) if isinstance(template.command, str)
+             else [renderer.text(part, context) for part in template.command or ()])[0]
+    if "/" in first:
+        return "command", os.path.join(renderer.path(folder, template.cwd, context), first)
+    path = dict(template.env).get("PATH")
+    path = renderer.text(path, context) if isinstance(path, str) else os.environ.get("PATH", os.defpath)
+    return "command", shutil.which(first, path=path)
+
+
+def _check_access(template: Template, context: dict[str, Any], folder: Path, renderer: Any,
+                  run_as: RunAs | None, shared: SetupContext) -> None:
+    """A located error when another user could not run the program, or, for a Python worker,
+    the interpreter or orch's own code (a Python under /root, mode 0700, is the usual case)."""
+    if run_as is None or run_as.uid == os.geteuid():
+        return
+    key, program = _program(template, context, folder, renderer)
+    if program is None:
+        return
+    if (run_as, key, program) not in shared.access:
+        why = program_problem(run_as, program)
+        if why is None and key == "target":
+            package = str(Path(__file__).resolve().parents[1])
+            found = access_problem(run_as, package, READ | EXECUTE)
+            why = None if found is None else f"cannot read orch's code in {package}: {found}"
+        shared.access[(run_as, key, program)] = why
+    why = shared.access[(run_as, key, program)]
+    if why is not None:
+        who = run_as.user or f"uid {run_as.uid}"
+        raise SetupError(key, f"user {who} {why}; make it reachable by that user, or leave out user")
 
 
 def _render(renderer: Any, value: str | None, context: dict[str, Any], key: str, step: list[str]) -> str | None:
