@@ -19,6 +19,9 @@ LEGAL = {
     (S.BACKOFF, S.STARTING), (S.BACKOFF, S.STOPPED),
     (S.CRASHLOOP, S.STARTING), (S.CRASHLOOP, S.STOPPED),
     (S.EXITED, S.STARTING), (S.EXITED, S.STOPPED),
+    # start order (`after`): a start waits for its dependencies, or is stopped meanwhile
+    (S.STOPPED, S.WAITING), (S.BACKOFF, S.WAITING), (S.CRASHLOOP, S.WAITING), (S.EXITED, S.WAITING),
+    (S.WAITING, S.STARTING), (S.WAITING, S.STOPPED),
 }
 ILLEGAL = sorted(set(itertools.product(State, State)) - LEGAL, key=lambda p: (p[0].value, p[1].value))
 

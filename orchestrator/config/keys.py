@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .fields import (ADDRESS, BIND, BOOL, COMMAND, DAY, DURATION, FILE_MODE, PATH, PATHS, POSITIVE_DURATION,
                      SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, UMASK, ValueType, duration, int_at_least,
                      one_of)
+from .order import AFTER
 from .probes import PROBES
 from .production import RLIMITS
 
@@ -173,6 +174,9 @@ KEYS: tuple[Key, ...] = (
        "READY), liveness (restarts the instance after failures in a row); targets are rendered; an exec "
        "probe passes on exit 0, runs with the instance's env, cwd and user, and is killed at its timeout",
        '{ readiness = { http = "http://127.0.0.1:{{ 9000 + replica }}/health", period = "2s" } }'),
+    _w("after", AFTER, [], S, "templates whose every instance must be ready (a restart = \"never\" one: "
+       "exited 0) before an instance of this one starts; a cycle is an error; a change orders only what "
+       "starts from then on", '["redis", "migrate"]', template_only=True),
     _w("log_max_size", SIZE, "50MiB", S, "rotate the instance's log at this size", '"50MiB"',
        default_from="orchestrator.log_max_size"),
     _w("log_backups", int_at_least(0), 5, S, "rotated logs kept", "5",

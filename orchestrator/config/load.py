@@ -18,6 +18,7 @@ from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported f
                    MERGED_TABLES, POLICY_KEYS, POLICY_SUB_KEYS, SETTINGS_KEYS, SUB_TABLES,
                    TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
 from .locate import Problems
+from .order import order_problems
 from .model import Config, Policy, Settings, Template  # noqa: F401 - where the values are declared
 from .pieces import TomlPieces, tomllib
 from .production import check_template
@@ -160,6 +161,9 @@ def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path:
                 parsed[name] = (where, table, base, raw, template)
                 check_template_sockets(name, template.sockets, sockets, source_problems)
                 templates.append(template)
+    problems_of = {str(source): source_problems for source, source_problems, _ in sources}
+    for name, message in order_problems({t.name: t.policy.after for t in templates}, owner):
+        problems_of[str(owner[name])].add(f"workers.{name}.after", message)
     if cache is not None:
         cache.parsed, cache.context = parsed, context
     return templates

@@ -33,6 +33,7 @@ class Policy:
     rolling: bool = False
     max_unavailable: int = 1
     probes: tuple[Any, ...] = ()  # ProbeDecls (config/probes.py), targets not yet rendered
+    after: tuple[str, ...] = ()  # templates to wait for (config/order.py, supervise/order.py)
     log_max_size: int = 50 * 2**20
     log_backups: int = 5
 

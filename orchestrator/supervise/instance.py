@@ -29,7 +29,7 @@ class Instance:
                  "held", "last_exit", "last_reason", "limit_kill", "limit_kills", "limit_timers", "logfile", "measured",
                  "next_spec", "notify_status", "over_soft", "pid", "probes", "processes", "ready", "requests",
                  "restarts", "rollout", "rss", "spec", "start_ticks", "started_at", "state", "stop_reason",
-                 "then", "timer", "token", "tracked")
+                 "then", "timer", "token", "tracked", "waiting")
 
     def __init__(self, spec: ProcessSpec, logfile: LogFile, echo: Callable[[bytes], None] | None,
                  emit: Callable[[Event], None] | None = None,
@@ -69,6 +69,7 @@ class Instance:
         self.counts_requests = False      # sent ORCH_BEGIN=1 in this run
         self.start_ticks: int | None = None  # /proc start time of the current pid (state file)
         self.cpu_sample: tuple[float, int] | None = None  # (monotonic, ticks) at the last status
+        self.waiting: str | None = None  # in WAITING: what it waits for (start_order.py)
 
     @property
     def name(self) -> str:
@@ -117,7 +118,9 @@ class Instance:
             "uptime": round(self.uptime(), 3) if self.pid else None,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
-            "reason": self.last_reason,
+            "reason": f"waiting for {self.waiting or 'its dependencies'}" if self.state is State.WAITING
+            else self.last_reason,
+            "waiting": self.waiting if self.state is State.WAITING else None,
             "rss": self.rss if self.pid else None,
             "memory_measure": self.spec.policy.memory_measure,
             "measured": self.measured if self.pid and self.spec.policy.memory_measure != "rss" else None,

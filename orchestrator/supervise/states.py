@@ -8,6 +8,7 @@ import enum
 class State(enum.Enum):
     """Where one instance is in its life."""
 
+    WAITING = "waiting"        # its template's `after` dependencies are not ready yet
     STARTING = "starting"      # spawn requested, no pid yet (or waiting for READY=1)
     RUNNING = "running"        # a live process
     STOPPING = "stopping"      # stop signal sent, waiting for the exit
@@ -29,15 +30,16 @@ class Then(enum.Enum):
 # STOPPED -> STARTING, or STOPPED -> BACKOFF after a limit breach right at start), and a
 # failed spawn may retry at once (STARTING -> STARTING).
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.STARTING, State.BACKOFF, State.CRASHLOOP}),
+    State.STOPPED: frozenset({State.STARTING, State.BACKOFF, State.CRASHLOOP, State.WAITING}),
+    State.WAITING: frozenset({State.STARTING, State.STOPPED}),
     State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.BACKOFF, State.CRASHLOOP,
                                State.EXITED, State.STARTING}),
     State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.CRASHLOOP, State.STARTING,
                               State.EXITED}),
     State.STOPPING: frozenset({State.STOPPED}),
-    State.BACKOFF: frozenset({State.STARTING, State.STOPPED}),
-    State.CRASHLOOP: frozenset({State.STARTING, State.STOPPED}),
-    State.EXITED: frozenset({State.STARTING, State.STOPPED}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPED, State.WAITING}),
+    State.CRASHLOOP: frozenset({State.STARTING, State.STOPPED, State.WAITING}),
+    State.EXITED: frozenset({State.STARTING, State.STOPPED, State.WAITING}),
 }
 
 ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})

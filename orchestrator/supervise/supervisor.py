@@ -26,6 +26,7 @@ from .probes import gated
 from .probe_exec import ExecProbes
 from .applying import apply_plan
 from .rolling import RollingRestarts
+from .start_order import StartOrder
 from .states import ALIVE, State, Then
 
 log = logging.getLogger("orch")
@@ -51,6 +52,7 @@ class Supervisor:
         self.events.subscribe(log_transition)
         self.shutting_down = False
         self.rolling = RollingRestarts(self)
+        self.order = StartOrder(self, loop)  # `after`: starts wait for their dependencies
         self.trees = TreeSampler()  # /proc fds kept open per live pid, for status and limits
         loop.add_reader(spawner.fileno(), self._on_spawner)
 
@@ -90,6 +92,7 @@ class Supervisor:
         if inst.ready or (gated(inst.spec.probes) and not by_probe):
             return
         inst.ready = True
+        self.order.changed()
         if inst.rollout is not None:
             self.rolling.ready(inst)
 
@@ -103,9 +106,14 @@ class Supervisor:
 
     # --- starting ------------------------------------------------------------------
     def start(self, inst: Instance) -> None:
-        """Start a stopped, exited or backing-off instance."""
+        """Start a stopped, exited or backing-off instance, once what it is `after` is ready."""
         inst.cancel_timer()
         inst.held = False
+        if not self.order.hold(inst):
+            self._queue_spawn(inst)
+
+    def start_now(self, inst: Instance) -> None:
+        """Start a waiting instance: its dependencies are ready (start_order.py)."""
         self._queue_spawn(inst)
 
     def _queue_spawn(self, inst: Instance, reason: str | None = None) -> None:
