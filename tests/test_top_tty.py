@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import orch, wait_for
+from conftest import orch, text_of, wait_for
 
 PY = sys.executable
 SLEEPER = json.dumps([PY, "-c", "import time\nprint('hello from the worker', flush=True)\ntime.sleep(1000)"])
@@ -95,13 +96,15 @@ def names_in_order(screen: str) -> list[str]:
     return [line.split()[0] for line in screen.splitlines() if line.startswith(("alpha-", "beta-"))]
 
 
-def test_rows_appear_and_a_killed_instance_shows_its_new_pid_and_restarts(start_master, tmux):
+def test_rows_appear_and_a_killed_instance_shows_its_new_pid_and_restarts(start_master, tmux, tmp_path):
     master = start_master(CONFIG)
     pids = master.wait_running(5)
     tmux.start(top_command(master))
     screen = tmux.wait(lambda s: all(row_of(s, n) for n in pids), message="every instance's row")
     assert "NAME" in screen and "TEMPLATE" in screen and "5 instances: 5 running" in screen
     assert row_of(screen, "alpha-1")[:4] == ["alpha-1", "alpha", "running", str(pids["alpha-1"])]
+    raw = tmp_path / "pane.out"  # the bytes the view writes from here on
+    tmux.tmux("pipe-pane", "-o", f"cat > {shlex.quote(str(raw))}")
     os.kill(pids["alpha-1"], signal.SIGKILL)
     new = wait_for(lambda: master.pids()["alpha-1"] not in (None, pids["alpha-1"]) and master.pids()["alpha-1"],
                    5, message="the master to replace alpha-1")
@@ -109,6 +112,11 @@ def test_rows_appear_and_a_killed_instance_shows_its_new_pid_and_restarts(start_
     screen = tmux.wait(lambda s: row_of(s, "alpha-1")[3:4] == [str(new)], 2.0, "alpha-1's new pid")
     fields = row_of(screen, "alpha-1")
     assert fields[5] == "1" and "SIGKILL" in fields, fields
+    # ...and in one piece: ncurses flushes at every cursor move, so a row updated by its changed
+    # cells alone reached the terminal as several writes, and a reader between two of them saw
+    # the new pid beside the old count (this test, on a busy machine).
+    whole = re.compile(rf"alpha-1 +alpha +running +{new} +\S+ +1 +SIGKILL ")
+    wait_for(lambda: whole.search(text_of(raw)), 2, message=f"alpha-1's row in one piece in {text_of(raw)!r}")
 
 
 def test_filter_and_sort_keys(start_master, tmux):

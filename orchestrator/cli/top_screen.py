@@ -18,7 +18,7 @@ from typing import Any
 from ..control.client import ControlClient, ControlError
 from ..errors import OrchError
 from ..observe.logs import log_path
-from .top import HEADER_LINES, TopState, apply_reply, handle_key, master_gone, render
+from .top import HEADER_LINES, Line, TopState, apply_reply, handle_key, master_gone, render
 
 _KEYS = {curses.KEY_UP: "up", curses.KEY_DOWN: "down", curses.KEY_PPAGE: "pgup",
          curses.KEY_NPAGE: "pgdn", curses.KEY_HOME: "home", curses.KEY_END: "end",
@@ -92,6 +92,7 @@ class Top:
         self.interval = interval
         self.state = TopState(patterns=patterns)
         self.styles = _styles(colour=not os.environ.get("NO_COLOR"))
+        self.painted: list[Line] = []  # the lines of the last frame, to find the rows that changed
         self.ascii = "utf" not in (locale.getpreferredencoding(False) or "").lower()
         try:
             curses.curs_set(0)
@@ -166,9 +167,16 @@ class Top:
         self.state.message = f"{action}: {what} at {time.strftime('%H:%M:%S')}"
 
     def paint(self) -> None:
+        """Draw a frame; every line that changed is rewritten whole.
+
+        ncurses (6.4) flushes after each cursor move, so a diffed update reaches the terminal
+        in pieces: one write with a row's new pid, the next with its restart count. Whatever
+        reads the terminal between them (a person, tmux capture-pane) saw a new pid beside the
+        old count. A line redrawn whole has no move inside it: each row arrives in one write."""
         height, width = self.screen.getmaxyx()
+        lines = render(self.state, width, height)
         self.screen.erase()
-        for y, line in enumerate(render(self.state, width, height)):
+        for y, line in enumerate(lines):
             x = 0
             for text, style in line:
                 if self.ascii:
@@ -178,6 +186,10 @@ class Top:
                 except curses.error:
                     pass  # the bottom-right cell: curses writes it, then reports the cursor move
                 x += len(text)
+        for y, line in enumerate(lines):
+            if y >= len(self.painted) or line != self.painted[y]:
+                self.screen.redrawln(y, 1)
+        self.painted = lines
         self.screen.refresh()
 
 
