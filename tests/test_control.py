@@ -207,9 +207,11 @@ PATTERNS = """
 command = "sleep {a}"
 replicas = {n}
 stop_timeout = "2s"
+min_uptime = "1s"  # start and restart wait this long (5 s by default)
 [workers.b]
 command = "sleep {b}"
 stop_timeout = "2s"
+min_uptime = "1s"
 """
 
 

@@ -112,6 +112,7 @@ def test_kill_mode_mixed_signals_only_the_main_process_and_is_applied_in_place(s
         [workers.wrap]
         {wrapper_command()}
         stop_timeout = "5s"
+        min_uptime = "1s"  # start and restart wait this long (5 s by default)
     """)
     log = master.log_dir / "wrap.log"
     first = master.wait_running(1)["wrap"]
@@ -124,6 +125,7 @@ def test_kill_mode_mixed_signals_only_the_main_process_and_is_applied_in_place(s
         [workers.wrap]
         {wrapper_command()}
         stop_timeout = "5s"
+        min_uptime = "1s"
         kill_mode = "mixed"
     """)
     reloaded = orch("reload", "-c", str(master.config))  # or the file watcher was first
@@ -152,6 +154,7 @@ def test_stop_start_restart_wait_and_no_wait_returns_at_once(start_master, tmp_p
         [workers.slow]
         {command(slow)}
         stop_timeout = "10s"
+        min_uptime = "1s"  # start and restart wait this long (5 s by default)
     """)
     pid = master.wait_running(1)["slow"]
     began = time.monotonic()

@@ -255,6 +255,7 @@ def test_a_stopped_instance_stays_stopped_across_reloads(start_master):
         [workers.s]
         command = "sleep 1000"
         replicas = {n}
+        min_uptime = "1s"  # start and restart wait this long (5 s by default)
     """
     master = start_master(config.format(n=2))
     master.wait_running(2)
