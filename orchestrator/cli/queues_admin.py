@@ -62,13 +62,13 @@ def probe(ref: QueueRef) -> dict[str, Any]:
             from .tasks_admin import inspect_tasks
             row = inspect_tasks(ref.url, ref.name)
         elif ref.backend == "beanstalkd":
-            from .beanstalkd import inspect_tube
+            from ..queues.beanstalkd import inspect_tube
             row = inspect_tube(ref.url, ref.name)
         elif ref.backend == "redis-stream":
-            from .redis_stream import inspect_stream
+            from ..queues.redis_stream import inspect_stream
             row = inspect_stream(ref.url, ref.name, _group(ref), _dead(ref))
         else:
-            from .redis import inspect_queue
+            from ..queues.redis import inspect_queue
             row = inspect_queue(ref.url, ref.name, _dead(ref))
     except OrchError:
         raise
@@ -85,12 +85,12 @@ def retry(ref: QueueRef) -> int:
             from .tasks_admin import retry_tasks
             return retry_tasks(ref.url, ref.name, str(ref.kwargs.get("result_url") or ""))
         if ref.backend == "beanstalkd":
-            from .beanstalkd import kick_tube
+            from ..queues.beanstalkd import kick_tube
             return kick_tube(ref.url, ref.name)
         if ref.backend == "redis-stream":
-            from .redis_stream import retry_stream
+            from ..queues.redis_stream import retry_stream
             return retry_stream(ref.url, ref.name, _dead(ref), str(ref.kwargs.get("field") or "data"))
-        from .redis import retry_queue
+        from ..queues.redis import retry_queue
         return retry_queue(ref.url, ref.name, _dead(ref))
     except OrchError:
         raise
