@@ -15,6 +15,20 @@ from typing import Any, Callable
 
 import psutil
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Property tests are deterministic by default (CI): a fixed seed, no example database, so a
+# run fails or passes the same way every time. HYPOTHESIS_PROFILE=deep explores: random
+# examples, EXAMPLES_SCALE times as many (each failure it finds becomes a plain test).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("deep", derandomize=False, database=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+EXAMPLES_SCALE = 20 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1
+
+
+def examples(count: int) -> int:
+    """How many examples a property test runs: `count` in CI, more with the deep profile."""
+    return count * EXAMPLES_SCALE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,6 +32,9 @@ PEERS = [
 ]
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 @pytest.mark.parametrize("state,ready,one_shot,last_exit,expected", PEERS)
 def test_what_a_peer_blocks_with(state: str, ready: bool, one_shot: bool, last_exit: str | None,
                                  expected: str | None) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -16,6 +18,9 @@ FLEET_KEYS = ["start", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "r
               "reload_10pct", "reload_10pct_collateral", "shutdown", "limits_cpu"]
 ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
 ORCH_MUST_MEASURE = ["start", "crash", "shutdown", "reload_one", "reload_10pct", "limits_cpu"]
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def run_bench(out: Path) -> subprocess.CompletedProcess[str]:

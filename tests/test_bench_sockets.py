@@ -3,12 +3,17 @@ no failed request and the table is produced. Never a speed."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def test_bench_sockets_runs_every_setup_without_errors(tmp_path):

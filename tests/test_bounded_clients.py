@@ -31,6 +31,9 @@ INF = resource.RLIM_INFINITY
 
 
 # --- pure parts ------------------------------------------------------------------------------
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 @pytest.mark.parametrize("ceiling, share, fd_limit, cap", [
     (256, 8, 1 << 19, 256), (256, 8, 1024, 128), (256, 8, INF, 256), (64, 32, 256, 8), (256, 8, 4, 1),
 ])

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import shutil
 import sqlite3
 
 from conftest import ROOT, wait_for
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def test_the_demo_config_runs_consumers_that_drain_the_queue(start_master, tmp_path):

@@ -20,6 +20,9 @@ from test_tasks import events, setup, starts
 DEEP = 100_000
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 def envelope(job_id: str, **fields: object) -> bytes:
     """A hand-made envelope of jobs.stamp (logs a "start" event with its tag when it runs)."""
     data = {"id": job_id, "task": "jobs.stamp", "kwargs": {"tag": f"ran-{job_id}"}, **fields}

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import examples
 from hypothesis import given, settings, strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -421,7 +422,7 @@ def _inline(d):
     return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(matrices())
 def test_expansion_property(tmp_path_factory, case):
     axes, excludes, includes, replicas = case

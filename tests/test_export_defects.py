@@ -25,6 +25,9 @@ DIST = "orch-fleet"  # free on the package index; `orch` and `orchestrator` are 
 HINT = re.compile(r"pip install '?([A-Za-z0-9_.-]+)\[")
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 def _config(folder: Path, command: str = "sleep 300") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "workers.toml"

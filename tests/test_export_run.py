@@ -24,6 +24,9 @@ BIN = Path(sys.executable).parent
 SHIPPED = sorted((ROOT / "configs").glob("*.toml"))
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 def _tool(name: str) -> str:
     found = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
     assert found, f"{name} is not installed (pip install -e '.[test]', scripts/test-deps)"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from conftest import orch
+from conftest import examples, orch
 from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +23,9 @@ assert SHIPPED, "no configs/*.toml to mutate"
 
 
 # --- a small TOML writer, so mutations can be made on the data, not only on the text ----------
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
 
 def _string(text: str) -> str:
     out = json.dumps(text, ensure_ascii=False)
@@ -159,7 +162,7 @@ def check_in_process(path: Path) -> tuple[int, str]:
 
 # --- the properties ---------------------------------------------------------------------------
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(text=mutated())
 def test_check_exits_0_or_2_on_any_mutation(tmp_path, text):
@@ -174,7 +177,7 @@ def test_check_exits_0_or_2_on_any_mutation(tmp_path, text):
         assert output.splitlines()[0].strip() != "orch: config error:", output
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(text=mutated())
 def test_check_through_the_real_cli(tmp_path, text):
@@ -191,7 +194,7 @@ def demo_master(start_master):
     return master, master.wait_running(5, timeout=20)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(text=mutated())
 def test_a_running_master_keeps_its_fleet_for_a_file_that_does_not_validate(demo_master, text):

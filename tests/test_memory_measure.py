@@ -3,10 +3,14 @@ shared 48 MiB in each of them; PSS divides it among them (issue 25)."""
 
 from __future__ import annotations
 
+import pytest
+
 import time
 
 import psutil
 from conftest import wait_for
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 APP = """
 import time

@@ -19,6 +19,9 @@ from orchestrator.supervise.probe_exec import exec_verdict
 # --- pure ----------------------------------------------------------------------------------
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 @pytest.mark.parametrize("result,ok,detail", [
     (0, True, "ok"),
     (3 << 8, False, "app: exit 3"),

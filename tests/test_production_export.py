@@ -29,6 +29,9 @@ CONFIG = """
 """
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 @pytest.fixture
 def config(tmp_path):
     folder = tmp_path / "fleet"

@@ -24,6 +24,9 @@ SECRET = "s3cr3t-Value-9f2c"
 
 # --- pure: the env file format and the rlimits table ----------------------------------------
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 @pytest.mark.parametrize("text, expected", [
     ("A=1\nB = two words  \n", [("A", "1"), ("B", "two words")]),
     ("# comment\n; also\n\nexport C=3\n", [("C", "3")]),

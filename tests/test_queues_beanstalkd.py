@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -13,6 +15,9 @@ from conftest import text_of, wait_for
 from queue_support import Events, consumer_config, batches_of, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.beanstalkd:QueueConsumer"
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def config(url: str, tubes: list[str], *, replicas: int = 1, kwargs: str = "", stop_timeout: str = "2s") -> str:

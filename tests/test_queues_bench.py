@@ -3,11 +3,16 @@ prints both ratios. Never a speed assertion."""
 
 from __future__ import annotations
 
+import pytest
+
 import re
 import subprocess
 import sys
 
 from conftest import ROOT
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def test_queue_bench_reports_both_ratios(tmp_path):

@@ -21,6 +21,9 @@ from queue_support import Events, consumer_config, batches_of, chaos, redis_left
 TARGET = "orchestrator.queues.redis:QueueConsumer"
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 def config(url: str, queues: list[str], *, replicas: int = 1, preload: bool = False,
            kwargs: str = "", extra: str = "", stop_timeout: str = "2s") -> str:
     if "retry_delay" not in kwargs:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -14,6 +16,9 @@ from conftest import wait_for
 from queue_support import Events, consumer_config, batches_of, chaos, write_handlers, started_at
 
 TARGET = "orchestrator.queues.redis_stream:StreamConsumer"
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def config(url: str, streams: list[str], *, replicas: int = 1, preload: bool = True, kwargs: str = "",

@@ -18,6 +18,8 @@ import pytest
 
 from conftest import alive, orch, wait_for
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
 PY = sys.executable
 BIN = Path(PY).parent
 

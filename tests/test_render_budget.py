@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from conftest import orch, wait_for
+from conftest import examples, orch, wait_for
 
 from orchestrator.config.load import load_config
 from orchestrator.errors import ConfigError
@@ -200,7 +200,7 @@ def _toml(value: object) -> str:
     return str(value)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(template=templates(), stop=DURATIONS, hard=DURATIONS)
 def test_random_templates_durations_and_sizes_only_ever_give_config_errors(tmp_path, template, stop, hard):
     config = tmp_path / "workers.toml"
@@ -221,7 +221,7 @@ def test_a_live_master_takes_random_templates_without_a_traceback(start_master):
                     message="keep to run")
     seen: list[str] = []
 
-    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(templates())
     def save(template: str) -> None:
         master.write(_config(template))

@@ -34,6 +34,9 @@ stop_timeout = "2s"
 KEEP = {"keep-1", "keep-2", "keep-3"}
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 def edited(command: str = "sleep 2001") -> str:
     return BASE.replace("sleep 2000", command)
 

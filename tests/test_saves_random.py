@@ -3,6 +3,8 @@ every instance whose process did not change keeps its pid, and each save is one 
 
 from __future__ import annotations
 
+import pytest
+
 import copy
 import os
 import random
@@ -14,6 +16,9 @@ from conftest import alive, wait_for
 
 POLICIES = [{"restart": "always"}, {"restart": "on-failure"}, {"stop_timeout": "3s"},
             {"backoff": {"initial": "2s", "max": "20s"}}, {"min_uptime": "1s"}]
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def render(model: dict) -> str:
@@ -83,7 +88,10 @@ def converged(master, want: dict[str, list[str]]) -> dict[str, int] | None:
 
 
 def test_thirty_random_saves_converge_and_keep_untouched_pids(start_master):
-    seed = int(os.environ.get("ORCH_TEST_SEED") or time.time())
+    # A fixed seed in CI (the same saves every run); ORCH_TEST_SEED picks one, and the deep
+    # profile (HYPOTHESIS_PROFILE=deep) a new one each run.
+    explore = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+    seed = int(os.environ.get("ORCH_TEST_SEED") or (time.time() if explore else 20261201))
     rng = random.Random(seed)
     model = {"ta": {"values": {1, 2}, "base": 100, "replicas": 1, "policy": {}},
              "tb": {"values": set(), "base": 200, "replicas": 1, "policy": {}},

@@ -24,6 +24,9 @@ NOBODY = 65534
 WORKER = '[workers.w]\ncommand = "sleep 1000"\n'
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 def refused_up(config: Path, *args: str) -> subprocess.CompletedProcess:
     """`orch up` expected to give up at once; whatever it started is killed either way."""
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-c", str(config), "--quiet", *args],

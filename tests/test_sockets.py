@@ -18,6 +18,9 @@ from loadgen import ClientLoop, Wrk, http_get
 PY = sys.executable
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
     with socket.socket(family) as sock:
         sock.bind((host, 0))

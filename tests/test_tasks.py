@@ -19,6 +19,8 @@ import redis
 from conftest import orch, text_of, wait_for
 from queue_support import chaos, redis_leftovers
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
 JOBS = '''
 import os, time
 from orchestrator.tasks import TaskQueue

@@ -32,6 +32,9 @@ replicas = 2
 """
 
 
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
+
+
 class Tmux:
     """One tmux server on its own socket: a terminal we can type into and read back."""
 

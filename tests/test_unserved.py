@@ -4,6 +4,8 @@ status says so, and once an instance runs again connections wait and are served.
 
 from __future__ import annotations
 
+import pytest
+
 import socket
 import sys
 
@@ -12,6 +14,9 @@ from loadgen import http_get
 from servers import free_port
 
 PY = sys.executable
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def _config(port: int, command: str) -> str:

@@ -4,6 +4,8 @@ on the next start: real masters, real children."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import sys
@@ -17,6 +19,9 @@ PY = sys.executable
 DIES = "import sys, time; time.sleep(0.2); sys.exit(3)"
 SAYS_READY = ("import os, socket, time; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)"
               ".sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(1000)")
+
+
+pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
 
 
 def timed(master, *args: str):
