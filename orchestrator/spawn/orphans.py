@@ -24,9 +24,10 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 from ..procfs import CLOCK_TICKS, start_time  # start_time: the state file's per-instance fast path
 
@@ -109,9 +110,10 @@ class StateRecorder:
             state_path(self.pidfile).unlink(missing_ok=True)
 
 
-def ticks(proc: psutil.Process) -> int | None:
+def ticks(proc: "psutil.Process") -> int | None:
     """A process's start time in clock ticks since boot, the unit the state file, the spawner
     and the guard record (psutil gives seconds: boot time + ticks / CLK_TCK); None if gone."""
+    import psutil
     try:
         return round((proc.create_time() - psutil.boot_time()) * CLOCK_TICKS)
     except psutil.Error:
@@ -131,16 +133,19 @@ def _recorded_leaders(record: dict) -> dict[int, int]:
 
 
 def _ticks_of(pid: int) -> int | None:
+    import psutil
     try:
         return ticks(psutil.Process(pid))
     except psutil.Error:
         return None
 
 
-def leftovers(record: dict, until: int | None = None) -> list[tuple[psutil.Process, int, str]]:
+def leftovers(record: dict, until: int | None = None) -> list[tuple["psutil.Process", int, str]]:
     """(process, start time, why) of every live process of the recorded run that started no
     later than `until` (clock ticks since boot), if given. Rare (once per `orch up`, or when
-    a spawner died), so psutil's per-process reads cost nothing that matters here."""
+    a spawner died), so psutil's per-process reads cost nothing that matters here; imported
+    here, not at start, where most runs have nothing to sweep."""
+    import psutil
     found: list[tuple[psutil.Process, int, str]] = []
     spawner, spawner_start = record.get("spawner") or (None, None)
     if spawner and spawner_start is not None and _ticks_of(spawner) == spawner_start:
@@ -165,12 +170,13 @@ def leftovers(record: dict, until: int | None = None) -> list[tuple[psutil.Proce
     return found
 
 
-def _belongs(proc: psutil.Process, started: int, leaders: dict[int, int], run: str | None,
+def _belongs(proc: "psutil.Process", started: int, leaders: dict[int, int], run: str | None,
              since: int) -> str | None:
     for owner, what in ((os.getpgid(proc.pid), "process group"), (os.getsid(proc.pid), "session")):
         if owner in leaders and started >= leaders[owner]:
             return f"{what} {owner}"
     if run and started >= since:
+        import psutil
         try:
             env = proc.environ()
         except psutil.AccessDenied:  # another user's process: never ours
@@ -180,7 +186,7 @@ def _belongs(proc: psutil.Process, started: int, leaders: dict[int, int], run: s
     return None
 
 
-def kill_checked(proc: psutil.Process) -> bool:
+def kill_checked(proc: "psutil.Process") -> bool:
     """SIGKILL `proc` only if it is still the process psutil found (same pid and start time):
     the pidfd is opened first, so the identity checked is the one signalled."""
     try:
@@ -247,6 +253,7 @@ def _untrusted(info: os.stat_result) -> str | None:
 def end_record(record: dict, by: str, timeout: float, until: int | None = None) -> int:
     """SIGKILL every live process of a recorded run (started by `until`, if given), wait up
     to `timeout` for them to go."""
+    import psutil
     victims = []
     for proc, _, why in leftovers(record, until):
         log.warning("ending pid %d left behind %s (%s)", proc.pid, by, why)

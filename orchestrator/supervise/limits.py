@@ -18,8 +18,6 @@ import os
 import random
 from typing import Any
 
-import psutil
-
 from ..config.load import Policy
 from .events import Event, PolicyChanged, StateChanged
 from .instance import Instance
@@ -349,6 +347,7 @@ class Limits:
 def shared_memory(pids: list[int], measure: str) -> int:
     """PSS or USS in bytes of these processes, by psutil (smaps_rollup: a few tens of us a
     process against about 4 us for the kept-fd statm read of `rss`; bench/RESULTS.md)."""
+    import psutil  # only instances limited on pss or uss need it (its import: 20 ms at start)
     total = 0
     for pid in pids:
         try:
