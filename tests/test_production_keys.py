@@ -59,8 +59,9 @@ def test_rlimits_table():
 
 @pytest.fixture(scope="module")
 def test_user(tmp_path_factory):
-    if os.geteuid() != 0 or not shutil.which("useradd"):
-        pytest.skip("needs root and useradd (CI runs as root)")
+    # CI runs as root, and scripts/test-deps installs useradd: never a skip, a clear failure.
+    assert os.geteuid() == 0, "the user-switching tests need root (CI runs them as root)"
+    assert shutil.which("useradd"), "useradd is missing: sh scripts/test-deps installs it (passwd)"
     base = Path(tempfile.mkdtemp(prefix="orch-user-"))  # pytest's folders are root's alone
     base.chmod(0o755)
     subprocess.run(["groupadd", "-f", GROUP], check=True)
@@ -112,8 +113,7 @@ def test_a_worker_runs_as_the_user_with_its_home_and_cannot_regain_root(start_ma
 
 
 def test_a_non_root_master_asked_for_another_user_fails_with_one_located_line(test_user):
-    if not shutil.which("setpriv"):
-        pytest.skip("needs setpriv")
+    assert shutil.which("setpriv"), "setpriv is missing: sh scripts/test-deps installs it (util-linux)"
     tmp_path = test_user[1]
     config = tmp_path / "workers.toml"
     config.write_text(f'[workers.w]\ncommand = "sleep 1"\nuser = "{USER}"\n')
@@ -125,8 +125,8 @@ def test_a_non_root_master_asked_for_another_user_fails_with_one_located_line(te
                              f"PYTHONPATH={Path(__file__).parent.parent}:{site}", python, "-m",
                              "orchestrator", "check", "-c", str(config)],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    if "ModuleNotFoundError" in result.stderr or "Permission denied" in result.stderr:
-        pytest.skip(f"no interpreter nobody can run: {result.stderr[-200:]}")
+    assert "ModuleNotFoundError" not in result.stderr and "Permission denied" not in result.stderr, \
+        f"no Python that user nobody can run here (a system python3 is needed): {result.stderr[-200:]}"
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{config}:3: workers.w.user:" in lines[0] and "not root" in lines[0]
