@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..loop import EventLoop, Timer
+from ..loop import Coalesced, EventLoop, Timer
 from ..supervise.events import Event, StateChanged
 from ..supervise.probes import gated
 from ..supervise.states import ALIVE, State
@@ -82,7 +82,7 @@ class Waits:
         self.loop = loop
         self.supervisor = supervisor
         self.active: list[Wait] = []
-        self._check_queued = False
+        self._queue_check = Coalesced(self.loop, self._check)  # one look per wake-up
         self._poll: Timer | None = None
         self.reasons: dict[str, str | None] = {}  # instance -> reason of its last state change
         supervisor.events.subscribe(self._on_event)
@@ -100,13 +100,7 @@ class Waits:
             self.reasons[event.instance.name] = event.reason
             self._queue_check()
 
-    def _queue_check(self) -> None:
-        if not self._check_queued:
-            self._check_queued = True
-            self.loop.call_soon(self._check)
-
     def _check(self) -> None:
-        self._check_queued = False
         for wait in list(self.active):
             failures, pending = [], []
             for goal in wait.goals:

@@ -15,7 +15,7 @@ import resource
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..expand.identity import needs_switch
-from ..loop import EventLoop
+from ..loop import Coalesced, EventLoop
 from ..spawn.identity import Setup
 from ..spawn.request import SpawnRequest
 from .states import State
@@ -59,7 +59,7 @@ class Launcher:
         self._tokens = itertools.count(1)
         self._spawns: list["Instance"] = []
         self._signals: list[tuple[int, int, bool]] = []
-        self._scheduled = False
+        self._schedule = Coalesced(loop, self.flush)  # all spawns and signals of a wake-up: one flush
         self._sent: dict[int, float] = {}  # token -> when it was sent (oldest first)
         self._overdue_timer: Any = None
 
@@ -84,14 +84,8 @@ class Launcher:
         self.by_token.clear()
         self._sent.clear()
 
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self.flush)
-
     def flush(self) -> None:
         """Send what is queued now."""
-        self._scheduled = False
         # Signals first: the spawner handles messages in order, and a stop queued behind
         # 500 spawns waited for all of them (a 10 % reload at 5,000 instances: 0.7 s).
         signals, self._signals = self._signals, []
