@@ -29,6 +29,7 @@ from .spawn.orphans import StateRecorder, end_record, state_path
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
 from .supervise.events import Event, OpsIdle, SpawnerLost, StateChanged
+from .supervise.journal import Journal
 from .supervise.limits import Limits
 from .supervise.probing import Prober
 from .supervise.supervisor import Supervisor
@@ -102,6 +103,10 @@ class Master:
         self.service = ServiceNotifier(self.loop, self.supervisor)
         self.state_file = StateRecorder(self.loop, self.supervisor, self.settings.pidfile, lambda: self.spawner)
         self.supervisor.events.subscribe(self._on_event)
+        # the fleet's recent events (`orch events`, hooks, the dashboard); other parts note
+        # what is no state change with master.journal.record(kind, ...), e.g. "scaled"
+        self.journal = Journal()
+        self.supervisor.events.subscribe(self.journal.on_event)
         self.control: ControlServer | None = None
         self.watcher: Any = None
         self._initial_specs = specs
@@ -270,6 +275,7 @@ class Master:
                                            fd_limit=self._fd_limit,
                                            state=str(state_path(self.settings.pidfile)))
         self.spawner.send_sockets(self.listeners.items())
+        self.journal.record("spawner_replaced", old_pid=old.pid, pid=self.spawner.pid)
         self.supervisor.replace_spawner(self.spawner)
         self.state_file.changed()
 

@@ -8,7 +8,7 @@ which checks the transition table and emits `StateChanged`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from .states import State
@@ -49,13 +49,34 @@ class OpsIdle:
 
 
 @dataclass(frozen=True)
+class Notified:
+    """The instance's process said READY=1 or WATCHDOG=1 on the notify socket (notify probes)."""
+
+    instance: Any
+    ready: bool
+    watchdog: bool
+
+
+@dataclass(frozen=True)
 class SpawnerLost:
     """The spawner's socket reached EOF: it died, and every instance with it."""
 
     spawner: Any
 
 
-Event = Union[StateChanged, PolicyChanged, OpsIdle, SpawnerLost]
+@dataclass(frozen=True)
+class Happened:
+    """Something worth a line in the journal (supervise/journal.py KINDS) that is no state
+    change: a limit acted, a probe failed, a reload, a scaling step. `instance` is the
+    Instance concerned, if one is; `template` names the template when no instance is."""
+
+    kind: str
+    instance: Any = None
+    facts: dict = field(default_factory=dict)
+    template: str | None = None
+
+
+Event = Union[StateChanged, PolicyChanged, OpsIdle, SpawnerLost, Notified, Happened]
 Subscriber = Callable[[Event], None]
 
 
