@@ -17,6 +17,7 @@ from .fields import (ADDRESS, BIND, BOOL, COMMAND, DAY, DURATION, FILE_MODE, PAT
                      one_of)
 from .order import AFTER
 from .probes import PROBES
+from .scaling import BACKLOG, REPLICAS, SCALE
 from .production import RLIMITS
 
 _UNPARSED = object()
@@ -105,7 +106,9 @@ KEYS: tuple[Key, ...] = (
        '[{ ip = "10.0.0.3", queue = "urgent" }]', template_only=True),
     _w("exclude", TABLES, [], F, "matrix combinations left out (a partial match is enough)",
        '[{ ip = "10.0.0.2", queue = "queue2" }]', template_only=True),
-    _w("replicas", int_at_least(1, 100_000), 1, F, "instances per matrix combination", "2"),
+    _w("replicas", REPLICAS, 1, F, "instances per matrix combination; a table scales each combination "
+       "on its own queue's backlog, from min (0 allowed) to max, about backlog waiting messages per replica",
+       '{ min = 1, max = 8, backlog = 200 }'),
     _w("env", TABLE, {}, P, "environment variables added (values rendered)",
        '{ REDIS_HOST = "{{ ip }}" }', spec="env"),
     _w("inherit", BOOL, True, P, "start from the master's environment (false: from an empty one)",
@@ -169,14 +172,24 @@ KEYS: tuple[Key, ...] = (
     _w("rolling", BOOL, False, S, "restart changed instances in batches, each ready before the next",
        "true"),
     _w("max_unavailable", int_at_least(1), 1, S, "the batch size of a rolling restart", "2"),
-    _w("probes", PROBES, {}, S, "health probes, each { http = URL | tcp = \"HOST:PORT\" | exec = [argv], period, "
-       "timeout, failures, successes, status }: startup (must pass before the others count), readiness (decides "
+    _w("probes", PROBES, {}, S, "health probes, each { http = URL | tcp = \"HOST:PORT\" | exec = [argv] | notify = true | "
+       "\"watchdog\", period, timeout, failures, successes, status }: startup (must pass before the others count), readiness (decides "
        "READY), liveness (restarts the instance after failures in a row); targets are rendered; an exec "
-       "probe passes on exit 0, runs with the instance's env, cwd and user, and is killed at its timeout",
+       "probe passes on exit 0, runs with the instance's env, cwd and user, and is killed at its timeout; "
+       "notify = true passes once the process said READY=1, notify = \"watchdog\" while it says WATCHDOG=1 "
+       "at least every period",
        '{ readiness = { http = "http://127.0.0.1:{{ 9000 + replica }}/health", period = "2s" } }'),
     _w("after", AFTER, [], S, "templates whose every instance must be ready (a restart = \"never\" one: "
        "exited 0) before an instance of this one starts; a cycle is an error; a change orders only what "
        "starts from then on", '["redis", "migrate"]', template_only=True),
+    _w("scale", SCALE, {}, S, "how an autoscaled template follows its backlog: up once the demand held "
+       "up_after (default 2s), down once lower demand held down_after (default 60s), at most step (default 2) "
+       "replicas a second; a down step stops the highest replicas as a reload does",
+       '{ up_after = "2s", down_after = "60s", step = 2 }'),
+    _w("backlog", BACKLOG, None, S, "where an autoscaled template that is not one of orch's consumers reads "
+       "its backlog, rendered per combination: { redis = URL, list = KEY } (or stream = KEY, group = G), "
+       "{ beanstalkd = URL, tube = T } or { command = [argv] } printing an integer, each with per = messages "
+       "per replica", '{ redis = "redis://127.0.0.1:6379/0", list = "jobs:{{ queue }}", per = 100 }'),
     _w("log_max_size", SIZE, "50MiB", S, "rotate the instance's log at this size", '"50MiB"',
        default_from="orchestrator.log_max_size"),
     _w("log_backups", int_at_least(0), 5, S, "rotated logs kept", "5",
@@ -207,6 +220,11 @@ KEYS: tuple[Key, ...] = (
     _o("log_max_size", SIZE, "50MiB", L, "default log_max_size of every template", '"50MiB"'),
     _o("log_backups", int_at_least(0), 5, L, "default log_backups of every template", "5"),
     _o("metrics", ADDRESS, None, R, "serve Prometheus metrics on HOST:PORT", '"127.0.0.1:9108"'),
+    _o("http", ADDRESS, None, R, "serve the web dashboard on HOST:PORT (off unless set; give a loopback "
+       "address unless other hosts must reach it); every request needs the token, see `orch dashboard`",
+       '"127.0.0.1:9200"'),
+    _o("http_token_file", PATH, None, R, "the dashboard's token, read from this owner-only (0600) file; "
+       "unset, one is generated into <control_socket>.http-token", '"/etc/orch/dashboard.token"'),
     _o("include", STRINGS, [], L, "globs of files adding [vars] and [workers.*], watched too",
        '["conf.d/*.toml"]'),
     _s("bind", BIND, None, P, "the address the master binds once; a change rolls its users onto it",
@@ -236,7 +254,7 @@ SUB_TABLES = {"backoff": BACKOFF_KEYS, "memory": MEMORY_KEYS}
 ORCHESTRATOR_KEYS = _parsers("orchestrator.")
 SOCKET_KEYS = _parsers("sockets.*.")
 TEMPLATE_ONLY = tuple(k.name for k in KEYS if k.template_only)
-MERGED_TABLES = ("backoff", "memory", "env", "rlimits")  # [defaults] and a template merge these key by key
+MERGED_TABLES = ("backoff", "memory", "env", "rlimits", "scale")  # [defaults] and a template merge these key by key
 POLICY_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is Kind.POLICY and k.path.count(".") == 2
                     and k.name not in SUB_TABLES)
 POLICY_SUB_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is Kind.POLICY

@@ -22,6 +22,7 @@ from .order import order_problems
 from .model import Config, Policy, Settings, Template  # noqa: F401 - where the values are declared
 from .pieces import TomlPieces, tomllib
 from .production import check_template
+from .scaling import scaling_problems
 from .sockets import SocketDecl, check_template_sockets, parse_sockets
 from .source import read_source
 
@@ -259,7 +260,7 @@ def _settings(table: object, path: Path, problems: Problems) -> Settings:
         except ValueError as exc:
             problems.add(f"orchestrator.{key}", str(exc))
     for k in SETTINGS_KEYS:
-        if k.type is PATH:  # {stem}: each config of a folder gets its own (see keys.py)
+        if k.type is PATH and (k.default is not None or k.attr in values):  # {stem}: see keys.py
             written = str(values.get(k.attr, k.default)).replace("{stem}", path.stem)
             values[k.attr] = (folder / written).absolute()
     for k in SETTINGS_KEYS:
@@ -302,6 +303,8 @@ def _template(name: str, table: dict, folder: Path, settings: Settings,
         if not isinstance(value, (str, int, float, bool)):
             problems.add(f"{prefix}env.{key}", f"expected a string or number, got {type_name(value)}")
     check_template(clean, prefix, problems)
+    for key, message in scaling_problems(clean):
+        problems.add(prefix + key, message)
     if len(problems.items) > before or policy is None:
         return None
     values = dict(_template_defaults())

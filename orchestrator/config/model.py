@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .scaling import BacklogDecl, Replicas, Scale
 from .sockets import SocketDecl
 
 
@@ -34,6 +35,8 @@ class Policy:
     max_unavailable: int = 1
     probes: tuple[Any, ...] = ()  # ProbeDecls (config/probes.py), targets not yet rendered
     after: tuple[str, ...] = ()  # templates to wait for (config/order.py, supervise/order.py)
+    scale: Scale = Scale()  # how an autoscaled template follows its backlog (config/scaling.py)
+    backlog: BacklogDecl | None = None  # a plain command's backlog source, not yet rendered
     log_max_size: int = 50 * 2**20
     log_backups: int = 5
 
@@ -51,7 +54,7 @@ class Template:
     matrix: tuple[tuple[str, Any], ...]
     include: tuple[tuple[tuple[str, Any], ...], ...]
     exclude: tuple[tuple[tuple[str, Any], ...], ...]
-    replicas: int
+    replicas: int | Replicas  # Replicas: autoscaled (config/scaling.py)
     env: tuple[tuple[str, Any], ...]
     inherit: bool
     cwd: str
@@ -89,6 +92,8 @@ class Settings:
     log_max_size: int = 50 * 2**20
     log_backups: int = 5
     metrics: str | None = None
+    http: str | None = None  # the dashboard's HOST:PORT (web/)
+    http_token_file: Path | None = None
     include: tuple[str, ...] = ()
 
 

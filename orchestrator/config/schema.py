@@ -44,7 +44,7 @@ def _table(keys: list[Key], prefix: str) -> dict[str, Any]:
 
 def json_schema() -> dict[str, Any]:
     """The whole schema as a JSON-ready dict."""
-    direct = [k for k in KEYS if k.path.count(".") == 2]
+    direct = [k for k in KEYS if k.section == "workers" and k.path.count(".") == 2]  # not sockets.*.KEY
     template = _table(direct, "workers.*.")
     template["allOf"] = _TEMPLATE_RULES
     defaults = _table([k for k in direct if not k.template_only], "workers.*.")

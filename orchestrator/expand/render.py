@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..config.load import Config, Template
+from ..config.scaling import replica_count
 from ..errors import ConfigError, ConfigProblem
 from ..config.locate import Problems
 from ..config.source import read_source
@@ -225,11 +226,12 @@ def _expand_template(template: Template, variables: dict[str, Any], config: Conf
     combos = combinations(template, variables, renderer, problem)
     if combos is None:
         return None
-    if len(combos) * template.replicas > room:
+    count = replica_count(template.replicas)
+    if len(combos) * count > room:
         raise _TooMany()
     made: list[ProcessSpec] = []
     for params in combos:
-        for replica in range(template.replicas):
+        for replica in range(count):
             spec = _render(template, params, replica, variables, config.folder, renderer, problem)
             if spec is not None:
                 made.append(spec)
