@@ -1,0 +1,133 @@
+"""The pure scaling decision (supervise/autoscale.py) and the config it reads
+(config/scaling.py): tables for the rules, properties for the bounds, histories on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from orchestrator.config.scaling import (BacklogDecl, Replicas, Scale, parse_backlog, parse_replicas,
+                                         parse_scale, wanted)
+from orchestrator.supervise.autoscale import Bounds, CellState, decide, start_state
+
+PACE = Scale(up_after=2.0, down_after=60.0, step=2)
+B = Bounds(1, 8, 200)
+
+
+@pytest.mark.parametrize("backlog, low, high, per, expected", [
+    (0, 1, 8, 200, 1), (1, 1, 8, 200, 1), (200, 1, 8, 200, 1), (201, 1, 8, 200, 2),
+    (5000, 1, 8, 200, 8), (0, 0, 8, 200, 0), (1, 0, 8, 200, 1), (-5, 0, 3, 10, 0), (30, 2, 3, 10, 3),
+])
+def test_wanted_is_ceil_of_backlog_over_per_clamped(backlog, low, high, per, expected):
+    assert wanted(backlog, low, high, per) == expected
+
+
+def replay(history: list[tuple[float, int | None]], state: CellState, bounds: Bounds = B,
+           pace: Scale = PACE) -> list[int]:
+    counts = []
+    for now, backlog in history:
+        state, decision = decide(state, backlog, now, bounds, pace)
+        counts.append(decision.count)
+    return counts
+
+
+@pytest.mark.parametrize("name, history, start, expected", [
+    ("a burst waits up_after, then climbs step a second",
+     [(0, 5000), (1, 5000), (2, 5000), (3, 5000), (4, 5000), (5, 5000), (6, 5000)], 1, [1, 1, 3, 5, 7, 8, 8]),
+    ("a blip shorter than up_after changes nothing",
+     [(0, 5000), (1, 5000), (1.5, 0), (2.5, 5000), (3.5, 5000)], 1, [1, 1, 1, 1, 1]),
+    ("idle goes down only after down_after, by step",
+     [(0, 0), (30, 0), (59, 0), (60, 0), (61, 0), (62, 0), (63, 0)], 8, [8, 8, 8, 6, 4, 2, 1]),
+    ("demand back during the down wait restarts the wait",
+     [(0, 0), (50, 1600), (51, 0), (100, 0), (111, 0)], 8, [8, 8, 8, 8, 6]),
+    ("down goes no lower than what is still wanted",
+     [(0, 500), (60, 500), (61, 500), (62, 500)], 8, [8, 6, 4, 3]),
+    ("an unreadable backlog keeps the count and restarts the wait",
+     [(0, 5000), (1, None), (2, 5000), (3, 5000), (4, 5000)], 1, [1, 1, 1, 1, 3]),
+])
+def test_histories(name, history, start, expected):
+    assert replay(history, CellState(start)) == expected, name
+
+
+def test_min_zero_starts_one_within_up_after_of_the_first_message():
+    bounds = Bounds(0, 4, 100)
+    state, decision = decide(start_state(bounds), 1, 10.0, bounds, PACE)
+    assert decision.count == 0 and decision.wake_at == 12.0  # the master decides again then
+    state, decision = decide(state, 1, decision.wake_at, bounds, PACE)
+    assert decision.count == 1 and decision.changed
+
+
+def test_changed_bounds_apply_at_once_and_pins_hold():
+    state, decision = decide(CellState(6), 5000, 0.0, Bounds(1, 4, 200), PACE)
+    assert (decision.count, decision.changed) == (4, True) and "bounds" in decision.reason
+    state, decision = decide(CellState(1), 0, 0.0, Bounds(2, 4, 200), PACE)
+    assert decision.count == 2
+    state, decision = decide(CellState(1), 5000, 0.0, B, PACE, pinned=3)
+    assert decision.count == 3 and "orch scale" in decision.reason
+    assert decide(CellState(1), 5000, 0.0, B, PACE, pinned=30)[1].count == 8  # never past max
+
+
+@given(st.lists(st.tuples(st.floats(0, 5), st.one_of(st.none(), st.integers(0, 10_000))), max_size=60),
+       st.integers(0, 5), st.integers(0, 10), st.integers(1, 500), st.integers(1, 4),
+       st.floats(0, 10), st.floats(0, 10))
+def test_properties(steps, low, extra, per, step, up_after, down_after):
+    """Whatever the readings: the count stays within bounds, moves at most `step` per decision
+    (after the first, which may clamp into new bounds), never moves against the demand, and
+    never moves on an unreadable backlog."""
+    bounds, pace = Bounds(low, low + extra, per), Scale(up_after, down_after, step)
+    state, now = start_state(bounds), 0.0
+    for gap, backlog in steps:
+        now += gap
+        before = state.count
+        state, decision = decide(state, backlog, now, bounds, pace)
+        assert bounds.min <= decision.count <= bounds.max and state.count == decision.count
+        assert abs(decision.count - before) <= step
+        if backlog is None:
+            assert decision.count == before
+        else:
+            want = wanted(backlog, bounds.min, bounds.max, per)
+            assert min(before, want) <= decision.count <= max(before, want)
+
+
+@given(st.integers(1, 10_000), st.integers(1, 8), st.floats(0, 5))
+def test_a_steady_burst_reaches_what_it_wants(backlog, step, up_after):
+    bounds = Bounds(0, 20, 50)
+    state, now = start_state(bounds), 0.0
+    for _ in range(40):
+        state, decision = decide(state, backlog, now, bounds, Scale(up_after, 60.0, step))
+        now += 1.0
+    assert state.count == wanted(backlog, 0, 20, 50)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (3, 3), ({"max": 8}, Replicas(1, 8, None)), ({"min": 0, "max": 2, "backlog": 5}, Replicas(0, 2, 5)),
+])
+def test_replicas_parse(value, expected):
+    assert parse_replicas(value) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "from 1"), ({"min": 3, "max": 2}, "must not exceed"), ({"min": 1}, "needs max"),
+    ({"max": 2, "per": 3}, "unknown key 'per'"), ({"max": True}, "whole number"), ({"max": 2, "backlog": 0}, "from 1"),
+])
+def test_replicas_refused(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_replicas(value)
+
+
+def test_scale_and_backlog_parse():
+    assert parse_scale({}) == Scale(2.0, 60.0, 2)
+    assert parse_scale({"up_after": "500ms", "step": 4}) == Scale(0.5, 60.0, 4)
+    assert parse_backlog({"redis": "redis://h/0", "list": "jobs:{{ queue }}", "per": 100}) == \
+        BacklogDecl("redis", "redis://h/0", "jobs:{{ queue }}", per=100)
+    assert parse_backlog({"redis": "redis://h/0", "stream": "s", "group": "g"}).kind == "redis-stream"
+    assert parse_backlog({"beanstalkd": "beanstalk://h:11300", "tube": "t"}).key == "t"
+    assert parse_backlog({"command": ["app", "n"], "per": 2}).argv == ("app", "n")
+    for bad, message in [({"redis": "r", "list": "a", "stream": "b"}, "either list or stream"),
+                         ({"redis": "r", "list": "a", "command": ["x"]}, "exactly one"),
+                         ({"command": "x"}, "array of strings"), ({"redis": "r", "list": "a", "group": "g"}, "stream"),
+                         ({"up_after": "1s"}, "exactly one")]:
+        with pytest.raises(ValueError, match=message):
+            parse_backlog(bad)
+    with pytest.raises(ValueError, match="step"):
+        parse_scale({"step": 0})
