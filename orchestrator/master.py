@@ -18,6 +18,7 @@ from .control.notify import NotifyServer
 from .control.server import ControlServer
 from .expand.render import ExpansionCache
 from .expand.spec import ProcessSpec
+from .handover.upgrade import Upgrader
 from .loop import Coalesced, EventLoop
 from .observe.logs import Echo
 from .procfs import start_time
@@ -84,8 +85,9 @@ class Master:
 
     def __init__(self, config: Config, specs: list[ProcessSpec], spawner: SpawnerClient,
                  lock: PidLock, quiet: bool = False, listeners: Listeners | None = None,
-                 templates: TemplateCache | None = None):
+                 templates: TemplateCache | None = None, held: frozenset[str] = frozenset()):
         self.config = config
+        self._held = held  # stopped by `orch stop` before this master started: they stay stopped
         self.settings: Settings = config.settings
         self.spawner = spawner
         self.lock = lock
@@ -100,6 +102,7 @@ class Master:
         self.probes = Prober(self.supervisor, self.loop)
         self.notify: NotifyServer | None = None
         self.metrics: Any = None
+        self.dashboard: Any = None  # web/dashboard.py, with [orchestrator] http
         self.service = ServiceNotifier(self.loop, self.supervisor)
         self.state_file = StateRecorder(self.loop, self.supervisor, self.settings.pidfile, lambda: self.spawner)
         self.supervisor.events.subscribe(self._on_event)
@@ -123,6 +126,7 @@ class Master:
         self.listeners.annotate = lambda key: self.unserved.status(key)
         self._release_later = Coalesced(self.loop, self._release_sockets)
         self.reloader = Reloader(self)
+        self.upgrader = Upgrader(self)  # `orch upgrade`, SIGUSR2 (handover/)
         set_log_level(self.settings.log_level)
 
     @property
@@ -161,7 +165,9 @@ class Master:
              for spec in (inst.spec, inst.next_spec) if spec is not None for key in spec.socket_keys}))
 
     # --- lifecycle ------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, handover: Any = None) -> int:
+        """`handover` (handover/resume.py): this process was the master before an upgrade's
+        exec; its sockets are taken over and its instances carried on, none started."""
         self._fd_limit = _raise_fd_limit()  # after the spawner fork: children keep the usual limit
         loop = self.loop
         try:
@@ -171,23 +177,35 @@ class Master:
             loop.add_signal_handler(signal.SIGHUP, lambda s: self.request_reload("SIGHUP"))
             loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
             loop.add_signal_handler(signal.SIGCHLD, self._reap)
-            self.control = ControlServer(loop, self.settings.control_socket, Commands(self))
-            self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify)
+            loop.add_signal_handler(signal.SIGUSR2, lambda s: self.upgrader.request(check=False))
+            taken = handover.socket if handover is not None else (lambda name: None)
+            self.control = ControlServer(loop, self.settings.control_socket, Commands(self), sock=taken("control"))
+            self.notify = NotifyServer(loop, self.notify_path, self.limits.on_notify, sock=taken("notify"))
             if self.settings.metrics:
                 from .observe.metrics import MetricsServer
-                self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text)
+                self.metrics = MetricsServer(loop, self.settings.metrics, self._metrics_text, sock=taken("metrics"))
                 log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
+            if self.settings.http:
+                from .web.dashboard import Dashboard
+                self.dashboard = Dashboard(self)
+                log.info("dashboard on http://%s:%d/ (orch dashboard prints the address to open)",
+                         *self.dashboard.server.address)
             self.reloader._remember_file()
-            self.spawner.send_sockets(self.listeners.items())  # bound by up.py, before any spawn
-            plan = reconcile(self._initial_specs, {})
-            self.supervisor.apply(plan)
+            if handover is None:
+                self.spawner.send_sockets(self.listeners.items())  # bound by up.py, before any spawn
+                plan = reconcile(self._initial_specs, {})
+            else:  # the spawner holds the sockets already, and the instances run on
+                plan = handover.restore(self)
+            self.supervisor.apply(plan, self._held)
+            if self._held:
+                self._say_held()
             self.supervisor.flush()  # the spawner forks while the watcher below starts up
             if self.settings.watch:
                 self._start_watcher()
                 if self.reloader._read_sources() != self.reloader.config_bytes:  # saved while we were starting
                     self.loop.call_soon(lambda: self.request_reload("file changed during start-up"))
             self.loop.call_soon(self.service.update)  # an empty fleet is ready at once
-            self.applied_at = time.time()
+            self.applied_at = self.applied_at if handover is not None else time.time()
             log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
                      len(plan.start), self.config.path)
             gc.freeze()  # what exists now lives as long as the master: no collection walks it again
@@ -195,6 +213,13 @@ class Master:
         finally:
             self._cleanup()
         return self.exit_code
+
+    def _say_held(self) -> None:
+        names = sorted(n for n, i in self.supervisor.instances.items() if i.held)
+        if names:
+            log.info("%d instances stay stopped, as `orch stop` left them (`orch start` them; "
+                     "`orch up --fresh` forgets): %s", len(names), ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+        self.state_file.changed()
 
     def _start_watcher(self) -> None:
         from .control.watch import ConfigWatcher
@@ -245,12 +270,14 @@ class Master:
         os.kill(self.spawner.pid, signal.SIGKILL)
 
     def _reap(self, signum: int) -> None:
-        for pid, _ in reaped():
+        for pid, status in reaped():
             if pid == self.spawner.pid:
                 if self.phase is Phase.FINISHING:
                     self.loop.stop()
                 else:
                     self._spawner_lost(self.spawner)
+            else:
+                self.upgrader.reaped(pid, status)  # its proof child, if it is that
 
     def _spawner_lost(self, old: SpawnerClient) -> None:
         """The spawner died (killed from outside, or a bug). Its guard ends its children
@@ -275,6 +302,7 @@ class Master:
                                            fd_limit=self._fd_limit,
                                            state=str(state_path(self.settings.pidfile)))
         self.spawner.send_sockets(self.listeners.items())
+        self.upgrader.spawner_version = __version__  # the new spawner runs this master's code
         self.journal.record("spawner_replaced", old_pid=old.pid, pid=self.spawner.pid)
         self.supervisor.replace_spawner(self.spawner)
         self.state_file.changed()
@@ -294,6 +322,7 @@ class Master:
         log.info("SIGUSR1: reopened %d log files", len(self.supervisor.instances))
 
     def _cleanup(self) -> None:
+        self.upgrader.cancel()
         if self.phase is not Phase.FINISHING:  # set-up failed: the spawner must not outlive us
             self.spawner.exit()
         if self.watcher is not None:
@@ -304,7 +333,10 @@ class Master:
             self.notify.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
         self.unserved.close()
+        self.supervisor.launcher.pump.drain()  # children's last words, read in batches
         for inst in self.supervisor.instances.values():
             inst.logfile.close()
         self.state_file.close(clean=not self.exit_code)

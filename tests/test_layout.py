@@ -145,7 +145,7 @@ FLOORS = {  # lower floors never import higher ones (the README's Architecture s
     "loop": 1, "config": 1, "worker": 1,
     "acceptor": 2, "expand": 2, "queues": 2, "demo": 2,
     "plan": 3, "export": 3, "spawn": 3, "observe": 3, "tasks": 3,
-    "supervise": 4, "control": 5, "master": 6, "cli": 7, "__main__": 8,
+    "supervise": 4, "control": 5, "web": 5, "handover": 5, "master": 6, "cli": 7, "__main__": 8,
 }
 
 

@@ -60,7 +60,10 @@ COMMAND_LIST: tuple[Command, ...] = (
     Command("up", "run the master in the foreground", "orch up -c workers.toml", "local_commands:cmd_up", (
         arg("-q", "--quiet", action="store_true", help="do not echo children's output on stdout"),
         arg("-d", "--detach", action="store_true",
-            help="run in the background (daemonize); returns once the master is listening")), offline=True),
+            help="run in the background (daemonize); returns once the master is listening"),
+        arg("--fresh", action="store_true",
+            help="start every instance, also those `orch stop` left stopped before the last master ended")),
+        offline=True),
     Command("check", "validate the config and print a one-line summary", "orch check -c workers.toml",
             "local_commands:cmd_check", offline=True),
     Command("plan", "print the expanded instances (or, with --diff, what a reload would do)",
@@ -73,6 +76,10 @@ COMMAND_LIST: tuple[Command, ...] = (
             "client_commands:cmd_status", (PATTERNS, JSON_LIST)),
     Command("reload", "re-read the config and apply only what changed", "orch reload -c workers.toml",
             "client_commands:cmd_reload"),
+    Command("upgrade", "re-execute the master (same pid) into the orch installed now; every instance "
+            "keeps running", "orch upgrade --check", "upgrade:cmd_upgrade", (
+                arg("--check", action="store_true", help="only prove the new code can take over: it "
+                                                         "imports orch, loads the config, reads the state"),)),
     Command("down", "stop every instance and the master; returns when all are gone", "orch down",
             "client_commands:cmd_down", (arg("--timeout", type=float, default=None, metavar="SECONDS",
                                              help="give up waiting after this long (exit 1)"),)),
@@ -97,6 +104,13 @@ COMMAND_LIST: tuple[Command, ...] = (
                 arg("-n", "--lines", type=int, default=20, metavar="N", help="lines to show (default 20)"),
                 arg("--stderr", action="store_true",
                     help='the separate stderr log (stderr = "separate") instead of the output log'))),
+    Command("events", "the fleet's recent events (state changes, exits, limits, probe failures, reloads), "
+            "a line each; -f follows", "orch events -f --json template:consumer", "events_view:cmd_events", (
+                PATTERNS, arg("-f", "--follow", action="store_true",
+                              help="keep printing new events until interrupted"),
+                arg("--json", action="store_true", help="one JSON object per line"),
+                arg("-n", "--lines", type=int, default=None, metavar="N",
+                    help="show only the last N events first (default: all kept, up to 1,000)"))),
     Command("export", f"write the fleet as {', '.join(FORMATS[:-1])} or {FORMATS[-1]} files",
             "orch export --format systemd -o units/", "local_commands:cmd_export", (
                 arg("--format", required=True, metavar="FORMAT", choices=FORMATS, help=", ".join(FORMATS)),
@@ -112,6 +126,9 @@ COMMAND_LIST: tuple[Command, ...] = (
                 arg("action", nargs="?", choices=["retry"], help="retry: move QUEUE's dead letters back"),
                 arg("queue", nargs="?", metavar="QUEUE"), arg("--json", action="store_true", help="print JSON")),
             offline=True),
+    Command("dashboard", "print the web dashboard's address, token included, to open in a browser",
+            "orch dashboard", "dashboard:cmd_dashboard",
+            (arg("--json", action="store_true", help="print the address and the token file as JSON"),)),
     Command("top", "a live full-screen view of the fleet (q quits)", "orch top template:consumer",
             "client_commands:cmd_top", (PATTERNS, arg("--interval", type=float, default=1.0, metavar="SECONDS",
                                                        help="seconds between refreshes (default 1)"))),

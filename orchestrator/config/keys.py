@@ -221,7 +221,7 @@ KEYS: tuple[Key, ...] = (
     _o("log_backups", int_at_least(0), 5, L, "default log_backups of every template", "5"),
     _o("metrics", ADDRESS, None, R, "serve Prometheus metrics on HOST:PORT", '"127.0.0.1:9108"'),
     _o("http", ADDRESS, None, R, "serve the web dashboard on HOST:PORT (off unless set; give a loopback "
-       "address unless other hosts must reach it); every request needs the token, see `orch dashboard`",
+       "address unless other hosts must reach it); every request needs the token: orch dashboard prints the address with it",
        '"127.0.0.1:9200"'),
     _o("http_token_file", PATH, None, R, "the dashboard's token, read from this owner-only (0600) file; "
        "unset, one is generated into <control_socket>.http-token", '"/etc/orch/dashboard.token"'),

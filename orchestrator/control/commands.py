@@ -18,9 +18,11 @@ from .. import __version__
 from ..errors import ConfigError
 from ..loop import EventLoop
 from ..plan import describe, reconcile
+from ..supervise.journal import Journal
 from ..supervise.states import ALIVE
 from ..supervise.supervisor import Supervisor
 from ..units import parse_signal
+from .event_feed import EventFeed, record_matcher, unmatched
 from .server import Connection, ControlError, Pending
 from .waits import Goal, Waits
 
@@ -47,6 +49,7 @@ class MasterControl(Protocol):
     reload_count: int
     last_reload_error: str | None
     config_bytes: str | None  # digest of the config's sources as last read
+    journal: Journal  # the fleet's recent events (orch events)
 
     @property
     def stopping(self) -> bool: ...
@@ -60,6 +63,8 @@ class MasterControl(Protocol):
     def load_later(self, on_done: Callable[[Any], None]) -> None: ...
 
     def shutdown(self) -> None: ...
+
+    upgrader: Any  # handover/upgrade.py: `orch upgrade`, and the versions status shows
 
 log = logging.getLogger("orch")
 DEFAULT_WAIT = 30.0  # seconds a waiting command allows beyond its instances' stop_timeout + min_uptime
@@ -80,6 +85,14 @@ class Commands:
 
     def cmd_ping(self, conn: Connection) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__}
+
+    def cmd_dashboard(self, conn: Connection) -> dict[str, Any]:
+        """The dashboard's address with its token (this socket is the owner's only)."""
+        dashboard = getattr(self.master, "dashboard", None)
+        if dashboard is None:
+            raise ControlError('the dashboard is off: set [orchestrator] http = "127.0.0.1:9200" '
+                               "(a reload does not start it: restart the master)", 1)
+        return {"url": dashboard.url, "token_file": str(dashboard.token_file)}
 
     def cmd_status(self, conn: Connection, patterns: list[str] | None = None,
                    as_text: bool = False) -> dict[str, Any]:
@@ -105,6 +118,7 @@ class Commands:
             "sources_digest": self.master.config_bytes,
             "stopping": self.master.stopping,
             "sockets": self.master.listeners.status(),
+            "versions": self.master.upgrader.status(),  # the master's, and its helpers' (orch upgrade)
         }
         if as_text:
             reply["instances_text"] = rows_text(rows)
@@ -140,6 +154,31 @@ class Commands:
             current = {name: inst.target for name, inst in self.master.supervisor.instances.items()}
             reply.resolve({"lines": describe(plan, current), **plan.counts()})
         self.master.loop.call_soon(lambda: self.master.load_later(done))  # after the reply is owed
+        return reply
+
+    def cmd_events(self, conn: Connection, patterns: list[str] | None = None, follow: bool = False,
+                   lines: int | None = None) -> dict[str, Any]:
+        """The journal's last `lines` records (all kept: up to 1,000) about the instances
+        `patterns` name; with `follow`, every new one after this reply (event_feed.py)."""
+        journal = self.master.journal
+        history = journal.recent()
+        missing = unmatched(patterns or [], self.master.supervisor.instances, history)
+        if missing is not None:
+            raise ControlError(f"no instance matches {missing!r} (now or in the last {len(history)} events)", 1)
+        matches = record_matcher(patterns or [])
+        chosen = [r for r in history if matches is None or matches(r)]
+        if lines is not None:
+            chosen = chosen[-lines:] if lines > 0 else []
+        if follow:
+            conn.owed += 1  # a stream: never idle, closed by the client
+            EventFeed(conn, journal, matches)
+        return {"events": chosen, "seq": journal.seq, "follow": follow}
+
+    def cmd_upgrade(self, conn: Connection, check: bool = False) -> Pending:
+        """Re-exec the master into the orch installed now (handover/); `check`: only the proof.
+        Answered by the new master once it carries on, or with why nothing changed."""
+        reply = Pending()
+        self.master.loop.call_soon(lambda: self.master.upgrader.request(check, conn, reply))  # once owed
         return reply
 
     def cmd_down(self, conn: Connection) -> dict[str, Any]:

@@ -1,0 +1,215 @@
+"""The dashboard's live feed: one server-sent events stream per open page.
+
+A stream shows one page of the fleet (its offset, size and filter are in its URL; the page
+opens a new stream when they change), so what a page costs the master does not grow with
+the fleet: a state change is sent within FLUSH_DELAY, the page's CPU and memory every
+USAGE_EVERY, and each message is the page's rows plus the fleet's counts by state.
+Journal records go to every stream as they happen. A reader that falls behind never grows
+the master: while its unread bytes pass MAX_BACKLOG, its page updates wait (the next one
+replaces them) and its journal records are dropped and counted, then said in one message."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+from collections import Counter
+from typing import Any, Callable, Iterable
+
+from ..loop import EventLoop, Timer
+from ..supervise.events import StateChanged
+from ..supervise.instance import sample_usage
+from .http import Conn
+
+FLUSH_DELAY = 0.1  # a state change reaches the open pages this soon
+MIN_FLUSH = 0.25  # and a storm of them at most this often
+USAGE_EVERY = 2.0  # seconds between two CPU/memory refreshes of a page
+PING_EVERY = 15.0  # a comment line keeps proxies and the browser from timing out
+MAX_BACKLOG = 256 * 1024
+MAX_PAGE = 500
+RECENT = 100  # journal records a new page starts with
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def matches(inst: Any, query: str, state: str) -> bool:
+    """The filter of a page (pure): `query` a substring or glob of the name or template."""
+    if state and inst.state.value != state:
+        return False
+    if not query:
+        return True
+    if any(c in query for c in "*?["):
+        return fnmatch.fnmatchcase(inst.name, query) or fnmatch.fnmatchcase(inst.spec.template, query)
+    return query in inst.name or query in inst.spec.template
+
+
+def row(inst: Any) -> dict[str, Any]:
+    """What the table shows of one instance."""
+    alive = inst.pid is not None
+    return {"name": inst.name, "template": inst.spec.template, "state": inst.state.value, "pid": inst.pid,
+            "restarts": inst.restarts, "cpu": round(inst.cpu_percent, 1) if alive else None,
+            "rss": inst.rss if alive else None, "uptime": round(inst.uptime()) if alive else None,
+            "last_exit": inst.last_exit, "held": inst.held}
+
+
+def event(name: str, data: str) -> bytes:
+    """One server-sent event (`data` holds no newline: it is compact JSON)."""
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+class Stream:
+    """One open page: its view of the fleet and what waits to be said to it."""
+
+    __slots__ = ("conn", "offset", "limit", "query", "state", "visible", "sent", "dropped", "stale")
+
+    def __init__(self, conn: Conn, offset: int, limit: int, query: str, state: str):
+        self.conn = conn
+        self.offset, self.limit, self.query, self.state = offset, limit, query, state
+        self.visible: list[Any] = []  # the Instances on its page, as last sent
+        self.sent = ""  # the last page message, to skip repeating it
+        self.dropped = 0  # journal records not sent: it was behind
+        self.stale = True  # a page update is owed
+
+    @property
+    def behind(self) -> bool:
+        return self.conn.backlog > MAX_BACKLOG
+
+
+class Feed:
+    """Every open stream, fed from the supervisor's bus and the journal."""
+
+    def __init__(self, loop: EventLoop, instances: Callable[[], dict[str, Any]],
+                 usage: Callable[[int], tuple[int, int, int]], journal: Any = None):
+        self.loop = loop
+        self.instances = instances
+        self.usage = usage
+        self.journal = journal
+        self.streams: list[Stream] = []
+        self.messages = 0  # page messages sent (the bench reads it)
+        self._flush_timer: Timer | None = None
+        self._last_flush = -MIN_FLUSH
+        self._usage_timer: Timer | None = None
+        self._ping_timer: Timer | None = None
+        self._unfollow: Callable[[], None] | None = None
+
+    # --- streams ----------------------------------------------------------------
+    def open(self, conn: Conn, query: dict[str, str]) -> None:
+        """Turn `conn` into a stream of the page its query names."""
+        stream = Stream(conn, _int(query.get("offset"), 0, 10**9), _int(query.get("limit"), 100, MAX_PAGE),
+                        query.get("q", "")[:200], query.get("state", "")[:32])
+        self.streams.append(stream)
+        conn.stream(lambda: self._closed(stream))
+        conn.send(b"retry: 2000\n\n")
+        if self.journal is not None:
+            if self._unfollow is None:
+                self._unfollow = self.journal.follow(self._record)
+            conn.send(event("journal", _encode(self.journal.recent(RECENT))))
+        self._refresh_usage([stream])
+        self._send_page(stream)
+        if self._usage_timer is None:
+            self._usage_timer = self.loop.call_later(USAGE_EVERY, self._usage_tick)
+            self._ping_timer = self.loop.call_later(PING_EVERY, self._ping)
+
+    def _closed(self, stream: Stream) -> None:
+        self.streams.remove(stream)
+        if not self.streams:  # nobody looks: no timers, no journal follower
+            for timer in (self._usage_timer, self._ping_timer, self._flush_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._usage_timer = self._ping_timer = self._flush_timer = None
+            if self._unfollow is not None:
+                self._unfollow()
+                self._unfollow = None
+
+    # --- what happens -------------------------------------------------------------
+    def on_event(self, event: object) -> None:
+        """Bus subscriber: a state change makes every page owe an update (its counts changed)."""
+        if isinstance(event, StateChanged) and self.streams:
+            for stream in self.streams:
+                stream.stale = True
+            self._flush_soon()
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """Journal follower (in the loop: never blocks): to every stream that keeps up."""
+        data = None
+        for stream in self.streams:
+            if stream.behind:
+                stream.dropped += 1
+                continue
+            if stream.dropped:
+                stream.conn.send(event("dropped", str(stream.dropped)))
+                stream.dropped = 0
+            data = data or event("journal", _encode([record]))
+            stream.conn.send(data)
+
+    def _flush_soon(self) -> None:
+        if self._flush_timer is None:
+            due = max(FLUSH_DELAY, self._last_flush + MIN_FLUSH - self.loop.time())
+            self._flush_timer = self.loop.call_later(due, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        self._last_flush = self.loop.time()
+        for stream in self.streams:
+            if stream.stale:
+                self._send_page(stream)
+
+    def _usage_tick(self) -> None:
+        self._usage_timer = self.loop.call_later(USAGE_EVERY, self._usage_tick)
+        current = [s for s in self.streams if not s.behind]
+        self._refresh_usage(current)
+        for stream in current:
+            self._send_page(stream)
+
+    def _ping(self) -> None:
+        self._ping_timer = self.loop.call_later(PING_EVERY, self._ping)
+        for stream in self.streams:
+            if not stream.behind:
+                stream.conn.send(b": ping\n\n")
+
+    # --- pages --------------------------------------------------------------------
+    def _refresh_usage(self, streams: Iterable[Stream]) -> None:
+        """Fresh CPU and memory for the instances on these pages (each read once)."""
+        chosen = {id(i): i for s in streams for i in s.visible if i.pid is not None}
+        sample_usage(list(chosen.values()), self.usage, self.loop.time())
+
+    def page(self, stream: Stream) -> dict[str, Any]:
+        """The page's message: its rows, how many match, and the fleet's counts by state."""
+        fleet = self.instances()
+        counts = Counter(inst.state.value for inst in fleet.values())
+        if stream.query or stream.state:
+            found = [i for i in fleet.values() if matches(i, stream.query, stream.state)]
+            total, shown = len(found), found[stream.offset:stream.offset + stream.limit]
+        else:
+            total, shown = len(fleet), _slice(fleet.values(), stream.offset, stream.limit)
+        seen = set(map(id, stream.visible))
+        fresh = [i for i in shown if id(i) not in seen and i.pid is not None]
+        stream.visible = shown
+        if fresh:  # new on the page: measure now, not at the next tick
+            sample_usage(fresh, self.usage, self.loop.time())
+        return {"offset": stream.offset, "limit": stream.limit, "total": total, "fleet": len(fleet),
+                "counts": dict(counts), "rows": [row(i) for i in shown]}
+
+    def _send_page(self, stream: Stream) -> None:
+        if stream.behind:
+            return  # still stale: sent once it has read
+        text = _encode(self.page(stream))
+        stream.stale = False
+        if text != stream.sent:
+            stream.sent = text
+            stream.conn.send(event("page", text))
+            self.messages += 1
+
+    def close(self) -> None:
+        for stream in list(self.streams):
+            stream.conn.close()
+
+
+def _slice(values: Iterable[Any], offset: int, limit: int) -> list[Any]:
+    return list(itertools.islice(values, offset, offset + limit))
+
+
+def _int(text: str | None, default: int, top: int) -> int:
+    try:
+        return max(0, min(top, int(text))) if text is not None else default
+    except ValueError:
+        return default
