@@ -60,6 +60,6 @@ def _bad_arguments(args: argparse.Namespace) -> str | None:
     timeout = getattr(args, "timeout", None)
     if timeout is not None and not (0 < timeout < math.inf):
         return f"--timeout must be a positive number of seconds, not {timeout:g}"
-    if args.command == "logs" and args.lines < 0:
-        return f"logs -n must be 0 or more lines, not {args.lines}"
+    if args.command in ("logs", "events") and args.lines is not None and args.lines < 0:
+        return f"{args.command} -n must be 0 or more lines, not {args.lines}"
     return None

@@ -74,6 +74,7 @@ class Connection:
         self.keep_open = False  # `down`: closes when the process exits
         self.closed = False
         self.owed = 0  # Pending replies not given yet
+        self.drained: Callable[[], None] | None = None  # a stream's: called once the client read all
         self.last_active = server.loop.time()
         self._eof = False
         self._reading = False
@@ -174,6 +175,8 @@ class Connection:
         """The client read some of a reply: send more, then serve the requests that waited."""
         self._flush()
         if not self.closed and not self.outbuf:
+            if self.drained is not None:
+                self.drained()
             self._serve()
 
     def close(self) -> None:

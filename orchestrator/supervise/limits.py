@@ -19,7 +19,7 @@ import random
 from typing import Any
 
 from ..config.load import Policy
-from .events import Event, PolicyChanged, StateChanged
+from .events import Event, Happened, Notified, PolicyChanged, StateChanged
 from .instance import Instance
 from ..loop import EventLoop, Timer
 from ..procfs import process_group, stat_fields
@@ -273,6 +273,9 @@ class Limits:
         if "ORCH_LIMIT" in fields:  # the worker ends itself; restart it at once when it exits
             inst.limit_kill = True
             inst.last_reason = fields["ORCH_LIMIT"] or "limit"
+            self.supervisor.events.emit(Happened("limit", inst, {
+                "limit": inst.last_reason, "value": "reported by the worker", "pid": inst.pid,
+                "action": "the worker exits"}))
 
     def _arm_watchdog(self, inst: Instance) -> None:
         """`timeout` for a READY=1 worker that does not report requests: WATCHDOG=1 that often."""
@@ -335,6 +338,9 @@ class Limits:
         if inst.state is State.STOPPING and (reason != "memory_hard" or inst.stop_reason == reason):
             return
         inst.limit_kills[reason] = inst.limit_kills.get(reason, 0) + 1
+        self.supervisor.events.emit(Happened("limit", inst, {
+            "limit": reason, "value": detail, "pid": inst.pid,
+            "action": "graceful restart" if reason in GRACEFUL_REASONS else "SIGKILL"}))
         if reason in GRACEFUL_REASONS:
             log.warning("%s[%d] %s (%s): graceful stop, then restart", inst.name, inst.pid, reason, detail)
             self.supervisor.stop(inst, Then.RESTART, reason=reason)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config.probes import Probe
 from ..loop import EventLoop, Timer
-from .events import Event, PolicyChanged, StateChanged
+from .events import Event, Happened, Notified, PolicyChanged, StateChanged
 from .instance import Instance
 from .probe_checks import Check
 from .probe_exec import ExecCheck
@@ -110,6 +110,10 @@ class Prober:
             return
         state, verdict = decide(probe.role, probe.successes, probe.failures, run.states[probe.role], ok, detail)
         run.states[probe.role] = state
+        if not ok:
+            self.supervisor.events.emit(Happened("probe_failed", run.inst, {
+                "probe": probe.role, "check": probe.kind, "error": detail, "pid": run.pid,
+                "failures": state.failures, "action": verdict.value}))
         self._act(run, probe, verdict, detail)
         if self.runs.get(run.inst.name) is run and probe in running(run.probes, run.started):
             elapsed = self.loop.time() - run.began.get(probe.role, 0.0)

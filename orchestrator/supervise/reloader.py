@@ -19,6 +19,7 @@ from ..expand.render import Expansion, ExpansionCache
 from ..expand.spec import ProcessSpec
 from ..loop import EventLoop
 from ..plan import reconcile
+from .events import Happened
 
 log = logging.getLogger("orch")
 STEP_SECONDS = 0.02  # how long one step of a reload's expansion holds the loop (plus one render's budget)
@@ -166,8 +167,11 @@ class Reloader:
             self.last_error = (f"{config.path}: the new config has no instances; refusing to "
                                       "stop everything (use `orch down` for that)")
             log.warning("reload (%s) refused: %s", origin, self.last_error)
+            self.host.supervisor.events.emit(Happened("reload_failed", None, {"origin": origin,
+                                                                              "error": self.last_error}))
             return {"applied": False, "error": self.last_error}
         plan = reconcile(specs, self.host.supervisor.running_view())
+        self.host.supervisor.events.emit(Happened("reload", None, {"origin": origin, **plan.counts()}))
         self._apply_settings(config.settings)
         self.host.supervisor.apply(plan)
         self.host.supervisor.flush()  # the spawner starts on the new instances while we finish here
@@ -193,6 +197,7 @@ class Reloader:
         self.last_error = str(exc)
         self._remember_file()
         log.error("reload (%s) failed; nothing changed, every process keeps running:\n%s", origin, exc)
+        self.host.supervisor.events.emit(Happened("reload_failed", None, {"origin": origin, "error": str(exc)}))
         return {"applied": False, "error": f"reload failed, nothing changed:\n{exc}"}
 
     def _apply_settings(self, new: Settings) -> None:
