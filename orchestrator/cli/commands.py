@@ -129,6 +129,13 @@ COMMAND_LIST: tuple[Command, ...] = (
     Command("dashboard", "print the web dashboard's address, token included, to open in a browser",
             "orch dashboard", "dashboard:cmd_dashboard",
             (arg("--json", action="store_true", help="print the address and the token file as JSON"),)),
+    Command("scale", "pin an autoscaled template's (or one cell's) replicas at N until `orch scale --auto`; "
+            "alone, show each cell: replicas, bounds, backlog, last decision", "orch scale consumer 4",
+            "scale_view:cmd_scale", (
+                arg("target", nargs="?", metavar="TEMPLATE|CELL"),
+                arg("count", nargs="?", type=int, metavar="N"),
+                arg("--auto", action="store_true", help="follow the backlog again"),
+                arg("--json", action="store_true", help="print JSON"))),
     Command("top", "a live full-screen view of the fleet (q quits)", "orch top template:consumer",
             "client_commands:cmd_top", (PATTERNS, arg("--interval", type=float, default=1.0, metavar="SECONDS",
                                                        help="seconds between refreshes (default 1)"))),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,8 +12,11 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def cmd_up(args: argparse.Namespace, path: Path) -> int:
+    if "ORCH_HANDOVER" in os.environ:  # an upgrade's exec (or its proof): handover/, cli/resume.py
+        from .resume import run_resumed
+        return run_resumed()
     from .up import run_up
-    return run_up(path, quiet=args.quiet, detach=args.detach)
+    return run_up(path, quiet=args.quiet, detach=args.detach, fresh=args.fresh)
 
 
 def cmd_check(args: argparse.Namespace, path: Path) -> int:

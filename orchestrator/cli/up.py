@@ -21,8 +21,9 @@ from ..spawn.spawner import SpawnerClient
 from ..title import set_title
 
 
-def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
-    """Run the master; validation errors raise before anything starts (exit 2)."""
+def run_up(path: Path, quiet: bool = False, detach: bool = False, fresh: bool = False) -> int:
+    """Run the master; validation errors raise before anything starts (exit 2). `fresh`:
+    forget which instances `orch stop` left stopped (else they stay stopped)."""
     if detach:
         from ..expand.render import expand
         config = load_config(path)
@@ -33,8 +34,8 @@ def run_up(path: Path, quiet: bool = False, detach: bool = False) -> int:
             probe.close_all()
         _make_folders(config.settings, config.path)
         return _detach(config.path, config.settings.control_socket, config.settings.log_dir,
-                       config.settings.pidfile)
-    return _foreground(path, quiet)
+                       config.settings.pidfile, fresh)
+    return _foreground(path, quiet, fresh)
 
 
 def _make_folders(settings: Settings, config: Path) -> None:
@@ -90,7 +91,7 @@ def _make_private(folder: Path) -> None:
             pass  # made at the same moment by another `orch up`: checked like any other
 
 
-def _foreground(path: Path, quiet: bool) -> int:
+def _foreground(path: Path, quiet: bool, fresh: bool = False) -> int:
     """Lock, end leftovers, start the spawner, then validate the whole file and run.
 
     The spawner (a fresh interpreter, see spawner.py) starts as early as possible, so its
@@ -101,7 +102,8 @@ def _foreground(path: Path, quiet: bool) -> int:
     log_handler = setup_logging()
     lock = PidLock(settings.pidfile).acquire()
     try:
-        from ..spawn.orphans import end_leftovers, state_path
+        from ..spawn.orphans import end_leftovers, read_stopped, state_path
+        held = frozenset() if fresh else frozenset(read_stopped(settings.pidfile))
         end_leftovers(settings.pidfile)
         listeners = Listeners(take_systemd_sockets())  # before the spawner: it must not see LISTEN_*
         spawner = SpawnerClient.start(f"orch: spawner {settings.name}",  # it closes every fd it inherits
@@ -122,7 +124,8 @@ def _foreground(path: Path, quiet: bool) -> int:
         log_handler.flush()  # what was logged goes out before the error is reported
         raise
     set_title(f"orch: master {config.settings.name} [{config.path}]")
-    master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners, templates=templates)
+    master = Master(config, specs, spawner, lock, quiet=quiet, listeners=listeners, templates=templates,
+                    held=held)
     master.loop.before_wait.append(log_handler.flush)
     # Clients find this master from the config's path alone, even once the file is broken.
     write_record(path, config.settings.control_socket, config.settings.log_dir)
@@ -147,7 +150,7 @@ def _bind(listeners: Listeners, config: Config) -> None:
                                           ", ".join(sorted(unused)))
 
 
-def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
+def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path, fresh: bool = False) -> int:
     """Start a daemonized master and return once *this* master answers on its socket.
 
     Success means a ping answered by the daemon's own pid (not by some other master already
@@ -158,7 +161,7 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
     # Opened here, not in the daemon: a link planted at its path fails this command (exit 2).
     log_fd = open_own_file(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     try:
-        daemon = _daemonize(path, log_file, log_fd)
+        daemon = _daemonize(path, log_file, log_fd, fresh)
     finally:
         os.close(log_fd)
     progress = Progress(f"starting master {daemon}: waiting for it to listen on {socket_path}")
@@ -179,7 +182,7 @@ def _detach(path: Path, socket_path: Path, log_dir: Path, pidfile: Path) -> int:
     raise OrchError(f"the detached master did not start listening on {socket_path}; see {log_file}")
 
 
-def _daemonize(path: Path, log_file: Path, log_fd: int) -> int:
+def _daemonize(path: Path, log_file: Path, log_fd: int, fresh: bool = False) -> int:
     """Double fork + setsid, stdio to `log_fd` (`log_file`); returns the daemon's pid (sent up a pipe)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -190,7 +193,7 @@ def _daemonize(path: Path, log_file: Path, log_fd: int) -> int:
             os._exit(0)
         os.write(write_end, f"{os.getpid()}\n".encode())
         os.close(write_end)  # the parent now waits on the socket instead
-        _run_daemon(path, log_fd)
+        _run_daemon(path, log_fd, fresh)
     os.close(write_end)
     os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as pipe:
@@ -200,7 +203,7 @@ def _daemonize(path: Path, log_file: Path, log_fd: int) -> int:
     return int(reported)
 
 
-def _run_daemon(path: Path, log_fd: int) -> None:  # pragma: no cover - runs in the daemon
+def _run_daemon(path: Path, log_fd: int, fresh: bool = False) -> None:  # pragma: no cover - in the daemon
     """In the daemon: stdin from /dev/null, stdout and stderr to the log, then the master."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -211,7 +214,7 @@ def _run_daemon(path: Path, log_fd: int) -> None:  # pragma: no cover - runs in 
     os.chdir("/")
     code = 1
     try:
-        code = _foreground(path, quiet=True)
+        code = _foreground(path, quiet=True, fresh=fresh)
     except OrchError as exc:
         print(f"orch: {exc}", file=sys.stderr)
     finally:

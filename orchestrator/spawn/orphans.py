@@ -38,6 +38,7 @@ class Fleet(Protocol):
     """What the state file needs of the supervisor (spawn/ is below supervise/)."""
 
     by_pid: dict[int, Any]  # main pid -> instance (with .pid and .start_ticks)
+    instances: dict[str, Any]  # name -> instance (with .held: stopped by `orch stop`)
     events: Any  # the EventBus: subscribe(callback)
 
 
@@ -45,12 +46,15 @@ def state_path(pidfile: Path) -> Path:
     return pidfile.with_name(pidfile.name + ".state")
 
 
-def write_state(pidfile: Path, spawner: int, groups: Iterable[tuple[int, int | None]],
-                run: str | None = None) -> None:
-    """Record the run's cookie and (leader pid, start time) of every running group, atomically."""
-    record = {"master": os.getpid(), "spawner": [spawner, start_time(spawner)],
-              "run": run, "run_start": start_time(os.getpid()),
-              "groups": [[pid, start] for pid, start in groups]}
+def write_state(pidfile: Path, spawner: int | None, groups: Iterable[tuple[int, int | None]],
+                run: str | None = None, stopped: Iterable[str] = ()) -> None:
+    """Record the run's cookie, (leader pid, start time) of every running group and the
+    names of the instances `orch stop` holds stopped, atomically. Without a spawner (a clean
+    exit) only the stopped names are kept: nothing is left to sweep."""
+    record: dict[str, Any] = {"master": os.getpid(), "stopped": sorted(stopped)}
+    if spawner is not None:
+        record.update({"spawner": [spawner, start_time(spawner)], "run": run,
+                       "run_start": start_time(os.getpid()), "groups": [[pid, start] for pid, start in groups]})
     path = state_path(pidfile)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a leftover (or a planted link): O_EXCL then never follows one
@@ -80,7 +84,9 @@ class StateRecorder:
         supervisor.events.subscribe(self.on_event)
 
     def on_event(self, event: Any) -> None:
-        if getattr(event, "started", False) or getattr(event, "ended", False):
+        # A hold or a release (`orch stop`, `orch start`) passes through STOPPED or STARTING.
+        if getattr(event, "started", False) or getattr(event, "ended", False) \
+                or getattr(getattr(event, "new", None), "value", None) in ("stopped", "starting"):
             self.changed()
 
     def changed(self) -> None:
@@ -97,17 +103,43 @@ class StateRecorder:
             groups.append((inst.pid, inst.start_ticks))
         try:
             spawner = self.spawner()
-            write_state(self.pidfile, spawner.pid, groups, run=spawner.run)
+            write_state(self.pidfile, spawner.pid, groups, run=spawner.run, stopped=self.stopped())
         except OSError as exc:
             log.warning("cannot write the state file: %s", exc)
         self._cost = time.monotonic() - began
 
+    def stopped(self) -> list[str]:
+        """The instances `orch stop` holds: they stay stopped across a master restart."""
+        return [name for name, inst in self.supervisor.instances.items() if inst.held]
+
+    def move(self, pidfile: Path) -> None:
+        """Write beside a new pidfile from now on (orchestrator.pidfile changed); the old file goes."""
+        old, self.pidfile = self.pidfile, pidfile
+        self.write()
+        state_path(old).unlink(missing_ok=True)
+
     def close(self, clean: bool) -> None:
-        """Stop writing; a clean exit leaves nothing to sweep, so the file goes."""
+        """Stop writing. A clean exit leaves nothing to sweep: the file keeps only the
+        stopped instances, for the next `orch up`, or goes when there are none."""
         if self._timer is not None:
             self._timer.cancel()
-        if clean:
-            state_path(self.pidfile).unlink(missing_ok=True)
+        if not clean:
+            return
+        stopped = self.stopped()
+        try:
+            if stopped:
+                write_state(self.pidfile, None, (), stopped=stopped)
+            else:
+                state_path(self.pidfile).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot write the state file: %s", exc)
+
+
+def read_stopped(pidfile: Path) -> set[str]:
+    """The instances the last master's state file says `orch stop` held (see StateRecorder)."""
+    record = read_state(state_path(pidfile))
+    names = record.get("stopped") if record else None
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
 
 def ticks(proc: "psutil.Process") -> int | None:

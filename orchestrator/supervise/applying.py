@@ -4,7 +4,7 @@ Returns at once; the work goes on in the loop."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Collection, Protocol
 
 from ..expand.spec import ProcessSpec
 from ..plan import Plan
@@ -28,8 +28,9 @@ class Applier(Protocol):
     def roll(self, label: str, items: list[tuple[Instance, ProcessSpec | None]]) -> None: ...
 
 
-def apply_plan(supervisor: Applier, plan: Plan) -> None:
-    """Start, stop, restart and update per the plan."""
+def apply_plan(supervisor: Applier, plan: Plan, held: Collection[str] = ()) -> None:
+    """Start, stop, restart and update per the plan; new instances named in `held` are
+    created stopped and held, as `orch stop` left them before the master restarted."""
     for spec in plan.start:
         existing = supervisor.instances.get(spec.name)
         if existing is not None:  # still stopping from an earlier removal: run it again after
@@ -38,6 +39,9 @@ def apply_plan(supervisor: Applier, plan: Plan) -> None:
             continue
         inst = supervisor._new_instance(spec)
         supervisor.instances[spec.name] = inst
+        if spec.name in held:
+            inst.held = True
+            continue
         supervisor.start(inst)
     for name in plan.stop:
         supervisor.stop(supervisor.instances[name], Then.REMOVE, tracked=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import Iterable
+from typing import Collection, Iterable
 
 from ..expand.spec import ProcessSpec
 from ..loop import EventLoop
@@ -62,9 +62,9 @@ class Supervisor:
         return {name: Running(inst.target.process_hash, inst.target.policy_hash)
                 for name, inst in self.instances.items() if inst.then is not Then.REMOVE}
 
-    def apply(self, plan: Plan) -> None:
-        """Start, stop, restart and update per the plan; returns at once, work goes on in the loop."""
-        apply_plan(self, plan)
+    def apply(self, plan: Plan, held: Collection[str] = ()) -> None:
+        """Start, stop, restart and update per the plan (new ones in `held` stay stopped); returns at once."""
+        apply_plan(self, plan, held)
 
     def _new_instance(self, spec: ProcessSpec) -> Instance:
         policy = spec.policy
