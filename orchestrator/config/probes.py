@@ -2,6 +2,9 @@
 validated (pure). Targets are Jinja text here; `resolve` turns a rendered target into the
 `Probe` an instance is checked with (expand/probes.py renders, supervise/probing.py runs).
 An `exec` probe is an argv (no shell), run through the spawner as the instance would run.
+A `notify` probe waits for the instance's own sd_notify words on the notify socket:
+`notify = "ready"` (or `true`) passes once READY=1 arrived from the current process,
+`notify = "watchdog"` passes while WATCHDOG=1 arrives at least once every `period`.
 
 A probe target must be an IP address (or `localhost`): a name would need a DNS lookup, and
 the master's loop never waits on one.
@@ -18,7 +21,8 @@ from ..units import parse_duration
 from .fields import ValueType, type_name
 
 ROLES = ("startup", "readiness", "liveness")
-KINDS = ("http", "tcp", "exec")
+KINDS = ("http", "tcp", "exec", "notify")
+NOTIFY = ("ready", "watchdog")  # what a notify probe waits for: READY=1, or WATCHDOG=1 every period
 DEFAULTS: dict[str, Any] = {"period": 10.0, "timeout": 1.0, "failures": 3, "successes": 1}
 _OPTIONS = ("period", "timeout", "failures", "successes", "status")
 
@@ -29,7 +33,7 @@ class ProbeDecl:
 
     role: str
     kind: str
-    target: str | tuple[str, ...]  # exec: the argv
+    target: str | tuple[str, ...]  # exec: the argv; notify: "ready" or "watchdog"
     period: float = 10.0
     timeout: float = 1.0
     failures: int = 3
@@ -52,6 +56,7 @@ class Probe:
     successes: int
     status: int | None = None
     argv: tuple[str, ...] = ()  # exec: the command, rendered
+    message: str = ""  # notify: "ready" or "watchdog"
 
     @property
     def address(self) -> str:
@@ -59,7 +64,10 @@ class Probe:
 
     @property
     def shown(self) -> str:
-        """The target as status shows it: the URL's address and path, or the command."""
+        """The target as status shows it: the URL's address and path, the command, or the
+        notify message awaited."""
+        if self.kind == "notify":
+            return "READY=1" if self.message == "ready" else f"WATCHDOG=1 every {self.period:g}s"
         return " ".join(self.argv) if self.kind == "exec" else self.address + self.path
 
 
@@ -90,7 +98,9 @@ def _one(role: str, table: object) -> ProbeDecl:
         if key not in KINDS and key not in _OPTIONS:
             raise ValueError(f"probes.{role}: unknown key {key!r} (one of {', '.join(KINDS + _OPTIONS)})")
     kind, target = kinds[0], table[kinds[0]]
-    if kind == "exec":
+    if kind == "notify":
+        target = _notify(role, target, table)
+    elif kind == "exec":
         if not isinstance(target, list) or not target or not all(isinstance(a, str) for a in target) \
                 or not target[0].strip():
             raise ValueError(f"probes.{role}.exec: expected a command as an array of strings like "
@@ -111,6 +121,21 @@ def _one(role: str, table: object) -> ProbeDecl:
     if isinstance(target, str) and "{" not in target:  # a literal target is checked now,
         resolve(decl, target)  # a templated one once rendered
     return decl
+
+
+def _notify(role: str, target: object, table: dict[str, Any]) -> str:
+    """"ready" or "watchdog" for `notify = true | "ready" | "watchdog"`, checked for its role."""
+    message = "ready" if target is True else target
+    if message not in NOTIFY:
+        raise ValueError(f"probes.{role}.notify: expected true, \"ready\" (READY=1) or \"watchdog\" "
+                         f"(WATCHDOG=1 every period), got {target!r}")
+    if role == "liveness" and message == "ready":
+        raise ValueError("probes.liveness.notify: READY=1 comes once, so it cannot tell a live process "
+                         "from a stuck one; use notify = \"watchdog\" (WATCHDOG=1 every period)")
+    if "timeout" in table:
+        raise ValueError(f"probes.{role}.timeout: a notify probe has no timeout: its message must "
+                         "arrive within period")
+    return str(message)
 
 
 def parse_probes(v: object) -> tuple[ProbeDecl, ...]:
@@ -139,6 +164,9 @@ def resolve(decl: ProbeDecl, target: str | tuple[str, ...]) -> Probe:
     """The probe with its rendered `target` parsed: "HOST:PORT" for tcp, an http:// URL for
     http, the argv for exec; ValueError with a message naming the probe otherwise."""
     role, path = decl.role, ""
+    if decl.kind == "notify":
+        return Probe(role, "notify", "", 0, "", decl.period, decl.timeout, decl.failures, decl.successes,
+                     message=str(target))
     if decl.kind == "exec":
         return Probe(role, "exec", "", 0, "", decl.period, decl.timeout, decl.failures, decl.successes,
                      argv=tuple(target))
@@ -167,6 +195,7 @@ _PROBE_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "properties": {"http": {"type": "string"}, "tcp": {"type": "string"},
                    "exec": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                   "notify": {"enum": [True, "ready", "watchdog"]},
                    "period": {}, "timeout": {}, "failures": {"type": "integer", "minimum": 1},
                    "successes": {"type": "integer", "minimum": 1},
                    "status": {"type": "integer", "minimum": 100, "maximum": 599}}}

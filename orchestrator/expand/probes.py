@@ -24,7 +24,7 @@ def probe_fields(template: Template, context: dict[str, Any], renderer: Any,
             probe = resolve(decl, _rendered(decl.target, context, renderer))
         except ValueError as exc:
             raise SetupError("probes", f"{context.get('name')}: {exc}") from None
-        if probe.kind == "exec":
+        if probe.kind in ("exec", "notify"):  # no address: nothing shared to reach
             probes.append(probe)
             continue
         name = shared.get(probe.address) or shared.get(f"localhost:{probe.port}")

@@ -254,6 +254,8 @@ class Limits:
             self._arm_watchdog(inst)
         if fields.get("WATCHDOG") == "1":
             self._arm_watchdog(inst)
+        if ("READY" in fields or "WATCHDOG" in fields) and inst.spec.probes:  # notify probes hear it
+            self.supervisor.events.emit(Notified(inst, fields.get("READY") == "1", fields.get("WATCHDOG") == "1"))
         if fields.get("ORCH_BEGIN") == "1":
             inst.counts_requests = True
             watchdog = inst.limit_timers.pop("watchdog", None)

@@ -7,6 +7,10 @@ restarted. `probing.py` runs the checks on the loop and acts on these verdicts.
 - `readiness` makes the instance ready after `successes` passes in a row, and not ready
   after `failures` failures in a row.
 - `liveness` failing `failures` times in a row restarts the instance.
+
+A notify probe is checked like the others, every `period`, from what the notify socket heard:
+READY=1 from this process (`notify = "ready"`), or a WATCHDOG=1 within the last period
+(`notify = "watchdog"`, whose first check comes one period after the probe begins).
 """
 
 from __future__ import annotations
@@ -84,3 +88,20 @@ def ready_on_start(probes: Sequence[Any]) -> bool:
 def restart_reason(role: str, detail: str) -> str:
     """The reason recorded for a restart: the probe's own words ("liveness: HTTP 500 from /health")."""
     return f"{role}: {detail}"
+
+
+def notify_verdict(message: str, period: float, now: float, ready_at: float | None,
+                   watchdog_at: float | None) -> tuple[bool, str]:
+    """(passed, detail) of a notify probe at `now`, from when this process last said READY=1
+    and WATCHDOG=1 (None: never)."""
+    if message == "ready":
+        return (True, "ok") if ready_at is not None else (False, "no READY=1 yet")
+    if watchdog_at is not None and now - watchdog_at <= period:
+        return True, "ok"
+    return False, f"no WATCHDOG=1 for {period:g}s"
+
+
+def first_delay(probe: Any) -> float:
+    """When a probe's first check comes after it begins: at once, but a watchdog is given one
+    period to say WATCHDOG=1."""
+    return probe.period if probe.kind == "notify" and probe.message == "watchdog" else 0.0

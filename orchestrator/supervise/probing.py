@@ -1,6 +1,8 @@
 """Runs each instance's probes on the master's loop and acts on their verdicts (probes.py):
 marks it ready through `Supervisor.mark_ready`, not ready, or restarts it with the probe's
-own words as the reason. A process's probes begin when it runs and end when it stops."""
+own words as the reason. A process's probes begin when it runs and end when it stops.
+Notify probes are decided from what the notify socket heard (`Notified` events, from
+limits.py), at once when a READY=1 or WATCHDOG=1 could make a not yet passing probe pass."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from .events import Event, Happened, Notified, PolicyChanged, StateChanged
 from .instance import Instance
 from .probe_checks import Check
 from .probe_exec import ExecCheck
-from .probes import ProbeState, Verdict, decide, ready_on_start, restart_reason, running
+from .probes import (ProbeState, Verdict, decide, first_delay, notify_verdict, ready_on_start, restart_reason,
+                     running)
 from .states import State, Then
 
 log = logging.getLogger("orch")
@@ -58,6 +61,9 @@ class Prober:
         self.supervisor = supervisor
         self.loop = loop
         self.runs: dict[str, InstanceProbes] = {}
+        # name: [pid, READY=1 at, WATCHDOG=1 at] for instances with notify probes; kept apart
+        # from runs, since a fast process may speak before its run begins
+        self.heard: dict[str, list[Any]] = {}
         supervisor.events.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
@@ -67,6 +73,10 @@ class Prober:
                 self.begin(inst)
             elif event.new is not State.RUNNING:
                 self.end(inst)
+                if event.ended:
+                    self.heard.pop(inst.name, None)
+        elif isinstance(event, Notified):
+            self.notified(event)
         elif isinstance(event, PolicyChanged) and inst is not None:
             run = self.runs.get(inst.name)
             if (run.probes if run else ()) != inst.spec.probes and inst.state is State.RUNNING:
@@ -82,7 +92,30 @@ class Prober:
         run.started = not any(p.role == "startup" for p in run.probes)
         inst.probes = run
         for probe in running(run.probes, run.started):
-            self._schedule(run, probe, 0.0)
+            self._schedule(run, probe, first_delay(probe))
+
+    def notified(self, event: Notified) -> None:
+        """Note READY=1 / WATCHDOG=1 of an instance with notify probes; check at once a notify
+        probe that this may make pass."""
+        inst = event.instance
+        if not any(p.kind == "notify" for p in inst.spec.probes):
+            return
+        heard = self.heard.get(inst.name)
+        if heard is None or heard[0] != inst.pid:
+            heard = self.heard[inst.name] = [inst.pid, None, None]
+        now = self.loop.time()
+        if event.ready:
+            heard[1] = now
+        if event.watchdog:
+            heard[2] = now
+        run = self.runs.get(inst.name)
+        if run is None or run.pid != inst.pid:
+            return
+        for probe in running(run.probes, run.started):
+            if probe.kind == "notify" and probe.role != "liveness" and not run.states[probe.role].passing \
+                    and probe.role in run.timers:
+                run.timers.pop(probe.role).cancel()
+                self._check(run, probe)
 
     def end(self, inst: Instance) -> None:
         run = self.runs.pop(inst.name, None)
@@ -96,13 +129,22 @@ class Prober:
         run.timers.pop(probe.role, None)
         if self.runs.get(run.inst.name) is not run:
             return
+        run.began[probe.role] = self.loop.time()
+        if probe.kind == "notify":
+            self._result(run, probe, *self._heard(run, probe))
+            return
+
         def done(ok: bool, detail: str) -> None:
             self._result(run, probe, ok, detail)
         check: Check | ExecCheck = (ExecCheck(self.loop, probe, done, run.inst, self.supervisor.exec_probes)
                                     if probe.kind == "exec" else Check(self.loop, probe, done))
         run.checks[probe.role] = check
-        run.began[probe.role] = self.loop.time()
         check.start()
+
+    def _heard(self, run: InstanceProbes, probe: Probe) -> tuple[bool, str]:
+        heard = self.heard.get(run.inst.name)
+        ready_at, watchdog_at = (heard[1], heard[2]) if heard is not None and heard[0] == run.pid else (None, None)
+        return notify_verdict(probe.message, probe.period, self.loop.time(), ready_at, watchdog_at)
 
     def _result(self, run: InstanceProbes, probe: Probe, ok: bool, detail: str) -> None:
         run.checks.pop(probe.role, None)
@@ -125,7 +167,7 @@ class Prober:
             run.started = True
             log.info("%s[%s] started: %s probe passed", inst.name, inst.pid, probe.role)
             for other in running(run.probes, True):
-                self._schedule(run, other, 0.0)
+                self._schedule(run, other, first_delay(other))
             if ready_on_start(run.probes):
                 self.supervisor.mark_ready(inst, by_probe=True)
         elif verdict is Verdict.READY:
