@@ -35,6 +35,7 @@ from .supervise.limits import Limits
 from .supervise.probing import Prober
 from .supervise.supervisor import Supervisor
 from .supervise.reloader import Reloader, set_log_level
+from .supervise.scaler import Scaler
 from .supervise.unserved import UnservedSockets
 
 log = logging.getLogger("orch")
@@ -126,6 +127,8 @@ class Master:
         self.listeners.annotate = lambda key: self.unserved.status(key)
         self._release_later = Coalesced(self.loop, self._release_sockets)
         self.reloader = Reloader(self)
+        # autoscaled cells (replicas = { min, max, backlog }): each follows its own queue
+        self.scaler = Scaler(self.supervisor, self.loop, lambda **facts: self.journal.record("scaled", **facts))
         self.upgrader = Upgrader(self)  # `orch upgrade`, SIGUSR2 (handover/)
         set_log_level(self.settings.log_level)
 
@@ -193,7 +196,7 @@ class Master:
             self.reloader._remember_file()
             if handover is None:
                 self.spawner.send_sockets(self.listeners.items())  # bound by up.py, before any spawn
-                plan = reconcile(self._initial_specs, {})
+                plan = reconcile(self.scaler.desired(self._initial_specs), {})
             else:  # the spawner holds the sockets already, and the instances run on
                 plan = handover.restore(self)
             self.supervisor.apply(plan, self._held)
@@ -206,8 +209,9 @@ class Master:
                     self.loop.call_soon(lambda: self.request_reload("file changed during start-up"))
             self.loop.call_soon(self.service.update)  # an empty fleet is ready at once
             self.applied_at = self.applied_at if handover is not None else time.time()
-            log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
-                     len(plan.start), self.config.path)
+            if handover is None:  # else restore said what it took over
+                log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
+                         len(plan.start), self.config.path)
             gc.freeze()  # what exists now lives as long as the master: no collection walks it again
             loop.run()
         finally:
@@ -309,12 +313,13 @@ class Master:
 
     def _metrics_text(self) -> str:
         from .observe.metrics import render_metrics
+        from .observe.scaling_metrics import render_scaling
         rows = self.supervisor.status(usage=True)
         return render_metrics(rows, {"orch_reloads_total": self.reloader.count,
                                      "orch_reload_failures_total": self.reloader.failures,
                                      "orch_last_reload_seconds": self.reloader.last_seconds,
                                      "orch_notify_dropped_total": self.limits.notify_dropped,
-                                     "orch_instances": len(rows)})
+                                     "orch_instances": len(rows)}) + render_scaling(self.scaler.status())
 
     def _reopen_logs(self, signum: int) -> None:
         for inst in self.supervisor.instances.values():
@@ -322,6 +327,7 @@ class Master:
         log.info("SIGUSR1: reopened %d log files", len(self.supervisor.instances))
 
     def _cleanup(self) -> None:
+        self.scaler.close()
         self.upgrader.cancel()
         if self.phase is not Phase.FINISHING:  # set-up failed: the spawner must not outlive us
             self.spawner.exit()

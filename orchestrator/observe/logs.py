@@ -90,7 +90,7 @@ def instance_name(path: Path) -> str:
 class LogFile:
     """An append-only file rotated by size: name.log -> name.log.1 -> ... -> name.log.N."""
 
-    __slots__ = ("path", "max_size", "backups", "_fd", "_size", "_keep", "_err")  # one per instance
+    __slots__ = ("path", "max_size", "backups", "_fd", "_size", "_keep", "_err", "_mid_line")  # one per instance
 
     def __init__(self, path: Path, max_size: int, backups: int):
         self.path = path
@@ -100,6 +100,7 @@ class LogFile:
         self._size = 0
         self._keep = True  # False: the fd came from the last free ones; closed after each write
         self._err: LogFile | None = None  # the stderr log, with stderr = "separate"
+        self._mid_line = False  # the last write did not end with a newline
         # Opened on the first write: most workers print nothing at start, and 500 eager
         # opens are most of the master's own cost of starting 500 instances.
 
@@ -124,6 +125,10 @@ class LogFile:
         return self._err
 
     def write(self, data: bytes) -> None:
+        """Append a chunk of output, rotating when it would pass `max_size`: the whole lines
+        that still fit go to the old file, the rest to the fresh one, so a line is never cut
+        across two files (a file stopped mid-line takes the rest of that line first, passing
+        `max_size` by at most that)."""
         if self._fd < 0:
             try:
                 self.open()
@@ -132,11 +137,23 @@ class LogFile:
         if self.max_size and self._size + len(data) > self.max_size and self._size > 0:
             self._size = self._real_size()  # truncated from outside (logrotate copytruncate)?
         if self.max_size and self._size + len(data) > self.max_size and self._size > 0:
+            cut = data.rfind(b"\n", 0, max(0, self.max_size - self._size)) + 1
+            if not cut and self._mid_line:
+                cut = data.find(b"\n") + 1
+            if cut:
+                self._append(data[:cut])
+                data = data[cut:]
             try:
                 self.rotate()
-                self.open()  # rotate() closed the file: this chunk goes to the fresh one
+                self.open()  # rotate() closed the file: the rest goes to the fresh one
             except OSError:
                 return
+            if not data:
+                return
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        self._mid_line = not data.endswith(b"\n")
         try:
             os.write(self._fd, data)
         except OSError:

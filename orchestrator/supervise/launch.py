@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..expand.identity import needs_switch
 from ..loop import Coalesced, EventLoop
+from ..observe.pipes import OutputPump
 from ..spawn.identity import Setup
 from ..spawn.request import SpawnRequest
 from .states import State
@@ -52,6 +53,7 @@ class Launcher:
     def __init__(self, loop: EventLoop, spawner: Callable[[], "SpawnerClient"], notify_socket: str | None,
                  on_failed: Callable[["Instance", str], None]):
         self.loop = loop
+        self.pump = OutputPump(loop)  # every instance's output pipe, read in batches
         self.on_failed = on_failed  # the supervisor's: a spawn that never happened, and why
         self.spawner = spawner  # the current one: a dead spawner is replaced
         self.notify_socket = notify_socket
@@ -135,9 +137,9 @@ class Launcher:
                 raise
         inst.token = token
         self.by_token[token] = inst
-        self.loop.add_reader(ends[0][0], self._reader(inst, ends[0][0], inst.write_output))
+        self.pump.add(ends[0][0], inst.write_output)
         if len(ends) == 2:
-            self.loop.add_reader(ends[1][0], self._reader(inst, ends[1][0], inst.write_stderr))
+            self.pump.add(ends[1][0], inst.write_stderr)
         outputs.append(tuple(write_end for _, write_end in ends))
         return request
 
@@ -205,19 +207,6 @@ class Launcher:
         sockets = tuple(zip((name for name, _ in spec.sockets), spec.socket_keys))
         return SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload, sockets,
                             _setup(spec), spec.stderr)
-
-    def _reader(self, inst: "Instance", fd: int, write: Callable[[bytes], None]) -> Callable[[], None]:
-        def drain() -> None:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            if data:
-                write(data)
-            else:  # every holder of the pipe's write end is gone
-                self.loop.remove_reader(fd)
-                os.close(fd)
-        return drain
 
 
 def _pipe(top: int) -> tuple[int, int]:
