@@ -30,6 +30,7 @@ from .spawn.orphans import StateRecorder, end_record, state_path
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
 from .supervise.events import Event, OpsIdle, SpawnerLost, StateChanged
+from .supervise.hooks import Hooks
 from .supervise.journal import Journal
 from .supervise.limits import Limits
 from .supervise.probing import Prober
@@ -111,6 +112,8 @@ class Master:
         # what is no state change with master.journal.record(kind, ...), e.g. "scaled"
         self.journal = Journal()
         self.supervisor.events.subscribe(self.journal.on_event)
+        self.hooks = Hooks(self.loop, self.journal, lambda: self.config.hooks, self.supervisor.exec_probes,
+                           lambda: self.settings.log_dir, lambda: self.config.folder)
         self.control: ControlServer | None = None
         self.watcher: Any = None
         self._initial_specs = specs

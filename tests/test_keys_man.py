@@ -22,9 +22,10 @@ def _entries(text: str) -> dict[str, str]:
     """Section-qualified key -> its entry text, read from the page itself."""
     found, section = {}, ""
     for block in re.split(r"^(?=\.SH |\.TP\n)", text, flags=re.M):
-        header = re.match(r"\.SH \[(orchestrator|workers\.NAME|sockets\.NAME)\]", block)
+        header = re.match(r"\.SH \[(orchestrator|workers\.NAME|sockets\.NAME|\[hooks\])\]", block)
         if header:
-            section = {"orchestrator": "orchestrator", "workers.NAME": "workers.*"}.get(header.group(1), "sockets.*")
+            section = {"orchestrator": "orchestrator", "workers.NAME": "workers.*",
+                       "[hooks]": "hooks.*"}.get(header.group(1), "sockets.*")
         entry = re.match(r"\.TP\n\.B (\S+)\n", block)
         if entry and section:
             found[f"{section}.{entry.group(1).replace(chr(92) + '-', '-')}"] = block

@@ -94,9 +94,10 @@ def test_every_key_is_in_the_schema_with_its_doc():
     for key in KEYS:
         parts = key.path.split(".")
         node = {"workers": schema["$defs"]["template"],
-                "sockets": schema["properties"]["sockets"]["additionalProperties"]}.get(
+                "sockets": schema["properties"]["sockets"]["additionalProperties"],
+                "hooks": schema["properties"]["hooks"]["items"]}.get(
                     parts[0], schema["properties"]["orchestrator"])
-        for part in parts[2:] if parts[0] in ("workers", "sockets") else parts[1:]:
+        for part in parts[2:] if parts[0] in ("workers", "sockets", "hooks") else parts[1:]:
             node = node["properties"][part]
         assert key.doc in node["description"], key.path
 

@@ -75,6 +75,10 @@ def render() -> str:
     parts.append(".SH [sockets.NAME]\nA listening socket the master binds once and passes to the "
                  "instances whose \\fBsockets\\fR name it (see orch(1), SOCKETS).\n")
     parts += [_entry(k, "sockets.*.") for k in KEYS if k.section == "sockets"]
+    parts.append(".SH [[hooks]]\nA command the master runs, through its spawner, when an event of one of "
+                 "the kinds in \\fBon\\fR happens (see orch(1), events); a hook that fails or times out is "
+                 "logged once and never holds up the master.\n")
+    parts += [_entry(k, "hooks.*.") for k in KEYS if k.section == "hooks"]
     template_only = ", ".join(f"\\fB{name}\\fR" for name in TEMPLATE_ONLY)
     parts.append(_DEFAULTS.format(template_only=template_only))
     parts.append(_TAIL)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .fields import (ADDRESS, BIND, BOOL, COMMAND, DAY, DURATION, FILE_MODE, PATH, PATHS, POSITIVE_DURATION,
                      SIGNAL, SIZE, STRING, STRINGS, TABLE, TABLES, UMASK, ValueType, duration, int_at_least,
                      one_of)
+from .hooks import ARGV, EVENT_KINDS, EVENT_LIST
 from .order import AFTER
 from .probes import PROBES
 from .scaling import BACKLOG, REPLICAS, SCALE
@@ -88,6 +89,10 @@ def _o(name: str, *args: Any, **kwargs: Any) -> Key:
 
 def _s(name: str, *args: Any, **kwargs: Any) -> Key:
     return Key(f"sockets.*.{name}", *args, **kwargs)
+
+
+def _h(name: str, *args: Any, **kwargs: Any) -> Key:
+    return Key(f"hooks.*.{name}", *args, **kwargs)
 
 
 P, F, S, L, R = Kind.PROCESS, Kind.FLEET, Kind.POLICY, Kind.LIVE, Kind.RESTART
@@ -234,10 +239,21 @@ KEYS: tuple[Key, ...] = (
     _s("reset_after", duration(0.1, 3600, positive=True), "10s", S,
        "with no instance of its templates running this long, new connections are reset "
        "(clients fail at once) instead of waiting in the backlog", '"10s"'),
+    _h("on", EVENT_LIST, None, L, "the event kinds that run the hook (see orch events): "
+       + ", ".join(EVENT_KINDS), '["crashloop", "limit", "reload_failed"]'),
+    _h("command", ARGV, None, L, "the argv run through the spawner, never a shell; each item is a Jinja "
+       "template of the event's facts: event, instance, template, exit, code, signal, reason, pid and the "
+       "rest of the event's keys; it gets ORCH_EVENT, ORCH_INSTANCE, ORCH_TEMPLATE, ORCH_EXIT and "
+       "ORCH_REASON in its environment and the instance's last 20 log lines on stdin",
+       '["notify-send", "orch: {{ instance }} {{ event }}", "{{ reason }}"]'),
+    _h("throttle", DURATION, "5m", L, "after the hook ran for an instance and event kind, the same "
+       "instance and kind do not run it again for this long (fleet-wide events: per kind)", '"5m"'),
+    _h("timeout", duration(0.01, 3600, positive=True), "30s", L, "the hook's whole process group is "
+       "killed after this long", '"30s"'),
 )
 del P, F, S, L, R
 
-TOP_KEYS = ("orchestrator", "vars", "defaults", "sockets", "workers")
+TOP_KEYS = ("orchestrator", "vars", "defaults", "sockets", "workers", "hooks")
 BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
 
 
@@ -253,6 +269,7 @@ MEMORY_KEYS = _parsers("workers.*.memory.")
 SUB_TABLES = {"backoff": BACKOFF_KEYS, "memory": MEMORY_KEYS}
 ORCHESTRATOR_KEYS = _parsers("orchestrator.")
 SOCKET_KEYS = _parsers("sockets.*.")
+HOOK_KEYS = _parsers("hooks.*.")
 TEMPLATE_ONLY = tuple(k.name for k in KEYS if k.template_only)
 MERGED_TABLES = ("backoff", "memory", "env", "rlimits", "scale")  # [defaults] and a template merge these key by key
 POLICY_KEYS = tuple(k for k in KEYS if k.section == "workers" and k.kind is Kind.POLICY and k.path.count(".") == 2

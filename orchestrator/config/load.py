@@ -17,6 +17,8 @@ from .fields import PATH, type_name
 from .keys import (ORCHESTRATOR_KEYS, WORKER_KEYS,  # noqa: F401 - re-exported for tests/test_man.py
                    MERGED_TABLES, POLICY_KEYS, POLICY_SUB_KEYS, SETTINGS_KEYS, SUB_TABLES,
                    TEMPLATE_KEYS, TEMPLATE_ONLY, TOP_KEYS)
+from .hooks import parse_hooks
+from .keys import HOOK_KEYS
 from .locate import Problems
 from .order import order_problems
 from .model import Config, Policy, Settings, Template  # noqa: F401 - where the values are declared
@@ -75,17 +77,18 @@ def load_config(path: Path, cache: "TemplateCache | None" = None) -> Config:
     defaults = _valid_defaults(_table_at(data, "defaults", "expected a table", problems), problems)
     workers = _table_at(data, "workers", "expected a table of templates like [workers.consumer]", problems)
     sockets = parse_sockets(data.get("sockets", {}), path.parent, problems)
+    hooks = parse_hooks(data.get("hooks", []), HOOK_KEYS, problems)
     patterns = tuple(str(path.parent / pattern) for pattern in settings.include)
     sources = [(path, problems, workers)] + _included(patterns, path, variables, cache)
     templates = _templates(sources, defaults, path, settings, sockets, cache)
     found = [p for _, source_problems, _ in sources for p in source_problems.items]
     config = Config(path, settings, tuple(variables.items()), tuple(templates),
-                    tuple(source for source, _, _ in sources), patterns, sockets)
+                    tuple(source for source, _, _ in sources), patterns, sockets, hooks)
     if found:
         error = ConfigError(found)
         # The templates that validated, for `orch check` to render too (every problem at
         # once), unless a shared table is at fault: its errors would cascade into theirs.
-        shared = ("orchestrator", "vars", "defaults", "sockets")
+        shared = ("orchestrator", "vars", "defaults", "sockets", "hooks")
         if not any(p.keypath.split(".")[0] in shared or not p.keypath or p.keypath.endswith(".sockets")
                    for p in found):
             error.partial = config

@@ -57,10 +57,14 @@ def locate_keys(text: str) -> dict[str, int]:
     """Map dotted key paths to the 1-based line that defines them (best effort, tables and inline tables)."""
     found: dict[str, int] = {}
     table: list[str] = []
+    arrays: dict[str, int] = {}  # [[hooks]] tables seen so far: the third is hooks.2
     for number, line in enumerate(text.splitlines(), 1):
         header = _HEADER.match(line)
         if header:
             table = _split_key(header.group(1))
+            if line.lstrip().startswith("[["):
+                arrays[".".join(table)] = arrays.get(".".join(table), -1) + 1
+                table = table + [str(arrays[".".join(table)])]
             for depth in range(1, len(table) + 1):  # [worker.a] also locates "worker"
                 found.setdefault(".".join(table[:depth]), number)
             continue

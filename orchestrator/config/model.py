@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .hooks import HookDecl
 from .scaling import BacklogDecl, Replicas, Scale
 from .sockets import SocketDecl
 
@@ -108,6 +109,7 @@ class Config:
     files: tuple[Path, ...] = field(default=())
     include_patterns: tuple[str, ...] = ()  # absolute globs: a new matching file is watched too
     sockets: tuple[SocketDecl, ...] = ()
+    hooks: tuple[HookDecl, ...] = ()  # [[hooks]]: commands run on events (config/hooks.py)
 
     @functools.cached_property
     def folder(self) -> Path:

@@ -52,6 +52,8 @@ def json_schema() -> dict[str, Any]:
     settings = _table([k for k in KEYS if k.section == "orchestrator"], "orchestrator.")
     socket = _table([k for k in KEYS if k.section == "sockets"], "sockets.*.")
     socket["required"] = ["bind"]
+    hook = _table([k for k in KEYS if k.section == "hooks"], "hooks.*.")
+    hook["required"] = ["on", "command"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "orch workers.toml",
@@ -66,6 +68,8 @@ def json_schema() -> dict[str, Any]:
                         "description": "listening sockets the master holds: [sockets.NAME]"},
             "workers": {"type": "object", "additionalProperties": {"$ref": "#/$defs/template"},
                         "description": "one table per template: [workers.NAME]"},
+            "hooks": {"type": "array", "items": hook,
+                      "description": "commands run on events: [[hooks]]"},
         },
         # A template needs command or target, unless [defaults] gives one to every template.
         "if": {"properties": {"defaults": _HAS_PROGRAM}, "required": ["defaults"]},

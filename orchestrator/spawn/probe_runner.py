@@ -17,6 +17,8 @@ from .child import kill_group, prepare_child
 from .identity import apply_setup
 from .posix import PosixStarter
 
+STDIN_MAX = 32 * 1024  # what a hook may get on stdin: well within a pipe's 64 KiB
+
 
 class ProbeRunner:  # pragma: no cover - runs in the spawner; covered by integration tests
     """The exec probes running in the spawner, by pid and by token."""
@@ -37,7 +39,7 @@ class ProbeRunner:  # pragma: no cover - runs in the spawner; covered by integra
             if pid is not None:
                 kill_group(pid)  # its own session: the command and whatever it started
             return
-        _, token, argv, env, inherit, cwd, setup = message
+        _, token, argv, env, inherit, cwd, setup, stdin, output = message
         env = {**self.posix.environ, **env} if inherit else dict(env)
         env["ORCH_RUN"] = self.cookie
         program = self.posix.executable(argv[0], env)
@@ -45,23 +47,36 @@ class ProbeRunner:  # pragma: no cover - runs in the spawner; covered by integra
             self.send(("probed", token, f"{argv[0]}: command not found"))
             return
         try:
-            pid = self._fork_exec(program, tuple(argv), env, cwd, setup)
+            pid = self._fork_exec(program, tuple(argv), env, cwd, setup, stdin, output)
         except OSError as exc:
             self.send(("probed", token, f"fork failed: {exc.strerror}"))
             return
         self.tokens[pid], self.pids[token] = token, pid
 
     def _fork_exec(self, program: str, argv: tuple[str, ...], env: dict[str, str], cwd: str,
-                   setup: Any) -> int:
+                   setup: Any, stdin: bytes = b"", output: bool = False) -> int:
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
+        source = self.devnull
+        if stdin:  # a pipe holding all of it (STDIN_MAX fits a pipe's buffer: never a blocking write)
+            source, writer = os.pipe()
+            os.set_blocking(writer, False)
             try:
-                prepare_child(parent, self.devnull, self.devnull, cwd,
-                              before_cwd=None if setup is None else lambda: apply_setup(setup, parent))
-                os.execve(program, list(argv), env)
-            except BaseException:  # noqa: BLE001 - the probe fails with exit 127
-                os._exit(127)
+                os.write(writer, stdin[-STDIN_MAX:])
+            except OSError:
+                pass
+            os.close(writer)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    prepare_child(parent, source, 2 if output else self.devnull, cwd,
+                                  before_cwd=None if setup is None else lambda: apply_setup(setup, parent))
+                    os.execve(program, list(argv), env)
+                except BaseException:  # noqa: BLE001 - the probe fails with exit 127
+                    os._exit(127)
+        finally:
+            if source != self.devnull:
+                os.close(source)
         return pid
 
     def known(self) -> set[int]:

@@ -113,10 +113,12 @@ class SpawnerClient:
             self.sock.send(pickle.dumps(("signal", orders)))
 
     def probe(self, token: int, argv: tuple[str, ...], env: dict[str, str], inherit_env: bool, cwd: str,
-              setup: Any) -> None:
+              setup: Any, stdin: bytes = b"", output: bool = False) -> None:
         """Run an exec probe (probe_runner.py) as an instance would run: its env, cwd and
-        set-up (identity.Setup or None); answered by ("probed", token, wait status or why not)."""
-        self.sock.send(pickle.dumps(("probe", token, argv, env, inherit_env, cwd, setup)))
+        set-up (identity.Setup or None); answered by ("probed", token, wait status or why not).
+        Hooks run this way too: `stdin` is what the command reads (a few KiB at most), and
+        `output` sends its stdout and stderr to the master's stderr instead of /dev/null."""
+        self.sock.send(pickle.dumps(("probe", token, argv, env, inherit_env, cwd, setup, stdin, output)))
 
     def probe_kill(self, token: int) -> None:
         """End an exec probe's whole process group (its timeout passed, or its instance stopped)."""

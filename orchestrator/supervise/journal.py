@@ -16,25 +16,13 @@ import logging
 import time
 from typing import Any, Callable
 
+from ..config.hooks import EVENT_KINDS
 from .events import Happened, StateChanged
 from .states import State
 
 log = logging.getLogger("orch")
 
-# Every kind a record can have, declared once: `orch events`, hooks' `on` and the docs read it.
-KINDS: dict[str, str] = {
-    "started": "an instance's process is running (pid)",
-    "exited": "an instance's process ended on its own or failed to start (exit, code or signal)",
-    "stopped": "an instance was stopped on purpose (exit, reason)",
-    "crashloop": "an instance failed fast so often that its restart delay reached backoff.max",
-    "limit": "a limit acted on an instance (limit, value)",
-    "probe_failed": "a health probe failed (probe, error)",
-    "reload": "a reload was applied (origin, started, stopped, restarted)",
-    "reload_failed": "a reload was refused (origin, error: the located config error)",
-    "scaled": "a template's replica count changed (from, to, reason)",
-    "spawner_replaced": "the spawner died and a new one took over (old_pid, pid)",
-    "state": "any other state change (old, new, reason)",
-}
+KINDS = EVENT_KINDS  # every kind a record can have, declared once in config/hooks.py
 Record = dict[str, Any]
 Follower = Callable[[Record], None]
 _EXIT_LIKE = frozenset({State.BACKOFF, State.CRASHLOOP, State.EXITED, State.STARTING})

@@ -5,7 +5,7 @@ a timer here ends it at the probe's timeout. Same interface as probe_checks.Chec
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config.probes import Probe
 from ..loop import EventLoop, Timer
@@ -23,6 +23,13 @@ class ExecProbes:
         self.spawner = spawner  # the current one: a dead spawner is replaced
         self.waiting: dict[int, ExecCheck] = {}
         self._tokens = itertools.count(1)
+
+    def register(self, run: Any) -> int:
+        """A token for one more command in flight (`run.answered(result)` gets its answer):
+        hooks (hooks.py) run through the spawner as these probes do."""
+        token = next(self._tokens)
+        self.waiting[token] = run
+        return token
 
     def answered(self, token: int, result: int | str) -> None:
         """("probed", token, wait status or why it could not run) from the spawner."""
