@@ -3,7 +3,9 @@
 A stream shows one page of the fleet (its offset, size and filter are in its URL; the page
 opens a new stream when they change), so what a page costs the master does not grow with
 the fleet: a state change is sent within FLUSH_DELAY, the page's CPU and memory every
-USAGE_EVERY, and each message is the page's rows plus the fleet's counts by state.
+USAGE_EVERY, and each message is the page's rows plus the fleet's counts by state; a row on
+a page is also sent alone at each of its state changes, so a restart that passes through
+"starting" in 40 ms still shows it.
 Journal records go to every stream as they happen. A reader that falls behind never grows
 the master: while its unread bytes pass MAX_BACKLOG, its page updates wait (the next one
 replaces them) and its journal records are dropped and counted, then said in one message."""
@@ -51,7 +53,7 @@ def row(inst: Any) -> dict[str, Any]:
             "last_exit": inst.last_exit, "held": inst.held}
 
 
-def event(name: str, data: str) -> bytes:
+def event_bytes(name: str, data: str) -> bytes:
     """One server-sent event (`data` holds no newline: it is compact JSON)."""
     return f"event: {name}\ndata: {data}\n\n".encode()
 
@@ -59,12 +61,13 @@ def event(name: str, data: str) -> bytes:
 class Stream:
     """One open page: its view of the fleet and what waits to be said to it."""
 
-    __slots__ = ("conn", "offset", "limit", "query", "state", "visible", "sent", "dropped", "stale")
+    __slots__ = ("conn", "offset", "limit", "query", "state", "visible", "shown", "sent", "dropped", "stale")
 
     def __init__(self, conn: Conn, offset: int, limit: int, query: str, state: str):
         self.conn = conn
         self.offset, self.limit, self.query, self.state = offset, limit, query, state
         self.visible: list[Any] = []  # the Instances on its page, as last sent
+        self.shown: set[int] = set()  # their ids
         self.sent = ""  # the last page message, to skip repeating it
         self.dropped = 0  # journal records not sent: it was behind
         self.stale = True  # a page update is owed
@@ -102,7 +105,7 @@ class Feed:
         if self.journal is not None:
             if self._unfollow is None:
                 self._unfollow = self.journal.follow(self._record)
-            conn.send(event("journal", _encode(self.journal.recent(RECENT))))
+            conn.send(event_bytes("journal", _encode(self.journal.recent(RECENT))))
         self._refresh_usage([stream])
         self._send_page(stream)
         if self._usage_timer is None:
@@ -124,8 +127,12 @@ class Feed:
     def on_event(self, event: object) -> None:
         """Bus subscriber: a state change makes every page owe an update (its counts changed)."""
         if isinstance(event, StateChanged) and self.streams:
+            inst, data = event.instance, None
             for stream in self.streams:
                 stream.stale = True
+                if id(inst) in stream.shown and not stream.behind:  # each step of it, at once
+                    data = data or event_bytes("row", _encode(row(inst)))
+                    stream.conn.send(data)
             self._flush_soon()
 
     def _record(self, record: dict[str, Any]) -> None:
@@ -136,9 +143,9 @@ class Feed:
                 stream.dropped += 1
                 continue
             if stream.dropped:
-                stream.conn.send(event("dropped", str(stream.dropped)))
+                stream.conn.send(event_bytes("dropped", str(stream.dropped)))
                 stream.dropped = 0
-            data = data or event("journal", _encode([record]))
+            data = data or event_bytes("journal", _encode([record]))
             stream.conn.send(data)
 
     def _flush_soon(self) -> None:
@@ -181,9 +188,8 @@ class Feed:
             total, shown = len(found), found[stream.offset:stream.offset + stream.limit]
         else:
             total, shown = len(fleet), _slice(fleet.values(), stream.offset, stream.limit)
-        seen = set(map(id, stream.visible))
-        fresh = [i for i in shown if id(i) not in seen and i.pid is not None]
-        stream.visible = shown
+        fresh = [i for i in shown if id(i) not in stream.shown and i.pid is not None]
+        stream.visible, stream.shown = shown, set(map(id, shown))
         if fresh:  # new on the page: measure now, not at the next tick
             sample_usage(fresh, self.usage, self.loop.time())
         return {"offset": stream.offset, "limit": stream.limit, "total": total, "fleet": len(fleet),
@@ -196,7 +202,7 @@ class Feed:
         stream.stale = False
         if text != stream.sent:
             stream.sent = text
-            stream.conn.send(event("page", text))
+            stream.conn.send(event_bytes("page", text))
             self.messages += 1
 
     def close(self) -> None:

@@ -47,6 +47,11 @@
     const q = new URLSearchParams({ offset: view.offset, limit: view.limit, q: view.q, state: view.state });
     source = new EventSource("/api/stream?" + q);
     source.addEventListener("page", (e) => render(JSON.parse(e.data)));
+    source.addEventListener("row", (e) => {
+      const r = JSON.parse(e.data), tr = rows.get(r.name);
+      if (tr) fill(tr, r);
+      if (tr && r.name === selected) facts(r);
+    });
     source.addEventListener("journal", (e) => JSON.parse(e.data).forEach(addEvent));
     source.addEventListener("dropped", (e) => { $("dropped").textContent = "(" + e.data + " not shown: the page fell behind)"; });
     source.onopen = () => { $("conn").textContent = "live"; $("conn").className = "conn on"; };
