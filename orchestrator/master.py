@@ -32,9 +32,11 @@ from .spawn.spawner import SpawnerClient
 from .supervise.events import Event, OpsIdle, SpawnerLost, StateChanged
 from .supervise.hooks import Hooks
 from .supervise.journal import Journal
+from .supervise.kernel_memory import KernelMemory
 from .supervise.limits import Limits
 from .supervise.probing import Prober
 from .supervise.supervisor import Supervisor
+from .supervise.code_reload import CodeReloader
 from .supervise.reloader import Reloader, set_log_level
 from .supervise.scaler import Scaler
 from .supervise.unserved import UnservedSockets
@@ -101,6 +103,8 @@ class Master:
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
         self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
         self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
+        self.kernel_memory = KernelMemory.start(self.loop, self.supervisor, self.limits, spawner.run,
+                                                self.settings.check_interval) if self.settings.cgroup == "auto" else None
         self.probes = Prober(self.supervisor, self.loop)
         self.notify: NotifyServer | None = None
         self.metrics: Any = None
@@ -130,6 +134,7 @@ class Master:
         self.listeners.annotate = lambda key: self.unserved.status(key)
         self._release_later = Coalesced(self.loop, self._release_sockets)
         self.reloader = Reloader(self)
+        self.code = CodeReloader(self.supervisor, self.loop)  # `orch reload --code`, code_watch
         # autoscaled cells (replicas = { min, max, backlog }): each follows its own queue
         self.scaler = Scaler(self.supervisor, self.loop, lambda **facts: self.journal.record("scaled", **facts))
         self.upgrader = Upgrader(self)  # `orch upgrade`, SIGUSR2 (handover/)
@@ -348,6 +353,8 @@ class Master:
         self.supervisor.launcher.pump.drain()  # children's last words, read in batches
         for inst in self.supervisor.instances.values():
             inst.logfile.close()
+        if self.kernel_memory is not None:
+            self.kernel_memory.close()
         self.state_file.close(clean=not self.exit_code)
         self.listeners.close_all()
         self.lock.release()
@@ -359,6 +366,12 @@ class Master:
     def request_reload(self, origin: str, force: bool = False,
                        on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
         return self.reloader.request(origin, force, on_done)
+
+    def reload_code(self, names: list[str], label: str, on_done: Callable[[dict[str, Any]], None]) -> None:
+        if self.stopping:
+            on_done({"applied": False, "error": "shutting down"})
+        else:
+            self.code.request(names, label, on_done)
 
     def load_later(self, on_done: Callable[[Any], None]) -> None:
         self.reloader.load_later(on_done)

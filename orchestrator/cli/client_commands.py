@@ -28,6 +28,13 @@ def cmd_diff(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, path: Path) -> int:
+    if args.patterns and not args.code:
+        raise OrchError("orch reload takes instance patterns only with --code (the config is one whole)")
+    if args.code:
+        result = ask(args, path, "reload", code=True, patterns=args.patterns or None)
+        print(f"new code imported: {result['rolling']} running instances of {result['instances']} roll onto it "
+              "(orch status shows the progress)")
+        return EXIT_OK
     result = ask(args, path, "reload")
     if result.get("queued"):
         print("reload queued behind the one being applied")
@@ -97,13 +104,15 @@ def cmd_signal(args: argparse.Namespace, path: Path) -> int:
 
 def cmd_inspect(args: argparse.Namespace, path: Path) -> int:
     from .inspect_view import gather, render
+    from .probe_view import probe_lines
     found = ask(args, path, "inspect", name=args.name)
     rows = gather(found["pids"])
     if args.json:
         print(json.dumps({"name": found["name"], "state": found["state"], "pid": found["pid"],
-                          "processes": rows}, indent=2))
+                          "ready": found.get("ready"), "waiting": found.get("waiting"),
+                          "probes": found.get("probes"), "processes": rows}, indent=2))
     else:
-        print(render(found["name"], found["state"], rows))
+        print("\n".join([render(found["name"], found["state"], rows)] + probe_lines(found.get("probes"))))
     return EXIT_OK
 
 

@@ -74,8 +74,11 @@ COMMAND_LIST: tuple[Command, ...] = (
             "client_commands:cmd_diff"),
     Command("status", "show every instance of the running master", "orch status 'consumer-*' --json",
             "client_commands:cmd_status", (PATTERNS, JSON_LIST)),
-    Command("reload", "re-read the config and apply only what changed", "orch reload -c workers.toml",
-            "client_commands:cmd_reload"),
+    Command("reload", "re-read the config and apply only what changed; --code: give preloaded instances "
+            "the code on disk now, rolling", "orch reload --code template:consumer", "client_commands:cmd_reload", (
+                arg("--code", action="store_true",
+                    help="start fresh zygotes with the code on disk and roll the preloaded instances (all, or "
+                         "those PATTERN names) onto them; an import error moves nothing"), PATTERNS)),
     Command("upgrade", "re-execute the master (same pid) into the orch installed now; every instance "
             "keeps running", "orch upgrade --check", "upgrade:cmd_upgrade", (
                 arg("--check", action="store_true", help="only prove the new code can take over: it "

@@ -62,6 +62,8 @@ class MasterControl(Protocol):
 
     def load_later(self, on_done: Callable[[Any], None]) -> None: ...
 
+    def reload_code(self, names: list[str], label: str, on_done: Callable[[dict[str, Any]], None]) -> None: ...
+
     def shutdown(self) -> None: ...
 
     upgrader: Any  # handover/upgrade.py: `orch upgrade`, and the versions status shows
@@ -118,6 +120,7 @@ class Commands:
             "sources_digest": self.master.config_bytes,
             "stopping": self.master.stopping,
             "sockets": self.master.listeners.status(),
+            "scaling": scaler.status() if (scaler := getattr(self.master, "scaler", None)) else [],
             "versions": self.master.upgrader.status(),  # the master's, and its helpers' (orch upgrade)
         }
         if as_text:
@@ -126,16 +129,34 @@ class Commands:
             reply["instances"] = rows
         return reply
 
+    def cmd_scale(self, conn: Connection, target: str | None = None, count: int | None = None,
+                  auto: bool = False) -> dict[str, Any]:
+        """The autoscaled cells; with a target, pin its cells at `count` or (`auto`) release them."""
+        scaler = getattr(self.master, "scaler", None)
+        if scaler is None:
+            raise ControlError("this master does not autoscale", 2)
+        if target is None:
+            return {"cells": scaler.status()}
+        try:
+            return {"cells": scaler.pin(target, None if auto else count)}
+        except ValueError as exc:
+            raise ControlError(str(exc), 2) from None
+
     def cmd_inspect(self, conn: Connection, name: str) -> dict[str, Any]:
         """Which processes are the instance's: the client reads each with psutil itself."""
         inst = self.master.supervisor.instances.get(name)
         if inst is None:
             raise ControlError(f"no instance named {name!r} (see orch status)", 2)
         pids = self.master.supervisor.tree_pids(inst.pid) if inst.pid else []
-        return {"name": name, "state": inst.state.value, "pid": inst.pid, "pids": pids}
+        return {"name": name, "state": inst.state.value, "pid": inst.pid, "pids": pids, "ready": inst.ready,
+                "waiting": inst.waiting, "probes": inst.probes.status() if inst.probes is not None else None}
 
-    def cmd_reload(self, conn: Connection) -> Any:
+    def cmd_reload(self, conn: Connection, code: bool = False, patterns: list[str] | None = None) -> Any:
         reply = Pending()
+        if code:  # new code for preloaded instances: answered once it imported (or failed to)
+            names = self.match(patterns) if patterns else list(self.master.supervisor.instances)
+            self.master.reload_code(names, " ".join(patterns or ["every template"]), lambda r: _answer(reply, r))
+            return reply
         result = self.master.request_reload("orch reload", force=True, on_done=lambda r: _answer(reply, r))
         if result is None:  # expanding in steps: answered when applied
             return reply

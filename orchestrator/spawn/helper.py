@@ -17,8 +17,9 @@ from typing import Any
 
 from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, kill_group,
                     listen_env, prctl, prepare_child, reaped, receive)
+from .cgroups import sweep_run
 from .guard import start_guard
-from .identity import apply_setup
+from .identity import apply_setup, joining
 from .posix import PosixStarter
 from .probe_runner import ProbeRunner
 from .request import SpawnRequest, with_outputs
@@ -197,8 +198,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                 self._scan()  # orphans not yet seen belong to the trees too
             for pid, signum, group in message[1]:
                 self._signal(pid, signum, group)
-        elif message[0] in ("probe", "probe_kill"):
-            self.probes.handle(message)
+        elif message[0] in ("probe", "probe_kill", "preload", "preload_abort"):  # zygote.py: code reloads
+            (self.probes if message[0].startswith("probe") else self.zygotes.reloads).handle(message)
         elif message[0] == "exit":
             return False
         for fd in fds:
@@ -271,7 +272,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                     err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3 + len(sockets))
                 setup = request.setup
                 prepare_child(parent, self.devnull, out, request.cwd, sockets, keep=err_w, err=err,
-                              before_cwd=None if setup is None else lambda: apply_setup(setup, parent))
+                              before_cwd=joining(request.cgroup, None if setup is None else lambda: apply_setup(setup, parent)))
                 if request.sockets:
                     env.update(listen_env([name for name, _ in request.sockets]))
                 os.execve(program, list(request.argv), env)
@@ -336,10 +337,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         while True:
             remaining = [pid for pid in children(os.getpid()) if pid != self.guard]
             for pid in remaining:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_pid(pid, signal.SIGKILL)
             try:
                 while os.waitpid(-1, os.WNOHANG)[0]:
                     pass
@@ -348,6 +346,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             if not remaining:
                 break
             time.sleep(0.002)  # SIGKILLed children need a moment before they can be reaped
+        sweep_run(self.cookie)  # cgroup = "auto": what is left in the run's cgroups, and the cgroups
         self._stop_guard()
 
     def _stop_guard(self) -> None:

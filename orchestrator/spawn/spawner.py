@@ -127,6 +127,18 @@ class SpawnerClient:
         except OSError:
             pass  # the spawner is gone, and its probes with it
 
+    def preload(self, token: int, keys: list[tuple[Any, ...]]) -> None:
+        """Start fresh zygotes for these keys (target, pythonpath, set-up) and swap them in
+        once all imported (code_reload.py); answered by ("preloaded", token, [errors])."""
+        self.sock.send(pickle.dumps(("preload", token, keys)))
+
+    def preload_abort(self, token: int) -> None:
+        """Give up a code reload still importing: its fresh zygotes are closed."""
+        try:
+            self.sock.send(pickle.dumps(("preload_abort", token)))
+        except OSError:
+            pass
+
     def exit(self) -> None:
         """Ask the spawner to kill what is left and exit."""
         try:

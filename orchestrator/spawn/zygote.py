@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .child import (PR_SET_PDEATHSIG, RECEIVE_BYTES, buffered_pair, close_fds, in_batches, kill_group,
                     listen_env, prctl, prepare_child, reaped, receive, request_bytes)
+from .code_reload import CodeReloads
 from .identity import apply_setup
 from .request import fd_count, with_outputs
 from ..title import set_title
@@ -55,6 +56,21 @@ def start_zygote(target: str, pythonpath: tuple[str, ...], setup: Any = None) ->
     return pid, ours
 
 
+def import_error(target: str, exc: BaseException) -> str:
+    """One line saying why `target` did not import, located in the user's file: the file and
+    line of a SyntaxError, else of the innermost frame outside orch and importlib."""
+    import traceback
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where, text = f"{exc.filename}:{exc.lineno}", f"SyntaxError: {exc.msg}"
+    else:
+        ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith(("<", ours))]
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        text = f"{type(exc).__name__}: {exc}"
+    return f"cannot import {target}: {where + ': ' if where else ''}{text}"
+
+
 class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration tests
     def __init__(self, sock: socket.socket, target: str, pythonpath: tuple[str, ...]):
         self.sock = sock
@@ -80,8 +96,9 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             importlib.invalidate_caches()
             self.cls = load_target(self.target, list(self.pythonpath))
         except BaseException as exc:  # noqa: BLE001 - report any import failure, then exit
-            self._send(("import_failed", f"cannot import {self.target}: {exc!r}"))
+            self._send(("import_failed", import_error(self.target, exc)))
             return 1
+        self._send(("imported",))  # a code reload waits for this before any instance moves
         signal.signal(signal.SIGCHLD, lambda *_: None)
         wake_r, wake_w = wakeup_pair()
         self.wake = (wake_r, wake_w)
@@ -193,10 +210,32 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
         self.zygotes: dict[tuple[str, tuple[str, ...]], ZygoteHandle] = {}  # the ones to fork from
         self.retired: set[ZygoteHandle] = set()  # failed or dead, until their socket's EOF
         self.children: dict[int, ZygoteHandle] = {}  # worker pid -> the zygote that forked it
+        self.reloads = CodeReloads(self, start_zygote, ZygoteHandle)  # `orch reload --code`
+        self.closing: set[int] = set()  # pids of zygotes we closed, until they are reaped
 
     def pids(self) -> list[int]:
-        """The zygotes' own pids (direct children of the spawner, not orphans)."""
-        return [zygote.pid for zygote in (*self.zygotes.values(), *self.retired)]
+        """The zygotes' own pids (direct children of the spawner, not orphans), fresh ones too."""
+        if self.closing:
+            self.closing = {pid for pid in self.closing if os.path.exists(f"/proc/{pid}")}
+        fresh = [z.pid for zs in self.reloads.pending.values() for z in zs]
+        return [zygote.pid for zygote in (*self.zygotes.values(), *self.retired)] + fresh + list(self.closing)
+
+    def close(self, zygote: "ZygoteHandle") -> None:
+        """Close our end: the zygote ends its workers (it has none when we do this) and exits."""
+        if zygote.closed:
+            return
+        zygote.closed = True
+        self.selector.unregister(zygote.sock)
+        zygote.sock.close()
+        self.retired.discard(zygote)
+        if self.zygotes.get(zygote.key) is zygote:
+            del self.zygotes[zygote.key]
+        self.closing.add(zygote.pid)
+
+    def close_if_idle(self, zygote: "ZygoteHandle") -> None:
+        """A zygote a code reload replaced goes once its last worker is gone."""
+        if zygote.replaced and not zygote.children and not zygote.pending:
+            self.close(zygote)
 
     def fork(self, key: tuple[Any, ...], items: list[tuple[Any, int, int]]) -> list[tuple[int, str]]:
         """Ask the zygote for `key` (starting it if needed) to fork these requests; returns
@@ -265,9 +304,12 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
             return
         message = pickle.loads(data)
         kind = message[0]
-        if kind == "import_failed":
-            zygote.error = message[1]
-            self._retire(zygote)  # its EOF follows and fails what it was sent with this error
+        if kind in ("imported", "import_failed"):
+            zygote.imported = kind == "imported"
+            if kind == "import_failed":
+                zygote.error = message[1]
+                self._retire(zygote)  # its EOF follows and fails what it was sent with this error
+            self.reloads.answered(zygote)
             return
         if kind == "spawned":
             for token, pid in message[1]:
@@ -284,13 +326,16 @@ class ZygotePool:  # pragma: no cover - runs in the spawner; covered by integrat
                 self.children.pop(pid, None)
                 self.exited(pid)
         self.send(message)
+        self.close_if_idle(zygote)  # replaced by a code reload, and its last worker is gone
 
     def _gone(self, zygote: "ZygoteHandle") -> None:
         """Its workers die with it (PDEATHSIG): report them, and fail what it never forked."""
         self.selector.unregister(zygote.sock)
         zygote.sock.close()
+        zygote.closed = True
         self._retire(zygote)
         self.retired.discard(zygote)
+        self.reloads.answered(zygote)  # a fresh one of a code reload died while importing
         error = zygote.error or "the preload zygote exited"
         if zygote.pending:
             self.send(("failed", [(token, error) for token in zygote.pending]))
@@ -327,3 +372,7 @@ class ZygoteHandle:  # pragma: no cover - runs in the helper
         self.pending: dict[int, str | None] = {}  # token -> instance name, not forked yet
         self.children: set[int] = set()
         self.error: str | None = None
+        self.imported = False  # said "imported": its target is loaded
+        self.reload: int | None = None  # the code reload it was started for, until swapped in
+        self.replaced = False  # a code reload replaced it: closed once its last worker is gone
+        self.closed = False

@@ -54,6 +54,7 @@ class Launcher:
                  on_failed: Callable[["Instance", str], None]):
         self.loop = loop
         self.pump = OutputPump(loop)  # every instance's output pipe, read in batches
+        self.cgroup_plan: Callable[[Any, int], Any] | None = None  # kernel_memory.py, with cgroup = "auto"
         self.on_failed = on_failed  # the supervisor's: a spawn that never happened, and why
         self.spawner = spawner  # the current one: a dead spawner is replaced
         self.notify_socket = notify_socket
@@ -64,6 +65,7 @@ class Launcher:
         self._schedule = Coalesced(loop, self.flush)  # all spawns and signals of a wake-up: one flush
         self._sent: dict[int, float] = {}  # token -> when it was sent (oldest first)
         self._overdue_timer: Any = None
+        self.answers: dict[str, Callable[[tuple[Any, ...]], None]] = {}  # other reports, by kind ("preloaded")
 
     def spawn(self, inst: "Instance") -> None:
         self._spawns.append(inst)
@@ -170,6 +172,8 @@ class Launcher:
                         to._spawn_failed(inst, error)
             elif kind == "eof":
                 to.spawner_gone()
+            elif kind in self.answers:
+                self.answers[kind](event)
 
     def _fail(self, inst: "Instance", reason: str) -> None:
         if inst.token is not None:
@@ -206,7 +210,7 @@ class Launcher:
         preload = (spec.python.target, spec.python.pythonpath) if spec.python and spec.python.preload else None
         sockets = tuple(zip((name for name, _ in spec.sockets), spec.socket_keys))
         return SpawnRequest(token, spec.argv, env, spec.inherit_env, spec.cwd, preload, sockets,
-                            _setup(spec), spec.stderr)
+                            _setup(spec), spec.stderr, self.cgroup_plan and self.cgroup_plan(spec, token))
 
 
 def _pipe(top: int) -> tuple[int, int]:
@@ -218,6 +222,13 @@ def _pipe(top: int) -> tuple[int, int]:
         raise OSError(errno.EMFILE, f"no file descriptor to spare for its output (limit {top + PIPE_RESERVE})")
     os.set_blocking(read_end, False)
     return read_end, write_end
+
+
+def zygote_key(spec: Any) -> tuple[Any, ...] | None:
+    """The spawner's key of the zygote a preloaded spec forks from (spawn/zygote.py), else None."""
+    if not (spec.python and spec.python.preload):
+        return None
+    return (spec.python.target, spec.python.pythonpath, _setup(spec))
 
 
 def _setup(spec: Any) -> Setup | None:

@@ -1,0 +1,82 @@
+"""New code for preloaded workers without a restart of the master (`orch reload --code`, a
+template's `code_watch`): the spawner starts fresh zygotes that import the code on disk now
+(spawn/code_reload.py); once every one of them has imported, the instances roll onto them in
+batches of their template's `max_unavailable`, each batch ready before the next (rolling.py),
+and each old zygote goes with its last worker. An import error moves nothing and says where
+it is, in the user's file."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Callable
+
+from ..loop import EventLoop, Timer
+from .launch import zygote_key
+from .states import ALIVE
+
+log = logging.getLogger("orch")
+IMPORT_TIMEOUT = 120.0  # seconds the new code may take to import before the reload is given up
+Done = Callable[[dict[str, Any]], None]
+
+
+class CodeReloader:
+    """The code reloads of one master: asked of the spawner, answered by "preloaded"."""
+
+    def __init__(self, supervisor: Any, loop: EventLoop) -> None:
+        self.supervisor = supervisor
+        self.loop = loop
+        self._tokens = itertools.count(1)
+        self.pending: dict[int, tuple[str, list[str], Done, Timer]] = {}
+        self.count = 0
+        self.last_error: str | None = None
+        supervisor.launcher.answers["preloaded"] = self._answered
+
+    def request(self, names: list[str], label: str, on_done: Done) -> None:
+        """Renew the zygotes of these instances (the preloaded ones among them) and roll them."""
+        instances = [self.supervisor.instances[n] for n in names if n in self.supervisor.instances]
+        keyed = [(inst, zygote_key(inst.target)) for inst in instances]
+        keyed = [(inst, key) for inst, key in keyed if key is not None]
+        if not keyed:
+            on_done({"applied": False, "error": f"{label}: no preloaded instance (preload = true) to "
+                                                "give new code; the others read it at their next start"})
+            return
+        keys = list(dict.fromkeys(key for _, key in keyed))
+        token = next(self._tokens)
+        timer = self.loop.call_later(IMPORT_TIMEOUT, lambda: self._overdue(token))
+        self.pending[token] = (label, [inst.name for inst, _ in keyed], on_done, timer)
+        log.info("reload --code (%s): %d new zygotes importing for %d instances", label, len(keys), len(keyed))
+        try:
+            self.supervisor.spawner.preload(token, keys)
+        except OSError as exc:  # the spawner is gone: its EOF brings the fleet back
+            self._finish(token, [f"the spawner did not take the request: {exc}"])
+
+    def _answered(self, event: tuple[Any, ...]) -> None:
+        self._finish(event[1], list(event[2]))
+
+    def _overdue(self, token: int) -> None:
+        if token in self.pending:
+            self.supervisor.spawner.preload_abort(token)
+            self._finish(token, [f"the new code did not finish importing within {IMPORT_TIMEOUT:.0f}s"])
+
+    def _finish(self, token: int, errors: list[str]) -> None:
+        entry = self.pending.pop(token, None)
+        if entry is None:
+            return  # given up already (overdue)
+        label, names, on_done, timer = entry
+        timer.cancel()
+        if errors:
+            self.last_error = "; ".join(errors)
+            log.error("reload --code (%s) refused, every instance keeps its code: %s", label, self.last_error)
+            on_done({"applied": False, "error": f"reload --code refused, every instance keeps its code:\n"
+                                                + "\n".join(errors)})
+            return
+        self.count += 1
+        self.last_error = None
+        instances = self.supervisor.instances
+        items = [(inst, None) for name in names if (inst := instances.get(name)) is not None
+                 and inst.state in ALIVE and not inst.held]
+        if items:
+            self.supervisor.roll(f"{label} onto new code", items)
+        log.info("reload --code (%s): new code imported; %d running instances roll onto it", label, len(items))
+        on_done({"applied": True, "code": True, "rolling": len(items), "instances": len(names)})
