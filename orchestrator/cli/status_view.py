@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from ..units import format_duration, format_size
+from .probe_view import probe_summary
 
 
 def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
@@ -40,7 +41,7 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
     measured = [_measured(inst) for inst in reply["instances"]]
     if any(measured):  # memory.measure = "pss" or "uss": what the limits count, beside RSS
         rows = [row + (m,) for row, m in zip(rows, ["LIMITED ON"] + measured)]
-    probed = [_probes(inst) for inst in reply["instances"]]
+    probed = [probe_summary(inst) for inst in reply["instances"]]
     if any(probed):  # health probes: a column only when some template has them
         rows = [row + (p or "-",) for row, p in zip(rows, ["PROBES"] + probed)]
     texts = [_status_text(inst) for inst in reply["instances"]]
@@ -78,14 +79,3 @@ def _status_text(inst: dict[str, Any]) -> str:
     text = " ".join((inst.get("notify_status") or "").split())
     return text if len(text) <= 80 else text[:77] + "..."
 
-
-def _probes(inst: dict[str, Any]) -> str:
-    """"ready", or "not ready" with the failing probe's last words (issue 27's probes)."""
-    probes = inst.get("probes")
-    if not probes:
-        return ""
-    failing = [f"{role}: {row['last']}" for role, row in probes.items()
-               if row.get("active") and row.get("last") not in (None, "ok")]
-    if not {"startup", "readiness"} & set(probes):  # liveness alone says nothing of readiness
-        return ", ".join(failing) or "ok"
-    return ", ".join(["ready" if inst.get("ready") else "not ready"] + failing)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..units import format_duration, format_size
+from .probe_view import probe_summary
 
 Segment = tuple[str, str]
 Line = list[Segment]
@@ -226,11 +227,13 @@ COLUMNS = (
 )
 # `user =`: after TEMPLATE, and only when some instance runs as another user (as in orch status)
 USER = Column("USER", lambda r: r.get("user") or "-", 20, 6)
+# health probes: before STATUS, and only when some instance has probes (as in orch status)
+PROBES = Column("PROBES", lambda r: probe_summary(r) or "-", 32, 5)
 MIN_NAME = 12
 
 
 def fit_columns(name_width: int, visible: list[Row], width: int,
-                users: bool | None = None) -> list[tuple[Column, int]]:
+                users: bool | None = None, probes: bool = False) -> list[tuple[Column, int]]:
     """Columns and widths for this terminal: drop the least useful columns, then shrink NAME;
     STATUS takes what is left. The name width is the longest of every shown row's, so
     scrolling does not make the table jump; other widths come from the visible rows only.
@@ -245,6 +248,8 @@ def fit_columns(name_width: int, visible: list[Row], width: int,
     if users is None:
         users = any(r.get("user") for r in visible)
     columns = COLUMNS[:2] + (USER,) + COLUMNS[2:] if users else COLUMNS
+    if probes:
+        columns = columns[:-1] + (PROBES,) + columns[-1:]
     chosen = [(c, natural(c)) for c in columns]
 
     def excess() -> int:
@@ -361,7 +366,8 @@ def render(state: TopState, width: int, height: int) -> list[Line]:
     else:
         fit_scroll(state, page)
         visible = state.rows[state.top:state.top + page]
-        columns = fit_columns(state.name_width, visible, width, any(r.get("user") for r in state.rows))
+        columns = fit_columns(state.name_width, visible, width, any(r.get("user") for r in state.rows),
+                              any(r.get("probes") for r in state.rows))
         lines.append([(_fit("  ".join(_fit(c.title, w, c.right) for c, w in columns), width), "heading")])
         body = [_row_line(row, columns, width, state.top + i == state.cursor)
                 for i, row in enumerate(visible)]

@@ -64,7 +64,35 @@ def render_metrics(rows: list[dict], master: dict[str, float]) -> str:
     for r in rows:
         for reason, count in sorted(r["limit_kills"].items()):
             lines.append(f'orch_instance_limit_kills_total{{name="{esc(r["name"])}",reason="{reason}"}} {count}')
-    return "\n".join(lines + scalar_lines(master)) + "\n"
+    return "\n".join(lines + probe_lines(rows, esc) + scalar_lines(master)) + "\n"
+
+
+PROBE_SERIES = (
+    ("orch_instance_ready", "gauge", "1 when the instance is ready (READY=1, min_uptime, or its probes)", None),
+    ("orch_probe_up", "gauge", "1 when the probe's last check passed, by probe (startup, readiness, liveness)",
+     lambda p: 1 if p["last"] == "ok" else 0),
+    ("orch_probe_checks_total", "counter", "checks the probe made on the current process", lambda p: p["checks"]),
+    ("orch_probe_failures_total", "counter", "checks of the probe that failed, on the current process",
+     lambda p: p.get("failed", 0)),
+)
+
+
+def probe_lines(rows: list[dict], esc: Callable[[str], str]) -> list[str]:
+    """The readiness of every instance and each probe's state, for instances with probes (pure)."""
+    probed = [r for r in rows if r.get("probes")]
+    if not probed:
+        return []
+    lines = []
+    for name, kind, text, value in PROBE_SERIES:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        for r in probed:
+            label = f'name="{esc(r["name"])}",template="{esc(r["template"])}"'
+            if value is None:
+                lines.append(f"{name}{{{label}}} {1 if r.get('ready') else 0}")
+                continue
+            lines += [f'{name}{{{label},probe="{role}",kind="{p["kind"]}"}} {value(p)}'
+                      for role, p in r["probes"].items()]
+    return lines
 
 
 def scalar_lines(values: dict[str, float]) -> list[str]:

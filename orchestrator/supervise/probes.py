@@ -39,6 +39,7 @@ class ProbeState:
     failures: int = 0
     passing: bool = False
     checks: int = 0
+    failed: int = 0  # checks that failed, in all
     last: str | None = None  # "ok", or what failed
     last_failure: str | None = None
 
@@ -54,7 +55,7 @@ def decide(role: str, successes: int, failures: int, state: ProbeState, ok: bool
         state = dataclasses.replace(state, passing=True)
         return state, {"startup": Verdict.STARTED, "readiness": Verdict.READY}.get(role, Verdict.NONE)
     state = dataclasses.replace(state, successes=0, failures=state.failures + 1, checks=state.checks + 1,
-                                last=detail, last_failure=detail)
+                                failed=state.failed + 1, last=detail, last_failure=detail)
     if state.failures < failures:
         return state, Verdict.NONE
     if role == "readiness":

@@ -7,6 +7,7 @@ limits.py), at once when a READY=1 or WATCHDOG=1 could make a not yet passing pr
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ..config.probes import Probe
@@ -34,6 +35,7 @@ class InstanceProbes:
         self.timers: dict[str, Timer] = {}
         self.checks: dict[str, Check | ExecCheck] = {}
         self.began: dict[str, float] = {}
+        self.failed_at: dict[str, float] = {}  # role: wall-clock time of its last failure
 
     def close(self) -> None:
         for timer in self.timers.values():
@@ -50,7 +52,8 @@ class InstanceProbes:
             state = self.states[p.role]
             rows[p.role] = {"kind": p.kind, "target": p.shown, "passing": state.passing,
                             "active": p in running(self.probes, self.started), "checks": state.checks,
-                            "failures": state.failures, "last": state.last, "last_failure": state.last_failure}
+                            "failures": state.failures, "failed": state.failed, "last": state.last,
+                            "last_failure": state.last_failure, "last_failure_at": self.failed_at.get(p.role)}
         return rows
 
 
@@ -152,6 +155,8 @@ class Prober:
             return
         state, verdict = decide(probe.role, probe.successes, probe.failures, run.states[probe.role], ok, detail)
         run.states[probe.role] = state
+        if not ok:
+            run.failed_at[probe.role] = time.time()
         if not ok:
             self.supervisor.events.emit(Happened("probe_failed", run.inst, {
                 "probe": probe.role, "check": probe.kind, "error": detail, "pid": run.pid,
