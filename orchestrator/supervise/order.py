@@ -51,3 +51,23 @@ def may_start(waiting: Mapping[str, Sequence[str]],
     """Per waiting instance (name: its template's `after`): None if it may start now, else
     what it still waits for."""
     return {name: waiting_for(after, peers) for name, after in waiting.items()}
+
+
+def stop_waves(after: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """The templates in the order `orch down` stops them (pure): a template's wave comes once
+    every template `after` it has stopped, so dependents go before what they depend on.
+    `after` maps every template to its `after` list; a cycle (refused by validation) would
+    put the rest in one last wave."""
+    names = set(after) | {d for deps in after.values() for d in deps}
+    dependents: dict[str, set[str]] = {name: set() for name in names}
+    for name, deps in after.items():
+        for dep in deps:
+            if dep != name:
+                dependents[dep].add(name)
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    while len(done) < len(names):
+        wave = sorted(n for n in names - done if dependents[n] <= done) or sorted(names - done)
+        waves.append(wave)
+        done.update(wave)
+    return waves

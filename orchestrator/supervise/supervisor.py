@@ -27,6 +27,7 @@ from .probe_exec import ExecProbes
 from .applying import apply_plan
 from .rolling import RollingRestarts
 from .start_order import StartOrder
+from .stop_order import StopOrder
 from .states import ALIVE, State, Then
 
 log = logging.getLogger("orch")
@@ -287,8 +288,7 @@ class Supervisor:
         if inst.state is State.STOPPING:  # asked to stop while the spawn was in flight
             self._signal_stop(inst)
             return
-        if inst.rollout is not None:
-            self._ready_after_min_uptime(inst)
+        self._ready_after_min_uptime(inst)  # rollouts and start order wait for ready
         inst.set_state(State.RUNNING)
 
     def _exited(self, pid: int, status: int) -> None:
@@ -369,8 +369,7 @@ class Supervisor:
 
     def stop_all(self) -> None:
         self.shutting_down = True
-        for inst in list(self.instances.values()):
-            self.stop(inst, Then.STOP)
+        StopOrder(self).begin()  # in waves: dependents before what they are `after`
 
     def kill_all(self) -> None:
         for inst in self.alive():
