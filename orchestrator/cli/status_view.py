@@ -7,6 +7,7 @@ from typing import Any
 
 from ..units import format_duration, format_size
 from .probe_view import probe_summary
+from .scale_view import render_cells
 
 
 def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
@@ -54,6 +55,7 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
         counts[inst["state"]] = counts.get(inst["state"], 0) + 1
     lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances")
     lines += [_unserved(sock) for sock in reply.get("sockets", []) if sock.get("unserved_for") is not None]
+    lines += render_cells(reply.get("scaling"))  # autoscaled cells: replicas, backlog, last decision
     return "\n".join(lines)
 
 
@@ -78,4 +80,3 @@ def _status_text(inst: dict[str, Any]) -> str:
     """The worker's last STATUS= text on one line, cut to keep the table readable."""
     text = " ".join((inst.get("notify_status") or "").split())
     return text if len(text) <= 80 else text[:77] + "..."
-

@@ -193,3 +193,33 @@ def scaling_problems(clean: dict[str, Any]) -> list[tuple[str, str]]:
     if len(per) != 1:
         return [("replicas", "give the messages per replica once: replicas.backlog (or backlog.per)")]
     return []
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """What the master needs to scale one matrix cell, rendered (on each of its ProcessSpecs):
+    the cell's name (its replica 0's default name), bounds, pace and where its backlog is read."""
+
+    cell: str
+    min: int
+    max: int
+    per: int
+    scale: Scale
+    source: BacklogDecl  # strings rendered
+
+    @property
+    def source_key(self) -> tuple[str, str, str, str, tuple[str, ...]]:
+        """Cells that read the same queue share one reading."""
+        s = self.source
+        return (s.kind, s.url, s.key, s.group, s.argv)
+
+    def describe(self) -> str:
+        """The source as status shows it (a URL's password left out)."""
+        s = self.source
+        if s.kind == "command":
+            return " ".join(s.argv)
+        url = s.url
+        if "@" in url:
+            scheme, _, rest = url.partition("://")
+            url = f"{scheme}://***@{rest.rpartition('@')[2]}"
+        return f"{s.kind} {url} {s.key}" + (f" ({s.group})" if s.group else "")

@@ -24,6 +24,7 @@ from .matrix import combinations
 from .renderer import Renderer, _text, template_errors
 from .production import SetupError, reads_host, setup_fields, watch_env_files
 from .probes import probe_fields
+from .backlog import autoscale_fields
 from .spec import ProcessSpec, PythonTarget, exec_problem
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:@+=-]")
@@ -278,6 +279,8 @@ def _render(template: Template, params: dict[str, Any], replica: int, variables:
         cwd = renderer.path(folder, template.cwd, context)
         setup = setup_fields(template, context, folder, renderer, step)
         setup.update(probe_fields(template, context, renderer, step))
+        setup.update(autoscale_fields(template, default_name(template, params, 0), context, renderer,
+                                      dict(python.kwargs) if python else None, step))
         refused = exec_problem(argv, env + setup.get("file_env", ()))
         if refused is not None:
             step[0] = refused[0] if refused[0] == "env" or template.target is None else "kwargs"

@@ -50,6 +50,7 @@ class ProcessSpec:
     umask: int | None = None
     stderr: str = "merge"  # merge | separate | discard
     probes: tuple[Any, ...] = ()  # config.probes.Probe, rendered: policy (applied in place), not identity
+    autoscale: Any = None  # config.scaling.Autoscale, rendered: policy, not identity
     process_hash: str = ""
     policy_hash: str = ""
 
@@ -82,6 +83,8 @@ class ProcessSpec:
         policy_hash = policy_digest(spec.policy)
         if spec.probes:  # rendered per instance, so not in the template's shared Policy
             policy_hash = _digest([policy_hash, _canonical(spec.probes)])
+        if spec.autoscale is not None:  # likewise
+            policy_hash = _digest([policy_hash, _canonical(spec.autoscale)])
         object.__setattr__(spec, "policy_hash", policy_hash)
         return spec
 

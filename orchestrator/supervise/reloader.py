@@ -170,7 +170,8 @@ class Reloader:
             self.host.supervisor.events.emit(Happened("reload_failed", None, {"origin": origin,
                                                                               "error": self.last_error}))
             return {"applied": False, "error": self.last_error}
-        plan = reconcile(specs, self.host.supervisor.running_view())
+        scaler = getattr(self.host, "scaler", None)  # autoscaled cells run their first `count` replicas
+        plan = reconcile(scaler.desired(specs) if scaler is not None else specs, self.host.supervisor.running_view())
         self.host.supervisor.events.emit(Happened("reload", None, {"origin": origin, **plan.counts()}))
         self._apply_settings(config.settings)
         self.host.supervisor.apply(plan)

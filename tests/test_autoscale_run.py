@@ -1,0 +1,147 @@
+"""Replicas that follow the backlog (issue 28) with real `orch up` masters against real
+redis-server and beanstalkd: a burst scales a cell up within up_after + 1 s, idle brings it
+back to min after down_after, SIGKILLs during both lose nothing, a source that goes away
+freezes the count and recovers, min = 0 starts from nothing, `orch scale` pins."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+import pytest
+import redis
+
+from conftest import orch, wait_for
+from queue_support import Events, chaos_kill, consumer_config, write_handlers
+
+pytestmark = pytest.mark.slow  # real servers and masters, seconds of scaling
+
+REDIS = "orchestrator.queues.redis:QueueConsumer"
+BEANSTALKD = "orchestrator.queues.beanstalkd:QueueConsumer"
+
+
+def config(target: str, source: str, values: list[str], *, low: int, high: int, per: int,
+           up: str = "0.5s", down: str = "1s", step: int = 8, axis: str = "queue", kwargs: str = "") -> str:
+    extra = f'scale = {{ up_after = "{up}", down_after = "{down}", step = {step} }}'
+    text = consumer_config(target, axis, values, source, preload=True, kwargs=", retry_delay = 0.1" + kwargs,
+                           extra=extra)
+    return text.replace("replicas = 1", f"replicas = {{ min = {low}, max = {high}, backlog = {per} }}")
+
+
+def cells(master) -> dict[str, dict]:
+    return {row["cell"]: row for row in master.call("scale")["cells"]}
+
+
+def running(master, prefix: str) -> int:
+    return sum(1 for name, row in master.status().items()
+               if name.startswith(prefix) and row["state"] == "running")
+
+
+def test_a_burst_scales_up_within_up_after_and_idle_back_to_min(start_master, redis_server, tmp_path):
+    events = Events(write_handlers(tmp_path))
+    client = redis.Redis.from_url(redis_server.url)
+    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa", "qb"],
+                                 low=1, high=4, per=10, up="1s", down="1s", step=4))
+    wait_for(lambda: running(master, "consumer-qa") == 1 and running(master, "consumer-qb") == 1, 15)
+    assert len(master.status()) == 2  # min replicas only, not max
+    burst = [f"sleep:0.05:qa-{i}" for i in range(200)]
+    client.lpush("qa", *burst)
+    pushed = time.monotonic()
+    wait_for(lambda: cells(master)["consumer-qa"]["desired"] == 4, 1.0 + 1.0 + 0.5,
+             message="consumer-qa scaled to 4 within up_after + 1 s")
+    took = time.monotonic() - pushed
+    assert cells(master)["consumer-qb"]["desired"] == 1  # each cell on its own queue
+    wait_for(lambda: running(master, "consumer-qa") == 4, 15, message="4 replicas running")
+    wait_for(lambda: set(burst) <= events.done(), 30, interval=0.2, message="the burst handled")
+    wait_for(lambda: cells(master)["consumer-qa"]["desired"] == 1, 1.0 + 1.0 + 3.0, message="back to min")
+    wait_for(lambda: len([n for n in master.status() if n.startswith("consumer-qa")]) == 1, 10)
+    row = cells(master)["consumer-qa"]
+    assert row["backlog"] == 0 and "down to 1" in row["reason"], row
+    log = (master.log_dir.parent / "master.log").read_text() if (master.log_dir.parent / "master.log").exists() \
+        else master.stderr()
+    assert "scale consumer-qa: 1 -> 4" in log + master.stderr(), "each step is one log line"
+    assert took <= 2.5
+
+
+def test_sigkills_while_scaling_up_and_down_lose_nothing(start_master, redis_server, tmp_path):
+    events = Events(write_handlers(tmp_path))
+    client = redis.Redis.from_url(redis_server.url)
+    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa"],
+                                 low=1, high=6, per=20, up="0.5s", down="1s", step=2,
+                                 kwargs=", max_attempts = 50, lease = 2"))
+    wait_for(lambda: running(master, "consumer-qa") == 1, 15)
+    rng = random.Random(28)
+    expected = {f"sleep:0.01:w{wave}-{i}" for wave in range(2) for i in range(300)}
+    seen_counts, kills = set(), 0
+    for wave in range(2):  # up with the burst, down as it drains, up again with the next
+        client.lpush("qa", *[m for m in sorted(expected) if f":w{wave}-" in m])
+        deadline = time.monotonic() + 25
+        while not {m for m in expected if f":w{wave}-" in m} <= events.done() and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.1, 0.4))
+            chaos_kill(master, rng, zygotes=False)
+            kills += 1
+            seen_counts.add(cells(master)["consumer-qa"]["desired"])
+        wait_for(lambda: cells(master)["consumer-qa"]["desired"] == 1, 15,
+                 message=f"back to min after the wave: {cells(master)}")
+    wait_for(lambda: expected <= events.done(), 20, interval=0.2, message="every message handled")
+    assert max(seen_counts) > 2 and kills >= 10, (seen_counts, kills)
+    assert client.llen("qa") == 0
+
+
+def test_a_source_that_goes_away_freezes_the_count_and_recovers(start_master, redis_server, tmp_path):
+    write_handlers(tmp_path)
+    client = redis.Redis.from_url(redis_server.url)
+    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa"],
+                                 low=1, high=3, per=10, up="0.5s", down="1s", step=3))
+    client.lpush("qa", *[f"sleep:1:{i}" for i in range(100)])
+    wait_for(lambda: cells(master)["consumer-qa"]["desired"] == 3, 5)
+    redis_server.kill()
+    wait_for(lambda: cells(master)["consumer-qa"]["source_error"], 5, message="the reading fails")
+    time.sleep(2.5)  # longer than down_after: an unreadable source must not count as idle
+    row = cells(master)["consumer-qa"]
+    assert row["desired"] == 3 and row["source_error"], row
+    metrics_rows = master.call("status")["scaling"]
+    assert metrics_rows[0]["source_error"]
+    out = orch("status", "-c", str(master.config))
+    assert "unreadable" in out.stdout, out.stdout
+    redis_server.start()
+    wait_for(lambda: cells(master)["consumer-qa"]["source_error"] is None, 5, message="readable again")
+    errors = master.stderr().count("unreadable")
+    assert errors <= 1, "one log line per change of state"
+
+
+def test_min_zero_starts_from_nothing_on_the_first_message_beanstalkd(start_master, beanstalkd_server, tmp_path):
+    events = Events(write_handlers(tmp_path))
+    master = start_master(config(BEANSTALKD, f'url = "{beanstalkd_server.url}", tube = "{{{{ tube }}}}"', ["ta"],
+                                 low=0, high=2, per=5, up="0.5s", down="1s", step=2, axis="tube"))
+    wait_for(lambda: cells(master)["consumer-ta"]["backlog"] == 0, 5)
+    assert master.status() == {}  # nothing runs
+    with socket.create_connection(("127.0.0.1", beanstalkd_server.port)) as conn:
+        conn.sendall(b"use ta\r\nput 0 0 60 9\r\nsleep:0:1\r\n")
+        time.sleep(0.1)
+        sent = time.monotonic()
+    wait_for(lambda: cells(master)["consumer-ta"]["desired"] == 1, 0.5 + 1.0 + 0.5, message="one within up_after + 1 s")
+    assert time.monotonic() - sent <= 2.0
+    wait_for(lambda: "sleep:0:1" in events.done(), 15, message="the message handled")
+    wait_for(lambda: master.status() == {}, 10, message="back to nothing")
+
+
+def test_orch_scale_pins_until_auto(start_master, redis_server, tmp_path):
+    write_handlers(tmp_path)
+    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa", "qb"],
+                                 low=1, high=4, per=10))
+    out = orch("scale", "consumer", "3", "-c", str(master.config))
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: running(master, "consumer-qa") == 3 and running(master, "consumer-qb") == 3, 15)
+    time.sleep(1.5)  # empty queues: without the pin this would go back to 1 after down_after
+    assert cells(master)["consumer-qa"]["desired"] == 3 and cells(master)["consumer-qa"]["pinned"] == 3
+    bad = orch("scale", "consumer", "9", "-c", str(master.config))
+    assert bad.returncode == 2 and "replicas.max" in bad.stderr
+    assert orch("scale", "consumer-qa", "--auto", "-c", str(master.config)).returncode == 0
+    wait_for(lambda: running(master, "consumer-qa") == 1, 10)
+    assert cells(master)["consumer-qb"]["desired"] == 3  # the other cell stays pinned
+    master.write(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa", "qb"],
+                        low=2, high=2, per=10))
+    wait_for(lambda: running(master, "consumer-qa") == 2 and running(master, "consumer-qb") == 2, 15,
+             message="a save that changes the bounds applies at once")
