@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 from ..loop import EventLoop, Timer
 from ..supervise.events import StateChanged
 from ..supervise.instance import sample_usage
-from .http import Conn
+from .http import Conn, response
 
 FLUSH_DELAY = 0.1  # a state change reaches the open pages this soon
 MIN_FLUSH = 0.25  # and a storm of them at most this often
@@ -29,6 +29,7 @@ USAGE_EVERY = 2.0  # seconds between two CPU/memory refreshes of a page
 PING_EVERY = 15.0  # a comment line keeps proxies and the browser from timing out
 MAX_BACKLOG = 256 * 1024
 MAX_PAGE = 500
+MAX_STREAMS = 16  # open pages at once; the HTTP server's cap (64) leaves room for their requests
 RECENT = 100  # journal records a new page starts with
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -96,7 +97,10 @@ class Feed:
 
     # --- streams ----------------------------------------------------------------
     def open(self, conn: Conn, query: dict[str, str]) -> None:
-        """Turn `conn` into a stream of the page its query names."""
+        """Turn `conn` into a stream of the page its query names (503 past MAX_STREAMS)."""
+        if len(self.streams) >= MAX_STREAMS:
+            conn.finish(response(503, b"too many open pages\n", headers=("Retry-After: 5",)))
+            return
         stream = Stream(conn, _int(query.get("offset"), 0, 10**9), _int(query.get("limit"), 100, MAX_PAGE),
                         query.get("q", "")[:200], query.get("state", "")[:32])
         self.streams.append(stream)

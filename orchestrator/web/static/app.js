@@ -177,7 +177,8 @@
   function chart(canvas, ts, values, fmt) {
     const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height, pad = 2;
     ctx.clearRect(0, 0, w, h);
-    const now = Date.now() / 1000, span = 3600;
+    // the last hour, or the last 10 minutes while the samples cover less
+    const now = Date.now() / 1000, span = Math.min(3600, Math.max(600, ts.length ? now - ts[0] + 20 : 3600));
     const max = Math.max(1e-9, ...values.filter((v) => v !== null));
     ctx.strokeStyle = "#e3e4e6";
     ctx.beginPath(); ctx.moveTo(0, pad); ctx.lineTo(w, pad); ctx.moveTo(0, h / 2); ctx.lineTo(w, h / 2); ctx.stroke();
@@ -195,7 +196,7 @@
     close();
     ctx.fillStyle = "#6b7075"; ctx.font = "10px system-ui";
     ctx.fillText(values.length ? "max " + fmt(max) : "no samples yet", 4, 12);
-    ctx.fillText("-1h", 4, h - 4); ctx.fillText("now", w - 22, h - 4);
+    ctx.fillText("-" + (span >= 3600 ? "1h" : Math.round(span / 60) + "m"), 4, h - 4); ctx.fillText("now", w - 22, h - 4);
   }
   async function getJSON(url) {
     const res = await fetch(url, { credentials: "same-origin" });
