@@ -15,8 +15,10 @@ from typing import Any
 
 from ..errors import OrchError
 from ..expand.spec import ProcessSpec
+from .autoscale import scaled_object, shared_argv
 from .production import env_file_values, setup_warnings
 from .common import Options, Output, process_warnings, unexpressed
+from .probes import kubernetes_lost, kubernetes_probes, lost_lines
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal", "kill_mode",
                "max_lifetime", "timeout", "max_requests", "log_max_size", "log_backups")
@@ -60,7 +62,7 @@ def groups(specs: list[ProcessSpec]) -> list[tuple[str, list[ProcessSpec]]]:
 
 def _shared(spec: ProcessSpec) -> tuple:
     """What the replicas of one Deployment must have in common."""
-    return spec.argv, spec.env, spec.cwd, spec.python, spec.run_as, spec.file_env
+    return shared_argv(spec), spec.env, spec.cwd, spec.python, spec.run_as, spec.file_env, spec.probes
 
 
 def _secret_name(name: str) -> str:
@@ -110,6 +112,7 @@ def _container(spec: ProcessSpec, options: Options, name: str = "") -> dict[str,
         memory["limits"] = {"memory": str(spec.policy.memory_hard)}
     if memory:
         container["resources"] = memory
+    container.update(kubernetes_probes(spec))
     return container
 
 
@@ -175,11 +178,14 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
         raise OrchError("--format kubernetes needs --image IMAGE (an image with the workers' code "
                         "and orch installed)")
     out = Output(warnings=unexpressed("kubernetes", specs, UNEXPRESSED) + setup_warnings("kubernetes", specs, CARRIED)
-                 + process_warnings("kubernetes", specs, False) + _resolved(specs))
+                 + process_warnings("kubernetes", specs, False) + _resolved(specs)
+                 + lost_lines("kubernetes", specs, kubernetes_lost))
     documents = []
     for name, members in groups(specs):
         found = secret(name, members[0])
         documents += [to_yaml(found)] if found else []
-        documents.append(to_yaml(deployment(name, members, options)))
+        made = deployment(name, members, options)
+        scaled = scaled_object(made, members, out.warnings)  # an autoscaled cell: KEDA scales it
+        documents += [to_yaml(made)] + ([to_yaml(scaled)] if scaled else [])
     out.files["kubernetes.yaml"] = "---\n" + "---\n".join(documents)
     return out

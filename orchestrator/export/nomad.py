@@ -14,9 +14,11 @@ import signal
 from typing import Any
 
 from ..expand.spec import ProcessSpec
+from .autoscale import nomad_named, nomad_scaling
 from .production import env_file_values, setup_warnings
 from .common import Options, Output, process_warnings, refuse, unexpressed
 from .kubernetes import dns_label, groups
+from .probes import lost_lines, nomad_checks, nomad_lost
 
 UNEXPRESSED = ("backoff_max", "min_uptime", "kill_mode", "max_lifetime", "timeout",
                "max_requests", "log_max_size", "log_backups")
@@ -68,15 +70,22 @@ def _task(name: str, spec: ProcessSpec, count: int, options: Options) -> dict[st
     return task
 
 
-def job(specs: list[ProcessSpec], options: Options) -> dict[str, Any]:
+def job(specs: list[ProcessSpec], options: Options, warnings: list[str] | None = None) -> dict[str, Any]:
     """The job document."""
     task_groups = []
     for name, members in groups(specs):
         spec = members[0]
         group: dict[str, Any] = {"Name": dns_label(name), "Count": len(members),
                                  "RestartPolicy": _restart(spec), "Tasks": [_task(name, spec, len(members), options)]}
+        scaling = nomad_scaling(members, warnings if warnings is not None else [])
+        if scaling is not None:  # an autoscaled cell: from min, up to max
+            group["Count"], group["Scaling"] = scaling["Min"], scaling
+            if spec.python is not None:
+                nomad_named(group, name)
         if spec.policy.rolling:
             group["Update"] = {"MaxParallel": spec.policy.max_unavailable}
+        services, networks = nomad_checks(spec, group["Tasks"][0]["Name"])
+        group.update({"Services": services} if services else {}, **({"Networks": networks} if networks else {}))
         task_groups.append(group)
     fleet = dns_label(options.fleet)
     return {"Job": {"ID": fleet, "Name": options.fleet, "Type": "service", "Datacenters": ["*"],
@@ -88,13 +97,13 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     # Nomad interpolates ${...} in a task's args and env at run time, with no escape.
     refuse(specs, options, "nomad", "'${' (Nomad interpolates it)", re.compile(r"\$\{"), files=True)
     out = Output(warnings=unexpressed("nomad", specs, UNEXPRESSED) + setup_warnings("nomad", specs, CARRIED)
-                 + process_warnings("nomad", specs, False))
+                 + process_warnings("nomad", specs, False) + lost_lines("nomad", specs, nomad_lost))
     if any(s.policy.restart == "on-failure" for s in specs):
         out.warnings.append("orch export: nomad cannot express workers.*.restart = \"on-failure\" "
                             "(a service task restarts on any exit): left out")
     if not options.image and any(s.cwd != options.workdir for s in specs):
         out.warnings.append("orch export: nomad's exec driver cannot express workers.*.cwd "
                             "(give --image for the docker driver's work_dir): left out")
-    text = json.dumps(job(specs, options), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(job(specs, options, out.warnings), indent=2, ensure_ascii=False) + "\n"
     out.files[f"{dns_label(options.fleet)}.nomad.json"] = text
     return out
