@@ -13,7 +13,9 @@ from typing import Any, Callable
 from . import __version__
 from .config.load import Config, Settings, TemplateCache
 from .config.sockets import DEFAULT_RESET_AFTER
+from .control.code_watch import CodeWatch
 from .control.commands import Commands
+from .control.live import LiveSettings
 from .control.notify import NotifyServer
 from .control.server import ControlServer
 from .expand.render import ExpansionCache
@@ -134,7 +136,9 @@ class Master:
         self.listeners.annotate = lambda key: self.unserved.status(key)
         self._release_later = Coalesced(self.loop, self._release_sockets)
         self.reloader = Reloader(self)
-        self.code = CodeReloader(self.supervisor, self.loop)  # `orch reload --code`, code_watch
+        self.code = CodeReloader(self.supervisor, self.loop, lambda: self.stopping)  # `orch reload --code`
+        self.code_watch = CodeWatch(self.loop, self.supervisor, self.code.request)  # templates' code_watch
+        self.live = LiveSettings(self)  # [orchestrator] settings that rebind or move on save
         # autoscaled cells (replicas = { min, max, backlog }): each follows its own queue
         self.scaler = Scaler(self.supervisor, self.loop, lambda **facts: self.journal.record("scaled", **facts))
         self.upgrader = Upgrader(self)  # `orch upgrade`, SIGUSR2 (handover/)
@@ -209,12 +213,13 @@ class Master:
                 plan = handover.restore(self)
             self.supervisor.apply(plan, self._held)
             if self._held:
-                self._say_held()
+                self.state_file.say_held()
             self.supervisor.flush()  # the spawner forks while the watcher below starts up
             if self.settings.watch:
                 self._start_watcher()
                 if self.reloader._read_sources() != self.reloader.config_bytes:  # saved while we were starting
                     self.loop.call_soon(lambda: self.request_reload("file changed during start-up"))
+            self.config_applied()  # code_watch
             self.loop.call_soon(self.service.update)  # an empty fleet is ready at once
             self.applied_at = self.applied_at if handover is not None else time.time()
             if handover is None:  # else restore said what it took over
@@ -226,12 +231,11 @@ class Master:
             self._cleanup()
         return self.exit_code
 
-    def _say_held(self) -> None:
-        names = sorted(n for n, i in self.supervisor.instances.items() if i.held)
-        if names:
-            log.info("%d instances stay stopped, as `orch stop` left them (`orch start` them; "
-                     "`orch up --fresh` forgets): %s", len(names), ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
-        self.state_file.changed()
+    def apply_live_settings(self, old: Settings, new: Settings) -> tuple[dict[str, Any], list[str]]:
+        return self.live.apply(old, new)
+
+    def config_applied(self) -> None:
+        self.code_watch.follow(self.config)  # the templates' code_watch globs
 
     def _start_watcher(self) -> None:
         from .control.watch import ConfigWatcher
@@ -341,6 +345,7 @@ class Master:
             self.spawner.exit()
         if self.watcher is not None:
             self.watcher.stop()
+        self.code_watch.stop()
         if self.control is not None:
             self.control.close()
         if self.notify is not None:
@@ -368,10 +373,7 @@ class Master:
         return self.reloader.request(origin, force, on_done)
 
     def reload_code(self, names: list[str], label: str, on_done: Callable[[dict[str, Any]], None]) -> None:
-        if self.stopping:
-            on_done({"applied": False, "error": "shutting down"})
-        else:
-            self.code.request(names, label, on_done)
+        self.code.request(names, label, on_done)
 
     def load_later(self, on_done: Callable[[Any], None]) -> None:
         self.reloader.load_later(on_done)

@@ -48,6 +48,7 @@ def test_over_the_soft_limit_gets_the_stop_signal_and_is_replaced(start_master, 
     master = start_master(f"""
         [orchestrator]
         check_interval = "100ms"
+        cgroup = "off"  # the sampling path (tests/test_cgroups.py: the kernel's)
         [workers.grow]
         {command(GROW.format(mode="term", size=80 * 2**20))}
         memory = {{ soft = "40MiB", hard = "400MiB" }}
@@ -65,6 +66,7 @@ def test_over_the_hard_limit_gets_sigkill_at_once(start_master, tmp_path):
     master = start_master(f"""
         [orchestrator]
         check_interval = "100ms"
+        cgroup = "off"  # the sampling path (tests/test_cgroups.py: the kernel's)
         [workers.grow]
         {command(GROW.format(mode="ignore", size=120 * 2**20))}
         memory = {{ soft = "30MiB", hard = "60MiB" }}
@@ -84,6 +86,7 @@ def test_a_child_forked_after_the_start_counts_against_the_instances_limit(start
     master = start_master(f"""
         [orchestrator]
         check_interval = "100ms"
+        cgroup = "off"
         [workers.parent]
         command = ["sh", "-c", "sleep 1; {PY} {script} & wait"]
         memory = {{ hard = "60MiB" }}

@@ -187,6 +187,10 @@ KEYS: tuple[Key, ...] = (
     _w("after", AFTER, [], S, "templates whose every instance must be ready (a restart = \"never\" one: "
        "exited 0) before an instance of this one starts; a cycle is an error; a change orders only what "
        "starts from then on", '["redis", "migrate"]', template_only=True),
+    _w("code_watch", STRINGS, [], S, "globs of files, relative to the config (** for any depth), whose save "
+       "gives a preload = true template's instances the new code as `orch reload --code template:NAME` "
+       "does: fresh zygotes, then a rolling move onto them; an import error moves nothing",
+       '["app/**/*.py"]'),
     _w("scale", SCALE, {}, S, "how an autoscaled template follows its backlog: up once the demand held "
        "up_after (default 2s), down once lower demand held down_after (default 60s), at most step (default 2) "
        "replicas a second; a down step stops the highest replicas as a reload does",
@@ -199,32 +203,39 @@ KEYS: tuple[Key, ...] = (
        default_from="orchestrator.log_max_size"),
     _w("log_backups", int_at_least(0), 5, S, "rotated logs kept", "5",
        default_from="orchestrator.log_backups"),
-    _o("name", STRING, None, R, "the fleet's name (default: the config file's or folder's name)",
+    _o("name", STRING, None, L, "the fleet's name (default: the config file's or folder's name); a change "
+       "renames the master's process title and status",
        '"queue-consumers"'),
     # {stem} is the config file's name without its extension: two configs in one folder
     # get a master each (web.toml: .orch/web/orch.sock), never one another's.
-    _o("control_socket", PATH, ".orch/{stem}/orch.sock", R,
+    _o("control_socket", PATH, ".orch/{stem}/orch.sock", L,
        "the control socket, relative to the config; {stem} is the config file's name without "
-       "its extension, so each config in a folder has its own master", '".orch/orch.sock"'),
-    _o("pidfile", PATH, ".orch/{stem}/orch.pid", R,
+       "its extension, so each config in a folder has its own master; a change listens at the new "
+       "path before the old one closes", '".orch/orch.sock"'),
+    _o("pidfile", PATH, ".orch/{stem}/orch.pid", L,
        "the master's pid file (master.log and the state file go beside it), relative to the "
-       "config; {stem} as for control_socket", '".orch/orch.pid"'),
-    _o("log_dir", PATH, ".orch/{stem}/logs", R, "instance logs, relative to the config; {stem} as "
-       "for control_socket", '".orch/logs"'),
+       "config; {stem} as for control_socket; a change locks the new file before the old one goes", '".orch/orch.pid"'),
+    _o("log_dir", PATH, ".orch/{stem}/logs", L, "instance logs, relative to the config; {stem} as "
+       "for control_socket; after a change each log continues in the new folder at its next write", '".orch/logs"'),
     _o("graceful_timeout", DURATION, "10s", L, "how long a shutdown waits for instances before SIGKILL",
        '"10s"'),
     _o("check_interval", duration(0.01, 3600, positive=True), "1s", L, "memory sampling period", '"1s"'),
+    _o("cgroup", one_of("auto", "off"), "auto", R, "auto: an instance with a memory limit runs in a cgroup "
+       "of its own where the kernel lets the master create them (root, or systemd Delegate=yes): the "
+       "kernel enforces memory.hard and reports memory.soft, nothing is sampled, and no descendant can "
+       "leave the instance; off: memory is sampled every check_interval", '"off"'),
     _o("settle", duration(0.01, 3600, positive=True), "2s", L,
        "a save its writer never closes (or a vanished config) is acted on after this long unchanged",
        '"2s"'),
     _o("watch", BOOL, True, L, "reload when the config (or an included file) is saved", "true"),
-    _o("max_instances", int_at_least(1, 1_000_000), 10_000, R, "refuse a config expanding to more instances",
+    _o("max_instances", int_at_least(1, 1_000_000), 10_000, L, "refuse a config expanding to more instances",
        "10000"),
     _o("log_level", one_of("debug", "info", "warning", "error"), "info", L, "the master's log level",
        '"info"'),
     _o("log_max_size", SIZE, "50MiB", L, "default log_max_size of every template", '"50MiB"'),
     _o("log_backups", int_at_least(0), 5, L, "default log_backups of every template", "5"),
-    _o("metrics", ADDRESS, None, R, "serve Prometheus metrics on HOST:PORT", '"127.0.0.1:9108"'),
+    _o("metrics", ADDRESS, None, L, "serve Prometheus metrics on HOST:PORT; a change binds the new address "
+       "before the old one closes (a failed bind keeps the old one)", '"127.0.0.1:9108"'),
     _o("http", ADDRESS, None, R, "serve the web dashboard on HOST:PORT (off unless set; give a loopback "
        "address unless other hosts must reach it); every request needs the token: orch dashboard prints the address with it",
        '"127.0.0.1:9200"'),

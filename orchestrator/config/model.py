@@ -36,6 +36,7 @@ class Policy:
     max_unavailable: int = 1
     probes: tuple[Any, ...] = ()  # ProbeDecls (config/probes.py), targets not yet rendered
     after: tuple[str, ...] = ()  # templates to wait for (config/order.py, supervise/order.py)
+    code_watch: tuple[str, ...] = ()  # globs whose save reloads a preloaded template's code
     scale: Scale = Scale()  # how an autoscaled template follows its backlog (config/scaling.py)
     backlog: BacklogDecl | None = None  # a plain command's backlog source, not yet rendered
     log_max_size: int = 50 * 2**20
@@ -86,6 +87,7 @@ class Settings:
     log_dir: Path
     graceful_timeout: float = 10.0
     check_interval: float = 1.0
+    cgroup: str = "auto"  # auto | off (spawn/cgroups.py)
     watch: bool = True
     settle: float = 2.0  # a save not closed by its writer applies after this long unchanged
     max_instances: int = 10_000

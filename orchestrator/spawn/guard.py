@@ -63,6 +63,8 @@ def main(argv: list[str]) -> int:  # pragma: no cover - runs in the guard, after
     record["run_start"] = record.get("run_start") or int(since)
     until = int(float(uptime) * os.sysconf("SC_CLK_TCK"))
     end_record(record, "by the dead spawner", 2.0, until=until)
+    from .cgroups import sweep_run
+    sweep_run(run)  # cgroup = "auto": what the cookie did not name, and the cgroups themselves
     return 0
 
 

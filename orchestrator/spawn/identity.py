@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import resource
 import signal
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
+from .cgroups import join
 from .child import PR_SET_PDEATHSIG, prctl
 
 PR_SET_DUMPABLE = 4
@@ -51,6 +52,19 @@ def apply_setup(setup: Setup, parent: int) -> None:  # pragma: no cover - in chi
     if os.getppid() != parent:  # the parent died while PDEATHSIG was cleared
         os._exit(1)
     prctl(PR_SET_DUMPABLE, 1)
+
+
+def joining(cgroup: Any, then: Callable[[], None] | None) -> Callable[[], None] | None:
+    """`then` (apply_setup), preceded by joining the request's cgroups (cgroups.Join) while
+    still root: nothing has forked yet, and nothing the child runs can leave them."""
+    if cgroup is None:
+        return then
+
+    def join_then() -> None:  # pragma: no cover - in children
+        _step("joining its cgroup", join, cgroup)
+        if then is not None:
+            then()
+    return join_then
 
 
 def _step(what: str, call: Any, *args: Any) -> None:  # pragma: no cover - in children

@@ -63,7 +63,8 @@ class PosixStarter:  # pragma: no cover - runs in the spawner; covered by integr
             # A lower bound of the children's /proc start times (CLOCK_BOOTTIME, in ticks):
             # reading /proc/PID/stat of a process mid-exec cost 0.15 ms a child here.
             sinces[start:end] = [int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)] * (end - start)
-            run = [i for i in range(start, end) if not items[i][0].sockets and items[i][0].setup is None]
+            run = [i for i in range(start, end)
+                   if not items[i][0].sockets and items[i][0].setup is None and items[i][0].cgroup is None]
             if run and self._enter(cwd):
                 self._spawn_run(run, items, prepared, pids)
             start = end

@@ -19,6 +19,7 @@ class SpawnRequest(NamedTuple):
     sockets: tuple[tuple[str, str], ...] = ()  # (name, key) of held sockets, for fds 3, 4, ...
     setup: tuple | None = None  # identity.Setup: limits, umask, user (forces the fork path)
     stderr: str = "merge"  # merge | separate (a second fd follows the output's) | discard
+    cgroup: tuple | None = None  # cgroups.Join: the child joins its cgroups first (forces the fork path)
 
 
 def fd_count(request: SpawnRequest) -> int:

@@ -16,7 +16,7 @@ import collections
 import logging
 import os
 import random
-from typing import Any
+from typing import Any, Callable
 
 from ..config.load import Policy
 from .events import Event, Happened, Notified, PolicyChanged, StateChanged
@@ -137,6 +137,8 @@ class Limits:
         self._strangers_dropped = 0
         self._drop_report = 0  # notify_dropped when the last warning was logged
         self._drop_logged_at: float | None = None
+        # kernel_memory.py, with cgroup = "auto": the kernel reports these instances' memory
+        self.kernel_watched: Callable[[Instance], bool] = lambda inst: False
         supervisor.events.subscribe(self.on_event)
 
     # --- lifecycle ------------------------------------------------------------------
@@ -286,6 +288,14 @@ class Limits:
             self._arm(inst, "watchdog", timeout,
                       lambda: self.enforce(inst, "timeout", f"no WATCHDOG=1 for {timeout:g}s"))
 
+    def rearm(self, inst: Instance, key: str, delay: float) -> None:
+        """A `timeout` deadline ("watchdog" or "request") the master had armed before an
+        upgrade's exec (handover/), due in `delay` seconds."""
+        timeout = inst.spec.policy.timeout
+        if timeout and key in ("watchdog", "request"):
+            why = f"no WATCHDOG=1 for {timeout:g}s" if key == "watchdog" else f"one request ran over {timeout:g}s"
+            self._arm(inst, key, delay, lambda: self.enforce(inst, "timeout", why))
+
     # --- memory -------------------------------------------------------------------------
     def ensure_sampling(self) -> None:
         if self._sampler is None and self._any_memory_limit():
@@ -299,7 +309,7 @@ class Limits:
         self.ensure_sampling()
 
     def _any_memory_limit(self) -> bool:
-        return any(i.spec.policy.memory_soft or i.spec.policy.memory_hard
+        return any((i.spec.policy.memory_soft or i.spec.policy.memory_hard) and not self.kernel_watched(i)
                    for i in self.supervisor.instances.values())
 
     def _sample(self) -> None:
@@ -313,7 +323,8 @@ class Limits:
             pid, policy = inst.pid, inst.spec.policy
             # STOPPING too: a worker that ignores the stop signal must not grow past `hard`
             # for the whole stop_timeout.
-            if pid is None or not (policy.memory_soft or policy.memory_hard) or inst.state not in sampled:
+            if pid is None or not (policy.memory_soft or policy.memory_hard) or inst.state not in sampled \
+                    or self.kernel_watched(inst):
                 continue
             watched += 1
             if policy.memory_measure == "rss":
