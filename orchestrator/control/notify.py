@@ -42,11 +42,13 @@ def parse_notify(data: bytes) -> dict[str, str]:
 class NotifyServer:
     """A datagram socket in the loop; calls `on_message(pid, fields)` for each datagram."""
 
-    def __init__(self, loop: EventLoop, path: Path, on_message: Callable[[int, dict[str, str]], None]):
+    def __init__(self, loop: EventLoop, path: Path, on_message: Callable[[int, dict[str, str]], None],
+                 sock: socket.socket | None = None):
+        """`sock`: the socket a master handed over across exec (handover/), else bound at `path`."""
         self.loop = loop
         self.path = path
         self.on_message = on_message
-        self.sock = bind_unix(path, socket.SOCK_DGRAM)
+        self.sock = sock if sock is not None else bind_unix(path, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.setblocking(False)

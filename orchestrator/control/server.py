@@ -192,14 +192,15 @@ class ControlServer:
     """Accepts clients of the same uid (or root) on an owner-only Unix socket, at most
     `connection_cap` at a time; idle ones time out."""
 
-    def __init__(self, loop: EventLoop, path: Path, handler: Handler):
+    def __init__(self, loop: EventLoop, path: Path, handler: Handler, sock: socket.socket | None = None):
+        """`sock`: the listening socket a master handed over across exec (handover/), else bound at `path`."""
         self.loop = loop
         self.path = path
         self.handler = handler
         self.connections: set[Connection] = set()
         self._sweeper: Timer | None = None
         self._report = Throttle(REPORT_EVERY)
-        self.sock = bind_unix(path, socket.SOCK_STREAM)
+        self.sock = sock if sock is not None else bind_unix(path, socket.SOCK_STREAM)
         self.sock.listen(128)
         self.sock.setblocking(False)
         self.acceptor = Acceptor(loop, self.sock, self._client,
@@ -220,6 +221,11 @@ class ControlServer:
         conn.watch_reads()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 4, self._sweep)
+
+    def adopt(self, client: socket.socket) -> "Connection | None":
+        """Serve a client connection handed over across exec (handover/), as if just accepted."""
+        self._client(client)
+        return next((c for c in self.connections if c.sock is client), None)
 
     def _make_room(self) -> bool:
         """Close the oldest idle connections while at the cap; False if none can go."""

@@ -127,13 +127,15 @@ class Scrape:
 class MetricsServer:
     """Answers any GET with the metrics, rendered at most once per RENDER_EVERY."""
 
-    def __init__(self, loop: EventLoop, address: str, collect: Callable[[], str]):
+    def __init__(self, loop: EventLoop, address: str, collect: Callable[[], str],
+                 sock: socket.socket | None = None):
+        """`sock`: the listening socket a master handed over across exec (handover/), else bound."""
         host, port = parse_address(address)
         self.loop = loop
         self.collect = collect
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-            self.sock = socket.create_server((host, port), family=family, reuse_port=False)
+            self.sock = sock or socket.create_server((host, port), family=family, reuse_port=False)
         except OSError as exc:  # in use, not an address of this host, no IPv6...
             raise OrchError(f"orchestrator.metrics: cannot listen on {address}: "
                             f"{exc.strerror or exc}") from None

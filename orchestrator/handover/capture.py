@@ -1,0 +1,53 @@
+"""The old master, as a record and the fds that go with it (see state.py and carry.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from .state import build, instance_record
+
+
+def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
+    """(record, fds to inherit) of a quiet master; `conn` is the control connection that asked
+    for the upgrade (answered by the successor), None for the proof's copy."""
+    keep: list[int] = []
+
+    def kept(fd: int) -> int:
+        keep.append(fd)
+        return fd
+
+    listeners, control = master.listeners, master.control
+    clients = [c for c in control.connections if c.idle and not c.inbuf and c is not conn]
+    fds = {
+        "control": kept(control.sock.fileno()),
+        "notify": kept(master.notify.sock.fileno()),
+        "metrics": kept(master.metrics.sock.fileno()) if master.metrics is not None else None,
+        "spawner": kept(master.spawner.fileno()),
+        "lock": kept(master.lock.fd),
+        "sockets": {key: kept(sock.fileno()) for key, sock in listeners.held.items()},
+        "adopted": {name: kept(sock.fileno()) for name, sock in listeners.adopted.items()},
+        "unix_files": {key: [str(path), inode] for key, (path, inode) in listeners._unix_files.items()},
+        "retired": sorted(listeners.retired),
+        "clients": [kept(c.sock.fileno()) for c in clients],
+    }
+    pipes = [{"fd": kept(fd), "name": name, "stderr": stderr}
+             for fd, name, stderr in output_pipes(master.supervisor.launcher)]
+    spawner = master.spawner
+    upgrader, reloader = master.upgrader, master.reloader
+    record = build(
+        orch=__version__, config=str(master.config.path), quiet=master.supervisor.echo is None,
+        master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
+                "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
+                "upgrades": upgrader.count, "fd_limit": master._fd_limit},
+        spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
+                 "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
+        fds=fds, instances=[instance_record(inst) for inst in master.supervisor.instances.values()],
+        pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None)
+    return record, keep
+
+
+def output_pipes(launcher: Any) -> list[tuple[int, str, bool]]:
+    """(read fd, instance name, separate stderr?) of every output pipe still open."""
+    return [(fd, write.__self__.name, write.__func__.__name__ == "write_stderr")
+            for fd, write in launcher.pump.writers().items()]

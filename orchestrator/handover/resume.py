@@ -1,0 +1,129 @@
+"""The successor's side: the old master's record and fds turned back into a running master
+(cli/resume.py builds the Master; `Handover.restore` runs inside its `run`).
+
+An instance comes back in the state it was in, with its pid, counters and timers. One that
+was running is announced with a `StateChanged` to running ("handed over"), so limits,
+probes, the state file and the systemd status arm for it as for a start; the deadlines the
+old master had armed go on where they were. Nothing is sent to any process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config.load import Config
+from ..expand.spec import ProcessSpec
+from ..observe.logs import LogFile, log_path
+from ..plan import Plan, reconcile
+from ..spawn.listeners import Listeners
+from ..supervise.events import StateChanged
+from ..supervise.states import State, Then
+from .carry import Taken, release_signals
+from .state import KEPT
+
+log = logging.getLogger("orch")
+
+
+def listeners_from(record: dict[str, Any], taken: Taken, config: Config) -> Listeners:
+    """The old master's listening sockets, under their keys, with the config's declarations."""
+    fds = record["fds"]
+    listeners = Listeners({name: taken.sock(fd) for name, fd in fds["adopted"].items()})
+    listeners.held = {key: taken.sock(fd) for key, fd in fds["sockets"].items()}  # type: ignore[misc]
+    listeners._unix_files = {key: (Path(path), inode) for key, (path, inode) in fds["unix_files"].items()}
+    listeners.update(config.sockets)  # binds nothing already held; retires what the config dropped
+    return listeners
+
+
+class Handover:
+    """What `Master.run(handover)` takes over."""
+
+    def __init__(self, record: dict[str, Any], taken: Taken):
+        self.record = record
+        self.taken = taken
+
+    def socket(self, name: str) -> socket.socket | None:
+        """The control, notify or metrics socket the old master listened on."""
+        return self.taken.named(name)
+
+    def restore(self, master: Any) -> Plan:
+        """Bring back the instances, their pipes, the master's counters; answer the upgrade's
+        client. Returns the plan for anything the config has that the record had not."""
+        record, sup = self.record, master.supervisor
+        specs = {spec.name: spec for spec in master._initial_specs}
+        for row in record["instances"]:
+            restore_instance(master, specs[row["name"]], row)
+        self._pipes(sup, master.settings.log_dir)
+        self._counters(master)
+        release_signals()  # handlers are in place: what arrived during the exec is handled now
+        for fd in record["fds"].get("clients", []):
+            master.control.adopt(self.taken.sock(fd))
+        self._answer(master)
+        log.info("orch %s master %d: took over %d instances from orch %s (upgrade %d)", __version__,
+                 os.getpid(), len(record["instances"]), record["orch"], master.upgrader.count)
+        return reconcile(master._initial_specs, sup.running_view())
+
+    def _pipes(self, sup: Any, log_dir: Path) -> None:
+        for pipe in self.record["pipes"]:
+            fd, inst = self.taken.plain(pipe["fd"]), sup.instances.get(pipe["name"])
+            if inst is not None:
+                sup.launcher.pump.add(fd, inst.write_stderr if pipe["stderr"] else inst.write_output)
+            else:  # a removed instance's process still talking: its log, as before
+                logfile = LogFile(log_path(log_dir, pipe["name"]), 0, 0)
+                sup.launcher.pump.add(fd, logfile.errors().write if pipe["stderr"] else logfile.write)
+
+    def _counters(self, master: Any) -> None:
+        old, spawner = self.record["master"], self.record["spawner"]
+        master.started, master.applied_at = old["started"], old["applied_at"]
+        master.reloader.count, master.reloader.failures = old["reloads"], old["reload_failures"]
+        master.reloader.last_seconds = old["last_reload_seconds"]
+        master.upgrader.count = old.get("upgrades", 0)
+        master.upgrader.previous = self.record["orch"]
+        master.upgrader.spawner_version = spawner.get("version")
+        if old.get("fd_limit"):
+            master._fd_limit = tuple(old["fd_limit"])  # what a replacement spawner gives children
+        master.spawner.adopted = {leader: set(orphans) for leader, orphans in spawner.get("adopted", [])}
+
+    def _answer(self, master: Any) -> None:
+        fd = self.record.get("reply")
+        if fd is None:
+            return
+        conn = master.control.adopt(self.taken.sock(fd))
+        if conn is not None:
+            conn.send({"ok": True, "result": {"from": self.record["orch"], "to": __version__,
+                                              "pid": os.getpid(),
+                                              "instances": len(self.record["instances"]),
+                                              "spawner": master.upgrader.spawner_version}})
+
+
+def restore_instance(master: Any, spec: ProcessSpec, row: dict[str, Any]) -> None:
+    """One instance back as the record has it."""
+    sup, loop = master.supervisor, master.loop
+    inst = sup._new_instance(spec)
+    for key in KEPT:
+        setattr(inst, key, row[key])
+    inst.then, inst.stop_reason = Then(row["then"]), row["stop_reason"]
+    sup.instances[inst.name] = inst
+    state = State(row["state"])
+    if state is State.WAITING:
+        sup.start(inst)  # waits again until what it is `after` is ready
+        return
+    inst.state = state  # as it was: no move happened, so no transition is checked or announced
+    if inst.pid is not None:
+        sup.by_pid[inst.pid] = inst
+        sup.trees.track(inst.pid)
+    due = row["timer"]
+    left = max(0.0, due - loop.time()) if due is not None else None
+    if state is State.RUNNING:
+        sup.events.emit(StateChanged(inst, State.STARTING, State.RUNNING, "handed over"))
+        for key, when in row["deadlines"].items():
+            master.limits.rearm(inst, key, max(0.0, when - loop.time()))
+    elif state is State.STOPPING and left is not None and inst.pid is not None:
+        pid = inst.pid
+        inst.timer = loop.call_later(left, lambda: sup._kill(inst, pid))  # the stop's SIGKILL deadline
+    elif state in (State.BACKOFF, State.CRASHLOOP) and left is not None:
+        inst.timer = loop.call_later(left, lambda: sup._backoff_over(inst))

@@ -1,0 +1,79 @@
+"""The record a master hands its successor across exec: versioned JSON, built and read by
+pure functions.
+
+Times are CLOCK_MONOTONIC readings, which exec does not reset: an instance's `started_at`
+and the deadlines of its timers (backoff, stop, watchdog, request) carry over as they are,
+so uptimes and delays go on where they were.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..errors import OrchError
+
+VERSION = 2  # of the record's format; 1 had no per-instance deadlines
+KEPT = ("restarts", "failures", "last_exit", "last_reason", "limit_kills", "held", "ready", "requests",
+        "counts_requests", "notify_status", "pid", "started_at", "start_ticks")
+STATES = ("running", "stopping", "stopped", "exited", "backoff", "crash-looping", "waiting")
+
+
+class HandoverError(OrchError):
+    """The record cannot be taken over (a newer format, a damaged one): the upgrade is refused."""
+
+
+def instance_record(inst: Any) -> dict[str, Any]:
+    """One instance as the record keeps it (its spec is not kept: the successor expands the
+    same config, which the upgrade checked is the one applied)."""
+    record = {key: getattr(inst, key) for key in KEPT}
+    record["name"] = inst.name
+    record["state"] = inst.state.value
+    record["then"] = inst.then.value
+    record["stop_reason"] = inst.stop_reason
+    record["timer"] = _deadline(inst.timer)
+    record["deadlines"] = {key: _deadline(timer) for key, timer in inst.limit_timers.items()
+                           if key in ("watchdog", "request") and _deadline(timer) is not None}
+    return record
+
+
+def _deadline(timer: Any) -> float | None:
+    return None if timer is None or timer.cancelled else timer.when
+
+
+def build(*, orch: str, config: str, quiet: bool, master: dict[str, Any], spawner: dict[str, Any],
+          fds: dict[str, Any], instances: Iterable[dict[str, Any]], pipes: list[dict[str, Any]],
+          reply: int | None) -> dict[str, Any]:
+    """The whole record."""
+    return {"version": VERSION, "orch": orch, "config": config, "quiet": quiet, "master": master,
+            "spawner": spawner, "fds": fds, "instances": list(instances), "pipes": pipes, "reply": reply}
+
+
+def migrate(record: Any) -> dict[str, Any]:
+    """The record in this version's format: an older one is upgraded, a newer one (or one
+    that is not a record) refused with HandoverError."""
+    if not isinstance(record, dict) or not isinstance(record.get("version"), int):
+        raise HandoverError("the handed-over state is not an orch master's record")
+    version = record["version"]
+    if version > VERSION:
+        raise HandoverError(f"the handed-over state has format {version}, newer than this orch "
+                            f"({VERSION}): a downgrade across formats is refused")
+    if version < 1:
+        raise HandoverError(f"the handed-over state has an unknown format {version}")
+    if version == 1:  # no deadlines of limits kept: they re-arm on the worker's next message
+        for inst in record.get("instances", []):
+            inst.setdefault("deadlines", {})
+        record["version"] = 2
+    for key in ("config", "fds", "instances", "pipes", "spawner", "master"):
+        if key not in record:
+            raise HandoverError(f"the handed-over state has no {key!r}")
+    for inst in record["instances"]:
+        if inst.get("state") not in STATES:
+            raise HandoverError(f"instance {inst.get('name')!r} is in state {inst.get('state')!r}, "
+                                "which a master cannot take over")
+    return record
+
+
+def missing_names(record: dict[str, Any], names: Iterable[str]) -> list[str]:
+    """Instances of the record the expanded config does not have (the proof refuses them)."""
+    known = set(names)
+    return sorted(i["name"] for i in record["instances"] if i["name"] not in known)

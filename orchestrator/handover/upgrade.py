@@ -1,0 +1,180 @@
+"""The old master's side of `orch upgrade` and SIGUSR2: refuse what cannot be carried, wait
+for a quiet moment, prove the new code can take over, then exec into it (handover/).
+
+Quiet means nothing is half-sent: no spawn waiting for its pid, no reload or rollout being
+applied, no exec probe running, no control command waiting for its answer. Those last
+milliseconds (a reload: seconds), so the upgrade waits up to QUIET_WAIT for them; stops in
+progress, backoffs, crash loops and held instances are carried as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from .. import __version__
+from ..supervise.states import State, Then
+from .carry import exec_successor, record_fd
+from .proof import Proof
+from .state import build, instance_record
+
+log = logging.getLogger("orch")
+QUIET_WAIT = 10.0  # seconds an upgrade waits for spawns, reloads and answers in flight
+POLL = 0.02
+
+
+class Upgrader:
+    """At most one upgrade at a time; `request` answers through a control reply or the log."""
+
+    def __init__(self, master: Any):
+        self.master = master
+        self.count = 0  # upgrades this master (this pid) has been through
+        self.previous: str | None = None  # the orch version before the last upgrade
+        self.spawner_version = __version__  # the code the current spawner (and its zygotes) run
+        self.proof: Proof | None = None
+        self._job: dict[str, Any] | None = None
+
+    def request(self, check: bool, conn: Any = None, reply: Any = None) -> None:
+        """Prove (and unless `check`, exec); `reply` (a control Pending) gets the outcome."""
+        why = self._refused()
+        if why:
+            self._fail(reply, why)
+            return
+        self._job = {"check": check, "conn": conn, "reply": reply, "until": time.monotonic() + QUIET_WAIT}
+        log.info("upgrade%s requested: waiting for a quiet moment, then proving the new code",
+                 " --check" if check else "")
+        self._when_quiet(self._prove)
+
+    def reaped(self, pid: int, status: int) -> bool:
+        """The master reaped a child that is not the spawner: the proof's, perhaps."""
+        return self.proof is not None and self.proof.reaped(pid, status)
+
+    def cancel(self) -> None:
+        if self.proof is not None:
+            self.proof.cancel()
+
+    def status(self) -> dict[str, Any]:
+        """The versions `orch status` shows: the master's and its helpers'."""
+        return {"master": __version__, "spawner": self.spawner_version, "zygotes": self.spawner_version,
+                "upgrades": self.count, "previous": self.previous, "upgrading": self._job is not None}
+
+    # --- steps ---------------------------------------------------------------------------
+    def _refused(self) -> str | None:
+        master = self.master
+        if self._job is not None:
+            return "an upgrade is already in progress"
+        if master.stopping:
+            return "the master is stopping"
+        if master.last_reload_error:
+            return f"the config does not load ({master.last_reload_error}); fix it and reload first"
+        if master.reloader._read_sources() != master.config_bytes:
+            return ("the config changed since it was last applied: `orch reload` it first (an upgrade "
+                    "carries the fleet as it runs, and the new master expands the file on disk)")
+        return None
+
+    def _when_quiet(self, then: Any) -> None:
+        busy = self._busy()
+        job = self._job
+        if job is None:
+            return
+        if not busy:
+            then()
+        elif time.monotonic() > job["until"]:
+            self._finish(f"the fleet did not settle within {QUIET_WAIT:.0f}s ({busy}); try again")
+        else:
+            self.master.loop.call_later(POLL, lambda: self._when_quiet(then))
+
+    def _busy(self) -> str | None:
+        """What is in flight and cannot cross exec, or None."""
+        master, sup = self.master, self.master.supervisor
+        if master.stopping:
+            return "the master is stopping"
+        if master.reloading or master.reloader.queued or sup.pending_ops:
+            return "a reload or rollout is being applied"
+        starting = sum(1 for i in sup.instances.values() if i.state is State.STARTING)
+        if sup.by_token or starting:
+            return f"{max(starting, len(sup.by_token))} instances are starting"
+        if any(i.then is Then.REMOVE or i.rollout is not None or i.next_spec is not None
+               for i in sup.instances.values() if i.state is State.STOPPING):
+            return "a reload's stops are in progress"
+        if sup.exec_probes.waiting:
+            return "exec probes are running"
+        conn = self._job["conn"] if self._job else None
+        if master.control is not None and any(c.owed or c.keep_open for c in master.control.connections
+                                              if c is not conn):
+            return "control commands are waiting for their answers"
+        return None
+
+    def _prove(self) -> None:
+        from .capture import capture
+        record, _ = capture(self.master, None)
+        self.proof = Proof(self.master.loop, record, self._proved)
+
+    def _proved(self, error: str | None, answer: dict[str, Any]) -> None:
+        self.proof = None
+        job = self._job
+        if job is None:
+            return
+        if error is not None:
+            self._finish(f"upgrade refused, nothing changed: {error}")
+            return
+        log.info("upgrade: orch %s in %s can take over (%s instances)", answer.get("version"),
+                 answer.get("path"), answer.get("instances"))
+        if job["check"]:
+            self._finish(None, {"checked": True, "from": __version__, "to": answer.get("version"),
+                                "path": answer.get("path"), "pid": os.getpid()})
+            return
+        job["to"] = answer.get("version")
+        job["until"] = time.monotonic() + QUIET_WAIT  # the proof took a while: settle again
+        self._when_quiet(self._exec)
+
+    def _exec(self) -> None:
+        """Hand everything over and exec; back here only if exec failed."""
+        from .capture import capture
+        why = self._refused_now()
+        if why:
+            self._finish(f"upgrade refused, nothing changed: {why}")
+            return
+        job = self._job
+        assert job is not None
+        master = self.master
+        master.supervisor.flush()  # queued signals go out now
+        record, fds = capture(master, job["conn"])
+        record["master"]["upgrades"] = self.count + 1
+        fd = record_fd(record)
+        log.info("upgrade: master %d re-executes into orch %s (%d instances carried over)",
+                 os.getpid(), job.get("to"), len(record["instances"]))
+        for flush in master.loop.before_wait:  # the master's own log is written out first
+            flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        error = exec_successor(fd, fds)
+        os.close(fd)
+        self._finish(f"upgrade failed, the master goes on as it was: cannot exec {sys.executable}: "
+                     f"{error.strerror or error}")
+
+    def _refused_now(self) -> str | None:
+        job, self._job = self._job, None
+        try:
+            return self._refused()
+        finally:
+            self._job = job
+
+    def _finish(self, error: str | None, result: dict[str, Any] | None = None) -> None:
+        job, self._job = self._job, None
+        reply = job["reply"] if job else None
+        if error is not None:
+            self._fail(reply, error)
+        else:
+            log.info("upgrade --check: orch %s can take over", (result or {}).get("to"))
+            if reply is not None:
+                reply.resolve(result)
+
+    @staticmethod
+    def _fail(reply: Any, error: str) -> None:
+        log.error("%s", error)
+        if reply is not None:
+            reply.fail(error, 1)

@@ -1,0 +1,249 @@
+"""`orch upgrade` (and SIGUSR2): the master re-executes itself, same pid, into the orch its
+environment has now, and carries every instance on: real masters, real exec, a copy of the
+package with another version first on PYTHONPATH, `wrk` against the held socket."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT, alive, orch, wait_for
+from loadgen import Wrk
+from orchestrator.handover.state import VERSION, HandoverError, migrate, missing_names
+from test_sockets import free_port
+
+PY = sys.executable
+TICKER = '''
+import itertools, signal, sys, time
+
+def seen(signum, frame):
+    print("SIGNAL", signum, flush=True)
+    if signum == signal.SIGTERM:
+        sys.exit(0)
+
+for s in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM,
+          signal.SIGALRM, signal.SIGCONT, signal.SIGWINCH, signal.SIGPIPE):
+    signal.signal(s, seen)
+for i in itertools.count():
+    print(i, flush=True)
+    time.sleep(0.005)
+'''
+
+
+# --- the record's format (pure) -----------------------------------------------------------------
+def _record(version: int = VERSION, **extra) -> dict:
+    return {"version": version, "orch": "0.1.0", "config": "/x/workers.toml", "quiet": True, "master": {},
+            "spawner": {}, "fds": {}, "pipes": [], "reply": None,
+            "instances": [{"name": "a", "state": "running"}], **extra}
+
+
+@pytest.mark.parametrize("record, error", [
+    (_record(VERSION + 1), "newer than this orch"),
+    (_record(0), "unknown format"),
+    ([], "not an orch master's record"),
+    ({"version": "2"}, "not an orch master's record"),
+    ({k: v for k, v in _record().items() if k != "fds"}, "has no 'fds'"),
+    (_record(instances=[{"name": "a", "state": "starting"}]), "cannot take over"),
+])
+def test_a_record_that_cannot_be_taken_over_is_refused(record, error):
+    with pytest.raises(HandoverError, match=error):
+        migrate(record)
+
+
+def test_an_older_record_is_upgraded():
+    old = _record(1)
+    assert "deadlines" not in old["instances"][0]
+    new = migrate(old)
+    assert new["version"] == VERSION and new["instances"][0]["deadlines"] == {}
+    assert missing_names(new, ["b"]) == ["a"] and missing_names(new, ["a"]) == []
+
+
+# --- real masters --------------------------------------------------------------------------------
+def package_copy(tmp_path: Path, version: str | None = None) -> Path:
+    """A copy of the orchestrator package under tmp_path/tree (put first on PYTHONPATH)."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "orchestrator", tree / "orchestrator", ignore=shutil.ignore_patterns("__pycache__"))
+    if version:
+        set_version(tree, version)
+    return tree
+
+
+def set_version(tree: Path, version: str) -> None:
+    init = tree / "orchestrator" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text()))
+
+
+def numbers(path: Path) -> list[int]:
+    """The numbered lines of a ticker's log (a last line still being written left out)."""
+    text = path.read_text()
+    lines = text.split("\n")[:-1]  # complete lines only
+    bad = [line for line in lines if not line.isdigit()]
+    assert not bad, f"{path.name}: unexpected lines {bad[:5]}"
+    return [int(line) for line in lines]
+
+
+def assert_every_line_once(path: Path) -> int:
+    found = numbers(path)
+    assert found == list(range(len(found))), f"{path.name}: lines lost or doubled around " \
+        f"{next((i for i, n in enumerate(found) if n != i), None)}"
+    return len(found)
+
+
+def fleet(master) -> dict[str, tuple[int, int]]:
+    return {name: (row["pid"], row["restarts"]) for name, row in master.status().items()}
+
+
+def ticker_config(tmp_path: Path, replicas: int = 2, extra: str = "") -> str:
+    (tmp_path / "ticker.py").write_text(TICKER)
+    return f"""
+        [orchestrator]
+        watch = false
+        {extra}
+
+        [workers.ticker]
+        command = "{PY} -u {tmp_path / 'ticker.py'}"
+        replicas = {replicas}
+        stop_timeout = 2
+        min_uptime = 0.2
+        """
+
+
+@pytest.mark.slow
+def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_path, monkeypatch):
+    tree = package_copy(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tree))
+    port = free_port()
+    master = start_master(ticker_config(tmp_path) + f"""
+        [sockets.web]
+        bind = "127.0.0.1:{port}"
+        backlog = 512
+
+        [workers.web]
+        command = "{PY} -m orchestrator.demo.web --fd {{{{ sockets.web.fd }}}}"
+        sockets = ["web"]
+        replicas = 4
+        """)
+    master.wait_running(6)
+    before, status, asked = fleet(master), master.call("status"), time.monotonic()
+    assert status["versions"]["master"] == "0.1.0" and status["pid"] == master.pid
+    set_version(tree, "9.9.9")  # what `pip install -U` would have done
+    with Wrk(f"http://127.0.0.1:{port}/", seconds=90, connections=8) as wrk:
+        time.sleep(1)  # wrk is connected and busy before the upgrade starts
+        result = orch("upgrade", "-c", str(master.config), timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "now runs orch 9.9.9 (was 0.1.0)" in result.stdout
+        assert wrk.proc.poll() is None, "the upgrade outlasted the load: nothing was proven under load"
+        after, answered = master.call("status"), time.monotonic()
+        time.sleep(0.5)  # and a little load on the new master
+        wrk.proc.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+        wrk.assert_clean()
+    assert after["pid"] == master.pid and alive(master.pid)
+    assert after["versions"] == {**after["versions"], "master": "9.9.9", "spawner": "0.1.0", "previous": "0.1.0",
+                                 "upgrades": 1}
+    assert fleet(master) == before, "a child was restarted"
+    rows_before = {r["name"]: r for r in status["instances"]}
+    elapsed = after["started"] - status["started"]
+    assert elapsed == 0, "the master's start time changed"
+    for row in after["instances"]:
+        grown = row["uptime"] - rows_before[row["name"]]["uptime"]
+        assert abs(grown - (answered - asked)) < 1.0, f"{row['name']}: uptime went from " \
+            f"{rows_before[row['name']]['uptime']} to {row['uptime']} in {answered - asked:.1f}s"
+    # the tickers go on printing into the same files: every line exactly once, no signal seen
+    logs = [master.log_dir / "ticker.log", master.log_dir / "ticker-1.log"]
+    counts = [assert_every_line_once(log) for log in logs]
+    wait_for(lambda: all(len(numbers(log)) > count + 100 for log, count in zip(logs, counts)), 10,
+             message="the tickers' lines after the upgrade")
+    for log in logs:
+        assert_every_line_once(log)
+    assert "took over 6 instances from orch 0.1.0" in master.stderr()
+    assert master.terminate() == 0
+
+
+@pytest.mark.slow
+def test_twenty_upgrades_keep_the_masters_fds_and_memory_flat(start_master, tmp_path, monkeypatch):
+    tree = package_copy(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tree))
+    master = start_master(ticker_config(tmp_path, replicas=1))
+    master.wait_running(1)
+    before = fleet(master)
+    samples = []
+    for round in range(1, 21):  # by SIGUSR2: no CLI to start 20 times over
+        set_version(tree, f"1.0.{round}")
+        os.kill(master.pid, signal.SIGUSR2)
+        wait_for(lambda: f"(upgrade {round})" in master.stderr(), 60, 0.05, f"upgrade {round}")
+        assert master.call("status")["versions"]["master"] == f"1.0.{round}"
+        proc = psutil.Process(master.pid)
+        samples.append((proc.num_fds(), proc.memory_info().rss))
+    assert fleet(master) == before
+    fds = [n for n, _ in samples]
+    rss = [r for _, r in samples]
+    assert max(fds[1:]) <= fds[0] + 1, f"fds grew over 20 upgrades: {fds}"
+    assert max(rss[1:]) < rss[0] + 4 * 2**20, f"RSS grew over 20 upgrades: {[r >> 20 for r in rss]} MiB"
+    assert_every_line_once(master.log_dir / "ticker.log")
+    assert master.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_tree_that_cannot_take_over_is_refused_and_nothing_changes(start_master, tmp_path, monkeypatch):
+    tree = package_copy(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tree))
+    master = start_master(ticker_config(tmp_path))
+    master.wait_running(2)
+    before = fleet(master)
+
+    checked = orch("upgrade", "--check", "-c", str(master.config), timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert "can take over from 0.1.0" in checked.stdout
+
+    set_version(tree, "2.0.0")
+    broken = tree / "orchestrator" / "supervise" / "rollout.py"
+    broken.write_text(broken.read_text() + "\ndef broken(:\n")
+    for args in (("--check",), ()):
+        refused = orch("upgrade", *args, "-c", str(master.config), timeout=60)
+        assert refused.returncode == 1, refused.stdout
+        assert "upgrade refused, nothing changed" in refused.stderr and "rollout.py:" in refused.stderr
+        assert "SyntaxError" in refused.stderr
+
+    (tree / "orchestrator" / "cli" / "__init__.py").write_text("def main(:\n")  # fails before our code runs
+    refused = orch("upgrade", "-c", str(master.config), timeout=60, env={"PYTHONPATH": str(ROOT)})
+    assert refused.returncode == 1 and "SyntaxError" in refused.stderr, refused.stderr
+
+    master.config.write_text(master.config.read_text().replace("replicas = 2", "replicas = 3"))
+    refused = orch("upgrade", "-c", str(master.config), timeout=60, env={"PYTHONPATH": str(ROOT)})
+    assert refused.returncode == 1 and "changed since it was last applied" in refused.stderr
+
+    status = master.call("status")
+    assert status["pid"] == master.pid and status["versions"]["master"] == "0.1.0"
+    assert status["versions"]["upgrades"] == 0
+    assert fleet(master) == before
+    for log in ("ticker.log", "ticker-1.log"):
+        assert_every_line_once(master.log_dir / log)
+    assert master.terminate() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["proof", "exec"])
+def test_sigkill_of_the_master_mid_upgrade_leaves_nothing_running(start_master, tmp_path, moment):
+    master = start_master(ticker_config(tmp_path))
+    running = master.wait_running(2)
+    spawner = [p for p in psutil.Process(master.pid).children() if "spawner" in " ".join(p.cmdline())][0]
+    watched = [spawner, *(psutil.Process(pid) for pid in running.values())]
+    os.kill(master.pid, signal.SIGUSR2)
+    if moment == "proof":
+        proof = wait_for(lambda: next((p for p in psutil.Process(master.pid).children()
+                                       if p.pid != spawner.pid), None), 10, 0.005, "the proof child")
+        watched.append(proof)
+    else:
+        wait_for(lambda: "re-executes into" in master.stderr(), 30, 0.005, "the exec")
+    os.kill(master.pid, signal.SIGKILL)
+    master.proc.wait(5)
+    gone, left = psutil.wait_procs(watched, timeout=15)
+    assert not left, f"still running after the master's SIGKILL: {[p.pid for p in left]}"
