@@ -8,10 +8,12 @@ import http.client
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -73,8 +75,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                             start_new_session=True)
     master = Master(folder, config, proc, stderr)
     try:
-        wait_for(lambda: proc.poll() is None and master.socket.exists() and master.pids(), 15,
-                 message="the master to answer")
+        def answering() -> bool:
+            assert proc.poll() is None, f"the master exited: {stderr.read_text()}"
+            try:
+                return bool(master.call("ping"))
+            except (OSError, RuntimeError):
+                return False
+        wait_for(answering, 15, message="the master to answer")
         master.wait_running(3)
         yield Site(master, port)
     finally:
@@ -227,3 +234,60 @@ def test_a_real_browser_sees_the_fleet_live_and_restarts_an_instance(start_maste
         shot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+class Events:
+    """A raw server-sent events stream of the dashboard, read as a browser reads it."""
+
+    def __init__(self, site: Site, query: str):
+        self.sock = socket.create_connection(("127.0.0.1", site.port), timeout=5)
+        self.sock.sendall(f"GET /api/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1:{site.port}\r\n"
+                          f"Authorization: Bearer {site.token}\r\n\r\n".encode())
+        self.buffer = b""
+        self.head = self._until(b"\r\n\r\n")
+
+    def _until(self, mark: bytes) -> bytes:
+        while mark not in self.buffer:
+            data = self.sock.recv(65536)
+            assert data, "the stream ended"
+            self.buffer += data
+        part, self.buffer = self.buffer.split(mark, 1)
+        return part
+
+    def next(self, kind: str, timeout: float = 5.0) -> Any:
+        """The data of the next event of `kind`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            block = self._until(b"\n\n").decode()
+            fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+            if fields.get("event") == kind:
+                return json.loads(fields["data"])
+        raise AssertionError(f"no {kind} event in {timeout}s")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_page_stream_shows_its_rows_and_each_state_change_of_them(site: Site):
+    stream = Events(site, "offset=1&limit=1")
+    try:
+        assert b"text/event-stream" in stream.head and b"Access-Control" not in stream.head
+        assert [r["seq"] for r in stream.next("journal")], "the page starts with recent events"
+        page = stream.next("page")
+        assert (page["total"], page["fleet"], [r["name"] for r in page["rows"]]) == (3, 3, ["w-1"])
+        assert page["counts"] == {"running": 3}
+        old = site.master.pids()["w-1"]
+        os.kill(old, signal.SIGKILL)
+        seen = [stream.next("row")]
+        while seen[-1]["state"] != "running":
+            seen.append(stream.next("row"))
+        assert seen[0]["state"] != "running" and seen[0]["pid"] is None, seen
+        assert seen[-1]["pid"] not in (None, old) and seen[-1]["restarts"] >= 1
+    finally:
+        stream.close()
+    filtered = Events(site, "q=w-2")
+    try:
+        page = filtered.next("page")
+        assert (page["total"], [r["name"] for r in page["rows"]]) == (1, ["w-2"])
+    finally:
+        filtered.close()
