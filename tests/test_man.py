@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
+import pytest
+
 from conftest import ROOT, orch
 
 from orchestrator.cli import COMMANDS, build_parser
@@ -45,10 +47,10 @@ def test_every_command_is_in_the_readme():
         assert f"orch {name}" in README or name in ("start", "stop", "restart"), name
 
 
-def test_every_command_has_help_with_an_example():
-    for name in COMMANDS:
-        result = orch(name, "--help", timeout=20)
-        assert result.returncode == 0 and "example: orch " in result.stdout, name
+@pytest.mark.parametrize("name", COMMANDS)  # one test each, so xdist workers share them
+def test_every_command_has_help_with_an_example(name):
+    result = orch(name, "--help", timeout=20)
+    assert result.returncode == 0 and "example: orch " in result.stdout, name
 
 
 def test_version():
