@@ -13,6 +13,7 @@ import shlex
 from ..expand.spec import ProcessSpec
 from .production import setup_warnings
 from .common import Options, Output, bind_sockets, process_warnings, refuse, unexpressed
+from .probes import everything_lost, lost_lines
 
 UNEXPRESSED = ("restart", "backoff_initial", "backoff_max", "min_uptime", "stop_signal",
                "stop_timeout", "kill_mode", "memory_soft", "memory_hard", "max_lifetime", "timeout",
@@ -49,6 +50,7 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
         refuse(specs, options, "a Procfile", "instance names that differ only in characters a "
                "process name cannot hold", re.compile(""), where="name")
     out = Output(warnings=unexpressed("a Procfile", specs, UNEXPRESSED) + setup_warnings("a Procfile", specs, ())
-                 + process_warnings("a Procfile", specs, True, sockets="bound"))
+                 + process_warnings("a Procfile", specs, True, sockets="bound")
+                 + lost_lines("a Procfile", specs, everything_lost))
     out.files["Procfile"] = "".join(f"{n}: {command_line(s)}\n" for n, s in zip(names, specs))
     return out

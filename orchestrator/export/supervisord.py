@@ -13,6 +13,7 @@ import signal
 from ..expand.spec import ProcessSpec
 from .common import Options, Output, bind_sockets, process_warnings, refuse, seconds, unexpressed
 from .production import env_file_values, setup_warnings
+from .probes import everything_lost, lost_lines
 
 UNEXPRESSED = ("backoff_initial", "backoff_max", "memory_soft", "memory_hard", "max_lifetime",
                "timeout", "max_requests", "rolling", "max_unavailable")
@@ -116,7 +117,8 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
                  + setup_warnings("supervisord", specs, ("user", "env_file", "umask", "stderr"), {
                      "group": "supervisord runs a program with its user's primary group; left out",
                      "groups": "supervisord gives a program its user's own groups; left out",
-                     "rlimits": "supervisord sets only its own minfds/minprocs; left out"}),
+                     "rlimits": "supervisord sets only its own minfds/minprocs; left out"})
+                 + lost_lines("supervisord", specs, everything_lost),
                  folders=[options.log_dir])
     names = [program_name(s.name) for s in specs]
     if len(set(names)) != len(names):

@@ -10,6 +10,7 @@ import signal
 from ..expand.spec import ProcessSpec
 from .common import Options, Output, process_warnings, refuse, seconds, unexpressed
 from .production import setup_warnings, systemd_lines
+from .probes import lost_lines, systemd_lost, systemd_order, systemd_type
 
 # systemd 252 (Debian 12) has no RestartSteps=/RestartMaxDelaySec=: backoff.max is a warning.
 UNEXPRESSED = ("backoff_max", "min_uptime", "max_requests", "rolling", "max_unavailable",
@@ -56,18 +57,19 @@ def exec_start(argv: tuple[str, ...]) -> str:
     return " ".join(_quoted(arg, dollars=True) for arg in argv)
 
 
-def _service(spec: ProcessSpec, unit: str, template_target: str, sockets: list[str], log_dir: str = "") -> str:
+def _service(spec: ProcessSpec, unit: str, template_target: str, sockets: list[str], log_dir: str = "",
+             units: dict[str, list[str]] | None = None, one_shot: bool = False) -> str:
+    """`units`: the instance units per template (for `after`); `one_shot`: others are after
+    this restart = "never" instance, so it runs as Type=oneshot."""
     policy = spec.policy
     lines = ["[Unit]", f"Description=orch instance {spec.name}".replace("%", "%%"),
              f"PartOf={template_target}", "StartLimitIntervalSec=0"]
     lines += [f"Requires={s}\nAfter={s}" for s in sockets]
+    lines += systemd_order(spec, units or {})
     lines += ["", "[Service]"]
     if sockets:  # passed from fd 3 in this order, named like orch's LISTEN_FDNAMES
         lines.append("Sockets=" + " ".join(sockets))
-    if policy.timeout is not None:  # the notify protocol's watchdog: a worker that stalls restarts
-        lines += ["Type=notify", "NotifyAccess=all", f"WatchdogSec={seconds(policy.timeout)}"]
-    else:
-        lines.append("Type=exec")
+    lines += systemd_type(spec, one_shot)  # notify probes, the watchdog, a one-shot others wait for
     lines.append(f"ExecStart={exec_start(spec.argv)}")
     lines.append(f"WorkingDirectory={spec.cwd.replace('%', '%%')}")
     lines += [f"Environment={_quoted(f'{k}={v}', dollars=False)}"
@@ -122,7 +124,11 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
     out = Output(warnings=unexpressed("systemd", specs, UNEXPRESSED)
                  + process_warnings("systemd", specs, True, sockets="held")
                  + setup_warnings("systemd", specs, ("user", "group", "groups", "env_file", "rlimits", "umask",
-                                                     "stderr")))
+                                                     "stderr"))
+                 + lost_lines("systemd", specs, systemd_lost))
+    units = {t: [f"{prefix}-{escape_name(s.name)}.service" for s in specs if s.template == t]
+             for t in {s.template for s in specs}}
+    awaited = {t for s in specs for t in s.policy.after}  # templates others are after
     by_template: dict[str, list[str]] = {}
     users: dict[str, str] = {}  # socket name -> the first service that uses it
     for spec in specs:
@@ -134,7 +140,8 @@ def export(specs: list[ProcessSpec], options: Options) -> Output:
         sockets = [f"{prefix}-socket-{escape_name(name)}.socket" for name, _ in spec.sockets]
         for name, _ in spec.sockets:
             users.setdefault(name, unit)
-        out.files[unit] = _service(spec, unit, template_target, sockets, str(options.log_dir))
+        out.files[unit] = _service(spec, unit, template_target, sockets, str(options.log_dir), units,
+                                   spec.template in awaited and spec.policy.restart == "never")
     for decl in options.sockets:
         if decl.name in users:
             out.files[f"{prefix}-socket-{escape_name(decl.name)}.socket"] = socket_unit(
