@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
+
 from orchestrator.config.pieces import TomlPieces, tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +55,7 @@ LINES = st.one_of(
 DOCS = st.lists(LINES, max_size=14).map("\n".join)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(DOCS, min_size=1, max_size=4))
 def test_random_documents_parse_as_the_whole_file_does(docs):
     parser = TomlPieces()
@@ -61,7 +63,7 @@ def test_random_documents_parse_as_the_whole_file_does(docs):
         assert same(pieced(parser, text), whole(text)), text
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DOCS, st.data())
 def test_edits_of_a_valid_document_parse_as_the_whole_file_does(text, data):
     """A document, then edits of it (a line changed, removed or added) through one parser."""
