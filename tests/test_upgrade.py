@@ -168,6 +168,7 @@ def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 20 proofs and execs: about 40 s on an idle machine, minutes on a loaded one
 def test_twenty_upgrades_keep_the_masters_fds_and_memory_flat(start_master, tmp_path, monkeypatch):
     tree = package_copy(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tree))
