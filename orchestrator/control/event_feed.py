@@ -10,12 +10,14 @@ the client has read what was buffered it gets one line `{"dropped": N}`.
 from __future__ import annotations
 
 import fnmatch
+import socket
 from typing import Any, Callable, Iterable
 
 from ..supervise.journal import Journal, Record
 from .server import Connection
 
 STREAM_BUFFER = 64 * 1024  # bytes a following client may leave unread before records are dropped
+KERNEL_BUFFER = 32 * 1024
 
 
 def record_matcher(patterns: Iterable[str]) -> Callable[[Record], bool] | None:
@@ -61,6 +63,10 @@ class EventFeed:
         self.sent = 0
         self._stop = journal.follow(self.on_record)
         conn.drained = self.on_drained
+        try:  # the kernel's share of a stuck follower is bounded too (Linux doubles it: 64 KiB)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_BUFFER)
+        except OSError:
+            pass
 
     def on_record(self, rec: Record) -> None:
         if self.conn.closed:
