@@ -16,6 +16,7 @@ template) is a POST from the page's own origin and runs the control command `orc
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -81,6 +82,9 @@ class Dashboard:
         self.assets = {path: (_asset(name), kind) for path, (name, kind) in STATIC.items()}
         self.server = HttpServer(master.loop, parse_address(settings.http), self.handle, "dashboard")
         self.port = self.server.address[1]
+        if not ipaddress.ip_address(self.server.address[0].split("%")[0]).is_loopback:
+            log.warning("dashboard on %s, not a loopback address: plain HTTP, so the token crosses the "
+                        "network in clear (a TLS proxy or an SSH tunnel keeps it private)", settings.http)
         instances = lambda: self.supervisor.instances  # noqa: E731 - the dict itself, no copy
         self.history = History(master.loop, instances, self.supervisor.tree_usage)
         self.feed = Feed(master.loop, instances, self.supervisor.tree_usage, getattr(master, "journal", None))

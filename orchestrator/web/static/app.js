@@ -137,7 +137,11 @@
     if (withName && r.instance) parts.push(r.instance);
     else if (withName && r.template) parts.push("template " + r.template);
     if (r.old && r.new) parts.push(r.old + " → " + r.new);
-    Object.keys(r).forEach((k) => { if (!SKIP.has(k) && r[k] !== null && r[k] !== "" && r[k] !== undefined) parts.push(k + "=" + (typeof r[k] === "object" ? JSON.stringify(r[k]) : r[k])); });
+    Object.keys(r).forEach((k) => {
+      if (SKIP.has(k) || r[k] === null || r[k] === "" || r[k] === undefined) return;
+      if ((k === "code" || k === "signal") && r.exit) return;  // "exit 1", "SIGKILL" say it
+      parts.push(k === "exit" ? r[k] : k + "=" + (typeof r[k] === "object" ? JSON.stringify(r[k]) : r[k]));
+    });
     li.appendChild(document.createTextNode(parts.join("  ")));
     return li;
   }
