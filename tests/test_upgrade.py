@@ -38,6 +38,18 @@ for i in itertools.count():
 '''
 
 
+PRELOADED = '''
+import time
+from orchestrator.worker import Worker
+
+
+class Tick(Worker):
+    def run(self):
+        time.sleep(0.05)
+        return False
+'''
+
+
 # --- the record's format (pure) -----------------------------------------------------------------
 def _record(version: int = VERSION, **extra) -> dict:
     return {"version": version, "orch": "0.1.0", "config": "/x/workers.toml", "quiet": True, "master": {},
@@ -121,7 +133,13 @@ def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_pa
     tree = package_copy(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tree))
     port = free_port()
+    (tmp_path / "prew.py").write_text(PRELOADED)
     master = start_master(ticker_config(tmp_path) + f"""
+        [workers.pre]
+        target = "prew:Tick"
+        preload = true
+        min_uptime = 0.2
+
         [sockets.web]
         bind = "127.0.0.1:{port}"
         backlog = 512
@@ -131,7 +149,7 @@ def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_pa
         sockets = ["web"]
         replicas = 4
         """)
-    master.wait_running(6)
+    master.wait_running(7)
     before, status, asked = fleet(master), master.call("status"), time.monotonic()
     assert status["versions"]["master"] == "0.1.0" and status["pid"] == master.pid
     set_version(tree, "9.9.9")  # what `pip install -U` would have done
@@ -163,7 +181,14 @@ def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_pa
              message="the tickers' lines after the upgrade")
     for log in logs:
         assert_every_line_once(log)
-    assert "took over 6 instances from orch 0.1.0" in master.stderr()
+    assert "took over 7 instances from orch 0.1.0" in master.stderr()
+    text = orch("status", "-c", str(master.config)).stdout
+    assert "orch 9.9.9 (spawner and zygotes: orch 0.1.0 until replaced), upgraded in place 1x" in text, text
+    # the old spawner and its zygote start new processes for the new master
+    old_pre = before["pre"][0]
+    restarted = orch("restart", "pre", "-c", str(master.config))
+    assert restarted.returncode == 0, restarted.stderr
+    assert master.status()["pre"]["pid"] not in (None, old_pre) and master.status()["pre"]["state"] == "running"
     assert master.terminate() == 0
 
 

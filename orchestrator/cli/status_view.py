@@ -10,12 +10,23 @@ from .probe_view import probe_summary
 from .scale_view import render_cells
 
 
+def _versions(reply: dict[str, Any]) -> str:
+    """Which orch the master runs, and its helpers when an upgrade left them on another."""
+    versions = reply.get("versions") or {"master": reply.get("version", "?")}
+    text = f"orch {versions['master']}"
+    if versions.get("spawner") and versions["spawner"] != versions["master"]:
+        text += f" (spawner and zygotes: orch {versions['spawner']} until replaced)"
+    if versions.get("upgrades"):
+        text += f", upgraded in place {versions['upgrades']}x (last from {versions.get('previous')})"
+    return text
+
+
 def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
     """The status table; `disk_error` says why the config file on disk does not load now."""
     applied = reply.get("applied_at")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(applied)) if applied else "never"
     lines = [f"orch {reply['name']} (master {reply['pid']}) config {reply['config']}",
-             f"last applied {when}, {reply.get('reloads', 0)} reloads"]
+             f"last applied {when}, {reply.get('reloads', 0)} reloads; {_versions(reply)}"]
     if reply.get("last_reload_error"):
         lines.append("LAST RELOAD FAILED (still running the previous config):")
         lines += ["  " + line for line in reply["last_reload_error"].splitlines()]
