@@ -26,7 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-floor", action="store_true", help="skip the no-supervisor floor")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each session (default 3)")
     parser.add_argument("--idle-seconds", type=float, help="idle window (default 20; --quick: 5)")
-    parser.add_argument("--crash-kills", type=int, default=10, help="SIGKILLs in the crash scenario (default 10)")
+    parser.add_argument("--crash-kills", type=int, default=50,
+                        help="SIGKILLs in the crash scenario, spread over the fleet (default 50)")
     parser.add_argument("--budget", type=float, default=560.0,
                         help="seconds after which remaining steps are skipped (default 560)")
     parser.add_argument("--step-cap", type=float, default=120.0,

@@ -53,6 +53,7 @@ class Fleet:
 
     tag: int
     instances: tuple[Instance, ...]
+    matrix: bool = False  # orch: one template with a matrix over the tokens, not a table each
 
     def tokens(self) -> dict[str, Instance]:
         return {inst.token: inst for inst in self.instances}
@@ -83,6 +84,12 @@ def sleep_fleet(n: int, tag: int | None = None) -> Fleet:
     """N instances of `/bin/sleep <token>`, each with its own argument."""
     tag = next_tag() if tag is None else tag
     return Fleet(tag, tuple(sleep_instance(tag, i) for i in range(n)))
+
+
+def matrix_fleet(n: int) -> Fleet:
+    """The sleep fleet as one template times a matrix (orch renders it so; the other tools,
+    whose configs have no matrices, get the same instances as separate programs)."""
+    return replace(sleep_fleet(n), matrix=True)
 
 
 def change_one(fleet: Fleet, name: str) -> Fleet:

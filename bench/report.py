@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .scenarios import FIGURES, FLEET_KEYS, ORCH_KEYS, POLL, CRASH_POLL, SETTLE, Figure, Options, Results
+from .scenarios import FIGURES, FLEET_KEYS, MATRIX_KEYS, ORCH_KEYS, POLL, CRASH_POLL, SETTLE, Figure, Options, Results
 from .tools import Tool
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -89,7 +89,7 @@ def ratio(a: Figure | None, b: Figure | None) -> str:
 
 def rows(results: Results, opts: Options) -> list[tuple[str, int]]:
     out = [(key, n) for n in sorted(opts.sizes)
-           for key in FLEET_KEYS + (["limits_cpu"] if "orch" in opts.tools else [])]
+           for key in FLEET_KEYS + (["limits_cpu", *MATRIX_KEYS] if "orch" in opts.tools else [])]
     if "orch" in opts.tools:
         out += [("py_start_plain", opts.py_workers), ("py_start_preload", opts.py_workers),
                 ("log_cpu", opts.log_writers), ("log_rate", opts.log_writers)]
@@ -154,6 +154,22 @@ SCALE_TARGETS = [
 ]
 
 
+# Issue 31's targets ("at the machine's limit"), by N.
+MACHINE_TARGETS = {
+    500: [("start", 1.5, "floor", "start within 1.5x of the floor (500 templates)"),
+          ("start_matrix", 1.5, "floor:start", "start within 1.5x of the floor (one matrix template)"),
+          ("crash", 0.005, "max", "crash replacement median under 5 ms"),
+          ("crash_p99", 0.020, "max", "crash replacement p99 under 20 ms"),
+          ("reload_one", 0.050, "max", "reload-one (SIGHUP) under 50 ms"),
+          ("status", 0.100, "max", "`orch status --json` under 100 ms")],
+    5000: [("start", 3.5, "max", "start under 3.5 s"),
+           ("crash", 0.005, "max", "crash replacement median under 5 ms"),
+           ("crash_p99", 0.020, "max", "crash replacement p99 under 20 ms"),
+           ("reload_one", 0.100, "max", "reload-one (SIGHUP) under 100 ms"),
+           ("status", 0.200, "max", "`orch status --json` under 200 ms")],
+}
+
+
 def render_targets(results: Results, opts: Options) -> str:
     """Where orch stands against its targets, each marked met or not: issue 6's at the
     largest N below SCALE, issue 15's at SCALE and above."""
@@ -164,11 +180,14 @@ def render_targets(results: Results, opts: Options) -> str:
         parts.append(_target_table(results, max(small), TARGETS))
     if large:
         parts.append(_target_table(results, max(large), SCALE_TARGETS))
+    for n, targets in MACHINE_TARGETS.items():
+        if n in opts.sizes:
+            parts.append(_target_table(results, n, targets, "issue 31's targets"))
     return "\n\n".join(parts)
 
 
-def _target_table(results: Results, n: int, targets: list) -> str:
-    lines = [f"Against orch's targets (N = {n}):", "", "| target | orch | reference | verdict |",
+def _target_table(results: Results, n: int, targets: list, title: str = "orch's targets") -> str:
+    lines = [f"Against {title} (N = {n}):", "", "| target | orch | reference | verdict |",
              "|---|--:|--:|---|"]
     for key, bound, kind, text in targets:
         fig = results.figures.get(("orch", key, n))
@@ -177,8 +196,8 @@ def _target_table(results: Results, n: int, targets: list) -> str:
             continue
         limit: float | None = bound
         reference = _num(bound, fig.unit)
-        if kind == "floor":
-            floor = results.figures.get(("floor", key, n))
+        if kind.startswith("floor"):  # "floor:KEY" compares with the floor's KEY
+            floor = results.figures.get(("floor", kind.partition(":")[2] or key, n))
             limit = bound * floor.median if floor is not None and floor.median is not None else None
             reference = f"{bound:g} × floor = {_num(limit, fig.unit)}" if limit is not None else "no floor"
         verdict = "n/a" if limit is None else ("met" if fig.median <= limit else "not met")

@@ -31,6 +31,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "idle_pss": ("MiB", "daemon + helpers PSS while idle (pages shared between them counted once)"),
     "status": ("s", "one full status query"),
     "crash": ("s", "SIGKILL one child -> its replacement exists"),
+    "crash_p99": ("s", "crash, 99th percentile over the kills (nearest rank: with 50 kills, the worst)"),
     "reload_one": ("s", "edit one command -> new process runs"),
     "reload_one_collateral": ("count", "other children restarted by reload-one"),
     "reload_10pct": ("s", "add N/10 + remove N/10 -> converged"),
@@ -42,9 +43,13 @@ FIGURES: dict[str, tuple[str, str]] = {
     "limits_cpu": ("%", "daemon + helpers CPU while idle, a memory limit on every instance "
                         "(check_interval 1s; orch, and the floor's bare statm loop)"),
     "log_rate": ("MB/s", "log bytes written to files, all children together"),
+    "start_matrix": ("s", "start, the fleet as one template times an N-cell matrix (orch; the floor's "
+                          "start is the same N sleeps)"),
+    "reload_one_matrix": ("s", "reload-one in the matrix fleet: one cell's command edited (orch)"),
 }
-FLEET_KEYS = ["start", "harness_cpu", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one",
+FLEET_KEYS = ["start", "harness_cpu", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "crash_p99", "reload_one",
               "reload_one_collateral", "reload_10pct", "reload_10pct_collateral", "shutdown"]
+MATRIX_KEYS = ["start_matrix", "reload_one_matrix"]
 ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
 FLOOR_SKIPS = {"idle_cpu": "the floor is a blocking waitpid(): nothing to measure",
                "idle_rss": "the floor is a blocking waitpid(): nothing to measure",
@@ -63,7 +68,7 @@ class Options:
     tools: list[str]
     reps: int = 3
     idle_seconds: float = 20.0
-    crash_kills: int = 10
+    crash_kills: int = 50
     py_workers: int = 100
     log_writers: int = 50
     log_seconds: float = 10.0
@@ -230,7 +235,8 @@ def fleet_session(results: Results, tool: Tool, n: int, rep: int, opts: Options,
         def crash() -> dict[str, list[float]]:
             names = [i.name for i in state["fleet"].instances]
             victims = names[:: max(1, n // opts.crash_kills)][: opts.crash_kills]
-            return {"crash": _crashes(tool, state["fleet"], victims, s.timeout(10.0))}
+            times = _crashes(tool, state["fleet"], victims, s.timeout(10.0))
+            return {"crash": times, "crash_p99": percentile(times, 99)}
 
         if not s.measure(["start", "harness_cpu"], start):
             errors = results.get(tool.name, "start", n).errors
@@ -254,6 +260,31 @@ def fleet_session(results: Results, tool: Tool, n: int, rep: int, opts: Options,
         s.measure(["reload_10pct", "reload_10pct_collateral"],
                   lambda: _reload_churn(tool, state, s.timeout(30 + 0.1 * n)))
         s.measure(["shutdown"], lambda: {"shutdown": _shutdown(tool, state["fleet"], s.timeout(60.0))})
+    finally:
+        tool.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """The nearest-rank p-th percentile (no interpolation: always one of the samples)."""
+    ordered = sorted(samples)
+    return ordered[max(0, -(-len(ordered) * p // 100) - 1)]
+
+
+def matrix_session(results: Results, tool: Tool, n: int, rep: int, opts: Options, workdir: Path) -> None:
+    """orch on the matrix fleet: start, then reload-one (one cell's command edited)."""
+    s = Session(results, tool, n, opts, rep)
+    state = {"fleet": fleets.matrix_fleet(n)}
+    tool.setup(workdir)
+    try:
+        def start() -> dict[str, float]:
+            tool.write_config(state["fleet"])
+            return {"start_matrix": launch(tool, state["fleet"], s.timeout(30 + 0.1 * n))}
+
+        if s.measure(["start_matrix"], start):
+            time.sleep(SETTLE)
+            s.measure(["reload_one_matrix"], lambda: {
+                "reload_one_matrix": _reload_one(tool, state, s.timeout(30 + 0.1 * n))["reload_one"]})
     finally:
         tool.kill()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -457,7 +488,13 @@ def run(opts: Options, progress: Callable[[str], None]) -> Results:
             for name, tool in tools.items():
                 attempt(name, FLEET_KEYS, n, f"N={n} rep {rep + 1}/{opts.reps}",
                         lambda: fleet_session(results, tool, n, rep, opts, root / f"{name}-{n}-{rep}"))
+            if "orch" in tools:
+                attempt("orch", MATRIX_KEYS, n, f"N={n} matrix fleet rep {rep + 1}/{opts.reps}",
+                        lambda: matrix_session(results, tools["orch"], n, rep, opts, root / f"matrix-{n}-{rep}"))
         for name, tool in tools.items():
+            if name != "orch":
+                for key in MATRIX_KEYS:
+                    results.fail(name, key, n, "orch-only scenario (other tools' configs have no matrices)")
             if name not in ("orch", "floor"):
                 results.fail(name, "limits_cpu", n, "orch-only scenario (and the floor's sampling loop)")
             else:

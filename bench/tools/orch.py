@@ -53,6 +53,10 @@ class Orch(Tool):
     memory_limits = False  # a memory limit on every instance (the limits_cpu scenario)
 
     def render_config(self, fleet: Fleet) -> str:
+        head = HEAD.replace("[defaults]\n", '[defaults]\nmemory = { soft = "200MiB", hard = "300MiB" }\n') \
+            if self.memory_limits else HEAD
+        if fleet.matrix:
+            return head + _matrix_table(fleet)
         tables = []
         for inst in fleet.instances:
             if inst.target is not None:
@@ -60,8 +64,6 @@ class Orch(Tool):
             else:
                 body = f"command = {json.dumps(list(inst.argv))}\n"
             tables.append(f"\n[workers.{inst.name}]\n{body}")
-        head = HEAD.replace("[defaults]\n", '[defaults]\nmemory = { soft = "200MiB", hard = "300MiB" }\n') \
-            if self.memory_limits else HEAD
         return head + "".join(tables)
 
     def daemon_argv(self) -> list[str]:
@@ -79,3 +81,11 @@ class Orch(Tool):
 
     def status_argv(self) -> list[str]:
         return python_module("orchestrator", "status", "-c", str(self.config_path), "--json")
+
+
+def _matrix_table(fleet: Fleet) -> str:
+    """One template over a matrix of the sleep tokens; the name is `s` + the token's index
+    (its last five digits), so an instance keeps its name when a reload edits its token."""
+    tokens = ", ".join(json.dumps(inst.token) for inst in fleet.instances)
+    return ('\n[workers.s]\nname = "s{{ t[-5:] }}"\ncommand = ["/bin/sleep", "{{ t }}"]\n'
+            f"matrix = {{ t = [{tokens}] }}\n")
