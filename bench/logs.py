@@ -27,6 +27,7 @@ from .report import write_section
 from .scenarios import SETTLE, launch
 from .tools import tool_class
 from .tools.base import Tool
+from .tools.orch import Orch
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 LINE = 101  # bytes, newline included
@@ -96,9 +97,34 @@ def check(files: dict[str, list[Path]], tokens: list[str]) -> dict[str, int]:
     return counts
 
 
-def session(name: str, writers: int, rate: int, seconds: float, max_size: int) -> dict[str, Any]:
-    tool = tool_class(name)()
-    workdir = Path(tempfile.mkdtemp(prefix=f"orchbench-logs-{name}-"))
+class OrchAt(Orch):
+    """orch run from another source tree (`--before PATH`: an export of an older commit)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.root = root
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PYTHONPATH"] = self.root
+        return env
+
+
+def make_tool(name: str, before: str | None) -> Tool:
+    return OrchAt(before) if name == "orch-before" and before else tool_class(name)()
+
+
+def io_counts(pid: int) -> tuple[int, int]:
+    """(read, write) system calls made by `pid` so far."""
+    try:
+        fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(fields["syscr"]), int(fields["syscw"])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+def session(tool: Tool, writers: int, rate: int, seconds: float, max_size: int) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="orchbench-logs-"))
     tool.setup(workdir)
     try:
         script = workdir / "logwriter.py"
@@ -108,15 +134,17 @@ def session(name: str, writers: int, rate: int, seconds: float, max_size: int) -
         launch(tool, fleet, 60)
         time.sleep(SETTLE)
         helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
-        before = _bytes(log_files(workdir))
+        before, calls = _bytes(log_files(workdir)), io_counts(tool.pid)
         start = time.perf_counter()
         cpu, _ = cpu_percent(helpers, seconds)
-        mbs = (_bytes(log_files(workdir)) - before) / (time.perf_counter() - start) / 1e6
+        elapsed = time.perf_counter() - start
+        mbs = (_bytes(log_files(workdir)) - before) / elapsed / 1e6
+        calls = tuple((after - was) / elapsed for after, was in zip(io_counts(tool.pid), calls))
         tool.stop()
         deadline = time.monotonic() + 30
         while not tool.exited() and time.monotonic() < deadline:
             time.sleep(0.05)
-        result = {"cpu": cpu, "mbs": mbs, **check(log_files(workdir), [i.token for i in fleet.instances])}
+        result = {"cpu": cpu, "mbs": mbs, "reads": calls[0], "writes": calls[1], **check(log_files(workdir), [i.token for i in fleet.instances])}
         return result
     finally:
         tool.kill()
@@ -140,15 +168,19 @@ def render(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, labe
            f"--reps {args.reps}`: CPU of the daemon and its helpers over {args.seconds:g} s, % of one core "
            f"(median of {args.reps}, min-max); rotation at {args.max_size // 1024} KiB for both; every "
            "line read back after a graceful stop.", "",
-           "| tool | CPU % of a core | MB/s to files | lines checked | lines cut | lines lost |",
-           "|---|---|---|---|---|---|"]
+           "| tool | CPU % of a core | MB/s to files | % of a core per 10 MB/s | daemon reads/s, writes/s "
+           "| lines checked | lines cut | lines lost |",
+           "|---|---|---|---|---|---|---|---|"]
     for name, runs in rows.items():
         if not runs:
             continue
         cpus = sorted(r["cpu"] for r in runs)
         median = cpus[len(cpus) // 2]
-        out.append(f"| {name} | {median:.1f} ({cpus[0]:.1f}-{cpus[-1]:.1f}) | "
-                   f"{sorted(r['mbs'] for r in runs)[len(runs) // 2]:.1f} | {sum(r['lines'] for r in runs):,} | "
+        mbs = sorted(r["mbs"] for r in runs)[len(runs) // 2]
+        per = sorted(10 * r["cpu"] / max(r["mbs"], 0.1) for r in runs)[len(runs) // 2]
+        calls = sorted((r["reads"], r["writes"]) for r in runs)[len(runs) // 2]
+        out.append(f"| {name} | {median:.1f} ({cpus[0]:.1f}-{cpus[-1]:.1f}) | {mbs:.1f} | {per:.2f} | "
+                   f"{calls[0]:,.0f}, {calls[1]:,.0f} | {sum(r['lines'] for r in runs):,} | "
                    f"{sum(r['split'] for r in runs)} | {sum(r['lost'] for r in runs) + sum(r['missing_files'] for r in runs)} |")
     return "\n".join(out)
 
@@ -162,16 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=4 << 20)
     parser.add_argument("--tools", default="orch,supervisord")
     parser.add_argument("--label", default="after", help="the section's name in RESULTS.md")
+    parser.add_argument("--before", metavar="PATH", help="also run `orch-before`: orch from this source tree")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in args.tools.split(",")}
+    names = args.tools.split(",") + (["orch-before"] if args.before else [])
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for rep in range(args.reps):
         for name in rows:  # interleaved, so a drift of the machine hits both alike
-            missing = tool_class(name)().missing()
+            tool = make_tool(name, args.before)
+            missing = tool.missing()
             if missing:
                 print(f"{name}: missing ({missing})", file=sys.stderr)
                 continue
-            result = session(name, args.writers, args.rate, args.seconds, args.max_size)
+            result = session(tool, args.writers, args.rate, args.seconds, args.max_size)
             print(f"rep {rep + 1} {name}: {result}", file=sys.stderr, flush=True)
             rows[name].append(result)
     table = render(rows, args, args.label)

@@ -62,6 +62,7 @@ def test_memory_hard_is_enforced_while_stopping(start_master, tmp_path):
     master = start_master(f"""
         [orchestrator]
         check_interval = "100ms"
+        cgroup = "off"  # the sampler (tests/test_cgroups.py: the kernel's path)
         [workers.grow]
         {command(GROWS_WHEN_STOPPED)}
         memory = {{ soft = "60MiB", hard = "120MiB" }}

@@ -1,0 +1,122 @@
+"""`python -m bench.limits_idle`: what memory limits on every instance cost an idle orch, with
+the kernel reporting (`cgroup = "auto"`) against the sampler (`cgroup = "off"`), in one run.
+
+N sleeps, each with `memory = { soft = "200MiB", hard = "300MiB" }` and check_interval 1s.
+Per mode: the time until all N run, the CPU of the master and its helpers over `--seconds`
+of idling (% of one core), how many instance cgroups existed, and how many were left after
+a graceful stop (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import fleet as fleets
+from .procfs import Scanner, cpu_percent
+from .report import write_section
+from .scenarios import SETTLE, launch
+from .tools.orch import Orch
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+class LimitedOrch(Orch):
+    """orch with a memory limit on every instance and the given `cgroup` mode."""
+
+    memory_limits = True
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def render_config(self, fleet: fleets.Fleet) -> str:
+        return super().render_config(fleet).replace("[orchestrator]\n", f'[orchestrator]\ncgroup = "{self.mode}"\n', 1)
+
+
+def instance_cgroups(run_root: list[str]) -> int:
+    return sum(1 for root in run_root if os.path.isdir(root) for name in os.listdir(root) if name.startswith("i-"))
+
+
+def run_dirs(tool: Orch) -> list[str]:
+    import json
+    from orchestrator.spawn import cgroups
+    state = tool.workdir / ".orch" / "orch.pid.state"
+    try:
+        run = json.loads(state.read_text())["run"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return cgroups.run_paths(cgroups.detect(), run)
+
+
+def session(mode: str, n: int, seconds: float) -> dict[str, Any]:
+    tool = LimitedOrch(mode)
+    workdir = Path(tempfile.mkdtemp(prefix=f"orchbench-limits-{mode}-"))
+    tool.setup(workdir)
+    try:
+        fleet = fleets.sleep_fleet(n)
+        tool.write_config(fleet)
+        start = launch(tool, fleet, 120 + 0.05 * n)
+        time.sleep(SETTLE + 2)  # past the first samples and every registration
+        roots = run_dirs(tool)
+        made = instance_cgroups(roots)
+        helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
+        cpu, rss = cpu_percent(helpers, seconds)
+        tool.stop()
+        deadline = time.monotonic() + 120
+        while not tool.exited() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = sum(1 for root in roots if os.path.exists(root))
+        return {"start": start, "cpu": cpu, "rss": rss / 2**20, "cgroups": made, "left": left}
+    finally:
+        tool.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def render(rows: dict[tuple[str, int], list[dict[str, Any]]], args: argparse.Namespace) -> str:
+    out = ["## Memory limits on every instance, idle: kernel events against sampling", "",
+           f"`python -m bench.limits_idle --n {args.n} --seconds {args.seconds:g} --reps {args.reps}`: N sleeps, "
+           'each with `memory = { soft = "200MiB", hard = "300MiB" }`, check_interval 1s; CPU of the master '
+           f"and its helpers while idle over {args.seconds:g} s (median of {args.reps}, min-max).", "",
+           "| N | cgroup | idle CPU % of a core | start s | RSS MiB | instance cgroups | cgroups left after stop |",
+           "|---|---|---|---|---|---|---|"]
+    for (mode, n), runs in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0])):
+        if not runs:
+            continue
+        cpus = sorted(r["cpu"] for r in runs)
+        mid = len(runs) // 2
+        out.append(f"| {n:,} | {mode} | {cpus[mid]:.3f} ({cpus[0]:.3f}-{cpus[-1]:.3f}) | "
+                   f"{sorted(r['start'] for r in runs)[mid]:.2f} | {sorted(r['rss'] for r in runs)[mid]:.0f} | "
+                   f"{runs[0]['cgroups']:,} | {max(r['left'] for r in runs)} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.limits_idle", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", default="1000", help="fleet sizes, comma-separated")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--write-results", action="store_true")
+    args = parser.parse_args(argv)
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for n in (int(x) for x in args.n.split(",")):
+        for rep in range(args.reps):
+            for mode in ("auto", "off"):  # interleaved: a drift of the machine hits both alike
+                result = session(mode, n, args.seconds)
+                print(f"N={n} rep {rep + 1} cgroup={mode}: {result}", file=sys.stderr, flush=True)
+                rows.setdefault((mode, n), []).append(result)
+    table = render(rows, args)
+    print(table)
+    if args.write_results:
+        write_section(RESULTS_MD, "limits-idle", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
