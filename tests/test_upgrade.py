@@ -273,3 +273,22 @@ def test_sigkill_of_the_master_mid_upgrade_leaves_nothing_running(start_master, 
     master.proc.wait(5)
     gone, left = psutil.wait_procs(watched, timeout=15)
     assert not left, f"still running after the master's SIGKILL: {[p.pid for p in left]}"
+
+
+@pytest.mark.slow
+def test_autoscaled_cells_keep_their_count_and_pin_across_an_upgrade(start_master, redis_server, tmp_path):
+    from queue_support import write_handlers
+    from test_autoscale_run import REDIS, cells, config, running
+    write_handlers(tmp_path)
+    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa"],
+                                 low=1, high=4, per=10))
+    wait_for(lambda: running(master, "consumer-qa") == 1, 15)
+    master.call("scale", target="consumer-qa", count=3, auto=False)
+    wait_for(lambda: running(master, "consumer-qa") == 3, 15, message="3 pinned replicas")
+    before = fleet(master)
+    result = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert fleet(master) == before, "the upgrade changed the autoscaled fleet"
+    row = cells(master)["consumer-qa"]
+    assert row["desired"] == 3 and row.get("pinned") == 3, row
+    assert master.terminate() == 0

@@ -39,7 +39,7 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         orch=__version__, config=str(master.config.path), quiet=master.supervisor.echo is None,
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
                 "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
-                "upgrades": upgrader.count, "fd_limit": master._fd_limit},
+                "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler)},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
         fds=fds, instances=[instance_record(inst) for inst in master.supervisor.instances.values()],
@@ -51,3 +51,10 @@ def output_pipes(launcher: Any) -> list[tuple[int, str, bool]]:
     """(read fd, instance name, separate stderr?) of every output pipe still open."""
     return [(fd, write.__self__.name, write.__func__.__name__ == "write_stderr")
             for fd, write in launcher.pump.writers().items()]
+
+
+def scaler_record(scaler: Any) -> dict[str, Any]:
+    """Autoscaled cells: each one's count (and since when demand differs) and `orch scale` pins."""
+    return {"pins": dict(scaler.pins),
+            "cells": {name: [cell.state.count, cell.state.up_since, cell.state.down_since]
+                      for name, cell in scaler.cells.items()}}

@@ -65,7 +65,18 @@ class Handover:
         self._answer(master)
         log.info("orch %s master %d: took over %d instances from orch %s (upgrade %d)", __version__,
                  os.getpid(), len(record["instances"]), record["orch"], master.upgrader.count)
-        return reconcile(master._initial_specs, sup.running_view())
+        return reconcile(self._desired(master), sup.running_view())
+
+    def _desired(self, master: Any) -> list[ProcessSpec]:
+        """What the master runs: autoscaled cells keep their counts (and pins) as they were."""
+        from ..supervise.autoscale import CellState
+        scaler, kept = master.scaler, self.record["master"].get("scaler") or {}
+        scaler.pins = {name: int(count) for name, count in kept.get("pins", {}).items()}
+        scaler.desired(master._initial_specs)
+        for name, (count, up, down) in kept.get("cells", {}).items():
+            if name in scaler.cells:
+                scaler.cells[name].state = CellState(count, up, down)
+        return scaler.desired(master._initial_specs)  # each cell keeps the state just set
 
     def _pipes(self, sup: Any, log_dir: Path) -> None:
         for pipe in self.record["pipes"]:
