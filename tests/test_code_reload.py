@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from conftest import orch, wait_for
+from conftest import orch, text_of, wait_for
 from queue_support import Events, consumer_config
 
 pytestmark = pytest.mark.slow  # a real redis-server and 8 preloaded consumers
@@ -125,3 +125,49 @@ def test_an_import_error_rolls_nothing_and_says_where(start_master, tmp_path):
     # A restart now still forks from the old zygote: the old code keeps running.
     master.call("restart", patterns=["w"], wait=True, timeout=10)
     assert master.status()["w"]["state"] == "running"
+
+
+WORKER = '''import time
+from orchestrator.worker import Worker
+VERSION = "{version}"
+
+class W(Worker):
+    def init(self):
+        print("code", VERSION, flush=True)
+
+    def run(self):
+        time.sleep(0.05)
+'''
+
+
+def test_code_watch_rolls_the_template_on_save_and_only_it(start_master, tmp_path):
+    package = tmp_path / "app" / "sub"
+    package.mkdir(parents=True)
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "work.py").write_text(WORKER.format(version="one"))
+    master = start_master("""
+        [workers.w]
+        target = "app.sub.work:W"
+        preload = true
+        replicas = 2
+        min_uptime = "0.2s"
+        max_unavailable = 2
+        code_watch = ["app/**/*.py"]
+        [workers.other]
+        command = "sleep 1000"
+    """)
+    before = master.wait_running(3, timeout=20)
+    (package / "work.py").write_text(WORKER.format(version="two"))
+    wait_for(lambda: all("code two" in text_of(master.log_dir / f"{n}.log") for n in ("w", "w-1")), 20,
+             message="both instances on the new code")
+    after = master.pids()
+    assert after["other"] == before["other"], "a template without code_watch restarted"
+    assert after["w"] != before["w"] and after["w-1"] != before["w-1"]
+    assert master.stderr().count("new zygotes importing") == 1, "the new code's .pyc files started another reload"
+    # An import error on save moves nothing and is logged with its place.
+    (package / "work.py").write_text("import time\nVERSION = 'three'\nraise ValueError('broken on purpose')\n")
+    wait_for(lambda: "reload --code (code_watch of template:w) refused" in master.stderr(), 20,
+             message="the refusal")
+    assert f"{package / 'work.py'}:3: ValueError: broken on purpose" in master.stderr()
+    assert master.pids() == after

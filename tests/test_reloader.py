@@ -50,6 +50,12 @@ class Host:
     def _release_sockets(self) -> None:
         pass
 
+    def apply_live_settings(self, old, new):  # noqa: ANN001 - no endpoint, socket or pidfile here
+        return {}, []
+
+    def config_applied(self) -> None:
+        pass
+
 
 def _save(path: Path, text: str) -> None:
     path.write_text(textwrap.dedent(text))

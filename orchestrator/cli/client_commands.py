@@ -43,6 +43,8 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
     else:
         print(f"applied: {result['start']} started, {result['stop']} stopped, {result['restart']} "
               f"restarted, {result['update']} updated in place, {result['keep']} unchanged")
+        for note in result.get("settings", []):  # [orchestrator] changes, and what was not applied
+            print(f"  {note}")
     return EXIT_OK
 
 

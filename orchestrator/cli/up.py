@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from ..control.client import ControlClient, ControlError
 from ..errors import ConfigError, ConfigProblem, OrchError
 from ..observe.masterlog import TurnHandler
 from .progress import Progress
-from ..spawn.pidfile import PidLock, open_own_file
+from ..spawn.pidfile import PidLock, folder_problem, open_own_file
 from ..spawn.listeners import Listeners, take_systemd_sockets
 from ..spawn.spawner import SpawnerClient
 from ..title import set_title
@@ -50,45 +49,11 @@ def _make_folders(settings: Settings, config: Path) -> None:
         if folder in seen:
             continue
         seen.add(folder)
-        why = _unsafe_folder(folder)
+        why = folder_problem(folder)
         if why:
             problems.append(ConfigProblem(str(config), key, f"folder {folder} {why}"))
     if problems:
         raise ConfigError(problems)
-
-
-def _unsafe_folder(folder: Path) -> str | None:
-    """Why `folder` (created 0750 if missing) is not safe for the master's files, or None.
-    Owned by this user or root (who can do anything anyway), and writable by its owner only."""
-    try:
-        _make_private(folder)
-        info = os.stat(folder)  # a link to a folder is fine: what counts is who can write there
-    except OSError as exc:
-        return f"cannot be used: {exc.strerror}"
-    me = os.geteuid()
-    if not stat.S_ISDIR(info.st_mode):
-        return "is not a folder"
-    if info.st_uid not in (me, 0):
-        return (f"is owned by uid {info.st_uid}, not by this master's user (uid {me}); "
-                "use a folder only this user can write")
-    if info.st_mode & 0o022:
-        return (f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}), who could "
-                "plant links in it; chmod go-w it or use a folder only this user can write")
-    return None
-
-
-def _make_private(folder: Path) -> None:
-    """mkdir -p with 0750 for every folder it creates (Path.mkdir gives the parents it makes
-    the umask's default, group-writable under umask 002)."""
-    missing = []
-    while not os.path.lexists(folder) and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o750)
-        except FileExistsError:
-            pass  # made at the same moment by another `orch up`: checked like any other
 
 
 def _foreground(path: Path, quiet: bool, fresh: bool = False) -> int:

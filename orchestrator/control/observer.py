@@ -108,8 +108,9 @@ class FolderWatch:
     read state the loop replaces whole, never mutates)."""
 
     def __init__(self, loop: EventLoop, on_event: Callable[[str, str, str | None], None],
-                 wanted: Callable[[Event], bool] = lambda event: True) -> None:
+                 wanted: Callable[[Event], bool] = lambda event: True, recursive: bool = False) -> None:
         self.on_event = on_event
+        self.recursive = recursive  # each folder with every folder below it (code_watch's globs)
         self._handler = _Handler(loop, wanted, self._event)
         self._observer: _Observer | None = None
         self._watches: dict[str, ObservedWatch | None] = {}  # None: scheduled once started
@@ -136,7 +137,7 @@ class FolderWatch:
     def _schedule(self, folder: str) -> ObservedWatch:
         assert self._observer is not None
         # follow_symlink: a folder reached through a symlink (a ConfigMap's) is watched where it leads
-        return self._observer.schedule(self._handler, folder, recursive=False, follow_symlink=True)
+        return self._observer.schedule(self._handler, folder, recursive=self.recursive, follow_symlink=True)
 
     def add(self, folder: str) -> None:
         """Watch `folder` (OSError if it cannot be)."""

@@ -116,6 +116,14 @@ class LogFile:
         """For external logrotate (SIGUSR1): close; the next write opens the path again."""
         self.close()
 
+    def move(self, path: Path) -> None:
+        """Write to `path` from the next write on (orchestrator.log_dir changed); the stderr
+        log beside it moves too. What was written stays where it is."""
+        self.close()
+        self.path = path
+        if self._err is not None:
+            self._err.move(stderr_path(path))
+
     def errors(self) -> "LogFile":
         """The stderr log beside this one (`stderr = "separate"`), rotated by the same
         sizes; closed and reopened with this one."""

@@ -112,6 +112,14 @@ class StateRecorder:
         """The instances `orch stop` holds: they stay stopped across a master restart."""
         return [name for name, inst in self.supervisor.instances.items() if inst.held]
 
+    def say_held(self) -> None:
+        """At start-up: log the instances a previous master's `orch stop` left stopped; record them."""
+        names = sorted(self.stopped())
+        if names:
+            log.info("%d instances stay stopped, as `orch stop` left them (`orch start` them; `orch up "
+                     "--fresh` forgets): %s", len(names), ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+        self.changed()
+
     def move(self, pidfile: Path) -> None:
         """Write beside a new pidfile from now on (orchestrator.pidfile changed); the old file goes."""
         old, self.pidfile = self.pidfile, pidfile

@@ -23,9 +23,10 @@ Done = Callable[[dict[str, Any]], None]
 class CodeReloader:
     """The code reloads of one master: asked of the spawner, answered by "preloaded"."""
 
-    def __init__(self, supervisor: Any, loop: EventLoop) -> None:
+    def __init__(self, supervisor: Any, loop: EventLoop, stopping: Callable[[], bool] = lambda: False) -> None:
         self.supervisor = supervisor
         self.loop = loop
+        self.stopping = stopping  # the master's: no reload while it shuts down
         self._tokens = itertools.count(1)
         self.pending: dict[int, tuple[str, list[str], Done, Timer]] = {}
         self.count = 0
@@ -34,6 +35,9 @@ class CodeReloader:
 
     def request(self, names: list[str], label: str, on_done: Done) -> None:
         """Renew the zygotes of these instances (the preloaded ones among them) and roll them."""
+        if self.stopping():
+            on_done({"applied": False, "error": "shutting down"})
+            return
         instances = [self.supervisor.instances[n] for n in names if n in self.supervisor.instances]
         keyed = [(inst, zygote_key(inst.target)) for inst in instances]
         keyed = [(inst, key) for inst, key in keyed if key is not None]
@@ -68,7 +72,7 @@ class CodeReloader:
         if errors:
             self.last_error = "; ".join(errors)
             log.error("reload --code (%s) refused, every instance keeps its code: %s", label, self.last_error)
-            on_done({"applied": False, "error": f"reload --code refused, every instance keeps its code:\n"
+            on_done({"applied": False, "error": "reload --code refused, every instance keeps its code:\n"
                                                 + "\n".join(errors)})
             return
         self.count += 1

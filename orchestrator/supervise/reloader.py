@@ -47,6 +47,10 @@ class ReloadHost(Protocol):
 
     def _release_sockets(self) -> None: ...
 
+    def apply_live_settings(self, old: Settings, new: Settings) -> tuple[dict[str, Any], list[str]]: ...
+
+    def config_applied(self) -> None: ...
+
 
 def set_log_level(name: str) -> None:
     log.setLevel(getattr(logging, name.upper(), logging.INFO))
@@ -173,13 +177,14 @@ class Reloader:
         scaler = getattr(self.host, "scaler", None)  # autoscaled cells run their first `count` replicas
         plan = reconcile(scaler.desired(specs) if scaler is not None else specs, self.host.supervisor.running_view())
         self.host.supervisor.events.emit(Happened("reload", None, {"origin": origin, **plan.counts()}))
-        self._apply_settings(config.settings)
+        settings = self._apply_settings(config.settings)
         self.host.supervisor.apply(plan)
         self.host.supervisor.flush()  # the spawner starts on the new instances while we finish here
         self.host._release_sockets()  # sockets gone from the config and used by no instance
         self.host.config = config
         if self.host.watcher is not None:
             self.host.watcher.set_files(config.files, config.include_patterns)
+        self.host.config_applied()
         self.last_error = None
         self.host.applied_at = time.time()
         self.count += 1
@@ -188,7 +193,7 @@ class Reloader:
         counts = plan.counts()
         log.info("reload (%s): +%d -%d ~%d =%d, %d kept, planned in %.1fms", origin, counts["start"],
                  counts["stop"], counts["restart"], counts["update"], counts["keep"], took)
-        return {"applied": True, **counts, "planned_ms": round(took, 2)}
+        return {"applied": True, **counts, "planned_ms": round(took, 2), **({"settings": settings} if settings else {})}
 
     def _reload_failed(self, origin: str, exc: Exception) -> dict[str, Any]:
         if not isinstance(exc, ConfigError):
@@ -201,17 +206,23 @@ class Reloader:
         self.host.supervisor.events.emit(Happened("reload_failed", None, {"origin": origin, "error": str(exc)}))
         return {"applied": False, "error": f"reload failed, nothing changed:\n{exc}"}
 
-    def _apply_settings(self, new: Settings) -> None:
+    def _apply_settings(self, new: Settings) -> list[str]:
+        """Apply the [orchestrator] settings that changed; a note per change for the reload's
+        result, naming each key that could not be applied (and why)."""
         old = self.host.settings
+        kept, notes = self.host.apply_live_settings(old, new)  # rebinding, moving (control/live.py)
         for key in Settings.__dataclass_fields__:
             before, after = getattr(old, key), getattr(new, key)
-            if before == after:
+            if before == after or key in kept:
                 continue
             if key in LIVE_SETTINGS:
                 log.info("setting orchestrator.%s: %s -> %s", key, before, after)
+                if not any(n.startswith(f"orchestrator.{key}:") for n in notes):
+                    notes.append(f"orchestrator.{key}: {before} -> {after}")
             else:
                 log.warning("setting orchestrator.%s changed (%s -> %s): takes effect only after "
                             "a restart of the master", key, before, after)
+                notes.append(f"orchestrator.{key}: not applied, it needs a restart of the master; still {before}")
         if new.log_level != old.log_level:
             set_log_level(new.log_level)
         if new.check_interval != old.check_interval:
@@ -224,8 +235,9 @@ class Reloader:
                 self.host.watcher = None
         if self.host.watcher is not None:
             self.host.watcher.settle = new.settle
-        live = {k: getattr(new, k) for k in LIVE_SETTINGS}
+        live = {k: getattr(new, k) for k in LIVE_SETTINGS if k not in kept}
         self.host.settings = Settings(**{**old.__dict__, **live})
+        return notes
 
 
 

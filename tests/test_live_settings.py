@@ -1,0 +1,125 @@
+"""Master settings apply on save (issue 30): metrics, control_socket, pidfile, log_dir, name,
+max_instances and log_level change on a running master without restarting any instance; a
+bind that fails keeps the old endpoint and says why, naming the key. Real masters."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+import psutil
+import pytest
+
+from conftest import orch, text_of, wait_for
+from servers import free_port
+
+pytestmark = pytest.mark.slow  # real masters and their children
+
+CONFIG = """
+    [orchestrator]
+    name = "{name}"
+    metrics = "127.0.0.1:{port}"
+    control_socket = "{sock}"
+    pidfile = "{pid}"
+    log_dir = "{logs}"
+    max_instances = {most}
+    log_level = "{level}"
+    watch = false
+    [workers.tick]
+    command = ["sh", "-c", "while true; do echo tick; sleep 0.05; done"]
+    replicas = 2
+"""
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read().decode()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+def _reload(master) -> str:
+    result = orch("reload", "-c", str(master.config))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _call(path, cmd: str) -> dict:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"cmd": cmd, "args": {}}).encode() + b"\n")
+        return json.loads(sock.makefile("rb").readline())["result"]
+
+
+def test_every_master_setting_applies_live_and_restarts_nothing(start_master, tmp_path):
+    first, second = free_port(), free_port()
+    old = dict(name="before", port=first, sock=".orch/workers/orch.sock", pid=".orch/workers/orch.pid",
+               logs=".orch/workers/logs", most=100, level="info")
+    master = start_master(CONFIG.format(**old))
+    pids = master.wait_running(2)
+    assert "orch_instances 2" in _scrape(first)
+
+    new = dict(name="after", port=second, sock="run/ctl.sock", pid="run/pid/orch.pid", logs="logs2",
+               most=3, level="debug")
+    master.config.write_text(CONFIG.format(**new))
+    out = _reload(master)
+    for key, before, after in (("metrics", f"127.0.0.1:{first}", f"127.0.0.1:{second}"), ("name", "before", "after"),
+                               ("max_instances", "100", "3"), ("log_level", "info", "debug")):
+        assert f"orchestrator.{key}: {before} -> {after}" in out, out
+    for key in ("control_socket", "pidfile", "log_dir"):
+        assert f"orchestrator.{key}: " in out and "not applied" not in out, out
+
+    # Metrics moved: answers on the new port only.
+    assert "orch_instances 2" in _scrape(second)
+    assert _refused(first)
+    # The control socket moved: the old path is gone, the client with the new config reaches it.
+    assert not master.socket.exists()
+    assert _call(tmp_path / "run" / "ctl.sock", "ping")["pid"] == master.pid
+    status = orch("status", "--json", "-c", str(master.config))
+    assert status.returncode == 0 and len(json.loads(status.stdout)) == 2, status
+    # The pidfile moved under its lock, and the state file with it.
+    assert (tmp_path / "run/pid/orch.pid").read_text().strip() == str(master.pid)
+    assert not master.pidfile.exists()
+    wait_for(lambda: (tmp_path / "run/pid/orch.pid.state").exists(), message="the state file beside the new pidfile")
+    # Logs continue in the new folder; the name is in the title and the status.
+    wait_for(lambda: "tick" in text_of(tmp_path / "logs2" / "tick.log"), message="the log in the new folder")
+    assert _call(tmp_path / "run" / "ctl.sock", "status")["name"] == "after"
+    assert "orch: master after" in " ".join(psutil.Process(master.pid).cmdline())
+    # Nothing restarted.
+    assert {r["name"]: r["pid"] for r in _call(tmp_path / "run" / "ctl.sock", "status")["instances"]} == pids
+    assert all(r["restarts"] == 0 for r in _call(tmp_path / "run" / "ctl.sock", "status")["instances"])
+
+    # max_instances applies: a config over it is refused, and nothing changes.
+    master.config.write_text(CONFIG.format(**new).replace("replicas = 2", "replicas = 4"))
+    refused = orch("reload", "-c", str(master.config))
+    assert refused.returncode == 2 and "more than 3 instances" in refused.stderr, refused
+
+
+def test_a_metrics_bind_that_fails_keeps_the_old_endpoint_and_names_the_key(start_master):
+    first = free_port()
+    settings = dict(name="m", port=first, sock=".orch/workers/orch.sock", pid=".orch/workers/orch.pid",
+                    logs=".orch/workers/logs", most=100, level="info")
+    master = start_master(CONFIG.format(**settings))
+    pids = master.wait_running(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        master.config.write_text(CONFIG.format(**{**settings, "port": busy}))
+        out = _reload(master)
+        assert f"orchestrator.metrics: not applied, cannot listen on 127.0.0.1:{busy}" in out, out
+        assert f"still 127.0.0.1:{first}" in out, out
+        assert "orch_instances 2" in _scrape(first)
+    # The next reload tries again, and now the port is free.
+    out = _reload(master)
+    assert f"orchestrator.metrics: 127.0.0.1:{first} -> 127.0.0.1:{busy}" in out, out
+    assert "orch_instances 2" in _scrape(busy)
+    assert master.pids() == pids
