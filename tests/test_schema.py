@@ -112,7 +112,7 @@ def test_the_readmes_config_examples_are_valid():
     assert len(blocks) >= 3
     for block in blocks:
         document = tomllib.loads(block)
-        if document and not set(document) & {"orchestrator", "vars", "defaults", "workers"}:
+        if document and not set(document) & {"orchestrator", "vars", "defaults", "workers", "hooks"}:
             document = {"workers": {"w": {"command": "x", **document}}}  # keys of one template
         errors = list(VALIDATOR.iter_errors(document))
         assert not errors, (block[:200], [e.message for e in errors])
