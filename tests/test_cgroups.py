@@ -200,3 +200,24 @@ def test_cgroup_off_samples_and_makes_no_cgroup(start_master):
     pid = master.wait_running(1)["w"]
     own = open(f"/proc/{pid}/cgroup").read()
     assert "orch-" not in own, own
+
+
+def test_a_reload_that_lowers_the_limits_in_place_moves_the_kernels_threshold(start_master):
+    require_cgroups()
+    config = """
+        [orchestrator]
+        check_interval = "100ms"
+        [workers.grow]
+        command = {command}
+        memory = {{ soft = "{soft}", hard = "500MiB" }}
+        min_uptime = "0s"
+    """
+    command = json.dumps([PY, "-c", GROW, "80"])
+    master = start_master(config.format(command=command, soft="400MiB"))
+    first = master.wait_running(1)["grow"]
+    wait_for(lambda: os.path.exists(master.folder / "grown"), 5, message="grown")
+    master.write(config.format(command=command, soft="40MiB"))
+    master.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (r := master.status()["grow"])["reason"] == "memory_soft" and r["pid"] not in (None, first)
+             and r["state"] == "running", 10, message="a recycle for the lowered soft limit")
+    assert re.search(r"memory_soft \(working set [\d.]+M over 40.0M \(cgroup\)\)", master.stderr())

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..loop import EventLoop, Timer
 from ..spawn import cgroups
 from ..units import format_size
-from .events import Event, StateChanged
+from .events import Event, PolicyChanged, StateChanged
 from .limits import SOFT_SAMPLES
 
 if TYPE_CHECKING:
@@ -135,6 +135,8 @@ class KernelMemory:
 
     # --- events ----------------------------------------------------------------------
     def on_event(self, event: Event) -> None:
+        if isinstance(event, PolicyChanged):
+            self._policy_changed(event.instance)
         if not isinstance(event, StateChanged):
             return
         if event.started:
@@ -176,6 +178,24 @@ class KernelMemory:
         watch.efd = efd
         self.loop.add_reader(efd, lambda: self._woken(inst, watch))
         self._check(inst, watch)  # over `soft` already: a threshold fires only when crossed
+
+    def _policy_changed(self, inst: "Instance") -> None:
+        """A reload changed the limits in place: the cgroup's limit and threshold follow."""
+        watch = self.watches.get(inst.name)
+        if watch is None or watch.memory is None or watch.efd < 0:
+            return
+        self.loop.remove_reader(watch.efd)
+        os.close(watch.efd)
+        watch.efd, watch.tries, watch.over_soft = -1, 0, 0
+        hard = inst.spec.policy.memory_hard
+        try:
+            with open(os.path.join(watch.memory, "memory.limit_in_bytes"), "w") as f:
+                f.write(str(hard or -1))
+        except OSError as exc:  # EBUSY: the kernel cannot bring it under the new limit
+            self.limits.enforce(inst, "memory_hard", f"over the new hard limit {format_size(hard or 0)} "
+                                f"(cgroup: {exc.strerror})")
+            return
+        self._register(inst, watch)
 
     def _retry(self, inst: "Instance", watch: Watch) -> None:
         watch.timer = None
