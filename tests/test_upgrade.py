@@ -292,3 +292,35 @@ def test_autoscaled_cells_keep_their_count_and_pin_across_an_upgrade(start_maste
     row = cells(master)["consumer-qa"]
     assert row["desired"] == 3 and row.get("pinned") == 3, row
     assert master.terminate() == 0
+
+
+GROW_LATER = """
+import pathlib, sys, time
+while not pathlib.Path("go").exists():
+    time.sleep(0.02)
+block = bytearray(120 << 20); block[::4096] = b"x" * len(block[::4096])
+time.sleep(1000)
+"""
+
+
+@pytest.mark.slow
+def test_the_kernels_memory_watch_carries_over(start_master, tmp_path):
+    import json
+    from test_cgroups import require_cgroups
+    require_cgroups()
+    master = start_master(f"""
+        [workers.grow]
+        command = {json.dumps([PY, "-c", GROW_LATER])}
+        cwd = "{tmp_path}"
+        memory = {{ hard = "60MiB" }}
+        min_uptime = "0s"
+    """)
+    first = master.wait_running(1)["grow"]
+    result = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert master.status()["grow"]["pid"] == first
+    (tmp_path / "go").write_text("1")
+    wait_for(lambda: master.status()["grow"]["reason"] == "memory_hard", 10, message="grow killed at its limit")
+    after = master.stderr().split("took over 1 instances")[1]
+    assert "the kernel holds its allocations at 60.0M (cgroup" in after, after
+    assert master.terminate() == 0

@@ -39,7 +39,8 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         orch=__version__, config=str(master.config.path), quiet=master.supervisor.echo is None,
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
                 "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
-                "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler)},
+                "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler),
+                "cgroups": cgroups_record(master.kernel_memory)},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
         fds=fds, instances=[instance_record(inst) for inst in master.supervisor.instances.values()],
@@ -58,3 +59,12 @@ def scaler_record(scaler: Any) -> dict[str, Any]:
     return {"pins": dict(scaler.pins),
             "cells": {name: [cell.state.count, cell.state.up_since, cell.state.down_since]
                       for name, cell in scaler.cells.items()}}
+
+
+def cgroups_record(kernel: Any) -> dict[str, Any] | None:
+    """`cgroup = "auto"`: the run's cgroup folders and each running instance's, so the new
+    master watches their memory events again (and removes them when the instance ends)."""
+    if kernel is None:
+        return None
+    return {"run": list(kernel.run), "made": kernel.made,
+            "watches": {name: list(watch.dirs) for name, watch in kernel.watches.items()}}

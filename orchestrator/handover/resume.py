@@ -55,6 +55,7 @@ class Handover:
         client. Returns the plan for anything the config has that the record had not."""
         record, sup = self.record, master.supervisor
         specs = {spec.name: spec for spec in master._initial_specs}
+        self._cgroups(master.kernel_memory)
         for row in record["instances"]:
             restore_instance(master, specs[row["name"]], row)
         self._pipes(sup, master.settings.log_dir)
@@ -86,6 +87,16 @@ class Handover:
             else:  # a removed instance's process still talking: its log, as before
                 logfile = LogFile(log_path(log_dir, pipe["name"]), 0, 0)
                 sup.launcher.pump.add(fd, logfile.errors().write if pipe["stderr"] else logfile.write)
+
+    def _cgroups(self, kernel: Any) -> None:
+        """The old master's cgroups, as if each running instance's start were in flight: its
+        "handed over" start then watches them as a start does (kernel_memory.py)."""
+        kept = self.record["master"].get("cgroups")
+        if kernel is None or not kept:
+            return
+        from ..spawn.cgroups import Layout
+        kernel.run, kernel.made = Layout(*kept["run"]), kept["made"]
+        kernel.pending.update({name: tuple(dirs) for name, dirs in kept["watches"].items()})
 
     def _counters(self, master: Any) -> None:
         old, spawner = self.record["master"], self.record["spawner"]
