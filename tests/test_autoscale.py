@@ -131,3 +131,22 @@ def test_scale_and_backlog_parse():
             parse_backlog(bad)
     with pytest.raises(ValueError, match="step"):
         parse_scale({"step": 0})
+
+
+def test_the_cells_table_and_top_header():
+    from orchestrator.cli.scale_view import cell_summaries, render_cells
+    from orchestrator.cli.top import summarize
+    rows = [{"cell": "consumer-qa", "template": "consumer", "now": 3, "desired": 5, "min": 1, "max": 8,
+             "backlog": 900, "source_error": None, "pinned": None, "decided_at": 0.0,
+             "reason": "backlog 900: 5 wanted, above 3 for 2.0s: up to 5"},
+            {"cell": "consumer-qb", "template": "consumer", "now": 2, "desired": 2, "min": 1, "max": 8,
+             "backlog": None, "source_error": "connection refused", "pinned": 2, "decided_at": None, "reason": ""}]
+    lines = render_cells(rows)
+    assert lines[0].split() == ["CELL", "NOW/DESIRED", "MIN-MAX", "BACKLOG", "LAST", "DECISION"]
+    assert "3/5" in lines[1] and "1-8" in lines[1] and "up to 5" in lines[1]
+    assert "?" in lines[2] and "unreadable (connection refused)" in lines[2] and "[pinned]" in lines[2]
+    assert render_cells([]) == []
+    assert cell_summaries(rows) == ["consumer-qa 3/5 [1-8] backlog 900 (up to 5)",
+                                    "consumer-qb 2/2 [1-8] backlog ? () pinned"]
+    header = "".join(text for text, _ in summarize({"instances": [], "scaling": rows}))
+    assert "consumer-qa 3/5 [1-8] backlog 900" in header

@@ -8,12 +8,14 @@ from __future__ import annotations
 import random
 import socket
 import time
+import urllib.request
 
 import pytest
 import redis
 
 from conftest import orch, wait_for
 from queue_support import Events, chaos_kill, consumer_config, write_handlers
+from servers import free_port
 
 pytestmark = pytest.mark.slow  # real servers and masters, seconds of scaling
 
@@ -129,8 +131,15 @@ def test_min_zero_starts_from_nothing_on_the_first_message_beanstalkd(start_mast
 
 def test_orch_scale_pins_until_auto(start_master, redis_server, tmp_path):
     write_handlers(tmp_path)
-    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa", "qb"],
-                                 low=1, high=4, per=10))
+    port = free_port()
+    text = config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa", "qb"], low=1, high=4, per=10)
+    master = start_master(text.replace('check_interval = "0.2s"', f'check_interval = "0.2s"\n    metrics = "127.0.0.1:{port}"'))
+    wait_for(lambda: cells(master)["consumer-qa"]["backlog"] == 0, 10)
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'orch_replicas_desired{cell="consumer-qa",template="consumer"} 1' in scraped, scraped[-800:]
+    assert 'orch_backlog{cell="consumer-qa",template="consumer"} 0' in scraped
+    shown = orch("queues", "-c", str(master.config))
+    assert "consumer-qa" in shown.stdout and "NOW/DESIRED" in shown.stdout, shown.stdout + shown.stderr
     out = orch("scale", "consumer", "3", "-c", str(master.config))
     assert out.returncode == 0, out.stderr
     wait_for(lambda: running(master, "consumer-qa") == 3 and running(master, "consumer-qb") == 3, 15)

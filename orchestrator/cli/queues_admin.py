@@ -98,6 +98,16 @@ def retry(ref: QueueRef) -> int:
         raise OrchError(f"{ref.backend} at {redact(ref.url)}: {exc}") from None
 
 
+def _scaling(path: Path) -> list[dict[str, Any]]:
+    """The running master's autoscaled cells (replicas, backlog, last decision); [] without one."""
+    import argparse
+    from .link import ask
+    try:
+        return ask(argparse.Namespace(config=str(path)), path, "scale")["cells"]
+    except Exception:  # noqa: BLE001 - no master, an old one: the queues table stands alone
+        return []
+
+
 def _dead(ref: QueueRef) -> str:
     return str(ref.kwargs.get("dead_letter") or f"{ref.name}:dead")
 
@@ -129,7 +139,11 @@ def run_queues(path: Path, action: str | None, queue: str | None, as_json: bool)
     refs = queues_of(expand(load_config(path)))
     if action is None:
         rows = [probe(ref) for ref in refs]
-        print(json.dumps(rows, indent=2) if as_json else render(rows))
+        if as_json:  # the rows as they always were; `orch scale --json` has the cells
+            print(json.dumps(rows, indent=2))
+        else:
+            from .scale_view import render_cells
+            print("\n".join([render(rows), *render_cells(_scaling(path))]))
         return EXIT_OK
     chosen = [ref for ref in refs if ref.name == queue]
     if not queue or not chosen:

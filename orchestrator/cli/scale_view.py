@@ -33,6 +33,18 @@ def render_cells(rows: list[dict[str, Any]] | None) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
 
 
+def cell_summaries(rows: list[dict[str, Any]] | None) -> list[str]:
+    """One short text per autoscaled cell, for `orch top`'s header: now/desired, bounds,
+    backlog and the last decision's outcome ("up to 5", "steady", "count kept")."""
+    out = []
+    for r in rows or []:
+        backlog = "?" if r.get("source_error") else r.get("backlog")
+        outcome = (r.get("reason") or "").rsplit(": ", 1)[-1]
+        pin = " pinned" if r.get("pinned") is not None else ""
+        out.append(f"{r['cell']} {r['now']}/{r['desired']} [{r['min']}-{r['max']}] backlog {backlog} ({outcome}){pin}")
+    return out
+
+
 def cmd_scale(args: argparse.Namespace, path: Path) -> int:
     from ..control.client import ControlError
     from .link import ask

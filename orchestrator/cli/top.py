@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..units import format_duration, format_size
+from .scale_view import cell_summaries
 from .probe_view import probe_summary
 
 Segment = tuple[str, str]
@@ -304,6 +305,7 @@ def summarize(reply: dict[str, Any]) -> Line:
         (f"  RSS {format_size(rss)}  CPU {cpu:.1f}%  last reload {when}", "plain")]
     if reply.get("last_reload_error"):
         line.append(("  LAST RELOAD FAILED", "error"))
+    line += [(f"  {cell}", "error" if "?" in cell else "plain") for cell in cell_summaries(reply.get("scaling"))]
     return line
 
 
