@@ -13,7 +13,7 @@ import sys
 from ..config import find_config
 from ..control.client import ControlError
 from ..errors import ConfigError, NoMasterError, OrchError
-from .commands import COMMANDS, OFFLINE, build_parser  # noqa: F401 - the CLI's declarations
+from .commands import COMMANDS, OFFLINE, build_parser, command_in  # noqa: F401 - the CLI's declarations
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
 
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orch: needs Linux (this is {sys.platform}): it relies on prctl, /proc and "
               "child subreapers", file=sys.stderr)
         return EXIT_FAILED
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_in(words)).parse_args(words)
     problem = _bad_arguments(args)
     if problem:
         print(f"orch: {problem}", file=sys.stderr)
