@@ -34,6 +34,8 @@ def replay(history: list[tuple[float, int | None]], state: CellState, bounds: Bo
 @pytest.mark.parametrize("name, history, start, expected", [
     ("a burst waits up_after, then climbs step a second",
      [(0, 5000), (1, 5000), (2, 5000), (3, 5000), (4, 5000), (5, 5000), (6, 5000)], 1, [1, 1, 3, 5, 7, 8, 8]),
+    ("two decisions in the same second take one step (a reading right after the wait's timer)",
+     [(0, 5000), (2, 5000), (2.02, 5000), (2.5, 5000), (3, 5000)], 1, [1, 3, 3, 3, 5]),
     ("a blip shorter than up_after changes nothing",
      [(0, 5000), (1, 5000), (1.5, 0), (2.5, 5000), (3.5, 5000)], 1, [1, 1, 1, 1, 1]),
     ("idle goes down only after down_after, by step",

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 
 from ..config.scaling import Scale, wanted
 
+STEP_EVERY = 1.0  # seconds between two steps of one climb or descent: `step` replicas a second
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -32,6 +34,7 @@ class CellState:
     count: int
     up_since: float | None = None
     down_since: float | None = None
+    stepped_at: float | None = None  # the last step of an ongoing climb or descent
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,15 @@ def _toward(state: CellState, want: int, backlog: int, now: float, pace: Scale,
         kept = replace(state, up_since=since) if up else replace(state, down_since=since)
         return kept, Decision(state.count, want, f"backlog {backlog}: {want} wanted, {word} "
                               f"{state.count} for {now - since:.1f}s of {wait:g}s", False, since + wait)
+    # The wait has been served: while the demand holds, the climb (or descent) goes on by
+    # `step` a second, rather than `step` per `up_after`.
+    if state.stepped_at is not None and now - state.stepped_at < STEP_EVERY:
+        kept = replace(state, up_since=since) if up else replace(state, down_since=since)
+        return kept, Decision(state.count, want, f"backlog {backlog}: {want} wanted, next step at most "
+                              f"{STEP_EVERY:g}s after the last", False, state.stepped_at + STEP_EVERY)
     count = min(want, state.count + pace.step) if up else max(want, state.count - pace.step)
-    # The wait has been served: the next step follows at the next decision while the demand
-    # holds, so a burst climbs `step` per second rather than `step` per `up_after`.
-    moved = CellState(count, up_since=since) if up else CellState(count, down_since=since)
+    moved = (CellState(count, up_since=since, stepped_at=now) if up
+             else CellState(count, down_since=since, stepped_at=now))
     if count == want:
         moved = CellState(count)
     verb = "up" if up else "down"
