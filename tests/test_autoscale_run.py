@@ -154,3 +154,37 @@ def test_orch_scale_pins_until_auto(start_master, redis_server, tmp_path):
                         low=2, high=2, per=10))
     wait_for(lambda: running(master, "consumer-qa") == 2 and running(master, "consumer-qb") == 2, 15,
              message="a save that changes the bounds applies at once")
+
+
+def test_a_plain_command_names_its_source(start_master, redis_server, tmp_path):
+    """A command template reads `backlog = { command = [...] }` (run by the master off its loop,
+    reaped with the rest) or a Redis list it names, rendered per cell."""
+    (tmp_path / "n-a.txt").write_text("2\n")
+    (tmp_path / "n-b.txt").write_text("0\n")
+    master = start_master(f"""
+    [workers.sleeper]
+    command = ["sleep", "600"]
+    matrix = {{ part = ["a", "b"] }}
+    replicas = {{ min = 0, max = 3 }}
+    backlog = {{ command = ["cat", "n-{{{{ part }}}}.txt"], per = 1 }}
+    scale = {{ up_after = "0.3s", down_after = "0.5s", step = 3 }}
+    stop_timeout = "1s"
+    [workers.lister]
+    command = ["sleep", "600"]
+    replicas = {{ min = 0, max = 2 }}
+    backlog = {{ redis = "{redis_server.url}", list = "jobs:{{{{ template }}}}", per = 10 }}
+    scale = {{ up_after = "0.3s", down_after = "0.5s" }}
+    stop_timeout = "1s"
+    """)
+    wait_for(lambda: running(master, "sleeper-a") == 2, 10, message="two from the command's 2")
+    assert running(master, "sleeper-b") == 0
+    (tmp_path / "n-a.txt").write_text("0\n")
+    (tmp_path / "n-b.txt").write_text("7\n")
+    wait_for(lambda: running(master, "sleeper-b") == 3 and not any(n.startswith("sleeper-a") for n in master.status()),
+             10, message="a back to nothing, b up to max")
+    (tmp_path / "n-b.txt").write_text("many\n")
+    wait_for(lambda: cells(master)["sleeper-b"]["source_error"], 5, message="a bad output is an unreadable source")
+    assert "not a whole number" in cells(master)["sleeper-b"]["source_error"]
+    redis.Redis.from_url(redis_server.url).lpush("jobs:lister", *[b"x"] * 15)
+    wait_for(lambda: running(master, "lister") == 2, 10, message="the list's 15 ask for 2")
+    assert master.proc.poll() is None
