@@ -11,7 +11,7 @@ import urllib.request
 import psutil
 import pytest
 
-from conftest import orch, text_of, wait_for
+from conftest import guard_of, orch, text_of, wait_for
 from servers import free_port
 
 pytestmark = pytest.mark.slow  # real masters and their children
@@ -89,6 +89,9 @@ def test_every_master_setting_applies_live_and_restarts_nothing(start_master, tm
     assert (tmp_path / "run/pid/orch.pid").read_text().strip() == str(master.pid)
     assert not master.pidfile.exists()
     wait_for(lambda: (tmp_path / "run/pid/orch.pid.state").exists(), message="the state file beside the new pidfile")
+    wait_for(lambda: (guard := guard_of(master)) is not None
+             and str(tmp_path / "run/pid/orch.pid.state") in " ".join(guard.cmdline()),
+             message="the spawner's guard reading the moved state file")
     # Logs continue in the new folder; the name is in the title and the status.
     wait_for(lambda: "tick" in text_of(tmp_path / "logs2" / "tick.log"), message="the log in the new folder")
     assert _call(tmp_path / "run" / "ctl.sock", "status")["name"] == "after"

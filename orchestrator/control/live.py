@@ -9,7 +9,8 @@ result; the next save tries again.
 
 What stays where it was until the master restarts: the notify socket beside the first
 control socket (its path is in every running instance's NOTIFY_SOCKET), the spawner's title
-and master.log of `orch up --detach` (its stdout and stderr).
+and master.log of `orch up --detach` (its stdout and stderr). The spawner's guard is started
+again on the moved state file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable
 from ..config.load import Settings
 from ..errors import ConfigError, OrchError
 from ..observe.logs import log_path
+from ..spawn.orphans import state_path
 from ..spawn.pidfile import PidLock, folder_problem
 from ..title import set_title
 from .record import write_record
@@ -115,6 +117,7 @@ class LiveSettings:
             return str(exc)
         old, master.lock = master.lock, lock
         master.state_file.move(after)
+        master.spawner.state_moved(str(state_path(after)))  # its guard reads it if the spawner dies
         old.release()
         return None
 

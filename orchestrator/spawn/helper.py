@@ -56,8 +56,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         from .zygote import ZygotePool  # zygote.py builds on this module's helpers
         self.zygotes = ZygotePool(self.selector, self._send, self.lineage.started, self._leader_exited,
                                   self.sockets)
-        self.devnull = os.open(os.devnull, os.O_RDWR)
-        os.set_inheritable(self.devnull, False)
+        self.devnull = os.open(os.devnull, os.O_RDWR)  # not inheritable (PEP 446)
         self.posix = PosixStarter(self.devnull)  # the posix_spawn path (posix.py)
         self.probes = ProbeRunner(self.posix, self.devnull, run, self._send)
         self.since = start_time(os.getpid())
@@ -187,10 +186,11 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             self._hold_sockets(message[1], fds)
             return True
         if message[0] == "close_sockets":
-            for key in message[1]:
-                fd = self.sockets.pop(key, None)
-                if fd is not None:
-                    os.close(fd)
+            for fd in [fd for fd in (self.sockets.pop(key, None) for key in message[1]) if fd is not None]:
+                os.close(fd)
+        elif message[0] == "state":  # the master's state file moved (orchestrator.pidfile): a new guard reads it
+            self.state, _ = message[1], os.write(self.guard_fd, b"x\n")  # the old guard exits, no sweep
+            self._start_guard()
         elif message[0] == "spawn":
             self._spawn_all(message[1], fds)
         elif message[0] == "signal":

@@ -127,6 +127,10 @@ class SpawnerClient:
         except OSError:
             pass  # the spawner is gone, and its probes with it
 
+    def state_moved(self, path: str) -> None:
+        """The master's state file is at `path` now: the spawner's guard reads it from then on."""
+        self.sock.send(pickle.dumps(("state", path)))
+
     def preload(self, token: int, keys: list[tuple[Any, ...]]) -> None:
         """Start fresh zygotes for these keys (target, pythonpath, set-up) and swap them in
         once all imported (code_reload.py); answered by ("preloaded", token, [errors])."""
