@@ -1,7 +1,7 @@
 """Accepting connections on a listening socket inside the event loop, bounded: at most a
 batch per wake-up, a cap below the fd limit, and a pause instead of a spin when the fd
-table is full. Shared by the control socket (control/server.py) and the metrics endpoint
-(observe/metrics.py)."""
+table is full. Shared by the control socket (control/server.py), the metrics endpoint
+(observe/metrics.py) and the dashboard (web/http.py)."""
 
 from __future__ import annotations
 

@@ -107,3 +107,59 @@ def test_the_page_filter(query, state, hit):
     inst = SimpleNamespace(name="web-3", spec=SimpleNamespace(template="api"),
                            state=SimpleNamespace(value="running"))
     assert matches(inst, query, state) is hit
+
+
+class _Conn:
+    """What Feed needs of a connection: bytes it was given, and how many wait unread."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.backlog = 0
+        self.on_close = None
+
+    def stream(self, on_close) -> None:
+        self.on_close = on_close
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def finish(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        self.on_close()
+
+
+def test_a_page_that_falls_behind_costs_nothing_and_is_told_what_it_missed():
+    from orchestrator.loop import EventLoop
+    from orchestrator.supervise.journal import Journal
+    from orchestrator.web.feed import MAX_BACKLOG, MAX_STREAMS, Feed
+    loop, journal = EventLoop(), Journal()
+    fleet = {f"w-{i}": SimpleNamespace(name=f"w-{i}", pid=None, spec=SimpleNamespace(template="w"),
+                                       state=SimpleNamespace(value="stopped"), restarts=0, cpu_percent=0.0,
+                                       rss=0, last_exit=None, held=True, uptime=lambda: 0.0) for i in range(3)}
+    feed = Feed(loop, lambda: fleet, lambda pid: (0, 0, 1), journal)
+    try:
+        conn = _Conn()
+        feed.open(conn, {"limit": "2"})
+        assert any(b"event: page" in d and b'"total":3' in d for d in conn.sent)
+        journal.record("started", "w-0", "w", pid=1)
+        assert b'"kind":"started"' in conn.sent[-1]
+        conn.backlog, before = MAX_BACKLOG + 1, len(conn.sent)
+        for _ in range(500):
+            journal.record("exited", "w-0", "w", pid=1)
+        feed._usage_tick()
+        assert len(conn.sent) == before, "nothing more queued for a page that does not read"
+        conn.backlog = 0
+        journal.record("started", "w-0", "w", pid=2)
+        assert conn.sent[-2] == b"event: dropped\ndata: 500\n\n" and b'"pid":2' in conn.sent[-1]
+        others = [_Conn() for _ in range(MAX_STREAMS)]
+        for other in others:
+            feed.open(other, {})
+        assert b"503" in others[-1].sent[0] and len(feed.streams) == MAX_STREAMS
+        for other in [conn, *others[:-1]]:
+            other.close()
+        assert not feed.streams and feed._usage_timer is None, "nobody looks: no timers, no follower"
+        journal.record("started", "w-1", "w", pid=3)  # no follower left to call
+    finally:
+        loop.close()
