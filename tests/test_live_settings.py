@@ -125,4 +125,15 @@ def test_a_metrics_bind_that_fails_keeps_the_old_endpoint_and_names_the_key(star
     out = _reload(master)
     assert f"orchestrator.metrics: 127.0.0.1:{first} -> 127.0.0.1:{busy}" in out, out
     assert "orch_instances 2" in _scrape(busy)
+    # No metrics at all: the endpoint closes; the same port again: it opens.
+    master.config.write_text(CONFIG.format(**{**settings, "port": busy}).replace(f'metrics = "127.0.0.1:{busy}"', ""))
+    assert f"orchestrator.metrics: 127.0.0.1:{busy} -> None" in _reload(master)
+    assert _refused(busy)
+    master.config.write_text(CONFIG.format(**{**settings, "port": busy}))
+    assert f"orchestrator.metrics: None -> 127.0.0.1:{busy}" in _reload(master)
+    assert "orch_instances 2" in _scrape(busy)
+    # Another host on the same port: the old endpoint closes first, the new one takes the port.
+    master.config.write_text(CONFIG.format(**{**settings, "port": busy}).replace("127.0.0.1:", "localhost:"))
+    assert f"orchestrator.metrics: 127.0.0.1:{busy} -> localhost:{busy}" in _reload(master)
+    assert "orch_instances 2" in _scrape(busy)
     assert master.pids() == pids
