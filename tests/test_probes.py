@@ -92,10 +92,20 @@ def test_http_target_resolves_to_address_and_path() -> None:
 def test_probe_through_a_shared_socket_is_a_located_error(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "workers.toml"
-    config.write_text(f'[sockets.web]\nbind = "127.0.0.1:{port}"\n[workers.web]\ncommand = "sleep 1"\n'
+    config.write_text(f'[sockets.web]\nbind = "0.0.0.0:{port}"\n[workers.web]\ncommand = "sleep 1"\n'
                       f'sockets = ["web"]\nprobes = {{ readiness = {{ tcp = "127.0.0.1:{port}" }} }}\n')
     result = orch("check", "-c", str(config))
     assert result.returncode == 2 and "workers.web.probes" in result.stderr and "shared socket" in result.stderr
+
+
+@pytest.mark.parametrize("bind,host,port,reaches", [
+    ("127.0.0.1:8000", "127.0.0.1", 8000, True), ("0.0.0.0:8000", "127.0.0.1", 8000, True),
+    ("[::]:8000", "::1", 8000, True), ("localhost:8000", "127.0.0.1", 8000, True),
+    ("127.0.0.2:8000", "127.0.0.1", 8000, False), ("0.0.0.0:8000", "127.0.0.1", 8001, False),
+    ("unix:/run/app.sock", "127.0.0.1", 8000, False)])
+def test_which_probe_addresses_reach_a_shared_bind(bind: str, host: str, port: int, reaches: bool) -> None:
+    from orchestrator.expand.probes import _reaches
+    assert _reaches(bind, host, port) is reaches
 
 
 # --- real masters -----------------------------------------------------------------------

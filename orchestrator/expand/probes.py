@@ -17,7 +17,7 @@ def probe_fields(template: Template, context: dict[str, Any], renderer: Any,
     if not template.policy.probes:
         return {}
     step[0] = "probes"
-    shared = {info["bind"]: name for name, info in context.get("sockets", {}).items()}
+    shared = {name: info["bind"] for name, info in context.get("sockets", {}).items()}
     probes: list[Probe] = []
     for decl in template.policy.probes:
         try:
@@ -27,7 +27,7 @@ def probe_fields(template: Template, context: dict[str, Any], renderer: Any,
         if probe.kind in ("exec", "notify"):  # no address: nothing shared to reach
             probes.append(probe)
             continue
-        name = shared.get(probe.address) or shared.get(f"localhost:{probe.port}")
+        name = next((n for n, bind in shared.items() if _reaches(bind, probe.host, probe.port)), None)
         if name is not None:
             raise SetupError("probes", f"probes.{decl.role} checks {probe.address}, the shared socket "
                              f"{name!r}: it reaches whichever replica accepts; give each instance its own "
@@ -41,3 +41,18 @@ def _rendered(target: str | tuple[str, ...], context: dict[str, Any], renderer: 
     if isinstance(target, tuple):
         return tuple(renderer.text(arg, context) if "{" in arg else arg for arg in target)
     return renderer.text(target, context) if "{" in target else target
+
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _reaches(bind: str, host: str, port: int) -> bool:
+    """Whether a probe of host:port lands on the socket bound at `bind` ("HOST:PORT",
+    "[V6]:PORT", a wildcard address, or unix:PATH, which no tcp or http probe reaches)."""
+    if bind.startswith("unix:"):
+        return False
+    bound_host, _, bound_port = bind.rpartition(":")
+    bound_host = bound_host.strip("[]")
+    if not bound_port.isdigit() or int(bound_port) != port:
+        return False
+    return bound_host in WILDCARDS or bound_host == host or (bound_host == "localhost" and host == "127.0.0.1")
