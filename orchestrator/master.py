@@ -31,6 +31,7 @@ from .spawn.listeners import Listeners
 from .spawn.orphans import StateRecorder, end_record, state_path
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
+from .supervise.applying import apply_first
 from .supervise.events import Event, OpsIdle, SpawnerLost, StateChanged
 from .supervise.hooks import Hooks
 from .supervise.journal import Journal
@@ -104,6 +105,7 @@ class Master:
         echo = None if quiet else Echo()
         self.notify_path = self.settings.control_socket.with_name(self.settings.control_socket.name + ".notify")
         self.supervisor = Supervisor(self.loop, spawner, self.settings.log_dir, echo, str(self.notify_path))
+        self.supervisor.events.subscribe(self.supervisor.launcher.on_event)  # first: last lines to the log
         self.limits = Limits(self.supervisor, self.loop, self.settings.check_interval)
         self.kernel_memory = KernelMemory.start(self.loop, self.supervisor, self.limits, spawner.run,
                                                 self.settings.check_interval) if self.settings.cgroup == "auto" else None
@@ -211,10 +213,11 @@ class Master:
                 plan = reconcile(self.scaler.desired(self._initial_specs), {})
             else:  # the spawner holds the sockets already, and the instances run on
                 plan = handover.restore(self)
-            self.supervisor.apply(plan, self._held)
+            # a chunk at a time: the spawner forks while the rest are set up, and while
+            # the watcher below starts up
+            apply_first(self.supervisor, plan, self._held, self.supervisor.flush)
             if self._held:
                 self.state_file.say_held()
-            self.supervisor.flush()  # the spawner forks while the watcher below starts up
             if self.settings.watch:
                 self._start_watcher()
                 if self.reloader._read_sources() != self.reloader.config_bytes:  # saved while we were starting

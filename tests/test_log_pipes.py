@@ -127,3 +127,27 @@ def test_drain_hands_on_what_a_paused_pipe_holds():
     assert got == [b"first\n", b"last words\n"]
     os.close(write_end)
     wait_for(lambda: (pump.drain(), len(pump) == 0)[1], 2, message="EOF closes the pipe")
+
+
+def test_drain_of_one_owner_reads_only_its_pipes():
+    """What the launcher does when an instance ends, before the journal and hooks see it."""
+    loop = EventLoop()
+    pump = OutputPump(loop, batch=60.0)
+    got: dict[str, list[bytes]] = {"a": [], "b": []}
+    ends = {}
+    for owner in ("a", "b"):
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        pump.add(read_end, got[owner].append, owner)
+        ends[owner] = write_end
+        os.write(write_end, b"first\n")
+    run_until(loop, lambda: got["a"] and got["b"], 2)
+    for owner in ("a", "b"):
+        os.write(ends[owner], b"last\n")
+    os.close(ends["a"])
+    pump.drain("a")
+    assert got["a"] == [b"first\n", b"last\n"] and got["b"] == [b"first\n"]
+    assert len(pump) == 1, "a's pipe reached EOF and was closed"
+    os.close(ends["b"])
+    pump.drain()
+    assert got["b"] == [b"first\n", b"last\n"] and len(pump) == 0

@@ -39,10 +39,15 @@ class OutputPump:
         self._sizes: dict[int, int] = {}  # pipe capacity, where grown
         self._paused: set[int] = set()  # off the selector until the next tick
         self._timer: Timer | None = None
+        self._owners: dict[int, object] = {}  # fd -> the instance it belongs to
+        self._fds: dict[object, set[int]] = {}  # and back
 
-    def add(self, fd: int, write: Writer) -> None:
+    def add(self, fd: int, write: Writer, owner: object = None) -> None:
         """Read the pipe `fd` (non-blocking) into `write` until every writer has closed it."""
         self._writers[fd] = write
+        if owner is not None:
+            self._owners[fd] = owner
+            self._fds.setdefault(owner, set()).add(fd)
         self.loop.add_reader(fd, lambda: self._readable(fd))
 
     def __len__(self) -> int:
@@ -102,11 +107,18 @@ class OutputPump:
             self.loop.remove_reader(fd)
         self._writers.pop(fd, None)
         self._sizes.pop(fd, None)
+        owner = self._owners.pop(fd, None)
+        if owner is not None:
+            fds = self._fds[owner]
+            fds.discard(fd)
+            if not fds:
+                del self._fds[owner]
         os.close(fd)
 
-    def drain(self) -> None:
-        """Hand on what every pipe holds now (the master is about to exit: nothing stays
-        unread behind a timer)."""
-        for fd in list(self._writers):
+    def drain(self, owner: object = None) -> None:
+        """Hand on what the pipes of `owner` (default: every pipe) hold now: an instance
+        that just ended (its last lines are in its log before anyone reads them, a hook's
+        stdin), or the master about to exit. Nothing stays unread behind a timer."""
+        for fd in list(self._writers if owner is None else self._fds.get(owner, ())):
             while fd in self._writers and self._read(fd):
                 pass

@@ -139,11 +139,17 @@ class Launcher:
                 raise
         inst.token = token
         self.by_token[token] = inst
-        self.pump.add(ends[0][0], inst.write_output)
+        self.pump.add(ends[0][0], inst.write_output, inst)
         if len(ends) == 2:
-            self.pump.add(ends[1][0], inst.write_stderr)
+            self.pump.add(ends[1][0], inst.write_stderr, inst)
         outputs.append(tuple(write_end for _, write_end in ends))
         return request
+
+    def on_event(self, event: Any) -> None:
+        """An instance ended: its last output goes to its log now, before the subscribers
+        after this one (the journal, hooks reading the log's last lines) see the exit."""
+        if getattr(event, "ended", False):
+            self.pump.drain(event.instance)
 
     def answered(self, token: int) -> "Instance | None":
         """The instance a spawner's answer (a pid or a failure) is about, no longer in flight."""
