@@ -151,6 +151,7 @@ def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_pa
         """)
     master.wait_running(7)
     before, status, asked = fleet(master), master.call("status"), time.monotonic()
+    journal = master.call("events")["events"]
     assert status["versions"]["master"] == "0.1.0" and status["pid"] == master.pid
     set_version(tree, "9.9.9")  # what `pip install -U` would have done
     with Wrk(f"http://127.0.0.1:{port}/", seconds=90, connections=8) as wrk:
@@ -167,6 +168,9 @@ def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_pa
     assert after["versions"] == {**after["versions"], "master": "9.9.9", "spawner": "0.1.0", "previous": "0.1.0",
                                  "upgrades": 1}
     assert fleet(master) == before, "a child was restarted"
+    kept = master.call("events")["events"]
+    assert kept[:len(journal)] == journal, "the journal (orch events) did not carry over"
+    assert not [e for e in kept[len(journal):] if e["kind"] == "started"], "the upgrade was journaled as starts"
     rows_before = {r["name"]: r for r in status["instances"]}
     elapsed = after["started"] - status["started"]
     assert elapsed == 0, "the master's start time changed"

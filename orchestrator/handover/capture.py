@@ -40,7 +40,7 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
                 "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
                 "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler),
-                "cgroups": cgroups_record(master.kernel_memory)},
+                "cgroups": cgroups_record(master.kernel_memory), "journal": master.journal.handover()},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
         fds=fds, instances=[instance_record(inst) for inst in master.supervisor.instances.values()],

@@ -21,7 +21,7 @@ from ..expand.spec import ProcessSpec
 from ..observe.logs import LogFile, log_path
 from ..plan import Plan, reconcile
 from ..spawn.listeners import Listeners
-from ..supervise.events import StateChanged
+from ..supervise.events import HandedOver
 from ..supervise.states import State, Then
 from .carry import Taken, release_signals
 from .state import KEPT
@@ -56,6 +56,7 @@ class Handover:
         record, sup = self.record, master.supervisor
         specs = {spec.name: spec for spec in master._initial_specs}
         self._cgroups(master.kernel_memory)
+        master.journal.take_over(record["master"].get("journal") or {})
         for row in record["instances"]:
             restore_instance(master, specs[row["name"]], row)
         self._pipes(sup, master.settings.log_dir)
@@ -141,7 +142,7 @@ def restore_instance(master: Any, spec: ProcessSpec, row: dict[str, Any]) -> Non
     due = row["timer"]
     left = max(0.0, due - loop.time()) if due is not None else None
     if state is State.RUNNING:
-        sup.events.emit(StateChanged(inst, State.STARTING, State.RUNNING, "handed over"))
+        sup.events.emit(HandedOver(inst, State.STARTING, State.RUNNING, "handed over"))
         for key, when in row["deadlines"].items():
             master.limits.rearm(inst, key, max(0.0, when - loop.time()))
     elif state is State.STOPPING and left is not None and inst.pid is not None:

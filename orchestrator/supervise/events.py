@@ -37,6 +37,12 @@ class StateChanged:
 
 
 @dataclass(frozen=True)
+class HandedOver(StateChanged):
+    """A process the master had before an upgrade's exec (handover/) runs on under the new
+    code: subscribers arm for it as for a start; the journal records no start, since none happened."""
+
+
+@dataclass(frozen=True)
 class PolicyChanged:
     """A reload changed the instance's supervision policy without restarting it."""
 

@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from ..config.hooks import EVENT_KINDS
-from .events import Happened, StateChanged
+from .events import HandedOver, Happened, StateChanged
 from .states import State
 
 log = logging.getLogger("orch")
@@ -67,6 +67,15 @@ class Journal:
             found = found[-n:] if n > 0 else []
         return found
 
+    def handover(self) -> dict[str, Any]:
+        """What an upgrade's exec carries (handover/): the kept records and the numbering."""
+        return {"records": list(self._ring), "seq": self._seq}
+
+    def take_over(self, kept: dict[str, Any]) -> None:
+        """The journal of the master before an upgrade's exec goes on here."""
+        self._ring.extend(kept.get("records", []))
+        self._seq = max(self._seq, int(kept.get("seq", 0)))
+
     def follow(self, callback: Follower) -> Callable[[], None]:
         """Call `callback(record)` for every new record; returns the function that stops it."""
         self._followers.append(callback)
@@ -81,7 +90,9 @@ class Journal:
     # --- from the supervisor's bus -----------------------------------------------------
     def on_event(self, event: object) -> None:
         """EventBus subscriber: state changes and `Happened` notes become records."""
-        if isinstance(event, StateChanged):
+        if isinstance(event, HandedOver):
+            self._pids[event.instance.name] = event.instance.pid
+        elif isinstance(event, StateChanged):
             self._state_changed(event)
         elif isinstance(event, Happened):
             inst = event.instance
