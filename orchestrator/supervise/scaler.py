@@ -40,6 +40,7 @@ class Cell:
     pinned: int | None = None
     decision: Decision | None = None
     decided_at: float | None = None  # wall clock
+    latest: str = ""  # the reason of the newest decision, changed or not
     wake: Timer | None = None
 
     @property
@@ -178,7 +179,8 @@ class Scaler:
         before = cell.state.count
         cell.state, decision = decide(cell.state, backlog, self.loop.time(), cell.bounds, cell.auto.scale,
                                       cell.pinned)
-        if cell.decision is None or decision.changed or decision.reason != cell.decision.reason:
+        cell.latest = decision.reason  # what it thinks now (waiting, steady, unreadable)
+        if cell.decision is None or decision.changed:  # the last step, shown as the last decision
             cell.decision, cell.decided_at = decision, _now()
         if cell.wake is not None:
             cell.wake.cancel()
@@ -235,9 +237,9 @@ class Scaler:
             cell.pinned = count
             source = self.sources.get(cell.auto.source_key)
             self._decide(cell, source.backlog if source is not None and source.error is None else None)
-            if count is None:
-                cell.decision = Decision(cell.state.count, None, "following the backlog again (orch scale --auto)",
-                                         False)
+            text = "following the backlog again (orch scale --auto)" if count is None else \
+                f"pinned at {cell.state.count} by orch scale"
+            cell.decision, cell.decided_at = Decision(cell.state.count, None, text, False), _now()
         return [self.row(c) for c in chosen]
 
     # --- what status and metrics show ----------------------------------------------------------
@@ -251,7 +253,7 @@ class Scaler:
                 "min": cell.auto.min, "max": cell.auto.max, "per": cell.auto.per,
                 "backlog": source.backlog if source is not None else None,
                 "source": cell.auto.describe(), "source_error": source.error if source is not None else None,
-                "pinned": cell.pinned, "reason": decision.reason if decision else "",
+                "pinned": cell.pinned, "reason": decision.reason if decision else "", "now_reason": cell.latest,
                 "decided_at": cell.decided_at}
 
     def status(self) -> list[dict[str, Any]]:
