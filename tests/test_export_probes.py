@@ -162,3 +162,13 @@ def test_validators_pass_with_probes_and_after(probed: Path, tmp_path: Path) -> 
     assert report.count("passed") == 6, report
     _export(probed, "systemd", tmp_path / "units")
     _verify_units(tmp_path / "units")
+
+
+def test_an_exec_probe_names_no_path_of_this_machine(tmp_path: Path) -> None:
+    here = tmp_path / "here"
+    config = write(here, '[workers.w]\ncommand = "{{ python }} -c pass"\n'
+                   f'probes.liveness = {{ exec = ["{{{{ python }}}}", "{here}/check.py"] }}\n')
+    out = _out("kubernetes", config, image="img:1")
+    pod = next(d for d in _documents(out.files["kubernetes.yaml"]) if d["kind"] == "Deployment")
+    assert pod["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"] == \
+        ["python3", "/app/check.py"]

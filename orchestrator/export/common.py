@@ -118,7 +118,9 @@ def portable(specs: list[ProcessSpec], options: Options) -> list[ProcessSpec]:
             python = dataclasses.replace(python, pythonpath=tuple(move(p) for p in python.pythonpath))
         argv = tuple(move(a) for a in spec.argv)
         env = tuple((k, move(v)) for k, v in spec.env)
-        moved.append(dataclasses.replace(spec, argv=argv, env=env, cwd=move(spec.cwd), python=python))
+        probes = tuple(dataclasses.replace(p, argv=tuple(move(a) for a in p.argv)) if p.argv else p
+                       for p in spec.probes)  # an exec probe runs there too
+        moved.append(dataclasses.replace(spec, argv=argv, env=env, cwd=move(spec.cwd), python=python, probes=probes))
     return moved
 
 
