@@ -133,10 +133,11 @@ class _Conn:
 def test_a_page_that_falls_behind_costs_nothing_and_is_told_what_it_missed():
     from orchestrator.loop import EventLoop
     from orchestrator.supervise.journal import Journal
+    from orchestrator.supervise.states import State
     from orchestrator.web.feed import MAX_BACKLOG, MAX_STREAMS, Feed
     loop, journal = EventLoop(), Journal()
     fleet = {f"w-{i}": SimpleNamespace(name=f"w-{i}", pid=None, spec=SimpleNamespace(template="w"),
-                                       state=SimpleNamespace(value="stopped"), restarts=0, cpu_percent=0.0,
+                                       state=State.STOPPED, restarts=0, cpu_percent=0.0,
                                        rss=0, last_exit=None, held=True, uptime=lambda: 0.0) for i in range(3)}
     feed = Feed(loop, lambda: fleet, lambda pid: (0, 0, 1), journal)
     try:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import re
 from collections import Counter
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
 from ..loop import EventLoop, Timer
@@ -32,17 +34,25 @@ MAX_PAGE = 500
 MAX_STREAMS = 16  # open pages at once; the HTTP server's cap (64) leaves room for their requests
 RECENT = 100  # journal records a new page starts with
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+_state = attrgetter("state")
+
+
+def page_filter(query: str, state: str) -> Callable[[Any], bool]:
+    """The filter of a page, built once (pure): `query` a substring or glob of the name or
+    template, `state` a state's value; either may be empty."""
+    if any(c in query for c in "*?["):
+        glob = re.compile(fnmatch.translate(query)).match
+        text = lambda inst: bool(glob(inst.name) or glob(inst.spec.template))  # noqa: E731
+    else:
+        text = lambda inst: query in inst.name or query in inst.spec.template  # noqa: E731
+    if not state:
+        return text
+    return lambda inst: inst.state.value == state and text(inst)
 
 
 def matches(inst: Any, query: str, state: str) -> bool:
-    """The filter of a page (pure): `query` a substring or glob of the name or template."""
-    if state and inst.state.value != state:
-        return False
-    if not query:
-        return True
-    if any(c in query for c in "*?["):
-        return fnmatch.fnmatchcase(inst.name, query) or fnmatch.fnmatchcase(inst.spec.template, query)
-    return query in inst.name or query in inst.spec.template
+    """`inst` passes the filter of a page."""
+    return page_filter(query, state)(inst)
 
 
 def row(inst: Any) -> dict[str, Any]:
@@ -62,11 +72,13 @@ def event_bytes(name: str, data: str) -> bytes:
 class Stream:
     """One open page: its view of the fleet and what waits to be said to it."""
 
-    __slots__ = ("conn", "offset", "limit", "query", "state", "visible", "shown", "sent", "dropped", "stale")
+    __slots__ = ("conn", "offset", "limit", "query", "state", "keep", "visible", "shown", "sent", "dropped",
+                 "stale")
 
     def __init__(self, conn: Conn, offset: int, limit: int, query: str, state: str):
         self.conn = conn
         self.offset, self.limit, self.query, self.state = offset, limit, query, state
+        self.keep = page_filter(query, state)
         self.visible: list[Any] = []  # the Instances on its page, as last sent
         self.shown: set[int] = set()  # their ids
         self.sent = ""  # the last page message, to skip repeating it
@@ -186,9 +198,9 @@ class Feed:
     def page(self, stream: Stream) -> dict[str, Any]:
         """The page's message: its rows, how many match, and the fleet's counts by state."""
         fleet = self.instances()
-        counts = Counter(inst.state.value for inst in fleet.values())
+        counts = {state.value: n for state, n in Counter(map(_state, fleet.values())).items()}
         if stream.query or stream.state:
-            found = [i for i in fleet.values() if matches(i, stream.query, stream.state)]
+            found = list(filter(stream.keep, fleet.values()))
             total, shown = len(found), found[stream.offset:stream.offset + stream.limit]
         else:
             total, shown = len(fleet), _slice(fleet.values(), stream.offset, stream.limit)
@@ -197,7 +209,7 @@ class Feed:
         if fresh:  # new on the page: measure now, not at the next tick
             sample_usage(fresh, self.usage, self.loop.time())
         return {"offset": stream.offset, "limit": stream.limit, "total": total, "fleet": len(fleet),
-                "counts": dict(counts), "rows": [row(i) for i in shown]}
+                "counts": counts, "rows": [row(i) for i in shown]}
 
     def _send_page(self, stream: Stream) -> None:
         if stream.behind:
