@@ -142,6 +142,16 @@ class EventLoop:
         except (BlockingIOError, OSError):
             pass  # already has pending bytes: the loop will wake anyway
 
+    def take_signals(self) -> list[int]:
+        """Handled signals that arrived but whose handlers have not run (an upgrade's exec
+        raises them again, so the next master handles them); the loop forgets them."""
+        try:
+            data = self._wake_r.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return []
+        self.wake()  # any call_soon_threadsafe that woke it still runs
+        return [signum for signum in dict.fromkeys(data) if signum in self._signal_handlers]
+
     def _on_wakeup(self) -> None:
         try:
             data = self._wake_r.recv(4096)

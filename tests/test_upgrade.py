@@ -328,3 +328,16 @@ def test_the_kernels_memory_watch_carries_over(start_master, tmp_path):
     after = master.stderr().split("took over 1 instances")[1]
     assert "the kernel holds its allocations at 60.0M (cgroup" in after, after
     assert master.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_the_exec_waits_for_the_new_master_and_stops_gracefully(start_master, tmp_path):
+    master = start_master(ticker_config(tmp_path))
+    running = master.wait_running(2)
+    os.kill(master.pid, signal.SIGUSR2)
+    wait_for(lambda: "re-executes into" in master.stderr(), 30, 0.002, "the exec")
+    os.kill(master.pid, signal.SIGTERM)  # while the new interpreter starts: held, not fatal
+    assert master.proc.wait(30) == 0, master.stderr()
+    assert "took over 2 instances" in master.stderr() and "SIGTERM: stopping 2 instances" in master.stderr()
+    for name in running:
+        assert "SIGNAL 15" in (master.log_dir / f"{name}.log").read_text(), "not stopped gracefully"

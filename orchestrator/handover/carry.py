@@ -15,7 +15,8 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Iterable
+import threading
+from typing import Any, Callable, Iterable
 
 ENV = "ORCH_HANDOVER"  # "<fd of the record>" for the successor, "check" for the proof
 # Held back (blocked) across exec: a signal that arrives while the new interpreter starts
@@ -62,13 +63,17 @@ def successor_argv() -> list[str]:
     return [sys.executable, "-m", "orchestrator", *sys.argv[1:]]
 
 
-def exec_successor(record: int, fds: list[int]) -> OSError:
+def exec_successor(record: int, fds: list[int], caught: Callable[[], list[int]]) -> OSError:
     """exec into the successor with `fds` and the record inherited; returns only if exec
-    failed (then everything is as it was, and the error is returned)."""
+    failed (then everything is as it was, and the error is returned). `caught` gives the
+    signals the loop received but did not handle yet: raised again once blocked, they wait,
+    pending across exec, for the successor's handlers."""
     env = {**os.environ, ENV: str(record)}
     close_on_exec_except({0, 1, 2, record, *fds})
     inherit([record, *fds])
     old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    for signum in caught():
+        signal.pthread_kill(threading.get_ident(), signum)  # this thread's: it execs
     try:
         os.execve(sys.executable, successor_argv(), env)
     except OSError as exc:

@@ -19,7 +19,6 @@ from .. import __version__
 from ..supervise.states import State, Then
 from .carry import exec_successor, record_fd
 from .proof import Proof
-from .state import build, instance_record
 
 log = logging.getLogger("orch")
 QUIET_WAIT = 10.0  # seconds an upgrade waits for spawns, reloads and answers in flight
@@ -151,7 +150,7 @@ class Upgrader:
             flush()
         sys.stdout.flush()
         sys.stderr.flush()
-        error = exec_successor(fd, fds)
+        error = exec_successor(fd, fds, master.loop.take_signals)
         os.close(fd)
         self._finish(f"upgrade failed, the master goes on as it was: cannot exec {sys.executable}: "
                      f"{error.strerror or error}")
