@@ -164,3 +164,21 @@ def test_a_page_that_falls_behind_costs_nothing_and_is_told_what_it_missed():
         journal.record("started", "w-1", "w", pid=3)  # no follower left to call
     finally:
         loop.close()
+
+
+def test_orch_dashboard_says_how_to_turn_it_on_when_it_is_off():
+    from orchestrator.control.commands import Commands
+    from orchestrator.control.server import ControlError
+    from orchestrator.loop import EventLoop
+    from orchestrator.supervise.events import EventBus
+    loop = EventLoop()
+    try:
+        master = SimpleNamespace(loop=loop, supervisor=SimpleNamespace(events=EventBus()), dashboard=None)
+        with pytest.raises(ControlError, match=r'set \[orchestrator\] http = "127.0.0.1:9200"') as caught:
+            Commands(master).cmd_dashboard(conn=None)
+        assert caught.value.code == 1
+        master.dashboard = SimpleNamespace(url="http://127.0.0.1:9200/?token=x", token_file="/t")
+        assert Commands(master).cmd_dashboard(conn=None) == {"url": "http://127.0.0.1:9200/?token=x",
+                                                              "token_file": "/t"}
+    finally:
+        loop.close()

@@ -77,7 +77,9 @@ class Dashboard:
         self.master = master
         self.supervisor = master.supervisor
         self.log_dir: Path = settings.log_dir
-        self.commands = Commands(master)  # the control commands' own code paths
+        # the control socket's own command handlers (a fresh set only if it has none)
+        handler = getattr(master.control, "handler", None)
+        self.commands: Commands = handler if isinstance(handler, Commands) else Commands(master)
         self.token, self.token_file = auth.load_token(settings.http_token_file, settings.control_socket)
         self.assets = {path: (_asset(name), kind) for path, (name, kind) in STATIC.items()}
         self.server = HttpServer(master.loop, parse_address(settings.http), self.handle, "dashboard")
