@@ -200,3 +200,52 @@ def test_the_cli_says_how_many_events_a_slow_reader_missed():
                                     check=True).stdout.splitlines()
     assert human.endswith("dropped 7 events (this reader was too slow)")
     assert json.loads(as_json)["kind"] == "dropped" and json.loads(as_json)["count"] == 7
+
+
+KINDS_CONFIG = """
+[workers.aged]
+command = ["sleep", "1000"]
+max_lifetime = "1s"
+stop_timeout = "1s"
+
+[workers.sick]
+command = ["sleep", "1000"]
+probes = { liveness = { exec = ["false"], period = "0.2s", failures = 100 } }
+
+[workers.calm]
+command = ["sleep", "1000"]
+"""
+
+
+def _kept(master, *patterns: str) -> list[dict]:
+    """The master's kept events, asked on the control socket (no CLI start-up per poll)."""
+    return master.call("events", patterns=list(patterns) or None)["events"]
+
+
+def test_limits_probe_failures_and_stops_are_events(start_master):
+    master = start_master(KINDS_CONFIG)
+    wait_for(lambda: any(e["kind"] == "limit" for e in _kept(master, "aged")), 10, message="a limit event")
+    limit = next(e for e in _kept(master, "aged") if e["kind"] == "limit")
+    assert limit["limit"] == "max_lifetime" and limit["value"] and limit["action"] == "graceful restart"
+    failed = wait_for(lambda: [e for e in _kept(master, "sick") if e["kind"] == "probe_failed"], 10)
+    assert failed[0]["probe"] == "liveness" and failed[0]["check"] == "exec" and "false" in failed[0]["error"]
+    wait_for(lambda: master.status()["calm"]["state"] == "running", 10, message="calm to run")
+    master.call("stop", patterns=["calm"], wait=True)
+    stopped = [e for e in _kept(master, "calm") if e["kind"] == "stopped"]
+    assert stopped and stopped[0]["signal"] == "SIGTERM" and stopped[0]["pid"], stopped
+
+
+@pytest.mark.slow
+def test_a_new_spawner_is_an_event(start_master):
+    master = start_master(CONFIG)
+    wait_for(lambda: master.status()["sleeper"]["state"] == "running", 10, message="sleeper to run")
+    spawner = next(p for p in master.descendants() if "spawner" in " ".join(p.cmdline()))
+    os.kill(spawner.pid, signal.SIGKILL)
+
+    def replaced() -> list[dict]:
+        try:  # the master may be busy ending the old fleet for a while (spawn/orphans.py)
+            return [e for e in _kept(master) if e["kind"] == "spawner_replaced"]
+        except TimeoutError:
+            return []
+    found = wait_for(replaced, 40, message="a spawner_replaced event")
+    assert found[0]["old_pid"] == spawner.pid and found[0]["pid"] != spawner.pid

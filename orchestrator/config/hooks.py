@@ -8,7 +8,7 @@ the journal (supervise/journal.py), `orch events` and the docs read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .fields import ValueType, type_name
@@ -40,7 +40,8 @@ class HookDecl:
     command: tuple[str, ...]  # each item a Jinja template of the event's facts
     throttle: float = DEFAULT_THROTTLE
     timeout: float = DEFAULT_TIMEOUT
-    index: int = 0  # its place in the file: hooks.INDEX in messages
+    index: int = field(default=0, compare=False)  # its place in the file (messages); a reload that
+    # adds a hook before it keeps its throttle windows
 
 
 def _kinds(v: object) -> tuple[str, ...]:
