@@ -260,6 +260,7 @@ class Master:
         if not self._enter(Phase.STOPPING):
             return
         self.service.stop()
+        self.scaler.close()  # no scaling step may start an instance while everything stops
         self.supervisor.stop_all()
         self.loop.call_later(self.settings.graceful_timeout, self._graceful_deadline)
         self._check_done()

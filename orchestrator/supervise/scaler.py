@@ -209,6 +209,8 @@ class Scaler:
     def apply(self, cell: Cell) -> None:
         """Start the cell's first `count` replicas that do not run; stop, highest first, the
         ones past it (the graceful stop a reload uses, REMOVE once gone)."""
+        if self.closed:  # shutting down: nothing starts or stops for scaling any more
+            return
         running = self.supervisor.running_view()
         count = cell.state.count
         start = tuple(s for s in cell.specs[:count] if s.name not in running)
@@ -260,6 +262,7 @@ class Scaler:
         return [self.row(c) for c in self.cells.values()]
 
     def close(self) -> None:
+        """Stop reading and deciding (shutdown): no step is applied from now on."""
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
