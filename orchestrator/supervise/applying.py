@@ -4,7 +4,7 @@ Returns at once; the work goes on in the loop."""
 
 from __future__ import annotations
 
-from typing import Any, Collection, Protocol
+from typing import Any, Callable, Collection, Protocol
 
 from ..expand.spec import ProcessSpec
 from ..plan import Plan
@@ -66,3 +66,22 @@ def apply_plan(supervisor: Applier, plan: Plan, held: Collection[str] = ()) -> N
         inst.spec = spec
         inst.logfile.max_size, inst.logfile.backups = spec.policy.log_max_size, spec.policy.log_backups
         supervisor.events.emit(PolicyChanged(inst))
+
+
+FIRST_CHUNK = 64  # the first spawns a new master sends: one spawner message
+CHUNK = 256       # then this many instances set up per message batch
+
+
+def apply_first(supervisor: Applier, plan: Plan, held: Collection[str], flush: Callable[[], None]) -> None:
+    """A new master's plan (only starts): set up and send a chunk of instances at a time, so
+    the spawner forks the first ones while the master sets up the rest (instance, log file,
+    request and pipe: most of the master's part of a start at 5,000) on the other core.
+    Order decisions (`after`) wait for the loop's next turn, when every instance exists."""
+    if plan.stop or plan.restart or plan.update:
+        apply_plan(supervisor, plan, held)
+        flush()
+        return
+    bounds = [0, *range(FIRST_CHUNK, len(plan.start), CHUNK), len(plan.start)]
+    for first, end in zip(bounds, bounds[1:]):
+        apply_plan(supervisor, Plan(start=plan.start[first:end]), held)
+        flush()
