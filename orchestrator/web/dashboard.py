@@ -28,9 +28,8 @@ from typing import Any
 from ..control.client import ControlError
 from ..control.commands import Commands
 from ..observe.logs import log_path, stderr_path
-from ..supervise.instance import sample_usage
 from . import auth
-from .feed import Feed, row
+from .feed import Feed, refresh_usage, row
 from .history import History
 from .http import Conn, HttpServer, Request, response
 
@@ -131,7 +130,7 @@ class Dashboard:
             else:
                 conn.finish(_json(200, self.act(action, request.query)))
             return
-        if method not in ("GET", "HEAD"):
+        if method != "GET" and not (method == "HEAD" and path in self.assets):
             conn.finish(response(405, b"GET only\n", headers=("Allow: GET",)))
         elif path in self.assets:
             body, kind = self.assets[path]
@@ -169,7 +168,7 @@ class Dashboard:
     def instance(self, name: str) -> dict[str, Any]:
         """The detail panel: the row, its hour of samples, its journal records."""
         inst = self._instance(name)
-        sample_usage([inst], self.supervisor.tree_usage, self.master.loop.time())
+        refresh_usage([inst], self.supervisor.tree_usage, self.master.loop.time())
         journal = getattr(self.master, "journal", None)
         events = [r for r in journal.recent() if r.get("instance") == name][-50:] if journal is not None else []
         return {"row": row(inst), "history": self.history.series(name), "events": events,

@@ -28,6 +28,7 @@ from .http import Conn, response
 FLUSH_DELAY = 0.1  # a state change reaches the open pages this soon
 MIN_FLUSH = 0.25  # and a storm of them at most this often
 USAGE_EVERY = 2.0  # seconds between two CPU/memory refreshes of a page
+MIN_SAMPLE = 1.0  # seconds: an instance sampled more recently keeps its figures
 PING_EVERY = 15.0  # a comment line keeps proxies and the browser from timing out
 MAX_BACKLOG = 256 * 1024
 MAX_PAGE = 500
@@ -62,6 +63,14 @@ def row(inst: Any) -> dict[str, Any]:
             "restarts": inst.restarts, "cpu": round(inst.cpu_percent, 1) if alive else None,
             "rss": inst.rss if alive else None, "uptime": round(inst.uptime()) if alive else None,
             "last_exit": inst.last_exit, "held": inst.held}
+
+
+def refresh_usage(chosen: Iterable[Any], usage: Callable[[int], tuple[int, int, int]], now: float) -> None:
+    """Fresh CPU and memory for these instances, skipping any sampled under MIN_SAMPLE ago
+    (by anyone: orch status, top, metrics): a CPU % over a few milliseconds says nothing."""
+    due = [i for i in chosen if i.pid is not None and (not i.cpu_sample or now - i.cpu_sample[0] >= MIN_SAMPLE)]
+    if due:
+        sample_usage(due, usage, now)
 
 
 def event_bytes(name: str, data: str) -> bytes:
@@ -192,8 +201,8 @@ class Feed:
     # --- pages --------------------------------------------------------------------
     def _refresh_usage(self, streams: Iterable[Stream]) -> None:
         """Fresh CPU and memory for the instances on these pages (each read once)."""
-        chosen = {id(i): i for s in streams for i in s.visible if i.pid is not None}
-        sample_usage(list(chosen.values()), self.usage, self.loop.time())
+        chosen = {id(i): i for s in streams for i in s.visible}
+        refresh_usage(chosen.values(), self.usage, self.loop.time())
 
     def page(self, stream: Stream) -> dict[str, Any]:
         """The page's message: its rows, how many match, and the fleet's counts by state."""
@@ -206,8 +215,7 @@ class Feed:
             total, shown = len(fleet), _slice(fleet.values(), stream.offset, stream.limit)
         fresh = [i for i in shown if id(i) not in stream.shown and i.pid is not None]
         stream.visible, stream.shown = shown, set(map(id, shown))
-        if fresh:  # new on the page: measure now, not at the next tick
-            sample_usage(fresh, self.usage, self.loop.time())
+        refresh_usage(fresh, self.usage, self.loop.time())  # new on the page: now, not at the next tick
         return {"offset": stream.offset, "limit": stream.limit, "total": total, "fleet": len(fleet),
                 "counts": counts, "rows": [row(i) for i in shown]}
 
