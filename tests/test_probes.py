@@ -202,6 +202,24 @@ def test_a_deadlocked_server_is_restarted_by_liveness(start_master, tmp_path: Pa
     assert _row(master)["restarts"] == 1
 
 
+@pytest.mark.slow  # a master, a restart and a CLI run
+def test_a_server_answering_500s_is_restarted_by_liveness_with_its_words(start_master, tmp_path: Path) -> None:
+    port = free_port()
+    master = start_master(_config(tmp_path, port, f'liveness = {{ http = "http://127.0.0.1:{port}/", '
+                                  'period = "0.2s", failures = 3 }, '
+                                  f'startup = {{ tcp = "127.0.0.1:{port}", period = "0.05s", failures = 100 }}'))
+    first = wait_for(lambda: (r := _row(master))["probes"] and r["probes"]["liveness"]["checks"] > 1 and r["pid"],
+                     10, message="live")
+    (tmp_path / f"unready-{port}").touch()  # every answer is a 503 from now on
+    began = time.monotonic()
+    row = wait_for(lambda: (r := _row(master))["pid"] not in (None, first) and r, 10, message="a new process")
+    (tmp_path / f"unready-{port}").unlink()
+    # three failures 0.2s apart, plus one period, and the stop: well under 2s
+    assert time.monotonic() - began < 2.0
+    assert row["reason"] == "liveness: HTTP 503 from /" and row["limit_kills"] == {"liveness": 1}, row
+    assert "liveness: HTTP 503 from /" in orch("status", "-c", str(master.config)).stdout
+
+
 def _answering(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
