@@ -63,6 +63,8 @@ def test_a_burst_scales_up_within_up_after_and_idle_back_to_min(start_master, re
     log = (master.log_dir.parent / "master.log").read_text() if (master.log_dir.parent / "master.log").exists() \
         else master.stderr()
     assert "scale consumer-qa: 1 -> 4" in log + master.stderr(), "each step is one log line"
+    scaled = [e for e in master.call("events")["events"] if e["kind"] == "scaled" and e["cell"] == "consumer-qa"]
+    assert [(e["before"], e["after"]) for e in scaled][:1] == [(1, 4)] and scaled[-1]["after"] == 1, scaled
     assert took <= 2.5
 
 
