@@ -129,6 +129,10 @@ command = ["false"]
 [[hooks]]
 on = ["started"]
 command = ["no-such-program-here"]
+
+[[hooks]]
+on = ["reload_failed"]
+command = ["sh", "-c", 'echo "$ORCH_EVENT $ORCH_REASON" > {out}/reload']
 """
 
 
@@ -150,6 +154,12 @@ def test_a_hanging_hook_is_killed_at_its_timeout_and_the_master_stays_responsive
     assert log.count("timed out after 0.5s") == 1 and log.count("failed (exit 1)") == 1
     assert "Traceback" not in log
     assert master.status()["web"]["state"] == "running"
+    # a fleet-wide event: the located error reaches the hook
+    master.write(HANGING.format(out=out) + "\n[workers.bad]\ncommand = 3\n")
+    with pytest.raises(RuntimeError):
+        master.call("reload")
+    said = wait_for(lambda: (out / "reload").exists() and (out / "reload").read_text(), 10)
+    assert said.startswith("reload_failed ") and "workers.bad.command" in said and "workers.toml:" in said
 
 
 def test_a_hook_config_error_is_located(tmp_path):
