@@ -68,18 +68,26 @@ def test_a_burst_scales_up_within_up_after_and_idle_back_to_min(start_master, re
     assert took <= 2.5
 
 
-def test_sigkills_while_scaling_up_and_down_lose_nothing(start_master, redis_server, tmp_path):
+@pytest.mark.parametrize("backend", ["redis", "beanstalkd"])
+def test_sigkills_while_scaling_up_and_down_lose_nothing(start_master, redis_server, beanstalkd_server, tmp_path,
+                                                         backend):
     events = Events(write_handlers(tmp_path))
-    client = redis.Redis.from_url(redis_server.url)
-    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa"],
-                                 low=1, high=6, per=20, up="0.5s", down="1s", step=2,
-                                 kwargs=", max_attempts = 50, lease = 2"))
+    if backend == "redis":
+        client = redis.Redis.from_url(redis_server.url)
+        text = config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa"], low=1, high=6, per=20,
+                      up="0.5s", down="1s", step=2, kwargs=", max_attempts = 50, lease = 2")
+        send = lambda messages: client.lpush("qa", *messages)  # noqa: E731
+    else:
+        text = config(BEANSTALKD, f'url = "{beanstalkd_server.url}", tube = "{{{{ tube }}}}"', ["qa"], low=1, high=6,
+                      per=20, up="0.5s", down="1s", step=2, axis="tube", kwargs=", max_attempts = 50")
+        send = lambda messages: put(beanstalkd_server.port, "qa", messages)  # noqa: E731
+    master = start_master(text)
     wait_for(lambda: running(master, "consumer-qa") == 1, 15)
     rng = random.Random(28)
     expected = {f"sleep:0.01:w{wave}-{i}" for wave in range(2) for i in range(300)}
     seen_counts, kills = set(), 0
     for wave in range(2):  # up with the burst, down as it drains, up again with the next
-        client.lpush("qa", *[m for m in sorted(expected) if f":w{wave}-" in m])
+        send([m for m in sorted(expected) if f":w{wave}-" in m])
         deadline = time.monotonic() + 25
         while not {m for m in expected if f":w{wave}-" in m} <= events.done() and time.monotonic() < deadline:
             time.sleep(rng.uniform(0.1, 0.4))
@@ -87,10 +95,17 @@ def test_sigkills_while_scaling_up_and_down_lose_nothing(start_master, redis_ser
             kills += 1
             seen_counts.add(cells(master)["consumer-qa"]["desired"])
         wait_for(lambda: cells(master)["consumer-qa"]["desired"] == 1, 15,
-                 message=f"back to min after the wave: {cells(master)}")
+                 message="back to min after the wave")
     wait_for(lambda: expected <= events.done(), 20, interval=0.2, message="every message handled")
     assert max(seen_counts) > 2 and kills >= 10, (seen_counts, kills)
-    assert client.llen("qa") == 0
+    assert cells(master)["consumer-qa"]["backlog"] == 0
+
+
+def put(port: int, tube: str, messages: list[str]) -> None:
+    import greenstalk
+    with greenstalk.Client(("127.0.0.1", port), use=tube) as client:
+        for m in messages:
+            client.put(m, ttr=30)
 
 
 def test_a_source_that_goes_away_freezes_the_count_and_recovers(start_master, redis_server, tmp_path):
