@@ -201,8 +201,13 @@ def test_upgrade_under_wrk_keeps_every_child_and_every_line(start_master, tmp_pa
 def test_twenty_upgrades_keep_the_masters_fds_and_memory_flat(start_master, tmp_path, monkeypatch):
     tree = package_copy(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tree))
-    master = start_master(ticker_config(tmp_path, replicas=1))
-    master.wait_running(1)
+    # an exec probe always running or about to: the upgrade cancels it at exec, never waits on it
+    master = start_master(ticker_config(tmp_path, replicas=1) + """
+        [workers.probed]
+        command = "sleep 600"
+        probes = { liveness = { exec = ["sh", "-c", "echo x >> probed.txt; sleep 0.05"], period = "0.1s", timeout = "20s" } }
+        """)
+    master.wait_running(2)
     before = fleet(master)
     samples = []
     for round in range(1, 21):  # by SIGUSR2: no CLI to start 20 times over
@@ -213,6 +218,9 @@ def test_twenty_upgrades_keep_the_masters_fds_and_memory_flat(start_master, tmp_
         proc = psutil.Process(master.pid)
         samples.append((proc.num_fds(), proc.memory_info().rss))
     assert fleet(master) == before
+    probed = len((tmp_path / "probed.txt").read_text())
+    wait_for(lambda: len((tmp_path / "probed.txt").read_text()) > probed + 10, 10,
+             message="the exec probe to run again after the last upgrade")
     fds = [n for n, _ in samples]
     rss = [r for _, r in samples]
     assert max(fds[1:]) <= fds[0] + 1, f"fds grew over 20 upgrades: {fds}"

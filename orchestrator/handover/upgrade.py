@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .. import __version__
+from ..supervise.probe_exec import ExecCheck
 from ..supervise.states import State, Then
 from .carry import exec_successor, record_fd
 from .proof import Proof
@@ -93,14 +94,16 @@ class Upgrader:
             return "the master is stopping"
         if master.reloading or master.reloader.queued or sup.pending_ops:
             return "a reload or rollout is being applied"
+        if getattr(master, "code", None) is not None and master.code.pending:
+            return "a code reload's zygotes are importing"
         starting = sum(1 for i in sup.instances.values() if i.state is State.STARTING)
         if sup.by_token or starting:
             return f"{max(starting, len(sup.by_token))} instances are starting"
         if any(i.then is Then.REMOVE or i.rollout is not None or i.next_spec is not None
                for i in sup.instances.values() if i.state is State.STOPPING):
             return "a reload's stops are in progress"
-        if sup.exec_probes.waiting:
-            return "exec probes are running"
+        if any(not isinstance(run, ExecCheck) for run in sup.exec_probes.waiting.values()):
+            return "hooks are running"  # exec probes are not waited for: they are cancelled at exec
         conn = self._job["conn"] if self._job else None
         if master.control is not None and any(c.owed or c.keep_open for c in master.control.connections
                                               if c is not conn):
@@ -140,6 +143,9 @@ class Upgrader:
         job = self._job
         assert job is not None
         master = self.master
+        checks = [run for run in master.supervisor.exec_probes.waiting.values() if isinstance(run, ExecCheck)]
+        for check in checks:
+            check.cancel()  # its command is killed; the new master probes afresh
         master.supervisor.flush()  # queued signals go out now
         record, fds = capture(master, job["conn"])
         record["master"]["upgrades"] = self.count + 1
@@ -152,6 +158,8 @@ class Upgrader:
         sys.stderr.flush()
         error = exec_successor(fd, fds, master.loop.take_signals)
         os.close(fd)
+        for inst in {check.inst for check in checks}:
+            master.probes.begin(inst)  # the probes cancelled for the exec start again
         self._finish(f"upgrade failed, the master goes on as it was: cannot exec {sys.executable}: "
                      f"{error.strerror or error}")
 
