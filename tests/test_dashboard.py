@@ -201,7 +201,8 @@ def test_a_real_browser_sees_the_fleet_live_and_restarts_an_instance(start_maste
     with chromium(tmp_path / "profile") as driver:
         driver.get(site.url)
         assert driver.current_url == f"http://127.0.0.1:{port}/", "the token left the address"
-        rows = lambda: {e.get_attribute("data-name"): e for e in driver.find_elements("css selector", "tr[data-name]")}  # noqa: E731
+        def rows() -> dict[str, Any]:
+            return {e.get_attribute("data-name"): e for e in driver.find_elements("css selector", "tr[data-name]")}
         wait_for(lambda: set(rows()) == {"w", "w-1", "w-2"}, 20, message="every instance's row")
         # every state and pid the row shows, recorded by the page itself: a reload would lose it
         driver.execute_script("""

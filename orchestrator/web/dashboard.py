@@ -118,6 +118,9 @@ class Dashboard:
             self._route(request, conn)
         except ControlError as exc:
             conn.finish(_json(404 if "no instance" in str(exc) else 409, {"error": str(exc)}))
+        except Exception:  # noqa: BLE001 - a bug here must cost one answer, not the master
+            log.exception("dashboard: internal error answering %s %s", request.method, request.path)
+            conn.finish(response(500, b"internal error (see the master's log)\n"))
 
     def _route(self, request: Request, conn: Conn) -> None:
         path, method = request.path, request.method

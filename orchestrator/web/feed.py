@@ -153,7 +153,7 @@ class Feed:
         """Bus subscriber: a state change makes every page owe an update (its counts changed)."""
         if isinstance(event, StateChanged) and self.streams:
             inst, data = event.instance, None
-            for stream in self.streams:
+            for stream in list(self.streams):  # a send may close one
                 stream.stale = True
                 if id(inst) in stream.shown and not stream.behind:  # each step of it, at once
                     data = data or event_bytes("row", _encode(row(inst)))
@@ -163,7 +163,7 @@ class Feed:
     def _record(self, record: dict[str, Any]) -> None:
         """Journal follower (in the loop: never blocks): to every stream that keeps up."""
         data = None
-        for stream in self.streams:
+        for stream in list(self.streams):  # a send may close one
             if stream.behind:
                 stream.dropped += 1
                 continue
@@ -181,7 +181,7 @@ class Feed:
     def _flush(self) -> None:
         self._flush_timer = None
         self._last_flush = self.loop.time()
-        for stream in self.streams:
+        for stream in list(self.streams):  # a send may close one
             if stream.stale:
                 self._send_page(stream)
 
@@ -194,7 +194,7 @@ class Feed:
 
     def _ping(self) -> None:
         self._ping_timer = self.loop.call_later(PING_EVERY, self._ping)
-        for stream in self.streams:
+        for stream in list(self.streams):  # a send may close one
             if not stream.behind:
                 stream.conn.send(b": ping\n\n")
 

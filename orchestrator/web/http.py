@@ -27,7 +27,7 @@ MAX_CONNECTIONS, FD_SHARE = 64, 32
 IDLE_AFTER = 1.0
 REASONS = {200: "OK", 204: "No Content", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           413: "Payload Too Large", 503: "Service Unavailable"}
+           413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 # Every answer: never cached (the token may be in a URL), never framed, never sniffed, and
 # scripts only from this origin.
 COMMON_HEADERS = ("Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"
