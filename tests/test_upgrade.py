@@ -349,3 +349,40 @@ def test_a_sigterm_during_the_exec_waits_for_the_new_master_and_stops_gracefully
     assert "took over 2 instances" in master.stderr() and "SIGTERM: stopping 2 instances" in master.stderr()
     for name in running:
         assert "SIGNAL 15" in (master.log_dir / f"{name}.log").read_text(), "not stopped gracefully"
+
+
+@pytest.mark.slow
+def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_master, tmp_path):
+    master = start_master(ticker_config(tmp_path, replicas=1) + """
+        [workers.stubborn]
+        command = ["sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600"]
+        stop_timeout = 6
+        [workers.held]
+        command = "sleep 600"
+        [workers.crash]
+        command = "sh -c 'sleep 0.2; exit 3'"
+        min_uptime = 5
+        backoff = { initial = "4s", max = "4s" }
+        """)
+    master.wait_running(4, timeout=15)
+    master.call("stop", patterns=["held"], wait=True)
+    wait_for(lambda: master.status()["crash"]["state"] in ("backoff", "crash-looping"), 15, message="crash backing off")
+    stubborn = master.status()["stubborn"]["pid"]
+    master.call("stop", patterns=["stubborn"])  # SIGTERM ignored: SIGKILL due 6 s from now
+    asked = time.monotonic()
+    crash = master.status()["crash"]
+    result = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = master.status()
+    assert rows["held"]["state"] == "stopped" and rows["held"]["held"], rows["held"]
+    assert rows["crash"]["restarts"] >= crash["restarts"] and rows["crash"]["last_exit"] == "exit 3"
+    if time.monotonic() - asked < 5:  # else the deadline passed during the upgrade: nothing to see
+        assert rows["stubborn"]["state"] == "stopping" and rows["stubborn"]["pid"] == stubborn, rows["stubborn"]
+    row = wait_for(lambda: (r := master.status()["stubborn"])["state"] == "stopped" and r, 15,
+                   message="the stop's SIGKILL deadline, kept by the new master")
+    assert row["last_exit"] == "SIGKILL" and row["held"] and time.monotonic() - asked >= 5.5
+    assert not alive(stubborn)
+    wait_for(lambda: master.status()["crash"]["restarts"] > crash["restarts"] + 1, 20,
+             message="the crash loop going on under the new master")
+    assert master.status()["held"]["state"] == "stopped"
+    assert master.terminate() == 0
