@@ -163,13 +163,14 @@ def _bytes(files: dict[str, list[Path]]) -> int:
 
 
 def render(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, label: str) -> str:
+    before = " --before TREE" if rows.get("orch-before") else ""
     out = [f"## Logs: {args.writers} children x {args.rate / 1e6:g} MB/s ({label})", "",
            f"`python -m bench.logs --writers {args.writers} --rate {args.rate} --seconds {args.seconds:g} "
-           f"--reps {args.reps}`: CPU of the daemon and its helpers over {args.seconds:g} s, % of one core "
+           f"--reps {args.reps}{before}`: CPU of the daemon and its helpers over {args.seconds:g} s, % of one core "
            f"(median of {args.reps}, min-max); rotation at {args.max_size // 1024} KiB for both; every "
            "line read back after a graceful stop.", "",
            "| tool | CPU % of a core | MB/s to files | % of a core per 10 MB/s | daemon reads/s, writes/s "
-           "| lines checked | lines cut | lines lost |",
+           "| lines read back whole | lines cut across two files | lines lost |",
            "|---|---|---|---|---|---|---|---|"]
     for name, runs in rows.items():
         if not runs:
@@ -179,9 +180,10 @@ def render(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, labe
         mbs = sorted(r["mbs"] for r in runs)[len(runs) // 2]
         per = sorted(10 * r["cpu"] / max(r["mbs"], 0.1) for r in runs)[len(runs) // 2]
         calls = sorted((r["reads"], r["writes"]) for r in runs)[len(runs) // 2]
+        cut = sum(r["split"] for r in runs) // 2  # a line cut across two files leaves two pieces
+        lost = sum(r["lost"] + r["missing_files"] for r in runs) - cut  # its number is missing too
         out.append(f"| {name} | {median:.1f} ({cpus[0]:.1f}-{cpus[-1]:.1f}) | {mbs:.1f} | {per:.2f} | "
-                   f"{calls[0]:,.0f}, {calls[1]:,.0f} | {sum(r['lines'] for r in runs):,} | "
-                   f"{sum(r['split'] for r in runs)} | {sum(r['lost'] for r in runs) + sum(r['missing_files'] for r in runs)} |")
+                   f"{calls[0]:,.0f}, {calls[1]:,.0f} | {sum(r['lines'] for r in runs):,} | {cut} | {lost} |")
     return "\n".join(out)
 
 

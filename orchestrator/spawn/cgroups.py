@@ -1,13 +1,14 @@
 """Instances in control groups of their own (`[orchestrator] cgroup = "auto"`).
 
-Where the kernel lets us, an instance with a `memory` limit runs in a cgroup of its own:
-- in the unified (v2) hierarchy, for membership: a double-forked daemon that clears its
-  environment and leaves its session still belongs to its instance, and `cgroup.kill`
-  ends every member at once;
-- in the v1 memory controller, for the limit itself: `memory.limit_in_bytes` is the hard
-  limit (the kernel reclaims cache, then its OOM killer acts within the group) and a usage
-  threshold on the soft limit wakes the master through an eventfd, so nothing is sampled
-  while every instance stays under its limits (supervise/kernel_memory.py).
+Where the kernel lets us, an instance with a `memory` limit runs in a cgroup of its own,
+which a double-forked daemon that clears its environment and leaves its session cannot
+leave either: it ends with its instance (`cgroup.kill` in v2, each member in v1).
+- With the v1 memory controller, that cgroup also holds the limit: `memory.limit_in_bytes`
+  is `hard` (the kernel reclaims cache, then holds the group's allocations and tells us)
+  and a usage threshold at `soft` wakes the master through an eventfd, so nothing is
+  sampled while every instance stays under its limits (supervise/kernel_memory.py).
+- Without it (a cgroup2-only host), the cgroup is in the unified hierarchy, for
+  membership only; memory is sampled (the v2 memory controller is not used yet).
 
 The child joins before it execs (the spawner's fork path calls `join` first thing), so not
 even its first fork happens outside. Every cgroup of one master run lives under
@@ -115,11 +116,18 @@ def detect() -> Layout:
 
 
 def make_run_dirs(layout: Layout, run: str) -> tuple[Layout, list[str]]:
-    """Create this run's directory in each hierarchy we may write to: (the run's layout,
-    why each other one is not used)."""
+    """Create this run's directory where we may: (the run's layout, why a hierarchy is not
+    used). The v1 memory hierarchy, where there is one, holds membership too, and then no
+    v2 directory is made: a process joins a v1 cgroup through `tasks`, which moves only
+    the calling thread and takes no global lock, while every write to a v2 cgroup.procs
+    takes the lock every fork in the system waits for, and holds it for an RCU grace period
+    (0.4 ms here alone; under load 1,000 such starts took over 30 s, the spawner's own forks
+    queued behind them; bench/RESULTS.md). Without it, v2 gives membership and cgroup.kill."""
     made: dict[str, str | None] = {UNIFIED: None, MEMORY: None}
     why = []
-    for kind, base in zip((UNIFIED, MEMORY), layout):
+    for kind, base in ((MEMORY, layout.memory), (UNIFIED, layout.unified)):
+        if kind == UNIFIED and made[MEMORY] is not None:
+            break
         if base is None:
             why.append(f"no {'cgroup2 (unified)' if kind == UNIFIED else 'v1 memory'} hierarchy is mounted")
             continue

@@ -1,7 +1,7 @@
 """Memory limits the kernel enforces and reports (`[orchestrator] cgroup = "auto"`).
 
-An instance with a `memory` limit (measured by "rss", not preloaded) starts in cgroups of its
-own (spawn/cgroups.py). With the v1 memory controller, its `hard` is the cgroup's
+An instance with a `memory` limit (not preloaded) starts in a cgroup of its own
+(spawn/cgroups.py). Measured by "rss", with the v1 memory controller, its `hard` is the cgroup's
 `memory.limit_in_bytes`, with the kernel's OOM killer turned off for it: at the limit the
 kernel reclaims the group's page cache, then holds its allocations, and tells us through an
 eventfd; we SIGKILL the whole tree (`memory_hard`, as the sampler did). Its `soft` is a
@@ -12,7 +12,8 @@ inactive file cache the kernel would drop first, as Kubernetes does. So an idle 
 its limits costs nothing per second, however large (Limits samples only the rest).
 
 When the instance ends, whatever is still in its cgroup (a double-forked daemon that left
-its session and cleared its environment) is killed through `cgroup.kill`, and the cgroup is
+its session and cleared its environment) is killed (`cgroup.kill` in v2, each member in v1,
+again until none is left), and the cgroup is
 removed once empty; the spawner (and the guard, if the spawner dies) sweep the run's
 cgroups when the master goes.
 """
@@ -117,8 +118,7 @@ class KernelMemory:
                 or not self._make_run_dirs():
             return None
         kernel = self.run.memory is not None and policy.memory_measure == "rss"
-        join = cgroups.join_plan(self.run if kernel else self.run._replace(memory=None), spec.name, token,
-                                 policy.memory_hard if kernel else None)
+        join = cgroups.join_plan(self.run, spec.name, token, policy.memory_hard if kernel else None)
         if kernel:  # the kernel holds allocations at the limit; we kill the whole tree on its word
             leaf = join.dirs[-1]
             join = join._replace(writes=join.writes + ((os.path.join(leaf, "memory.oom_control"), "1"),))
@@ -148,7 +148,8 @@ class KernelMemory:
         dirs = self.pending.pop(inst.name, None)
         if dirs is None:
             return
-        memory = next((d for d in dirs if self.run.memory and d.startswith(self.run.memory + "/")), None)
+        kernel = inst.spec.policy.memory_measure == "rss"  # pss, uss: a cgroup for membership only
+        memory = next((d for d in dirs if kernel and self.run.memory and d.startswith(self.run.memory + "/")), None)
         watch = self.watches[inst.name] = Watch(dirs, memory)
         if memory is not None:
             self._register(inst, watch)
