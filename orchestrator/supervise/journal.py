@@ -110,8 +110,9 @@ class Journal:
         if new is State.STOPPING:
             self._stopping[name] = event.reason or inst.stop_reason or ""
         if old is State.STOPPING and new is State.STOPPED:
-            self.record("stopped", name, template, pid=self._pids.pop(name, None),
-                        reason=self._stopping.pop(name, None) or None, **base, **exit_facts(inst.last_exit))
+            pid = self._pids.pop(name, None)  # None: stopped before its spawn came back
+            self.record("stopped", name, template, pid=pid, reason=self._stopping.pop(name, None) or None,
+                        **base, **exit_facts(inst.last_exit if pid is not None else None))
             return
         if old in (State.RUNNING, State.STARTING) and new in _EXIT_LIKE and inst.pid is None:
             self.record("exited", name, template, pid=self._pids.pop(name, None) if old is State.RUNNING else None,
