@@ -152,3 +152,21 @@ def test_the_cells_table_and_top_header():
                                     "consumer-qb 2/2 [1-8] backlog ? () pinned"]
     header = "".join(text for text, _ in summarize({"instances": [], "scaling": rows}))
     assert "consumer-qa 3/5 [1-8] backlog 900" in header
+
+
+@pytest.mark.parametrize("table, where, words", [
+    ('command = "app"\nreplicas = { min = 3, max = 2 }', "workers.w.replicas", "must not exceed"),
+    ('command = "app"\nreplicas = { max = 4, backlog = 10 }', "workers.w.backlog", "names its backlog source"),
+    ('command = "app"\nreplicas = 2\nbacklog = { command = ["n"], per = 1 }', "workers.w.backlog", "only for replicas"),
+    ('target = "orchestrator.queues.redis:QueueConsumer"\nreplicas = { max = 4 }', "workers.w.replicas",
+     "messages per replica once"),
+    ('command = "app"\nreplicas = { max = 4 }\nbacklog = { redis = "redis://h/0", list = "j", per = 5 }\n'
+     'scale = { step = 0 }', "workers.w.scale", "step"),
+])
+def test_bad_scaling_config_is_a_located_error(tmp_path, table, where, words):
+    from conftest import orch
+    config = tmp_path / "workers.toml"
+    config.write_text("[workers.w]\n" + table + "\n")
+    out = orch("check", "-c", str(config))
+    assert out.returncode == 2 and where in out.stderr and words in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
