@@ -241,6 +241,13 @@ def test_a_tree_that_cannot_take_over_is_refused_and_nothing_changes(start_maste
     assert checked.returncode == 0, checked.stderr
     assert "can take over from 0.1.0" in checked.stdout
 
+    state = tree / "orchestrator" / "handover" / "state.py"  # an orch that knows an older format only
+    state.write_text(state.read_text().replace(f"VERSION = {VERSION}", "VERSION = 1"))
+    refused = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert refused.returncode == 1 and f"has format {VERSION}, newer than this orch (1)" in refused.stderr, \
+        refused.stderr
+    state.write_text(state.read_text().replace("VERSION = 1", f"VERSION = {VERSION}"))
+
     set_version(tree, "2.0.0")
     broken = tree / "orchestrator" / "supervise" / "rollout.py"
     broken.write_text(broken.read_text() + "\ndef broken(:\n")
