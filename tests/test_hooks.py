@@ -124,7 +124,7 @@ timeout = "0.5s"
 
 [[hooks]]
 on = ["started"]
-command = ["false"]
+command = ["sh", "-c", "echo hook-says-hi; exit 1"]
 
 [[hooks]]
 on = ["started"]
@@ -148,7 +148,8 @@ def test_a_hanging_hook_is_killed_at_its_timeout_and_the_master_stays_responsive
     assert time.monotonic() - before < 0.5, "the master answers while its hook hangs"
     wait_for(lambda: not alive(hook) and not alive(child), 5, message="the hook's process group killed")
     wait_for(lambda: "timed out after 0.5s: killed" in master.stderr(), 5, message="the timeout logged")
-    wait_for(lambda: "hook 1 (false) for web started failed (exit 1)" in master.stderr(), 5)
+    wait_for(lambda: "hook 1 (sh) for web started failed (exit 1)" in master.stderr(), 5)
+    assert "hook-says-hi" in master.stderr(), "a hook's output goes to the master's stderr"
     wait_for(lambda: "no-such-program-here: command not found" in master.stderr(), 5)
     log = master.stderr()
     assert log.count("timed out after 0.5s") == 1 and log.count("failed (exit 1)") == 1
