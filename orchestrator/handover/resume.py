@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,13 @@ class Handover:
         self._cgroups(master.kernel_memory)
         master.journal.take_over(record["master"].get("journal") or {})
         for row in record["instances"]:
-            restore_instance(master, specs[row["name"]], row)
+            if row["name"] in specs:
+                restore_instance(master, specs[row["name"]], row)
+            else:  # the proof expanded it; an expansion that differs now cannot supervise it
+                log.error("%s is not in the config as the new code expands it: its process %s is stopped",
+                          row["name"], row["pid"])
+                if row["pid"] is not None:
+                    master.supervisor.launcher.signal(row["pid"], signal.SIGTERM, True)
         self._pipes(sup, master.settings.log_dir)
         self._counters(master)
         release_signals()  # handlers are in place: what arrived during the exec is handled now
