@@ -205,3 +205,19 @@ def test_a_plain_command_names_its_source(start_master, redis_server, tmp_path):
     redis.Redis.from_url(redis_server.url).lpush("jobs:lister", *[b"x"] * 15)
     wait_for(lambda: running(master, "lister") == 2, 10, message="the list's 15 ask for 2")
     assert master.proc.poll() is None
+
+
+def test_min_zero_keeps_a_consumer_while_retries_wait(start_master, redis_server, tmp_path):
+    """A failed message waits in QUEUE:delayed, which only a running consumer moves back: with
+    min = 0 it counts as backlog, so the cell does not scale to nothing under it."""
+    events = Events(write_handlers(tmp_path))
+    client = redis.Redis.from_url(redis_server.url)
+    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa"],
+                                 low=0, high=2, per=1, up="0.2s", down="0.5s", step=2,
+                                 kwargs=", max_attempts = 4").replace("retry_delay = 0.1", "retry_delay = 0.4"))
+    wait_for(lambda: cells(master)["consumer-qa"]["backlog"] == 0, 10)
+    client.lpush("qa", "poison:1")
+    wait_for(lambda: client.llen("qa:dead") == 1, 20, interval=0.1,
+             message="the poison message retried to the dead letter, never stranded in qa:delayed")
+    assert events.counts("start")["poison:1"] == 4
+    wait_for(lambda: master.status() == {}, 10, message="back to nothing once nothing waits")

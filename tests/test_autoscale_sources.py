@@ -29,6 +29,7 @@ def test_resp_errors_and_replies():
     value, _ = parse_resp(b"-WRONGTYPE no\r\n")
     assert isinstance(value, RespError)
     assert redis_backlog("redis", "", ["OK", 7]) == 7
+    assert redis_backlog("redis", "", ["OK", 7, 2, 1, 0], 4) == 10  # list, delayed, processing lists
     group = [b"name", b"g", b"consumers", 1, b"pending", 3, b"last-delivered-id", b"1-0",
              b"entries-read", 5, b"lag", 10]
     assert redis_backlog("redis-stream", "g", ["OK", 15, [group]]) == 13
@@ -37,7 +38,8 @@ def test_resp_errors_and_replies():
     with pytest.raises(ValueError, match="NOAUTH"):
         redis_backlog("redis", "", [RespError("NOAUTH Authentication required."), 1])
     host, port, request, replies = redis_request(BacklogDecl("redis", "redis://:s3cret@h:7000/3", "jobs"))
-    assert (host, port, replies) == ("h", 7000, 3) and b"AUTH" in request and b"SELECT" in request
+    assert (host, port, replies) == ("h", 7000, 4) and b"AUTH" in request and b"SELECT" in request
+    assert redis_request(BacklogDecl("redis", "redis://h/0", "jobs"), ("jobs:processing:w",))[3] == 4
 
 
 def test_beanstalk_replies():
@@ -70,6 +72,8 @@ def test_real_servers(redis_server, beanstalkd_server):
     client = redis.Redis.from_url(redis_server.url)
     client.lpush("jobs", *[b"x"] * 25)
     assert read(BacklogDecl("redis", redis_server.url, "jobs"))[:2] == (25, None)
+    client.zadd("jobs:delayed", {b"r1": 1, b"r2": 2})
+    assert read(BacklogDecl("redis", redis_server.url, "jobs"))[:2] == (27, None)  # retries waiting count
     assert read(BacklogDecl("redis", redis_server.url, "none"))[:2] == (0, None)
     client.xgroup_create("s", "g", id="0", mkstream=True)
     for i in range(6):

@@ -71,8 +71,10 @@ def parse_resp(buf: bytes, at: int = 0) -> tuple[Any, int] | None:
     raise ValueError(f"not a Redis reply: {buf[at:at + 20]!r}")
 
 
-def redis_request(source: BacklogDecl) -> tuple[str, int, bytes, int]:
-    """(host, port, the pipelined request, how many replies) for a redis source (pure)."""
+def redis_request(source: BacklogDecl, held: tuple[str, ...] = ()) -> tuple[str, int, bytes, int]:
+    """(host, port, the pipelined request, how many replies) for a redis source (pure). A list
+    also counts its retries waiting in `LIST:delayed` and the lists `held` (orch's consumers'
+    processing lists): work no running consumer may be left to pick up (min = 0)."""
     url = urlsplit(source.url)
     if url.scheme != "redis" or not url.hostname:
         raise ValueError(f"expected redis://[:PASSWORD@]HOST[:PORT][/DB], got scheme {url.scheme!r}")
@@ -85,22 +87,23 @@ def redis_request(source: BacklogDecl) -> tuple[str, int, bytes, int]:
         raise ValueError(f"bad database number {db!r}")
     commands.append(resp_command("SELECT", db))
     if source.kind == "redis":
-        commands.append(resp_command("LLEN", source.key))
+        commands += [resp_command("LLEN", source.key), resp_command("ZCARD", f"{source.key}:delayed")]
+        commands += [resp_command("LLEN", key) for key in held]
     else:
         commands += [resp_command("XLEN", source.key), resp_command("XINFO", "GROUPS", source.key)]
     return url.hostname, url.port or 6379, b"".join(commands), len(commands)
 
 
-def redis_backlog(kind: str, group: str, replies: list[Any]) -> int:
-    """The backlog from the replies (pure): a list's length; a stream group's lag plus pending
-    (the whole stream when the group does not exist yet; nothing when the stream does not)."""
-    for reply in replies[:-2 if kind == "redis-stream" else -1]:
+def redis_backlog(kind: str, group: str, replies: list[Any], counts: int = 1) -> int:
+    """The backlog from the replies (pure): for a list, the sum of its `counts` last replies
+    (its length, its delayed retries, the processing lists asked about); for a stream, the
+    group's lag plus pending (the whole stream when the group does not exist yet; nothing when
+    the stream does not)."""
+    for reply in replies[:-2 if kind == "redis-stream" else len(replies)]:
         if isinstance(reply, RespError):
             raise ValueError(str(reply))
     if kind == "redis":
-        if isinstance(replies[-1], RespError):
-            raise ValueError(str(replies[-1]))
-        return int(replies[-1])
+        return sum(int(r) for r in replies[-counts:])
     length, groups = replies[-2], replies[-1]
     if isinstance(length, RespError):
         raise ValueError(str(length))
@@ -149,9 +152,9 @@ class Reading:
     """One reading of one source; `start()` once, `cancel()` to drop it without an answer."""
 
     def __init__(self, loop: EventLoop, source: BacklogDecl, done: Done, env: dict[str, str] | None = None,
-                 cwd: str | None = None) -> None:
+                 cwd: str | None = None, held: tuple[str, ...] = ()) -> None:
         self.loop, self.source, self.done = loop, source, done
-        self.env, self.cwd = env, cwd
+        self.env, self.cwd, self.held = env, cwd, held
         self.sock: socket.socket | None = None
         self.fd: int | None = None  # command: the read end of its stdout
         self.pidfd: int | None = None
@@ -172,7 +175,7 @@ class Reading:
                 self.request = f"stats-tube {self.source.key}\r\n".encode()
                 self._resolve(host, port)
             else:
-                host, port, self.request, self.replies = redis_request(self.source)
+                host, port, self.request, self.replies = redis_request(self.source, self.held)
                 self._resolve(host, port)
         except (OSError, ValueError) as exc:
             self._finish(None, _words(exc))
@@ -256,7 +259,7 @@ class Reading:
                 return None
             replies.append(got[0])
             pos = got[1]
-        return redis_backlog(self.source.kind, self.source.group, replies)
+        return redis_backlog(self.source.kind, self.source.group, replies, 2 + len(self.held))
 
     def _spawn(self) -> None:
         read, write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)

@@ -26,6 +26,7 @@ from .states import Then
 
 log = logging.getLogger("orch")
 PERIOD = 1.0  # seconds between two readings of one source
+REDIS_LIST_CONSUMER = "orchestrator.queues.redis:QueueConsumer"
 
 
 @dataclass
@@ -154,9 +155,19 @@ class Scaler:
             env.update(spec.env)
             env.update(ORCH_CELL=source.cells[0] if source.cells else "", ORCH_TEMPLATE=spec.template)
         reading = Reading(self.loop, source.auto.source, lambda n, why: self._read_done(source, reading, n, why),
-                          env, spec.cwd if source.auto.source.kind == "command" else None)
+                          env, spec.cwd if source.auto.source.kind == "command" else None, self._held(source))
         source.reading = reading
         reading.start()
+
+    def _held(self, source: Source) -> tuple[str, ...]:
+        """The processing lists of the Redis list consumers reading this source: a message a
+        killed replica held waits there for a consumer of the queue, so it counts as backlog
+        (with min = 0, nothing else would start one)."""
+        if source.auto.source.kind != "redis":
+            return ()
+        return tuple(f"{source.auto.source.key}:processing:{spec.name}" for name in source.cells
+                     if (cell := self.cells.get(name)) is not None for spec in cell.specs
+                     if spec.python is not None and spec.python.target == REDIS_LIST_CONSUMER)
 
     def _read_done(self, source: Source, reading: Reading, backlog: int | None, why: str | None) -> None:
         if source.reading is not reading:
