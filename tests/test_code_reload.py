@@ -4,6 +4,10 @@ Real masters, a real redis-server, real preloaded queue consumers."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 import redis
 
@@ -83,16 +87,21 @@ def test_reload_code_rolls_preloaded_consumers_onto_new_code_losing_nothing(star
     send(200)
     wait_for(lambda: len(events.all()) >= 50, 20, message="the consumers at work")
     app.write_text(APP.format(version="v22"))  # another size too: a pyc of the same second stays valid
-    result = orch("reload", "--code", "template:consumer", "-c", str(master.config), timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "8 running instances of 8 roll onto it" in result.stdout, result.stdout
-    while True:  # load all through the roll
-        send(20)
-        rows = master.status()
-        if all(r["pid"] not in old.values() and r["state"] == "running" for r in rows.values()):
-            break
-        wait_for(lambda: True, 0.05)
-        assert len(sent) < 20000, "the roll never finished"
+    # The command returns once every instance is ready on the new code; load all the while.
+    reload = subprocess.Popen([sys.executable, "-m", "orchestrator", "reload", "--code", "template:consumer",
+                               "-c", str(master.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while reload.poll() is None:
+            send(20)
+            time.sleep(0.05)  # the pace of the load (20 messages per 50 ms), not a wait for a condition
+            assert len(sent) < 20000, "the roll never finished"
+        out, err = reload.communicate(timeout=10)
+    finally:
+        reload.kill()
+    assert reload.returncode == 0, err
+    assert "8 running instances of 8 rolled onto it" in out, out
+    rows = master.status()
+    assert all(r["pid"] not in old.values() and r["state"] == "running" for r in rows.values()), rows
     send(200)
     wait_for(lambda: set(sent) <= set(_versions(events)), 60, interval=0.2, message="every message handled")
     assert set(master.pids().values()).isdisjoint(old.values())
@@ -112,7 +121,7 @@ def test_an_import_error_rolls_nothing_and_says_where(start_master, tmp_path):
         target = "app:W"
         preload = true
         replicas = 3
-        min_uptime = "0.2s"
+        min_uptime = "2s"  # a process that dies at start is never taken for ready
     """)
     before = master.wait_running(3, timeout=20)
     app.write_text("from orchestrator.worker import Worker\nimport time\n\nLIMIT = undefined_name + 1\n")
@@ -125,6 +134,15 @@ def test_an_import_error_rolls_nothing_and_says_where(start_master, tmp_path):
     # A restart now still forks from the old zygote: the old code keeps running.
     master.call("restart", patterns=["w"], wait=True, timeout=10)
     assert master.status()["w"]["state"] == "running"
+    before = master.pids()
+    # Code that imports but dies at start: the roll halts at its first batch, the command says
+    # so (exit 1), and the rest keep their old process.
+    app.write_text("from orchestrator.worker import Worker\n\nclass W(Worker):\n"
+                   "    def init(self):\n        raise SystemExit(7)\n")
+    result = orch("reload", "--code", "template:w", "--timeout", "30", "-c", str(master.config), timeout=60)
+    assert result.returncode == 1 and "(exit 7)" in result.stderr, result
+    kept = {n: pid for n, pid in master.pids().items() if pid == before[n]}
+    assert len(kept) == 2, (before, master.pids())
 
 
 WORKER = '''import time

@@ -31,10 +31,7 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
     if args.patterns and not args.code:
         raise OrchError("orch reload takes instance patterns only with --code (the config is one whole)")
     if args.code:
-        result = ask(args, path, "reload", code=True, patterns=args.patterns or None)
-        print(f"new code imported: {result['rolling']} running instances of {result['instances']} roll onto it "
-              "(orch status shows the progress)")
-        return EXIT_OK
+        return _reload_code(args, path)
     result = ask(args, path, "reload")
     if result.get("queued"):
         print("reload queued behind the one being applied")
@@ -45,6 +42,25 @@ def cmd_reload(args: argparse.Namespace, path: Path) -> int:
               f"restarted, {result['update']} updated in place, {result['keep']} unchanged")
         for note in result.get("settings", []):  # [orchestrator] changes, and what was not applied
             print(f"  {note}")
+    return EXIT_OK
+
+
+def _reload_code(args: argparse.Namespace, path: Path) -> int:
+    """`orch reload --code`: returns once every rolled instance is ready on the new code
+    (or, --no-wait, once the new code imported); an import error exits 2, a halted roll 1."""
+    from .progress import follow
+    client = client_for(args, path, timeout=None if not args.no_wait else 120.0)
+    try:
+        with follow(client.path, "moving onto the new code", "restarted", args.patterns or None):
+            result = client.call("reload", code=True, patterns=args.patterns or None,
+                                 wait=not args.no_wait, timeout=args.timeout)
+    finally:
+        client.close()
+    if args.no_wait:
+        print(f"new code imported: {result['rolling']} running instances of {result['instances']} roll onto it "
+              "(orch status shows the progress)")
+    else:
+        print(f"new code imported: {result['rolling']} running instances of {result['instances']} rolled onto it")
     return EXIT_OK
 
 

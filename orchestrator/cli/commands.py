@@ -78,7 +78,11 @@ COMMAND_LIST: tuple[Command, ...] = (
             "the code on disk now, rolling", "orch reload --code template:consumer", "client_commands:cmd_reload", (
                 arg("--code", action="store_true",
                     help="start fresh zygotes with the code on disk and roll the preloaded instances (all, or "
-                         "those PATTERN names) onto them; an import error moves nothing"), PATTERNS)),
+                         "those PATTERN names) onto them; an import error moves nothing"), PATTERNS,
+                arg("--no-wait", action="store_true",
+                    help="with --code: return once the new code imported, not once every instance runs it"),
+                arg("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="with --code: give up waiting after this long (exit 1)"))),
     Command("upgrade", "re-execute the master (same pid) into the orch installed now; every instance "
             "keeps running", "orch upgrade --check", "upgrade:cmd_upgrade", (
                 arg("--check", action="store_true", help="only prove the new code can take over: it "

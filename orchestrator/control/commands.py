@@ -151,11 +151,13 @@ class Commands:
         return {"name": name, "state": inst.state.value, "pid": inst.pid, "pids": pids, "ready": inst.ready,
                 "waiting": inst.waiting, "probes": inst.probes.status() if inst.probes is not None else None}
 
-    def cmd_reload(self, conn: Connection, code: bool = False, patterns: list[str] | None = None) -> Any:
+    def cmd_reload(self, conn: Connection, code: bool = False, patterns: list[str] | None = None,
+                   wait: bool = False, timeout: float | None = None) -> Any:
         reply = Pending()
-        if code:  # new code for preloaded instances: answered once it imported (or failed to)
+        if code:  # new code for preloaded instances (supervise/code_reload.py)
             names = self.match(patterns) if patterns else list(self.master.supervisor.instances)
-            self.master.reload_code(names, " ".join(patterns or ["every template"]), lambda r: _answer(reply, r))
+            self.master.reload_code(names, " ".join(patterns or ["every template"]),
+                                    lambda r: self._code_reloaded(reply, r, wait, timeout))
             return reply
         result = self.master.request_reload("orch reload", force=True, on_done=lambda r: _answer(reply, r))
         if result is None:  # expanding in steps: answered when applied
@@ -163,6 +165,19 @@ class Commands:
         if result.get("error"):
             raise ControlError(result["error"], 2)
         return result
+
+    def _code_reloaded(self, reply: Pending, result: dict[str, Any], wait: bool, timeout: float | None) -> None:
+        """The new code imported (or did not): answer now, or (`wait`) once every instance
+        rolled onto it is ready on a new process; one that dies first fails the reply."""
+        rolled = result.get("rolled") or []
+        if result.get("error") or not wait or not rolled:
+            _answer(reply, result)
+            return
+        if timeout is None:
+            policies = [self.master.supervisor.instances[n].target.policy for n, _ in rolled]
+            timeout = DEFAULT_WAIT + len(rolled) * max(p.stop_timeout + p.min_uptime for p in policies)
+        inner = self.waits.add([Goal(n, "ready", pid) for n, pid in rolled], result, timeout)
+        inner.conn, reply.answered = reply.conn, True  # the wait answers on this request's connection
 
     def cmd_diff(self, conn: Connection) -> Any:
         reply = Pending()

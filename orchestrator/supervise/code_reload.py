@@ -83,4 +83,5 @@ class CodeReloader:
         if items:
             self.supervisor.roll(f"{label} onto new code", items)
         log.info("reload --code (%s): new code imported; %d running instances roll onto it", label, len(items))
-        on_done({"applied": True, "code": True, "rolling": len(items), "instances": len(names)})
+        on_done({"applied": True, "code": True, "rolling": len(items), "instances": len(names),
+                 "rolled": [[inst.name, inst.pid] for inst, _ in items]})  # pid: the old process
