@@ -84,6 +84,7 @@ def test_status_top_inspect_and_metrics_show_each_probe(start_master, tmp_path: 
     probes.liveness = {{ tcp = "127.0.0.1:{port}", period = "0.1s", failures = 50 }}
     ''')
     row = wait_for(lambda: (r := master.status()["web"])["probes"] and r["probes"]["readiness"]["failed"] >= 2
+                   and r["probes"]["readiness"]["last"] == "HTTP 503 from /health"  # served, not refused
                    and r["probes"]["liveness"]["last"] == "ok" and r, 10, message="readiness failing, liveness ok")
     readiness = row["probes"]["readiness"]
     assert readiness["last_failure"] == "HTTP 503 from /health" and abs(readiness["last_failure_at"] - time.time()) < 5
