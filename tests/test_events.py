@@ -32,8 +32,9 @@ def test_the_journal_keeps_the_last_records_and_hands_new_ones_to_followers():
     assert journal.recent(0) == []
     assert len(seen) == 5 and list(seen[0])[:5] == ["ts", "seq", "kind", "instance", "template"]
     stop()
-    journal.record("reload")
+    journal.record("reload", ts=0, seq=0)
     assert len(seen) == 5, "unsubscribed"
+    assert journal.recent(1)[0]["seq"] == 6 and journal.recent(1)[0]["ts"] > 0, "facts never hide ts or seq"
 
 
 def test_a_failing_follower_is_dropped_and_the_others_still_hear():

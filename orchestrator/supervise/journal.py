@@ -47,8 +47,9 @@ class Journal:
                **facts: Any) -> Record:
         """Append one record and hand it to every follower; returns it."""
         self._seq += 1
-        rec: Record = {"ts": time.time(), "seq": self._seq, "kind": kind,
-                       "instance": instance, "template": template, **facts}
+        rec: Record = {"ts": time.time(), "seq": self._seq, "kind": kind, "instance": instance,
+                       "template": template}
+        rec.update((k, v) for k, v in facts.items() if k not in rec)  # a fact never hides ts or seq
         self._ring.append(rec)
         for follower in list(self._followers):
             try:
