@@ -113,3 +113,10 @@ def test_nomad_gets_a_scaling_block(tmp_path):
     assert "Scaling" not in groups["web"] and groups["web"]["Count"] == 2
     args = groups["events"]["Tasks"][0]["Config"]["args"]
     assert args[args.index("--name") + 1] == "events-${NOMAD_ALLOC_INDEX}"
+
+
+def test_formats_without_an_autoscaler_say_they_run_max(tmp_path):
+    out = export(tmp_path, "procfile")
+    lines = [line for line in out.stderr.splitlines() if "autoscaling" in line]
+    assert len(lines) == 3 and "workers.consumer.replicas" in lines[0] and "(3)" in lines[0], out.stderr
+    assert sum(1 for line in out.stdout.splitlines() if line.startswith("consumer-q1")) == 3  # -q1, -q1-1, -q1-2

@@ -27,7 +27,11 @@ def export(name: str, specs: list, options: Options) -> Output:
     if name in ELSEWHERE:
         from .common import portable
         specs = portable(specs, options)
-    return module(name).export(specs, options)
+    output = module(name).export(specs, options)
+    if name not in ELSEWHERE:  # kubernetes and nomad scale them (export/autoscale.py)
+        from .autoscale import fixed_warnings
+        output.warnings += fixed_warnings(name, specs)
+    return output
 
 
 def run(name: str, config_path: Path, out_dir: Path | None, image: str | None,

@@ -110,3 +110,10 @@ def nomad_scaling(members: list[ProcessSpec], warnings: list[str]) -> dict[str, 
                     "per replica) from an APM plugin you run: left for you to add to Policy")
     return {"Min": auto.min, "Max": auto.max, "Enabled": True,
             "Policy": {"evaluation_interval": "1s", "cooldown": f"{math.ceil(auto.scale.down_after)}s"}}
+
+
+def fixed_warnings(target: str, specs: list[ProcessSpec]) -> list[str]:
+    """One line per autoscaled template for a format with no autoscaler: it runs max replicas."""
+    seen = {s.template: s.autoscale.max for s in specs if s.autoscale is not None}
+    return [f"orch export: {target} cannot express workers.{name}.replicas = {{ min, max, backlog }} "
+            f"(autoscaling): each combination runs replicas.max ({high})" for name, high in seen.items()]
