@@ -172,3 +172,12 @@ def test_an_exec_probe_names_no_path_of_this_machine(tmp_path: Path) -> None:
     pod = next(d for d in _documents(out.files["kubernetes.yaml"]) if d["kind"] == "Deployment")
     assert pod["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"] == \
         ["python3", "/app/check.py"]
+
+
+def test_systemd_carries_only_a_liveness_watchdog(tmp_path: Path) -> None:
+    config = write(tmp_path / "beat", '[workers.w]\ncommand = "sleep 1"\n'
+                   'probes.readiness = { notify = "watchdog", period = "2s", failures = 1 }\n')
+    out = _out("systemd", config)
+    unit = next(text for name, text in out.files.items() if name.endswith("-w.service"))
+    assert "WatchdogSec" not in unit and "Type=exec" in unit
+    assert any('readiness notify = "watchdog"' in w and "workers.w:" in w for w in out.warnings), out.warnings

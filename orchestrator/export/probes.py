@@ -103,7 +103,7 @@ def systemd_type(spec: ProcessSpec, one_shot_needed: bool) -> list[str]:
     are after (Type=oneshot, so that their After= waits for its exit)."""
     by_kind = {(p.role, p.message) for p in spec.probes if p.kind == "notify"}
     ready = {("readiness", "ready"), ("startup", "ready")} & by_kind
-    watchdog = next((p for p in spec.probes if p.kind == "notify" and p.message == "watchdog"), None)
+    watchdog = next((p for p in spec.probes if p.kind == "notify" and p.role == "liveness"), None)
     lines = []
     if ready or spec.policy.timeout is not None:
         lines += ["Type=notify", "NotifyAccess=all"]
@@ -134,7 +134,10 @@ def systemd_order(spec: ProcessSpec, units: dict[str, list[str]]) -> list[str]:
 
 def systemd_lost(spec: ProcessSpec) -> list[str]:
     lost = [p for p in spec.probes if p.kind != "notify"]
-    return [f"probes {_named(lost)} (systemd runs no health checks; only notify probes carry)"] if lost else []
+    said = [f"probes {_named(lost)} (systemd runs no health checks; only notify probes carry)"] if lost else []
+    heartbeat = [p.role for p in spec.probes if p.kind == "notify" and p.message == "watchdog" and p.role != "liveness"]
+    return said + [f"{role} notify = \"watchdog\" (WatchdogSec= restarts; only a liveness watchdog carries)"
+                   for role in heartbeat]
 
 
 # --- nomad --------------------------------------------------------------------------------
