@@ -322,7 +322,7 @@ class Master:
                                            fd_limit=self._fd_limit,
                                            state=str(state_path(self.settings.pidfile)))
         self.spawner.send_sockets(self.listeners.items())
-        self.upgrader.spawner_version = __version__  # the new spawner runs this master's code
+        self.upgrader.spawner_replaced()  # it runs this master's code
         self.journal.record("spawner_replaced", old_pid=old.pid, pid=self.spawner.pid)
         self.supervisor.replace_spawner(self.spawner)
         self.state_file.changed()

@@ -248,6 +248,13 @@ def test_a_tree_that_cannot_take_over_is_refused_and_nothing_changes(start_maste
         refused.stderr
     state.write_text(state.read_text().replace("VERSION = 1", f"VERSION = {VERSION}"))
 
+    request = tree / "orchestrator" / "spawn" / "request.py"  # a new field the old spawner lacks
+    request.write_text(request.read_text().replace("    cgroup: tuple | None = None",
+                                                   "    cgroup: tuple | None = None\n    nice: int = 0"))
+    refused = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert refused.returncode == 1 and "speaks another protocol" in refused.stderr, refused.stderr
+    request.write_text(request.read_text().replace("\n    nice: int = 0", ""))
+
     set_version(tree, "2.0.0")
     broken = tree / "orchestrator" / "supervise" / "rollout.py"
     broken.write_text(broken.read_text() + "\ndef broken(:\n")

@@ -42,6 +42,7 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
                 "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler),
                 "cgroups": cgroups_record(master.kernel_memory), "journal": master.journal.handover()},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
+                 "protocol": upgrader.spawner_protocol,
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
         fds=fds, instances=[instance_record(inst) for inst in master.supervisor.instances.values()],
         pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None)

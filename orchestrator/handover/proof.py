@@ -113,9 +113,10 @@ def check() -> int:  # pragma: no cover - runs in the proof child
     """In the proof child: read the record on stdin, compile and import orch, load and expand
     the config; one JSON line on stdout says whether all of it worked."""
     from .. import __version__
-    from .state import HandoverError, migrate, missing_names
+    from .state import HandoverError, check_protocol, migrate, missing_names
     try:
         record = migrate(json.loads(sys.stdin.buffer.read()))
+        check_protocol(record)
         _import_everything()
         from pathlib import Path
         from ..config.load import load_config

@@ -114,6 +114,7 @@ class Handover:
         master.upgrader.count = old.get("upgrades", 0)
         master.upgrader.previous = self.record["orch"]
         master.upgrader.spawner_version = spawner.get("version")
+        master.upgrader.spawner_protocol = spawner.get("protocol") or master.upgrader.spawner_protocol
         if old.get("fd_limit"):
             master._fd_limit = tuple(old["fd_limit"])  # what a replacement spawner gives children
         master.spawner.adopted = {leader: set(orphans) for leader, orphans in spawner.get("adopted", [])}

@@ -73,6 +73,22 @@ def migrate(record: Any) -> dict[str, Any]:
     return record
 
 
+def spawner_protocol() -> list[Any]:
+    """The master-spawner protocol of this code: its revision and SpawnRequest's fields."""
+    from ..spawn.request import PROTOCOL, SpawnRequest
+    return [PROTOCOL, *SpawnRequest._fields]
+
+
+def check_protocol(record: dict[str, Any]) -> None:
+    """Refuse (HandoverError) a successor that cannot talk to the running spawner."""
+    running = record["spawner"].get("protocol")
+    if running is not None and running != spawner_protocol():
+        raise HandoverError(
+            f"the running spawner (orch {record['spawner'].get('version')}) speaks another protocol than "
+            "this orch; an upgrade in place would need a new spawner, which this orch cannot start beside "
+            "it yet: restart the master to upgrade (orch down, orch up)")
+
+
 def missing_names(record: dict[str, Any], names: Iterable[str]) -> list[str]:
     """Instances of the record the expanded config does not have (the proof refuses them)."""
     known = set(names)

@@ -20,6 +20,7 @@ from ..supervise.probe_exec import ExecCheck
 from ..supervise.states import State, Then
 from .carry import exec_successor, record_fd
 from .proof import Proof
+from .state import spawner_protocol
 
 log = logging.getLogger("orch")
 QUIET_WAIT = 10.0  # seconds an upgrade waits for spawns, reloads and answers in flight
@@ -34,6 +35,7 @@ class Upgrader:
         self.count = 0  # upgrades this master (this pid) has been through
         self.previous: str | None = None  # the orch version before the last upgrade
         self.spawner_version = __version__  # the code the current spawner (and its zygotes) run
+        self.spawner_protocol = spawner_protocol()  # and the protocol it speaks
         self.proof: Proof | None = None
         self._job: dict[str, Any] | None = None
 
@@ -47,6 +49,10 @@ class Upgrader:
         log.info("upgrade%s requested: waiting for a quiet moment, then proving the new code",
                  " --check" if check else "")
         self._when_quiet(self._prove)
+
+    def spawner_replaced(self) -> None:
+        """A new spawner started (the old one died): it runs this master's code."""
+        self.spawner_version, self.spawner_protocol = __version__, spawner_protocol()
 
     def reaped(self, pid: int, status: int) -> bool:
         """The master reaped a child that is not the spawner: the proof's, perhaps."""

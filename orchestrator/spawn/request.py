@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# Bump when a message between the master and the spawner changes. With SpawnRequest's fields
+# it is the protocol an `orch upgrade` checks: the new master talks to the running spawner.
+PROTOCOL = 1
+
 
 class SpawnRequest(NamedTuple):
     """One process to start. `env` is the full environment, or overrides on the inherited one."""
