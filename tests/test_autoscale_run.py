@@ -162,6 +162,8 @@ def test_orch_scale_pins_until_auto(start_master, redis_server, tmp_path):
     wait_for(lambda: running(master, "consumer-qa") == 3 and running(master, "consumer-qb") == 3, 15)
     time.sleep(1.5)  # empty queues: without the pin this would go back to 1 after down_after
     assert cells(master)["consumer-qa"]["desired"] == 3 and cells(master)["consumer-qa"]["pinned"] == 3
+    diff = orch("diff", "-c", str(master.config))
+    assert diff.returncode == 0 and "0 to start, 0 to stop" in diff.stdout, diff.stdout  # pinned counts, not max
     bad = orch("scale", "consumer", "9", "-c", str(master.config))
     assert bad.returncode == 2 and "replicas.max" in bad.stderr
     assert orch("scale", "consumer-qa", "--auto", "-c", str(master.config)).returncode == 0

@@ -186,7 +186,9 @@ class Commands:
             if isinstance(loaded, ConfigError):
                 reply.fail(str(loaded), 2)
                 return
-            plan = reconcile(loaded[1], self.master.supervisor.running_view())
+            scaler = getattr(self.master, "scaler", None)  # autoscaled cells: their current counts
+            specs = scaler.preview(loaded[1]) if scaler is not None else loaded[1]
+            plan = reconcile(specs, self.master.supervisor.running_view())
             current = {name: inst.target for name, inst in self.master.supervisor.instances.items()}
             reply.resolve({"lines": describe(plan, current), **plan.counts()})
         self.master.loop.call_soon(lambda: self.master.load_later(done))  # after the reply is owed

@@ -108,6 +108,22 @@ class Scaler:
             self.timer = self.loop.call_later(0, self._tick)
         return kept + [s for cell in cells.values() for s in cell.specs[:cell.state.count]]
 
+    def preview(self, specs: list[ProcessSpec]) -> list[ProcessSpec]:
+        """What `desired` would keep of `specs`, changing nothing (for `orch diff`)."""
+        out: list[ProcessSpec] = []
+        for spec in specs:
+            auto = spec.autoscale
+            if auto is None:
+                out.append(spec)
+                continue
+            cell = self.cells.get(auto.cell)
+            count = auto.min if cell is None else cell.state.count
+            pinned = self.pins.get(auto.cell)
+            count = min(pinned, auto.max) if pinned is not None else max(auto.min, min(auto.max, count))
+            if spec.replica < count:
+                out.append(spec)
+        return out
+
     def _settle(self, cell: Cell, before: Autoscale | None) -> None:
         """A new or changed cell: bounds (and a pin) apply at once, before any reading."""
         count = cell.state.count
