@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.terminate()
             server.wait(10)
-    plot(runs)
+    try:
+        plot(runs)
+    except ImportError:
+        log("no matplotlib (pip install 'orch-fleet[bench]'): bench/autoscale.png left as it was")
     section = render(runs, args.window)
     print(section)
     if args.write_results:
