@@ -94,6 +94,10 @@ class _Zygote:  # pragma: no cover - runs in the zygote; covered by integration 
             # and folder listings may predate the fix. Without this, every zygote after a
             # missing dependency was installed failed the same way until a master restart.
             importlib.invalidate_caches()
+            # No .pyc written here: a .pyc records its source's mtime in whole seconds, so one
+            # written now would be taken for current by a code reload after a same-size save
+            # within the same second (code_watch), which would then import the old code.
+            sys.dont_write_bytecode = True
             self.cls = load_target(self.target, list(self.pythonpath))
         except BaseException as exc:  # noqa: BLE001 - report any import failure, then exit
             self._send(("import_failed", import_error(self.target, exc)))
