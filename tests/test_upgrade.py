@@ -258,11 +258,10 @@ def test_a_tree_that_cannot_take_over_is_refused_and_nothing_changes(start_maste
     set_version(tree, "2.0.0")
     broken = tree / "orchestrator" / "supervise" / "rollout.py"
     broken.write_text(broken.read_text() + "\ndef broken(:\n")
-    for args in (("--check",), ()):
-        refused = orch("upgrade", *args, "-c", str(master.config), timeout=60)
-        assert refused.returncode == 1, refused.stdout
-        assert "upgrade refused, nothing changed" in refused.stderr and "rollout.py:" in refused.stderr
-        assert "SyntaxError" in refused.stderr
+    refused = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert refused.returncode == 1, refused.stdout
+    assert "upgrade refused, nothing changed" in refused.stderr and "rollout.py:" in refused.stderr
+    assert "SyntaxError" in refused.stderr
 
     (tree / "orchestrator" / "cli" / "__init__.py").write_text("def main(:\n")  # fails before our code runs
     refused = orch("upgrade", "-c", str(master.config), timeout=60, env={"PYTHONPATH": str(ROOT)})
@@ -400,3 +399,29 @@ def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_maste
              message="the crash loop going on under the new master")
     assert master.status()["held"]["state"] == "stopped"
     assert master.terminate() == 0
+
+
+EXEC_FAILS = """
+import os, signal, sys
+from orchestrator.handover.carry import exec_successor, record_fd
+sys.executable = "/nonexistent/python"
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append("SIGUSR1"))
+read_end, write_end = os.pipe()
+record = record_fd({"version": 2})
+before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+error = exec_successor(record, [read_end], lambda: [signal.SIGUSR1])
+print(type(error).__name__, error.errno)
+print(os.get_inheritable(read_end), os.get_inheritable(record), os.get_inheritable(write_end))
+print(signal.pthread_sigmask(signal.SIG_BLOCK, []) == before, got)
+"""
+
+
+def test_when_exec_fails_everything_is_as_it_was():
+    """The old master goes on: its fds close-on-exec again, no signal left blocked, and the
+    signal the loop had caught (raised again for the successor) is delivered here instead."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", EXEC_FAILS], capture_output=True, text=True, timeout=30,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["FileNotFoundError 2", "False False False", "True ['SIGUSR1']"], done.stdout
