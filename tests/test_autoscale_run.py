@@ -47,7 +47,7 @@ def test_a_burst_scales_up_within_up_after_and_idle_back_to_min(start_master, re
                                  low=1, high=4, per=10, up="1s", down="1s", step=4))
     wait_for(lambda: running(master, "consumer-qa") == 1 and running(master, "consumer-qb") == 1, 15)
     assert len(master.status()) == 2  # min replicas only, not max
-    burst = [f"sleep:0.05:qa-{i}" for i in range(200)]
+    burst = [f"sleep:0.2:qa-{i}" for i in range(120)]  # still busy when the count starts down
     client.lpush("qa", *burst)
     pushed = time.monotonic()
     wait_for(lambda: cells(master)["consumer-qa"]["desired"] == 4, 1.0 + 1.0 + 0.5,
@@ -60,6 +60,8 @@ def test_a_burst_scales_up_within_up_after_and_idle_back_to_min(start_master, re
     wait_for(lambda: len([n for n in master.status() if n.startswith("consumer-qa")]) == 1, 10)
     row = cells(master)["consumer-qa"]
     assert row["backlog"] == 0 and "down to 1" in row["reason"], row
+    starts = events.counts("start")
+    assert max(starts[m] for m in burst) == 1, "a stopping consumer finishes its message: none handled twice"
     log = (master.log_dir.parent / "master.log").read_text() if (master.log_dir.parent / "master.log").exists() \
         else master.stderr()
     assert "scale consumer-qa: 1 -> 4" in log + master.stderr(), "each step is one log line"
