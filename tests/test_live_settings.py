@@ -11,7 +11,7 @@ import urllib.request
 import psutil
 import pytest
 
-from conftest import guard_of, orch, text_of, wait_for
+from conftest import guard_of, orch, spawner_of, text_of, wait_for
 from servers import free_port
 
 pytestmark = pytest.mark.slow  # real masters and their children
@@ -96,6 +96,7 @@ def test_every_master_setting_applies_live_and_restarts_nothing(start_master, tm
     wait_for(lambda: "tick" in text_of(tmp_path / "logs2" / "tick.log"), message="the log in the new folder")
     assert _call(tmp_path / "run" / "ctl.sock", "status")["name"] == "after"
     assert "orch: master after" in " ".join(psutil.Process(master.pid).cmdline())
+    wait_for(lambda: "orch: spawner after" in " ".join(spawner_of(master).cmdline()), message="the spawner renamed")
     # Nothing restarted.
     assert {r["name"]: r["pid"] for r in _call(tmp_path / "run" / "ctl.sock", "status")["instances"]} == pids
     assert all(r["restarts"] == 0 for r in _call(tmp_path / "run" / "ctl.sock", "status")["instances"])

@@ -8,8 +8,8 @@ is bound, and a failure keeps the old one and says why, naming the key, in the r
 result; the next save tries again.
 
 What stays where it was until the master restarts: the notify socket beside the first
-control socket (its path is in every running instance's NOTIFY_SOCKET), the spawner's title
-and master.log of `orch up --detach` (its stdout and stderr). The spawner's guard is started
+control socket (its path is in every running instance's NOTIFY_SOCKET), and master.log of
+`orch up --detach` (its stdout and stderr). The spawner's guard is started
 again on the moved state file.
 """
 
@@ -135,4 +135,5 @@ class LiveSettings:
 
     def _name(self, before: str, after: str) -> str | None:
         set_title(f"orch: master {after} [{self.master.config.path}]")
+        self.master.spawner.retitle(f"orch: spawner {after}")
         return None

@@ -54,8 +54,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         self.scan_cost = 0.0  # seconds the last look took
         self.sockets: dict[str, int] = {}  # listening sockets held for children, by key
         from .zygote import ZygotePool  # zygote.py builds on this module's helpers
-        self.zygotes = ZygotePool(self.selector, self._send, self.lineage.started, self._leader_exited,
-                                  self.sockets)
+        self.zygotes = ZygotePool(self.selector, self._send, self.lineage.started, self._leader_exited, self.sockets)
         self.devnull = os.open(os.devnull, os.O_RDWR)  # not inheritable (PEP 446)
         self.posix = PosixStarter(self.devnull)  # the posix_spawn path (posix.py)
         self.probes = ProbeRunner(self.posix, self.devnull, run, self._send)
@@ -191,6 +190,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         elif message[0] == "state":  # the master's state file moved (orchestrator.pidfile): a new guard reads it
             self.state, _ = message[1], os.write(self.guard_fd, b"x\n")  # the old guard exits, no sweep
             self._start_guard()
+        elif message[0] == "title":  # orchestrator.name changed
+            set_title(message[1])
         elif message[0] == "spawn":
             self._spawn_all(message[1], fds)
         elif message[0] == "signal":

@@ -127,6 +127,10 @@ class SpawnerClient:
         except OSError:
             pass  # the spawner is gone, and its probes with it
 
+    def retitle(self, title: str) -> None:
+        """The spawner's process title (orchestrator.name changed)."""
+        self.sock.send(pickle.dumps(("title", title)))
+
     def state_moved(self, path: str) -> None:
         """The master's state file is at `path` now: the spawner's guard reads it from then on."""
         self.sock.send(pickle.dumps(("state", path)))
