@@ -225,3 +225,19 @@ def test_min_zero_keeps_a_consumer_while_retries_wait(start_master, redis_server
              message="the poison message retried to the dead letter, never stranded in qa:delayed")
     assert events.counts("start")["poison:1"] == 4
     wait_for(lambda: master.status() == {}, 10, message="back to nothing once nothing waits")
+
+
+def test_a_stream_cell_follows_its_group_lag(start_master, redis_server, tmp_path):
+    events = Events(write_handlers(tmp_path))
+    client = redis.Redis.from_url(redis_server.url)
+    master = start_master(config("orchestrator.queues.redis_stream:StreamConsumer",
+                                 f'url = "{redis_server.url}", stream = "{{{{ stream }}}}", group = "g"', ["sa"],
+                                 low=0, high=2, per=5, up="0.3s", down="0.5s", step=2, axis="stream"))
+    wait_for(lambda: cells(master)["consumer-sa"]["backlog"] == 0, 10)
+    assert master.status() == {}
+    sent = [f"sleep:0.1:s{i}" for i in range(20)]
+    for m in sent:
+        client.xadd("sa", {"data": m})
+    wait_for(lambda: cells(master)["consumer-sa"]["desired"] == 2, 5, message="the stream's 20 ask for 2")
+    wait_for(lambda: set(sent) <= events.done(), 20, interval=0.2, message="every entry handled")
+    wait_for(lambda: master.status() == {}, 10, message="back to nothing")
