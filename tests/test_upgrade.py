@@ -384,8 +384,17 @@ def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_maste
     master.call("stop", patterns=["stubborn"])  # SIGTERM ignored: SIGKILL due 6 s from now
     asked = time.monotonic()
     crash = master.status()["crash"]
+    import json
+    import socket
+    stream = socket.socket(socket.AF_UNIX)  # `orch events -f`: owed answers forever, never waited for
+    stream.connect(str(master.socket))
+    stream.sendall(json.dumps({"cmd": "events", "args": {"follow": True}}).encode() + b"\n")
     result = orch("upgrade", "-c", str(master.config), timeout=60)
     assert result.returncode == 0, result.stderr
+    stream.settimeout(10)
+    while stream.recv(65536):  # the stream ends at the exec
+        pass
+    stream.close()
     rows = master.status()
     assert rows["held"]["state"] == "stopped" and rows["held"]["held"], rows["held"]
     assert rows["crash"]["restarts"] >= crash["restarts"] and rows["crash"]["last_exit"] == "exit 3"

@@ -88,6 +88,8 @@ class Upgrader:
             return
         if not busy:
             then()
+        elif self.master.stopping:
+            self._finish("upgrade refused: the master is stopping")
         elif time.monotonic() > job["until"]:
             self._finish(f"the fleet did not settle within {QUIET_WAIT:.0f}s ({busy}); try again")
         else:
@@ -111,9 +113,9 @@ class Upgrader:
         if any(not isinstance(run, ExecCheck) for run in sup.exec_probes.waiting.values()):
             return "hooks are running"  # exec probes are not waited for: they are cancelled at exec
         conn = self._job["conn"] if self._job else None
-        if master.control is not None and any(c.owed or c.keep_open for c in master.control.connections
-                                              if c is not conn):
-            return "control commands are waiting for their answers"
+        if master.control is not None and any((c.owed and c.drained is None) or c.keep_open
+                                              for c in master.control.connections if c is not conn):
+            return "control commands are waiting for their answers"  # a stream (events -f) ends at exec
         return None
 
     def _prove(self) -> None:
