@@ -57,6 +57,8 @@ def test_a_join_plan_sets_the_hard_limit_only_where_the_memory_controller_is():
                                 (("/m/orch-r/i-w-3/memory.limit_in_bytes", str(1 << 20)),))
     assert cgroups.join_plan(cgroups.Layout("/u/orch-r", None), "w", 3, 1 << 20) == \
         cgroups.Join(("/u/orch-r/i-w-3",), ())
+    v1 = cgroups.join_plan(cgroups.Layout(None, "/m/orch-r"), "w", 3, None)
+    assert v1 == cgroups.Join(("/m/orch-r/i-w-3",), (), per_thread=True), "a spawner thread may join it"
 
 
 @pytest.mark.parametrize("usage, stat, expected", [

@@ -40,10 +40,13 @@ class Layout(NamedTuple):
 
 
 class Join(NamedTuple):
-    """What a child does before exec: make `dirs`, write each (file, value), join each dir."""
+    """What a child does before exec: make `dirs`, write each (file, value), join each dir.
+    `per_thread`: every dir is a v1 one, which a spawner thread may join for the child it
+    posix_spawns next (see `leave`), so the child needs no fork."""
 
     dirs: tuple[str, ...]
     writes: tuple[tuple[str, str], ...] = ()
+    per_thread: bool = False
 
 
 def parse_layout(proc_cgroup: str, mountinfo: str) -> Layout:
@@ -150,7 +153,7 @@ def join_plan(run: Layout, instance: str, token: int, hard: int | None) -> Join:
     writes: tuple[tuple[str, str], ...] = ()
     if run.memory is not None and hard:
         writes = ((os.path.join(run.memory, leaf, "memory.limit_in_bytes"), str(hard)),)
-    return Join(dirs, writes)
+    return Join(dirs, writes, per_thread=run.unified is None and run.memory is not None)
 
 
 def join(plan: Join) -> None:
@@ -164,6 +167,14 @@ def join(plan: Join) -> None:
     for path in plan.dirs:
         tasks = os.path.join(path, "tasks")
         _write(tasks if os.path.exists(tasks) else os.path.join(path, "cgroup.procs"), "0")
+
+
+def leave(home: str | None) -> None:
+    """In a spawner thread that `join`ed a v1 cgroup for its next posix_spawn: back into
+    `home`, the spawner's own (v1 cgroups are per thread: the child inherits the calling
+    thread's, and a thread moving itself through `tasks` takes no global lock)."""
+    if home is not None:
+        _write(os.path.join(home, "tasks"), "0")
 
 
 def _write(path: str, value: str) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 
 from ..procfs import CLOCK_TICKS
+from . import cgroups
 from .child import _RESET_IN_CHILD
 from .request import SpawnRequest
 
@@ -25,6 +26,7 @@ class PosixStarter:  # pragma: no cover - runs in the spawner; covered by integr
         self.which_cache: dict[tuple[str, str], str] = {}
         self.environ = dict(os.environ)  # read once: os.environ decodes every item per copy
         self.cwd: str | None = None
+        self.home = cgroups.detect().memory  # where a thread goes back after a per-thread cgroup join
 
     def executable(self, program: str, env: dict[str, str]) -> str:
         """Resolve the program once per (name, PATH), not by a PATH search in every child."""
@@ -64,7 +66,8 @@ class PosixStarter:  # pragma: no cover - runs in the spawner; covered by integr
             # reading /proc/PID/stat of a process mid-exec cost 0.15 ms a child here.
             sinces[start:end] = [int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)] * (end - start)
             run = [i for i in range(start, end)
-                   if not items[i][0].sockets and items[i][0].setup is None and items[i][0].cgroup is None]
+                   if not items[i][0].sockets and items[i][0].setup is None
+                   and (items[i][0].cgroup is None or items[i][0].cgroup.per_thread)]
             if run and self._enter(cwd):
                 self._spawn_run(run, items, prepared, pids)
             start = end
@@ -106,12 +109,17 @@ class PosixStarter:  # pragma: no cover - runs in the spawner; covered by integr
         working directory is ours, set by _enter before the run. No PDEATHSIG: the guard
         stands in for it. None when posix_spawn refuses: the fork path then says why."""
         try:
+            if request.cgroup is not None:  # this thread joins the child's v1 cgroup; the child inherits it
+                cgroups.join(request.cgroup)
             return os.posix_spawn(program, list(request.argv), env, setsid=True, setsigdef=_RESET_IN_CHILD,
                                   setsigmask=(), file_actions=[(os.POSIX_SPAWN_DUP2, self.devnull, 0),
                                                                (os.POSIX_SPAWN_DUP2, out, 1),
                                                                (os.POSIX_SPAWN_DUP2, err, 2)])
         except Exception:  # noqa: BLE001 - in a helper thread too: never lost, the fork path retries
             return None
+        finally:
+            if request.cgroup is not None:
+                cgroups.leave(self.home)
 
 
 def _which(program: str, search: str) -> str | None:
