@@ -12,7 +12,9 @@ the master gets ("preloaded", token, [errors]).
 
 from __future__ import annotations
 
+import os
 import selectors
+import signal
 from typing import Any, Callable
 
 
@@ -74,6 +76,11 @@ class CodeReloads:  # pragma: no cover - runs in the spawner; covered by integra
         """Close every fresh zygote of `token` (nothing forked from them yet); tell the master why."""
         for zygote in self.pending.pop(token, []):
             zygote.reload = None
+            if not zygote.imported and not zygote.closed:  # still importing (given up on): it never reads us
+                try:
+                    os.kill(zygote.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.pool.close(zygote)
         if errors is not None:
             self.pool.send(("preloaded", token, errors))
