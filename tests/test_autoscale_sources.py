@@ -120,3 +120,13 @@ def test_a_server_that_never_answers_times_out_while_the_loop_runs():
     assert count is None and "refused" in why
     count, why, _ = read(BacklogDecl("redis", "redis://localhost:1/0", "jobs"))
     assert count is None and why
+
+
+def test_a_host_name_is_looked_up_off_the_loop():
+    """The lookup runs in a short thread (a DNS server may take seconds): the loop goes on, and
+    its failure (or the reading's timeout) is the reading's answer."""
+    began = time.monotonic()
+    count, why, ticks = read(BacklogDecl("redis", "redis://no-such-host.invalid:6379/0", "jobs"))
+    took = time.monotonic() - began
+    assert count is None and ("cannot resolve no-such-host.invalid" in why or "no answer" in why), why
+    assert ticks >= took / 0.05 * 0.5, "the loop ran its timers during the lookup"

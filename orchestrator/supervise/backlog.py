@@ -24,6 +24,8 @@ from ..loop import EventLoop, Timer
 Done = Callable[[int | None, str | None], None]
 TIMEOUT = 2.0  # a server that has not answered by then counts as unreadable
 MAX_REPLY = 1 << 20
+RESOLVE_TTL = 60.0  # a host name's address is looked up again after this long
+RESOLVED: dict[str, tuple[str, float]] = {}  # name: (address, until), touched only on the loop
 
 
 def resp_command(*args: str | bytes) -> bytes:
@@ -189,16 +191,24 @@ class Reading:
         try:
             ipaddress.ip_address(name)
         except ValueError:  # a name: looked up off the loop, the answer handed back to it
+            known = RESOLVED.get(name)
+            if known is not None and known[1] > self.loop.time():
+                self._connect(known[0], port)
+                return
             def lookup() -> None:
                 try:
                     info = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
                     address = info[0][4][0]
-                    self.loop.call_soon_threadsafe(lambda: self._connect(address, port))
+                    self.loop.call_soon_threadsafe(lambda: self._resolved(name, address, port))
                 except OSError as exc:
                     self.loop.call_soon_threadsafe(lambda: self._finish(None, f"cannot resolve {name}: {exc}"))
             threading.Thread(target=lookup, name="orch-backlog-lookup", daemon=True).start()
             return
         self._connect(name, port)
+
+    def _resolved(self, name: str, address: str, port: int) -> None:
+        RESOLVED[name] = (address, self.loop.time() + RESOLVE_TTL)  # on the loop: no lock needed
+        self._connect(address, port)
 
     def _connect(self, host: str, port: int) -> None:
         if self.finished:
@@ -264,7 +274,7 @@ class Reading:
     def _spawn(self) -> None:
         read, write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            pid = os.posix_spawnp(self.source.argv[0], list(self.source.argv), self.env or dict(os.environ),
+            pid = os.posix_spawnp(self.source.argv[0], list(self.source.argv), self._environ(),
                                   file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                                 (os.POSIX_SPAWN_DUP2, write, 1),
                                                 (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
@@ -280,10 +290,13 @@ class Reading:
         self.fd = read
         self.loop.add_reader(read, self._output)
 
+    def _environ(self) -> dict[str, str]:
+        return self.env if self.env is not None else dict(os.environ)
+
     def _spawn_in(self, write: int) -> int:
         # posix_spawn has no chdir action before Python 3.13: run it through `sh -c 'cd && exec'`.
         argv = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', self.cwd or ".", *self.source.argv]
-        return os.posix_spawn("/bin/sh", argv, self.env or dict(os.environ),
+        return os.posix_spawn("/bin/sh", argv, self._environ(),
                               file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                             (os.POSIX_SPAWN_DUP2, write, 1),
                                             (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
