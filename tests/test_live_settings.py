@@ -4,6 +4,7 @@ bind that fails keeps the old endpoint and says why, naming the key. Real master
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 import urllib.request
@@ -107,7 +108,7 @@ def test_every_master_setting_applies_live_and_restarts_nothing(start_master, tm
     assert refused.returncode == 2 and "more than 3 instances" in refused.stderr, refused
 
 
-def test_a_metrics_bind_that_fails_keeps_the_old_endpoint_and_names_the_key(start_master):
+def test_a_failed_bind_or_lock_keeps_the_old_one_and_names_the_key(start_master):
     first = free_port()
     settings = dict(name="m", port=first, sock=".orch/workers/orch.sock", pid=".orch/workers/orch.pid",
                     logs=".orch/workers/logs", most=100, level="info")
@@ -137,4 +138,14 @@ def test_a_metrics_bind_that_fails_keeps_the_old_endpoint_and_names_the_key(star
     master.config.write_text(CONFIG.format(**{**settings, "port": busy}).replace("127.0.0.1:", "localhost:"))
     assert f"orchestrator.metrics: 127.0.0.1:{busy} -> localhost:{busy}" in _reload(master)
     assert "orch_instances 2" in _scrape(busy)
+    # A pidfile another master holds locked: refused, the old one stays (with its lock).
+    other = master.folder / "other.pid"
+    with open(other, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        master.config.write_text(CONFIG.format(**{**settings, "port": busy, "pid": "other.pid"}))
+        out = _reload(master)
+    assert "orchestrator.pidfile: not applied, another orch master (pid 4242) is already running" in out, out
+    assert master.pidfile.read_text().strip() == str(master.pid)
     assert master.pids() == pids
