@@ -204,7 +204,7 @@ class Master:
                 log.info("metrics on http://%s:%d/metrics", *self.metrics.address[:2])
             if self.settings.http:
                 from .web.dashboard import Dashboard
-                self.dashboard = Dashboard(self)
+                self.dashboard = Dashboard(self, sock=taken("http"))
                 log.info("dashboard on http://%s:%d/ (orch dashboard prints the address to open)",
                          *self.dashboard.server.address)
             self.reloader._remember_file()

@@ -292,3 +292,21 @@ def test_a_page_stream_shows_its_rows_and_each_state_change_of_them(site: Site):
         assert (page["total"], [r["name"] for r in page["rows"]]) == (1, ["w-2"])
     finally:
         filtered.close()
+
+
+@pytest.mark.slow
+def test_an_upgrade_keeps_the_dashboards_port_and_token(start_master):
+    port = free_port()
+    master = start_master(_config(port, 1))
+    master.wait_running(1)
+    site = Site(master, port)
+    upgrade = subprocess.Popen([sys.executable, "-m", "orchestrator", "upgrade", "-c", str(master.config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    answers = []
+    while upgrade.poll() is None:  # asked all through the exec: the socket never closes
+        answers.append(site.request("GET", "/api/instance?name=w")[0])
+        time.sleep(0.05)
+    assert upgrade.returncode == 0, upgrade.stdout.read()
+    answers.append(site.request("GET", "/api/instance?name=w")[0])
+    assert set(answers) == {200} and len(answers) > 1, answers
+    assert Site(master, port).token == site.token and master.proc.poll() is None

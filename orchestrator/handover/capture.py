@@ -23,6 +23,7 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         "control": kept(control.sock.fileno()),
         "notify": kept(master.notify.sock.fileno()),
         "metrics": kept(master.metrics.sock.fileno()) if master.metrics is not None else None,
+        "http": kept(master.dashboard.server.sock.fileno()) if master.dashboard is not None else None,
         "spawner": kept(master.spawner.fileno()),
         "lock": kept(master.lock.fd),
         "sockets": {key: kept(sock.fileno()) for key, sock in listeners.held.items()},

@@ -71,7 +71,8 @@ def tail(path: Path, count: int) -> list[str]:
 class Dashboard:
     """The dashboard of one master: its server, feed, history and token."""
 
-    def __init__(self, master: Any):
+    def __init__(self, master: Any, sock: socket.socket | None = None):
+        """`sock`: the listening socket an upgraded master handed over (open pages reconnect to it)."""
         settings = master.settings
         self.master = master
         self.supervisor = master.supervisor
@@ -81,7 +82,7 @@ class Dashboard:
         self.commands: Commands = handler if isinstance(handler, Commands) else Commands(master)
         self.token, self.token_file = auth.load_token(settings.http_token_file, settings.control_socket)
         self.assets = {path: (_asset(name), kind) for path, (name, kind) in STATIC.items()}
-        self.server = HttpServer(master.loop, parse_address(settings.http), self.handle, "dashboard")
+        self.server = HttpServer(master.loop, parse_address(settings.http), self.handle, "dashboard", sock)
         self.port = self.server.address[1]
         if not ipaddress.ip_address(self.server.address[0].split("%")[0]).is_loopback:
             log.warning("dashboard on %s, not a loopback address: plain HTTP, so the token crosses the "

@@ -156,14 +156,15 @@ class HttpServer:
     """Listens on `address` and hands every whole request to `handle(request, conn)`."""
 
     def __init__(self, loop: EventLoop, address: tuple[str, int], handle: Callable[[Request, Conn], None],
-                 what: str = "http"):
+                 what: str = "http", sock: socket.socket | None = None):
+        """`sock`: the listening socket a master handed over across exec (handover/), else bound."""
         host, port = address
         self.loop = loop
         self.handle = handle
         self.what = what
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-            self.sock = socket.create_server((host, port), family=family, reuse_port=False)
+            self.sock = sock or socket.create_server((host, port), family=family, reuse_port=False)
         except OSError as exc:
             raise OrchError(f"orchestrator.http: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.sock.setblocking(False)
