@@ -149,3 +149,26 @@ def test_a_failed_bind_or_lock_keeps_the_old_one_and_names_the_key(start_master)
     assert "orchestrator.pidfile: not applied, another orch master (pid 4242) is already running" in out, out
     assert master.pidfile.read_text().strip() == str(master.pid)
     assert master.pids() == pids
+
+
+def test_a_setting_that_still_needs_a_restart_says_so_by_key(start_master):
+    from orchestrator.config.keys import SETTINGS_KEYS, Kind
+    samples = {"cgroup": '"off"', "http": f'"127.0.0.1:{free_port()}"', "http_token_file": '"token"'}
+    restart_only = [k.name for k in SETTINGS_KEYS if k.kind is Kind.RESTART]
+    assert set(restart_only) <= set(samples), f"give {set(restart_only) - set(samples)} a sample value here"
+    if not restart_only:
+        return  # every [orchestrator] setting applies live
+    text = """
+        [orchestrator]
+        watch = false
+        {extra}
+        [workers.w]
+        command = "sleep 1000"
+    """
+    master = start_master(text.format(extra=""))
+    pids = master.wait_running(1)
+    master.config.write_text(text.format(extra="\n".join(f"{k} = {samples[k]}" for k in restart_only)))
+    out = _reload(master)
+    for key in restart_only:
+        assert f"orchestrator.{key}: not applied, it needs a restart of the master" in out, out
+    assert master.pids() == pids
