@@ -366,7 +366,8 @@ def test_a_sigterm_during_the_exec_waits_for_the_new_master_and_stops_gracefully
 
 @pytest.mark.slow
 def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_master, tmp_path):
-    master = start_master(ticker_config(tmp_path, replicas=1) + """
+    metrics = free_port()
+    master = start_master(ticker_config(tmp_path, replicas=1, extra=f'metrics = "127.0.0.1:{metrics}"') + """
         [workers.stubborn]
         command = ["sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600"]
         stop_timeout = 6
@@ -395,6 +396,8 @@ def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_maste
     while stream.recv(65536):  # the stream ends at the exec
         pass
     stream.close()
+    from loadgen import http_get
+    assert http_get(("127.0.0.1", metrics)) == 200, "the metrics socket, handed over, answers"
     rows = master.status()
     assert rows["held"]["state"] == "stopped" and rows["held"]["held"], rows["held"]
     assert rows["crash"]["restarts"] >= crash["restarts"] and rows["crash"]["last_exit"] == "exit 3"
