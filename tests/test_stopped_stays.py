@@ -36,6 +36,8 @@ def test_stopped_instances_stay_stopped_across_master_restarts(start_master):
     wait_for(lambda: _states(again) == {"w": "running", "w-1": "running", "w-2": "stopped"},
              message="w-2 still stopped after a clean restart")
     assert again.pids()["w-2"] is None
+    assert again.status()["w-2"]["held"], "orch status shows it as held: (held)"
+    assert "1 instances stay stopped, as `orch stop` left them" in again.stderr()
 
     # A master that dies by SIGKILL leaves its state file: the next one still knows.
     os.killpg(again.pid, signal.SIGKILL)
