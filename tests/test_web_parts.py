@@ -182,3 +182,17 @@ def test_orch_dashboard_says_how_to_turn_it_on_when_it_is_off():
                                                               "token_file": "/t"}
     finally:
         loop.close()
+
+
+def test_the_page_ships_in_the_package_and_loads_nothing_from_elsewhere():
+    import re
+    from importlib import resources
+    static = resources.files("orchestrator.web").joinpath("static")
+    texts = {name: static.joinpath(name).read_text() for name in ("index.html", "app.js", "app.css")}
+    for name, text in texts.items():
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|fetch\(\"http", text), name
+    assert re.findall(r'(?:src|href)="([^"]+)"', texts["index.html"]) == [
+        "/static/app.css", "data:,", "/static/app.js"]
+    assert sum(len(t) for t in texts.values()) < 40_000, "small: no framework"
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert '"orchestrator.web" = ["static/*"]' in pyproject, "wheels carry the page"
