@@ -4,6 +4,7 @@ package with another version first on PYTHONPATH, `wrk` against the held socket.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -330,7 +331,6 @@ time.sleep(1000)
 
 @pytest.mark.slow
 def test_the_kernels_memory_watch_carries_over(start_master, tmp_path):
-    import json
     from test_cgroups import require_cgroups
     require_cgroups()
     master = start_master(f"""
@@ -385,7 +385,6 @@ def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_maste
     master.call("stop", patterns=["stubborn"])  # SIGTERM ignored: SIGKILL due 6 s from now
     asked = time.monotonic()
     crash = master.status()["crash"]
-    import json
     import socket
     stream = socket.socket(socket.AF_UNIX)  # `orch events -f`: owed answers forever, never waited for
     stream.connect(str(master.socket))
@@ -437,3 +436,24 @@ def test_when_exec_fails_everything_is_as_it_was():
                           cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["FileNotFoundError 2", "False False False", "True ['SIGUSR1']"], done.stdout
+
+
+@pytest.mark.slow
+def test_an_exit_during_the_exec_reaches_the_new_master(start_master, tmp_path):
+    quitter = json.dumps([PY, "-c", "import os, time\nwhile not os.path.exists('quit'): time.sleep(0.005)"])
+    master = start_master(ticker_config(tmp_path, replicas=1) + f"""
+        [workers.quitter]
+        command = {quitter}
+        cwd = "{tmp_path}"
+        min_uptime = 0.2
+        """)
+    running = master.wait_running(2)
+    os.kill(master.pid, signal.SIGUSR2)
+    wait_for(lambda: "re-executes into" in master.stderr(), 30, 0.002, "the exec")
+    (tmp_path / "quit").write_text("1")  # it exits while the new interpreter starts
+    wait_for(lambda: not alive(running["quitter"]), 5, message="quitter to exit")
+    row = wait_for(lambda: (r := master.status()["quitter"])["pid"] not in (None, running["quitter"]) and r, 20,
+                   message="quitter restarted by the new master")
+    assert row["restarts"] == 1 and row["last_exit"] == "exit 0", row
+    assert master.status()["ticker"]["pid"] == running["ticker"]
+    assert master.terminate() == 0
