@@ -46,7 +46,8 @@ class Proof:
         except OSError as exc:
             os.close(self._out)
             self._out = -1
-            loop.call_soon(lambda: self.done(f"cannot start {sys.executable}: {exc.strerror or exc}", {}))
+            why = f"cannot start {sys.executable}: {exc.strerror or exc}"
+            loop.call_soon(lambda: self.done(why, {}))
         finally:
             os.close(state)
         self._timer = loop.call_later(TIMEOUT, self._overdue) if self.pid else None

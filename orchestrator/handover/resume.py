@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config.load import Config
@@ -26,6 +25,9 @@ from ..supervise.events import HandedOver
 from ..supervise.states import State, Then
 from .carry import Taken, release_signals
 from .state import KEPT
+
+if TYPE_CHECKING:
+    from socket import socket as Socket
 
 log = logging.getLogger("orch")
 
@@ -47,7 +49,7 @@ class Handover:
         self.record = record
         self.taken = taken
 
-    def socket(self, name: str) -> socket.socket | None:
+    def socket(self, name: str) -> Socket | None:
         """The control, notify or metrics socket the old master listened on."""
         return self.taken.named(name)
 
