@@ -230,8 +230,9 @@ def test_a_real_browser_sees_the_fleet_live_and_restarts_an_instance(start_maste
         assert master.pids()["w-1"] == int(rows()["w-1"].get_attribute("data-pid"))
         assert driver.execute_script("return window.seen !== undefined"), "the page was reloaded"
 
-        rows()["w-2"].find_element("css selector", "td.name").click()  # its panel: charts and log
-        wait_for(lambda: "tick" in driver.find_element("id", "d-log").text, 15, message="w-2's log tail")
+        rows()["w"].find_element("css selector", "td.name").click()  # its panel: charts (its exit marked), log
+        wait_for(lambda: "tick" in driver.find_element("id", "d-log").text, 15, message="w's log tail")
+        assert "exited" in driver.find_element("id", "d-events").text
         shot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

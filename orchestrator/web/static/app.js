@@ -178,7 +178,7 @@
       f.appendChild(s);
     });
   }
-  function chart(canvas, ts, values, fmt) {
+  function chart(canvas, ts, values, fmt, marks) {
     const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height, pad = 2;
     ctx.clearRect(0, 0, w, h);
     // the last hour, or the last 10 minutes while the samples cover less
@@ -198,6 +198,11 @@
       lastX = x;
     });
     close();
+    ctx.strokeStyle = "#c0392b"; ctx.lineWidth = 1;  // exits and limit actions: why a line drops
+    (marks || []).forEach((t) => {
+      const x = Math.round(w - ((now - t) / span) * w) + 0.5;
+      if (x >= 0) { ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, h); ctx.stroke(); }
+    });
     ctx.fillStyle = "#6b7075"; ctx.font = "10px system-ui";
     ctx.fillText(values.length ? "max " + fmt(max) : "no samples yet", 4, 12);
     ctx.fillText("-" + (span >= 3600 ? "1h" : Math.round(span / 60) + "m"), 4, h - 4); ctx.fillText("now", w - 22, h - 4);
@@ -216,8 +221,9 @@
       $("d-template").textContent = d.row.template;
       facts(d.row);
       const hist = d.history;
-      chart($("c-cpu"), hist.ts, hist.cpu, (v) => v.toFixed(1) + "%");
-      chart($("c-rss"), hist.ts, hist.rss, size);
+      const marks = d.events.filter((r) => ["exited", "stopped", "limit", "crashloop"].includes(r.kind)).map((r) => r.ts);
+      chart($("c-cpu"), hist.ts, hist.cpu, (v) => v.toFixed(1) + "%", marks);
+      chart($("c-rss"), hist.ts, hist.rss, size, marks);
       const lastCpu = hist.cpu.length ? hist.cpu[hist.cpu.length - 1] : null;
       $("d-cpu-now").textContent = lastCpu === null ? "" : "(" + lastCpu.toFixed(1) + "% at the last sample, every " + d.step + "s)";
       const lastRss = hist.rss.length ? hist.rss[hist.rss.length - 1] : null;
