@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -170,3 +172,65 @@ def test_bad_scaling_config_is_a_located_error(tmp_path, table, where, words):
     out = orch("check", "-c", str(config))
     assert out.returncode == 2 and where in out.stderr and words in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+class _Supervisor:
+    """What the Scaler asks of the supervisor: what runs, and plans to apply."""
+
+    def __init__(self) -> None:
+        self.instances: dict = {}
+        self.plans: list = []
+
+    def running_view(self) -> dict:
+        return dict.fromkeys(self.instances)
+
+    def apply(self, plan) -> None:
+        self.plans.append(plan)
+        for spec in plan.start:
+            self.instances[spec.name] = types.SimpleNamespace(pid=1, then=None)
+        for name in plan.stop:
+            self.instances.pop(name)
+
+    def flush(self) -> None:
+        pass
+
+
+def _specs(tmp_path, replicas: str) -> list:
+    from orchestrator.expand.render import check
+    config = tmp_path / "workers.toml"
+    config.write_text(f"""
+[workers.first]
+command = "a"
+[workers.w]
+command = "app {{{{ q }}}}"
+matrix = {{ q = ["x", "y"] }}
+replicas = {replicas}
+backlog = {{ command = ["n"], per = 10 }}
+[workers.last]
+command = "z"
+""")
+    return check(config)[1]
+
+
+def test_the_scaler_keeps_each_cells_first_count_in_file_order(tmp_path):
+    from orchestrator.loop import EventLoop
+    from orchestrator.supervise.scaler import Scaler
+    loop, sup = EventLoop(), _Supervisor()
+    scaler = Scaler(sup, loop)
+    try:
+        kept = scaler.desired(_specs(tmp_path, "{ min = 1, max = 4 }"))
+        assert [s.name for s in kept] == ["first", "w-x", "w-y", "last"]
+        rows = scaler.pin("w-y", 3)
+        assert rows[0]["desired"] == 3 and [p.start for p in sup.plans][0] and "w-y-2" in sup.instances
+        assert [s.name for s in scaler.preview(_specs(tmp_path, "{ min = 1, max = 4 }"))] == \
+            ["first", "w-x", "w-y", "w-y-1", "w-y-2", "last"]
+        kept = scaler.desired(_specs(tmp_path, "{ min = 2, max = 2 }"))  # a save: bounds apply at once
+        assert [s.name for s in kept] == ["first", "w-x", "w-x-1", "w-y", "w-y-1", "last"]
+        assert scaler.cells["w-x"].decision.reason == "bounds are now 2-2"
+        with pytest.raises(ValueError, match="replicas.max"):
+            scaler.pin("w", 3)
+        with pytest.raises(ValueError, match="no autoscaled template or cell"):
+            scaler.pin("first", 1)
+    finally:
+        scaler.close()
+        loop.close()

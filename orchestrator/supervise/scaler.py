@@ -82,11 +82,8 @@ class Scaler:
         """The specs to run: every fixed instance, and each autoscaled cell's first `count`.
         Cells are (re)built from `specs`; a cell's count carries over, brought inside new bounds."""
         grouped: dict[str, list[ProcessSpec]] = {}
-        kept: list[ProcessSpec] = []
         for spec in specs:
-            if spec.autoscale is None:
-                kept.append(spec)
-            else:
+            if spec.autoscale is not None:
                 grouped.setdefault(spec.autoscale.cell, []).append(spec)
         cells: dict[str, Cell] = {}
         for name, members in grouped.items():
@@ -95,7 +92,9 @@ class Scaler:
             auto = members[0].autoscale
             cell = Cell(name, members[0].template, auto, members, start_state(Bounds(auto.min, auto.max, auto.per)))
             if old is not None:
-                cell.state, cell.decision, cell.decided_at, cell.wake = old.state, old.decision, old.decided_at, old.wake
+                cell.state, cell.decision, cell.decided_at = old.state, old.decision, old.decided_at
+                if old.wake is not None:  # its timer names the old Cell: the next reading decides
+                    old.wake.cancel()
             cell.pinned = self.pins.get(name)
             cells[name] = cell
             self._settle(cell, None if old is None else old.auto)
@@ -106,7 +105,7 @@ class Scaler:
         self._index_sources()
         if self.cells and self.timer is None and not self.closed:
             self.timer = self.loop.call_later(0, self._tick)
-        return kept + [s for cell in cells.values() for s in cell.specs[:cell.state.count]]
+        return [s for s in specs if s.autoscale is None or s.replica < cells[s.autoscale.cell].state.count]
 
     def preview(self, specs: list[ProcessSpec]) -> list[ProcessSpec]:
         """What `desired` would keep of `specs`, changing nothing (for `orch diff`)."""
