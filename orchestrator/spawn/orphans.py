@@ -65,7 +65,8 @@ def write_state(pidfile: Path, spawner: int | None, groups: Iterable[tuple[int, 
 
 
 class StateRecorder:
-    """Keeps the state file in step with the running groups: a subscriber of the
+    """Keeps the state file in step with the running groups and the instances `orch stop`
+    holds (they stay stopped across a restart of the master: `read_stopped`): a subscriber of the
     supervisor's events, writing at most once per burst, never on the spawn path. A write is
     O(instances) (every group, a /proc read for each new one), so the wait after a burst
     grows with what the last write cost: at most 5 % of a core, however large the fleet
