@@ -53,6 +53,9 @@ class LiveSettings:
                 error = step(before, after)
             except OSError as exc:
                 error = exc.strerror or str(exc)
+            except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
+                log.exception("setting orchestrator.%s", key)
+                error = f"internal error: {exc!r}"
             if error:
                 kept[key] = before
                 notes.append(f"orchestrator.{key}: not applied, {error}; still {before}")
@@ -81,8 +84,12 @@ class LiveSettings:
                 old.close()
             master.metrics = MetricsServer(master.loop, after, master._metrics_text)
         except OrchError as exc:
-            if same_port:
-                master.metrics = MetricsServer(master.loop, before, master._metrics_text)
+            if same_port:  # the old address again; if even that fails, no endpoint, and the note says so
+                try:
+                    master.metrics = MetricsServer(master.loop, before, master._metrics_text)
+                except OrchError as again:
+                    master.metrics = None
+                    return f"{str(exc).split(': ', 1)[-1]}; and {again}"
             return str(exc).split(": ", 1)[-1]
         if old is not None and not same_port:
             old.close()
