@@ -457,3 +457,14 @@ def test_an_exit_during_the_exec_reaches_the_new_master(start_master, tmp_path):
     assert row["restarts"] == 1 and row["last_exit"] == "exit 0", row
     assert master.status()["ticker"]["pid"] == running["ticker"]
     assert master.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_master_older_than_orch_upgrade_says_to_restart_once(start_master, tmp_path, monkeypatch):
+    tree = package_copy(tmp_path)
+    commands = tree / "orchestrator" / "control" / "commands.py"
+    commands.write_text(commands.read_text().replace("def cmd_upgrade(", "def _no_upgrade("))
+    monkeypatch.setenv("PYTHONPATH", str(tree))
+    master = start_master(ticker_config(tmp_path, replicas=1))
+    refused = orch("upgrade", "-c", str(master.config), env={"PYTHONPATH": str(ROOT)})
+    assert refused.returncode == 1 and "predates `orch upgrade`: restart it once" in refused.stderr, refused.stderr

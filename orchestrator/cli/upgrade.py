@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..control.client import ControlError
 from .link import client_for
 
 EXIT_OK = 0
@@ -16,6 +17,11 @@ def cmd_upgrade(args: argparse.Namespace, path: Path) -> int:
     client = client_for(args, path, timeout=WAIT)
     try:
         result = client.call("upgrade", check=args.check)
+    except ControlError as exc:
+        if "unknown command" in str(exc):  # a master older than `orch upgrade` itself
+            raise ControlError("this master's orch predates `orch upgrade`: restart it once "
+                               "(orch down, orch up); later versions upgrade in place", 1) from None
+        raise
     finally:
         client.close()
     if result.get("checked"):
