@@ -468,3 +468,16 @@ def test_a_master_older_than_orch_upgrade_says_to_restart_once(start_master, tmp
     master = start_master(ticker_config(tmp_path, replicas=1))
     refused = orch("upgrade", "-c", str(master.config), env={"PYTHONPATH": str(ROOT)})
     assert refused.returncode == 1 and "predates `orch upgrade`: restart it once" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("orig, argv, options", [
+    (["py", "-m", "orchestrator", "up", "-c", "w.toml"], ["/x/__main__.py", "up", "-c", "w.toml"], []),
+    (["py", "-X", "dev", "-I", "-m", "orchestrator", "up"], ["/x/__main__.py", "up"], ["-X", "dev", "-I"]),
+    (["py", "/venv/bin/orch", "up", "-d"], ["/venv/bin/orch", "up", "-d"], []),
+    (["py", "-O", "/venv/bin/orch", "up"], ["/venv/bin/orch", "up"], ["-O"]),
+    (["py", "-c", "code", "up"], ["-c", "up"], []),  # another shape: nothing kept
+    ([], ["orch", "up"], []),
+])
+def test_the_successor_keeps_the_interpreters_options(orig, argv, options):
+    from orchestrator.handover.carry import interpreter_options
+    assert interpreter_options(orig, argv) == options

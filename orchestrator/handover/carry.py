@@ -59,8 +59,23 @@ def inherit(fds: Iterable[int], on: bool = True) -> None:
 
 def successor_argv() -> list[str]:
     """The master's own command line, run by this environment's interpreter as `-m orchestrator`:
-    whatever orch `python -m orchestrator` finds now (sys.path, PYTHONPATH, the venv) runs next."""
-    return [sys.executable, "-m", "orchestrator", *sys.argv[1:]]
+    whatever orch `python -m orchestrator` finds now (sys.path, PYTHONPATH, the venv) runs next,
+    with the interpreter options the master was started with (-X, -I, -O...)."""
+    options = interpreter_options(getattr(sys, "orig_argv", []), sys.argv)
+    return [sys.executable, *options, "-m", "orchestrator", *sys.argv[1:]]
+
+
+def interpreter_options(orig_argv: list[str], argv: list[str]) -> list[str]:
+    """The options before `-m orchestrator` or the `orch` script in the interpreter's own
+    command line (pure); none when the line has another shape."""
+    head = orig_argv[1:len(orig_argv) - len(argv) + 1]  # options, then `-m orchestrator` or the script
+    if head[-2:] == ["-m", "orchestrator"]:
+        head = head[:-2]
+    elif head and argv and head[-1] == argv[0]:
+        head = head[:-1]
+    else:
+        return []
+    return head if all(arg.startswith("-") or head[i - 1] in ("-X", "-W") for i, arg in enumerate(head)) else []
 
 
 def exec_successor(record: int, fds: list[int], caught: Callable[[], list[int]]) -> OSError:
