@@ -141,9 +141,17 @@ def test_an_import_error_rolls_nothing_and_says_where(start_master, tmp_path):
     app.write_text("from orchestrator.worker import Worker\n\nclass W(Worker):\n"
                    "    def init(self):\n        raise SystemExit(7)\n")
     result = orch("reload", "--code", "template:w", "--timeout", "30", "-c", str(master.config), timeout=60)
-    assert result.returncode == 1 and "(exit 7)" in result.stderr, result
+    assert result.returncode == 1 and "w died before it was ready (exit 7)" in result.stderr, result
+    assert "new processes fork from the old code again" in result.stderr
     kept = {n: pid for n, pid in master.pids().items() if pid == before[n]}
     assert len(kept) == 2, (before, master.pids())
+    # The halted roll sends new processes back to the old zygote: the one that died comes
+    # back on the old code, and stays up.
+    failed = next(n for n in before if n not in kept)
+    wait_for(lambda: master.status()[failed]["state"] == "running" and master.status()[failed]["ready"], 20,
+             message="the failed instance back on the old code")
+    assert "the roll halted; new processes fork from the old code again" in master.stderr()
+    assert master.pids() == {**kept, failed: master.pids()[failed]}
 
 
 WORKER = '''import time

@@ -120,11 +120,11 @@ class Commands:
             "sources_digest": self.master.config_bytes,
             "stopping": self.master.stopping,
             "sockets": self.master.listeners.status(),
-            "scaling": scaler.status() if (scaler := getattr(self.master, "scaler", None)) else [],
+            "scaling": scaler.status(names) if (scaler := getattr(self.master, "scaler", None)) else [],
             "versions": self.master.upgrader.status(),  # the master's, and its helpers' (orch upgrade)
         }
-        if as_text:
-            reply["instances_text"] = rows_text(rows)
+        if as_text:  # the autoscaled cells follow the instances, as rows of kind "cell"
+            reply["instances_text"] = rows_text(rows + [{"kind": "cell", **c} for c in reply["scaling"]])
         else:
             reply["instances"] = rows
         return reply
@@ -156,8 +156,9 @@ class Commands:
         reply = Pending()
         if code:  # new code for preloaded instances (supervise/code_reload.py)
             names = self.match(patterns) if patterns else list(self.master.supervisor.instances)
+            waiting: dict[str, Pending] = {}  # the wait for the roll, once there is one
             self.master.reload_code(names, " ".join(patterns or ["every template"]),
-                                    lambda r: self._code_reloaded(reply, r, wait, timeout))
+                                    lambda r: self._code_reloaded(reply, r, wait, timeout, waiting))
             return reply
         result = self.master.request_reload("orch reload", force=True, on_done=lambda r: _answer(reply, r))
         if result is None:  # expanding in steps: answered when applied
@@ -166,9 +167,13 @@ class Commands:
             raise ControlError(result["error"], 2)
         return result
 
-    def _code_reloaded(self, reply: Pending, result: dict[str, Any], wait: bool, timeout: float | None) -> None:
+    def _code_reloaded(self, reply: Pending, result: dict[str, Any], wait: bool, timeout: float | None,
+                       waiting: dict[str, Pending]) -> None:
         """The new code imported (or did not): answer now, or (`wait`) once every instance
-        rolled onto it is ready on a new process; one that dies first fails the reply."""
+        rolled onto it is ready on a new process; a roll that halts fails the reply (exit 1)."""
+        if result.get("halted"):
+            waiting.get("roll", reply).fail(result["error"], 1)  # answered already without `wait`: no-op
+            return
         rolled = result.get("rolled") or []
         if result.get("error") or not wait or not rolled:
             _answer(reply, result)
@@ -178,6 +183,7 @@ class Commands:
             timeout = DEFAULT_WAIT + len(rolled) * max(p.stop_timeout + p.min_uptime for p in policies)
         inner = self.waits.add([Goal(n, "ready", pid) for n, pid in rolled], result, timeout)
         inner.conn, reply.answered = reply.conn, True  # the wait answers on this request's connection
+        waiting["roll"] = inner
 
     def cmd_diff(self, conn: Connection) -> Any:
         reply = Pending()

@@ -26,11 +26,15 @@ class CodeReloads:  # pragma: no cover - runs in the spawner; covered by integra
         self.start_zygote = start
         self.new_handle = handle
         self.pending: dict[int, list[Any]] = {}  # token -> the fresh zygotes, importing
+        self.previous: dict[tuple[Any, ...], tuple[int, Any]] = {}  # key -> (token, the zygote it replaced)
 
     def handle(self, message: tuple[Any, ...]) -> None:
-        """("preload", token, keys) from the master, or ("preload_abort", token) after its timeout."""
+        """("preload", token, keys) from the master, ("preload_abort", token) after its
+        timeout, or ("preload_revert", token) when the roll onto the new code halted."""
         if message[0] == "preload":
             self.start(message[1], message[2])
+        elif message[0] == "preload_revert":
+            self.revert(message[1])
         else:
             self.abort(message[1], None)
 
@@ -68,9 +72,26 @@ class CodeReloads:  # pragma: no cover - runs in the spawner; covered by integra
                 self.pool.zygotes[new.key] = new
                 if old is not None:
                     old.replaced = True
+                    self.previous[new.key] = (token, old)
                     self.pool._retire(old)
                     self.pool.close_if_idle(old)
             self.pool.send(("preloaded", token, []))
+
+    def revert(self, token: int) -> None:
+        """The new code of `token` died before it was ready: new processes fork from the old
+        zygotes again, where they still run (the new ones go with their last worker)."""
+        for key, (swapped, old) in list(self.previous.items()):
+            if swapped != token or old.closed:
+                continue
+            del self.previous[key]
+            new = self.pool.zygotes.get(key)
+            old.replaced = False
+            self.pool.retired.discard(old)
+            self.pool.zygotes[key] = old
+            if new is not None and new is not old:
+                new.replaced = True
+                self.pool._retire(new)
+                self.pool.close_if_idle(new)
 
     def abort(self, token: int, errors: list[str] | None) -> None:
         """Close every fresh zygote of `token` (nothing forked from them yet); tell the master why."""

@@ -199,7 +199,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                 self._scan()  # orphans not yet seen belong to the trees too
             for pid, signum, group in message[1]:
                 self._signal(pid, signum, group)
-        elif message[0] in ("probe", "probe_kill", "preload", "preload_abort"):  # zygote.py: code reloads
+        elif message[0] in ("probe", "probe_kill", "preload", "preload_abort", "preload_revert"):  # code_reload.py
             (self.probes if message[0].startswith("probe") else self.zygotes.reloads).handle(message)
         elif message[0] == "exit":
             return False

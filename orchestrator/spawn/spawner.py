@@ -140,6 +140,13 @@ class SpawnerClient:
         once all imported (code_reload.py); answered by ("preloaded", token, [errors])."""
         self.sock.send(pickle.dumps(("preload", token, keys)))
 
+    def preload_revert(self, token: int) -> None:
+        """The roll onto `token`'s new code halted: fork from the zygotes it replaced again."""
+        try:
+            self.sock.send(pickle.dumps(("preload_revert", token)))
+        except OSError:
+            pass
+
     def preload_abort(self, token: int) -> None:
         """Give up a code reload still importing: its fresh zygotes are closed."""
         try:

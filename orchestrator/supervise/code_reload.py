@@ -21,7 +21,9 @@ Done = Callable[[dict[str, Any]], None]
 
 
 class CodeReloader:
-    """The code reloads of one master: asked of the spawner, answered by "preloaded"."""
+    """The code reloads of one master: asked of the spawner, answered by "preloaded". A
+    request's `on_done` hears the outcome once the new code imported (or did not), and once
+    more, with "halted", if the roll onto it halts."""
 
     def __init__(self, supervisor: Any, loop: EventLoop, stopping: Callable[[], bool] = lambda: False) -> None:
         self.supervisor = supervisor
@@ -55,6 +57,12 @@ class CodeReloader:
         except OSError as exc:  # the spawner is gone: its EOF brings the fleet back
             self._finish(token, [f"the spawner did not take the request: {exc}"])
 
+    def _revert(self, token: int, label: str, why: str, on_done: Done) -> None:
+        """The roll halted: fork from the old zygotes again; `on_done` hears of it a second time."""
+        log.warning("reload --code (%s): the roll halted; new processes fork from the old code again", label)
+        self.supervisor.spawner.preload_revert(token)
+        on_done({"applied": False, "halted": True, "error": f"{why}; new processes fork from the old code again"})
+
     def _answered(self, event: tuple[Any, ...]) -> None:
         self._finish(event[1], list(event[2]))
 
@@ -80,8 +88,9 @@ class CodeReloader:
         instances = self.supervisor.instances
         items = [(inst, None) for name in names if (inst := instances.get(name)) is not None
                  and inst.state in ALIVE and not inst.held]
-        if items:
-            self.supervisor.roll(f"{label} onto new code", items)
+        if items:  # halted (new code died before it was ready): new processes fork the old code again
+            self.supervisor.rolling.roll(f"{label} onto new code", items,
+                                         on_halt=lambda why: self._revert(token, label, why, on_done))
         log.info("reload --code (%s): new code imported; %d running instances roll onto it", label, len(items))
         on_done({"applied": True, "code": True, "rolling": len(items), "instances": len(names),
                  "rolled": [[inst.name, inst.pid] for inst, _ in items]})  # pid: the old process

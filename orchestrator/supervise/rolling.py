@@ -6,7 +6,7 @@ operation, so a reload queued behind it waits for the whole of it."""
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..expand.spec import ProcessSpec
 from .instance import Instance
@@ -33,10 +33,14 @@ class RollingRestarts:
     def __init__(self, supervisor: Stopper) -> None:
         self.supervisor = supervisor
         self.rollouts: set[Rollout[Instance]] = set()
+        self.on_halt: dict[Rollout[Instance], Callable[[str], None]] = {}  # a code reload's revert
 
-    def roll(self, label: str, items: list[tuple[Instance, ProcessSpec | None]]) -> None:
+    def roll(self, label: str, items: list[tuple[Instance, ProcessSpec | None]],
+             on_halt: Callable[[str], None] | None = None) -> None:
         batch = min(inst.target.policy.max_unavailable for inst, _ in items)
         rollout: Rollout[Instance] = Rollout(label, batch, items)
+        if on_halt is not None:
+            self.on_halt[rollout] = on_halt
         self.supervisor.pending_ops += 1
         self.rollouts.add(rollout)
         log.info("rolling restart of %s: %d instances, %d at a time", label, rollout.total, rollout.batch)
@@ -55,8 +59,12 @@ class RollingRestarts:
         if rollout is None:
             return
         left = rollout.failed(inst)
-        self._end(rollout, f"rolling restart of {rollout.label} halted: {inst.name} died before "
-                           f"it was ready; {left} instances keep their old process", warning=True)
+        halted = self.on_halt.pop(rollout, None)
+        message = (f"rolling restart of {rollout.label} halted: {inst.name} died before it was ready"
+                   f"{f' ({inst.last_exit})' if inst.last_exit else ''}; {left} instances keep their old process")
+        self._end(rollout, message, warning=True)
+        if halted is not None:
+            halted(message)
 
     def _roll_on(self, rollout: Rollout[Instance]) -> None:
         instances = self.supervisor.instances
@@ -75,5 +83,6 @@ class RollingRestarts:
         if rollout not in self.rollouts:
             return
         self.rollouts.discard(rollout)
+        self.on_halt.pop(rollout, None)
         (log.warning if warning else log.info)(message)
         self.supervisor.op_done()
