@@ -12,9 +12,12 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import time
+from typing import Any, Callable
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TRACK_QUIET = 0.3  # seconds without a new spawn after which new main processes' files are opened
 KEEP_FREE_MIN, KEEP_FREE_SHARE = 64, 16  # fds kept /proc fds leave free: 1/16 of the limit, at least 64
 
 
@@ -191,12 +194,34 @@ class TreeSampler:
         self._fds: dict[int, tuple[int, ...]] = {}  # leader pid -> (stat, children) fds
         self._statm: dict[int, int] = {}  # leader pid -> statm fd, for the memory limits
         self._below: dict[int, list[int]] = {}  # leader pid -> descendants at the last look
+        self._pending: list[int] = []  # new main processes whose files open after their burst
+        self._last_pending = 0.0
 
     def track(self, pid: int) -> None:
         """Open a new main process's files now (at its spawn), not in the first `orch status`:
         at 5,000 instances the 10,000 opens were most of that first answer."""
         if pid not in self._fds:
             self._open(pid)
+
+    def track_later(self, pid: int, call_later: Callable[[float, Callable[[], None]], Any],
+                    live: Callable[[int], bool]) -> None:
+        """`track`, once a burst of spawns is over (no new one for TRACK_QUIET s): the opens
+        were a tenth of the master's CPU while it started 5,000 instances, time the spawner
+        wanted; still before the first `orch status` after a start has settled. Only pids
+        still `live` then are opened (one that exited meanwhile was forgotten)."""
+        self._pending.append(pid)
+        self._last_pending = time.monotonic()
+        if len(self._pending) == 1:
+            def due() -> None:
+                wait = self._last_pending + TRACK_QUIET - time.monotonic()
+                if wait > 0:
+                    call_later(wait, due)
+                    return
+                pids, self._pending = self._pending, []
+                for each in pids:
+                    if live(each):
+                        self.track(each)
+            call_later(TRACK_QUIET, due)
 
     def _open(self, pid: int) -> tuple[int, ...] | None:
         fds: list[int] = []  # -1: none to spare, the file is read without keeping one

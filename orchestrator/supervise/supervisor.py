@@ -276,7 +276,7 @@ class Supervisor:
         if inst is None:
             return
         inst.pid = pid
-        self.trees.track(pid)
+        self.trees.track_later(pid, self.loop.call_later, self.by_pid.__contains__)
         inst.started_at = self.loop.time()
         inst.ready = False
         inst.requests = 0
