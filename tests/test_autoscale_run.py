@@ -6,6 +6,7 @@ freezes the count and recovers, min = 0 starts from nothing, `orch scale` pins."
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import socket
 import time
@@ -243,3 +244,30 @@ def test_a_stream_cell_follows_its_group_lag(start_master, redis_server, tmp_pat
     wait_for(lambda: cells(master)["consumer-sa"]["desired"] == 2, 5, message="the stream's 20 ask for 2")
     wait_for(lambda: set(sent) <= events.done(), 20, interval=0.2, message="every entry handled")
     wait_for(lambda: master.status() == {}, 10, message="back to nothing")
+
+
+def test_status_and_queues_json_carry_the_cells_as_orch_scale_does(start_master, redis_server, tmp_path):
+    write_handlers(tmp_path)
+    master = start_master(config(REDIS, f'url = "{redis_server.url}", queue = "{{{{ queue }}}}"', ["qa", "qb"],
+                                 low=1, high=3, per=10))
+    wait_for(lambda: running(master, "consumer-qa") == 1 and running(master, "consumer-qb") == 1
+             and all(r["backlog"] == 0 and r["now"] == 1 for r in cells(master).values()), 15)
+
+    def shown(*args: str) -> list[dict]:
+        out = orch(*args, "--json", "-c", str(master.config))
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+    scale = {r["cell"]: r for r in shown("scale")}
+    assert set(scale) == {"consumer-qa", "consumer-qb"}
+    row = scale["consumer-qa"]
+    assert (row["now"], row["desired"], row["min"], row["max"], row["backlog"], row["readable"], row["pinned"]) \
+        == (1, 1, 1, 3, 0, True, None) and row["reason"] and row["decided_at"], row
+    for command in ("status", "queues"):
+        rows = shown(command)
+        listed = {r["cell"]: {k: v for k, v in r.items() if k != "kind"} for r in rows if r.get("kind") == "cell"}
+        assert listed == scale, (command, listed, scale)  # the same keys and values as orch scale --json
+        others = [r for r in rows if r.get("kind") != "cell"]
+        assert others and all("cell" not in r for r in others), others  # instance / queue rows unchanged
+    assert len([r for r in shown("status") if r.get("kind") != "cell"]) == 2  # min replicas, not max
+    picked = shown("status", "consumer-qb*")
+    assert [r["cell"] for r in picked if r.get("kind") == "cell"] == ["consumer-qb"], picked  # a status of some

@@ -139,8 +139,8 @@ def run_queues(path: Path, action: str | None, queue: str | None, as_json: bool)
     refs = queues_of(expand(load_config(path)))
     if action is None:
         rows = [probe(ref) for ref in refs]
-        if as_json:  # the rows as they always were; `orch scale --json` has the cells
-            print(json.dumps(rows, indent=2))
+        if as_json:  # the queues, then the running master's autoscaled cells as rows of kind "cell"
+            print(json.dumps(rows + [{"kind": "cell", **c} for c in _scaling(path)], indent=2))
         else:
             from .scale_view import render_cells
             print("\n".join([render(rows), *render_cells(_scaling(path))]))

@@ -281,11 +281,15 @@ class Scaler:
                 "min": cell.auto.min, "max": cell.auto.max, "per": cell.auto.per,
                 "backlog": source.backlog if source is not None else None,
                 "source": cell.auto.describe(), "source_error": source.error if source is not None else None,
-                "pinned": cell.pinned, "reason": decision.reason if decision else "", "now_reason": cell.latest,
+                "readable": source is None or source.error is None, "pinned": cell.pinned, "reason": decision.reason if decision else "", "now_reason": cell.latest,
                 "decided_at": cell.decided_at}
 
-    def status(self) -> list[dict[str, Any]]:
-        return [self.row(c) for c in self.cells.values()]
+    def status(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """A row per cell (`orch scale`, status, queues, metrics, top); with `names` (a status
+        of some instances), only the cells those instances belong to."""
+        chosen = set(names) if names is not None else None
+        return [self.row(c) for c in self.cells.values()
+                if chosen is None or any(s.name in chosen for s in c.specs)]
 
     def close(self) -> None:
         """Stop reading and deciding (shutdown): no step is applied from now on."""
