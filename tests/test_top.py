@@ -217,3 +217,46 @@ def test_a_user_column_shows_when_some_instance_runs_as_another_user():
     handle_key(state, "end", 5)  # scrolled past every row with a user: the column stays
     assert text(render(state, 200, 10))[HEADER].split()[:3] == ["NAME", "TEMPLATE", "USER"]
     assert "USER" not in text(render(state, 40, 10))[HEADER]  # dropped before PID on a narrow terminal
+
+
+CELLS = [{"cell": "consumer-qa", "template": "consumer", "now": 3, "desired": 5, "min": 1, "max": 8,
+          "backlog": 900, "source_error": None, "readable": True, "pinned": None, "decided_at": 1.0e9,
+          "reason": "backlog 900: 5 wanted, above 3 for 2.0s: up to 5"},
+         {"cell": "consumer-qb", "template": "consumer", "now": 2, "desired": 2, "min": 0, "max": 4,
+          "backlog": None, "source_error": "connection refused", "readable": False, "pinned": 2,
+          "decided_at": None, "reason": "pinned at 2 by orch scale"}]
+
+
+def test_c_shows_each_autoscaled_cell_and_c_again_goes_back():
+    state = TopState()
+    apply_reply(state, reply(fleet(3), scaling=CELLS), time.time())
+    assert "c cells" in HELP
+    assert handle_key(state, "c", 5) is None and state.mode == "cells"
+    lines = render(state, 120, 12)
+    screen = text(lines)
+    assert screen[HEADER].split() == ["CELL", "NOW/DESIRED", "MIN-MAX", "BACKLOG", "LAST", "DECISION"]
+    qa, qb = screen[HEADER + 1].split(), screen[HEADER + 2]
+    assert qa[:4] == ["consumer-qa", "3/5", "1-8", "900"], qa
+    assert screen[HEADER + 1].endswith("backlog 900: 5 wanted, above 3 for 2.0s: up to 5"), screen[HEADER + 1]
+    assert qb.split()[:4] == ["consumer-qb", "2/2", "0-4", "?"] and "[pinned]" in qb and "connection refused" in qb
+    assert lines[HEADER + 2][0][1] == "error"  # an unreadable backlog stands out
+    assert screen[-1].startswith("Esc/q/c back to the list")
+    assert not any(line.startswith("w-0000") for line in screen)  # the cells replace the instance rows
+    apply_reply(state, reply(fleet(3), scaling=[{**CELLS[0], "now": 5, "reason": "steady at 5"}]), time.time())
+    assert "5/5" in text(render(state, 120, 12))[HEADER + 1]  # refreshed with every status
+    handle_key(state, "c", 5)
+    assert state.mode == "list" and text(render(state, 120, 12))[HEADER].startswith("NAME")
+    handle_key(state, "c", 5)
+    assert handle_key(state, "q", 5) is None and state.mode == "list"  # q leaves the cells first
+
+
+@pytest.mark.parametrize("width, height", [(160, 40), (50, 12), (20, 6), (1, 5)])
+def test_the_cells_view_fits_the_terminal_and_says_when_there_are_none(width, height):
+    for cells in (CELLS * 20, []):
+        state = TopState(mode="cells")
+        apply_reply(state, reply(fleet(2), scaling=cells), time.time())
+        screen = text(render(state, width, height))
+        assert len(screen) == height and all(len(line) <= width for line in screen)
+    state = TopState(mode="cells")
+    apply_reply(state, reply([]), time.time())
+    assert "no autoscaled cells" in text(render(state, 120, 10))[HEADER + 1]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..units import format_duration, format_size
 from .scale_view import cell_summaries
+from .top_cells import BACK, cells_view
 from .probe_view import probe_summary
 
 Segment = tuple[str, str]
@@ -30,7 +31,7 @@ SORTS: dict[str, tuple[str, Callable[[Row], Any], bool]] = {
     "t": ("uptime", lambda r: r.get("uptime") or 0.0, True),
 }
 ACTIONS = {"r": "restart", "s": "stop", "S": "start"}
-HELP = ("q quit  \u2191\u2193 select  / filter  r restart  s stop  S start  l log  "
+HELP = ("q quit  \u2191\u2193 select  / filter  r restart  s stop  S start  l log  c cells  "
         "sort: n name  p cpu  m rss  x restarts  t uptime")
 HEADER_LINES = 4  # fleet, counts, message, column titles
 _CONTROL = {c: "?" for c in [*range(32), *range(127, 160)]}
@@ -60,7 +61,7 @@ class TopState:
     selected: str | None = None                      # followed across refreshes and re-sorts
     fetched_at: float | None = None
     gone: str | None = None                          # why the master cannot be reached
-    mode: str = "list"                               # list | filter | confirm | log
+    mode: str = "list"                               # list | filter | confirm | log | cells
     typed: str = ""                                  # the filter being typed
     confirm: Confirm | None = None
     message: str = ""
@@ -132,8 +133,8 @@ def handle_key(state: TopState, key: str, page: int) -> tuple[str, Any] | None:
         return _filter_key(state, key)
     if state.mode == "confirm":
         return _confirm_key(state, key)
-    if state.mode == "log":
-        if key in ("esc", "q", "l", "enter"):
+    if state.mode in ("log", "cells"):
+        if key in ("esc", "q", "enter", state.mode[0]):  # l leaves the log, c the cells
             state.mode, state.log_name = "list", None
         return None
     if key == "q":
@@ -155,6 +156,8 @@ def handle_key(state: TopState, key: str, page: int) -> tuple[str, Any] | None:
     elif key in ACTIONS and state.selected:
         state.mode = "confirm"
         state.confirm = Confirm(ACTIONS[key], state.selected, [r["name"] for r in state.rows])
+    elif key == "c":  # the autoscaled cells: replicas, backlog, last decision
+        state.mode = "cells"
     elif key == "l" and state.selected:
         state.mode, state.log_name = "log", state.selected
         return ("log", state.selected)
@@ -342,8 +345,8 @@ def _bottom_line(state: TopState) -> Line:
         c = state.confirm
         return [(f"{c.action} {c.one}? y = this one, a = all {len(c.shown)} shown, "
                  "any other key = no", "input")]
-    if state.mode == "log":
-        return [("Esc/q/l back to the list (the log refreshes every second)", "help")]
+    if state.mode in ("log", "cells"):
+        return [(BACK[state.mode], "help")]
     return [(HELP, "help")]
 
 
@@ -365,6 +368,10 @@ def render(state: TopState, width: int, height: int) -> list[Line]:
     if state.mode == "log":
         lines.append([(_fit(f"log of {state.log_name}", width), "heading")])
         body = [[(_fit(text, width), "plain")] for text in state.log_lines[-page:]] if page else []
+    elif state.mode == "cells":
+        heading, cells = cells_view(state.reply, width, page)
+        lines.append(_clip(heading, width))
+        body = [_clip(line, width) for line in cells]
     else:
         fit_scroll(state, page)
         visible = state.rows[state.top:state.top + page]
