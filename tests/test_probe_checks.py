@@ -16,6 +16,7 @@ from servers import free_port
 from orchestrator.config.probes import Probe
 from orchestrator.loop import EventLoop
 from orchestrator.supervise.probe_checks import Check
+from orchestrator.supervise.probe_ticks import Ticks
 
 
 def _probe(port: int, timeout: float = 0.3) -> Probe:
@@ -82,3 +83,43 @@ def test_a_dropped_syn_is_watched_and_times_out_without_holding_the_loop(loop: E
         for sock in fillers:
             sock.close()
         server.close()
+
+
+# --- ticks: due checks in batches, one loop timer per tick -------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_checks_due_in_one_tick_run_together_on_one_timer() -> None:
+    clock = Clock()
+    loop = EventLoop(clock=clock)
+    ran: list[tuple[int, str]] = []
+
+    def run(token: int, name: str) -> None:
+        if name == "bad":
+            raise RuntimeError("a bug in one check")
+        ran.append((token, name))
+    try:
+        ticks = Ticks(loop, run, tick=0.05)
+        tokens = {name: ticks.add(delay, name) for name, delay in
+                  [("a", 10.0), ("bad", 10.01), ("b", 10.02), ("c", 10.2), ("now", 0.0)]}
+        assert len(tokens) == len(set(tokens.values()))
+        assert sum(not t.cancelled for _, _, t in loop._timers) == 2  # a, bad and b share a tick
+        loop.run_once(0)
+        assert ran == [(tokens["now"], "now")], "a check due now waits for no tick"
+        clock.now += 9.97
+        loop.run_once(0)
+        assert ran[1:] == [], "ran before its tick"
+        clock.now = 110.001  # the tick of 110.0: b (due at 110.02) is nearer to it than to 110.05
+        loop.run_once(0)
+        assert ran[1:] == [(tokens["a"], "a"), (tokens["b"], "b")], "one failing check dropped the batch"
+        clock.now = 110.2
+        loop.run_once(0)
+        assert ran[-1] == (tokens["c"], "c") and not ticks.slots
+    finally:
+        loop.close()

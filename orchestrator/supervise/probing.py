@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 from ..config.probes import Probe
-from ..loop import EventLoop, Timer
+from ..loop import EventLoop
 from .events import Event, Happened, Notified, PolicyChanged, StateChanged
 from .instance import Instance
 from .probe_checks import Check
 from .probe_exec import ExecCheck
+from .probe_ticks import Ticks
 from .probes import (ProbeState, Verdict, decide, first_delay, notify_verdict, ready_on_start, restart_reason,
                      running)
 from .states import State, Then
@@ -32,14 +33,12 @@ class InstanceProbes:
         self.probes = probes
         self.started = False  # the startup probe passed (or there is none)
         self.states: dict[str, ProbeState] = {p.role: ProbeState() for p in probes}
-        self.timers: dict[str, Timer] = {}
+        self.timers: dict[str, int] = {}  # role: its next check's token in Prober.ticks
         self.checks: dict[str, Check | ExecCheck] = {}
         self.began: dict[str, float] = {}
         self.failed_at: dict[str, float] = {}  # role: wall-clock time of its last failure
 
     def close(self) -> None:
-        for timer in self.timers.values():
-            timer.cancel()
         for check in self.checks.values():
             check.cancel()
         self.timers.clear()
@@ -67,6 +66,7 @@ class Prober:
         # name: [pid, READY=1 at, WATCHDOG=1 at] for instances with notify probes; kept apart
         # from runs, since a fast process may speak before its run begins
         self.heard: dict[str, list[Any]] = {}
+        self.ticks = Ticks(loop, self._due)
         supervisor.events.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
@@ -117,7 +117,7 @@ class Prober:
         for probe in running(run.probes, run.started):
             if probe.kind == "notify" and probe.role != "liveness" and not run.states[probe.role].passing \
                     and probe.role in run.timers:
-                run.timers.pop(probe.role).cancel()
+                del run.timers[probe.role]
                 self._check(run, probe)
 
     def end(self, inst: Instance) -> None:
@@ -126,7 +126,11 @@ class Prober:
             run.close()
 
     def _schedule(self, run: InstanceProbes, probe: Probe, delay: float) -> None:
-        run.timers[probe.role] = self.loop.call_later(delay, lambda: self._check(run, probe))
+        run.timers[probe.role] = self.ticks.add(delay, run, probe)
+
+    def _due(self, token: int, run: InstanceProbes, probe: Probe) -> None:
+        if run.timers.get(probe.role) == token:  # else cancelled, or the run ended
+            self._check(run, probe)
 
     def _check(self, run: InstanceProbes, probe: Probe) -> None:
         run.timers.pop(probe.role, None)
