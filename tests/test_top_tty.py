@@ -298,3 +298,34 @@ def test_ctrl_c_leaves_a_restored_terminal(start_master, tmux):
     screen = tmux.wait(lambda s: "TOP-EXIT=130" in s, message="top to exit 130")
     assert "Traceback" not in screen and "alpha-1" not in screen
     assert tmux.tmux("display-message", "-p", "#{alternate_on}").strip() == "0"
+
+
+def test_c_shows_each_autoscaled_cell_live(start_master, tmux, tmp_path):
+    (tmp_path / "n-a.txt").write_text("0\n")
+    (tmp_path / "n-b.txt").write_text("0\n")
+    master = start_master(f"""
+    [workers.sleeper]
+    command = {SLEEPER}
+    matrix = {{ part = ["a", "b"] }}
+    replicas = {{ min = 1, max = 3 }}
+    backlog = {{ command = ["cat", "n-{{{{ part }}}}.txt"], per = 1 }}
+    scale = {{ up_after = "0.2s", down_after = "30s", step = 3 }}
+    stop_timeout = "1s"
+    """)
+    master.wait_running(2)
+    tmux.start(top_command(master))
+    tmux.wait(lambda s: "c cells" in s and row_of(s, "sleeper-a")[1:3] == ["sleeper", "running"],
+              message="the list and its help line")
+    tmux.keys("c")
+    screen = tmux.wait(lambda s: row_of(s, "sleeper-a")[:4] == ["sleeper-a", "1/1", "1-3", "0"], message="cell rows")
+    assert "CELL" in screen and "LAST DECISION" in screen and "started at 1" in screen, screen
+    assert row_of(screen, "sleeper-b")[:4] == ["sleeper-b", "1/1", "1-3", "0"]
+    assert not [line for line in screen.splitlines() if line.startswith(("NAME ", "sleeper")) and "running" in line], \
+        "the cells replace the instance rows"
+    (tmp_path / "n-b.txt").write_text("3\n")
+    screen = tmux.wait(lambda s: row_of(s, "sleeper-b")[:4] == ["sleeper-b", "3/3", "1-3", "3"], 8,
+                       message="sleeper-b scaled up, live")
+    assert re.search(r"sleeper-b .*\d\d:\d\d:\d\d .*up to 3", screen), screen  # the decision, its time, reason
+    tmux.keys("c")
+    screen = tmux.wait(lambda s: "\nNAME " in s and "c cells" in s, message="back to the instance list")
+    assert sum(1 for line in screen.splitlines() if line.startswith("sleeper-b")) == 3, screen
