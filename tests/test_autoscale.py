@@ -234,3 +234,27 @@ def test_the_scaler_keeps_each_cells_first_count_in_file_order(tmp_path):
     finally:
         scaler.close()
         loop.close()
+
+
+def test_each_scaling_step_is_one_log_line_and_one_journal_record(tmp_path, caplog):
+    """Pins, bounds changed by a save and backlog decisions all go through one place: a line
+    and a `scaled` record per step, and none for a reload that changes nothing."""
+    from orchestrator.loop import EventLoop
+    from orchestrator.supervise.scaler import Scaler
+    loop, sup, records = EventLoop(), _Supervisor(), []
+    scaler = Scaler(sup, loop, lambda **facts: records.append(facts))
+    caplog.set_level("INFO", logger="orch")
+    try:
+        scaler.desired(_specs(tmp_path, "{ min = 1, max = 4 }"))
+        scaler.pin("w-y", 3)
+        scaler.desired(_specs(tmp_path, "{ min = 2, max = 4 }"))  # w-x 1 -> 2; w-y stays pinned at 3
+        scaler.desired(_specs(tmp_path, "{ min = 2, max = 4 }"))  # the same again: no step
+        scaler.pin("w-y", None)
+        scaler._decide(scaler.cells["w-x"], 35)  # wants 4 but waits up_after first: no step yet
+        loop.run_once(0)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scale ")]
+        assert [(f["cell"], f["before"], f["after"]) for f in records] == [("w-y", 1, 3), ("w-x", 1, 2)]
+        assert lines == [f"scale {f['cell']}: {f['before']} -> {f['after']} ({f['reason']})" for f in records]
+    finally:
+        scaler.close()
+        loop.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import re
 import socket
 import time
 import urllib.request
@@ -71,6 +72,9 @@ def test_a_burst_scales_up_within_up_after_and_idle_back_to_min(start_master, re
     assert decided - pushed <= 1.0 + 1.0 + 0.1, f"decided {decided - pushed:.2f}s after the burst (up_after 1s)"
     scaled = [e for e in master.call("events")["events"] if e["kind"] == "scaled" and e["cell"] == "consumer-qa"]
     assert [(e["before"], e["after"]) for e in scaled][:1] == [(1, 4)] and scaled[-1]["after"] == 1, scaled
+    steps = re.findall(r"scale consumer-qa: (\d+) -> (\d+) \(", master.stderr())  # exactly one line per step
+    assert [(int(a), int(b)) for a, b in steps] == [(e["before"], e["after"]) for e in scaled], (steps, scaled)
+    assert all(e["reason"] and e["template"] == "consumer" for e in scaled), scaled
 
 
 @pytest.mark.parametrize("backend", ["redis", "beanstalkd"])
