@@ -206,8 +206,8 @@ class TreeSampler:
     def track_later(self, pid: int, call_later: Callable[[float, Callable[[], None]], Any],
                     live: Callable[[int], bool]) -> None:
         """`track`, once a burst of spawns is over (no new one for TRACK_QUIET s): the opens
-        were a tenth of the master's CPU while it started 5,000 instances, time the spawner
-        wanted; still before the first `orch status` after a start has settled. Only pids
+        were 6 % of the master's CPU while it started 2,000 instances (profiled), CPU the
+        spawner wanted; still before the first `orch status` after a start has settled. Only pids
         still `live` then are opened (one that exited meanwhile was forgotten)."""
         self._pending.append(pid)
         self._last_pending = time.monotonic()
