@@ -260,3 +260,15 @@ def test_the_cells_view_fits_the_terminal_and_says_when_there_are_none(width, he
     state = TopState(mode="cells")
     apply_reply(state, reply([]), time.time())
     assert "no autoscaled cells" in text(render(state, 120, 10))[HEADER + 1]
+
+
+def test_the_cells_view_follows_tops_patterns_and_filter():
+    state = TopState(patterns=("template:consumer", "other-*"), mode="cells")
+    apply_reply(state, reply(fleet(2), scaling=CELLS + [{**CELLS[0], "cell": "web-a", "template": "web"}]), time.time())
+    assert [line.split()[0] for line in text(render(state, 120, 10))[HEADER + 1:HEADER + 4] if line] == \
+        ["consumer-qa", "consumer-qb"]  # web-a is neither template consumer nor other-*
+    state.filter = "qb"
+    screen = text(render(state, 120, 10))
+    assert screen[HEADER + 1].startswith("consumer-qb") and not screen[HEADER + 2]
+    state.filter = "nothing"
+    assert text(render(state, 120, 10))[HEADER + 1] == "no cell matches"

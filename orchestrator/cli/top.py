@@ -369,7 +369,7 @@ def render(state: TopState, width: int, height: int) -> list[Line]:
         lines.append([(_fit(f"log of {state.log_name}", width), "heading")])
         body = [[(_fit(text, width), "plain")] for text in state.log_lines[-page:]] if page else []
     elif state.mode == "cells":
-        heading, cells = cells_view(state.reply, width, page)
+        heading, cells = cells_view(state.reply, width, page, state.patterns, state.filter)
         lines.append(_clip(heading, width))
         body = [_clip(line, width) for line in cells]
     else:
