@@ -183,15 +183,23 @@ class EventLoop:
     def run_once(self, timeout: float | None = 0) -> None:
         """One turn: wait up to `timeout` for fds, run their callbacks, due timers and soon calls."""
         for key, mask in self.selector.select(timeout):
-            reader, writer = key.data
-            if mask & selectors.EVENT_READ and reader is not None:
+            reader = key.data[0]
+            # An earlier callback of this batch may have removed this reader and closed its
+            # fd, whose number a new pipe or socket may already hold: only the registration
+            # still in place runs (a stale one read and closed another owner's fd).
+            if mask & selectors.EVENT_READ and reader is not None and self._current(key.fd, 0) is reader:
                 self._call(reader)
-            if mask & selectors.EVENT_WRITE and writer is not None:
-                fresh = self.selector.get_map().get(key.fd)  # the reader may have closed it
-                if fresh is not None and fresh.data[1] is not None:
-                    self._call(fresh.data[1])
+            if mask & selectors.EVENT_WRITE and key.data[1] is not None:
+                writer = self._current(key.fd, 1)  # the reader may have closed it
+                if writer is not None:
+                    self._call(writer)
         self._run_timers()
         self._run_soon()
+
+    def _current(self, fd: int, slot: int) -> Callback | None:
+        """The reader (slot 0) or writer (1) registered for `fd` now."""
+        key = self.selector.get_map().get(fd)
+        return None if key is None else key.data[slot]
 
     @staticmethod
     def _call(callback: Callback) -> None:
