@@ -55,6 +55,16 @@ def run_dirs(tool: Orch) -> list[str]:
     return cgroups.run_paths(cgroups.detect(), run)
 
 
+def quiet(helpers: list, deadline: float) -> float:
+    """Wait until the daemon and its helpers use under 1 % of a core over 2 s (the start's
+    aftermath is over: under load, at 5,000, spawns the master gave up on and their
+    restarts); the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() < deadline and cpu_percent(helpers, 2.0)[0] >= 1.0:
+        pass
+    return time.monotonic() - began
+
+
 def session(mode: str, n: int, seconds: float) -> dict[str, Any]:
     tool = LimitedOrch(mode)
     workdir = Path(tempfile.mkdtemp(prefix=f"orchbench-limits-{mode}-"))
@@ -63,17 +73,18 @@ def session(mode: str, n: int, seconds: float) -> dict[str, Any]:
         fleet = fleets.sleep_fleet(n)
         tool.write_config(fleet)
         start = launch(tool, fleet, 120 + 0.05 * n)
-        time.sleep(SETTLE + 2)  # past the first samples and every registration
+        time.sleep(SETTLE)
+        helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
+        settled = quiet(helpers, time.monotonic() + 180)
         roots = run_dirs(tool)
         made = instance_cgroups(roots)
-        helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
         cpu, rss = cpu_percent(helpers, seconds)
         tool.stop()
         deadline = time.monotonic() + 120
         while not tool.exited() and time.monotonic() < deadline:
             time.sleep(0.1)
         left = sum(1 for root in roots if os.path.exists(root))
-        return {"start": start, "cpu": cpu, "rss": rss / 2**20, "cgroups": made, "left": left}
+        return {"start": start, "cpu": cpu, "rss": rss / 2**20, "cgroups": made, "left": left, "settled": settled}
     finally:
         tool.kill()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -84,15 +95,17 @@ def render(rows: dict[tuple[str, int], list[dict[str, Any]]], args: argparse.Nam
            f"`python -m bench.limits_idle --n {args.n} --seconds {args.seconds:g} --reps {args.reps}`: N sleeps, "
            'each with `memory = { soft = "200MiB", hard = "300MiB" }`, check_interval 1s; CPU of the master '
            f"and its helpers while idle over {args.seconds:g} s (median of {args.reps}, min-max).", "",
-           "| N | cgroup | idle CPU % of a core | start s | RSS MiB | instance cgroups | cgroups left after stop |",
-           "|---|---|---|---|---|---|---|"]
+           "| N | cgroup | idle CPU % of a core | start s | quiet after s | RSS MiB | instance cgroups "
+           "| cgroups left after stop |",
+           "|---|---|---|---|---|---|---|---|"]
     for (mode, n), runs in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0])):
         if not runs:
             continue
         cpus = sorted(r["cpu"] for r in runs)
         mid = len(runs) // 2
         out.append(f"| {n:,} | {mode} | {cpus[mid]:.3f} ({cpus[0]:.3f}-{cpus[-1]:.3f}) | "
-                   f"{sorted(r['start'] for r in runs)[mid]:.2f} | {sorted(r['rss'] for r in runs)[mid]:.0f} | "
+                   f"{sorted(r['start'] for r in runs)[mid]:.2f} | {sorted(r['settled'] for r in runs)[mid]:.0f} | "
+                   f"{sorted(r['rss'] for r in runs)[mid]:.0f} | "
                    f"{runs[0]['cgroups']:,} | {max(r['left'] for r in runs)} |")
     return "\n".join(out)
 
