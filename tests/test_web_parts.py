@@ -117,8 +117,9 @@ class _Conn:
         self.backlog = 0
         self.on_close = None
 
-    def stream(self, on_close) -> None:
+    def stream(self, on_close, on_drained=None) -> None:
         self.on_close = on_close
+        self.on_drained = on_drained
 
     def send(self, data: bytes) -> None:
         self.sent.append(data)
@@ -154,6 +155,14 @@ def test_a_page_that_falls_behind_costs_nothing_and_is_told_what_it_missed():
         conn.backlog = 0
         journal.record("started", "w-0", "w", pid=2)
         assert conn.sent[-2] == b"event: dropped\ndata: 500\n\n" and b'"pid":2' in conn.sent[-1]
+        conn.backlog = MAX_BACKLOG + 1
+        for _ in range(3):
+            journal.record("exited", "w-0", "w", pid=2)
+        conn.backlog = 0
+        conn.on_drained()  # it read all that waited: told at once, not at the next record
+        assert conn.sent[-1] == b"event: dropped\ndata: 3\n\n"
+        conn.on_drained()
+        assert conn.sent[-1] == b"event: dropped\ndata: 3\n\n" and conn.sent[-2] != conn.sent[-1], "said once"
         others = [_Conn() for _ in range(MAX_STREAMS)]
         for other in others:
             feed.open(other, {})

@@ -8,7 +8,8 @@ a page is also sent alone at each of its state changes, so a restart that passes
 "starting" in 40 ms still shows it.
 Journal records go to every stream as they happen. A reader that falls behind never grows
 the master: while its unread bytes pass MAX_BACKLOG, its page updates wait (the next one
-replaces them) and its journal records are dropped and counted, then said in one message."""
+replaces them) and its journal records are dropped and counted, then said in one message
+as soon as it has read what waited (or with the next record, whichever comes first)."""
 
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ class Feed:
         stream = Stream(conn, _int(query.get("offset"), 0, 10**9), _int(query.get("limit"), 100, MAX_PAGE),
                         query.get("q", "")[:200], query.get("state", "")[:32])
         self.streams.append(stream)
-        conn.stream(lambda: self._closed(stream))
+        conn.stream(lambda: self._closed(stream), lambda: self._caught_up(stream))
         conn.send(b"retry: 2000\n\n")
         if self.journal is not None:
             if self._unfollow is None:
@@ -136,6 +137,14 @@ class Feed:
         if self._usage_timer is None:
             self._usage_timer = self.loop.call_later(USAGE_EVERY, self._usage_tick)
             self._ping_timer = self.loop.call_later(PING_EVERY, self._ping)
+
+    def _caught_up(self, stream: Stream) -> None:
+        """Its reader read all that waited: what it missed is said now, not at the next record."""
+        if stream.dropped:
+            dropped, stream.dropped = stream.dropped, 0
+            stream.conn.send(event_bytes("dropped", str(dropped)))
+        if stream.stale:
+            self._send_page(stream)
 
     def _closed(self, stream: Stream) -> None:
         self.streams.remove(stream)

@@ -25,6 +25,7 @@ REQUEST_TIMEOUT = 10.0  # to send a whole request
 SEND_TIMEOUT = 30.0  # to read a whole (non-stream) answer
 MAX_CONNECTIONS, FD_SHARE = 64, 32
 IDLE_AFTER = 1.0
+STREAM_SNDBUF = 32 * 1024  # a stream's kernel send buffer (Linux doubles it); the rest waits in Conn.out
 REASONS = {200: "OK", 204: "No Content", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -105,7 +106,7 @@ class Conn:
     """One client connection: its request as it arrives, then what is left to send."""
 
     __slots__ = ("server", "sock", "opened", "inbuf", "out", "timer", "streaming", "closed",
-                 "on_close", "request")
+                 "on_close", "on_drained", "request")
 
     def __init__(self, server: "HttpServer", sock: socket.socket, opened: float):
         self.server = server
@@ -117,6 +118,7 @@ class Conn:
         self.streaming = False
         self.closed = False
         self.on_close: Callable[[], None] | None = None
+        self.on_drained: Callable[[], None] | None = None  # a stream's reader has read all it was sent
         self.request: Request | None = None
 
     @property
@@ -139,10 +141,16 @@ class Conn:
         self.server._arm(self, SEND_TIMEOUT)
         self.send(data)
 
-    def stream(self, on_close: Callable[[], None]) -> None:
-        """Turn into an event stream: no deadline; `on_close` when the client leaves."""
+    def stream(self, on_close: Callable[[], None], on_drained: Callable[[], None] | None = None) -> None:
+        """Turn into an event stream: no deadline; `on_close` when the client leaves,
+        `on_drained` each time it has read everything that waited for it."""
         self.streaming = True
         self.on_close = on_close
+        self.on_drained = on_drained
+        try:  # the kernel's share of a stuck reader is bounded too (it grew to 2 MiB a page)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        except OSError:
+            pass
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -241,8 +249,8 @@ class HttpServer:
         self.loop.add_reader(conn.sock.fileno(), lambda: self._read(conn))
         self.handle(request, conn)
 
-    def _write(self, conn: Conn) -> None:
-        """Send what the socket takes now; the rest when it is writable."""
+    def _write(self, conn: Conn, waited: bool = False) -> None:
+        """Send what the socket takes now; the rest when it is writable (then `waited`)."""
         if conn.closed:
             return
         try:
@@ -254,10 +262,13 @@ class HttpServer:
             self._close(conn)
             return
         if conn.out:
-            self.loop.add_writer(conn.sock.fileno(), lambda: self._write(conn))
+            self.loop.add_writer(conn.sock.fileno(), lambda: self._write(conn, waited=True))
             return
         self.loop.remove_writer(conn.sock.fileno())
-        if not conn.streaming and conn.inbuf is None:  # a whole answer sent
+        if conn.streaming:
+            if waited and conn.on_drained is not None:  # it caught up: tell the stream once
+                conn.on_drained()
+        elif conn.inbuf is None:  # a whole answer sent
             self._close(conn)
 
     def _close(self, conn: Conn, timed_out: bool = False) -> None:
