@@ -30,6 +30,31 @@ def status_verdict(line: bytes, path: str, expected: int | None) -> tuple[bool, 
     return ok, "ok" if ok else f"HTTP {code} from {path}"
 
 
+def connect(probe: Probe) -> tuple[raw_socket | None, int | str]:
+    """A non-blocking socket to the probe's address: (sock, 0) connected already, (sock,
+    EALREADY) still connecting, or (None, what failed) with nothing left open. On loopback the
+    kernel usually completes the handshake inside connect(2): a second connect_ex says so
+    (0 or EISCONN), and a tcp check then needs no timer, no epoll registration and no wake-up
+    (bench/RESULTS.md, probes-idle: that round trip was about a third of orch's own cost)."""
+    address = (probe.host, probe.port)
+    sock = None
+    try:
+        sock = raw_socket(_FAMILY[":" in probe.host], _SOCK_TYPE)
+        err = sock.connect_ex(address)
+        if err == errno.EINPROGRESS:
+            err = sock.connect_ex(address)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        return None, f"cannot connect to {probe.address}: {exc.strerror or exc}"
+    if err == 0 or err == errno.EISCONN:
+        return sock, 0
+    if err == errno.EALREADY or err == errno.EINPROGRESS:
+        return sock, errno.EALREADY
+    sock.close()
+    return None, f"{probe.address}: {os.strerror(err).lower()}"
+
+
 class Check:
     """One check of one probe; `done(passed, detail)` is called once, unless cancelled."""
 
@@ -43,29 +68,20 @@ class Check:
         self.finished = False
         self.watching = 0  # 0 nothing, 1 writer, 2 reader
 
-    def start(self) -> None:
-        """Connect; on loopback the kernel usually completes the handshake inside connect(2),
-        so a second connect_ex tells at once (0 or EISCONN: connected; an error: refused) and
-        a tcp check then ends here, with no timer and no epoll registration. Only a connect
-        still under way (EALREADY) is watched, with the timeout. Measured (bench/RESULTS.md,
-        probes-idle): the watched round trip was about a third of orch's own cost per check."""
-        probe = self.probe
-        try:
-            sock = self.sock = raw_socket(_FAMILY[":" in probe.host], _SOCK_TYPE)
-            err = sock.connect_ex((probe.host, probe.port))
-            if err == errno.EINPROGRESS:
-                err = sock.connect_ex((probe.host, probe.port))
-        except OSError as exc:
-            self._finish(False, f"cannot connect to {probe.address}: {exc.strerror or exc}")
+    def start(self, opened: tuple[raw_socket | None, int | str] | None = None) -> None:
+        """Connect (or go on with what `connect` returned); watch a connect still under way,
+        with the timeout; an http check then sends its GET and reads the reply."""
+        sock, state = opened if opened is not None else connect(self.probe)
+        if sock is None:
+            self._finish(False, str(state))
             return
-        if err == 0 or err == errno.EISCONN:
+        self.sock = sock
+        if state == 0:
             self._established()
-        elif err == errno.EALREADY or err == errno.EINPROGRESS:
-            self.timer = self.loop.call_later(probe.timeout, self._timed_out)
-            self.watching = 1
-            self.loop.add_writer(sock.fileno(), self._connected)
-        else:
-            self._finish(False, f"{probe.address}: {os.strerror(err).lower()}")
+            return
+        self.timer = self.loop.call_later(self.probe.timeout, self._timed_out)
+        self.watching = 1
+        self.loop.add_writer(sock.fileno(), self._connected)
 
     def cancel(self) -> None:
         """End the check without a result (its instance stopped)."""

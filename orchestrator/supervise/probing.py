@@ -14,7 +14,7 @@ from ..config.probes import Probe
 from ..loop import EventLoop
 from .events import Event, Happened, Notified, PolicyChanged, StateChanged
 from .instance import Instance
-from .probe_checks import Check
+from .probe_checks import Check, connect
 from .probe_exec import ExecCheck
 from .probe_ticks import Ticks
 from .probes import (ProbeState, Verdict, decide, first_delay, notify_verdict, ready_on_start, restart_reason,
@@ -140,13 +140,22 @@ class Prober:
         if probe.kind == "notify":
             self._result(run, probe, *self._heard(run, probe))
             return
+        opened = connect(probe) if probe.kind == "tcp" else None
+        if opened is not None and (opened[0] is None or opened[1] == 0):
+            # decided inside connect(2), as on loopback: no Check, closure, timer or epoll entry
+            if opened[0] is not None:
+                opened[0].close()
+            self._result(run, probe, opened[0] is not None, "ok" if opened[0] is not None else str(opened[1]))
+            return
 
         def done(ok: bool, detail: str) -> None:
             self._result(run, probe, ok, detail)
-        check: Check | ExecCheck = (ExecCheck(self.loop, probe, done, run.inst, self.supervisor.exec_probes)
-                                    if probe.kind == "exec" else Check(self.loop, probe, done))
-        run.checks[probe.role] = check
-        check.start()
+        if probe.kind == "exec":
+            run.checks[probe.role] = ExecCheck(self.loop, probe, done, run.inst, self.supervisor.exec_probes)
+            run.checks[probe.role].start()
+            return
+        check = run.checks[probe.role] = Check(self.loop, probe, done)
+        check.start(opened)
 
     def _heard(self, run: InstanceProbes, probe: Probe) -> tuple[bool, str]:
         heard = self.heard.get(run.inst.name)
