@@ -16,7 +16,7 @@ import textwrap
 import psutil
 import pytest
 
-from conftest import alive, spawner_of, wait_for
+from conftest import alive, kill_master_spawner_and_guard, spawner_of, wait_for
 from orchestrator.spawn import cgroups
 from orchestrator.supervise.kernel_memory import under_oom, working_set
 
@@ -127,7 +127,7 @@ def test_over_the_hard_limit_the_kernel_holds_it_and_the_tree_is_killed(start_ma
     assert row["last_exit"] == "SIGKILL" and row["limit_kills"] == {"memory_hard": 1}
     assert "the kernel holds its allocations at 60.0M (cgroup" in master.stderr(), master.stderr()
     paths = run_dirs(master)
-    limit = os.path.join(paths[1], cgroups.leaf_name("grow", 2), "memory.limit_in_bytes")
+    limit = os.path.join(paths[-1], cgroups.leaf_name("grow", 2), "memory.limit_in_bytes")
     assert int(open(limit).read()) == 60 << 20, "the new start has its own cgroup with the limit"
     assert master.terminate() == 0
     assert gone(paths), "orch down leaves no cgroup behind"
@@ -225,3 +225,36 @@ def test_a_reload_that_lowers_the_limits_in_place_moves_the_kernels_threshold(st
     wait_for(lambda: (r := master.status()["grow"])["reason"] == "memory_soft" and r["pid"] not in (None, first)
              and r["state"] == "running", 10, message="a recycle for the lowered soft limit")
     assert re.search(r"memory_soft \(working set [\d.]+M over 40.0M \(cgroup\)\)", master.stderr())
+
+
+def test_a_run_directory_names_its_master():
+    name = cgroups.run_name("ab12", (4321, 987654))
+    assert name == "orch-4321.987654-ab12" and name.endswith(cgroups.run_name("ab12"))
+    assert cgroups.run_owner(name) == (4321, 987654)
+    assert cgroups.run_owner("orch-ab12") is None and cgroups.run_owner("i-web-3") is None
+
+
+def test_the_next_limited_master_sweeps_what_a_triple_kill_left(start_master, tmp_path):
+    """Master, spawner and guard killed at once (the OOM killer): nobody is left to clean up,
+    so the next master that makes cgroups removes the dead run's, beside its own."""
+    require_cgroups()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    text = f"""
+        [workers.esc]
+        command = ["sh", "-c", "{ESCAPE}"]
+        memory = {{ hard = "200MiB" }}
+    """
+    first = start_master(text, name="a/workers.toml")
+    first.wait_running(1)
+    pids = wait_for(escaped, 5, message="the escaped daemon")
+    paths = [p for p in run_dirs(first) if os.path.isdir(p)]
+    kill_master_spawner_and_guard(first)
+    wait_for(lambda: not alive(first.pid), 5, message="the first master gone")
+    for pid in pids:  # what the sweep by cookie would not find: left for the cgroup sweep
+        assert alive(pid), "the escaped daemon outlived the triple kill"
+    second = start_master(text, name="b/workers.toml")
+    second.wait_running(1)
+    wait_for(lambda: gone(paths) and not any(alive(pid) for pid in pids), 10,
+             message=f"the dead run's cgroups and their escaped daemon gone: {paths} {second.stderr()}")
+    assert "ending what is left in 1 cgroups of dead runs" in second.stderr()

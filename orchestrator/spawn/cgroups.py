@@ -24,7 +24,7 @@ import os
 import re
 import signal
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 UNIFIED = "unified"
 MEMORY = "memory"
@@ -102,8 +102,17 @@ def leaf_name(instance: str, token: int) -> str:
     return f"i-{safe}-{token}"
 
 
-def run_name(run: str) -> str:
-    return "orch-" + _UNSAFE.sub("_", run)
+def run_name(run: str, master: tuple[int, int] | None = None) -> str:
+    """`orch-<pid>.<start ticks>-<run>` of the master that made it (so a later master can
+    tell a dead run's directory from a live one), or just the suffix to match (pure)."""
+    tail = _UNSAFE.sub("_", run)
+    return f"orch-{master[0]}.{master[1]}-{tail}" if master else f"-{tail}"
+
+
+def run_owner(name: str) -> tuple[int, int] | None:
+    """(pid, start ticks) of the master a run directory's name says made it (pure)."""
+    match = re.fullmatch(r"orch-(\d+)\.(\d+)-.+", name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def detect() -> Layout:
@@ -118,7 +127,7 @@ def detect() -> Layout:
     return parse_layout(cgroup, mountinfo)
 
 
-def make_run_dirs(layout: Layout, run: str) -> tuple[Layout, list[str]]:
+def make_run_dirs(layout: Layout, run: str, master: tuple[int, int]) -> tuple[Layout, list[str]]:
     """Create this run's directory where we may: (the run's layout, why a hierarchy is not
     used). The v1 memory hierarchy, where there is one, holds membership too, and then no
     v2 directory is made: a process joins a v1 cgroup through `tasks`, which moves only
@@ -134,7 +143,7 @@ def make_run_dirs(layout: Layout, run: str) -> tuple[Layout, list[str]]:
         if base is None:
             why.append(f"no {'cgroup2 (unified)' if kind == UNIFIED else 'v1 memory'} hierarchy is mounted")
             continue
-        path = os.path.join(base, run_name(run))
+        path = os.path.join(base, run_name(run, master))
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
@@ -249,8 +258,29 @@ def sweep(paths: list[str], timeout: float = 2.0) -> int:
 
 
 def run_paths(layout: Layout, run: str) -> list[str]:
-    """Where run `run` kept its cgroups, in this layout."""
-    return [os.path.join(base, run_name(run)) for base in layout if base is not None]
+    """Where run `run` keeps its cgroups, in this layout (beside our own cgroups)."""
+    return [os.path.join(base, name) for base in layout if base is not None
+            for name in _names(base) if name.startswith("orch-") and name.endswith(run_name(run))]
+
+
+def stale_paths(layout: Layout, alive: Callable[[int, int], bool]) -> list[str]:
+    """Run directories beside our own cgroups whose master is gone (`alive(pid, ticks)`
+    says whether that process still runs): what a master, spawner and guard killed
+    together left (the OOM killer, a test's teardown)."""
+    found = []
+    for base in layout:
+        for name in _names(base) if base is not None else ():
+            owner = run_owner(name)
+            if owner is not None and not alive(*owner):
+                found.append(os.path.join(base, name))
+    return found
+
+
+def _names(base: str) -> list[str]:
+    try:
+        return os.listdir(base)
+    except OSError:
+        return []
 
 
 def sweep_run(run: str, timeout: float = 1.0) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..loop import EventLoop, Timer
+from ..procfs import is_running, start_time
 from ..spawn import cgroups
 from ..units import format_size
 from .events import Event, PolicyChanged, StateChanged
@@ -100,7 +101,12 @@ class KernelMemory:
     def _make_run_dirs(self) -> bool:
         """The run's cgroups where the kernel lets us create them, else False (said once)."""
         if self.made is None:
-            layout, why = cgroups.make_run_dirs(cgroups.detect(), self.run_id)
+            own = cgroups.detect()
+            stale = cgroups.stale_paths(own, lambda pid, ticks: is_running(pid) and start_time(pid) == ticks)
+            if stale:
+                log.warning("ending what is left in %d cgroups of dead runs: %s", len(stale), ", ".join(stale[:3]))
+                cgroups.sweep(stale, 1.0)
+            layout, why = cgroups.make_run_dirs(own, self.run_id, (os.getpid(), start_time(os.getpid()) or 0))
             self.run, self.made = layout, layout.unified is not None or layout.memory is not None
             if not self.made:
                 log.info("cgroup = auto: no cgroup of our own (%s); memory limits are sampled every "
