@@ -169,7 +169,7 @@ def command_in(argv: list[str]) -> str | None:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser, from COMMAND_LIST; with `only`, the global options and that one command:
-    building all 24 subparsers took a third of an `orch status` client's own time."""
+    all the subparsers cost 6.5 ms of every call, one costs 0.9 ms."""
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="config file (default: $ORCH_CONFIG, then ./workers.toml)")
