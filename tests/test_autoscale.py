@@ -111,8 +111,8 @@ def test_replicas_parse(value, expected):
 
 
 @pytest.mark.parametrize("value, message", [
-    (0, "from 1"), ({"min": 3, "max": 2}, "must not exceed"), ({"min": 1}, "needs max"),
-    ({"max": 2, "per": 3}, "unknown key 'per'"), ({"max": True}, "whole number"), ({"max": 2, "backlog": 0}, "from 1"),
+    (0, "at least 1"), ({"min": 3, "max": 2}, "must not exceed"), ({"min": 1}, "needs max"),
+    ({"max": 2, "per": 3}, "unknown key 'per'"), ({"max": True}, "whole number"), ({"max": 2, "backlog": 0}, "at least 1"),
 ])
 def test_replicas_refused(value, message):
     with pytest.raises(ValueError, match=message):

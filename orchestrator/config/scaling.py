@@ -56,10 +56,14 @@ def replica_count(replicas: int | Replicas) -> int:
 
 
 def _whole(where: str, v: object, low: int, high: int = MAX_REPLICAS) -> int:
+    """A whole number in [low, high]; `where` is the key below the one the error names."""
+    prefix = f"{where}: " if where else ""
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{where}: expected a whole number, got {type_name(v)}")
-    if not low <= v <= high:
-        raise ValueError(f"{where}: must be from {low} to {high:,}, got {v}")
+        raise ValueError(f"{prefix}expected a whole number, got {type_name(v)}")
+    if v < low:
+        raise ValueError(f"{prefix}must be at least {low}, got {v if v > -10**30 else 'a smaller number'}")
+    if v > high:
+        raise ValueError(f"{prefix}must be at most {high:,}, got {v if v < 10**30 else 'a larger number'}")
     return v
 
 
@@ -72,7 +76,7 @@ def _only(where: str, table: dict, allowed: tuple[str, ...]) -> None:
 def parse_replicas(v: object) -> int | Replicas:
     """`2`, or `{ min = 1, max = 8, backlog = 200 }` (min may be 0)."""
     if not isinstance(v, dict):
-        return _whole("replicas", v, 1)
+        return _whole("", v, 1)
     _only("replicas", v, ("min", "max", "backlog"))
     if "max" not in v:
         raise ValueError("replicas: an autoscaled count needs max, like { min = 1, max = 8, backlog = 200 }")
