@@ -180,7 +180,7 @@ def test_metrics_on_ipv6_and_on_a_taken_port(start_master, tmp_path):
             data += chunk
     assert b'orch_instance_up{name="v6",template="v6"} 1' in data
 
-    other = tmp_path / "other" / "workers.toml"
+    other = tmp_path / "o" / "workers.toml"  # short: xdist's folders lengthen tmp_path
     other.parent.mkdir()
     other.write_text(f'[orchestrator]\nmetrics = "[::1]:{port}"\nname = "clash"\n'
                      '[workers.w]\ncommand = "sleep 1000"\n')

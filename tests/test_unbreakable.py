@@ -313,3 +313,19 @@ command = "echo {{ nope }}"
 """)
     assert result.returncode == 2
     assert "undefined" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("extra", [0, 7])  # the control socket fits; only its .notify neighbour would not
+def test_a_socket_path_too_long_for_the_notify_socket_is_refused_at_check_and_up(tmp_path, extra):
+    # `.orch/workers/orch.sock` under a folder deep enough that the path is 101 + extra bytes.
+    tail = len("/.orch/workers/orch.sock")
+    folder = tmp_path / ("d" * max(1, 101 + extra - tail - len(str(tmp_path)) - 1))
+    folder.mkdir()
+    config = folder / "workers.toml"
+    config.write_text('[workers.w]\ncommand = "sleep 1000"\n')
+    assert len(str(folder / ".orch/workers/orch.sock")) == 101 + extra
+    for command in ("check", "up"):
+        result = orch(command, "-c", str(config), timeout=20)
+        assert result.returncode == 2, result
+        assert "orchestrator.control_socket: socket path is longer than the 100 bytes" in result.stderr
+        assert "Traceback" not in result.stderr
