@@ -167,9 +167,10 @@ def test_the_detail_api_gives_an_hour_of_samples_the_events_and_the_log_tail(sit
              message="w-1's log")
     log = json.loads(site.request("GET", "/api/log?name=w-1&lines=3")[2])
     assert 1 <= len(log["lines"]) <= 3 and set(log["lines"]) == {"tick"}
-    detail = json.loads(site.request("GET", "/api/instance?name=w-1")[2])
+    # A new instance gets its first sample at the next one-second tick.
+    detail = wait_for(lambda: (d := json.loads(site.request("GET", "/api/instance?name=w-1")[2]))
+                      ["history"]["ts"] and d, 5, message="w-1's first sample")
     assert detail["row"]["pid"] == site.master.pids()["w-1"] and detail["row"]["rss"] > 0
-    assert detail["history"]["ts"], "sampled at start"
     assert any(e["kind"] == "started" for e in detail["events"])
     assert site.request("GET", "/api/instance?name=nope")[0] == 404
 

@@ -189,8 +189,10 @@ def test_an_ack_the_server_refuses_is_a_failed_attempt_never_a_fourth_run(start_
     assert len(starts(tmp_path, "ran-refused")) == 3
     row = worker_row(master)
     assert (row["pid"], row["restarts"]) == (pid, 0), row
-    log = text_of(master.log_dir / "tasks-work.log")
-    assert "counted as a failed attempt" in log and "the server refused a step" in log
+    # The master writes a chatty pipe to its file on a 50 ms timer: poll for the lines.
+    wait_for(lambda: all(line in text_of(master.log_dir / "tasks-work.log")
+                         for line in ("counted as a failed attempt", "the server refused a step")),
+             5, message="both lines in the worker's log")
 
 
 BEANSTALK_BAD = ["attempts-1e400", "ttl-negative", "ttl-1e300", "array", "not-utf8"]

@@ -82,6 +82,9 @@ class History:
             self._cursor = 0
             for name in [n for n in self.rings if n not in fleet]:
                 del self.rings[name]
+            now, wall = self.loop.time(), self.wall()
+            for name in [n for n in self._order if n not in self.rings]:  # new: a first sample now
+                self._sample(name, fleet[name], now, wall)
         share = max(1, math.ceil(len(self._order) * TICK / self.step))
         chunk = self._order[self._cursor:self._cursor + share]
         self._cursor += share
