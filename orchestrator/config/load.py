@@ -270,11 +270,9 @@ def _settings(table: object, path: Path, problems: Problems) -> Settings:
         if k.default is not None:
             values.setdefault(k.attr, k.value)
     values.setdefault("name", path.stem if path.stem != "workers" else folder.name or "orch")
-    # The notify socket sits beside it, 7 bytes longer (.notify): both must fit a sun_path.
-    if len(str(values["control_socket"]).encode()) + len(".notify") > 107:
+    if len(str(values["control_socket"]).encode()) > 107:
         problems.add("orchestrator.control_socket",
-                     f"socket path is longer than the 100 bytes orch can use (Unix sockets allow 107, "
-                     f"and the notify socket beside it adds .notify): {values['control_socket']}")
+                     f"socket path is longer than the 107 bytes Unix sockets allow: {values['control_socket']}")
     return Settings(**values)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..acceptor import REPORT_EVERY, Acceptor, Throttle, admission, connection_cap  # noqa: F401 - re-exported
+from ..errors import OrchError
 from .client import ControlError  # the client side lives in client.py
 
 if TYPE_CHECKING:
@@ -276,6 +277,10 @@ def _refuse(client: socket.socket, reason: str) -> None:
 def bind_unix(path: Path, kind: int) -> socket.socket:
     """An owner-only Unix socket bound at `path`, replacing a stale file (the pidfile lock
     proves no other master owns it)."""
+    if len(str(path).encode()) > 107:  # the config allows 107 for the control socket; .notify adds 7
+        raise OrchError(f"orchestrator.control_socket: cannot bind {path}: it is longer than the 107 "
+                        "bytes a Unix socket path may have (the notify socket beside the control "
+                        "socket adds .notify): choose a shorter control_socket")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_socket() or path.exists():
         path.unlink()
