@@ -141,8 +141,8 @@ def test_a_hanging_hook_is_killed_at_its_timeout_and_the_master_stays_responsive
     out = tmp_path / "out"
     out.mkdir()
     master = start_master(HANGING.format(out=out))
-    wait_for(lambda: (out / "hook").exists() and (out / "child").exists() and
-             (out / "child").read_text().strip(), 10, message="the hook to start")
+    wait_for(lambda: all((out / f).exists() and (out / f).read_text().strip() for f in ("hook", "child")),
+             10, message="the hook to start")
     hook, child = int((out / "hook").read_text()), int((out / "child").read_text())
     before = time.monotonic()
     master.call("ping")

@@ -66,8 +66,9 @@ def test_each_instance_writes_its_own_file_under_a_file_safe_name(start_master):
         from orchestrator.observe.logs import log_path
         path = log_path(folder, name)
         assert path.parent == folder and path.name in files
-        assert wait_for(lambda: text_of(path), message=f"{name}'s output") == f"I am {name}\n", \
-            f"{path.name} holds exactly {name}'s output"
+        # print() may reach the pipe in pieces: poll for the whole line, then check nothing else came.
+        wait_for(lambda: text_of(path).endswith("\n"), message=f"{name}'s output")
+        assert text_of(path) == f"I am {name}\n", f"{path.name} holds exactly {name}'s output"
         shown = cli(master, "logs", name, "-n", "5")
         assert shown.returncode == 0 and shown.stdout == f"I am {name}\n", shown
     both = cli(master, "logs", "svc-db?5432")  # patterns match instance names, not file names

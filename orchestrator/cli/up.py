@@ -69,7 +69,7 @@ def _foreground(path: Path, quiet: bool, fresh: bool = False) -> int:
     try:
         from ..spawn.orphans import end_leftovers, read_stopped, state_path
         held = frozenset() if fresh else frozenset(read_stopped(settings.pidfile))
-        end_leftovers(settings.pidfile)
+        end_leftovers(settings.pidfile, keep=held)
         listeners = Listeners(take_systemd_sockets())  # before the spawner: it must not see LISTEN_*
         spawner = SpawnerClient.start(f"orch: spawner {settings.name}",  # it closes every fd it inherits
                                       state=str(state_path(settings.pidfile)))

@@ -245,14 +245,19 @@ def kill_checked(proc: "psutil.Process") -> bool:
         os.close(fd)
 
 
-def end_leftovers(pidfile: Path, timeout: float = 5.0) -> int:
-    """SIGKILL what a previous master left alive; returns how many. Call with the pidfile locked."""
+def end_leftovers(pidfile: Path, timeout: float = 5.0, keep: Iterable[str] = ()) -> int:
+    """SIGKILL what a previous master left alive; returns how many. Call with the pidfile locked.
+    The names in `keep` (held by `orch stop`) stay in the file until the new master writes its
+    own, so a master killed before its first write still leaves them for the next `orch up`."""
     path = state_path(pidfile)
     record = read_state(path)
     if record is None:
         return 0
     count = end_record(record, f"by the previous master {record.get('master')}", timeout)
-    path.unlink(missing_ok=True)
+    if keep:
+        write_state(pidfile, None, (), stopped=keep)
+    else:
+        path.unlink(missing_ok=True)
     return count
 
 
