@@ -96,8 +96,9 @@ def test_poison_job_buried_after_exactly_max_attempts_then_kicked(start_master, 
     assert len(starts) == 3
     ok_done = [when for kind, _, when, m in events.all() if kind == "done" and m.startswith("ok-")]
     assert len(ok_done) == 20 and max(ok_done) < starts[1][1]
-    log = text_of(master.log_dir / "consumer-ta.log")
-    assert "buried job" in log and "after 3 attempts: RuntimeError: poison message" in log
+    # The master writes a chatty pipe to its file on a 50 ms timer: poll for the line.
+    wait_for(lambda: "buried job" in (log := text_of(master.log_dir / "consumer-ta.log"))
+             and "after 3 attempts: RuntimeError: poison message" in log, 5, message="the burial logged")
     shown = orch("queues", "--json", "-c", str(master.config), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)[0]["dead"] == 1
