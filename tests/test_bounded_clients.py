@@ -406,7 +406,9 @@ def test_a_notify_flood_from_processes_that_are_no_instances_leaves_the_master_s
         latencies = []
         wait_for(lambda: latencies.append(timed_status(master)) or stranger.poll() is not None, 30,
                  message="the stranger's flood")
-        assert stranger.returncode == 0 and max(latencies) < 0.2, max(latencies)
+        # A master swamped by the flood would take seconds; 0.5 s leaves room for four xdist
+        # workers on two cores (209 ms seen).
+        assert stranger.returncode == 0 and max(latencies) < 0.5, max(latencies)
         log = master.log_dir / "flood.log"
         wait_for(lambda: log.exists() and "flooded" in log.read_text(), 30, message="the descendant's flood")
     finally:
