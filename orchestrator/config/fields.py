@@ -47,7 +47,7 @@ def int_at_least(low: int, high: int = 2**31 - 1) -> ValueType:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"expected a whole number, got {type_name(v)}")
         if v < low:
-            raise ValueError(f"must be at least {low}, got {v}")
+            raise ValueError(f"must be at least {low}, got {v if v > -10**30 else 'a smaller number'}")
         if v > high:
             raise ValueError(f"must be at most {high:,}, got {v if v < 10**30 else 'a larger number'}")
         return v

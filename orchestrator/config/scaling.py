@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..units import parse_duration
-from .fields import ValueType, type_name
+from .fields import ValueType, int_at_least, type_name
 
 MAX_REPLICAS = 100_000
 SOURCES = ("redis", "beanstalkd", "command")
@@ -56,15 +56,12 @@ def replica_count(replicas: int | Replicas) -> int:
 
 
 def _whole(where: str, v: object, low: int, high: int = MAX_REPLICAS) -> int:
-    """A whole number in [low, high]; `where` is the key below the one the error names."""
-    prefix = f"{where}: " if where else ""
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{prefix}expected a whole number, got {type_name(v)}")
-    if v < low:
-        raise ValueError(f"{prefix}must be at least {low}, got {v if v > -10**30 else 'a smaller number'}")
-    if v > high:
-        raise ValueError(f"{prefix}must be at most {high:,}, got {v if v < 10**30 else 'a larger number'}")
-    return v
+    """A whole number in [low, high] (fields.int_at_least); `where` is the key below the one
+    the error names."""
+    try:
+        return int_at_least(low, high).parse(v)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
 
 
 def _only(where: str, table: dict, allowed: tuple[str, ...]) -> None:
