@@ -69,6 +69,10 @@ def test_memory_hard_is_enforced_while_stopping(start_master, tmp_path):
         stop_timeout = "30s"
     """)
     pid = master.wait_running(1)["grow"]
+    # Running means forked: a loaded machine may take a second to reach the SIGTERM handler,
+    # and a SIGTERM before it simply kills the worker (seen in CI: last_exit SIGTERM).
+    wait_for(lambda: "up" in (master.log_dir / "grow.log").read_text(errors="replace")
+             if (master.log_dir / "grow.log").exists() else False, 10, message="the worker's handler")
     began = time.monotonic()
     stopped = orch("stop", "grow", "-c", str(master.config), timeout=40)
     took = time.monotonic() - began
