@@ -222,3 +222,12 @@ def start_master(tmp_path: Path):
 
 
 from servers import beanstalkd_server, redis_server  # noqa: E402,F401 - fixtures for every test module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the longest tests first in every worker's chunk (tests/schedule.py)."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers > 1:
+        from schedule import cost, deal
+        items[:] = deal(items, [cost(item.name, item.get_closest_marker("slow") is not None) for item in items],
+                        workers)
