@@ -2,7 +2,9 @@
 marks it ready through `Supervisor.mark_ready`, not ready, or restarts it with the probe's
 own words as the reason. A process's probes begin when it runs and end when it stops.
 Notify probes are decided from what the notify socket heard (`Notified` events, from
-limits.py), at once when a READY=1 or WATCHDOG=1 could make a not yet passing probe pass."""
+limits.py), at once when a READY=1 or WATCHDOG=1 could make a not yet passing probe pass.
+The tcp probes of one tick whose address is this host's are answered together from the
+kernel's listener table (listen_lookup.py); the others connect (probe_checks.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ..config.probes import Probe
 from ..loop import EventLoop
 from .events import Event, Happened, Notified, PolicyChanged, StateChanged
 from .instance import Instance
+from .listen_lookup import ListenLookup
 from .probe_checks import Check, connect
 from .probe_exec import ExecCheck
 from .probe_ticks import Ticks
@@ -66,7 +69,9 @@ class Prober:
         # name: [pid, READY=1 at, WATCHDOG=1 at] for instances with notify probes; kept apart
         # from runs, since a fast process may speak before its run begins
         self.heard: dict[str, list[Any]] = {}
-        self.ticks = Ticks(loop, self._due)
+        self.ticks = Ticks(loop, self._due, before=self._answer_local)
+        self.listening = ListenLookup()
+        self.answers: dict[int, tuple[bool, str]] = {}  # token: this tick's answer from the table
         supervisor.events.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
@@ -128,17 +133,29 @@ class Prober:
     def _schedule(self, run: InstanceProbes, probe: Probe, delay: float) -> None:
         run.timers[probe.role] = self.ticks.add(delay, run, probe)
 
+    def _answer_local(self, entries: list[tuple[Any, ...]]) -> None:
+        """Before a tick's checks run: answer its live tcp probes of local addresses at once."""
+        self.answers.clear()
+        due = [(token, probe) for token, run, probe in entries
+               if probe.kind == "tcp" and run.timers.get(probe.role) == token]
+        if due:
+            found = self.listening.answer([probe for _, probe in due])
+            self.answers = {token: answer for (token, _), answer in zip(due, found) if answer is not None}
+
     def _due(self, token: int, run: InstanceProbes, probe: Probe) -> None:
         if run.timers.get(probe.role) == token:  # else cancelled, or the run ended
-            self._check(run, probe)
+            self._check(run, probe, self.answers.pop(token, None))
 
-    def _check(self, run: InstanceProbes, probe: Probe) -> None:
+    def _check(self, run: InstanceProbes, probe: Probe, answer: tuple[bool, str] | None = None) -> None:
         run.timers.pop(probe.role, None)
         if self.runs.get(run.inst.name) is not run:
             return
         run.began[probe.role] = self.loop.time()
         if probe.kind == "notify":
             self._result(run, probe, *self._heard(run, probe))
+            return
+        if answer is not None:  # the listener table answered, as a connect would have
+            self._result(run, probe, *answer)
             return
         opened = connect(probe) if probe.kind == "tcp" else None
         if opened is not None and (opened[0] is None or opened[1] == 0):
