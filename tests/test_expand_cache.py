@@ -82,3 +82,66 @@ def _write(tmp_path, b: str, replicas: str, stop: str = ""):
     path.write_text(f'[orchestrator]\n{stop}\n[workers.a]\ncommand = "sleep 1"\nreplicas = {replicas}\n'
                     f'[workers.b]\ncommand = "{b}"\n')
     return path
+
+
+MATRIX = """
+[workers.m]
+name = "m{{{{ t }}}}-{{{{ replica }}}}"
+command = ["sleep", "{{{{ t }}}}"]
+matrix = {{ t = [{cells}] }}
+replicas = {replicas}
+"""
+
+
+def _matrix(tmp_path, cells: str, replicas: int = 1):
+    path = tmp_path / "workers.toml"
+    path.write_text(textwrap.dedent(MATRIX.format(cells=cells, replicas=replicas)))
+    return load_config(path)
+
+
+def _rendering(monkeypatch) -> list[str]:
+    """The names rendered from now on (the name pattern renders once per cell and replica)."""
+    from orchestrator.expand.renderer import Renderer
+    names: list[str] = []
+    original = Renderer.text
+    monkeypatch.setattr(Renderer, "text", lambda self, source, context: (
+        names.append(f"{context['t']}/{context['replica']}") if source.startswith("m") else None)
+        or original(self, source, context))
+    return names
+
+
+def test_a_matrix_edit_renders_only_the_cells_it_adds(tmp_path, monkeypatch):
+    cache = ExpansionCache()
+    expand(_matrix(tmp_path, "101, 102, 103", replicas=2), cache)
+    rendered = _rendering(monkeypatch)
+    config = _matrix(tmp_path, "101, 109, 103", replicas=2)
+    specs = expand(config, cache)
+    assert sorted(rendered) == ["109/0", "109/1"], rendered
+    assert specs == expand(config), "reusing cells must give what a fresh expansion gives"
+    assert [s.name for s in specs] == ["m101-0", "m101-1", "m109-0", "m109-1", "m103-0", "m103-1"]
+    rendered.clear()
+    grown = _matrix(tmp_path, "101, 109, 103", replicas=3)  # replicas shape every cell: all again
+    assert expand(grown, cache) == expand(grown)
+    assert len([r for r in rendered if r.endswith("/0")]) >= 3, rendered
+
+
+def test_a_cell_whose_value_changes_type_is_rendered_again(tmp_path, monkeypatch):
+    cache = ExpansionCache()
+    expand(_matrix(tmp_path, "1, 2"), cache)
+    rendered = _rendering(monkeypatch)
+    config = _matrix(tmp_path, "true, 2")  # true == 1 in Python, but renders "true"
+    specs = expand(config, cache)
+    assert rendered == ["True/0"], rendered
+    assert specs == expand(config) and specs[0].argv == ("sleep", "true")
+
+
+def test_a_changed_command_renders_every_cell_again(tmp_path, monkeypatch):
+    cache = ExpansionCache()
+    expand(_matrix(tmp_path, "101, 102"), cache)
+    path = tmp_path / "workers.toml"
+    path.write_text(path.read_text().replace('"sleep"', '"/bin/sleep"'))
+    rendered = _rendering(monkeypatch)
+    config = load_config(path)
+    specs = expand(config, cache)
+    assert sorted(rendered) == ["101/0", "102/0"], rendered
+    assert [s.argv[0] for s in specs] == ["/bin/sleep", "/bin/sleep"]

@@ -26,38 +26,9 @@ from .production import SetupError, reads_host, setup_fields, watch_env_files
 from .probes import probe_fields
 from .backlog import autoscale_fields
 from .spec import ProcessSpec, PythonTarget, exec_problem
+from .cache import Cell, ExpansionCache, cached_cell  # noqa: F401 - ExpansionCache re-exported
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:@+=-]")
-
-
-class ExpansionCache:
-    """The specs each template gave at the last load, so a reload re-renders only the templates
-    that changed (or all of them when [vars] changed): reload work follows the edit's size."""
-
-    def __init__(self) -> None:
-        self.vars: Any = None
-        self.sockets: Any = None
-        self.folder: Path | None = None
-        self.templates: dict[str, tuple[Template, list[ProcessSpec]]] = {}
-
-    def seed(self, config: Config, specs: list[ProcessSpec]) -> None:
-        """Remember an expansion made without a cache (the one `orch up` starts from)."""
-        by_template: dict[str, list[ProcessSpec]] = {t.name: [] for t in config.templates}
-        for spec in specs:
-            by_template[spec.template].append(spec)
-        self.vars, self.folder, self.sockets = config.vars, config.folder, config.sockets
-        self.templates = {t.name: (t, by_template[t.name]) for t in config.templates}
-
-    def usable(self, config: Config) -> bool:
-        """Whether this cache's specs were rendered with the same vars, folder and sockets."""
-        return self.vars == config.vars and self.folder == config.folder and self.sockets == config.sockets
-
-    def get(self, template: Template) -> list[ProcessSpec] | None:
-        """The specs of an unchanged template (ask `usable` once per load first)."""
-        cached = self.templates.get(template.name)
-        if cached is None or reads_host(template):
-            return None  # env files and the user database are read again at every load
-        return cached[1] if cached[0] is template or cached[0] == template else None
 
 
 def expand(config: Config, cache: ExpansionCache | None = None) -> list[ProcessSpec]:
@@ -175,7 +146,8 @@ def _expand_all(config: Config, cache: ExpansionCache | None, variables: dict[st
         try:
             if made is None:
                 made = yield from _expand_template(template, {**variables, "sockets": sockets.get(template.name, {})},
-                                                   config, renderer, problem, room, clock)
+                                                   config, renderer, problem, room, clock,
+                                                   reuse.cells(template) if reuse is not None else None)
             elif len(made) > room:
                 raise _TooMany()
         except _TooMany:
@@ -221,9 +193,10 @@ def socket_context(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _expand_template(template: Template, variables: dict[str, Any], config: Config, renderer: Renderer,
-                     problem: Any, room: int, clock: Slices) -> Iterator[None]:
+                     problem: Any, room: int, clock: Slices, cells: dict[Cell, ProcessSpec] | None) -> Iterator[None]:
     """A generator returning the template's instances; None (with the problem told) when it
-    fails or would not fit in the `room` left under max_instances (checked before rendering)."""
+    fails or would not fit in the `room` left under max_instances (checked before rendering).
+    A cell found in `cells` (the last specs of this template, its matrix aside) is not rendered."""
     combos = combinations(template, variables, renderer, problem)
     if combos is None:
         return None
@@ -233,7 +206,9 @@ def _expand_template(template: Template, variables: dict[str, Any], config: Conf
     made: list[ProcessSpec] = []
     for params in combos:
         for replica in range(count):
-            spec = _render(template, params, replica, variables, config.folder, renderer, problem)
+            spec = cached_cell(cells, params, replica)
+            if spec is None:
+                spec = _render(template, params, replica, variables, config.folder, renderer, problem)
             if spec is not None:
                 made.append(spec)
             elif problem.distinct > 20:
