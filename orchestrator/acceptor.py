@@ -39,6 +39,23 @@ def admission(held: int, cap: int, any_idle: bool) -> str:
     return "evict" if any_idle else "refuse"
 
 
+def part(sock: socket.socket, most: int = 1 << 20) -> None:
+    """Close a client connection without a reset: send FIN after whatever was queued, read
+    (and drop) what the client already sent, then close. (Closing a socket with unread bytes
+    makes the kernel answer with RST, which discards the client's unread answer too.)"""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.setblocking(False)
+        while most > 0:
+            data = sock.recv(65536)
+            if not data:
+                break
+            most -= len(data)
+    except OSError:
+        pass  # nothing more waiting, or the client is gone already
+    sock.close()
+
+
 class Throttle:
     """Says yes at most once per `every` seconds: rate-limits warnings about floods."""
 
@@ -68,7 +85,7 @@ class Acceptor:
         self.what = what
         self.pauses = 0
         self._timer: Timer | None = None
-        self._held = self._closed = False
+        self._held = self._closed = self._paused = False
         self._report = Throttle(REPORT_EVERY)
         loop.add_reader(sock.fileno(), self._readable)
 
@@ -99,13 +116,26 @@ class Acceptor:
 
     def _resume(self) -> None:
         self._timer = None
-        if not self._held and not self._closed:
+        if not (self._held or self._closed or self._paused):
             self.loop.add_reader(self.sock.fileno(), self._readable)
 
     def room_made(self) -> None:
         """A client left: accept again if `has_room` said no."""
         if self._held:
             self._held = False
+            if self._timer is None:
+                self._resume()
+
+    def pause(self) -> None:
+        """Accept nothing until `unpause`: newcomers wait in the listen backlog (an upgrade's
+        exec hands the socket to the next master, backlog and all)."""
+        if not self._paused:
+            self._paused = True
+            self.loop.remove_reader(self.sock.fileno())
+
+    def unpause(self) -> None:
+        if self._paused:
+            self._paused = False
             if self._timer is None:
                 self._resume()
 

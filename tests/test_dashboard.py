@@ -13,9 +13,10 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -297,18 +298,68 @@ def test_a_page_stream_shows_its_rows_and_each_state_change_of_them(site: Site):
 
 
 @pytest.mark.slow
+def _hammer(ask: Callable[[], Any], answers: list, errors: list, stop: threading.Event) -> None:
+    """Ask again and again until `stop`; every answer and every failure is kept."""
+    while not stop.is_set():
+        try:
+            answers.append(ask())
+        except Exception as exc:  # noqa: BLE001 - a reset, a refusal, an empty reply: all count
+            errors.append(repr(exc))
+
+
+def _scrape(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    reply = conn.getresponse()
+    reply.read()
+    conn.close()
+    return reply.status
+
+
+def _stream_end(site: Site, streams: list) -> str:
+    """Follow a page's stream until the master closes it (or the test, through `streams`)."""
+    stream = Events(site, "offset=0&limit=1")
+    stream.sock.settimeout(30)
+    streams.append(stream.sock)
+    try:
+        while stream.sock.recv(65536):
+            pass
+        return "closed"
+    finally:
+        stream.close()
+
+
+@pytest.mark.slow
 def test_an_upgrade_keeps_the_dashboards_port_and_token(start_master):
-    port = free_port()
-    master = start_master(_config(port, 1))
+    """Clients of every server the master runs (the dashboard, a page's stream, the metrics
+    endpoint, the control socket) ask all through two upgrades: not one request fails, since
+    the old master stops accepting and answers what it accepted before it execs (handover/drain.py)."""
+    port, metrics = free_port(), free_port()
+    master = start_master(_config(port, 1, extra=f'metrics = "127.0.0.1:{metrics}"'))
     master.wait_running(1)
     site = Site(master, port)
-    upgrade = subprocess.Popen([sys.executable, "-m", "orchestrator", "upgrade", "-c", str(master.config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    answers = []
-    while upgrade.poll() is None:  # asked all through the exec: the socket never closes
-        answers.append(site.request("GET", "/api/instance?name=w")[0])
-        time.sleep(0.05)
-    assert upgrade.returncode == 0, upgrade.stdout.read()
-    answers.append(site.request("GET", "/api/instance?name=w")[0])
-    assert set(answers) == {200} and len(answers) > 1, answers
+    stop, answers, errors, streams = threading.Event(), [], [], []
+    askers = [lambda: site.request("GET", "/api/instance?name=w")[0]] * 3 + \
+        [lambda: _scrape(metrics), lambda: master.call("ping") and 200, lambda: _stream_end(site, streams)]
+    threads = [threading.Thread(target=_hammer, args=(ask, answers, errors, stop), daemon=True) for ask in askers]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(2):
+            wait_for(lambda: len(answers) > 20, 10, message="clients to be answered")
+            asked = len(answers)
+            upgrade = orch("upgrade", "-c", str(master.config))
+            assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+            wait_for(lambda: len(answers) > asked + 20, 10, message="the new master to answer")
+    finally:
+        stop.set()
+        for sock in streams:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the last stream ends now
+            except OSError:
+                pass  # closed already
+        for thread in threads:
+            thread.join(15)
+    assert not errors, f"{len(errors)} of {len(answers) + len(errors)} requests failed: {errors[:5]}"
+    assert set(answers) == {200, "closed"}, set(answers)
     assert Site(master, port).token == site.token and master.proc.poll() is None

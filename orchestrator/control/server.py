@@ -4,6 +4,8 @@
 Wire format (one JSON object per line, both ways):
   request  {"cmd": "status", "args": {...}}
   reply    {"ok": true, "result": ...}  or  {"ok": false, "error": "...", "code": 1}
+A reply may carry raw bytes after its line: {"ok": true, "result": ..., "tail": N} then N
+bytes (`orch status --json`'s text, sent as is rather than escaped inside the JSON).
 A connection may carry several requests. After `down` the master keeps the connection
 open and the client sees EOF only when the master process has exited.
 """
@@ -18,7 +20,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..acceptor import REPORT_EVERY, Acceptor, Throttle, admission, connection_cap  # noqa: F401 - re-exported
+from ..acceptor import REPORT_EVERY, Acceptor, Throttle, admission, connection_cap, part  # noqa: F401 - re-exported
 from ..errors import OrchError
 from .client import ControlError  # the client side lives in client.py
 
@@ -38,6 +40,13 @@ IDLE_TIMEOUT = 60.0  # a connection that asked nothing for this long, and is owe
 # Out of fds, an idle connection silent this long gives its fd to the next client; a newer
 # one is spared: it may be the client the last accept was for, about to send its request.
 NO_FDS_SILENT = 1.0
+
+
+class Tail:
+    """A result with raw bytes to send after the reply's line (see the wire format)."""
+
+    def __init__(self, result: Any, data: bytes) -> None:
+        self.result, self.data = result, data
 
 
 class Pending:
@@ -84,6 +93,11 @@ class Connection:
     def idle(self) -> bool:
         """Nothing owed either way: closing it loses no answer."""
         return not (self.keep_open or self.owed or self.outbuf or self.closed)
+
+    @property
+    def carriable(self) -> bool:
+        """An upgrade can hand it to the next master: idle, nothing half-read, not a stream."""
+        return self.idle and not self.inbuf and self.drained is None
 
     def on_readable(self) -> None:
         try:
@@ -149,12 +163,16 @@ class Connection:
             self.owed += 1
             result.conn = self  # answered later, in the loop
             return
+        if isinstance(result, Tail):
+            self.send({"ok": True, "result": result.result, "tail": len(result.data)}, result.data)
+            return
         self.send({"ok": True, "result": result})
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], tail: bytes = b"") -> None:
         if self.closed:
             return
         self.outbuf.extend(json.dumps(message, default=str).encode() + b"\n")
+        self.outbuf.extend(tail)
         self._flush()
         self.watch_reads()
 
@@ -180,12 +198,16 @@ class Connection:
                 self.drained()
             self._serve()
 
-    def close(self) -> None:
+    def close(self, parting: bool = False) -> None:
+        """`parting`: without a reset, though the client sent more (acceptor.part)."""
         if not self.closed:
             self.closed = True
             self.server.loop.remove_reader(self.sock.fileno())
             self.server.loop.remove_writer(self.sock.fileno())
-            self.sock.close()
+            if parting:
+                part(self.sock)
+            else:
+                self.sock.close()
             self.server.connections.discard(self)
 
 
@@ -227,6 +249,15 @@ class ControlServer:
         """Serve a client connection handed over across exec (handover/), as if just accepted."""
         self._client(client)
         return next((c for c in self.connections if c.sock is client), None)
+
+    def in_flight(self, keep: "Connection | None" = None) -> int:
+        """Connections owed an answer or with a request half-read (streams and `keep` aside)."""
+        return sum(1 for c in self.connections if c is not keep and c.drained is None and not c.carriable)
+
+    def part(self, keep: "Connection | None" = None) -> None:
+        """Close without a reset every connection an upgrade cannot carry, but `keep`."""
+        for conn in [c for c in self.connections if c is not keep and not c.carriable]:
+            conn.close(parting=True)
 
     def _make_room(self) -> bool:
         """Close the oldest idle connections while at the cap; False if none can go."""

@@ -18,7 +18,7 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         return fd
 
     listeners, control = master.listeners, master.control
-    clients = [c for c in control.connections if c.idle and not c.inbuf and c is not conn]
+    clients = [c for c in control.connections if c.carriable and c is not conn]
     fds = {
         "control": kept(control.sock.fileno()),
         "notify": kept(master.notify.sock.fileno()),

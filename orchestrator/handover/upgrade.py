@@ -4,7 +4,8 @@ for a quiet moment, prove the new code can take over, then exec into it (handove
 Quiet means nothing is half-sent: no spawn waiting for its pid, no reload or rollout being
 applied, no exec probe running, no control command waiting for its answer. Those last
 milliseconds (a reload: seconds), so the upgrade waits up to QUIET_WAIT for them; stops in
-progress, backoffs, crash loops and held instances are carried as they are.
+progress, backoffs, crash loops and held instances are carried as they are. Once quiet, the
+servers stop accepting and answer what they had accepted (drain.py), then the master execs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .. import __version__
 from ..supervise.probe_exec import ExecCheck
 from ..supervise.states import State, Then
 from .carry import exec_successor, record_fd
+from .drain import DRAIN, Drain
 from .proof import Proof
 from .state import spawner_protocol
 
@@ -37,6 +39,7 @@ class Upgrader:
         self.spawner_version = __version__  # the code the current spawner (and its zygotes) run
         self.spawner_protocol = spawner_protocol()  # and the protocol it speaks
         self.proof: Proof | None = None
+        self.drain: Drain | None = None  # the servers paused for the exec
         self._job: dict[str, Any] | None = None
 
     def request(self, check: bool, conn: Any = None, reply: Any = None) -> None:
@@ -139,7 +142,30 @@ class Upgrader:
             return
         job["to"] = answer.get("version")
         job["until"] = time.monotonic() + QUIET_WAIT  # the proof took a while: settle again
-        self._when_quiet(self._exec)
+        self._when_quiet(self._drain)
+
+    def _drain(self) -> None:
+        """Stop accepting; once what was accepted is answered (DRAIN at most), exec."""
+        job = self._job
+        assert job is not None
+        if self.drain is None:
+            self.drain = Drain(self.master, job["conn"])
+            self.drain.pause()
+        job["drained_by"] = time.monotonic() + DRAIN
+        self._draining()
+
+    def _draining(self) -> None:
+        job, drain = self._job, self.drain
+        if job is None or drain is None:
+            return
+        if drain.in_flight() and time.monotonic() < job["drained_by"] and not self.master.stopping:
+            self.master.loop.call_later(POLL, self._draining)
+        elif self._busy():  # a handed-over client asked for a reload meanwhile: settle again
+            self.drain = None
+            drain.unpause()
+            self._when_quiet(self._drain)
+        else:
+            self._exec()
 
     def _exec(self) -> None:
         """Hand everything over and exec; back here only if exec failed."""
@@ -155,6 +181,8 @@ class Upgrader:
         for check in checks:
             check.cancel()  # its command is killed; the new master probes afresh
         master.supervisor.flush()  # queued signals go out now
+        if self.drain is not None:
+            self.drain.part()
         record, fds = capture(master, job["conn"])
         record["master"]["upgrades"] = self.count + 1
         fd = record_fd(record)
@@ -180,6 +208,9 @@ class Upgrader:
 
     def _finish(self, error: str | None, result: dict[str, Any] | None = None) -> None:
         job, self._job = self._job, None
+        drain, self.drain = self.drain, None
+        if drain is not None:
+            drain.unpause()
         reply = job["reply"] if job else None
         if error is not None:
             self._fail(reply, error)

@@ -14,7 +14,7 @@ import logging
 import socket
 from typing import Callable
 
-from ..acceptor import Acceptor, Throttle, admission, connection_cap
+from ..acceptor import Acceptor, Throttle, admission, connection_cap, part
 from ..errors import OrchError
 from ..loop import EventLoop, Timer
 
@@ -245,14 +245,26 @@ class MetricsServer:
         else:
             self._close(scrape)
 
-    def _close(self, scrape: Scrape, timed_out: bool = False) -> None:
+    def in_flight(self) -> int:
+        """Scrapes still owed an answer."""
+        return len(self.scrapes)
+
+    def part(self) -> None:
+        """Close every connection without a reset (before an upgrade's exec)."""
+        for scrape in list(self.scrapes.values()):
+            self._close(scrape, parting=True)
+
+    def _close(self, scrape: Scrape, timed_out: bool = False, parting: bool = False) -> None:
         if self.scrapes.pop(scrape.sock, None) is None:
             return  # closed already
         self.dropped += timed_out
         scrape.timer.cancel()
         self.loop.remove_reader(scrape.sock.fileno())
         self.loop.remove_writer(scrape.sock.fileno())
-        scrape.sock.close()
+        if parting:
+            part(scrape.sock)
+        else:
+            scrape.sock.close()
         self.acceptor.room_made()
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ import socket
 from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..acceptor import Acceptor, Throttle, admission, connection_cap
+from ..acceptor import Acceptor, Throttle, admission, connection_cap, part
 from ..errors import OrchError
 from ..loop import EventLoop, Timer
 
@@ -271,7 +271,17 @@ class HttpServer:
         elif conn.inbuf is None:  # a whole answer sent
             self._close(conn)
 
-    def _close(self, conn: Conn, timed_out: bool = False) -> None:
+    def in_flight(self) -> int:
+        """Connections still owed an answer (a stream never ends, so it is not one)."""
+        return sum(1 for conn in self.conns.values() if not conn.streaming)
+
+    def part(self) -> None:
+        """Close every connection without a reset (an upgrade's exec would close them with
+        unread bytes): a stream's page sees its end and connects again."""
+        for conn in list(self.conns.values()):
+            self._close(conn, parting=True)
+
+    def _close(self, conn: Conn, timed_out: bool = False, parting: bool = False) -> None:
         if conn.closed:
             return
         conn.closed = True
@@ -281,7 +291,10 @@ class HttpServer:
             conn.timer.cancel()
         self.loop.remove_reader(conn.sock.fileno())
         self.loop.remove_writer(conn.sock.fileno())
-        conn.sock.close()
+        if parting:
+            part(conn.sock)
+        else:
+            conn.sock.close()
         if conn.on_close is not None:
             conn.on_close()
         self.acceptor.room_made()

@@ -1,0 +1,58 @@
+"""The last step before an upgrade's exec: the master's servers (control socket, metrics
+endpoint, dashboard) stop accepting, answer what they had accepted, and close the rest
+without a reset.
+
+exec closes every fd that is not handed over. A connection the old master had accepted but
+not answered would go with it, and closing a socket with unread bytes makes the kernel send
+RST: the client saw "connection reset" (CI found it with dashboard requests across an
+upgrade). So:
+- the listening sockets stop being accepted from: newcomers wait in the kernel's listen
+  backlog, which crosses exec with the socket, for the new master;
+- what was accepted gets its answer, for DRAIN seconds at most (an answer takes
+  milliseconds; only a client that connected and sends nothing is waited out);
+- what is left (event streams: dashboard pages, `orch events -f`; a client still silent
+  after DRAIN) is closed with FIN after its queued bytes, its unread input read and dropped
+  (acceptor.part), never with RST. Idle control clients are not closed: they cross exec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DRAIN = 1.0  # seconds accepted connections get to be answered before the exec
+
+
+class Drain:
+    """Pauses the servers of `master` and counts what they still owe; `asker` is the control
+    connection that asked for the upgrade (the next master answers it)."""
+
+    def __init__(self, master: Any, asker: Any):
+        self.asker = asker
+        self.control = master.control
+        self.http = [server for server in (master.metrics, getattr(master.dashboard, "server", None))
+                     if server is not None]
+
+    def _acceptors(self) -> list[Any]:
+        servers = [self.control, *self.http] if self.control is not None else self.http
+        return [server.acceptor for server in servers]
+
+    def pause(self) -> None:
+        for acceptor in self._acceptors():
+            acceptor.pause()
+
+    def unpause(self) -> None:
+        """The upgrade did not happen: accept again."""
+        for acceptor in self._acceptors():
+            acceptor.unpause()
+
+    def in_flight(self) -> int:
+        """Accepted connections still owed an answer (streams never end: not counted)."""
+        owed = sum(server.in_flight() for server in self.http)
+        return owed + (self.control.in_flight(self.asker) if self.control is not None else 0)
+
+    def part(self) -> None:
+        """Close, without a reset, every connection the exec would not hand over."""
+        for server in self.http:
+            server.part()
+        if self.control is not None:
+            self.control.part(self.asker)
