@@ -5,14 +5,18 @@ N sleeps, each with `probes.readiness = { tcp = "127.0.0.1:PORT", period = "10s"
 listener this harness holds (a thread accepts and closes, so the backlog never fills), and
 the same N without probes, interleaved. Per mode: the time until all N run, then, once every
 probe has run at least twice, the CPU of the master process alone (% of one core) over
-`--seconds`, and how many connections the listener accepted meanwhile (the probes made).
-And a floor: the CPU a bare loop spends per non-blocking socket + connect + close against the
-same listener, the kernel's share of every tcp check, which no prober can avoid.
+`--seconds`, the probe checks the master counted meanwhile (`orch status --json`, read
+outside the CPU window) and how many connections the listener accepted (none since local tcp
+probes are answered from the kernel's listener table, supervise/listen_lookup.py).
+And two floors: the CPU a bare loop spends per non-blocking socket + connect + close against
+the same listener (what a prober that connects cannot avoid), and per probe answered by the
+listener table in rounds of 25 (the size of a 50 ms tick at 5,000 probes every 10 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -25,6 +29,9 @@ from _socket import socket as raw_socket
 from typing import Any
 
 from . import fleet as fleets
+from orchestrator.config.probes import Probe
+from orchestrator.supervise.listen_lookup import ListenLookup
+
 from .procfs import Scanner, cpu_percent
 from .report import write_section
 from .scenarios import SETTLE, launch
@@ -88,6 +95,35 @@ def floor(listener: Listener, count: int = 2000) -> float:
     return 1e6 * used / count
 
 
+def table_floor(listener: Listener, count: int = 2000, batch: int = 25) -> float:
+    """Microseconds of this thread's CPU per probe answered from the listener table, `batch`
+    probes a round, paced like ticks."""
+    lookup = ListenLookup()
+    probes = [Probe("readiness", "tcp", "127.0.0.1", listener.port, "", PERIOD, 1.0, 1, 1)] * batch
+    used = 0.0
+    rounds = max(1, count // batch)
+    lookup.answer(probes)  # opens the netlink socket, once per master
+    try:
+        for _ in range(rounds):
+            began = time.thread_time()
+            answers = lookup.answer(probes)
+            used += time.thread_time() - began
+            if answers[0] != (True, "ok"):
+                raise RuntimeError(f"the listener table did not answer: {answers[0]}")
+            time.sleep(0.01)
+    finally:
+        if lookup.sock is not None:
+            lookup.sock.close()
+    return 1e6 * used / (rounds * batch)
+
+
+def _checks(tool: ProbedOrch) -> tuple[float, int]:
+    """(when, the probe checks the master has made so far), from `orch status --json`."""
+    rows = json.loads(tool.status())
+    rows = rows.values() if isinstance(rows, dict) else rows
+    return time.monotonic(), sum(probe.get("checks", 0) for row in rows for probe in (row.get("probes") or {}).values())
+
+
 def _times(pid: int) -> tuple[float, float]:
     """A process's user and system CPU seconds so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -105,30 +141,35 @@ def session(probed: bool, n: int, seconds: float, listener: Listener, period: fl
         start = launch(tool, fleet, 120 + 0.05 * n)
         time.sleep(SETTLE + 2 * period if probed else SETTLE)  # past the first, bunched checks
         master = [p for p in Scanner(fleet.tag, tool.pid).snapshot().helpers() if p.pid == tool.pid]
+        counted = _checks(tool) if probed else (0.0, 0)
         before, times, load = listener.accepted, _times(tool.pid), os.getloadavg()[0]
         cpu, rss = cpu_percent(master, seconds)
-        probes = (listener.accepted - before) / seconds
+        connects = (listener.accepted - before) / seconds
         user, system = (100 * (b - a) / seconds for a, b in zip(times, _times(tool.pid)))
+        after = _checks(tool) if probed else (1.0, 0)
+        probes = (after[1] - counted[1]) / (after[0] - counted[0])
         tool.stop()
         deadline = time.monotonic() + 120
         while not tool.exited() and time.monotonic() < deadline:
             time.sleep(0.1)
-        return {"start": start, "cpu": cpu, "rss": rss / 2**20, "probes_per_s": probes, "user": user,
+        return {"start": start, "cpu": cpu, "rss": rss / 2**20, "probes_per_s": probes, "connects_per_s": connects,
+                "user": user,
                 "sys": system, "load": (load + os.getloadavg()[0]) / 2}
     finally:
         tool.kill()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def render(rows: dict[tuple[bool, int], list[dict[str, Any]]], args: argparse.Namespace, floor_us: float) -> str:
+def render(rows: dict[tuple[bool, int], list[dict[str, Any]]], args: argparse.Namespace,
+           floors: tuple[float, float]) -> str:
     out = ["## Health probes on every instance, idle: the master's CPU", "",
            f"`python -m bench.probes_idle --n {args.n} --seconds {args.seconds:g} --reps {args.reps}`: N sleeps, "
            f'each with `probes.readiness = {{ tcp = "127.0.0.1:PORT", period = "{args.period:g}s" }}` against one '
            "loopback listener of the harness, and the same N without probes; CPU of the master process alone "
            f"over {args.seconds:g} s once every probe ran twice (median of {args.reps}, min-max). Target "
            "(issue 27): under 2 % of one core at N = 5,000.", "",
-           "| N | probes | master CPU % of a core | probe checks /s | start s | master RSS MiB |",
-           "|---|---|---|---|---|---|"]
+           "| N | probes | master CPU % of a core | probe checks /s | of which connected /s | start s "
+           "| master RSS MiB |", "|---|---|---|---|---|---|---|"]
     for (probed, n), runs in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0])):
         if not runs:
             continue
@@ -136,18 +177,21 @@ def render(rows: dict[tuple[bool, int], list[dict[str, Any]]], args: argparse.Na
         mid = len(runs) // 2
         out.append(f"| {n:,} | {f'tcp every {args.period:g} s' if probed else 'none'} | {cpus[mid]:.2f} "
                    f"({cpus[0]:.2f}-{cpus[-1]:.2f}) | {sorted(r['probes_per_s'] for r in runs)[mid]:.0f} | "
+                   f"{sorted(r.get('connects_per_s', 0) for r in runs)[mid]:.0f} | "
                    f"{sorted(r['start'] for r in runs)[mid]:.1f} | {sorted(r['rss'] for r in runs)[mid]:.0f} |")
-    out += ["", _per_check(rows, floor_us)]
+    out += ["", _per_check(rows, floors)]
     return "\n".join(out)
 
 
-def _per_check(rows: dict[tuple[bool, int], list[dict[str, Any]]], floor_us: float) -> str:
+def _per_check(rows: dict[tuple[bool, int], list[dict[str, Any]]], floors: tuple[float, float]) -> str:
     """The cost of one check, from the largest N: the master's CPU with probes less without,
-    per check, beside the kernel floor."""
+    per check, beside the floors of a connect and of the listener table."""
+    floor_us, table_us = floors
     n = max(n for _, n in rows)
     on, off = rows.get((True, n)), rows.get((False, n))
     if not on or not off:
-        return f"Floor: {floor_us:.0f} us of CPU per socket + connect + close."
+        return (f"Floors: {floor_us:.0f} us of CPU per socket + connect + close, {table_us:.0f} us per probe "
+                "answered from the listener table.")
     mid = on[len(on) // 2]
     extra = sorted(r["cpu"] for r in on)[len(on) // 2] - sorted(r["cpu"] for r in off)[len(off) // 2]
     rate = sorted(r["probes_per_s"] for r in on)[len(on) // 2] or 1
@@ -155,10 +199,11 @@ def _per_check(rows: dict[tuple[bool, int], list[dict[str, Any]]], floor_us: flo
     verdict = "met" if sorted(r["cpu"] for r in on)[len(on) // 2] < 2.0 else "missed"
     return (f"Per check at N = {n:,}: {per:.0f} us of the master's CPU ({extra:.2f} % of a core for {rate:.0f} "
             f"checks/s; user {1e4 * mid.get('user', 0) / rate:.0f} us, system {1e4 * mid.get('sys', 0) / rate:.0f} us "
-            f"per check, load average {mid.get('load', 0):.0f} during the run), of which a bare socket + "
-            f"non-blocking connect + close on loopback costs {floor_us:.0f} us in the same run: the kernel's TCP "
-            f"handshake and teardown, which any tcp prober pays; at this rate the floor alone is "
-            f"{floor_us * rate / 1e4:.1f} % of a core. The 2 % target is {verdict} in this run.")
+            f"per check, load average {mid.get('load', 0):.0f} during the run). Floors in the same run: a bare "
+            f"socket + non-blocking connect + close on loopback costs {floor_us:.0f} us (the kernel's TCP handshake "
+            f"and teardown, which a prober that connects pays: {floor_us * rate / 1e4:.1f} % of a core at this "
+            f"rate); a probe answered from the kernel's listener table, 25 a round, {table_us:.1f} us "
+            f"({table_us * rate / 1e4:.2f} % of a core). The 2 % target is {verdict} in this run.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows: dict[tuple[bool, int], list[dict[str, Any]]] = {}
     listener = Listener()
-    floor_us = floor(listener, args.floor)
-    print(f"floor: {floor_us:.0f} us per socket + connect + close", file=sys.stderr, flush=True)
+    floors = floor(listener, args.floor), table_floor(listener, args.floor)
+    print(f"floors: {floors[0]:.0f} us per socket + connect + close, {floors[1]:.1f} us per probe from the "
+          "listener table", file=sys.stderr, flush=True)
     try:
         for n in (int(x) for x in args.n.split(",")):
             for rep in range(args.reps):
@@ -183,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.setdefault((probed, n), []).append(result)
     finally:
         listener.close()
-    table = render(rows, args, floor_us)
+    table = render(rows, args, floors)
     print(table)
     if args.write_results:
         write_section(RESULTS_MD, "probes-idle", table)
