@@ -7,7 +7,7 @@ import pytest
 import shutil
 import sqlite3
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, text_of, wait_for
 
 
 pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
@@ -33,6 +33,10 @@ def test_the_demo_config_runs_consumers_that_drain_the_queue(start_master, tmp_p
     workers = wait_for(lambda: len(done_by()) >= 3 and done_by(), 20, interval=0.2,
                        message="jobs done by several consumers")
     assert workers <= set(running)
+    # It says "watching" after installing its SIGTERM handler; before that a SIGTERM ends it
+    # at once (three busy peers do not prove this one got that far on a loaded machine).
+    urgent = master.log_dir / "consumer-10.0.0.3-urgent.log"
+    wait_for(lambda: "watching queue" in text_of(urgent), 10, message="the urgent consumer's handler")
     assert master.terminate() == 0
     log = (master.log_dir / "consumer-10.0.0.3-urgent.log").read_text()
     assert "finished the job in hand" in log, "consumers stop gracefully on SIGTERM"

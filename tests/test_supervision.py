@@ -10,6 +10,7 @@ import sys
 import psutil
 
 from conftest import Master, text_of, alive, orch, wait_for
+from orchestrator.supervise.states import State
 
 PY = sys.executable
 # A TOML `command = [...]` line for a child that ignores SIGTERM.
@@ -107,8 +108,12 @@ def test_early_failures_back_off_then_show_as_crash_looping(start_master):
         backoff = { initial = "50ms", max = "200ms" }
         min_uptime = "5s"
     """)
-    row = wait_for(lambda: (r := master.status()["flaky"])["state"] == "crash-looping" and r, 5,
-                   message="crash-looping")
+    # crash-looping lasts 200 ms a round, between starts a loaded machine may stretch to a
+    # second: wait on the journal's crashloop event, which stays, not on the state.
+    events = wait_for(lambda: [e for e in master.call("events", patterns=["flaky"])["events"]
+                               if e["kind"] == "crashloop"], 5, message="a crashloop event")
+    assert events[0]["new"] == State.CRASHLOOP.value and events[0]["code"] == 3, events[0]
+    row = master.status()["flaky"]
     assert row["restarts"] >= 3 and row["last_exit"] == "exit 3"
     restarts = row["restarts"]
     wait_for(lambda: master.status()["flaky"]["restarts"] > restarts + 1, 3,
@@ -225,6 +230,8 @@ def test_sigquit_kills_everything_at_once(start_master):
         stop_timeout = "30s"
     """)
     pid = master.wait_running(1)["stubborn"]
+    # Only a child that ignores SIGTERM shows that SIGQUIT does not wait out stop_timeout.
+    wait_for(lambda: "up" in text_of(master.log_dir / "stubborn.log"), message="the child's signal setup")
     master.proc.send_signal(signal.SIGQUIT)
     assert master.proc.wait(5) == 0
     assert not alive(pid)
