@@ -65,13 +65,27 @@ def _reload_code(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
-    from .status_view import render_status
-    if args.json:  # the master sends the very text to print
-        print(ask(args, path, "status", patterns=args.patterns or None, as_text=True)["instances_text"])
+    if args.json:  # the master sends the very text to print, as raw bytes after its reply
+        sys.stdout.flush()
+        sys.stdout.buffer.write(_status_text(args, path) + b"\n")
         return EXIT_OK
+    from .status_view import render_status
     result = ask(args, path, "status", patterns=args.patterns or None)
     print(render_status(result, disk_error(Path(result.get("config") or path), result)))
     return EXIT_OK
+
+
+def _status_text(args: argparse.Namespace, path: Path) -> bytes:
+    client = client_for(args, path)
+    try:
+        return client.call_with_tail("status", patterns=args.patterns or None, text_tail=True)[1]
+    except ControlError as exc:
+        if "text_tail" not in str(exc):
+            raise
+        # a master of an older orch (not yet `orch upgrade`d) sends the text inside its reply
+        return client.call("status", patterns=args.patterns or None, as_text=True)["instances_text"].encode()
+    finally:
+        client.close()
 
 
 def cmd_down(args: argparse.Namespace, path: Path) -> int:

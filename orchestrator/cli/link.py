@@ -44,10 +44,11 @@ def check_master(client: ControlClient, path: Path, record: dict | None) -> None
     """Raise NoMasterError unless the master on `client` runs `path`, asked on the same
     connection (a master short of fds may pause its accepts). A ping answered by the pid
     that wrote `path`'s record settles it; otherwise its status names its config."""
-    pid = client.call("ping")["pid"]
+    pong = client.call("ping")
+    pid = pong["pid"]
     if record is not None and record.get("pid") == pid:
         return
-    theirs = client.call("status", as_text=True).get("config")
+    theirs = pong["config"] if "config" in pong else client.call("status", as_text=True).get("config")
     if theirs is None or os.path.realpath(theirs) != os.path.realpath(path):
         raise NoMasterError(f"the master at {client.path} (pid {pid}) runs {theirs}, not {path}: "
                             "name its config with -c, or pass --socket to use it anyway")

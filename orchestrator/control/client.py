@@ -36,9 +36,13 @@ class ControlClient:
             self.sock.close()
             raise OrchError(f"permission denied on the control socket {path}: it is for the user "
                             "the master runs as (and root)") from None
-        self.reader = self.sock.makefile("rb")
+        self.reader = self.sock.makefile("rb", buffering=1 << 16)  # large reads: a status is megabytes
 
     def call(self, cmd: str, **args: Any) -> Any:
+        return self.call_with_tail(cmd, **args)[0]
+
+    def call_with_tail(self, cmd: str, **args: Any) -> tuple[Any, bytes]:
+        """The result, and the raw bytes the master sent after it (b"" when none)."""
         try:
             self.sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
@@ -50,9 +54,16 @@ class ControlClient:
         if not line:
             raise OrchError("the master closed the connection without answering")
         reply = json.loads(line)
+        tail = self._read_tail(reply.get("tail") or 0)
         if not reply.get("ok"):
             raise ControlError(reply.get("error", "failed"), reply.get("code", 1))
-        return reply.get("result")
+        return reply.get("result"), tail
+
+    def _read_tail(self, size: int) -> bytes:
+        tail = self.reader.read(size) if size > 0 else b""  # one read of what is left after the buffer
+        if len(tail) < size:
+            raise OrchError("the master closed the connection in the middle of its answer")
+        return tail
 
     def wait_closed(self, timeout: float | None) -> bool:
         """Block until the master closes the connection (it has exited); False on timeout."""
