@@ -9,7 +9,7 @@ import errno
 import logging
 import resource
 import socket
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .loop import EventLoop, Timer
@@ -147,3 +147,75 @@ class Acceptor:
         self.loop.remove_reader(self.sock.fileno())
 
 
+class Client(Protocol):
+    """What `Admission` reads of a connection: when it was accepted."""
+
+    opened: float
+
+
+C = TypeVar("C", bound=Client)
+
+
+class Admission(Generic[C]):
+    """Who gets in at the cap, for servers of short requests (metrics, dashboard): a newcomer
+    is accepted under `connection_cap(ceiling, share)`; at the cap it closes the oldest
+    connection still sending its request after `idle_after` seconds, or else waits in the
+    listen backlog, and the acceptor looks again when that oldest one will be idle."""
+
+    def __init__(self, loop: EventLoop, clients: dict[socket.socket, C], sending: Callable[[C], bool],
+                 drop: Callable[[C], None], what: str, ceiling: int, share: int, idle_after: float):
+        self.loop = loop
+        self.clients = clients  # oldest first; the server adds and removes them
+        self.sending = sending  # True while a client has not sent its whole request
+        self.drop = drop  # closes a client for the cap (counted as dropped by the server)
+        self.what = what
+        self.ceiling, self.share, self.idle_after = ceiling, share, idle_after
+        self.acceptor: Acceptor | None = None
+        self._recheck: Timer | None = None
+        self._report = Throttle(REPORT_EVERY)
+
+    def accept(self, sock: socket.socket, on_client: Callable[[socket.socket], None]) -> Acceptor:
+        """Start accepting on `sock`: `on_client` gets each admitted connection, room made."""
+        def admit(client: socket.socket) -> None:
+            if len(self.clients) >= connection_cap(self.ceiling, self.share):  # has_room: one is idle
+                if self._report.due(self.loop.time()):
+                    log.warning("%s: %d connections, the cap: closing the oldest idle ones",
+                                self.what, len(self.clients))
+                self.free_one()
+            on_client(client)
+        self.acceptor = Acceptor(self.loop, sock, admit, self.free_one, self.what, has_room=self.has_room)
+        return self.acceptor
+
+    def _oldest_sending(self) -> C | None:
+        return next((c for c in self.clients.values() if self.sending(c)), None)
+
+    def has_room(self) -> bool:
+        """Under the cap, or one connection has been sending its request for `idle_after`."""
+        oldest = self._oldest_sending()
+        now = self.loop.time()
+        idle = oldest is not None and oldest.opened <= now - self.idle_after
+        if admission(len(self.clients), connection_cap(self.ceiling, self.share), idle) != "refuse":
+            return True
+        if oldest is not None and self._recheck is None:  # it will be idle then: look again
+            self._recheck = self.loop.call_later(oldest.opened + self.idle_after - now, self._room_maybe)
+        return False
+
+    def _room_maybe(self) -> None:
+        self._recheck = None
+        if self.acceptor is not None:
+            self.acceptor.room_made()
+
+    def free_one(self) -> None:
+        """Close the oldest connection still sending its request after `idle_after` (at the
+        cap, or out of fds: its fd serves the next client)."""
+        oldest = self._oldest_sending()
+        if oldest is not None and oldest.opened <= self.loop.time() - self.idle_after:
+            self.drop(oldest)
+
+    def close(self) -> None:
+        """Stop accepting for good (the caller closes its clients and the socket)."""
+        if self.acceptor is not None:
+            self.acceptor.close()
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None

@@ -10,15 +10,13 @@ the listen backlog."""
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Callable
 
-from ..acceptor import Acceptor, Throttle, admission, connection_cap, part
+from ..acceptor import Admission, part
 from ..errors import OrchError
 from ..loop import EventLoop, Timer
 
-log = logging.getLogger("orch")
 MAX_REQUEST = 8192
 IDLE_TIMEOUT = 5.0  # a client that has not sent its whole request by then is dropped
 SEND_TIMEOUT = 30.0  # and one that has not read the whole answer by then
@@ -147,9 +145,10 @@ class MetricsServer:
         self.dropped = 0  # closed for the cap or a timeout
         self._rendered_at = 0.0
         self._render_timer: Timer | None = None
-        self._recheck: Timer | None = None
-        self._report = Throttle(10.0)
-        self.acceptor = Acceptor(loop, self.sock, self._client, self._free_one, "metrics", has_room=self._has_room)
+        self.admission = Admission(loop, self.scrapes, lambda s: s.request is not None,
+                                   lambda s: self._close(s, timed_out=True), "metrics",
+                                   MAX_CONNECTIONS, FD_SHARE, IDLE_AFTER)
+        self.acceptor = self.admission.accept(self.sock, self._client)
 
     def render(self) -> bytes:
         """The whole HTTP answer, rendered now."""
@@ -160,40 +159,12 @@ class MetricsServer:
         return (f"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
-    def _has_room(self) -> bool:
-        """Under the cap, or one connection has been sending its request for IDLE_AFTER."""
-        oldest = next((s for s in self.scrapes.values() if s.request is not None), None)
-        now = self.loop.time()
-        idle = oldest is not None and oldest.opened <= now - IDLE_AFTER
-        if admission(len(self.scrapes), connection_cap(MAX_CONNECTIONS, FD_SHARE), idle) != "refuse":
-            return True
-        if oldest is not None and self._recheck is None:  # it will be idle then: look again
-            self._recheck = self.loop.call_later(oldest.opened + IDLE_AFTER - now, self._room_maybe)
-        return False
-
-    def _room_maybe(self) -> None:
-        self._recheck = None
-        self.acceptor.room_made()
-
     def _client(self, sock: socket.socket) -> None:
-        if len(self.scrapes) >= connection_cap(MAX_CONNECTIONS, FD_SHARE):  # has_room: one is idle
-            if self._report.due(self.loop.time()):
-                log.warning("metrics: %d connections, the cap: closing the oldest idle ones", len(self.scrapes))
-            self._free_one()
         sock.setblocking(False)
         scrape = Scrape(sock, self.loop.time(),
                         self.loop.call_later(IDLE_TIMEOUT, lambda: self._close(scrape, timed_out=True)))
         self.scrapes[sock] = scrape
         self._read(scrape)  # a scraper usually sends its request with the connection
-
-    def _free_one(self) -> None:
-        """Close the oldest connection still sending its request after IDLE_AFTER (at the cap,
-        or out of fds: its fd serves the next client)."""
-        cutoff = self.loop.time() - IDLE_AFTER
-        for scrape in self.scrapes.values():
-            if scrape.request is not None and scrape.opened <= cutoff:
-                self._close(scrape, timed_out=True)
-                return
 
     def _read(self, scrape: Scrape) -> None:
         assert scrape.request is not None
@@ -268,10 +239,9 @@ class MetricsServer:
         self.acceptor.room_made()
 
     def close(self) -> None:
-        self.acceptor.close()
-        for timer in (self._render_timer, self._recheck):
-            if timer is not None:
-                timer.cancel()
+        self.admission.close()
+        if self._render_timer is not None:
+            self._render_timer.cancel()
         for scrape in list(self.scrapes.values()):
             self._close(scrape)
         self.sock.close()

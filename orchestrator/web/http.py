@@ -9,16 +9,14 @@ the listen backlog, and a newcomer at the cap closes the oldest one still sendin
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..acceptor import Acceptor, Throttle, admission, connection_cap, part
+from ..acceptor import Admission, part
 from ..errors import OrchError
 from ..loop import EventLoop, Timer
 
-log = logging.getLogger("orch")
 MAX_HEAD = 16384  # request line and headers
 MAX_BODY = 4096  # actions carry no body worth more
 REQUEST_TIMEOUT = 10.0  # to send a whole request
@@ -179,29 +177,12 @@ class HttpServer:
         self.address = self.sock.getsockname()[:2]
         self.conns: dict[socket.socket, Conn] = {}  # oldest first
         self.dropped = 0
-        self._recheck: Timer | None = None
-        self._report = Throttle(10.0)
-        self.acceptor = Acceptor(loop, self.sock, self._client, self._free_one, what, has_room=self._has_room)
-
-    def _has_room(self) -> bool:
-        oldest = next((c for c in self.conns.values() if c.inbuf is not None), None)
-        now = self.loop.time()
-        idle = oldest is not None and oldest.opened <= now - IDLE_AFTER
-        if admission(len(self.conns), connection_cap(MAX_CONNECTIONS, FD_SHARE), idle) != "refuse":
-            return True
-        if oldest is not None and self._recheck is None:
-            self._recheck = self.loop.call_later(oldest.opened + IDLE_AFTER - now, self._room_maybe)
-        return False
-
-    def _room_maybe(self) -> None:
-        self._recheck = None
-        self.acceptor.room_made()
+        self.admission = Admission(loop, self.conns, lambda c: c.inbuf is not None,
+                                   lambda c: self._close(c, timed_out=True), what,
+                                   MAX_CONNECTIONS, FD_SHARE, IDLE_AFTER)
+        self.acceptor = self.admission.accept(self.sock, self._client)
 
     def _client(self, sock: socket.socket) -> None:
-        if len(self.conns) >= connection_cap(MAX_CONNECTIONS, FD_SHARE):
-            if self._report.due(self.loop.time()):
-                log.warning("%s: %d connections, the cap: closing the oldest idle ones", self.what, len(self.conns))
-            self._free_one()
         sock.setblocking(False)
         conn = Conn(self, sock, self.loop.time())
         self.conns[sock] = conn
@@ -212,13 +193,6 @@ class HttpServer:
         if conn.timer is not None:
             conn.timer.cancel()
         conn.timer = self.loop.call_later(seconds, lambda: self._close(conn, timed_out=True))
-
-    def _free_one(self) -> None:
-        cutoff = self.loop.time() - IDLE_AFTER
-        for conn in self.conns.values():
-            if conn.inbuf is not None and conn.opened <= cutoff:
-                self._close(conn, timed_out=True)
-                return
 
     def _read(self, conn: Conn) -> None:
         try:
@@ -300,9 +274,7 @@ class HttpServer:
         self.acceptor.room_made()
 
     def close(self) -> None:
-        self.acceptor.close()
-        if self._recheck is not None:
-            self._recheck.cancel()
+        self.admission.close()
         for conn in list(self.conns.values()):
             self._close(conn)
         self.sock.close()
