@@ -62,7 +62,7 @@ def test_verdicts(reply: table.Listener | int, expected: tuple[bool, str] | None
 
 
 def test_a_request_is_an_exact_inet_diag_request() -> None:
-    data = table.request(5, "::1", 8080, 1)
+    data = table.request(5, table.question("::1", 8080, 1))
     length, kind, flags, seq, _ = struct.unpack_from("=IHHII", data)
     assert (length, kind, flags, seq) == (len(data), table.SOCK_DIAG_BY_FAMILY, table.NLM_F_REQUEST, 5)
     assert len(data) == table.REQUEST_SIZE == 16 + 56

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Iterable
 
 from ..config.probes import Probe
-from .listen_table import NETLINK_SOCK_DIAG, replies, request, verdict
+from .listen_table import NETLINK_SOCK_DIAG, question, replies, request, verdict
 
 log = logging.getLogger("orch")
 BATCH = 64  # requests per send: their replies (one skb each) fit the receive buffer
 RCVBUF = 1 << 20
+READ = 8192  # one reply a datagram (about 130 bytes); a larger buffer costs its allocation per recv
 
 
 def _nonlocal_bind() -> bool:
@@ -74,6 +75,7 @@ class ListenLookup:
         self.bind_test = True
         self.loopback = 1
         self.failed = 0  # rounds that failed (the first is logged)
+        self.questions: dict[tuple[str, int], bytes] = {}  # (host, port): its request body
 
     def answer(self, probes: list[Probe]) -> list[tuple[bool, str] | None]:
         """(passed, detail) per probe, as a connect would end, or None where the probe must
@@ -125,11 +127,16 @@ class ListenLookup:
         for index, probe in batch:
             self.seq = self.seq % 0x7FFFFFFF + 1
             wanted[self.seq] = (index, probe)
-            chunks.append(request(self.seq, probe.host, probe.port, self.loopback))
+            body = self.questions.get((probe.host, probe.port))
+            if body is None:
+                if len(self.questions) >= 65536:
+                    self.questions.clear()
+                body = self.questions[probe.host, probe.port] = question(probe.host, probe.port, self.loopback)
+            chunks.append(request(self.seq, body))
         try:
             self.sock.send(b"".join(chunks))
             while wanted:
-                data = self.sock.recv(RCVBUF, socket.MSG_DONTWAIT)
+                data = self.sock.recv(READ, socket.MSG_DONTWAIT)
                 for seq, reply in replies(data):
                     entry = wanted.pop(seq, None)
                     if entry is not None:

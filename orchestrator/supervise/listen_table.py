@@ -25,8 +25,7 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -49,8 +48,7 @@ REFUSED = os.strerror(errno.ECONNREFUSED).lower()  # the connect path's words, e
 REQUEST_SIZE = _NLMSG.size + _REQ_HEAD.size + 48
 
 
-@dataclass(frozen=True)
-class Listener:
+class Listener(NamedTuple):
     """The socket the kernel would hand a connect to: its state (LISTEN for a listener), its
     accept queue now and its backlog."""
 
@@ -61,13 +59,18 @@ class Listener:
     backlog: int
 
 
-def request(seq: int, host: str, port: int, ifindex: int) -> bytes:
-    """One exact sock_diag request: which TCP socket would take a connection to host:port
-    arriving on interface `ifindex` (the loopback device for local traffic)."""
+def question(host: str, port: int, ifindex: int) -> bytes:
+    """The body of an exact sock_diag request: which TCP socket would take a connection to
+    host:port arriving on interface `ifindex` (the loopback device for local traffic). The
+    same for every check of a probe, so its caller may keep it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     src = socket.inet_pton(family, host).ljust(16, b"\0")
-    body = (_REQ_HEAD.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + _PORTS.pack(port, 0)
+    return (_REQ_HEAD.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + _PORTS.pack(port, 0)
             + src + bytes(16) + _TAIL.pack(ifindex, NOCOOKIE, NOCOOKIE))
+
+
+def request(seq: int, body: bytes) -> bytes:
+    """The netlink message asking `body` (from `question`) under sequence number `seq`."""
     return _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + body
 
 
