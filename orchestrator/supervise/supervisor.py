@@ -248,6 +248,7 @@ class Supervisor:
     # --- events from the spawner -------------------------------------------------------
     def _on_spawner(self) -> None:
         self.launcher.receive(self)
+        self.launcher.flush()  # replacements leave before the wake-up's other fds, timers and soon calls
 
     def exec_failed(self, pid: int, error: str) -> None:
         inst = self.by_pid.get(pid)
