@@ -79,21 +79,32 @@ def kubernetes_probes(spec: ProcessSpec) -> dict[str, Any]:
     return fields
 
 
-def kubernetes_lost(spec: ProcessSpec) -> list[str]:
+def _checks_lost(spec: ProcessSpec, no_notify: str, passing: str, unordered: str,
+                more: Iterable[str] = ()) -> list[str]:
+    """What a target with health checks but neither sd_notify nor start order loses: notify
+    probes (`no_notify` says why), `status` (`passing` is what passes instead), `more`, and
+    `after` (`unordered` says how it starts instead)."""
     lost = []
     notify = [p for p in spec.probes if p.kind == "notify"]
     if notify:
-        lost.append(f"probes {_named(notify)} (no sd_notify in a pod)")
+        lost.append(f"probes {_named(notify)} ({no_notify})")
     if any(p.status is not None for p in spec.probes):
-        lost.append("probes.*.status (any 200-399 passes)")
-    if any(p.successes > 1 for p in spec.probes if p.role != "readiness" and p.kind != "notify"):
-        lost.append("successes above 1 outside readiness (the API allows 1)")
-    if any(p.period != math.ceil(p.period) or p.timeout < 1 for p in spec.probes if p.kind != "notify"):
-        lost.append("sub-second probe periods or timeouts (rounded up to whole seconds)")
+        lost.append(f"probes.*.status (any {passing} passes)")
+    lost += more
     if spec.policy.after:
-        lost.append(f"after = {', '.join(spec.policy.after)} (Deployments start in any order; "
-                    "an init container that waits for a Service would carry it)")
+        lost.append(f"after = {', '.join(spec.policy.after)} ({unordered})")
     return lost
+
+
+def kubernetes_lost(spec: ProcessSpec) -> list[str]:
+    checked = [p for p in spec.probes if p.kind != "notify"]
+    more = []
+    if any(p.successes > 1 for p in checked if p.role != "readiness"):
+        more.append("successes above 1 outside readiness (the API allows 1)")
+    if any(p.period != math.ceil(p.period) or p.timeout < 1 for p in checked):
+        more.append("sub-second probe periods or timeouts (rounded up to whole seconds)")
+    return _checks_lost(spec, "no sd_notify in a pod", "200-399", "Deployments start in any order; "
+                       "an init container that waits for a Service would carry it", more)
 
 
 # --- systemd ------------------------------------------------------------------------------
@@ -175,12 +186,4 @@ def nomad_checks(spec: ProcessSpec, task: str) -> tuple[list[dict[str, Any]], li
 
 
 def nomad_lost(spec: ProcessSpec) -> list[str]:
-    lost = []
-    notify = [p for p in spec.probes if p.kind == "notify"]
-    if notify:
-        lost.append(f"probes {_named(notify)} (Nomad has no sd_notify)")
-    if any(p.status is not None for p in spec.probes):
-        lost.append("probes.*.status (any 2xx passes)")
-    if spec.policy.after:
-        lost.append(f"after = {', '.join(spec.policy.after)} (task groups start in any order)")
-    return lost
+    return _checks_lost(spec, "Nomad has no sd_notify", "2xx", "task groups start in any order")
