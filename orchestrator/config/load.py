@@ -166,7 +166,8 @@ def _templates(sources: list[tuple[Path, Problems, dict]], defaults: dict, path:
                 check_template_sockets(name, template.sockets, sockets, source_problems)
                 templates.append(template)
     problems_of = {str(source): source_problems for source, source_problems, _ in sources}
-    for name, message in order_problems({t.name: t.policy.after for t in templates}, owner):
+    # only the templates with an `after`: the others add no edge (5,000 sorted names were a tenth of a reload)
+    for name, message in order_problems({t.name: t.policy.after for t in templates if t.policy.after}, owner):
         problems_of[str(owner[name])].add(f"workers.{name}.after", message)
     if cache is not None:
         cache.parsed, cache.context = parsed, context

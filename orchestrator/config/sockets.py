@@ -110,6 +110,8 @@ def _socket(name: str, body: object, folder: Path, problems: Problems) -> Socket
 def check_template_sockets(template: str, names: tuple[str, ...], declared: tuple[SocketDecl, ...],
                            problems: Problems) -> None:
     """A template may name only declared sockets, each once."""
+    if not names:  # most templates: no set of the declared names per template
+        return
     known = {d.name for d in declared}
     keypath = f"workers.{template}.sockets"
     for i, name in enumerate(names):
