@@ -20,7 +20,7 @@ from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER
 from .cgroups import sweep_run
 from .guard import start_guard
 from .identity import apply_setup, joining
-from .posix import PosixStarter
+from .posix import MAX_FAN_OUT, PosixStarter, usable_cpus
 from .probe_runner import ProbeRunner
 from .request import SpawnRequest, with_outputs
 from .trees import Lineage, signal_pid
@@ -35,7 +35,6 @@ RESCANS = (0.003, 0.01, 0.03, 0.1, 0.5)  # after a kill: children reparent to us
 AFTER_EXIT = (0.02,)  # after a lone main process exited: its children (if any) were already
 # reparented to us, so one look; late enough that the replacement spawn the master is about
 # to ask for never waits behind it (at 5,000 children a look takes a few ms)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc start times count these since boot
 
 
 class Spawner:  # pragma: no cover - runs in the helper process; covered by integration tests
@@ -74,6 +73,7 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         wake_r, wake_w = wakeup_pair()
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
+            self.posix.fan_out = min(MAX_FAN_OUT, usable_cpus())  # helpers' children reparent to us
         except OSError:
             pass
         self.selector.register(self.sock, selectors.EVENT_READ, "master")

@@ -1,6 +1,6 @@
-"""The spawner: a small helper that forks, execs and reaps every child. It is single-threaded
-whenever it forks; only a run of posix_spawn calls is spread over short-lived threads, joined
-before anything else happens (see helper.py, _spawn_run).
+"""The spawner: a small single-threaded helper that forks, execs and reaps every child. A
+large run of posix_spawn calls is shared with short-lived forked helpers, one per usable
+core, whose children reparent to the spawner, their subreaper (posix.py, _spawn_run).
 
 Why a separate process: Linux ties PR_SET_PDEATHSIG to the *thread* that forked, and code
 between fork and exec is unsafe in a process with threads. The master starts this helper
