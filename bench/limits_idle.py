@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from . import fleet as fleets
+from .idle import Rows, by_size, interleaved, median, sleeping, spread, stop
 from .procfs import Scanner, cpu_percent
 from .report import write_section
-from .scenarios import SETTLE, launch
+from .scenarios import SETTLE
 from .tools.orch import Orch
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -67,30 +66,19 @@ def quiet(helpers: list, deadline: float) -> float:
 
 def session(mode: str, n: int, seconds: float) -> dict[str, Any]:
     tool = LimitedOrch(mode)
-    workdir = Path(tempfile.mkdtemp(prefix=f"orchbench-limits-{mode}-"))
-    tool.setup(workdir)
-    try:
-        fleet = fleets.sleep_fleet(n)
-        tool.write_config(fleet)
-        start = launch(tool, fleet, 120 + 0.05 * n)
+    with sleeping(tool, f"orchbench-limits-{mode}-", n) as (fleet, start):
         time.sleep(SETTLE)
         helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
         settled = quiet(helpers, time.monotonic() + 180)
         roots = run_dirs(tool)
         made = instance_cgroups(roots)
         cpu, rss = cpu_percent(helpers, seconds)
-        tool.stop()
-        deadline = time.monotonic() + 120
-        while not tool.exited() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        stop(tool)
         left = sum(1 for root in roots if os.path.exists(root))
         return {"start": start, "cpu": cpu, "rss": rss / 2**20, "cgroups": made, "left": left, "settled": settled}
-    finally:
-        tool.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def render(rows: dict[tuple[str, int], list[dict[str, Any]]], args: argparse.Namespace) -> str:
+def render(rows: Rows, args: argparse.Namespace) -> str:
     out = ["## Memory limits on every instance, idle: kernel events against sampling", "",
            f"`python -m bench.limits_idle --n {args.n} --seconds {args.seconds:g} --reps {args.reps}`: N sleeps, "
            'each with `memory = { soft = "200MiB", hard = "300MiB" }`, check_interval 1s; CPU of the master '
@@ -98,14 +86,9 @@ def render(rows: dict[tuple[str, int], list[dict[str, Any]]], args: argparse.Nam
            "| N | cgroup | idle CPU % of a core | start s | quiet after s | RSS MiB | instance cgroups "
            "| cgroups left after stop |",
            "|---|---|---|---|---|---|---|---|"]
-    for (mode, n), runs in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0])):
-        if not runs:
-            continue
-        cpus = sorted(r["cpu"] for r in runs)
-        mid = len(runs) // 2
-        out.append(f"| {n:,} | {mode} | {cpus[mid]:.3f} ({cpus[0]:.3f}-{cpus[-1]:.3f}) | "
-                   f"{sorted(r['start'] for r in runs)[mid]:.2f} | {sorted(r['settled'] for r in runs)[mid]:.0f} | "
-                   f"{sorted(r['rss'] for r in runs)[mid]:.0f} | "
+    for mode, n, runs in by_size(rows):
+        out.append(f"| {n:,} | {mode} | {spread(runs, 'cpu', 3)} | {median(runs, 'start'):.2f} | "
+                   f"{median(runs, 'settled'):.0f} | {median(runs, 'rss'):.0f} | "
                    f"{runs[0]['cgroups']:,} | {max(r['left'] for r in runs)} |")
     return "\n".join(out)
 
@@ -117,13 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)
-    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for n in (int(x) for x in args.n.split(",")):
-        for rep in range(args.reps):
-            for mode in ("auto", "off"):  # interleaved: a drift of the machine hits both alike
-                result = session(mode, n, args.seconds)
-                print(f"N={n} rep {rep + 1} cgroup={mode}: {result}", file=sys.stderr, flush=True)
-                rows.setdefault((mode, n), []).append(result)
+    rows = interleaved(args.n, args.reps, ("auto", "off"), "cgroup",
+                       lambda mode, n: session(str(mode), n, args.seconds))
     table = render(rows, args)
     print(table)
     if args.write_results:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,9 +30,10 @@ from . import fleet as fleets
 from orchestrator.config.probes import Probe
 from orchestrator.supervise.listen_lookup import ListenLookup
 
+from .idle import Rows, by_size, interleaved, median, sleeping, spread, stop
 from .procfs import Scanner, cpu_percent
 from .report import write_section
-from .scenarios import SETTLE, launch
+from .scenarios import SETTLE
 from .tools.orch import Orch
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -133,12 +132,7 @@ def _times(pid: int) -> tuple[float, float]:
 
 def session(probed: bool, n: int, seconds: float, listener: Listener, period: float = PERIOD) -> dict[str, Any]:
     tool = ProbedOrch(listener.port if probed else None, period)
-    workdir = Path(tempfile.mkdtemp(prefix=f"orchbench-probes-{'on' if probed else 'off'}-"))
-    tool.setup(workdir)
-    try:
-        fleet = fleets.sleep_fleet(n)
-        tool.write_config(fleet)
-        start = launch(tool, fleet, 120 + 0.05 * n)
+    with sleeping(tool, f"orchbench-probes-{'on' if probed else 'off'}-", n) as (fleet, start):
         time.sleep(SETTLE + 2 * period if probed else SETTLE)  # past the first, bunched checks
         master = [p for p in Scanner(fleet.tag, tool.pid).snapshot().helpers() if p.pid == tool.pid]
         counted = _checks(tool) if probed else (0.0, 0)
@@ -148,20 +142,12 @@ def session(probed: bool, n: int, seconds: float, listener: Listener, period: fl
         user, system = (100 * (b - a) / seconds for a, b in zip(times, _times(tool.pid)))
         after = _checks(tool) if probed else (1.0, 0)
         probes = (after[1] - counted[1]) / (after[0] - counted[0])
-        tool.stop()
-        deadline = time.monotonic() + 120
-        while not tool.exited() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        stop(tool)
         return {"start": start, "cpu": cpu, "rss": rss / 2**20, "probes_per_s": probes, "connects_per_s": connects,
-                "user": user,
-                "sys": system, "load": (load + os.getloadavg()[0]) / 2}
-    finally:
-        tool.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+                "user": user, "sys": system, "load": (load + os.getloadavg()[0]) / 2}
 
 
-def render(rows: dict[tuple[bool, int], list[dict[str, Any]]], args: argparse.Namespace,
-           floors: tuple[float, float]) -> str:
+def render(rows: Rows, args: argparse.Namespace, floors: tuple[float, float]) -> str:
     out = ["## Health probes on every instance, idle: the master's CPU", "",
            f"`python -m bench.probes_idle --n {args.n} --seconds {args.seconds:g} --reps {args.reps}`: N sleeps, "
            f'each with `probes.readiness = {{ tcp = "127.0.0.1:PORT", period = "{args.period:g}s" }}` against one '
@@ -170,20 +156,15 @@ def render(rows: dict[tuple[bool, int], list[dict[str, Any]]], args: argparse.Na
            "(issue 27): under 2 % of one core at N = 5,000.", "",
            "| N | probes | master CPU % of a core | probe checks /s | of which connected /s | start s "
            "| master RSS MiB |", "|---|---|---|---|---|---|---|"]
-    for (probed, n), runs in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0])):
-        if not runs:
-            continue
-        cpus = sorted(r["cpu"] for r in runs)
-        mid = len(runs) // 2
-        out.append(f"| {n:,} | {f'tcp every {args.period:g} s' if probed else 'none'} | {cpus[mid]:.2f} "
-                   f"({cpus[0]:.2f}-{cpus[-1]:.2f}) | {sorted(r['probes_per_s'] for r in runs)[mid]:.0f} | "
-                   f"{sorted(r.get('connects_per_s', 0) for r in runs)[mid]:.0f} | "
-                   f"{sorted(r['start'] for r in runs)[mid]:.1f} | {sorted(r['rss'] for r in runs)[mid]:.0f} |")
+    for probed, n, runs in by_size(rows):
+        out.append(f"| {n:,} | {f'tcp every {args.period:g} s' if probed else 'none'} | {spread(runs, 'cpu', 2)} | "
+                   f"{median(runs, 'probes_per_s'):.0f} | {median(runs, 'connects_per_s'):.0f} | "
+                   f"{median(runs, 'start'):.1f} | {median(runs, 'rss'):.0f} |")
     out += ["", _per_check(rows, floors)]
     return "\n".join(out)
 
 
-def _per_check(rows: dict[tuple[bool, int], list[dict[str, Any]]], floors: tuple[float, float]) -> str:
+def _per_check(rows: Rows, floors: tuple[float, float]) -> str:
     """The cost of one check, from the largest N: the master's CPU with probes less without,
     per check, beside the floors of a connect and of the listener table."""
     floor_us, table_us = floors
@@ -193,10 +174,10 @@ def _per_check(rows: dict[tuple[bool, int], list[dict[str, Any]]], floors: tuple
         return (f"Floors: {floor_us:.0f} us of CPU per socket + connect + close, {table_us:.0f} us per probe "
                 "answered from the listener table.")
     mid = on[len(on) // 2]
-    extra = sorted(r["cpu"] for r in on)[len(on) // 2] - sorted(r["cpu"] for r in off)[len(off) // 2]
-    rate = sorted(r["probes_per_s"] for r in on)[len(on) // 2] or 1
+    extra = median(on, "cpu") - median(off, "cpu")
+    rate = median(on, "probes_per_s") or 1
     per = 1e4 * extra / rate
-    verdict = "met" if sorted(r["cpu"] for r in on)[len(on) // 2] < 2.0 else "missed"
+    verdict = "met" if median(on, "cpu") < 2.0 else "missed"
     return (f"Per check at N = {n:,}: {per:.0f} us of the master's CPU ({extra:.2f} % of a core for {rate:.0f} "
             f"checks/s; user {1e4 * mid.get('user', 0) / rate:.0f} us, system {1e4 * mid.get('sys', 0) / rate:.0f} us "
             f"per check, load average {mid.get('load', 0):.0f} during the run). Floors in the same run: a bare "
@@ -215,18 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", type=int, default=2000, help="bare connects timed for the floor")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)
-    rows: dict[tuple[bool, int], list[dict[str, Any]]] = {}
     listener = Listener()
     floors = floor(listener, args.floor), table_floor(listener, args.floor)
     print(f"floors: {floors[0]:.0f} us per socket + connect + close, {floors[1]:.1f} us per probe from the "
           "listener table", file=sys.stderr, flush=True)
     try:
-        for n in (int(x) for x in args.n.split(",")):
-            for rep in range(args.reps):
-                for probed in (True, False):  # interleaved: a drift of the machine hits both alike
-                    result = session(probed, n, args.seconds, listener, args.period)
-                    print(f"N={n} rep {rep + 1} probes={probed}: {result}", file=sys.stderr, flush=True)
-                    rows.setdefault((probed, n), []).append(result)
+        rows = interleaved(args.n, args.reps, (True, False), "probes",
+                           lambda probed, n: session(bool(probed), n, args.seconds, listener, args.period))
     finally:
         listener.close()
     table = render(rows, args, floors)
