@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -491,3 +492,66 @@ def test_a_master_older_than_orch_upgrade_says_to_restart_once(start_master, tmp
 def test_the_successor_keeps_the_interpreters_options(orig, argv, options):
     from orchestrator.handover.carry import interpreter_options
     assert interpreter_options(orig, argv) == options
+
+
+SLOW_TO_READY = '''
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+with open(sys.argv[1], "a") as starts:
+    starts.write(f"{os.getpid()}:{os.environ.get('RELEASE')}\\n")
+while True:
+    time.sleep(1)
+'''
+
+
+def slow_config(tmp_path: Path, release: str) -> str:
+    return f"""
+        [orchestrator]
+        watch = false
+        [workers.slow]
+        command = "{PY} {tmp_path / 'slow.py'} {tmp_path / 'starts'}"
+        env = {{ RELEASE = "{release}" }}
+        replicas = 4
+        min_uptime = 2
+        stop_timeout = 2
+        rolling = true
+        """
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["restart", "reload"])
+def test_a_rolling_restart_goes_on_under_the_new_master(start_master, tmp_path, how):
+    """`orch upgrade` in the middle of a rolling restart (`orch restart --rolling`, or a
+    reload that changed a `rolling` template) of a template slow to be ready: the new master
+    goes on with the batch where the old one stood; every instance restarts exactly once,
+    onto the new config, and the rollout ends."""
+    (tmp_path / "slow.py").write_text(SLOW_TO_READY)
+    starts = tmp_path / "starts"
+    master = start_master(slow_config(tmp_path, "one"))
+    before = master.wait_running(4)
+    wait_for(lambda: len(starts.read_text().split()) == 4 if starts.exists() else False, 10, message="4 starts")
+    config = str(master.config)
+    if how == "restart":
+        label, release = "4 instances", "one"
+        assert orch("restart", "--rolling", "--no-wait", "template:slow", "-c", config).returncode == 0
+    else:
+        label, release = "template slow", "two"
+        master.config.write_text(textwrap.dedent(slow_config(tmp_path, release)))
+        assert orch("reload", "-c", config).returncode == 0
+    rolling = master.call("status")["rollouts"]
+    assert [r["label"] for r in rolling] == [label] and rolling[0]["done"] < 4, rolling
+    assert f"rolling restart of {label}" in orch("status", "-c", config).stdout
+    upgrade = orch("upgrade", "-c", config, timeout=60)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    wait_for(lambda: not master.call("status")["rollouts"], 30, message="the rollout to end")
+    log = master.stderr()
+    carried = re.search(rf"rolling restart of {label} goes on: (\d) of 4 instances left", log)
+    assert carried and int(carried[1]) >= 1, log
+    assert log.index("took over 4 instances") < log.index(f"rolling restart of {label} done"), log
+    rows = master.status()
+    assert {name: row["restarts"] for name, row in rows.items()} == {name: 1 for name in before}, rows
+    assert not set(before.values()) & {row["pid"] for row in rows.values()}
+    started = starts.read_text().split()
+    assert len(started) == 8 == len(set(started)), f"each instance started exactly twice: {started}"
+    assert [line.split(":")[1] for line in started[4:]] == [release] * 4, started
+    assert {row["state"] for row in rows.values()} == {"running"} and master.proc.poll() is None

@@ -30,6 +30,9 @@ def render_status(reply: dict[str, Any], disk_error: str | None = None) -> str:
     if reply.get("last_reload_error"):
         lines.append("LAST RELOAD FAILED (still running the previous config):")
         lines += ["  " + line for line in reply["last_reload_error"].splitlines()]
+    for roll in reply.get("rollouts") or []:
+        lines.append(f"rolling restart of {roll['label']}: {roll['done']} of {roll['total']} done, "
+                     f"restarting {', '.join(roll['restarting']) or '-'}")
     if disk_error and disk_error != reply.get("last_reload_error"):
         lines.append("THE CONFIG ON DISK DOES NOT LOAD (a reload now would change nothing):")
         lines += ["  " + line for line in disk_error.splitlines()]

@@ -24,6 +24,7 @@ from ..supervise.supervisor import Supervisor
 from ..units import parse_signal
 from .event_feed import EventFeed, record_matcher, unmatched
 from .server import Connection, ControlError, Pending, Tail
+from .status_rows import status_text
 from .waits import Goal, Waits
 
 
@@ -104,7 +105,8 @@ class Commands:
         `text_tail` sends that text as raw bytes after the reply's line, neither escaped
         here nor unescaped in the client (a third of the encoding and decoding at 5,000)."""
         names = self.match(patterns) if patterns else None
-        rows = self.master.supervisor.status(names, usage=True)
+        text = as_text or text_tail
+        rows = [] if text else self.master.supervisor.status(names, usage=True)
         reply = {
             "name": self.master.settings.name,
             "config": str(self.master.config.path),
@@ -126,11 +128,11 @@ class Commands:
             "versions": self.master.upgrader.status(),  # the master's, and its helpers' (orch upgrade)
             "rollouts": self.master.supervisor.rolling.status(),  # rolling restarts in progress
         }
-        if as_text or text_tail:  # the autoscaled cells follow the instances, as rows of kind "cell"
-            text = rows_text(rows + [{"kind": "cell", **c} for c in reply["scaling"]])
+        if text:  # the autoscaled cells follow the instances, as rows of kind "cell"
+            lines = status_text(self.master.supervisor, names, reply["scaling"])
             if text_tail:
-                return Tail(reply, text.encode())
-            reply["instances_text"] = text
+                return Tail(reply, lines.encode())
+            reply["instances_text"] = lines
         else:
             reply["instances"] = rows
         return reply

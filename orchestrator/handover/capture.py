@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from .state import build, instance_record
+from .state import build, instance_record, rollout_record
 
 
 def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
@@ -40,13 +40,15 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         orch=__version__, config=str(master.config.path), quiet=master.supervisor.echo is None,
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
                 "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
+                "queued_reload": reloader.queued,
                 "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler),
                 "cgroups": cgroups_record(master.kernel_memory), "journal": master.journal.handover()},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
                  "protocol": upgrader.spawner_protocol,
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
         fds=fds, instances=[instance_record(inst) for inst in master.supervisor.instances.values()],
-        pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None)
+        pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None,
+        rollouts=[rollout_record(rollout) for rollout in master.supervisor.rolling.rollouts])
     return record, keep
 
 

@@ -12,9 +12,9 @@ from typing import Any, Iterable
 
 from ..errors import OrchError
 
-VERSION = 2  # of the record's format; 1 had no per-instance deadlines
+VERSION = 3  # of the record's format; 1 had no per-instance deadlines, 2 no rollouts
 KEPT = ("restarts", "failures", "last_exit", "last_reason", "limit_kills", "held", "ready", "requests",
-        "counts_requests", "notify_status", "pid", "started_at", "start_ticks")
+        "counts_requests", "notify_status", "pid", "started_at", "start_ticks", "tracked")
 STATES = ("running", "stopping", "stopped", "exited", "backoff", "crash-looping", "waiting")
 
 
@@ -36,16 +36,25 @@ def instance_record(inst: Any) -> dict[str, Any]:
     return record
 
 
+def rollout_record(rollout: Any) -> dict[str, Any]:
+    """A rolling restart in progress: who is still waiting (and whether onto a new spec,
+    which the successor expands from the same config) and who is being restarted now."""
+    return {"label": rollout.label, "batch": rollout.batch, "total": rollout.total,
+            "waiting": [[inst.name, spec is not None] for inst, spec in rollout.waiting],
+            "in_flight": sorted(inst.name for inst in rollout.in_flight)}
+
+
 def _deadline(timer: Any) -> float | None:
     return None if timer is None or timer.cancelled else timer.when
 
 
 def build(*, orch: str, config: str, quiet: bool, master: dict[str, Any], spawner: dict[str, Any],
           fds: dict[str, Any], instances: Iterable[dict[str, Any]], pipes: list[dict[str, Any]],
-          reply: int | None) -> dict[str, Any]:
+          reply: int | None, rollouts: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """The whole record."""
     return {"version": VERSION, "orch": orch, "config": config, "quiet": quiet, "master": master,
-            "spawner": spawner, "fds": fds, "instances": list(instances), "pipes": pipes, "reply": reply}
+            "spawner": spawner, "fds": fds, "instances": list(instances), "pipes": pipes, "reply": reply,
+            "rollouts": list(rollouts)}
 
 
 def migrate(record: Any) -> dict[str, Any]:
@@ -63,6 +72,11 @@ def migrate(record: Any) -> dict[str, Any]:
         for inst in record.get("instances", []):
             inst.setdefault("deadlines", {})
         record["version"] = 2
+    if record["version"] == 2:  # no reload or rollout was in flight: the old master waited for quiet
+        for inst in record.get("instances", []):
+            inst.setdefault("tracked", 0)
+        record.setdefault("rollouts", [])
+        record["version"] = 3
     for key in ("config", "fds", "instances", "pipes", "spawner", "master"):
         if key not in record:
             raise HandoverError(f"the handed-over state has no {key!r}")

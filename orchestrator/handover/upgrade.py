@@ -1,10 +1,12 @@
 """The old master's side of `orch upgrade` and SIGUSR2: refuse what cannot be carried, wait
 for a quiet moment, prove the new code can take over, then exec into it (handover/).
 
-Quiet means nothing is half-sent: no spawn waiting for its pid, no reload or rollout being
-applied, no exec probe running, no control command waiting for its answer. Those last
-milliseconds (a reload: seconds), so the upgrade waits up to QUIET_WAIT for them; stops in
-progress, backoffs, crash loops and held instances are carried as they are. Once quiet, the
+Quiet means nothing is half-sent: no spawn waiting for its pid, no config being expanded,
+no removal in progress, no new code being rolled out, no hook running, no control command
+waiting for its answer. Those last milliseconds (an expansion: seconds), so the upgrade
+waits up to QUIET_WAIT for them. Everything else is carried as it is: stops and restarts in
+progress, rolling restarts (the next master goes on with the batch where it stood: nothing
+restarts twice), a reload queued behind them, backoffs, crash loops and held instances. Once quiet, the
 servers stop accepting and answer what they had accepted (drain.py), then the master execs.
 """
 
@@ -103,16 +105,17 @@ class Upgrader:
         master, sup = self.master, self.master.supervisor
         if master.stopping:
             return "the master is stopping"
-        if master.reloading or master.reloader.queued or sup.pending_ops:
-            return "a reload or rollout is being applied"
+        if master.reloading:
+            return "a reload is being expanded"
+        if sup.rolling.on_halt:
+            return "new code is being rolled out"  # its fresh zygotes do not cross exec
         if getattr(master, "code", None) is not None and master.code.pending:
             return "a code reload's zygotes are importing"
         starting = sum(1 for i in sup.instances.values() if i.state is State.STARTING)
         if sup.by_token or starting:
             return f"{max(starting, len(sup.by_token))} instances are starting"
-        if any(i.then is Then.REMOVE or i.rollout is not None or i.next_spec is not None
-               for i in sup.instances.values() if i.state is State.STOPPING):
-            return "a reload's stops are in progress"
+        if any(i.then is Then.REMOVE for i in sup.instances.values() if i.state is State.STOPPING):
+            return "a reload's removals are in progress"
         if any(not isinstance(run, ExecCheck) for run in sup.exec_probes.waiting.values()):
             return "hooks are running"  # exec probes are not waited for: they are cancelled at exec
         conn = self._job["conn"] if self._job else None

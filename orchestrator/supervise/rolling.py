@@ -46,6 +46,20 @@ class RollingRestarts:
         log.info("rolling restart of %s: %d instances, %d at a time", label, rollout.total, rollout.batch)
         self._roll_on(rollout)
 
+    def status(self) -> list[dict[str, object]]:
+        """The rolling restarts in progress, for `orch status`."""
+        return [{"label": r.label, "total": r.total, "done": r.total - len(r.waiting) - len(r.in_flight),
+                 "restarting": sorted(inst.name for inst in r.in_flight)} for r in self.rollouts]
+
+    def adopt(self, rollout: Rollout[Instance]) -> None:
+        """A rollout an upgraded master had begun (handover/): it goes on where it stood, its
+        instances in flight already marked (`inst.rollout`)."""
+        self.supervisor.pending_ops += 1
+        self.rollouts.add(rollout)
+        log.info("rolling restart of %s goes on: %d of %d instances left", rollout.label,
+                 len(rollout.waiting) + len(rollout.in_flight), rollout.total)
+        self._roll_on(rollout)
+
     def ready(self, inst: Instance) -> None:
         """`inst`, part of a rollout, is ready on its new process: go on with the next batch."""
         rollout, inst.rollout = inst.rollout, None
