@@ -8,6 +8,7 @@ kernel's listener table (listen_lookup.py); the others connect (probe_checks.py)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -130,6 +131,39 @@ class Prober:
         if run is not None:
             run.close()
 
+    def handover(self, inst: Instance) -> dict[str, Any] | None:
+        """What `orch upgrade` carries of the probes of the instance's process: each probe's
+        counts (a ready instance stays ready, a liveness count goes on, a passed startup probe
+        is not run again) and when the notify socket heard READY=1 and WATCHDOG=1."""
+        saved: dict[str, Any] = {}
+        run, heard = self.runs.get(inst.name), self.heard.get(inst.name)
+        if run is not None and run.pid == inst.pid:
+            saved.update(started=run.started, failed_at=dict(run.failed_at),
+                         states={role: dataclasses.asdict(state) for role, state in run.states.items()})
+        if heard is not None and heard[0] == inst.pid:
+            saved["heard"] = heard[1:]
+        return saved or None
+
+    def take_over(self, inst: Instance, saved: dict[str, Any] | None) -> None:
+        """The probes of a handed-over process, begun afresh (`begin`), go on from `saved`."""
+        if not saved:
+            return
+        if saved.get("heard") is not None:
+            self.heard[inst.name] = [inst.pid, *saved["heard"]]
+        run = self.runs.get(inst.name)
+        if run is None or "states" not in saved:
+            return
+        known = {field.name for field in dataclasses.fields(ProbeState)}
+        for role, fields in saved["states"].items():
+            if role in run.states:  # the same config, so the same probes; fields a newer orch lacks go
+                run.states[role] = ProbeState(**{k: v for k, v in fields.items() if k in known})
+        run.failed_at.update(saved.get("failed_at") or {})
+        if saved.get("started") and not run.started:  # its startup probe passed: not again
+            run.started = True
+            run.timers.clear()
+            for probe in running(run.probes, True):
+                self._schedule(run, probe, first_delay(probe))
+
     def _schedule(self, run: InstanceProbes, probe: Probe, delay: float) -> None:
         run.timers[probe.role] = self.ticks.add(delay, run, probe)
 
@@ -191,7 +225,8 @@ class Prober:
             self.supervisor.events.emit(Happened("probe_failed", run.inst, {
                 "probe": probe.role, "check": probe.kind, "error": detail, "pid": run.pid,
                 "failures": state.failures, "action": verdict.value}))
-        self._act(run, probe, verdict, detail)
+        if verdict is not Verdict.NONE:
+            self._act(run, probe, verdict, detail)
         # `running(run.probes, run.started)` without building its list at every check: before
         # the startup probe passed only it runs, then only the others (started is True from
         # the beginning when there is no startup probe)
