@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .budget import MEMORY_HEADROOM, RenderError, begin_render, check_size, end_render
+from .simple import substitute
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
 _PLACEHOLDER = re.compile("\x00(\\d+)\x00")
@@ -110,7 +111,8 @@ class Renderer:
     def text(self, source: str, context: dict[str, Any]) -> str:
         if "{" not in source:
             return source
-        return self._compiled(self.plain, source).render(context)
+        plain = substitute(source, context)  # `{{ name }}` and the like, without Jinja (simple.py)
+        return plain if plain is not None else self._compiled(self.plain, source).render(context)
 
     @_guarded
     def value(self, source: Any, context: dict[str, Any]) -> Any:
