@@ -555,3 +555,52 @@ def test_a_rolling_restart_goes_on_under_the_new_master(start_master, tmp_path, 
     assert len(started) == 8 == len(set(started)), f"each instance started exactly twice: {started}"
     assert [line.split(":")[1] for line in started[4:]] == [release] * 4, started
     assert {row["state"] for row in rows.values()} == {"running"} and master.proc.poll() is None
+
+
+NOTIFIER = '''
+import os, socket, time
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while True:
+    time.sleep(1)
+'''
+
+
+@pytest.mark.slow
+def test_probe_counts_and_what_the_notify_socket_heard_carry_over(start_master, tmp_path):
+    """A liveness probe failing towards its limit goes on counting (not from 0), a startup
+    probe that passed is not run again, and an instance made ready by READY=1 stays ready."""
+    (tmp_path / "notifier.py").write_text(NOTIFIER)
+    (tmp_path / "listener.py").write_text("import socket, sys, time\n"
+                                          "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+                                          "time.sleep(600)\n")
+    closed, listening = free_port(), free_port()
+    master = start_master(f"""
+        [orchestrator]
+        watch = false
+        [workers.noisy]
+        command = "{PY} {tmp_path / 'listener.py'} {listening}"
+        probes.startup = {{ tcp = "127.0.0.1:{listening}", period = "0.1s", failures = 100 }}
+        probes.liveness = {{ tcp = "127.0.0.1:{closed}", period = "0.1s", failures = 1000 }}
+        [workers.notifier]
+        command = "{PY} {tmp_path / 'notifier.py'}"
+        probes.readiness = {{ notify = true, period = "0.1s", failures = 1 }}
+        """)
+    before = master.wait_running(2)
+    wait_for(lambda: master.status()["noisy"]["probes"]["liveness"]["failures"] >= 5, 10, message="liveness failing")
+    wait_for(lambda: master.status()["notifier"]["ready"], 10, message="READY=1")
+    rows = master.status()
+    upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    after = master.status()
+    startup, liveness = after["noisy"]["probes"]["startup"], after["noisy"]["probes"]["liveness"]
+    assert startup["checks"] == rows["noisy"]["probes"]["startup"]["checks"] and not startup["active"], startup
+    assert liveness["failures"] >= rows["noisy"]["probes"]["liveness"]["failures"], (rows["noisy"], liveness)
+    checks = after["notifier"]["probes"]["readiness"]["checks"]
+    wait_for(lambda: master.status()["notifier"]["probes"]["readiness"]["checks"] > checks + 3, 10,
+             message="the readiness probe checked again by the new master")
+    final = master.status()
+    failed = rows["notifier"]["probes"]["readiness"]["failed"]  # checks before its READY=1, if any
+    assert final["notifier"]["ready"] and final["notifier"]["probes"]["readiness"]["failed"] == failed, \
+        final["notifier"]["probes"]
+    assert {name: row["pid"] for name, row in final.items()} == before
+    assert final["noisy"]["probes"]["liveness"]["failures"] > liveness["failures"]

@@ -41,12 +41,14 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
                 "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
                 "queued_reload": reloader.queued,
+                "code_reloads": [master.code.count, master.code.last_error],
                 "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler),
                 "cgroups": cgroups_record(master.kernel_memory), "journal": master.journal.handover()},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
                  "protocol": upgrader.spawner_protocol,
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
-        fds=fds, instances=[instance_record(inst) for inst in master.supervisor.instances.values()],
+        fds=fds, instances=[instance_record(inst, master.probes.handover(inst))
+                            for inst in master.supervisor.instances.values()],
         pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None,
         rollouts=[rollout_record(rollout) for rollout in master.supervisor.rolling.rollouts])
     return record, keep

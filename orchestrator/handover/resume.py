@@ -118,6 +118,7 @@ class Handover:
         master.started, master.applied_at = old["started"], old["applied_at"]
         master.reloader.count, master.reloader.failures = old["reloads"], old["reload_failures"]
         master.reloader.last_seconds = old["last_reload_seconds"]
+        master.code.count, master.code.last_error = old.get("code_reloads") or (0, None)
         master.reloader.queued = old.get("queued_reload")  # goes once the rollouts carried on are done
         master.upgrader.count = old.get("upgrades", 0)
         master.upgrader.previous = self.record["orch"]
@@ -159,6 +160,7 @@ def restore_instance(master: Any, spec: ProcessSpec, row: dict[str, Any]) -> Non
     left = max(0.0, due - loop.time()) if due is not None else None
     if state is State.RUNNING:
         sup.events.emit(HandedOver(inst, State.STARTING, State.RUNNING, "handed over"))
+        master.probes.take_over(inst, row.get("probes"))  # begun afresh by that event: counts go on
         if not inst.ready:
             ready_later(sup, inst)
         for key, when in row["deadlines"].items():

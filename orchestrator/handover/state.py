@@ -22,10 +22,11 @@ class HandoverError(OrchError):
     """The record cannot be taken over (a newer format, a damaged one): the upgrade is refused."""
 
 
-def instance_record(inst: Any) -> dict[str, Any]:
+def instance_record(inst: Any, probes: dict[str, Any] | None = None) -> dict[str, Any]:
     """One instance as the record keeps it (its spec is not kept: the successor expands the
-    same config, which the upgrade checked is the one applied)."""
+    same config, which the upgrade checked is the one applied), with its probes' state."""
     record = {key: getattr(inst, key) for key in KEPT}
+    record["probes"] = probes
     record["name"] = inst.name
     record["state"] = inst.state.value
     record["then"] = inst.then.value
