@@ -16,7 +16,7 @@ import pytest
 from servers import free_port
 from orchestrator.config.probes import Probe
 from orchestrator.supervise import listen_table as table
-from orchestrator.supervise.listen_lookup import ListenLookup, is_local
+from orchestrator.supervise.listen_lookup import ListenLookup, is_local, sees_listeners
 from orchestrator.supervise.probe_checks import connect
 
 
@@ -193,6 +193,15 @@ def test_without_a_netlink_socket_every_probe_connects(lookup: ListenLookup) -> 
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert _answer(lookup, "127.0.0.1", port) is None, "a broken lookup was retried"
     server.close()
+
+
+def test_a_netlink_socket_that_cannot_see_listeners_is_not_used() -> None:
+    """ENOENT from a kernel without inet_diag / tcp_diag must not read as "connection
+    refused": the socket is tried on a listener of its own first."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, table.NETLINK_SOCK_DIAG) as diag:
+        assert sees_listeners(diag, socket.if_nametoindex("lo"))
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0) as route:  # NETLINK_ROUTE: no sock_diag
+        assert not sees_listeners(route, socket.if_nametoindex("lo"))
 
 
 def test_a_failing_round_falls_back_and_the_next_tick_reopens(lookup: ListenLookup) -> None:

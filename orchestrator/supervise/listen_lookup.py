@@ -4,8 +4,9 @@ a loopback connect + close each (85 us of CPU each on the bench machine, against
 7 us here). An address is this host's when it is a loopback address or one a socket can
 bind (the kernel says EADDRNOTAVAIL for others; with ip_nonlocal_bind set that test proves
 nothing, so only loopback counts). Anything else, a netlink socket that cannot be opened
-(a seccomp filter, no sock_diag in the kernel) or a round that fails is left to the
-connect path (None), which stays the reference.
+(a seccomp filter, no sock_diag in the kernel) or that does not find a listener held for
+the test when opened (no inet_diag / tcp_diag: every answer would be ENOENT), or a round
+that fails, is left to the connect path (None), which stays the reference.
 
 What can differ from a connect: a firewall rule on the loopback (a connect would be
 dropped or rejected, the table still shows the listener); a SYN queue overflow without
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..config.probes import Probe
-from .listen_table import NETLINK_SOCK_DIAG, question, replies, request, verdict
+from .listen_table import NETLINK_SOCK_DIAG, TCP_LISTEN, Listener, question, replies, request, verdict
 
 log = logging.getLogger("orch")
 BATCH = 64  # requests per send: their replies (one skb each) fit the receive buffer
@@ -62,6 +63,22 @@ def is_local(host: str, bind_test: bool = True) -> bool:
     except OSError:
         return False
     return True
+
+
+def sees_listeners(sock: socket.socket, ifindex: int) -> bool:
+    """Whether this sock_diag socket finds a listener held for the purpose. Without the
+    kernel's inet_diag or tcp_diag every request is answered ENOENT, which would read as
+    "connection refused" for every probe."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen(1)
+            sock.send(request(0, question("127.0.0.1", held.getsockname()[1], ifindex)))
+            data = sock.recv(READ, socket.MSG_DONTWAIT)  # answered inside send(2)
+    except OSError:
+        return False
+    return any(seq == 0 and isinstance(reply, Listener) and reply.state == TCP_LISTEN
+               for seq, reply in replies(data))
 
 
 class ListenLookup:
@@ -115,6 +132,11 @@ class ListenLookup:
             self.loopback = socket.if_nametoindex("lo")
         except OSError:
             self.loopback = 1
+        if not sees_listeners(sock, self.loopback):
+            sock.close()
+            self.broken = True
+            log.info("tcp probes connect: sock_diag does not answer for TCP listeners here")
+            return False
         self.sock = sock
         return True
 
