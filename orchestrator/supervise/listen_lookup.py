@@ -12,7 +12,12 @@ What can differ from a connect: a firewall rule on the loopback (a connect would
 dropped or rejected, the table still shows the listener); a SYN queue overflow without
 syncookies; among SO_REUSEPORT listeners the kernel picks one per connection, here one per
 request. The table is read when the check runs: no connection reaches the server, so it
-neither logs nor accepts the probes."""
+neither logs nor accepts the probes.
+
+The probes keep the 50 ms ticks (probe_ticks.py): a round costs about 20 us of CPU plus 6-9
+us per probe (measured with 1 to 125 probes a round), so at 20 ticks a second the fixed part
+is under 0.05 % of a core; a coarser tick shared by tcp probes would save no more than that
+and delay each check by up to half of it."""
 
 from __future__ import annotations
 
