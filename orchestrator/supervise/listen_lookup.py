@@ -94,7 +94,7 @@ class ListenLookup:
         self.sock: socket.socket | None = None
         self.broken = False  # it could not be opened: every probe connects
         self.seq = 0
-        self.bind_test = True
+        self.bind_test = not _nonlocal_bind()  # read once: a sysctl nobody flips under a master
         self.loopback = 1
         self.failed = 0  # rounds that failed (the first is logged)
         self.questions: dict[tuple[str, int], bytes] = {}  # (host, port): its request body
@@ -103,19 +103,20 @@ class ListenLookup:
         """(passed, detail) per probe, as a connect would end, or None where the probe must
         connect (not a local address, or netlink did not answer)."""
         results: list[tuple[bool, str] | None] = [None] * len(probes)
-        local: dict[str, bool] = {}
-        todo = [i for i, p in enumerate(probes)
-                if p.kind == "tcp" and (local[p.host] if p.host in local
-                                        else local.setdefault(p.host, self._local(p.host)))]
+        local: dict[str, bool] = {}  # host: whether it is this host's, asked once a tick
+        todo = []
+        for i, probe in enumerate(probes):
+            here = local.get(probe.host)
+            if here is None:
+                here = local[probe.host] = is_local(probe.host, self.bind_test)
+            if here and probe.kind == "tcp":
+                todo.append(i)
         if not todo or not self._open():
             return results
         for start in range(0, len(todo), BATCH):
             if not self._round([(i, probes[i]) for i in todo[start:start + BATCH]], results):
                 break
         return results
-
-    def _local(self, host: str) -> bool:
-        return is_local(host, self.bind_test)
 
     def _open(self) -> bool:
         if self.sock is not None:
@@ -132,7 +133,6 @@ class ListenLookup:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         except OSError:
             pass
-        self.bind_test = not _nonlocal_bind()
         try:
             self.loopback = socket.if_nametoindex("lo")
         except OSError:
