@@ -9,6 +9,7 @@ import textwrap
 import time
 
 from conftest import alive, orch, text_of, wait_for
+from orchestrator.supervise.states import State
 
 PY = sys.executable
 
@@ -111,9 +112,20 @@ def test_a_breach_of_memory_soft_at_start_backs_off_and_says_why(start_master, t
     assert row["restarts"] >= 1 and row["limit_kills"]["memory_soft"] >= 2
     rendered = orch("status", "-c", str(master.config)).stdout
     assert "over memory.soft at start" in rendered
-    kills = row["limit_kills"]["memory_soft"]
-    time.sleep(1.0)
-    assert master.status()["big"]["limit_kills"]["memory_soft"] == kills, "still recycling during backoff"
+    # No recycle while it waits: no limit event between entering a backoff and leaving it.
+    # (Counting kills across a second of sleep failed 5 runs in 5 on a loaded machine: the
+    # `orch status` above took longer than the 2 s backoff, and the next start breached.)
+    waiting = (State.BACKOFF.value, State.CRASHLOOP.value)
+    events = wait_for(lambda: (got := master.call("events", patterns=["big"])["events"])
+                      and any(e.get("old") in waiting and e.get("new") not in waiting for e in got) and got,
+                      15, message="a backoff to end")
+    inside, during = False, []
+    for event in events:
+        if "new" in event:
+            inside = event["new"] in waiting
+        elif event["kind"] == "limit" and inside:
+            during.append(event)
+    assert not during, f"still recycling during backoff: {during}"
     assert "backing off" in master.stderr() or "crash-looping" in master.stderr()
 
 
