@@ -50,3 +50,47 @@ def test_a_reply_with_a_tail_leaves_the_connection_in_step(start_master):
     finally:
         client.close()
     wait_for(lambda: master.call("ping"), 5, message="the master to answer after the client left")
+
+
+VARIETY = """
+[workers.web]
+command = "prog"
+replicas = 2
+memory = { measure = "pss" }
+[workers.late]
+command = "prog"
+after = ["web"]
+[workers.odd]
+command = "prog \\u00e9"
+"""
+
+
+class _Probes:
+    def status(self) -> dict:
+        return {"readiness": {"kind": "http", "target": 'http://x/"q"', "passing": False, "checks": 3,
+                              "last": 0.5, "last_failure": "refused \u00e9", "last_failure_at": None}}
+
+
+def test_the_row_text_is_what_json_makes_of_every_kind_of_row(tmp_path):
+    from fakes import Replay
+    from orchestrator.control.status_rows import row_text
+    from orchestrator.supervise.instance import Instance
+    r = Replay(tmp_path, VARIETY)
+    try:
+        insts: dict[str, Instance] = r.supervisor.instances
+        assert insts["late"].state.value == "waiting" and insts["web"].state.value == "starting"
+        rows_before = [(row_text(i), json.dumps(i.status())) for i in insts.values()]
+        r.ack()
+        r.clock.now += 12.3456789
+        web, odd = insts["web"], insts["odd"]
+        web.rss, web.measured, web.cpu_percent, web.processes = 12345678, 2345, 12.3456, 3
+        web.limit_kills, web.notify_status, web.requests = {"memory.hard": 2}, 'busy "x" \u00e9\n', 7
+        web.probes, web.ready, web.last_reason = _Probes(), True, "memory.soft"
+        r.exit("odd", code=3)
+        odd.held = True
+        rows_after = [(row_text(i), json.dumps(i.status())) for i in insts.values()]
+        for text, made in rows_before + rows_after:
+            assert text == made
+        assert any('"probes": {"readiness"' in t for t, _ in rows_after) and any('"waiting": "' in t for t, _ in rows_before)
+    finally:
+        r.close()

@@ -8,7 +8,6 @@ forbids. A `ControlError` becomes the reply's error and the CLI's exit code.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import os
 from pathlib import Path
@@ -313,15 +312,6 @@ class Commands:
         for name in sent:
             supervisor.send_signal(supervisor.instances[name], signum, group=False)
         return {"signal": signum.name, "sent": sent, "skipped": [n for n in names if n not in sent]}
-
-
-_encode_row = json.JSONEncoder().encode
-
-
-def rows_text(rows: list[dict[str, Any]]) -> str:
-    """A JSON array with one row per line: it greps well, and each row goes through the C
-    encoder (indent= is the pure-Python one, twice as slow at 5,000 rows)."""
-    return "[\n" + ",\n".join(map(_encode_row, rows)) + "\n]" if rows else "[]"
 
 
 def _answer(reply: Pending, result: dict[str, Any]) -> None:
