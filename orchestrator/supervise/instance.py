@@ -109,7 +109,8 @@ class Instance:
             self.echo(data, True)
 
     def status(self) -> dict[str, Any]:
-        """A row of `orch status --json`."""
+        """A row of `orch status`; control/status_rows.py writes the same row as text for
+        `--json` (tests/test_status_text.py holds them equal): change both."""
         return {
             "name": self.name,
             "template": self.spec.template,
