@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -531,9 +532,12 @@ def test_a_rolling_restart_goes_on_under_the_new_master(start_master, tmp_path, 
     before = master.wait_running(4)
     wait_for(lambda: len(starts.read_text().split()) == 4 if starts.exists() else False, 10, message="4 starts")
     config = str(master.config)
-    if how == "restart":
+    waiting = None
+    if how == "restart":  # and it waits for the instances to be ready: answered by the new master
         label, release = "4 instances", "one"
-        assert orch("restart", "--rolling", "--no-wait", "template:slow", "-c", config).returncode == 0
+        waiting = subprocess.Popen([PY, "-m", "orchestrator", "restart", "--rolling", "template:slow", "-c", config],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: master.call("status")["rollouts"], 10, message="the rollout to begin")
     else:
         label, release = "template slow", "two"
         master.config.write_text(textwrap.dedent(slow_config(tmp_path, release)))
@@ -544,6 +548,8 @@ def test_a_rolling_restart_goes_on_under_the_new_master(start_master, tmp_path, 
     upgrade = orch("upgrade", "-c", config, timeout=60)
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
     wait_for(lambda: not master.call("status")["rollouts"], 30, message="the rollout to end")
+    if waiting is not None:
+        assert waiting.wait(30) == 0, waiting.stdout.read()
     log = master.stderr()
     carried = re.search(rf"rolling restart of {label} goes on: (\d) of 4 instances left", log)
     assert carried and int(carried[1]) >= 1, log

@@ -18,7 +18,7 @@ import os
 import socket
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from ..acceptor import REPORT_EVERY, Acceptor, Throttle, admission, connection_cap, part  # noqa: F401 - re-exported
 from ..errors import OrchError
@@ -250,13 +250,13 @@ class ControlServer:
         self._client(client)
         return next((c for c in self.connections if c.sock is client), None)
 
-    def in_flight(self, keep: "Connection | None" = None) -> int:
+    def in_flight(self, keep: "Collection[Connection]" = ()) -> int:
         """Connections owed an answer or with a request half-read (streams and `keep` aside)."""
-        return sum(1 for c in self.connections if c is not keep and c.drained is None and not c.carriable)
+        return sum(1 for c in self.connections if c not in keep and c.drained is None and not c.carriable)
 
-    def part(self, keep: "Connection | None" = None) -> None:
-        """Close without a reset every connection an upgrade cannot carry, but `keep`."""
-        for conn in [c for c in self.connections if c is not keep and not c.carriable]:
+    def part(self, keep: "Collection[Connection]" = ()) -> None:
+        """Close without a reset every connection an upgrade cannot carry, but those in `keep`."""
+        for conn in [c for c in self.connections if c not in keep and not c.carriable]:
             conn.close(parting=True)
 
     def _make_room(self) -> bool:

@@ -95,6 +95,29 @@ class Waits:
         self._queue_check()  # after the handler returned: the reply is bound to its connection then
         return reply
 
+    def by_connection(self) -> dict[Any, list[Wait]]:
+        """The waits not answered yet, by the connection they answer on."""
+        found: dict[Any, list[Wait]] = {}
+        for wait in self.active:
+            if wait.reply.conn is not None and not wait.reply.answered:
+                found.setdefault(wait.reply.conn, []).append(wait)
+        return found
+
+    @staticmethod
+    def handover(wait: Wait) -> dict[str, Any]:
+        """A wait as `orch upgrade` carries it (its deadline on CLOCK_MONOTONIC, which exec keeps)."""
+        return {"goals": [[g.name, g.want, g.old_pid] for g in wait.goals], "result": wait.result,
+                "timeout": wait.timeout, "due": wait.timer.when}
+
+    def take_over(self, conn: Any, saved: dict[str, Any]) -> None:
+        """A command the master was waiting on before an upgrade, its connection handed over:
+        it goes on waiting, until the same deadline, and is answered on that connection."""
+        reply = self.add([Goal(*goal) for goal in saved["goals"]], saved["result"],
+                         max(0.0, saved["due"] - self.loop.time()))
+        self.active[-1].timeout = saved["timeout"]  # what the message of a timeout says
+        conn.owed += 1
+        reply.conn = conn
+
     def _on_event(self, event: Event) -> None:
         if self.active and isinstance(event, StateChanged):
             self.reasons[event.instance.name] = event.reason

@@ -19,6 +19,7 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
 
     listeners, control = master.listeners, master.control
     clients = [c for c in control.connections if c.carriable and c is not conn]
+    waiting = waiting_clients(master)
     fds = {
         "control": kept(control.sock.fileno()),
         "notify": kept(master.notify.sock.fileno()),
@@ -31,6 +32,8 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         "unix_files": {key: [str(path), inode] for key, (path, inode) in listeners._unix_files.items()},
         "retired": sorted(listeners.retired),
         "clients": [kept(c.sock.fileno()) for c in clients],
+        "waiting": [{"fd": kept(c.sock.fileno()), "waits": [master.control.handler.waits.handover(w) for w in found]}
+                    for c, found in waiting.items() if c is not conn],
     }
     pipes = [{"fd": kept(fd), "name": name, "stderr": stderr}
              for fd, name, stderr in output_pipes(master.supervisor.launcher)]
@@ -52,6 +55,16 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None,
         rollouts=[rollout_record(rollout) for rollout in master.supervisor.rolling.rollouts])
     return record, keep
+
+
+def waiting_clients(master: Any) -> dict[Any, list[Any]]:
+    """Control connections owed nothing but the answers of commands waiting on instances
+    (`orch restart` until ready, `orch stop` until gone): they cross exec with their waits."""
+    waits = getattr(getattr(master.control, "handler", None), "waits", None)
+    if waits is None:
+        return {}
+    return {conn: found for conn, found in waits.by_connection().items()
+            if conn.owed == len(found) and not (conn.outbuf or conn.inbuf or conn.keep_open or conn.closed)}
 
 
 def output_pipes(launcher: Any) -> list[tuple[int, str, bool]]:

@@ -12,22 +12,24 @@ upgrade). So:
   milliseconds; only a client that connected and sends nothing is waited out);
 - what is left (event streams: dashboard pages, `orch events -f`; a client still silent
   after DRAIN) is closed with FIN after its queued bytes, its unread input read and dropped
-  (acceptor.part), never with RST. Idle control clients are not closed: they cross exec.
+  (acceptor.part), never with RST. Idle control clients and those of commands waiting on
+  instances (`orch restart` until ready) are not closed: they cross exec.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Collection
 
 DRAIN = 1.0  # seconds accepted connections get to be answered before the exec
 
 
 class Drain:
-    """Pauses the servers of `master` and counts what they still owe; `asker` is the control
-    connection that asked for the upgrade (the next master answers it)."""
+    """Pauses the servers of `master` and counts what they still owe; `kept` says which
+    control connections owed an answer cross exec (the one that asked for the upgrade, those
+    of commands waiting on instances): the next master answers them."""
 
-    def __init__(self, master: Any, asker: Any):
-        self.asker = asker
+    def __init__(self, master: Any, kept: Callable[[], Collection[Any]]):
+        self.kept = kept
         self.control = master.control
         self.http = [server for server in (master.metrics, getattr(master.dashboard, "server", None))
                      if server is not None]
@@ -48,11 +50,11 @@ class Drain:
     def in_flight(self) -> int:
         """Accepted connections still owed an answer (streams never end: not counted)."""
         owed = sum(server.in_flight() for server in self.http)
-        return owed + (self.control.in_flight(self.asker) if self.control is not None else 0)
+        return owed + (self.control.in_flight(self.kept()) if self.control is not None else 0)
 
     def part(self) -> None:
         """Close, without a reset, every connection the exec would not hand over."""
         for server in self.http:
             server.part()
         if self.control is not None:
-            self.control.part(self.asker)
+            self.control.part(self.kept())

@@ -78,6 +78,10 @@ class Handover:
         release_signals()  # handlers are in place: what arrived during the exec is handled now
         for fd in record["fds"].get("clients", []):
             master.control.adopt(self.taken.sock(fd))
+        for client in record["fds"].get("waiting", []):
+            conn = master.control.adopt(self.taken.sock(client["fd"]))
+            for saved in client["waits"] if conn is not None else ():
+                master.control.handler.waits.take_over(conn, saved)
         self._answer(master)
         log.info("orch %s master %d: took over %d instances from orch %s (upgrade %d)", __version__,
                  os.getpid(), len(record["instances"]), record["orch"], master.upgrader.count)

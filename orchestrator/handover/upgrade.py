@@ -118,11 +118,17 @@ class Upgrader:
             return "a reload's removals are in progress"
         if any(not isinstance(run, ExecCheck) for run in sup.exec_probes.waiting.values()):
             return "hooks are running"  # exec probes are not waited for: they are cancelled at exec
-        conn = self._job["conn"] if self._job else None
         if master.control is not None and any((c.owed and c.drained is None) or c.keep_open
-                                              for c in master.control.connections if c is not conn):
+                                              for c in master.control.connections if c not in self._kept()):
             return "control commands are waiting for their answers"  # a stream (events -f) ends at exec
         return None
+
+    def _kept(self) -> set[Any]:
+        """The control connections owed answers that cross exec: the asker's, and those of
+        commands waiting on instances (the next master goes on waiting and answers them)."""
+        from .capture import waiting_clients
+        asker = self._job["conn"] if self._job else None
+        return {asker, *waiting_clients(self.master)} - {None}
 
     def _prove(self) -> None:
         from .capture import capture
@@ -152,7 +158,7 @@ class Upgrader:
         job = self._job
         assert job is not None
         if self.drain is None:
-            self.drain = Drain(self.master, job["conn"])
+            self.drain = Drain(self.master, self._kept)
             self.drain.pause()
         job["drained_by"] = time.monotonic() + DRAIN
         self._draining()
