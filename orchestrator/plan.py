@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 from .expand.spec import ProcessSpec, changed_fields
+
+
+class Hashes(Protocol):
+    """What reconcile reads of a running instance: a `Running`, or the instance's target
+    `ProcessSpec` itself (the supervisor's view: no object made per instance at each reload)."""
+
+    @property
+    def process_hash(self) -> str: ...
+
+    @property
+    def policy_hash(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class Plan:
                 "update": len(self.update), "keep": len(self.keep)}
 
 
-def reconcile(desired: Iterable[ProcessSpec], running: Mapping[str, Running]) -> Plan:
+def reconcile(desired: Iterable[ProcessSpec], running: Mapping[str, Hashes]) -> Plan:
     """Diff by name: a new name starts, a missing name stops, a changed process hash restarts,
     a changed policy hash alone is applied in place, and an identical spec is kept."""
     start: list[ProcessSpec] = []

@@ -60,6 +60,13 @@ def test_classification(desired, running, expected):
     assert plan.counts() == {k: len(v) for k, v in full.items()}
 
 
+@pytest.mark.parametrize("desired,running", [
+    ([A_ARGV, B, C], [A, B, spec("d")]), ([A_POLICY, B], [A, B]), ([A_BOTH], [A]), ([C, B, A], [A, B, C])])
+def test_the_running_specs_themselves_diff_as_their_hashes(desired, running):
+    """The supervisor's view hands reconcile each slot's target spec, not a Running made for it."""
+    assert reconcile(desired, {s.name: s for s in running}) == reconcile(desired, running_of(running))
+
+
 def test_restart_and_update_carry_the_new_spec():
     plan = reconcile([A_ARGV, spec("b", policy=Policy(restart="never"))],
                      {"a": Running(A.process_hash, A.policy_hash), "b": Running(B.process_hash, B.policy_hash)})

@@ -16,7 +16,7 @@ from ..expand.spec import ProcessSpec
 from ..loop import EventLoop
 from ..observe.logs import Echo, LogFile, log_path
 from ..procfs import TreeSampler, tree
-from ..plan import Plan, Running
+from ..plan import Hashes, Plan
 from ..spawn.spawner import SpawnerClient
 from .backoff import decide_limit_restart, decide_restart, limit_at_start
 from .events import EventBus, OpsIdle, SpawnerLost, log_transition
@@ -58,10 +58,9 @@ class Supervisor:
         loop.add_reader(spawner.fileno(), self._on_spawner)
 
     # --- plans -------------------------------------------------------------------
-    def running_view(self) -> dict[str, Running]:
+    def running_view(self) -> dict[str, Hashes]:
         """What reconcile diffs against: each slot's target spec, slots being removed excluded."""
-        return {name: Running(inst.target.process_hash, inst.target.policy_hash)
-                for name, inst in self.instances.items() if inst.then is not Then.REMOVE}
+        return {name: inst.next_spec or inst.spec for name, inst in self.instances.items() if inst.then is not Then.REMOVE}
 
     def apply(self, plan: Plan, held: Collection[str] = ()) -> None:
         """Start, stop, restart and update per the plan (new ones in `held` stay stopped); returns at once."""
