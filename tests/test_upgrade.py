@@ -398,15 +398,14 @@ def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_maste
     asked = time.monotonic()
     crash = master.status()["crash"]
     import socket
-    stream = socket.socket(socket.AF_UNIX)  # `orch events -f`: owed answers forever, never waited for
+    stream = socket.socket(socket.AF_UNIX)  # `orch events -f`: goes on under the new master
     stream.connect(str(master.socket))
     stream.sendall(json.dumps({"cmd": "events", "args": {"follow": True}}).encode() + b"\n")
+    stream.settimeout(20)
+    events = stream.makefile("rb")
+    since = json.loads(events.readline())["result"]["seq"]
     result = orch("upgrade", "-c", str(master.config), timeout=60)
     assert result.returncode == 0, result.stderr
-    stream.settimeout(10)
-    while stream.recv(65536):  # the stream ends at the exec
-        pass
-    stream.close()
     from loadgen import http_get
     assert http_get(("127.0.0.1", metrics)) == 200, "the metrics socket, handed over, answers"
     rows = master.status()
@@ -417,6 +416,12 @@ def test_a_stop_in_progress_a_held_instance_and_a_backoff_carry_over(start_maste
     row = wait_for(lambda: (r := master.status()["stubborn"])["state"] == "stopped" and r, 15,
                    message="the stop's SIGKILL deadline, kept by the new master")
     assert row["last_exit"] == "SIGKILL" and row["held"] and time.monotonic() - asked >= 5.5
+    seqs = []  # the stream, carried over, brings the stop the new master saw; nothing lost or twice
+    while not seqs or not (record["kind"] == "stopped" and record["instance"] == "stubborn"):
+        record = json.loads(events.readline())["event"]
+        seqs.append(record["seq"])
+    assert seqs == list(range(since + 1, since + 1 + len(seqs))), seqs
+    stream.close()
     assert not alive(stubborn)
     wait_for(lambda: master.status()["crash"]["restarts"] > crash["restarts"] + 1, 20,
              message="the crash loop going on under the new master")

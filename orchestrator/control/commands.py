@@ -222,7 +222,7 @@ class Commands:
             chosen = chosen[-lines:] if lines > 0 else []
         if follow:
             conn.owed += 1  # a stream: never idle, closed by the client
-            EventFeed(conn, journal, matches)
+            EventFeed(conn, journal, matches, patterns=patterns or [])
         return {"events": chosen, "seq": journal.seq, "follow": follow}
 
     def cmd_upgrade(self, conn: Connection, check: bool = False) -> Pending:

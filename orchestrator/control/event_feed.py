@@ -55,14 +55,17 @@ class EventFeed:
     """Hands new matching records to one connection, within its buffer, until it closes."""
 
     def __init__(self, conn: Connection, journal: Journal, matches: Callable[[Record], bool] | None,
-                 limit: int = STREAM_BUFFER) -> None:
+                 limit: int = STREAM_BUFFER, patterns: Iterable[str] = ()) -> None:
         self.conn = conn
         self.matches = matches
+        self.patterns = list(patterns)  # what `matches` was made from (an upgrade carries them)
+        self.seq = journal.seq  # the last record this feed has seen, sent or not
         self.limit = limit
         self.dropped = 0
         self.sent = 0
         self._stop = journal.follow(self.on_record)
         conn.drained = self.on_drained
+        conn.stream = self
         try:  # the kernel's share of a stuck follower is bounded too (Linux doubles it: 64 KiB)
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_BUFFER)
         except OSError:
@@ -72,6 +75,7 @@ class EventFeed:
         if self.conn.closed:
             self._stop()
             return
+        self.seq = rec["seq"]
         if self.matches is not None and not self.matches(rec):
             return
         if len(self.conn.outbuf) >= self.limit:
@@ -80,6 +84,24 @@ class EventFeed:
         self._say_dropped()
         self.sent += 1
         self.conn.send({"event": rec})
+
+    def handover(self) -> dict[str, Any]:
+        """What `orch upgrade` carries of this stream: its patterns, where it stands in the
+        journal (which the next master keeps), and the bytes not sent yet."""
+        return {"patterns": self.patterns, "seq": self.seq, "dropped": self.dropped,
+                "unsent": self.conn.outbuf.decode("latin-1")}
+
+    @classmethod
+    def take_over(cls, conn: Connection, journal: Journal, saved: dict[str, Any]) -> "EventFeed":
+        """The stream of the master before an upgrade, on its handed-over connection: the
+        bytes it had not sent, then the records since, then each new one (none lost or twice)."""
+        conn.owed += 1  # a stream, as cmd_events makes it
+        feed = cls(conn, journal, record_matcher(saved["patterns"]), patterns=saved["patterns"])
+        feed.dropped = saved["dropped"]
+        conn.resume_output(saved["unsent"].encode("latin-1"))
+        for rec in journal.recent(since_seq=saved["seq"]):
+            feed.on_record(rec)
+        return feed
 
     def on_drained(self) -> None:
         """The client read everything buffered: tell it now how much it missed."""

@@ -85,6 +85,7 @@ class Connection:
         self.closed = False
         self.owed = 0  # Pending replies not given yet
         self.drained: Callable[[], None] | None = None  # a stream's: called once the client read all
+        self.stream: Any = None  # `orch events -f`: its EventFeed (event_feed.py)
         self.last_active = server.loop.time()
         self._eof = False
         self._reading = False
@@ -173,6 +174,12 @@ class Connection:
             return
         self.outbuf.extend(json.dumps(message, default=str).encode() + b"\n")
         self.outbuf.extend(tail)
+        self._flush()
+        self.watch_reads()
+
+    def resume_output(self, data: bytes) -> None:
+        """Send `data` first: what the master before an upgrade had not sent on this connection."""
+        self.outbuf[:0] = data
         self._flush()
         self.watch_reads()
 

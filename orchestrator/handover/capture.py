@@ -32,6 +32,7 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         "unix_files": {key: [str(path), inode] for key, (path, inode) in listeners._unix_files.items()},
         "retired": sorted(listeners.retired),
         "clients": [kept(c.sock.fileno()) for c in clients],
+        "feeds": [{"fd": kept(c.sock.fileno()), **c.stream.handover()} for c in streams(master)],
         "waiting": [{"fd": kept(c.sock.fileno()), "waits": [master.control.handler.waits.handover(w) for w in found]}
                     for c, found in waiting.items() if c is not conn],
     }
@@ -55,6 +56,13 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None,
         rollouts=[rollout_record(rollout) for rollout in master.supervisor.rolling.rollouts])
     return record, keep
+
+
+def streams(master: Any) -> list[Any]:
+    """Control connections streaming `orch events -f`: they cross exec, and the next master
+    goes on with each from where it stood in the journal."""
+    control = master.control
+    return [c for c in control.connections if c.stream is not None and not c.closed] if control else []
 
 
 def waiting_clients(master: Any) -> dict[Any, list[Any]]:

@@ -78,6 +78,8 @@ class Handover:
         release_signals()  # handlers are in place: what arrived during the exec is handled now
         for fd in record["fds"].get("clients", []):
             master.control.adopt(self.taken.sock(fd))
+        for feed in record["fds"].get("feeds", []):
+            self._feed(master, feed)
         for client in record["fds"].get("waiting", []):
             conn = master.control.adopt(self.taken.sock(client["fd"]))
             for saved in client["waits"] if conn is not None else ():
@@ -131,6 +133,13 @@ class Handover:
         if old.get("fd_limit"):
             master._fd_limit = tuple(old["fd_limit"])  # what a replacement spawner gives children
         master.spawner.adopted = {leader: set(orphans) for leader, orphans in spawner.get("adopted", [])}
+
+    def _feed(self, master: Any, saved: dict[str, Any]) -> None:
+        """An `orch events -f` stream of the old master goes on here."""
+        from ..control.event_feed import EventFeed
+        conn = master.control.adopt(self.taken.sock(saved["fd"]))
+        if conn is not None:
+            EventFeed.take_over(conn, master.journal, saved)
 
     def _answer(self, master: Any) -> None:
         fd = self.record.get("reply")

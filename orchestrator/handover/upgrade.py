@@ -124,11 +124,12 @@ class Upgrader:
         return None
 
     def _kept(self) -> set[Any]:
-        """The control connections owed answers that cross exec: the asker's, and those of
-        commands waiting on instances (the next master goes on waiting and answers them)."""
-        from .capture import waiting_clients
+        """The control connections owed answers that cross exec: the asker's, those of
+        commands waiting on instances (the next master goes on waiting and answers them) and
+        `orch events -f` streams (the next master goes on with them)."""
+        from .capture import streams, waiting_clients
         asker = self._job["conn"] if self._job else None
-        return {asker, *waiting_clients(self.master)} - {None}
+        return {asker, *waiting_clients(self.master), *streams(self.master)} - {None}
 
     def _prove(self) -> None:
         from .capture import capture
