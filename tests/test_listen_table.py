@@ -58,7 +58,7 @@ def test_replies_are_read_back_by_sequence_number() -> None:
     (table.Listener(socket.AF_INET, 1, 0, 0, 0), None),  # an established socket, not a listener
 ])
 def test_verdicts(reply: table.Listener | int, expected: tuple[bool, str] | None) -> None:
-    assert table.verdict("127.0.0.1:9000", reply) == expected
+    assert table.verdict(_probe("127.0.0.1", 9000), reply) == expected
 
 
 def test_a_request_is_an_exact_inet_diag_request() -> None:

@@ -167,7 +167,7 @@ class ListenLookup:
                 for seq, reply in replies(data):
                     entry = wanted.pop(seq, None)
                     if entry is not None:
-                        results[entry[0]] = verdict(entry[1].address, reply)
+                        results[entry[0]] = verdict(entry[1], reply)
         except BlockingIOError:
             return True  # a reply missing: its probe connects
         except OSError as exc:

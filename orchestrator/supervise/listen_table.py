@@ -27,6 +27,8 @@ import socket
 import struct
 from typing import Iterator, NamedTuple
 
+from ..config.probes import Probe
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST = 1
@@ -44,6 +46,7 @@ _TAIL = struct.Struct("=III")
 # expires, rqueue, wqueue, uid, inode
 _MSG = struct.Struct("=BBBB4x16x16xI8xIIIII")
 _ERROR = struct.Struct("=i")
+PASSED = (True, "ok")
 REFUSED = os.strerror(errno.ECONNREFUSED).lower()  # the connect path's words, exactly
 REQUEST_SIZE = _NLMSG.size + _REQ_HEAD.size + 48
 
@@ -91,13 +94,13 @@ def replies(data: bytes) -> Iterator[tuple[int, Listener | int]]:
         offset += (length + 3) & ~3
 
 
-def verdict(address: str, reply: Listener | int) -> tuple[bool, str] | None:
-    """(passed, detail) as a connect to `address` would end, or None when only a connect can
-    tell (an errno other than ENOENT, or a socket that is not a listener)."""
+def verdict(probe: Probe, reply: Listener | int) -> tuple[bool, str] | None:
+    """(passed, detail) as a connect to the probe's address would end, or None when only a
+    connect can tell (an errno other than ENOENT, or a socket that is not a listener)."""
     if isinstance(reply, int):
-        return (False, f"{address}: {REFUSED}") if reply == errno.ENOENT else None
+        return (False, f"{probe.address}: {REFUSED}") if reply == errno.ENOENT else None
     if reply.state != TCP_LISTEN:
         return None
     if reply.queued > reply.backlog:
-        return False, f"{address}: accept queue full ({reply.queued} waiting, backlog {reply.backlog})"
-    return True, "ok"
+        return False, f"{probe.address}: accept queue full ({reply.queued} waiting, backlog {reply.backlog})"
+    return PASSED
