@@ -145,3 +145,18 @@ def test_a_changed_command_renders_every_cell_again(tmp_path, monkeypatch):
     specs = expand(config, cache)
     assert sorted(rendered) == ["101/0", "102/0"], rendered
     assert [s.argv[0] for s in specs] == ["/bin/sleep", "/bin/sleep"]
+
+
+def test_a_master_applies_a_one_cell_matrix_edit_to_that_instance_alone(start_master):
+    from conftest import orch, wait_for
+    import psutil
+    # watch = false: the save is applied by orch reload alone, whose answer the test reads
+    text = '[orchestrator]\nwatch = false\n[workers.s]\nname = "s{{ t % 10 }}"\ncommand = ["sleep", "{{ t }}"]\nmatrix = { t = [1001, 1002, 1003] }\n'
+    master = start_master(text)
+    before = master.wait_running(3)
+    master.write(text.replace("1002", "2002"))
+    result = orch("reload", "-c", str(master.config), timeout=20)
+    assert result.returncode == 0 and "1 restarted" in result.stdout and "2 unchanged" in result.stdout, result
+    after = master.wait_running(3)
+    assert {n for n in before if after[n] != before[n]} == {"s2"}
+    wait_for(lambda: psutil.Process(after["s2"]).cmdline() == ["sleep", "2002"], 5, message="the new command")
