@@ -63,10 +63,10 @@ def test_sigterm_on_the_master_leaves_no_process_of_the_tree(start_master):
         replicas = 3
     """)
     master.wait_running(3)
-    wait_for(lambda: len(master.descendants()) >= 1 + 3 * 3, message="grandchildren")
+    wait_for(lambda: len(master.descendants()) >= 1 + 3 * 3, 10, message="grandchildren")
     tree = master.descendants()
     assert master.terminate() == 0
-    wait_for(lambda: not any(alive(p.pid) for p in tree), 3, message="the whole tree to be gone")
+    wait_for(lambda: not any(alive(p.pid) for p in tree), 10, message="the whole tree to be gone")
 
 
 def test_sigkill_on_the_master_takes_every_child_down(start_master):
@@ -80,11 +80,11 @@ def test_sigkill_on_the_master_takes_every_child_down(start_master):
         command = "sh -c 'sleep 1000 & sleep 1000 & wait'"
     """)
     master.wait_running(4)
-    wait_for(lambda: len(master.descendants()) >= 1 + 4 + 2, message="grandchildren")
+    wait_for(lambda: len(master.descendants()) >= 1 + 4 + 2, 10, message="grandchildren")
     tree = master.descendants()
     master.proc.kill()
     master.proc.wait(5)
-    wait_for(lambda: not any(alive(p.pid) for p in tree), 3, message="every child to die with the master")
+    wait_for(lambda: not any(alive(p.pid) for p in tree), 10, message="every child to die with the master")
 
 
 def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(start_master, tmp_path):
@@ -210,13 +210,14 @@ def test_a_killed_spawner_is_replaced_and_the_fleet_comes_back(start_master):
     before = master.wait_running(3)
     spawner = next(p for p in master.descendants() if "spawner" in " ".join(p.cmdline()))
     os.kill(spawner.pid, signal.SIGKILL)
-    wait_for(lambda: not any(alive(pid) for pid in before.values()), 3, message="the old fleet to die")
+    # An upper bound, not a target: under a load average over 100 the guard took over 3 s.
+    wait_for(lambda: not any(alive(pid) for pid in before.values()), 10, message="the old fleet to die")
 
     def back():
         rows = master.status()
         fresh = all(r["state"] == "running" and r["pid"] not in before.values() for r in rows.values())
         return fresh and rows
-    rows = wait_for(back, 5, message="the fleet to come back")
+    rows = wait_for(back, 10, message="the fleet to come back")
     assert all(r["restarts"] == 1 for r in rows.values())
     assert master.proc.poll() is None and "spawner (pid" in master.stderr()
     master.terminate()
