@@ -145,7 +145,7 @@ def all_pids() -> list[int]:
 
 def _usage(stat: bytes) -> tuple[int, int]:
     """(RSS bytes, CPU ticks including reaped children) from one /proc/PID/stat (pure)."""
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2:].split(None, 22)  # up to rss: half the objects of a full split
     ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return int(fields[21]) * PAGE_SIZE, ticks
 
@@ -314,7 +314,7 @@ class TreeSampler:
             return None
         try:
             stat = os.pread(fds[0], 4096, 0) if fds[0] >= 0 else _read(f"/proc/{pid}/stat")
-            fields = stat[stat.rindex(b")") + 2:].split()
+            fields = stat[stat.rindex(b")") + 2:].split(None, 22)  # up to rss, the last field read
             below = os.pread(fds[1], 4096, 0).split() if fields[17] == b"1" and fds[1] >= 0 else children(pid)
             if len(fields) < 22:
                 raise ValueError("short stat")
