@@ -331,7 +331,7 @@ class Master:
         from .observe.metrics import render_metrics
         from .observe.scaling_metrics import render_scaling
         rows = self.supervisor.status(usage=True)
-        return render_metrics(rows, {"orch_reloads_total": self.reloader.count,
+        return render_metrics(rows, {**self.upgrader.counters(), "orch_reloads_total": self.reloader.count,
                                      "orch_reload_failures_total": self.reloader.failures,
                                      "orch_last_reload_seconds": self.reloader.last_seconds,
                                      "orch_notify_dropped_total": self.limits.notify_dropped,

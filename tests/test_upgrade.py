@@ -615,3 +615,28 @@ def test_probe_counts_and_what_the_notify_socket_heard_carry_over(start_master, 
         final["notifier"]["probes"]
     assert {name: row["pid"] for name, row in final.items()} == before
     assert final["noisy"]["probes"]["liveness"]["failures"] > liveness["failures"]
+
+
+@pytest.mark.slow
+def test_code_reload_and_upgrade_counters_carry_over(start_master, tmp_path):
+    (tmp_path / "prew.py").write_text(PRELOADED)
+    metrics = free_port()
+    master = start_master(f"""
+        [orchestrator]
+        watch = false
+        metrics = "127.0.0.1:{metrics}"
+        [workers.pre]
+        target = "prew:Tick"
+        preload = true
+        cwd = "{tmp_path}"
+        min_uptime = 0.1
+        """)
+    master.wait_running(1, timeout=20)
+    reloaded = orch("reload", "--code", "-c", str(master.config), timeout=60)
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    from test_service import samples, scrape
+    assert samples(scrape(metrics)[1])["orch_code_reloads_total"] == 1
+    upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    found = samples(scrape(metrics)[1])
+    assert found["orch_code_reloads_total"] == 1 and found["orch_upgrades_total"] == 1, found

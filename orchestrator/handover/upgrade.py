@@ -67,6 +67,10 @@ class Upgrader:
         if self.proof is not None:
             self.proof.cancel()
 
+    def counters(self) -> dict[str, int]:
+        """For the metrics endpoint: upgrades of this master, and code reloads (kept across them)."""
+        return {"orch_upgrades_total": self.count, "orch_code_reloads_total": self.master.code.count}
+
     def status(self) -> dict[str, Any]:
         """The versions `orch status` shows: the master's and its helpers'."""
         return {"master": __version__, "spawner": self.spawner_version, "zygotes": self.spawner_version,

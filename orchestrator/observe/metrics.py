@@ -31,6 +31,8 @@ MASTER_HELP = {
     "orch_reloads_total": "config reloads applied",
     "orch_reload_failures_total": "config reloads that failed and changed nothing",
     "orch_last_reload_seconds": "time the last applied reload took to plan",
+    "orch_code_reloads_total": "orch reload --code runs whose new code imported (kept across orch upgrade)",
+    "orch_upgrades_total": "orch upgrade re-executions of this master (its pid)",
     "orch_notify_dropped_total": "notify messages dropped: from no instance, or kept too long before one started",
     "orch_metrics_renders_total": "times this text was rendered (at most once a second; scrapes between share it)",
     "orch_metrics_connections_dropped_total": "metrics connections closed for the connection cap or a timeout",
