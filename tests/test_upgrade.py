@@ -501,24 +501,30 @@ def test_the_successor_keeps_the_interpreters_options(orig, argv, options):
 
 
 SLOW_TO_READY = '''
-import os, signal, sys, time
+import os, signal, socket, sys, time
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 with open(sys.argv[1], "a") as starts:
     starts.write(f"{os.getpid()}:{os.environ.get('RELEASE')}\\n")
+gate = os.environ.get("GATE")  # ready (READY=1) once this file exists; else up min_uptime
+while gate and not os.path.exists(gate):
+    time.sleep(0.02)
+if gate:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 while True:
     time.sleep(1)
 '''
 
 
-def slow_config(tmp_path: Path, release: str) -> str:
+def slow_config(tmp_path: Path, release: str, gate: bool) -> str:
+    ready = f'min_uptime = 600\n        env = {{ RELEASE = "{release}", GATE = "{tmp_path / "go"}" }}' if gate else \
+        f'min_uptime = 2\n        env = {{ RELEASE = "{release}" }}'
     return f"""
         [orchestrator]
         watch = false
         [workers.slow]
         command = "{PY} {tmp_path / 'slow.py'} {tmp_path / 'starts'}"
-        env = {{ RELEASE = "{release}" }}
+        {ready}
         replicas = 4
-        min_uptime = 2
         stop_timeout = 2
         rolling = true
         """
@@ -527,13 +533,15 @@ def slow_config(tmp_path: Path, release: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["restart", "reload"])
 def test_a_rolling_restart_goes_on_under_the_new_master(start_master, tmp_path, how):
-    """`orch upgrade` in the middle of a rolling restart (`orch restart --rolling`, or a
-    reload that changed a `rolling` template) of a template slow to be ready: the new master
-    goes on with the batch where the old one stood; every instance restarts exactly once,
-    onto the new config, and the rollout ends."""
+    """`orch upgrade` in the middle of a rolling restart (`orch restart --rolling`, waiting,
+    of instances ready at READY=1; or a reload that changed a `rolling` template, ready after
+    min_uptime) of a template slow to be ready: the new master goes on with the batch where
+    the old one stood; every instance restarts exactly once, onto the new config, the rollout
+    ends, and the waiting `orch restart` is answered."""
     (tmp_path / "slow.py").write_text(SLOW_TO_READY)
     starts = tmp_path / "starts"
-    master = start_master(slow_config(tmp_path, "one"))
+    gate = how == "restart"  # held at its first batch until the test opens the gate: surely mid-way
+    master = start_master(slow_config(tmp_path, "one", gate))
     before = master.wait_running(4)
     wait_for(lambda: len(starts.read_text().split()) == 4 if starts.exists() else False, 10, message="4 starts")
     config = str(master.config)
@@ -545,19 +553,20 @@ def test_a_rolling_restart_goes_on_under_the_new_master(start_master, tmp_path, 
         wait_for(lambda: master.call("status")["rollouts"], 10, message="the rollout to begin")
     else:
         label, release = "template slow", "two"
-        master.config.write_text(textwrap.dedent(slow_config(tmp_path, release)))
+        master.config.write_text(textwrap.dedent(slow_config(tmp_path, release, gate)))
         assert orch("reload", "-c", config).returncode == 0
     rolling = master.call("status")["rollouts"]
     assert [r["label"] for r in rolling] == [label] and rolling[0]["done"] < 4, rolling
     assert f"rolling restart of {label}" in orch("status", "-c", config).stdout
     upgrade = orch("upgrade", "-c", config, timeout=60)
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    (tmp_path / "go").touch()
     wait_for(lambda: not master.call("status")["rollouts"], 30, message="the rollout to end")
     if waiting is not None:
         assert waiting.wait(30) == 0, waiting.stdout.read()
     log = master.stderr()
     carried = re.search(rf"rolling restart of {label} goes on: (\d) of 4 instances left", log)
-    assert carried and int(carried[1]) >= 1, log
+    assert carried and int(carried[1]) >= 1 and (not gate or carried[1] == "4"), log
     assert log.index("took over 4 instances") < log.index(f"rolling restart of {label} done"), log
     rows = master.status()
     assert {name: row["restarts"] for name, row in rows.items()} == {name: 1 for name in before}, rows
