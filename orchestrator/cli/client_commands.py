@@ -8,7 +8,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: 3-6 ms of every `orch` call
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from ..control.client import ControlError
 from ..errors import OrchError

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: 3-6 ms of every `orch` call
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import NoMasterError, OrchError
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (every `orch` call reads FORMATS)
 if TYPE_CHECKING:  # imported where used: the CLI reads FORMATS at every start, cheaply
     from .common import Options, Output
 
