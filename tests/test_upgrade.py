@@ -649,3 +649,27 @@ def test_code_reload_and_upgrade_counters_carry_over(start_master, tmp_path):
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
     found = samples(scrape(metrics)[1])
     assert found["orch_code_reloads_total"] == 1 and found["orch_upgrades_total"] == 1, found
+
+
+@pytest.mark.slow
+def test_a_reloads_removal_in_progress_carries_over_with_its_sigkill_deadline(start_master, tmp_path):
+    """A template removed by a reload whose process ignores SIGTERM: the upgrade does not wait
+    for its stop; the new master SIGKILLs it at the old master's deadline."""
+    master = start_master(ticker_config(tmp_path, replicas=1) + """
+        [workers.stubborn]
+        command = ["sh", "-c", "trap '' TERM; echo up; sleep 600 & wait; sleep 600"]
+        stop_timeout = 6
+        """)
+    master.wait_running(2)
+    wait_for(lambda: "up" in text_of(master.log_dir / "stubborn.log"), 10, message="stubborn's trap")
+    stubborn = master.status()["stubborn"]["pid"]
+    master.config.write_text(textwrap.dedent(ticker_config(tmp_path, replicas=1)))
+    reloaded = orch("reload", "-c", str(master.config))
+    asked = time.monotonic()
+    assert reloaded.returncode == 0 and master.status()["stubborn"]["state"] == "stopping", reloaded.stderr
+    upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert re.search(r"stubborn\[\d+\] \(removed from the config\) is still stopping", master.stderr())
+    assert alive(stubborn)
+    wait_for(lambda: not alive(stubborn), 15, message="the removal's SIGKILL, from the new master")
+    assert time.monotonic() - asked >= 5.5 and "stubborn" not in master.status()

@@ -24,7 +24,7 @@ from ..spawn.listeners import Listeners
 from ..supervise.events import HandedOver
 from ..supervise.states import State, Then
 from .carry import Taken, release_signals
-from .state import KEPT
+from .state import KEPT, removing
 
 if TYPE_CHECKING:
     from socket import socket as Socket
@@ -65,6 +65,8 @@ class Handover:
         for row in record["instances"]:
             if row["name"] in specs:
                 restore_instance(master, specs[row["name"]], row)
+            elif removing(row):
+                finish_removal(master, row)
             else:  # the proof expanded it; an expansion that differs now cannot supervise it
                 log.error("%s is not in the config as the new code expands it: its process %s is stopped",
                           row["name"], row["pid"])
@@ -213,3 +215,15 @@ def rollout_from(row: dict[str, Any], instances: dict[str, Any]) -> Rollout[Any]
             rollout.in_flight.add(inst)
             inst.rollout = rollout
     return rollout
+
+
+def finish_removal(master: Any, row: dict[str, Any]) -> None:
+    """A reload's removal in progress: its process was told to stop; the new master keeps its
+    SIGKILL deadline (the spawner signals only a process that still runs) and its log pipe."""
+    pid, due = row["pid"], row["timer"]
+    if pid is None or due is None:
+        return
+    log.info("%s[%d] (removed from the config) is still stopping: SIGKILL in %.1fs if it has not exited",
+             row["name"], pid, max(0.0, due - master.loop.time()))
+    launcher = master.supervisor.launcher
+    master.loop.call_later(max(0.0, due - master.loop.time()), lambda: launcher.signal(pid, signal.SIGKILL, True))

@@ -105,6 +105,12 @@ def check_protocol(record: dict[str, Any]) -> None:
 
 
 def missing_names(record: dict[str, Any], names: Iterable[str]) -> list[str]:
-    """Instances of the record the expanded config does not have (the proof refuses them)."""
+    """Instances of the record the expanded config does not have (the proof refuses them),
+    those being removed aside."""
     known = set(names)
-    return sorted(i["name"] for i in record["instances"] if i["name"] not in known)
+    return sorted(i["name"] for i in record["instances"] if i["name"] not in known and not removing(i))
+
+
+def removing(row: dict[str, Any]) -> bool:
+    """A reload removed this instance and its process is stopping: no config has it any more."""
+    return row.get("state") == "stopping" and row.get("then") == "remove"

@@ -2,12 +2,13 @@
 for a quiet moment, prove the new code can take over, then exec into it (handover/).
 
 Quiet means nothing is half-sent: no spawn waiting for its pid, no config being expanded,
-no removal in progress, no new code being rolled out, no hook running, no control command
-waiting for its answer. Those last milliseconds (an expansion: seconds), so the upgrade
-waits up to QUIET_WAIT for them. Everything else is carried as it is: stops and restarts in
-progress, rolling restarts (the next master goes on with the batch where it stood: nothing
-restarts twice), a reload queued behind them, backoffs, crash loops and held instances. Once quiet, the
-servers stop accepting and answer what they had accepted (drain.py), then the master execs.
+no new code being rolled out, no hook running, no control command waiting for its answer
+(but those waiting on instances, which are carried). Those last milliseconds (an expansion:
+seconds), so the upgrade waits up to QUIET_WAIT for them. Everything else is carried as it
+is: stops and restarts in progress, rolling restarts (the next master goes on with the batch
+where it stood: nothing restarts twice), a reload's removals (their SIGKILL deadlines), a
+reload queued behind them, backoffs, crash loops and held instances. Once quiet, the servers
+stop accepting and answer what they had accepted (drain.py), then the master execs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from .. import __version__
 from ..supervise.probe_exec import ExecCheck
-from ..supervise.states import State, Then
+from ..supervise.states import State
 from .carry import exec_successor, record_fd
 from .drain import DRAIN, Drain
 from .proof import Proof
@@ -118,8 +119,6 @@ class Upgrader:
         starting = sum(1 for i in sup.instances.values() if i.state is State.STARTING)
         if sup.by_token or starting:
             return f"{max(starting, len(sup.by_token))} instances are starting"
-        if any(i.then is Then.REMOVE for i in sup.instances.values() if i.state is State.STOPPING):
-            return "a reload's removals are in progress"
         if any(not isinstance(run, ExecCheck) for run in sup.exec_probes.waiting.values()):
             return "hooks are running"  # exec probes are not waited for: they are cancelled at exec
         if master.control is not None and any((c.owed and c.drained is None) or c.keep_open
