@@ -178,6 +178,9 @@ class Upgrader:
             drain.unpause()
             self._when_quiet(self._drain)
         else:
+            left = drain.in_flight()
+            log.info("upgrade: servers drained in %.0f ms%s", (time.monotonic() - job["drained_by"] + DRAIN) * 1000,
+                     f" ({left} connections still unanswered are closed)" if left else "")
             self._exec()
 
     def _exec(self) -> None:

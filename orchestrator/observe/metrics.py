@@ -219,7 +219,11 @@ class MetricsServer:
             self._close(scrape)
 
     def in_flight(self) -> int:
-        """Scrapes still owed an answer."""
+        """Scrapes still owed an answer; those waiting for the next rendering get it now (an
+        upgrade waits for them: up to RENDER_EVERY otherwise)."""
+        if self.waiting and self._render_timer is not None:
+            self._render_timer.cancel()
+            self._answer_waiting()
         return len(self.scrapes)
 
     def part(self) -> None:
