@@ -649,6 +649,9 @@ def test_code_reload_and_upgrade_counters_carry_over(start_master, tmp_path):
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
     found = samples(scrape(metrics)[1])
     assert found["orch_code_reloads_total"] == 1 and found["orch_upgrades_total"] == 1, found
+    again = orch("reload", "--code", "-c", str(master.config), timeout=60)  # a fresh token, not a reused one
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert samples(scrape(metrics)[1])["orch_code_reloads_total"] == 2
 
 
 @pytest.mark.slow

@@ -45,7 +45,8 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
                 "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
                 "queued_reload": reloader.queued,
-                "code_reloads": [master.code.count, master.code.last_error],
+                # the next token too: the spawner keeps the old tokens' zygotes (a revert names one)
+                "code_reloads": [master.code.count, master.code.last_error, next(master.code._tokens)],
                 "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler),
                 "cgroups": cgroups_record(master.kernel_memory), "journal": master.journal.handover()},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,

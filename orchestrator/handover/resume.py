@@ -9,6 +9,7 @@ old master had armed go on where they were. Nothing is sent to any process.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -126,7 +127,10 @@ class Handover:
         master.started, master.applied_at = old["started"], old["applied_at"]
         master.reloader.count, master.reloader.failures = old["reloads"], old["reload_failures"]
         master.reloader.last_seconds = old["last_reload_seconds"]
-        master.code.count, master.code.last_error = old.get("code_reloads") or (0, None)
+        count, error, *token = old.get("code_reloads") or (0, None)
+        master.code.count, master.code.last_error = count, error
+        if token:  # the running spawner knows the old master's tokens: never reuse one
+            master.code._tokens = itertools.count(token[0])
         master.reloader.queued = old.get("queued_reload")  # goes once the rollouts carried on are done
         master.upgrader.count = old.get("upgrades", 0)
         master.upgrader.previous = self.record["orch"]
