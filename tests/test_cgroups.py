@@ -234,10 +234,34 @@ def test_a_run_directory_names_its_master():
     assert cgroups.run_owner("orch-ab12") is None and cgroups.run_owner("i-web-3") is None
 
 
-def test_the_next_limited_master_sweeps_what_a_triple_kill_left(start_master, tmp_path):
+@pytest.fixture
+def own_cgroups():
+    """This test's masters in cgroups of their own, beside no other test's: a master sweeps
+    every dead run beside its cgroups, and on a busy machine other tests' masters die all the
+    time (their teardown SIGKILLs them), so a concurrent master could sweep this test's dead
+    run first, or this test's master count another's too. Request it before start_master."""
+    bases = [base for base in require_cgroups() if base is not None]
+    homes = [os.path.join(base, f"orch-test-{os.getpid()}") for base in bases]
+    for home in homes:
+        os.makedirs(home, exist_ok=True)
+        cgroup_procs(home, os.getpid())  # the masters started now are born in it
+    try:
+        yield homes
+    finally:
+        for base in bases:
+            cgroup_procs(base, os.getpid())
+        cgroups.sweep(homes, 10.0)
+        assert gone(homes), f"the test's own cgroups left behind: {homes}"
+
+
+def cgroup_procs(path: str, pid: int) -> None:
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+
+
+def test_the_next_limited_master_sweeps_what_a_triple_kill_left(own_cgroups, start_master, tmp_path):
     """Master, spawner and guard killed at once (the OOM killer): nobody is left to clean up,
     so the next master that makes cgroups removes the dead run's, beside its own."""
-    require_cgroups()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     text = f"""
@@ -249,6 +273,7 @@ def test_the_next_limited_master_sweeps_what_a_triple_kill_left(start_master, tm
     first.wait_running(1)
     pids = wait_for(escaped, 5, message="the escaped daemon")
     paths = [p for p in run_dirs(first) if os.path.isdir(p)]
+    assert paths and all(os.path.dirname(p) in own_cgroups for p in paths), paths
     kill_master_spawner_and_guard(first)
     wait_for(lambda: not alive(first.pid), 5, message="the first master gone")
     for pid in pids:  # what the sweep by cookie would not find: left for the cgroup sweep
