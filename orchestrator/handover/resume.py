@@ -73,11 +73,13 @@ class Handover:
                           row["name"], row["pid"])
                 if row["pid"] is not None:
                     master.supervisor.launcher.signal(row["pid"], signal.SIGTERM, True)
+        self._counters(master)  # first: a rollout that ends at once runs the queued reload
         sup.pending_ops = sum(inst.tracked for inst in sup.instances.values())  # a reload's stops
         for rollout in self.record.get("rollouts", []):
             sup.rolling.adopt(rollout_from(rollout, sup.instances))
+        if not sup.pending_ops:
+            master.reloader.idle()  # a reload queued behind what has ended meanwhile goes now
         self._pipes(sup, master.settings.log_dir)
-        self._counters(master)
         release_signals()  # handlers are in place: what arrived during the exec is handled now
         for fd in record["fds"].get("clients", []):
             master.control.adopt(self.taken.sock(fd))
