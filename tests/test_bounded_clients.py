@@ -203,17 +203,17 @@ def test_a_client_that_never_reads_cannot_make_the_master_hold_its_replies(tmp_p
         h.turn()
         conn = next(iter(h.server.connections))
         assert len(conn.outbuf) <= 110_000 and len(conn.inbuf) <= server.MAX_REQUEST + 65536
-        replies = bytearray()
+        lines = [0]  # counted chunk by chunk: recounting 20 MB at each turn took seconds under load
 
         def all_read() -> bool:
             h.turn()
             try:
-                replies.extend(sock.recv(1 << 20))
+                lines[0] += sock.recv(1 << 20).count(b"\n")
             except TimeoutError:
                 pass
-            return replies.count(b"\n") == 200
+            return lines[0] == 200
         sock.settimeout(0.01)
-        wait_for(all_read, 10, interval=0, message="every reply")
+        wait_for(all_read, 20, interval=0, message="every reply")  # a bound for "all", not a speed
     finally:
         h.close()
 
@@ -328,7 +328,9 @@ def test_idle_control_connections_past_the_cap_leave_the_master_idle_and_supervi
         assert psutil.Process(master.pid).num_fds() < 256 - 64
         slowest = []
         assert cpu_over(master.pid, 1.0, lambda: slowest.append(timed_status(master))) < 0.25
-        assert max(slowest) < 0.2, slowest
+        # A master that spins over its idle connections answers in seconds, when at all; 0.5 s
+        # leaves room for four xdist workers on two cores (0.22 s seen), as in the flood test.
+        assert max(slowest) < 0.5, slowest
         assert_replaced_after_sigkill(master)
     finally:
         for sock in clients:
@@ -404,7 +406,9 @@ def test_a_notify_flood_from_processes_that_are_no_instances_leaves_the_master_s
     go.touch()
     try:
         latencies = []
-        wait_for(lambda: latencies.append(timed_status(master)) or stranger.poll() is not None, 30,
+        # 30 s was too short for 2 x 20,000 datagrams sent by Python on a loaded machine (3 runs
+        # in 4 under load); how long it takes is not what this test measures, latencies are.
+        wait_for(lambda: latencies.append(timed_status(master)) or stranger.poll() is not None, 60,
                  message="the stranger's flood")
         # A master swamped by the flood would take seconds; 0.5 s leaves room for four xdist
         # workers on two cores (209 ms seen).
