@@ -153,6 +153,36 @@ def test_a_failed_render_never_leaves_the_alarm_armed(tmp_path):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+FIRST_RENDERS = """
+import sys, time
+from orchestrator.expand import budget
+from orchestrator.expand.renderer import Renderer
+assert "jinja2" not in sys.modules, "Jinja imported before the first render"
+budget.RENDER_SECONDS = 0.02  # far under Jinja's import, far over a render of n + 1
+with budget.guarded():
+    began = time.thread_time()
+    print(Renderer().value("{{ n + 1 }}", {"n": 1}), round((time.thread_time() - began) * 1000), flush=True)
+    try:  # a first render that runs away is stopped all the same: the clock starts again
+        Renderer().text(sys.argv[1], {})
+    except budget.RenderError as exc:
+        print(exc)
+"""
+
+
+def test_the_first_jinja_render_is_not_charged_for_importing_jinja():
+    """Importing Jinja and making its environments (80-100 ms of CPU on a loaded machine) came
+    inside the first render's 0.1 s and refused a valid config now and then under load."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", FIRST_RENDERS, RUNAWAY["nested-loops"]],
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) == 2, result.stdout + result.stderr
+    value, took = lines[0].split()
+    assert value == "2", f"the first render failed after {took} ms of CPU: {result.stdout}"
+    assert lines[1] == "rendering took longer than 0.02s", lines
+
+
 # --- property tests: random templates, durations and sizes never raise out of a load -------
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .budget import MEMORY_HEADROOM, RenderError, begin_render, check_size, end_render
+from .budget import MEMORY_HEADROOM, RenderError, begin_render, check_size, end_render, set_up
 from .simple import substitute
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
@@ -89,16 +89,18 @@ class Renderer:
 
     @functools.cached_property
     def plain(self) -> Any:
-        from jinja2 import StrictUndefined
-        from .sandbox import BoundedEnvironment
-        return BoundedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                  finalize=lambda v: _text(v) if isinstance(v, bool) else v)
+        with set_up():  # importing Jinja is not the first template's render time
+            from jinja2 import StrictUndefined
+            from .sandbox import BoundedEnvironment
+            return BoundedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                      finalize=lambda v: _text(v) if isinstance(v, bool) else v)
 
     @functools.cached_property
     def argv(self) -> Any:
-        from jinja2 import StrictUndefined
-        from .sandbox import BoundedEnvironment
-        return BoundedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=self.placeholders)
+        with set_up():
+            from jinja2 import StrictUndefined
+            from .sandbox import BoundedEnvironment
+            return BoundedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=self.placeholders)
 
     def _compiled(self, env: Any, source: str) -> Any:
         key = (id(env), source)
