@@ -9,6 +9,7 @@ change to one is a change to the other."""
 from __future__ import annotations
 
 import json
+import math
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any, Iterable
 
@@ -30,6 +31,8 @@ def status_text(supervisor: Supervisor, names: Iterable[str] | None, cells: list
 
 
 def _value(value: Any) -> str:
+    """JSON of one value, as json writes it; the usual kinds without the encoder's set-up (a
+    float through `_encode` cost more than the rest of its row)."""
     if value is None:
         return "null"
     kind = type(value)
@@ -37,25 +40,35 @@ def _value(value: Any) -> str:
         return _string(value)
     if kind is int:
         return int.__repr__(value)
-    return _encode(value)  # bool, float, dict, list: as json writes them
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _encode(value)  # NaN and infinities, dicts, lists
 
 
 def row_text(inst: Instance) -> str:
-    """`json.dumps(inst.status())`, without the dict."""
+    """`json.dumps(inst.status())`, without the dict. Counters are ints, flags bools, uptime
+    and CPU finite floats (as Instance keeps them), written with the repr json uses; the
+    optional strings and the rest go through `_value`."""
     spec, pid, state = inst.spec, inst.pid, inst.state
     measure = spec.policy.memory_measure
     waiting = state is State.WAITING
     reason = f"waiting for {inst.waiting or 'its dependencies'}" if waiting else inst.last_reason
+    if pid:
+        live = (f'"pid": {pid}, "uptime": {round(inst.uptime(), 3)!r}, "restarts": {inst.restarts}, '
+                f'"last_exit": {_value(inst.last_exit)}, "reason": {_value(reason)}, '
+                f'"waiting": {_value(inst.waiting) if waiting else "null"}, "rss": {inst.rss}, '
+                f'"memory_measure": {_string(measure)}, "measured": {inst.measured if measure != "rss" else "null"}, '
+                f'"cpu": {round(inst.cpu_percent, 1)!r}, "processes": {inst.processes}')
+    else:
+        live = (f'"pid": null, "uptime": null, "restarts": {inst.restarts}, '
+                f'"last_exit": {_value(inst.last_exit)}, "reason": {_value(reason)}, '
+                f'"waiting": {_value(inst.waiting) if waiting else "null"}, "rss": null, '
+                f'"memory_measure": {_string(measure)}, "measured": null, "cpu": null, "processes": null')
     return (f'{{"name": {_string(spec.name)}, "template": {_string(spec.template)}, "state": {_string(state.value)}, '
-            f'"pid": {_value(pid)}, "uptime": {_value(round(inst.uptime(), 3)) if pid else "null"}, '
-            f'"restarts": {_value(inst.restarts)}, "last_exit": {_value(inst.last_exit)}, "reason": {_value(reason)}, '
-            f'"waiting": {_value(inst.waiting) if waiting else "null"}, '
-            f'"rss": {_value(inst.rss) if pid else "null"}, "memory_measure": {_value(measure)}, '
-            f'"measured": {_value(inst.measured) if pid and measure != "rss" else "null"}, '
-            f'"cpu": {_value(round(inst.cpu_percent, 1)) if pid else "null"}, '
-            f'"processes": {_value(inst.processes) if pid else "null"}, "requests": {_value(inst.requests)}, '
-            f'"ready": {_value(inst.ready)}, '
+            f'{live}, "requests": {inst.requests}, "ready": {"true" if inst.ready else "false"}, '
             f'"probes": {_value(inst.probes.status()) if inst.probes is not None else "null"}, '
-            f'"held": {_value(inst.held)}, "notify_status": {_value(inst.notify_status)}, '
+            f'"held": {"true" if inst.held else "false"}, "notify_status": {_value(inst.notify_status)}, '
             f'"limit_kills": {_encode(inst.limit_kills) if inst.limit_kills else "{}"}, '
             f'"hash": {_string(spec.process_hash)}, "user": {_value(_user(spec))}}}')
