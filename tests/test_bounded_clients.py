@@ -23,6 +23,7 @@ from orchestrator.control import server
 from orchestrator.acceptor import Throttle, admission, connection_cap
 from orchestrator.control.server import ControlServer, Pending
 from orchestrator.loop import EventLoop
+from orchestrator.supervise.limits import DROP_REPORT_EVERY
 from orchestrator.observe.metrics import MetricsServer
 from orchestrator.supervise.limits import EarlyNotes, Limits, descends_from
 
@@ -402,6 +403,7 @@ def test_a_notify_flood_from_processes_that_are_no_instances_leaves_the_master_s
         master.call("status")
     before = psutil.Process(master.pid).memory_info().rss
     env = {**os.environ, "NOTIFY_SOCKET": str(master.socket) + ".notify"}
+    flooded_at = time.monotonic()
     stranger = subprocess.Popen(flood + ["plain"], env=env)
     go.touch()
     try:
@@ -423,7 +425,10 @@ def test_a_notify_flood_from_processes_that_are_no_instances_leaves_the_master_s
     assert timed_status(master) < 0.2
     wait_for(lambda: samples(scrape(port)[1])["orch_notify_dropped_total"] == 40_000, 15,
              message="every message counted as dropped (the descendant's once they expired)")
-    assert master.stderr().count("notify: dropped") <= 3, "the warning is rate-limited"
+    # once at the first drop, then at most every DROP_REPORT_EVERY: 2-3 lines in a flood of a
+    # few seconds; a loaded machine stretches the flood, and with it what the rate allows
+    allowed = max(3, 1 + int((time.monotonic() - flooded_at) / DROP_REPORT_EVERY))
+    assert master.stderr().count("notify: dropped") <= allowed, "the warning is rate-limited"
 
 
 # --- metrics -----------------------------------------------------------------------------------

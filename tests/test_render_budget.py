@@ -59,7 +59,9 @@ def test_orch_check_stops_a_runaway_template_with_a_located_error(tmp_path, valu
     lines = result.stderr.splitlines()
     assert lines[0].startswith(f"orch: config error: {config}:8: workers.bad.command: cannot render for bad:"), lines
     assert "Traceback" not in result.stderr and len(result.stderr) < 1000
-    assert took < 10, f"check took {took:.1f}s"
+    # The first line says the value's own budget stopped it (the whole expansion's says
+    # otherwise); this bound is the CLI's start and stop besides: 10-11 s were seen at a load of 136
+    assert took < 15, f"check took {took:.1f}s"
 
 
 @pytest.mark.parametrize("value", [RUNAWAY[k] for k in ("nested-loops", "huge-power", "huge-ljust", "call-int")],
