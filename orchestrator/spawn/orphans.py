@@ -299,13 +299,34 @@ def _untrusted(info: os.stat_result) -> str | None:
 def end_record(record: dict, by: str, timeout: float, until: int | None = None) -> int:
     """SIGKILL every live process of a recorded run (started by `until`, if given), wait up
     to `timeout` for them to go."""
-    import psutil
     victims = []
     for proc, _, why in leftovers(record, until):
         log.warning("ending pid %d left behind %s (%s)", proc.pid, by, why)
         if kill_checked(proc):
             victims.append(proc)
-    _, alive = psutil.wait_procs(victims, timeout=timeout)  # ours are reaped by their parents
-    for proc in alive:
+    for proc in _wait_ended(victims, timeout):
         log.warning("pid %d did not end within %.1fs of SIGKILL", proc.pid, timeout)
     return len(victims)
+
+
+def _wait_ended(procs: list[Any], timeout: float) -> list[Any]:
+    """Wait up to `timeout` for `procs` to end; those still running. A zombie has ended: its
+    parent (not us, not reaping) keeps the pid, and psutil.wait_procs counted it as running,
+    so a master sweeping a run whose processes were children of a live non-reaping parent
+    waited the whole 5 s before it answered anyone."""
+    import psutil
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        running = []
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    running.append(proc)
+            except psutil.Error:  # gone between the two questions
+                pass
+        if not running or time.monotonic() >= deadline:
+            return running
+        procs = running
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.1)
