@@ -155,6 +155,27 @@ def test_a_failed_render_never_leaves_the_alarm_armed(tmp_path):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def test_a_render_stopped_by_the_clock_is_not_stopped_again_while_it_unwinds():
+    """Under load the unwinding of a stopped render (freeing a doubled string) outlasted a
+    tick, and a second RenderError escaped the render's handling: an unlocated problem."""
+    from orchestrator.expand import budget
+
+    def spin(cpu: float) -> None:
+        end = time.thread_time() + cpu
+        while time.thread_time() < end:
+            pass
+    with budget.guarded():
+        budget.begin_render()
+        try:
+            with pytest.raises(budget.RenderError):
+                spin(30.0)
+            spin(budget.RENDER_SECONDS * 0.6)  # more than two ticks: no second error meanwhile
+            with pytest.raises(budget.RenderError):  # a render that swallowed it is stopped again
+                spin(30.0)
+        finally:
+            budget.end_render()
+
+
 FIRST_RENDERS = """
 import sys, time
 from orchestrator.expand import budget
