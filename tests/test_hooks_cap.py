@@ -49,5 +49,7 @@ def test_at_most_sixteen_hooks_run_at_once_and_the_rest_are_skipped_with_a_warni
     assert max(seen) >= MAX_RUNNING - 2, f"the cap was never reached ({max(seen)}): the test proves nothing"
     assert warnings and "skipped for crash-" in warnings[0] and f": {MAX_RUNNING} hooks are running" in warnings[0]
     assert len(warnings) == 1, "said once a minute, not per skipped run"
-    assert slowest < 0.2, f"status took {slowest * 1000:.0f} ms while hooks ran"
+    # A loop that waited for a hook would take its 2 s; 0.5 s leaves room for four xdist
+    # workers on two cores (231 ms seen at a load of 136)
+    assert slowest < 0.5, f"status took {slowest * 1000:.0f} ms while hooks ran"
     assert "Traceback" not in master.stderr()
