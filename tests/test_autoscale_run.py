@@ -69,7 +69,10 @@ def test_a_burst_scales_up_within_up_after_and_idle_back_to_min(start_master, re
     assert "scale consumer-qa: 1 -> 4" in log + master.stderr(), "each step is one log line"
     line = next(x for x in master.stderr().splitlines() if "scale consumer-qa: 1 -> 4" in x)
     decided = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    assert decided - pushed <= 1.0 + 1.0 + 0.1, f"decided {decided - pushed:.2f}s after the burst (up_after 1s)"
+    # up_after + 1 s (README): the next reading may come a PERIOD after the push. The slack is
+    # for the loop's timers and the reading itself: 0.13-0.25 s seen under -n 4 on a loaded
+    # machine; a decision that waited one more reading would still be a second late.
+    assert decided - pushed <= 1.0 + 1.0 + 0.5, f"decided {decided - pushed:.2f}s after the burst (up_after 1s)"
     scaled = [e for e in master.call("events")["events"] if e["kind"] == "scaled" and e["cell"] == "consumer-qa"]
     assert [(e["before"], e["after"]) for e in scaled][:1] == [(1, 4)] and scaled[-1]["after"] == 1, scaled
     steps = re.findall(r"scale consumer-qa: (\d+) -> (\d+) \(", master.stderr())  # exactly one line per step
@@ -99,7 +102,9 @@ def test_sigkills_while_scaling_up_and_down_lose_nothing(start_master, redis_ser
         send([m for m in sorted(expected) if f":w{wave}-" in m])
         deadline = time.monotonic() + 25
         while not {m for m in expected if f":w{wave}-" in m} <= events.done() and time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.1, 0.4))
+            # A kill every 0.05-0.2 s: with 0.1-0.4 s, the test's own status calls on a loaded
+            # machine let a wave drain after 3 kills (6 in all, 2 runs in 2 under -n 4)
+            time.sleep(rng.uniform(0.05, 0.2))
             chaos_kill(master, rng, zygotes=False)
             kills += 1
             seen_counts.add(cells(master)["consumer-qa"]["desired"])
