@@ -124,19 +124,20 @@ def redis_leftovers(client, queues: list[str]) -> dict[str, int]:
     return left
 
 
-def chaos_kill(master, rng: random.Random, zygotes: bool) -> None:
-    """SIGKILL one random running consumer (and, sometimes, the zygote it was forked from)."""
+def chaos_kill(master, rng: random.Random, zygotes: bool) -> bool:
+    """SIGKILL one random running consumer (and, sometimes, the zygote it was forked from);
+    False when no consumer was ready to be killed."""
     # Only consumers past init() (READY=1): on a loaded machine, killing ones still starting
     # would only measure interpreter start-up.
     running = [r["pid"] for r in master.status().values()
                if r["pid"] and r["state"] == "running" and r.get("ready")]
     if not running:
-        return
+        return False
     pid = rng.choice(running)
     try:
         parent = psutil.Process(pid).parent()
     except psutil.NoSuchProcess:
-        return
+        return False
     if zygotes and parent is not None and parent.pid != master.pid and rng.random() < 0.2:
         try:
             parent.kill()  # the preload zygote: its children must survive it or be restarted
@@ -145,7 +146,8 @@ def chaos_kill(master, rng: random.Random, zygotes: bool) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return False
+    return True
 
 
 def chaos(master, done: Callable[[], bool], zygotes: bool, seed: int, batches: list[Callable[[], None]],

@@ -101,17 +101,21 @@ def test_sigkills_while_scaling_up_and_down_lose_nothing(start_master, redis_ser
     for wave in range(2):  # up with the burst, down as it drains, up again with the next
         send([m for m in sorted(expected) if f":w{wave}-" in m])
         deadline = time.monotonic() + 25
-        while not {m for m in expected if f":w{wave}-" in m} <= events.done() and time.monotonic() < deadline:
-            # A kill every 0.05-0.2 s: with 0.1-0.4 s, the test's own status calls on a loaded
-            # machine let a wave drain after 3 kills (6 in all, 2 runs in 2 under -n 4)
+        wave_kills = 0
+        # A kill every 0.05-0.2 s while the wave drains and, on a loaded machine where it
+        # drained after a few of them (seen: 4-8 kills in all under -n 4 with other suites),
+        # on while the count comes back down, until the wave had 6 real kills: every kill
+        # lands while scaling up or down, however fast the consumers were.
+        while ((not {m for m in expected if f":w{wave}-" in m} <= events.done() or wave_kills < 6)
+               and time.monotonic() < deadline):
             time.sleep(rng.uniform(0.05, 0.2))
-            chaos_kill(master, rng, zygotes=False)
-            kills += 1
+            wave_kills += chaos_kill(master, rng, zygotes=False)
             seen_counts.add(cells(master)["consumer-qa"]["desired"])
+        kills += wave_kills
         wait_for(lambda: cells(master)["consumer-qa"]["desired"] == 1, 15,
                  message="back to min after the wave")
     wait_for(lambda: expected <= events.done(), 20, interval=0.2, message="every message handled")
-    assert max(seen_counts) > 2 and kills >= 10, (seen_counts, kills)
+    assert max(seen_counts) > 2 and kills >= 12, (seen_counts, kills)
     assert cells(master)["consumer-qa"]["backlog"] == 0
 
 
