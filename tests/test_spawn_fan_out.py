@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -116,3 +117,39 @@ def test_a_sigkill_in_the_middle_of_a_shared_start_leaves_nothing_behind(start_m
         os.killpg(master.pid, signal.SIGKILL)  # master, spawner and any helper at once; the guard stays
         master.proc.wait(5)
     wait_for(lambda: not _sleeps(marker), 15, message="every sleep of the run to end")
+
+
+def test_a_spawner_killed_while_the_first_batches_are_sent_is_replaced_without_a_traceback(tmp_path):
+    """The master sends a start's first batches at once; a spawner SIGKILLed then makes the
+    send fail with ECONNRESET or EPIPE (CI once saw `orch up` end with that traceback). The
+    master must treat it as the spawner's death: a new one, and the whole fleet comes back."""
+    config = tmp_path / "workers.toml"
+    config.write_text('[workers.w]\ncommand = "sleep 600"\nreplicas = 400\n')
+    err = open(tmp_path / "master.err", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "-c", str(config), "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        first = None
+        deadline = time.monotonic() + 20
+        while first is None and time.monotonic() < deadline:  # no sleep: as soon as it exists
+            try:
+                first = next(iter(psutil.Process(proc.pid).children()), None)  # its only child
+            except psutil.Error:
+                pass
+        assert first is not None, "no spawner appeared"
+        first.kill()
+        def fleet():
+            result = subprocess.run([sys.executable, "-m", "orchestrator", "status", "--json", "-c", str(config)],
+                                    capture_output=True, text=True, timeout=20)
+            return result.returncode == 0 and sum(r["state"] == "running" for r in json.loads(result.stdout)) == 400
+        wait_for(fleet, 30, interval=0.3, message="the fleet back under a new spawner")
+        assert proc.poll() is None
+        text = (tmp_path / "master.err").read_text()
+        assert "Traceback" not in text and "internal error" not in text, text[-3000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -96,15 +96,21 @@ class SpawnerClient:
 
     def send_sockets(self, sockets: list[tuple[str, int]]) -> None:
         """Hand listening sockets over, as (key, fd); the spawner keeps its own copies."""
-        for i in range(0, len(sockets), MAX_FDS_PER_MESSAGE):
-            chunk = sockets[i:i + MAX_FDS_PER_MESSAGE]
-            socket.send_fds(self.sock, [pickle.dumps(("sockets", [key for key, _ in chunk]))],
-                            [fd for _, fd in chunk])
+        try:
+            for i in range(0, len(sockets), MAX_FDS_PER_MESSAGE):
+                chunk = sockets[i:i + MAX_FDS_PER_MESSAGE]
+                socket.send_fds(self.sock, [pickle.dumps(("sockets", [key for key, _ in chunk]))],
+                                [fd for _, fd in chunk])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the spawner is gone: its EOF starts a new one, which is sent them all
 
     def close_sockets(self, keys: list[str]) -> None:
         """Drop the spawner's copies of these sockets (no instance will get them again)."""
         if keys:
-            self.sock.send(pickle.dumps(("close_sockets", keys)))
+            try:
+                self.sock.send(pickle.dumps(("close_sockets", keys)))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # gone, and its copies with it
 
     def signal(self, orders: list[tuple[int, int, bool]]) -> None:
         """Send signals: (main pid, signal, the instance's whole tree?). Only live, unreaped

@@ -94,7 +94,10 @@ class Launcher:
         # 500 spawns waited for all of them (a 10 % reload at 5,000 instances: 0.7 s).
         signals, self._signals = self._signals, []
         if signals:
-            self.spawner().signal(signals)
+            try:
+                self.spawner().signal(signals)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the spawner is gone, its guard ends its children, and its EOF replaces it
         queue, self._spawns = self._spawns, []
         requests: list[SpawnRequest] = []
         outputs: list[tuple[int, ...]] = []
@@ -108,6 +111,11 @@ class Launcher:
                 self._fail(inst, f"cannot start: {_reason(exc)}")
         try:
             failed = self.spawner().spawn(requests, outputs) if requests else []
+        except (BrokenPipeError, ConnectionResetError):
+            # The spawner died (SIGKILLed mid-batch): these stay in flight until its EOF, and
+            # the new spawner starts them again (Supervisor.replace_spawner). This once ended
+            # `orch up` with a traceback when it came during the first batch of a start.
+            failed = []
         finally:
             for fds in outputs:
                 for fd in fds:
