@@ -18,7 +18,10 @@ from conftest import orch, text_of, wait_for
 from orchestrator.config.production import parse_rlimits
 from orchestrator.expand.envfile import EnvFileError, parse_env
 
-USER, GROUP = "orchtest", "orchtestx"
+# One user per xdist worker: the module's tests may run in several workers at once, and a
+# shared name let one worker's useradd meet another's ("user 'orchtest' already exists").
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+USER, GROUP = f"orchtest{_WORKER}", f"orchtestx{_WORKER}"
 SECRET = "s3cr3t-Value-9f2c"
 
 
