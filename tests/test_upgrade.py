@@ -224,6 +224,12 @@ def test_twenty_upgrades_keep_the_masters_fds_and_memory_flat(start_master, tmp_
         wait_for(lambda: f"(upgrade {round})" in master.stderr(), 60, 0.05, f"upgrade {round}")
         assert master.call("status")["versions"]["master"] == f"1.0.{round}"
         proc = psutil.Process(master.pid)
+        # A status connection or an exec probe's socket may be open at any one instant: a
+        # leak is an fd that never goes away, so each round waits (briefly) for the count
+        # to come back down to the first round's, and records what it settled at.
+        settle = time.monotonic() + 5
+        while samples and proc.num_fds() > samples[0][0] and time.monotonic() < settle:
+            time.sleep(0.02)
         samples.append((proc.num_fds(), proc.memory_info().rss))
     assert fleet(master) == before
     probed = len((tmp_path / "probed.txt").read_text())
@@ -231,7 +237,7 @@ def test_twenty_upgrades_keep_the_masters_fds_and_memory_flat(start_master, tmp_
              message="the exec probe to run again after the last upgrade")
     fds = [n for n, _ in samples]
     rss = [r for _, r in samples]
-    assert max(fds[1:]) <= fds[0] + 1, f"fds grew over 20 upgrades: {fds}"
+    assert max(fds[1:]) <= fds[0], f"fds grew over 20 upgrades: {fds}"
     assert max(rss[1:]) < rss[0] + 4 * 2**20, f"RSS grew over 20 upgrades: {[r >> 20 for r in rss]} MiB"
     assert_every_line_once(master.log_dir / "ticker.log")
     assert master.terminate() == 0
