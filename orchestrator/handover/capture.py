@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..spawn.request import CORE
 from .state import build, instance_record, rollout_record
 
 
@@ -35,6 +36,9 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         "feeds": [{"fd": kept(c.sock.fileno()), **c.stream.handover()} for c in streams(master)],
         "waiting": [{"fd": kept(c.sock.fileno()), "waits": [master.control.handler.waits.handover(w) for w in found]}
                     for c, found in waiting.items() if c is not conn],
+        "asked": [{"fd": kept(c.sock.fileno()), "requests": c.owed_requests()} for c in asked_again(master)],
+        "pages": [{**page, "fd": kept(page.pop("sock").fileno())} for page in
+                  (master.dashboard.handover() if master.dashboard is not None else [])],
     }
     pipes = [{"fd": kept(fd), "name": name, "stderr": stderr}
              for fd, name, stderr in output_pipes(master.supervisor.launcher)]
@@ -44,18 +48,21 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         orch=__version__, config=str(master.config.path), quiet=master.supervisor.echo is None,
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
                 "reload_failures": reloader.failures, "last_reload_seconds": reloader.last_seconds,
-                "queued_reload": reloader.queued,
+                "queued_reload": queued_reload(master),
+                "applied_sources": {name: data.decode("latin-1") for name, data in
+                                    (reloader.applied_sources or {}).items()} or None,
                 # the next token too: the spawner keeps the old tokens' zygotes (a revert names one)
                 "code_reloads": [master.code.count, master.code.last_error, next(master.code._tokens)],
                 "upgrades": upgrader.count, "fd_limit": master._fd_limit, "scaler": scaler_record(master.scaler),
                 "cgroups": cgroups_record(master.kernel_memory), "journal": master.journal.handover()},
         spawner={"pid": spawner.pid, "run": spawner.run, "version": upgrader.spawner_version,
-                 "protocol": upgrader.spawner_protocol,
+                 "protocol": upgrader.spawner_protocol, "core": CORE,  # the core: see spawn/request.py
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
         fds=fds, instances=[instance_record(inst, master.probes.handover(inst))
                             for inst in master.supervisor.instances.values()],
         pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None,
-        rollouts=[rollout_record(rollout) for rollout in master.supervisor.rolling.rollouts])
+        rollouts=[rollout_record(rollout, master.code.carried(master.supervisor.rolling.on_halt.get(rollout)))
+                  for rollout in master.supervisor.rolling.rollouts])
     return record, keep
 
 
@@ -64,6 +71,30 @@ def streams(master: Any) -> list[Any]:
     goes on with each from where it stood in the journal."""
     control = master.control
     return [c for c in control.connections if c.stream is not None and not c.closed] if control else []
+
+
+# Commands asked again of the next master when their answers are owed at the exec: they
+# changed nothing yet (`orch diff`; `orch reload` while its config is being expanded, which
+# applies nothing until the expansion ends), so the next master runs them afresh and answers.
+ASKED_AGAIN = ("diff", "reload")
+
+
+def asked_again(master: Any) -> list[Any]:
+    """Control connections owed nothing but answers of commands the next master asks again."""
+    control = master.control
+    if control is None:
+        return []
+    return [c for c in control.connections if c.owed and not (c.outbuf or c.inbuf or c.keep_open or c.closed)
+            and c.drained is None and len(owed := c.owed_requests()) == c.owed
+            and all(cmd in ASKED_AGAIN and not args.get("code") for cmd, args in owed)]
+
+
+def queued_reload(master: Any) -> str | None:
+    """The reload the next master runs once it has taken over: the one queued, or the one
+    being expanded (abandoned at the exec), unless an `orch reload` asked again runs it."""
+    reloader = master.reloader
+    again = any(cmd == "reload" for c in asked_again(master) for cmd, _ in c.owed_requests())
+    return reloader.queued or (None if again else reloader.expanding)
 
 
 def waiting_clients(master: Any) -> dict[Any, list[Any]]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config.load import Config
+from ..config.source import digest_of
 from ..expand.spec import ProcessSpec
 from ..observe.logs import LogFile, log_path
 from ..plan import Plan, reconcile
@@ -75,8 +76,11 @@ class Handover:
                     master.supervisor.launcher.signal(row["pid"], signal.SIGTERM, True)
         self._counters(master)  # first: a rollout that ends at once runs the queued reload
         sup.pending_ops = sum(inst.tracked for inst in sup.instances.values())  # a reload's stops
-        for rollout in self.record.get("rollouts", []):
-            sup.rolling.adopt(rollout_from(rollout, sup.instances))
+        for row in self.record.get("rollouts", []):
+            rollout = rollout_from(row, sup.instances)
+            if row.get("code"):  # new code rolling: a halt sends new processes back to the old zygotes
+                sup.rolling.on_halt[rollout] = master.code.take_over(row["code"])
+            sup.rolling.adopt(rollout)
         if not sup.pending_ops:
             master.reloader.idle()  # a reload queued behind what has ended meanwhile goes now
         self._pipes(sup, master.settings.log_dir)
@@ -89,6 +93,9 @@ class Handover:
             conn = master.control.adopt(self.taken.sock(client["fd"]))
             for saved in client["waits"] if conn is not None else ():
                 master.control.handler.waits.take_over(conn, saved)
+        self._asked_again(master)
+        for page in record["fds"].get("pages", []):  # dashboard clients: pages' streams, requests
+            master.dashboard.take_over(self.taken.sock(page["fd"]), page)
         self._answer(master)
         log.info("orch %s master %d: took over %d instances from orch %s (upgrade %d)", __version__,
                  os.getpid(), len(record["instances"]), record["orch"], master.upgrader.count)
@@ -134,6 +141,9 @@ class Handover:
         if token:  # the running spawner knows the old master's tokens: never reuse one
             master.code._tokens = itertools.count(token[0])
         master.reloader.queued = old.get("queued_reload")  # goes once the rollouts carried on are done
+        applied = applied_sources(self.record)
+        if applied is not None:  # the config the fleet runs, which a save may have changed since
+            master.reloader.applied_sources, master.reloader.config_bytes = applied, digest_of(applied)
         master.upgrader.count = old.get("upgrades", 0)
         master.upgrader.previous = self.record["orch"]
         master.upgrader.spawner_version = spawner.get("version")
@@ -141,6 +151,15 @@ class Handover:
         if old.get("fd_limit"):
             master._fd_limit = tuple(old["fd_limit"])  # what a replacement spawner gives children
         master.spawner.adopted = {leader: set(orphans) for leader, orphans in spawner.get("adopted", [])}
+
+    def _asked_again(self, master: Any) -> None:
+        """`orch diff` and `orch reload` the old master owed answers to: asked again here,
+        once the fleet is taken over (the reload against the file on disk)."""
+        for client in self.record["fds"].get("asked", []):
+            conn = master.control.adopt(self.taken.sock(client["fd"]))
+            if conn is not None:
+                requests = [(cmd, args) for cmd, args in client["requests"]]
+                master.loop.call_soon(lambda conn=conn, requests=requests: conn.ask_again(requests))
 
     def _feed(self, master: Any, saved: dict[str, Any]) -> None:
         """An `orch events -f` stream of the old master goes on here."""
@@ -159,6 +178,12 @@ class Handover:
                                               "pid": os.getpid(),
                                               "instances": len(self.record["instances"]),
                                               "spawner": master.upgrader.spawner_version}})
+
+
+def applied_sources(record: dict[str, Any]) -> dict[str, bytes] | None:
+    """The config files' bytes as the old master had applied them (None: read the disk)."""
+    kept = record["master"].get("applied_sources")
+    return {name: text.encode("latin-1") for name, text in kept.items()} if kept else None
 
 
 def restore_instance(master: Any, spec: ProcessSpec, row: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from ..errors import OrchError
 
-VERSION = 3  # of the record's format; 1 had no per-instance deadlines, 2 no rollouts
+VERSION = 4  # of the record's format; 1 had no per-instance deadlines, 2 no rollouts, 3 no code rolls
 KEPT = ("restarts", "failures", "last_exit", "last_reason", "limit_kills", "held", "ready", "requests",
         "counts_requests", "notify_status", "pid", "started_at", "start_ticks", "tracked")
 STATES = ("running", "stopping", "stopped", "exited", "backoff", "crash-looping", "waiting")
@@ -37,12 +37,13 @@ def instance_record(inst: Any, probes: dict[str, Any] | None = None) -> dict[str
     return record
 
 
-def rollout_record(rollout: Any) -> dict[str, Any]:
+def rollout_record(rollout: Any, code: list[Any] | None = None) -> dict[str, Any]:
     """A rolling restart in progress: who is still waiting (and whether onto a new spec,
-    which the successor expands from the same config) and who is being restarted now."""
+    which the successor expands from the same config) and who is being restarted now;
+    `code`: [token, label] when it rolls new code onto fresh zygotes (`orch reload --code`)."""
     return {"label": rollout.label, "batch": rollout.batch, "total": rollout.total,
             "waiting": [[inst.name, spec is not None] for inst, spec in rollout.waiting],
-            "in_flight": sorted(inst.name for inst in rollout.in_flight)}
+            "in_flight": sorted(inst.name for inst in rollout.in_flight), "code": code}
 
 
 def _deadline(timer: Any) -> float | None:
@@ -78,6 +79,10 @@ def migrate(record: Any) -> dict[str, Any]:
             inst.setdefault("tracked", 0)
         record.setdefault("rollouts", [])
         record["version"] = 3
+    if record["version"] == 3:  # no code reload's roll was in flight: the old master waited for it
+        for rollout in record.get("rollouts", []):
+            rollout.setdefault("code", None)
+        record["version"] = 4
     for key in ("config", "fds", "instances", "pipes", "spawner", "master"):
         if key not in record:
             raise HandoverError(f"the handed-over state has no {key!r}")
@@ -95,13 +100,23 @@ def spawner_protocol() -> list[Any]:
 
 
 def check_protocol(record: dict[str, Any]) -> None:
-    """Refuse (HandoverError) a successor that cannot talk to the running spawner."""
-    running = record["spawner"].get("protocol")
-    if running is not None and running != spawner_protocol():
-        raise HandoverError(
-            f"the running spawner (orch {record['spawner'].get('version')}) speaks another protocol than "
-            "this orch; an upgrade in place would need a new spawner, which this orch cannot start beside "
-            "it yet: restart the master to upgrade (orch down, orch up)")
+    """Refuse (HandoverError) a successor that cannot take over the running spawner: one
+    whose protocol differs starts a spawner of its own beside it (beside.py), which needs
+    the core every protocol keeps (spawn/request.py: CORE) and nothing the core lacks."""
+    from ..spawn.request import CORE
+    spawner = record["spawner"]
+    if spawner.get("protocol") in (None, spawner_protocol()):
+        return
+    why = None
+    if spawner.get("core", 1) != CORE:  # masters before CORE existed all spoke core 1
+        why = "not even the core an orch keeps for an older spawner beside its own (spawn/request.py: CORE)"
+    elif (record["master"].get("cgroups") or {}).get("made"):
+        why = 'and with cgroup = "auto" its instances\' cgroups cannot be shared with a second spawner'
+    elif any(rollout.get("code") for rollout in record.get("rollouts", [])):
+        why = "and new code is rolling onto its zygotes (`orch reload --code`): upgrade once the roll is done"
+    if why:
+        raise HandoverError(f"the running spawner (orch {spawner.get('version')}) speaks another protocol "
+                            f"than this orch, {why}: restart the master to upgrade (orch down, orch up)")
 
 
 def missing_names(record: dict[str, Any], names: Iterable[str]) -> list[str]:

@@ -2,11 +2,13 @@
 for a quiet moment, prove the new code can take over, then exec into it (handover/).
 
 Quiet means nothing is half-sent: no spawn waiting for its pid, no config being expanded,
-no new code being rolled out, no hook running, no control command waiting for its answer
-(but those waiting on instances, which are carried). Those last milliseconds (an expansion:
-seconds), so the upgrade waits up to QUIET_WAIT for them. Everything else is carried as it
-is: stops and restarts in progress, rolling restarts (the next master goes on with the batch
-where it stood: nothing restarts twice), a reload's removals (their SIGKILL deadlines), a
+no new code importing, no hook running, no control command waiting for its answer (but
+those waiting on instances, which are carried). Those last milliseconds (an expansion:
+seconds), so the upgrade waits up to QUIET_WAIT for them, and for an import of new code as
+long as that import may take (code_reload.py gives it up at its IMPORT_TIMEOUT). Everything
+else is carried as it is: stops and restarts in progress, rolling restarts and code reloads'
+rolls (the next master goes on with the batch where it stood: nothing restarts twice), a
+reload's removals (their SIGKILL deadlines), a
 reload queued behind them, backoffs, crash loops and held instances. Once quiet, the servers
 stop accepting and answer what they had accepted (drain.py), then the master execs.
 """
@@ -41,6 +43,7 @@ class Upgrader:
         self.previous: str | None = None  # the orch version before the last upgrade
         self.spawner_version = __version__  # the code the current spawner (and its zygotes) run
         self.spawner_protocol = spawner_protocol()  # and the protocol it speaks
+        self.beside: Any = None  # beside.OldSpawner: an older orch's spawner, until its last child exits
         self.proof: Proof | None = None
         self.drain: Drain | None = None  # the servers paused for the exec
         self._job: dict[str, Any] | None = None
@@ -75,7 +78,8 @@ class Upgrader:
     def status(self) -> dict[str, Any]:
         """The versions `orch status` shows: the master's and its helpers'."""
         return {"master": __version__, "spawner": self.spawner_version, "zygotes": self.spawner_version,
-                "upgrades": self.count, "previous": self.previous, "upgrading": self._job is not None}
+                "upgrades": self.count, "previous": self.previous, "upgrading": self._job is not None,
+                "old_spawner": self.beside.status() if self.beside is not None else None}
 
     # --- steps ---------------------------------------------------------------------------
     def _refused(self) -> str | None:
@@ -84,12 +88,12 @@ class Upgrader:
             return "an upgrade is already in progress"
         if master.stopping:
             return "the master is stopping"
+        if self.beside is not None:  # the record has room for one spawner
+            return (f"the spawner of orch {self.beside.version} still runs {len(self.beside.pids)} instances "
+                    "beside this one's: upgrade again once they have exited (`orch restart` moves them)")
         if master.last_reload_error:
             return f"the config does not load ({master.last_reload_error}); fix it and reload first"
-        if master.reloader._read_sources() != master.config_bytes:
-            return ("the config changed since it was last applied: `orch reload` it first (an upgrade "
-                    "carries the fleet as it runs, and the new master expands the file on disk)")
-        return None
+        return None  # a saved file is not: the next master adopts the fleet as applied, then reloads
 
     def _when_quiet(self, then: Any) -> None:
         busy = self._busy()
@@ -100,7 +104,7 @@ class Upgrader:
             then()
         elif self.master.stopping:
             self._finish("upgrade refused: the master is stopping")
-        elif time.monotonic() > job["until"]:
+        elif time.monotonic() > job["until"] and not self._importing():  # an import ends by itself
             self._finish(f"the fleet did not settle within {QUIET_WAIT:.0f}s ({busy}); try again")
         else:
             self.master.loop.call_later(POLL, lambda: self._when_quiet(then))
@@ -110,12 +114,9 @@ class Upgrader:
         master, sup = self.master, self.master.supervisor
         if master.stopping:
             return "the master is stopping"
-        if master.reloading:
-            return "a reload is being expanded"
-        if sup.rolling.on_halt:
-            return "new code is being rolled out"  # its fresh zygotes do not cross exec
-        if getattr(master, "code", None) is not None and master.code.pending:
-            return "a code reload's zygotes are importing"
+        # a reload being expanded is not: abandoned at the exec, it runs again under the next master
+        if self._importing():
+            return "a code reload's zygotes are importing"  # its roll, once they have, is carried
         starting = sum(1 for i in sup.instances.values() if i.state is State.STARTING)
         if sup.by_token or starting:
             return f"{max(starting, len(sup.by_token))} instances are starting"
@@ -126,13 +127,18 @@ class Upgrader:
             return "control commands are waiting for their answers"  # a stream (events -f) ends at exec
         return None
 
+    def _importing(self) -> bool:
+        """New code is importing (`orch reload --code`): waited for, however long it takes
+        (code_reload.py gives it up at IMPORT_TIMEOUT), since its roll is carried."""
+        return getattr(self.master, "code", None) is not None and bool(self.master.code.pending)
+
     def _kept(self) -> set[Any]:
         """The control connections owed answers that cross exec: the asker's, those of
         commands waiting on instances (the next master goes on waiting and answers them) and
         `orch events -f` streams (the next master goes on with them)."""
-        from .capture import streams, waiting_clients
+        from .capture import asked_again, streams, waiting_clients
         asker = self._job["conn"] if self._job else None
-        return {asker, *waiting_clients(self.master), *streams(self.master)} - {None}
+        return {asker, *waiting_clients(self.master), *streams(self.master), *asked_again(self.master)} - {None}
 
     def _prove(self) -> None:
         from .capture import capture

@@ -63,6 +63,17 @@ class CodeReloader:
         self.supervisor.spawner.preload_revert(token)
         on_done({"applied": False, "halted": True, "error": f"{why}; new processes fork from the old code again"})
 
+    def carried(self, on_halt: Any) -> list[Any] | None:
+        """[token, label] of a rollout's halt if it rolls new code (what crosses an upgrade's
+        exec: the spawner keeps both zygotes of each key, so only this is the master's)."""
+        return [on_halt.token, on_halt.label] if isinstance(on_halt, CodeRoll) else None
+
+    def take_over(self, saved: list[Any]) -> CodeRoll:
+        """The halt of a code reload's roll an upgraded master had begun: its client, if one
+        waits, is answered by the carried wait (control/waits.py); the revert goes on here."""
+        token, label = saved
+        return CodeRoll(self, int(token), str(label), lambda result: None)
+
     def _answered(self, event: tuple[Any, ...]) -> None:
         self._finish(event[1], list(event[2]))
 
@@ -89,8 +100,17 @@ class CodeReloader:
         items = [(inst, None) for name in names if (inst := instances.get(name)) is not None
                  and inst.state in ALIVE and not inst.held]
         if items:  # halted (new code died before it was ready): new processes fork the old code again
-            self.supervisor.rolling.roll(f"{label} onto new code", items,
-                                         on_halt=lambda why: self._revert(token, label, why, on_done))
+            self.supervisor.rolling.roll(f"{label} onto new code", items, on_halt=CodeRoll(self, token, label, on_done))
         log.info("reload --code (%s): new code imported; %d running instances roll onto it", label, len(items))
         on_done({"applied": True, "code": True, "rolling": len(items), "instances": len(names),
                  "rolled": [[inst.name, inst.pid] for inst, _ in items]})  # pid: the old process
+
+
+class CodeRoll:
+    """A rollout's halt when it rolls new code: back to the old zygotes of `token`."""
+
+    def __init__(self, reloader: CodeReloader, token: int, label: str, on_done: Done) -> None:
+        self.reloader, self.token, self.label, self.on_done = reloader, token, label, on_done
+
+    def __call__(self, why: str) -> None:
+        self.reloader._revert(self.token, self.label, why, self.on_done)
