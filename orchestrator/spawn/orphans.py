@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 if TYPE_CHECKING:
     import psutil
 
-from ..procfs import CLOCK_TICKS, start_time  # start_time: the state file's per-instance fast path
+from ..procfs import CLOCK_TICKS, start_time
+from .state_rows import StateRows, record_text
 
 log = logging.getLogger("orch")
 
@@ -46,31 +47,33 @@ def state_path(pidfile: Path) -> Path:
     return pidfile.with_name(pidfile.name + ".state")
 
 
-def write_state(pidfile: Path, spawner: int | None, groups: Iterable[tuple[int, int | None]],
+def write_state(pidfile: Path, spawner: int | None, groups: str | Iterable[tuple[int, int | None]],
                 run: str | None = None, stopped: Iterable[str] = ()) -> None:
-    """Record the run's cookie, (leader pid, start time) of every running group and the
-    names of the instances `orch stop` holds stopped, atomically. Without a spawner (a clean
-    exit) only the stopped names are kept: nothing is left to sweep."""
+    """Record the run's cookie, (leader pid, start time) of every running group (pairs, or
+    StateRows' text) and the names of the instances `orch stop` holds stopped, atomically.
+    Without a spawner (a clean exit) only the stopped names are kept: nothing is left to sweep."""
     record: dict[str, Any] = {"master": os.getpid(), "stopped": sorted(stopped)}
-    if spawner is not None:
-        record.update({"spawner": [spawner, start_time(spawner)], "run": run,
-                       "run_start": start_time(os.getpid()), "groups": [[pid, start] for pid, start in groups]})
+    if spawner is None:
+        text = json.dumps(record)
+    else:
+        record.update({"spawner": [spawner, start_time(spawner)], "run": run, "run_start": start_time(os.getpid())})
+        text = record_text(record, groups)
     path = state_path(pidfile)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a leftover (or a planted link): O_EXCL then never follows one
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record))
+        f.write(text)
     os.replace(tmp, path)  # rename(2) replaces a link at `path`, never its target
 
 
 class StateRecorder:
     """Keeps the state file in step with the running groups and the instances `orch stop`
     holds (they stay stopped across a restart of the master: `read_stopped`): a subscriber of the
-    supervisor's events, writing at most once per burst, never on the spawn path. A write is
-    O(instances) (every group, a /proc read for each new one), so the wait after a burst
-    grows with what the last write cost: at most 5 % of a core, however large the fleet
-    (at 5,000 instances a write every 50 ms took a whole core of the start-up)."""
+    supervisor's events, writing at most once per burst, never on the spawn path. A write
+    formats only the rows that changed (StateRows: a /proc read for each new process) and
+    rewrites the file from their cached text; the wait after a burst still grows with what
+    the last write cost: at most 5 % of a core, however large the fleet."""
 
     DELAY = 0.05
     SHARE = 0.05  # of a core, at most
@@ -82,11 +85,15 @@ class StateRecorder:
         self.spawner = spawner  # the current SpawnerClient: its pid and the run's cookie
         self._timer: Any = None
         self._cost = 0.0  # seconds the last write took
+        self.rows = StateRows()
         supervisor.events.subscribe(self.on_event)
 
     def on_event(self, event: Any) -> None:
         # A hold or a release (`orch stop`, `orch start`) passes through STOPPED or STARTING.
-        if getattr(event, "started", False) or getattr(event, "ended", False) \
+        started = getattr(event, "started", False)
+        if started:
+            self.rows.touch(event.instance.pid)  # a new process, maybe under a pid seen before
+        if started or getattr(event, "ended", False) \
                 or getattr(getattr(event, "new", None), "value", None) in ("stopped", "starting"):
             self.changed()
 
@@ -97,14 +104,10 @@ class StateRecorder:
     def write(self) -> None:
         self._timer = None
         began = time.monotonic()
-        groups = []
-        for inst in self.supervisor.by_pid.values():
-            if inst.start_ticks is None and inst.pid is not None:
-                inst.start_ticks = start_time(inst.pid)
-            groups.append((inst.pid, inst.start_ticks))
+        self.rows.sync(self.supervisor.by_pid)
         try:
             spawner = self.spawner()
-            write_state(self.pidfile, spawner.pid, groups, run=spawner.run, stopped=self.stopped())
+            write_state(self.pidfile, spawner.pid, self.rows.text(), run=spawner.run, stopped=self.stopped())
         except OSError as exc:
             log.warning("cannot write the state file: %s", exc)
         self._cost = time.monotonic() - began
