@@ -262,12 +262,12 @@ def test_a_tree_that_cannot_take_over_is_refused_and_nothing_changes(start_maste
         refused.stderr
     state.write_text(state.read_text().replace("VERSION = 1", f"VERSION = {VERSION}"))
 
-    request = tree / "orchestrator" / "spawn" / "request.py"  # a new field the old spawner lacks
-    request.write_text(request.read_text().replace("    cgroup: tuple | None = None",
-                                                   "    cgroup: tuple | None = None\n    nice: int = 0"))
+    request = tree / "orchestrator" / "spawn" / "request.py"  # even the core an old spawner keeps changed
+    request.write_text(request.read_text().replace("PROTOCOL = 1\n", "PROTOCOL = 2\n").replace("CORE = 1\n", "CORE = 2\n"))
     refused = orch("upgrade", "-c", str(master.config), timeout=60)
     assert refused.returncode == 1 and "speaks another protocol" in refused.stderr, refused.stderr
-    request.write_text(request.read_text().replace("\n    nice: int = 0", ""))
+    assert "not even the core" in refused.stderr, refused.stderr
+    request.write_text(request.read_text().replace("PROTOCOL = 2\n", "PROTOCOL = 1\n").replace("CORE = 2\n", "CORE = 1\n"))
 
     set_version(tree, "2.0.0")
     broken = tree / "orchestrator" / "supervise" / "rollout.py"

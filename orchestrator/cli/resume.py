@@ -12,10 +12,10 @@ from pathlib import Path
 from ..config.load import TemplateCache, load_config
 from ..control.record import remove_record
 from ..handover.carry import ENV, Taken, read_record
+from ..handover.beside import BesideHandover, spawners
 from ..handover.resume import Handover, listeners_from
 from ..handover.state import migrate
 from ..spawn.pidfile import PidLock
-from ..spawn.spawner import SpawnerClient
 from ..title import set_title
 from .up import setup_logging
 
@@ -37,16 +37,16 @@ def run_resumed() -> int:
     specs = expand(config)
     lock = PidLock(config.settings.pidfile)
     lock.fd = taken.plain(record["fds"]["lock"])
-    old = record["spawner"]
     sock = taken.sock(record["fds"]["spawner"])
     assert sock is not None
-    spawner = SpawnerClient(old["pid"], sock, old["run"])
+    spawner, beside = spawners(record, sock, config.settings)  # a new one beside an old protocol's
     listeners = listeners_from(record, taken, config)
     set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=record["quiet"], listeners=listeners, templates=templates)
     master.loop.before_wait.append(log_handler.flush)
     try:
-        code = master.run(handover=Handover(record, taken))
+        handover = Handover(record, taken) if beside is None else BesideHandover(record, taken, beside)
+        code = master.run(handover=handover)
     finally:
         remove_record(config.path)
         log_handler.flush()

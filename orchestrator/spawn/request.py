@@ -9,6 +9,13 @@ from typing import NamedTuple
 # Bump when a message between the master and the spawner changes. With SpawnRequest's fields
 # it is the protocol an `orch upgrade` checks: the new master talks to the running spawner.
 PROTOCOL = 1
+# The core every revision keeps as it is, so that a master whose PROTOCOL differs can still
+# retire a spawner of an older orch beside its own (handover/beside.py): from the master
+# ("signal", [(pid, signum, whole tree?)]), ("close_sockets", [key]) and ("exit",); from the
+# spawner ("exited", [(pid, wait status)]), ("adopted" | "released", [(leader, orphan)]),
+# ("strays", [(pid, command)]) and EOF; pickled tuples of ints and strings. Bump CORE (and
+# PROTOCOL) only with a change to these: an upgrade across it is refused (restart the master).
+CORE = 1
 
 
 class SpawnRequest(NamedTuple):

@@ -63,7 +63,8 @@ class SpawnerClient:
         try:
             os.set_inheritable(spawner_end.fileno(), True)
             argv = helper_argv(title or "orch: spawner", spawner_end.fileno(), run, state, fd_limit)
-            pid = os.posix_spawn(sys.executable, argv, os.environ)
+            # no signal blocked: a master fresh from an upgrade's exec holds some back (handover/carry.py)
+            pid = os.posix_spawn(sys.executable, argv, os.environ, setsigmask=())
         except BaseException:
             master_end.close()
             raise

@@ -66,6 +66,9 @@ class Launcher:
         self._sent: dict[int, float] = {}  # token -> when it was sent (oldest first)
         self._overdue_timer: Any = None
         self.answers: dict[str, Callable[[tuple[Any, ...]], None]] = {}  # other reports, by kind ("preloaded")
+        # after an upgrade across spawner protocols: hands the old spawner the signals for its
+        # processes and returns the rest (handover/beside.py)
+        self.divert: Callable[[list[tuple[int, int, bool]]], list[tuple[int, int, bool]]] | None = None
 
     def spawn(self, inst: "Instance") -> None:
         self._spawns.append(inst)
@@ -93,6 +96,8 @@ class Launcher:
         # Signals first: the spawner handles messages in order, and a stop queued behind
         # 500 spawns waited for all of them (a 10 % reload at 5,000 instances: 0.7 s).
         signals, self._signals = self._signals, []
+        if signals and self.divert is not None:
+            signals = self.divert(signals)
         if signals:
             try:
                 self.spawner().signal(signals)

@@ -1,0 +1,152 @@
+"""A spawner of an older orch kept beside the new master's own, after an upgrade into code
+whose spawner protocol differs (spawn/request.py: PROTOCOL changed, CORE the same).
+
+The new master cannot ask the old spawner for anything it does not understand, and every
+protocol keeps the core (request.py: CORE): signals to its children, their exit reports,
+orphan bookkeeping and "exit". So, rather than teaching the new master every old message,
+it starts a spawner of its own code (its own guard, a new run cookie) for every start and
+restart from then on, and keeps the old one only for the processes it already runs: their
+signals go to it (Launcher.divert), their exits come from it, and once the last has exited
+it is told to exit (it stops its guard). A SIGKILLed master closes both sockets: each
+spawner ends its own children, as when it was the only one.
+
+Why a new cookie: each guard then sweeps only what its own spawner started (the old guard
+finds the state file naming the new run and goes by its cookie alone), so an old spawner
+killed from outside takes only its own children with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from ..procfs import start_time
+from ..spawn.orphans import end_record, state_path
+from ..spawn.spawner import SpawnerClient
+from .resume import Handover
+from .state import spawner_protocol
+
+log = logging.getLogger("orch")
+KILLED = int(signal.SIGKILL)  # the wait status of a process SIGKILLed (the old spawner's guard ends them)
+
+
+def spawners(record: dict[str, Any], sock: Any, settings: Any) -> tuple[SpawnerClient, SpawnerClient | None]:
+    """(the spawner the new master starts and signals through, the old one kept beside it or
+    None): the running spawner itself when it speaks this code's protocol."""
+    old = record["spawner"]
+    running = SpawnerClient(old["pid"], sock, old["run"])
+    if old.get("protocol") in (None, spawner_protocol()):
+        return running, None
+    limit = record["master"].get("fd_limit")
+    # posix_spawn, before any thread of this master starts: a fresh interpreter of this code
+    fresh = SpawnerClient.start(f"orch: spawner {settings.name}", fd_limit=tuple(limit) if limit else None,
+                                state=str(state_path(settings.pidfile)))
+    log.info("upgrade: the running spawner (pid %d, orch %s) speaks another protocol: spawner %d runs "
+             "every start from now on, and the old one only until its last child exits",
+             old["pid"], old.get("version"), fresh.pid)
+    return fresh, running
+
+
+class BesideHandover(Handover):
+    """A handover that keeps the old spawner beside the new one (cli/resume.py)."""
+
+    def __init__(self, record: dict[str, Any], taken: Any, old: SpawnerClient):
+        super().__init__(record, taken)
+        self.old = old
+
+    def restore(self, master: Any) -> Any:
+        plan = super().restore(master)
+        OldSpawner(master, self.old, self.record)
+        return plan
+
+
+class OldSpawner:
+    """The old spawner, for the processes it runs: their signals and exits, then its retirement."""
+
+    def __init__(self, master: Any, client: SpawnerClient, record: dict[str, Any]):
+        self.master, self.client, self.sup = master, client, master.supervisor
+        self.version = record["spawner"].get("version")
+        # main pid -> its start (monotonic): a pid the new spawner reuses is no longer this one's
+        self.pids: dict[int, float | None] = {row["pid"]: row.get("started_at")
+                                              for row in record["instances"] if row.get("pid") is not None}
+        client.adopted = master.spawner.adopted  # one map of orphans: status sees both spawners'
+        master.spawner.send_sockets(master.listeners.items())  # the new spawner starts from now on
+        master.upgrader.spawner_replaced()  # the spawner that starts is this code's
+        master.upgrader.beside = self
+        self.sup.launcher.divert = self.divert
+        master.loop.add_reader(client.fileno(), self._readable)
+        master.journal.record("spawner_replaced", old_pid=client.pid, pid=master.spawner.pid)
+        if not self.pids:
+            self.retire()
+
+    def status(self) -> dict[str, Any]:
+        """For `orch status`: the old spawner's version, pid and how many processes it still runs."""
+        return {"version": self.version, "pid": self.client.pid, "instances": len(self.pids)}
+
+    def owns(self, pid: int) -> bool:
+        """The old spawner runs this main pid (not a new process that got the same pid)."""
+        if pid not in self.pids:
+            return False
+        inst = self.sup.by_pid.get(pid)
+        return inst is None or inst.started_at == self.pids[pid]
+
+    def divert(self, orders: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+        """Send the old spawner the orders about its processes; return the others."""
+        mine = [order for order in orders if self.owns(order[0])]
+        if not mine:
+            return orders
+        try:
+            self.client.signal(mine)
+        except OSError:
+            pass  # it is gone: its EOF says so, and its guard ends its children
+        return [order for order in orders if not self.owns(order[0])]
+
+    def _readable(self) -> None:
+        for event in self.client.receive():
+            if event[0] == "exited":
+                for pid, status in event[1]:
+                    self._exited(pid, status)
+            elif event[0] == "eof":
+                self._lost()
+                return
+        if not self.pids:
+            self.retire()
+        self.sup.flush()  # replacements (on the new spawner) leave now
+
+    def _exited(self, pid: int, status: int) -> None:
+        if pid not in self.pids:
+            return
+        mine = self.owns(pid)
+        del self.pids[pid]
+        if mine:
+            self.sup._exited(pid, status)
+
+    def retire(self) -> None:
+        """Its last process is gone: it exits (reaped by the master's SIGCHLD handling)."""
+        log.info("the spawner of orch %s (pid %d) has no child left: it exits", self.version, self.client.pid)
+        self._close(exit=True)
+
+    def _lost(self) -> None:
+        """It died (killed from outside): its guard ends its children; they count as SIGKILLed."""
+        log.error("the spawner of orch %s (pid %d) died, and its %d instances with it", self.version,
+                  self.client.pid, len(self.pids))
+        self._close(exit=False)
+        groups = [[pid, inst.start_ticks] for pid in self.pids
+                  if (inst := self.sup.by_pid.get(pid)) is not None and inst.start_ticks is not None]
+        end_record({"run": self.client.run, "run_start": start_time(os.getpid()), "groups": groups},
+                   "by the dead spawner", 0.5)
+        for pid in list(self.pids):
+            self._exited(pid, KILLED)
+        self.sup.flush()
+
+    def _close(self, exit: bool) -> None:
+        self.master.loop.remove_reader(self.client.fileno())
+        if exit:
+            self.client.exit()
+        self.client.sock.close()
+        if self.sup.launcher.divert == self.divert:
+            self.sup.launcher.divert = None
+        if self.master.upgrader.beside is self:
+            self.master.upgrader.beside = None

@@ -1,0 +1,106 @@
+"""`orch upgrade` into an orch whose spawner protocol changed (handover/beside.py): the new
+master starts a spawner of its own for every new start and keeps the old one only for the
+processes it runs, until the last has exited. Real masters, a copy of the package whose
+protocol revision and SpawnRequest differ, real exec."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import orch, wait_for
+from test_upgrade import assert_every_line_once, fleet, package_copy, set_version, ticker_config
+
+GUARD = "read -r line"  # the guard's shell script (spawn/guard.py: SCRIPT)
+
+
+def new_protocol(tree: Path) -> None:
+    """The package copy becomes version 2.0.0, speaking protocol 2: a request field the old spawner lacks."""
+    set_version(tree, "2.0.0")
+    request = tree / "orchestrator" / "spawn" / "request.py"
+    text = request.read_text()
+    field = "    cgroup: tuple | None = None"
+    assert "PROTOCOL = 1\n" in text and field in text, "request.py changed shape: update this copy"
+    request.write_text(text.replace("PROTOCOL = 1\n", "PROTOCOL = 2\n").replace(field, "    nice: int = 0\n" + field))
+
+
+def spawners(master) -> list[psutil.Process]:
+    return [p for p in psutil.Process(master.pid).children() if "spawner" in " ".join(p.cmdline())]
+
+
+def guard_of(spawner: psutil.Process) -> psutil.Process:
+    return next(p for p in spawner.children() if GUARD in " ".join(p.cmdline()))
+
+
+def upgraded(start_master, tmp_path: Path, monkeypatch) -> tuple:
+    """A master running two tickers, upgraded into protocol 2: (master, its fleet before,
+    the old spawner, its guard, the new spawner)."""
+    tree = package_copy(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tree))
+    master = start_master(ticker_config(tmp_path))
+    master.wait_running(2)
+    before = fleet(master)
+    [old] = spawners(master)
+    old_guard = guard_of(old)
+    new_protocol(tree)  # what `pip install -U` would have done
+    result = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "now runs orch 2.0.0 (was 0.1.0)" in result.stdout, result.stdout
+    new = wait_for(lambda: next((p for p in spawners(master) if p.pid != old.pid), None), 10,
+                   message="the new spawner")
+    return master, before, old, old_guard, new
+
+
+@pytest.mark.slow
+def test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_exits(
+        start_master, tmp_path, monkeypatch):
+    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    assert fleet(master) == before, "an instance was restarted by the upgrade"
+    assert {p.pid for p in old.children()} >= {pid for pid, _ in before.values()}, "the old spawner lost its children"
+    for log in ("ticker.log", "ticker-1.log"):  # only numbers: no ticker saw a signal
+        assert_every_line_once(master.log_dir / log)
+    versions = master.call("status")["versions"]
+    assert versions["master"] == versions["spawner"] == "2.0.0"
+    assert versions["old_spawner"] == {"version": "0.1.0", "pid": old.pid, "instances": 2}
+    text = orch("status", "-c", str(master.config)).stdout
+    assert f"spawner: orch 2.0.0, and spawner {old.pid} of orch 0.1.0 for its 2 instances" in text, text
+    refused = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert refused.returncode == 1 and "still runs 2 instances" in refused.stderr, refused.stderr
+
+    # a killed old instance comes back on the new spawner; the old one keeps the other
+    os.kill(before["ticker"][0], signal.SIGKILL)
+    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
+             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    replaced = master.status()["ticker"]["pid"]
+    wait_for(lambda: psutil.Process(replaced).ppid() == new.pid, 5, message="the new spawner to be its parent")
+    assert old.is_running() and master.call("status")["versions"]["old_spawner"]["instances"] == 1
+
+    # the last old instance, stopped through the old spawner: it exits, and its guard with it
+    restarted = orch("restart", "ticker-1", "-c", str(master.config))
+    assert restarted.returncode == 0, restarted.stderr
+    assert "SIGNAL 15" in (master.log_dir / "ticker-1.log").read_text()
+    gone, left = psutil.wait_procs([old, old_guard], timeout=10)
+    assert not left, f"the old spawner or its guard still runs: {left}"
+    assert psutil.Process(master.status()["ticker-1"]["pid"]).ppid() == new.pid
+    status = master.call("status")
+    assert status["versions"]["old_spawner"] is None and status["pid"] == master.pid
+    assert master.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_sigkilled_master_with_children_on_both_spawners_leaves_nothing(start_master, tmp_path, monkeypatch):
+    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    os.kill(before["ticker"][0], signal.SIGKILL)
+    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
+             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    watched = [old, old_guard, new, guard_of(new), *(psutil.Process(pid) for pid in master.pids().values())]
+    assert psutil.Process(master.pids()["ticker"]).ppid() == new.pid
+    assert psutil.Process(master.pids()["ticker-1"]).ppid() == old.pid
+    os.kill(master.pid, signal.SIGKILL)
+    master.proc.wait(5)
+    gone, left = psutil.wait_procs(watched, timeout=15)
+    assert not left, f"still running after the master's SIGKILL: {[(p.pid, p.cmdline()) for p in left]}"
