@@ -92,3 +92,26 @@ def test_exec_probe_is_killed_at_its_timeout_and_liveness_restarts(start_master,
     # each timed-out probe was killed: at most the one in flight is left, and none is the master's child
     assert len(probes_running()) <= 1
     assert all(p.ppid() != master.pid for p in probes_running())
+
+
+def test_an_exec_probe_that_cannot_run_says_why_not_just_exit_127(start_master, tmp_path: Path) -> None:
+    """A probe program that exists but cannot be executed (no x bit) fails with the kernel's
+    words, where it used to say only `exit 127`; a probe that does run and exits 127 itself
+    still says `exit 127`."""
+    script = tmp_path / "check.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    master = start_master(_config(f'readiness = {{ exec = ["{script}"], period = "0.1s", failures = 1 }}')
+                          + f'''
+    [workers.own127]
+    command = "sleep 600"
+    probes = {{ readiness = {{ exec = ["sh", "-c", "exit 127"], period = "0.1s", failures = 1 }} }}
+    ''')
+    row = wait_for(lambda: (r := master.status()["app"])["probes"]
+                   and r["probes"]["readiness"]["checks"] >= 2 and r, 10, message="two checks")
+    assert row["probes"]["readiness"]["last_failure"] == f"{script}: Permission denied"
+    own = wait_for(lambda: (r := master.status()["own127"])["probes"]
+                   and r["probes"]["readiness"]["checks"] >= 2 and r, 10, message="two checks of own127")
+    assert own["probes"]["readiness"]["last_failure"] == "sh: exit 127"
+    script.chmod(0o755)
+    wait_for(lambda: master.status()["app"]["ready"], 5, message="ready once the script is executable")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 import fcntl
 import os
 import pickle
@@ -68,6 +69,17 @@ def prepare_child(parent: int, stdin: int, out: int, cwd: str, sockets: Sequence
     if before_cwd is not None:
         before_cwd()
     os.chdir(cwd)
+
+
+def exec_error(exc: BaseException, program: str, cwd: str) -> bytes:  # pragma: no cover - in children
+    """What a child that could not exec writes to its close-on-exec error pipe: the program
+    and the reason, or the working directory when that is what is missing."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+    detail = f"{program}: {text}"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) \
+            and not os.path.isdir(cwd):
+        detail = f"cwd {cwd}: {text}"
+    return detail.encode(errors="replace")[:1000]
 
 
 def pass_sockets(fds: Sequence[int]) -> None:  # pragma: no cover - in children

@@ -4,7 +4,6 @@ whole process tree (see spawner.py for why it is a separate process, and its pro
 from __future__ import annotations
 
 import bisect
-import errno
 import fcntl
 import os
 import pickle
@@ -15,8 +14,8 @@ import sys
 import time
 from typing import Any
 
-from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, kill_group,
-                    listen_env, prctl, prepare_child, reaped, receive)
+from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, exec_error,
+                    kill_group, listen_env, prctl, prepare_child, reaped, receive)
 from .cgroups import sweep_run
 from .guard import start_guard
 from .identity import apply_setup, joining
@@ -278,13 +277,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
                     env.update(listen_env([name for name, _ in request.sockets]))
                 os.execve(program, list(request.argv), env)
             except BaseException as exc:  # noqa: BLE001
-                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
-                detail = f"{request.argv[0]}: {text}"
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) \
-                        and not os.path.isdir(request.cwd):
-                    detail = f"cwd {request.cwd}: {text}"
                 try:
-                    os.write(err_w, detail.encode(errors="replace")[:1000])
+                    os.write(err_w, exec_error(exc, request.argv[0], request.cwd))
                 finally:
                     os._exit(127)
         os.close(err_w)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from .child import kill_group, prepare_child
+from .child import exec_error, kill_group, prepare_child
 from .identity import apply_setup
 from .posix import PosixStarter
 
@@ -31,6 +31,7 @@ class ProbeRunner:  # pragma: no cover - runs in the spawner; covered by integra
         self.send = send
         self.tokens: dict[int, int] = {}  # pid -> token
         self.pids: dict[int, int] = {}  # token -> pid
+        self.errors: dict[int, int] = {}  # pid -> read end of its exec-error pipe
 
     def handle(self, message: tuple[Any, ...]) -> None:
         """A "probe" or "probe_kill" message from the master."""
@@ -65,18 +66,27 @@ class ProbeRunner:  # pragma: no cover - runs in the spawner; covered by integra
             except OSError:
                 pass
             os.close(writer)
+        err_r, err_w = os.pipe()  # close-on-exec: it holds words only if exec never happened
         try:
             pid = os.fork()
             if pid == 0:
                 try:
-                    prepare_child(parent, source, 2 if output else self.devnull, cwd,
+                    prepare_child(parent, source, 2 if output else self.devnull, cwd, keep=err_w,
                                   before_cwd=None if setup is None else lambda: apply_setup(setup, parent))
                     os.execve(program, list(argv), env)
-                except BaseException:  # noqa: BLE001 - the probe fails with exit 127
-                    os._exit(127)
+                except BaseException as exc:  # noqa: BLE001 - the probe fails with exit 127 and why
+                    try:
+                        os.write(err_w, exec_error(exc, argv[0], cwd))
+                    finally:
+                        os._exit(127)
+        except BaseException:
+            os.close(err_r)
+            raise
         finally:
+            os.close(err_w)
             if source != self.devnull:
                 os.close(source)
+        self.errors[pid] = err_r
         return pid
 
     def known(self) -> set[int]:
@@ -90,5 +100,16 @@ class ProbeRunner:  # pragma: no cover - runs in the spawner; covered by integra
             return False
         self.pids.pop(token, None)
         kill_group(pid)
-        self.send(("probed", token, status))
+        self.send(("probed", token, self._could_not_run(pid) or status))
         return True
+
+    def _could_not_run(self, pid: int) -> str:
+        """Why an ended probe never ran its command ("" if it did): its error pipe is read
+        once it has exited, so the read never waits (the write end closed with it)."""
+        fd = self.errors.pop(pid)
+        try:
+            return os.read(fd, 1024).decode(errors="replace")
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
