@@ -22,11 +22,13 @@ PY = sys.executable
 
 # Each process says which code its zygote imported. A v2 process after the first waits in
 # init() (so it is not ready: no READY=1) until the test opens the gate: the roll is held
-# mid-way, one instance already on the new code, for as long as the upgrade takes.
+# mid-way, one instance already on the new code, for as long as the upgrade takes; or, once
+# `die` exists, dies before it is ready, which halts the roll.
 WORKER = '''import os, time
 from orchestrator.worker import Worker
 VERSION = "{version}"
 HERE = os.path.dirname(os.path.abspath(__file__))
+time.sleep({import_seconds} if VERSION == "v2" else 0)  # a slow import of the new code
 
 
 def _nth_start():
@@ -44,6 +46,8 @@ class W(Worker):
         print("code", VERSION, os.getpid(), flush=True)
         if VERSION == "v2" and _nth_start() >= {hold_from}:
             while not os.path.exists(os.path.join(HERE, "go")):
+                if os.path.exists(os.path.join(HERE, "die")):
+                    raise SystemExit(7)
                 time.sleep(0.02)
 
     def run(self):
@@ -68,43 +72,55 @@ def _config(tmp_path: Path) -> str:
 
 def _codes(master, names) -> dict[str, list[tuple[str, int]]]:
     """name -> the (version, pid) of each process its log says it ran."""
-    return {name: [(v, int(pid)) for v, pid in re.findall(r"^code (v\d) (\d+)$", text_of(master.log_dir / f"{name}.log"),
-                                                            re.M)] for name in names}
+    logs = {name: text_of(master.log_dir / f"{name}.log") for name in names}
+    return {name: [(v, int(pid)) for v, pid in re.findall(r"^code (v\d) (\d+)$", text, re.M)]
+            for name, text in logs.items()}
 
 
-def _rolling(tmp_path: Path, monkeypatch, start_master, hold_from: int):
+def _rolling(tmp_path: Path, monkeypatch, start_master, hold_from: int, import_seconds: float = 0):
     """A master of 4 preloaded workers on v1 whose `orch reload --code` (waiting) is under
-    way with one instance ready on v2 and the next held in its init until `go` exists."""
+    way with one instance ready on v2 and the next held in its init until `go` exists (or,
+    with `import_seconds`, whose new code is still importing)."""
     tree = package_copy(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tree))
     app = tmp_path / "app.py"
-    app.write_text(WORKER.format(version="v1", hold_from=hold_from))
+    app.write_text(WORKER.format(version="v1", hold_from=hold_from, import_seconds=import_seconds))
     master = start_master(_config(tmp_path))
     before = master.wait_running(4, timeout=30)
     wait_for(lambda: all(_codes(master, before)[n] == [("v1", pid)] for n, pid in before.items()), 10,
              message="every worker on v1")
     first = wait_for(lambda: len(z := _zygotes(master)) == 1 and z, 5, message="one zygote")
-    app.write_text(WORKER.format(version="v2", hold_from=hold_from))
+    app.write_text(WORKER.format(version="v2", hold_from=hold_from, import_seconds=import_seconds))
     reload = subprocess.Popen([PY, "-m", "orchestrator", "reload", "--code", "template:w", "-c", str(master.config)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (r := master.call("status")["rollouts"]) and r[0]["done"] >= 1, 20,
-             message="the roll onto the new code under way, one instance done")
+    if import_seconds:
+        wait_for(lambda: "new zygotes importing" in master.stderr(), 10, message="the new code importing")
+    else:
+        wait_for(lambda: (r := master.call("status")["rollouts"]) and r[0]["done"] >= 1, 20,
+                 message="the roll onto the new code under way, one instance done")
     set_version(tree, "9.9.9")  # what `pip install -U` would have done
     return master, before, first, reload
 
 
 @pytest.mark.slow
-def test_sigusr2_mid_code_reload_carries_the_roll_onto_the_new_code(start_master, tmp_path, monkeypatch):
-    master, before, first, reload = _rolling(tmp_path, monkeypatch, start_master, hold_from=1)
+@pytest.mark.parametrize("moment", ["rolling", "importing"])
+def test_sigusr2_mid_code_reload_carries_the_roll_onto_the_new_code(start_master, tmp_path, monkeypatch, moment):
+    """SIGUSR2 while the roll is held mid-way (one instance on the new code), or while the
+    new code still imports (the upgrade waits for the import, then carries the roll, which
+    is held mid-way again: the old master would have refused after 10 s)."""
+    importing = moment == "importing"
+    master, before, first, reload = _rolling(tmp_path, monkeypatch, start_master, 1, 1.5 if importing else 0)
     try:
-        rolling = master.call("status")["rollouts"]
-        assert [r["label"] for r in rolling] == ["template:w onto new code"] and rolling[0]["done"] < 4, rolling
+        if not importing:
+            rolling = master.call("status")["rollouts"]
+            assert [r["label"] for r in rolling] == ["template:w onto new code"] and rolling[0]["done"] < 4, rolling
         os.kill(master.pid, signal.SIGUSR2)
         wait_for(lambda: "(upgrade 1)" in master.stderr(), 60, message="the new master to take over")
         assert master.call("status")["versions"]["master"] == "9.9.9"
         log = master.stderr()
         carried = re.search(r"rolling restart of template:w onto new code goes on: (\d) of 4 instances left", log)
-        assert carried and 1 <= int(carried[1]) <= 3, log
+        assert carried and 1 <= int(carried[1]) <= (4 if importing else 3), log
+        assert not importing or log.index("new code imported") < log.index("re-executes into"), log
         (tmp_path / "go").touch()
         out, err = reload.communicate(timeout=60)
     finally:
@@ -123,3 +139,37 @@ def test_sigusr2_mid_code_reload_carries_the_roll_onto_the_new_code(start_master
     assert versions["master"] == "9.9.9" and versions["zygotes"] == versions["spawner"] == "0.1.0", versions
     wait_for(lambda: len(z := _zygotes(master)) == 1 and z != first, 10,
              message="the old zygote gone with its last worker")
+
+
+@pytest.mark.slow
+def test_a_carried_code_roll_that_halts_sends_new_processes_back_to_the_old_code(start_master, tmp_path,
+                                                                                 monkeypatch):
+    """The new code dies before it is ready under the new master: the carried roll halts, the
+    instances not reached keep their old process, the one that died comes back on the old
+    code (the new master sent the spawner back to the old zygote of the carried token)."""
+    master, before, first, reload = _rolling(tmp_path, monkeypatch, start_master, hold_from=1)
+    try:
+        os.kill(master.pid, signal.SIGUSR2)
+        wait_for(lambda: "(upgrade 1)" in master.stderr(), 60, message="the new master to take over")
+        (tmp_path / "die").touch()
+        out, err = reload.communicate(timeout=60)
+    finally:
+        reload.kill()
+    assert reload.returncode == 1 and "died before it was ready (exit 7)" in err, out + err
+    assert "new processes fork from the old code again" in err, err
+    wait_for(lambda: "the roll halted; new processes fork from the old code again" in master.stderr(), 10,
+             message="the carried roll's halt")
+
+    def back_on_v1() -> str | None:  # the instance that died, once up and ready on the old code again
+        rows = master.status()
+        return next((n for n, c in _codes(master, before).items() if [v for v, _ in c] == ["v1", "v2", "v1"]
+                     and c[2][1] == rows[n]["pid"] and rows[n]["ready"]), None)
+    failed = wait_for(back_on_v1, 20, message="the instance that died back up on the old code")
+    codes, rows = _codes(master, before), master.status()
+    rolled = [n for n, c in codes.items() if [v for v, _ in c] == ["v1", "v2"]]
+    kept = {n: rows[n]["pid"] for n, c in codes.items() if len(c) == 1}
+    assert len(rolled) == 1 and kept == {n: before[n] for n in kept} and len(kept) == 2, codes
+    assert not master.call("status")["rollouts"] and master.proc.poll() is None
+    assert codes[failed][2] == ("v1", rows[failed]["pid"]), codes
+    wait_for(lambda: len(_zygotes(master)) == 2, 5,
+             message="the old zygote (3 workers) and the new one (1) both serving")

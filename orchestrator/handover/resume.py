@@ -79,7 +79,8 @@ class Handover:
         for row in self.record.get("rollouts", []):
             rollout = rollout_from(row, sup.instances)
             if row.get("code"):  # new code rolling: a halt sends new processes back to the old zygotes
-                sup.rolling.on_halt[rollout] = master.code.take_over(row["code"])
+                halted = code_roll_halted(master, row["code"][0])
+                sup.rolling.on_halt[rollout] = master.code.take_over(row["code"], halted)
             sup.rolling.adopt(rollout)
         if not sup.pending_ops:
             master.reloader.idle()  # a reload queued behind what has ended meanwhile goes now
@@ -95,7 +96,11 @@ class Handover:
                 master.control.handler.waits.take_over(conn, saved)
         self._asked_again(master)
         for page in record["fds"].get("pages", []):  # dashboard clients: pages' streams, requests
-            master.dashboard.take_over(self.taken.sock(page["fd"]), page)
+            sock = self.taken.sock(page["fd"])
+            if master.dashboard is not None:
+                master.dashboard.take_over(sock, page)
+            elif sock is not None:
+                sock.close()
         self._answer(master)
         log.info("orch %s master %d: took over %d instances from orch %s (upgrade %d)", __version__,
                  os.getpid(), len(record["instances"]), record["orch"], master.upgrader.count)
@@ -246,6 +251,17 @@ def rollout_from(row: dict[str, Any], instances: dict[str, Any]) -> Rollout[Any]
             rollout.in_flight.add(inst)
             inst.rollout = rollout
     return rollout
+
+
+def code_roll_halted(master: Any, token: int) -> Any:
+    """What a carried code reload's halt tells its client: the `orch reload --code` waiting
+    for the roll (its wait carried with the result naming `token`) fails with the reason."""
+    def done(result: dict[str, Any]) -> None:
+        waits = getattr(getattr(master.control, "handler", None), "waits", None)
+        for wait in list(waits.active) if waits is not None else ():
+            if isinstance(wait.result, dict) and wait.result.get("token") == token:
+                waits._end(wait, result["error"])  # as the old master's halt failed it (control/commands.py)
+    return done
 
 
 def finish_removal(master: Any, row: dict[str, Any]) -> None:

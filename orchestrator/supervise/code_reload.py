@@ -68,11 +68,11 @@ class CodeReloader:
         exec: the spawner keeps both zygotes of each key, so only this is the master's)."""
         return [on_halt.token, on_halt.label] if isinstance(on_halt, CodeRoll) else None
 
-    def take_over(self, saved: list[Any]) -> CodeRoll:
-        """The halt of a code reload's roll an upgraded master had begun: its client, if one
-        waits, is answered by the carried wait (control/waits.py); the revert goes on here."""
+    def take_over(self, saved: list[Any], on_done: Done) -> CodeRoll:
+        """The halt of a code reload's roll an upgraded master had begun; `on_done` tells the
+        client still waiting for it (handover/resume.py finds its carried wait by token)."""
         token, label = saved
-        return CodeRoll(self, int(token), str(label), lambda result: None)
+        return CodeRoll(self, int(token), str(label), on_done)
 
     def _answered(self, event: tuple[Any, ...]) -> None:
         self._finish(event[1], list(event[2]))
@@ -102,7 +102,7 @@ class CodeReloader:
         if items:  # halted (new code died before it was ready): new processes fork the old code again
             self.supervisor.rolling.roll(f"{label} onto new code", items, on_halt=CodeRoll(self, token, label, on_done))
         log.info("reload --code (%s): new code imported; %d running instances roll onto it", label, len(items))
-        on_done({"applied": True, "code": True, "rolling": len(items), "instances": len(names),
+        on_done({"applied": True, "code": True, "token": token, "rolling": len(items), "instances": len(names),
                  "rolled": [[inst.name, inst.pid] for inst, _ in items]})  # pid: the old process
 
 
