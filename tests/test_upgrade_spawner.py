@@ -13,9 +13,15 @@ import psutil
 import pytest
 
 from conftest import orch, wait_for
-from test_upgrade import assert_every_line_once, fleet, package_copy, set_version, ticker_config
+from test_upgrade import PRELOADED, assert_every_line_once, fleet, package_copy, set_version, ticker_config
 
 GUARD = "read -r line"  # the guard's shell script (spawn/guard.py: SCRIPT)
+PRELOADED_WORKER = """
+        [workers.pre]
+        target = "prew:Tick"
+        preload = true
+        min_uptime = 0.2
+        """
 
 
 def new_protocol(tree: Path) -> None:
@@ -36,13 +42,13 @@ def guard_of(spawner: psutil.Process) -> psutil.Process:
     return next(p for p in spawner.children() if GUARD in " ".join(p.cmdline()))
 
 
-def upgraded(start_master, tmp_path: Path, monkeypatch) -> tuple:
+def upgraded(start_master, tmp_path: Path, monkeypatch, extra: str = "") -> tuple:
     """A master running two tickers, upgraded into protocol 2: (master, its fleet before,
     the old spawner, its guard, the new spawner)."""
     tree = package_copy(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tree))
-    master = start_master(ticker_config(tmp_path))
-    master.wait_running(2)
+    master = start_master(ticker_config(tmp_path) + extra)
+    master.wait_running(3 if extra else 2)
     before = fleet(master)
     [old] = spawners(master)
     old_guard = guard_of(old)
@@ -104,3 +110,37 @@ def test_a_sigkilled_master_with_children_on_both_spawners_leaves_nothing(start_
     master.proc.wait(5)
     gone, left = psutil.wait_procs(watched, timeout=15)
     assert not left, f"still running after the master's SIGKILL: {[(p.pid, p.cmdline()) for p in left]}"
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_with_children_on_both_spawners_ends_them_all(start_master, tmp_path, monkeypatch):
+    (tmp_path / "prew.py").write_text(PRELOADED)
+    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch, PRELOADED_WORKER)
+    os.kill(before["pre"][0], signal.SIGKILL)  # a zygote's worker: its exit comes through the old spawner
+    wait_for(lambda: master.status()["pre"]["pid"] not in (None, before["pre"][0])
+             and master.status()["pre"]["state"] == "running", 15, message="pre to be replaced")
+    assert new.pid in [p.pid for p in psutil.Process(master.pids()["pre"]).parents()]
+    watched = [old, old_guard, new, guard_of(new), *(psutil.Process(pid) for pid in master.pids().values())]
+    assert master.terminate() == 0
+    gone, left = psutil.wait_procs(watched, timeout=10)
+    assert not left, f"still running after a graceful stop: {[(p.pid, p.cmdline()) for p in left]}"
+
+
+@pytest.mark.slow
+def test_an_old_spawner_killed_from_outside_takes_only_its_own_children(start_master, tmp_path, monkeypatch):
+    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    os.kill(before["ticker"][0], signal.SIGKILL)
+    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
+             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    moved = master.pids()["ticker"]
+    old.kill()  # its guard ends ticker-1; the master counts it as SIGKILLed and starts it anew
+    wait_for(lambda: master.status()["ticker-1"]["pid"] not in (None, before["ticker-1"][0])
+             and master.status()["ticker-1"]["state"] == "running", 10, message="ticker-1 to be replaced")
+    assert psutil.Process(master.pids()["ticker-1"]).ppid() == new.pid
+    assert master.pids()["ticker"] == moved, "the new spawner's child was taken too"
+    assert not psutil.pid_exists(before["ticker-1"][0]) or psutil.Process(before["ticker-1"][0]).status() == "zombie"
+    old_guard.wait(10)
+    status = master.call("status")
+    assert status["versions"]["old_spawner"] is None
+    assert {r["name"]: r["last_exit"] for r in status["instances"]}["ticker-1"] == "SIGKILL"
+    assert master.terminate() == 0
