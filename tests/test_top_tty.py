@@ -329,3 +329,44 @@ def test_c_shows_each_autoscaled_cell_live(start_master, tmux, tmp_path):
     tmux.keys("c")
     screen = tmux.wait(lambda s: "\nNAME " in s and "c cells" in s, message="back to the instance list")
     assert sum(1 for line in screen.splitlines() if line.startswith("sleeper-b")) == 3, screen
+
+
+def test_a_terminal_that_hangs_up_without_sighup_ends_the_view(start_master):
+    """The terminal's other side closes and no SIGHUP comes (ignored here, as under nohup):
+    every key read fails at once from then on. The view used to spin on that (about half a
+    core, for ever); it now sees the hang-up and exits."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    import time
+
+    import psutil
+
+    master = start_master(CONFIG)
+    master.wait_running(5)
+    pty_master, pty_slave = os.openpty()
+    fcntl.ioctl(pty_slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    view = subprocess.Popen([sys.executable, "-m", "orchestrator", "top", "-c", str(master.config)],
+                            stdin=pty_slave, stdout=pty_slave, stderr=pty_slave, start_new_session=True,
+                            env={**os.environ, "TERM": "xterm"},
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    os.close(pty_slave)
+    try:
+        screen = b""
+        deadline = time.monotonic() + 15
+        while b"alpha-" not in screen and time.monotonic() < deadline:  # the first rows: it is in its loop
+            if select.select([pty_master], [], [], 0.2)[0]:
+                screen += os.read(pty_master, 65536)
+        assert b"alpha-" in screen, screen[-500:]
+        os.close(pty_master)
+        pty_master = -1
+        assert view.wait(timeout=5) == 1
+    finally:
+        if pty_master >= 0:
+            os.close(pty_master)
+        if view.poll() is None:
+            cpu = sum(psutil.Process(view.pid).cpu_times()[:2])
+            view.kill()
+            view.wait()
+            raise AssertionError(f"orch top still running 5 s after its terminal hung up ({cpu:.1f} s of CPU)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import curses
 import locale
 import os
+import select
 import sys
 import threading
 import time
@@ -57,6 +58,15 @@ def terminal_problem() -> str | None:
     if not curses.tigetstr("cup"):  # no cursor addressing: TERM=dumb, an Emacs shell buffer
         return f"cannot drive this terminal (TERM={term})"
     return None
+
+
+def terminal_gone(fd: int = 0) -> bool:
+    """Whether the terminal `orch top` reads keys from has hung up (its emulator or ssh
+    session closed). A hang-up normally comes with SIGHUP, which ends us; without it (SIGHUP
+    ignored, nohup, a pty whose other side just closed) every read fails at once."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
 
 
 def run_top(socket: Path, log_dir: Path, patterns: tuple[str, ...], interval: float) -> int:
@@ -116,6 +126,9 @@ class Top:
             try:
                 key = self.screen.get_wch()
             except curses.error:
+                if terminal_gone():  # else a hung-up terminal answers at once, forever: a spin
+                    fetcher.stop()
+                    return 1
                 changed = False
                 continue  # no key within the tick
             name = _KEYS.get(key, key if isinstance(key, str) else None)
