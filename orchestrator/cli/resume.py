@@ -13,7 +13,8 @@ from ..config.load import TemplateCache, load_config
 from ..control.record import remove_record
 from ..handover.carry import ENV, Taken, read_record
 from ..handover.beside import BesideHandover, spawners
-from ..handover.resume import Handover, listeners_from
+from ..config.source import overlay
+from ..handover.resume import Handover, applied_sources, listeners_from
 from ..handover.state import migrate
 from ..spawn.pidfile import PidLock
 from ..title import set_title
@@ -33,8 +34,9 @@ def run_resumed() -> int:
     from ..expand.render import expand
     from ..master import Master
     templates = TemplateCache()
-    config = load_config(Path(record["config"]), templates)
-    specs = expand(config)
+    with overlay(applied_sources(record)):  # the config the fleet runs: a save waits for its reload
+        config = load_config(Path(record["config"]), templates)
+        specs = expand(config)
     lock = PidLock(config.settings.pidfile)
     lock.fd = taken.plain(record["fds"]["lock"])
     sock = taken.sock(record["fds"]["spawner"])

@@ -6,11 +6,12 @@ or exhaust `orch check` and a live master's reload; each is refused with a reaso
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
 import stat
-from typing import Iterable
+from typing import Iterable, Iterator
 
 # The largest file orch reads: 5,000 templates are about 300 KB. A 1 MiB file of 16,000
 # three-line templates took 2.7 s to parse, validate and expand here (the worst case
@@ -26,9 +27,26 @@ class SourceError(OSError):
         return str(self.args[0])
 
 
+# Sources read from here instead of the disk: the config an upgraded master's predecessor
+# had applied, while a save of it waits to be reloaded (handover/); empty otherwise.
+_OVERLAY: dict[str, bytes] = {}
+
+
+@contextlib.contextmanager
+def overlay(sources: dict[str, bytes] | None) -> Iterator[None]:
+    """Read these files' bytes instead of the disk's while in the block (None: the disk's)."""
+    _OVERLAY.update(sources or {})
+    try:
+        yield
+    finally:
+        _OVERLAY.clear()
+
+
 def read_source(path: os.PathLike | str, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of a regular file of at most `limit` bytes, else SourceError (OSError on
     the usual failures: missing, unreadable). Never blocks on a FIFO or device."""
+    if _OVERLAY and os.fspath(path) in _OVERLAY:
+        return _OVERLAY[os.fspath(path)]
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
@@ -65,12 +83,23 @@ def source_files(files: Iterable[os.PathLike | str], patterns: Iterable[str]) ->
 
 def sources_digest(files: Iterable[os.PathLike | str], patterns: Iterable[str] = ()) -> str | None:
     """A digest of every source's name and content; None while one cannot be read (missing)."""
-    digest = hashlib.sha256()
+    return digest_of(read_sources(files, patterns))
+
+
+def read_sources(files: Iterable[os.PathLike | str], patterns: Iterable[str] = ()) -> dict[str, bytes] | None:
+    """Every source's bytes by name; None while one cannot be read (missing)."""
     try:
-        for name in source_files(files, patterns):
-            content = read_source(name)
-            digest.update(f"{name}\0{len(content)}\0".encode())
-            digest.update(content)
+        return {name: read_source(name) for name in source_files(files, patterns)}
     except OSError:
         return None
+
+
+def digest_of(sources: dict[str, bytes] | None) -> str | None:
+    """The digest `sources_digest` gives for these bytes."""
+    if sources is None:
+        return None
+    digest = hashlib.sha256()
+    for name, content in sources.items():
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
     return digest.hexdigest()

@@ -56,6 +56,7 @@ class Pending:
     def __init__(self) -> None:
         self.conn: "Connection | None" = None
         self.answered = False
+        self.request: tuple[str, dict[str, Any]] | None = None  # (cmd, args) that asked for it
 
     def resolve(self, result: Any) -> None:
         self._answer({"ok": True, "result": result})
@@ -86,6 +87,7 @@ class Connection:
         self.owed = 0  # Pending replies not given yet
         self.drained: Callable[[], None] | None = None  # a stream's: called once the client read all
         self.stream: Any = None  # `orch events -f`: its EventFeed (event_feed.py)
+        self.asked: list[Pending] = []  # the replies owed (an upgrade asks some again: handover/)
         self.last_active = server.loop.time()
         self._eof = False
         self._reading = False
@@ -163,11 +165,22 @@ class Connection:
         if isinstance(result, Pending):
             self.owed += 1
             result.conn = self  # answered later, in the loop
+            result.request = (cmd, args)
+            self.asked = [p for p in self.asked if not p.answered] + [result]
             return
         if isinstance(result, Tail):
             self.send({"ok": True, "result": result.result, "tail": len(result.data)}, result.data)
             return
         self.send({"ok": True, "result": result})
+
+    def owed_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The requests whose replies are still owed, oldest first."""
+        return [p.request for p in self.asked if not p.answered and p.request is not None]
+
+    def ask_again(self, requests: list[tuple[str, dict[str, Any]]]) -> None:
+        """Handle requests a master before an upgrade had taken but not answered, as if just sent."""
+        for cmd, args in requests:
+            self._handle(json.dumps({"cmd": cmd, "args": args}).encode())
 
     def send(self, message: dict[str, Any], tail: bytes = b"") -> None:
         if self.closed:

@@ -37,8 +37,8 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         "waiting": [{"fd": kept(c.sock.fileno()), "waits": [master.control.handler.waits.handover(w) for w in found]}
                     for c, found in waiting.items() if c is not conn],
         "asked": [{"fd": kept(c.sock.fileno()), "requests": c.owed_requests()} for c in asked_again(master)],
-        "pages": [{**page, "fd": kept(page.pop("sock").fileno())} for page in
-                  (master.dashboard.handover() if master.dashboard is not None else [])],
+        "pages": [{**{k: v for k, v in page.items() if k != "sock"}, "fd": kept(page["sock"].fileno())}
+                  for page in (master.dashboard.handover() if master.dashboard is not None else [])],
     }
     pipes = [{"fd": kept(fd), "name": name, "stderr": stderr}
              for fd, name, stderr in output_pipes(master.supervisor.launcher)]

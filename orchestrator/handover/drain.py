@@ -10,10 +10,12 @@ upgrade). So:
   backlog, which crosses exec with the socket, for the new master;
 - what was accepted gets its answer, for DRAIN seconds at most (an answer takes
   milliseconds; only a client that connected and sends nothing is waited out);
-- what is left (event streams: dashboard pages, `orch events -f`; a client still silent
-  after DRAIN) is closed with FIN after its queued bytes, its unread input read and dropped
-  (acceptor.part), never with RST. Idle control clients and those of commands waiting on
-  instances (`orch restart` until ready) are not closed: they cross exec.
+- what is left (a client still silent after DRAIN) is closed with FIN after its queued
+  bytes, its unread input read and dropped (acceptor.part), never with RST. Idle control
+  clients, those of commands waiting on instances (`orch restart` until ready), `orch
+  events -f` streams, `orch diff` and `orch reload` owed answers (asked again by the next
+  master) and every dashboard connection (pages' streams, a request still arriving, an
+  answer still being sent) are not closed: they cross exec.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ class Drain:
     def __init__(self, master: Any, kept: Callable[[], Collection[Any]]):
         self.kept = kept
         self.control = master.control
-        self.http = [server for server in (master.metrics, getattr(master.dashboard, "server", None))
-                     if server is not None]
+        self.http = [master.metrics] if master.metrics is not None else []
+        # the dashboard's connections all cross exec (capture.py): paused, never waited for
+        self.carried = [master.dashboard.server] if master.dashboard is not None else []
 
     def _acceptors(self) -> list[Any]:
         servers = [self.control, *self.http] if self.control is not None else self.http
-        return [server.acceptor for server in servers]
+        return [server.acceptor for server in [*servers, *self.carried]]
 
     def pause(self) -> None:
         for acceptor in self._acceptors():

@@ -122,7 +122,10 @@ def check() -> int:  # pragma: no cover - runs in the proof child
         from pathlib import Path
         from ..config.load import load_config
         from ..expand.render import expand
-        specs = expand(load_config(Path(record["config"])))
+        from ..config.source import overlay
+        from .resume import applied_sources
+        with overlay(applied_sources(record)):  # as the successor loads it: the config applied
+            specs = expand(load_config(Path(record["config"])))
         missing = missing_names(record, (spec.name for spec in specs))
         if missing:
             raise HandoverError(f"the config, expanded by the new code, has no instance {', '.join(missing[:5])}")

@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 
 from ..config.keys import LIVE_SETTINGS
 from ..config.load import Config, Settings, TemplateCache, load_config
-from ..config.source import sources_digest
+from ..config.source import digest_of, read_sources, sources_digest
 from ..errors import ConfigError, ConfigProblem
 from ..expand.render import Expansion, ExpansionCache
 from ..expand.spec import ProcessSpec
@@ -69,9 +69,13 @@ class Reloader:
         self.queued: str | None = None  # the origin of a reload waiting for the one being applied
         self.expanding: str | None = None  # the origin of the reload being expanded, if any
         self.config_bytes: str | None = None  # digest of the sources last read
+        # and their bytes: an upgrade hands them over, so the next master adopts the fleet
+        # this config made before it reloads a save still being expanded (handover/)
+        self.applied_sources: dict[str, bytes] | None = None
 
     def _remember_file(self) -> None:
-        self.config_bytes = self._read_sources()
+        self.applied_sources = read_sources(self.host.config.files, self.host.config.include_patterns)
+        self.config_bytes = digest_of(self.applied_sources)
 
     def _read_sources(self) -> str | None:
         """A digest of the config and its included files: a save that changes nothing (a

@@ -189,6 +189,24 @@ class Dashboard:
             path = stderr_path(path)
         return {"name": name, "file": str(path), "lines": tail(path, count)}
 
+    # --- upgrades (handover/) --------------------------------------------------------
+    def handover(self) -> list[dict[str, Any]]:
+        """Every open connection as an upgrade carries it: a request still arriving, an
+        answer still being sent, a page's stream (its query and place in the journal)."""
+        streams = {id(stream.conn.sock): stream for stream in self.feed.streams}
+        pages = self.server.handover()
+        for page in pages:
+            stream = streams.get(id(page["sock"])) if page.pop("streaming") else None
+            page["stream"] = stream.handover() if stream is not None else None
+        return pages
+
+    def take_over(self, sock: socket.socket | None, page: dict[str, Any]) -> None:
+        """One connection of the master before an upgrade, served on here as it stood."""
+        if sock is not None:
+            conn = self.server.adopt(sock, page["inbuf"], page["out"])
+            if page.get("stream") is not None:
+                self.feed.take_over(conn, page["stream"])
+
     def close(self) -> None:
         self.history.close()
         self.feed.close()

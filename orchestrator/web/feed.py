@@ -83,7 +83,7 @@ class Stream:
     """One open page: its view of the fleet and what waits to be said to it."""
 
     __slots__ = ("conn", "offset", "limit", "query", "state", "keep", "visible", "shown", "sent", "dropped",
-                 "stale")
+                 "stale", "seq")
 
     def __init__(self, conn: Conn, offset: int, limit: int, query: str, state: str):
         self.conn = conn
@@ -94,6 +94,12 @@ class Stream:
         self.sent = ""  # the last page message, to skip repeating it
         self.dropped = 0  # journal records not sent: it was behind
         self.stale = True  # a page update is owed
+        self.seq = 0  # the last journal record it was given or counted as dropped
+
+    def handover(self) -> dict[str, Any]:
+        """What an upgrade carries of it: its page's query and where it stands in the journal."""
+        return {"offset": self.offset, "limit": self.limit, "q": self.query, "state": self.state,
+                "seq": self.seq, "dropped": self.dropped}
 
     @property
     def behind(self) -> bool:
@@ -123,15 +129,36 @@ class Feed:
         if len(self.streams) >= MAX_STREAMS:
             conn.finish(response(503, b"too many open pages\n", headers=("Retry-After: 5",)))
             return
+        stream = self._stream(conn, query, head=True)
+        conn.send(b"retry: 2000\n\n")
+        if self.journal is not None:
+            stream.seq = self.journal.seq
+            conn.send(event_bytes("journal", _encode(self.journal.recent(RECENT))))
+        self._started(stream)
+
+    def take_over(self, conn: Conn, saved: dict[str, Any]) -> None:
+        """A page's stream the master before an upgrade had open, on its handed-over
+        connection (whose unsent bytes go first): the journal records since the last one it
+        was given (none lost or twice), then its page, then as `open` goes on."""
+        stream = self._stream(conn, {k: str(v) for k, v in saved.items()}, head=False)
+        stream.dropped = int(saved.get("dropped", 0))
+        stream.seq = int(saved.get("seq", 0))
+        missed = self.journal.recent(since_seq=stream.seq) if self.journal is not None else []
+        if missed:
+            stream.seq = missed[-1]["seq"]
+            conn.send(event_bytes("journal", _encode(missed)))
+        self._started(stream)
+
+    def _stream(self, conn: Conn, query: dict[str, str], head: bool) -> Stream:
         stream = Stream(conn, _int(query.get("offset"), 0, 10**9), _int(query.get("limit"), 100, MAX_PAGE),
                         query.get("q", "")[:200], query.get("state", "")[:32])
         self.streams.append(stream)
-        conn.stream(lambda: self._closed(stream), lambda: self._caught_up(stream))
-        conn.send(b"retry: 2000\n\n")
-        if self.journal is not None:
-            if self._unfollow is None:
-                self._unfollow = self.journal.follow(self._record)
-            conn.send(event_bytes("journal", _encode(self.journal.recent(RECENT))))
+        conn.stream(lambda: self._closed(stream), lambda: self._caught_up(stream), head)
+        if self.journal is not None and self._unfollow is None:
+            self._unfollow = self.journal.follow(self._record)
+        return stream
+
+    def _started(self, stream: Stream) -> None:
         self._refresh_usage([stream])
         self._send_page(stream)
         if self._usage_timer is None:
@@ -173,6 +200,7 @@ class Feed:
         """Journal follower (in the loop: never blocks): to every stream that keeps up."""
         data = None
         for stream in list(self.streams):  # a send may close one
+            stream.seq = record["seq"]
             if stream.behind:
                 stream.dropped += 1
                 continue

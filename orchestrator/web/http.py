@@ -139,9 +139,11 @@ class Conn:
         self.server._arm(self, SEND_TIMEOUT)
         self.send(data)
 
-    def stream(self, on_close: Callable[[], None], on_drained: Callable[[], None] | None = None) -> None:
+    def stream(self, on_close: Callable[[], None], on_drained: Callable[[], None] | None = None,
+               head: bool = True) -> None:
         """Turn into an event stream: no deadline; `on_close` when the client leaves,
-        `on_drained` each time it has read everything that waited for it."""
+        `on_drained` each time it has read everything that waited for it; `head`: send the
+        answer's head (not on a stream an upgraded master goes on with)."""
         self.streaming = True
         self.on_close = on_close
         self.on_drained = on_drained
@@ -152,7 +154,8 @@ class Conn:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.send(stream_head())
+        if head:
+            self.send(stream_head())
 
     def close(self) -> None:
         self.server._close(self)
@@ -244,6 +247,31 @@ class HttpServer:
                 conn.on_drained()
         elif conn.inbuf is None:  # a whole answer sent
             self._close(conn)
+
+    def handover(self) -> list[dict[str, object]]:
+        """Every connection as an upgrade carries it (nothing changes here): its socket, the
+        request read so far (None once whole) and the bytes not sent yet."""
+        return [{"sock": conn.sock, "inbuf": None if conn.inbuf is None else conn.inbuf.decode("latin-1"),
+                 "out": conn.out.decode("latin-1"), "streaming": conn.streaming}
+                for conn in self.conns.values() if not conn.closed]
+
+    def adopt(self, sock: socket.socket, inbuf: str | None, out: str) -> Conn:
+        """A connection the master before an upgrade had accepted, served on as it stood:
+        its request read on, or its answer sent on (a stream is then taken over by the caller)."""
+        sock.setblocking(False)
+        conn = Conn(self, sock, self.loop.time())
+        self.conns[sock] = conn
+        conn.out += out.encode("latin-1")
+        if inbuf is not None:
+            conn.inbuf = bytearray(inbuf.encode("latin-1"))
+            self._arm(conn, REQUEST_TIMEOUT)
+            self._read(conn)
+            return conn
+        conn.inbuf = None
+        self._arm(conn, SEND_TIMEOUT)  # a stream's take-over cancels it
+        self.loop.add_reader(sock.fileno(), lambda: self._read(conn))  # EOF: its reader left
+        self.loop.call_soon(lambda: self._write(conn, waited=True))  # once a stream is taken over
+        return conn
 
     def in_flight(self) -> int:
         """Connections still owed an answer (a stream never ends, so it is not one)."""
