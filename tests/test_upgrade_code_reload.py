@@ -5,8 +5,10 @@ masters, a copy of the package with another version first on PYTHONPATH."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import textwrap
 import signal
 import subprocess
 import sys
@@ -14,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import text_of, wait_for
+from orchestrator.handover.specs import decode, encode
+from orchestrator.handover.state import migrate
+
+from conftest import orch, text_of, wait_for
 from test_code_reload import _zygotes
-from test_upgrade import package_copy, set_version
+from test_upgrade import SLOW_TO_READY, package_copy, set_version, slow_config
 
 PY = sys.executable
 
@@ -173,3 +178,83 @@ def test_a_carried_code_roll_that_halts_sends_new_processes_back_to_the_old_code
     assert codes[failed][2] == ("v1", rows[failed]["pid"]), codes
     wait_for(lambda: len(_zygotes(master)) == 2, 5,
              message="the old zygote (3 workers) and the new one (1) both serving")
+
+
+@pytest.mark.slow
+def test_instances_a_carried_reload_has_not_rolled_yet_show_the_spec_they_run(start_master, tmp_path):
+    """A reload changed a `rolling` template's env; its rollout is held at the first batch
+    (not ready until `go` exists) when the master upgrades: the instances not reached yet
+    still show their old spec (hash) under the new master, as before the upgrade, and are
+    restarted onto the new one by the rollout alone, once each."""
+    (tmp_path / "slow.py").write_text(SLOW_TO_READY)
+    master = start_master(slow_config(tmp_path, "one", gate=True))
+    before = master.wait_running(4)
+    old = {row["hash"] for row in master.status().values()}
+    assert len(old) == 1
+    master.config.write_text(textwrap.dedent(slow_config(tmp_path, "two", gate=True)))
+    assert orch("reload", "-c", str(master.config)).returncode == 0
+    wait_for(lambda: any(r["pid"] not in (None, before[n]) for n, r in master.status().items()), 10,
+             message="the first batch restarted")
+    rows = master.status()
+    waiting = {n for n, r in rows.items() if r["pid"] == before[n]}
+    assert len(waiting) == 3 and {rows[n]["hash"] for n in waiting} == old, rows
+    upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    rows = master.status()
+    assert {n: (r["pid"], r["hash"]) for n, r in rows.items() if n in waiting} == \
+        {n: (before[n], *old) for n in waiting}, "an instance not rolled yet shows a spec it does not run"
+    (tmp_path / "go").touch()
+    wait_for(lambda: not master.call("status")["rollouts"], 30, message="the rollout to end")
+    rows = master.status()
+    assert len({r["hash"] for r in rows.values()}) == 1 and not {r["hash"] for r in rows.values()} & old, rows
+    assert {n: r["restarts"] for n, r in rows.items()} == {n: 1 for n in before}, rows
+    started = (tmp_path / "starts").read_text().split()
+    assert [line.split(":")[1] for line in started] == ["one"] * 4 + ["two"] * 4, started
+
+
+EVERY_KIND = """
+[sockets.web]
+bind = "127.0.0.1:18080"
+
+[workers.py]
+target = "app:W"
+kwargs = {{ queue = "q{{{{ replica }}}}", opts = {{ a = [1, 2.5, "x"], b = true }} }}
+preload = true
+replicas = 2
+env = {{ A = "1" }}
+env_file = ["-/nonexistent.env"]
+rlimits = {{ nofile = 1024 }}
+umask = "022"
+probes.readiness = {{ http = "http://127.0.0.1:18080/health", period = "1s" }}
+probes.liveness = {{ exec = ["true"], period = "2s" }}
+
+[workers.web]
+command = "sleep 100 {{{{ sockets.web.fd }}}}"
+sockets = ["web"]
+group = "{group}"
+
+[workers.auto]
+command = "sleep 100"
+replicas = {{ min = 1, max = 4 }}
+backlog = {{ redis = "redis://127.0.0.1:1/0", list = "jobs", per = 100 }}
+"""
+
+
+def test_a_spec_crosses_the_record_as_it_was_and_an_older_record_gets_the_new_fields(tmp_path):
+    import grp
+
+    from orchestrator.config.load import load_config
+    from orchestrator.expand.render import expand
+    config = tmp_path / "workers.toml"
+    config.write_text(EVERY_KIND.format(group=grp.getgrgid(os.getgid()).gr_name))
+    specs = expand(load_config(config))
+    assert {s.template for s in specs if s.probes and s.python and s.env_files and s.rlimits} == {"py"}
+    assert all(s.run_as for s in specs if s.template == "web") and all(s.autoscale for s in specs
+                                                                        if s.template == "auto")
+    for spec in specs:
+        again = decode(json.loads(json.dumps(encode(spec))))
+        assert again == spec and again.process_hash == spec.process_hash, spec.name
+    old = migrate({"version": 3, "orch": "0.1.0", "config": "/x", "quiet": True, "master": {}, "spawner": {},
+                   "fds": {}, "pipes": [], "reply": None, "instances": [{"name": "a", "state": "running"}],
+                   "rollouts": [{"label": "x", "batch": 1, "total": 1, "waiting": [], "in_flight": []}]})
+    assert old["version"] == 4 and old["rollouts"][0]["code"] is None and old["instances"][0]["spec"] is None

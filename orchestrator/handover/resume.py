@@ -26,6 +26,7 @@ from ..spawn.listeners import Listeners
 from ..supervise.events import HandedOver
 from ..supervise.states import State, Then
 from .carry import Taken, release_signals
+from .specs import decode
 from .state import KEPT, removing
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class Handover:
         self._counters(master)  # first: a rollout that ends at once runs the queued reload
         sup.pending_ops = sum(inst.tracked for inst in sup.instances.values())  # a reload's stops
         for row in self.record.get("rollouts", []):
-            rollout = rollout_from(row, sup.instances)
+            rollout = rollout_from(row, sup.instances, specs)
             if row.get("code"):  # new code rolling: a halt sends new processes back to the old zygotes
                 halted = code_roll_halted(master, row["code"][0])
                 sup.rolling.on_halt[rollout] = master.code.take_over(row["code"], halted)
@@ -104,7 +105,7 @@ class Handover:
         self._answer(master)
         log.info("orch %s master %d: took over %d instances from orch %s (upgrade %d)", __version__,
                  os.getpid(), len(record["instances"]), record["orch"], master.upgrader.count)
-        return reconcile(self._desired(master), sup.running_view())
+        return reconcile(self._desired(master), running_view(sup))
 
     def _desired(self, master: Any) -> list[ProcessSpec]:
         """What the master runs: autoscaled cells keep their counts (and pins) as they were."""
@@ -192,9 +193,13 @@ def applied_sources(record: dict[str, Any]) -> dict[str, bytes] | None:
 
 
 def restore_instance(master: Any, spec: ProcessSpec, row: dict[str, Any]) -> None:
-    """One instance back as the record has it."""
+    """One instance back as the record has it: with the spec it runs, kept in the record when
+    the config (`spec`) no longer has it, until it restarts onto the config's."""
     sup, loop = master.supervisor, master.loop
-    inst = sup._new_instance(spec)
+    old = row.get("spec")
+    inst = sup._new_instance(decode(old["runs"]) if old else spec)
+    if old and old["next"]:  # stopping to restart onto the config's (a rollout's are in its items)
+        inst.next_spec = spec
     for key in KEPT:
         setattr(inst, key, row[key])
     inst.then, inst.stop_reason = Then(row["then"]), row["stop_reason"]
@@ -235,16 +240,27 @@ def ready_later(sup: Any, inst: Any) -> None:
     loop.call_later(left, check)
 
 
-def rollout_from(row: dict[str, Any], instances: dict[str, Any]) -> Rollout[Any]:
-    """A rolling restart as the record has it; the instances of its batch in flight are
-    restarting (stopping, or running but not ready yet) and finish as they would have."""
+def running_view(sup: Any) -> dict[str, Any]:
+    """What each instance runs or will run, for the plan after a handover: one a rollout will
+    restart onto the config's spec counts as on it (the rollout restarts it, the plan not)."""
+    view = sup.running_view()
+    for rollout in sup.rolling.rollouts:
+        view.update({inst.name: spec for inst, spec in rollout.waiting if spec is not None})
+    return view
+
+
+def rollout_from(row: dict[str, Any], instances: dict[str, Any],
+                 specs: dict[str, ProcessSpec] | None = None) -> Rollout[Any]:
+    """A rolling restart as the record has it (onto `specs`, the config's); the instances of
+    its batch in flight are restarting (stopping, or running but not ready yet) and finish as
+    they would have."""
     from ..supervise.rollout import Rollout  # here: the proof locates an error in it (proof.py)
     rollout: Rollout[Any] = Rollout(row["label"], row["batch"], [])
     rollout.total = row["total"]
     for name, onto_new in row["waiting"]:
         inst = instances.get(name)
         if inst is not None:  # onto the spec the config has: the one this master expanded
-            rollout.waiting.append((inst, inst.spec if onto_new else None))
+            rollout.waiting.append((inst, (specs or {}).get(name, inst.spec) if onto_new else None))
     for name in row["in_flight"]:
         inst = instances.get(name)
         if inst is not None:

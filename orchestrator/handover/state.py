@@ -22,11 +22,14 @@ class HandoverError(OrchError):
     """The record cannot be taken over (a newer format, a damaged one): the upgrade is refused."""
 
 
-def instance_record(inst: Any, probes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One instance as the record keeps it (its spec is not kept: the successor expands the
-    same config, which the upgrade checked is the one applied), with its probes' state."""
+def instance_record(inst: Any, probes: dict[str, Any] | None = None, spec: Any = None) -> dict[str, Any]:
+    """One instance as the record keeps it, with its probes' state. Its spec is kept (`spec`,
+    encoded by specs.py) only while it runs one the config no longer has (a rollout has not
+    reached it, or it is stopping to restart onto the new one); otherwise the successor
+    expands the same config, which the upgrade checked is the one applied."""
     record = {key: getattr(inst, key) for key in KEPT}
     record["probes"] = probes
+    record["spec"] = spec
     record["name"] = inst.name
     record["state"] = inst.state.value
     record["then"] = inst.then.value
@@ -79,9 +82,11 @@ def migrate(record: Any) -> dict[str, Any]:
             inst.setdefault("tracked", 0)
         record.setdefault("rollouts", [])
         record["version"] = 3
-    if record["version"] == 3:  # no code reload's roll was in flight: the old master waited for it
-        for rollout in record.get("rollouts", []):
+    if record["version"] == 3:  # no code reload's roll was in flight (the old master waited for
+        for rollout in record.get("rollouts", []):  # it), nor a spec the config no longer has kept
             rollout.setdefault("code", None)
+        for inst in record.get("instances", []):
+            inst.setdefault("spec", None)
         record["version"] = 4
     for key in ("config", "fds", "instances", "pipes", "spawner", "master"):
         if key not in record:
