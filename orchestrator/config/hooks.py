@@ -81,16 +81,7 @@ def parse_hooks(value: object, keys: dict[str, Any], problems: Problems) -> tupl
 def _hook(index: int, table: dict, keys: dict[str, Any], problems: Problems) -> HookDecl | None:
     prefix = f"hooks.{index}"
     before = len(problems.items)
-    clean: dict[str, Any] = {}
-    for key, raw in table.items():
-        parse = keys.get(key)
-        if parse is None:
-            problems.unknown(prefix + ".", key, keys)
-            continue
-        try:
-            clean[key] = parse(raw)
-        except ValueError as exc:
-            problems.add(f"{prefix}.{key}", str(exc))
+    clean = problems.parsed(prefix + ".", table, keys)
     for needed in ("on", "command"):
         if needed not in table:
             problems.add(prefix, f"missing {needed!r}")

@@ -250,19 +250,10 @@ def _merge(defaults: dict, table: dict) -> dict:
 
 def _settings(table: object, path: Path, problems: Problems) -> Settings:
     folder = path.parent
-    values: dict[str, Any] = {}
     if not isinstance(table, dict):
         problems.add("orchestrator", "expected a table")
         table = {}
-    for key, raw in table.items():
-        parse = ORCHESTRATOR_KEYS.get(key)
-        if parse is None:
-            problems.unknown("orchestrator.", key, ORCHESTRATOR_KEYS)
-            continue
-        try:
-            values[key] = parse(raw)
-        except ValueError as exc:
-            problems.add(f"orchestrator.{key}", str(exc))
+    values = problems.parsed("orchestrator.", table, ORCHESTRATOR_KEYS)
     for k in SETTINGS_KEYS:
         if k.type is PATH and (k.default is not None or k.attr in values):  # {stem}: see keys.py
             written = str(values.get(k.attr, k.default)).replace("{stem}", path.stem)
@@ -280,17 +271,8 @@ def _settings(table: object, path: Path, problems: Problems) -> Settings:
 def _template(name: str, table: dict, folder: Path, settings: Settings,
               problems: Problems, source: Path | None = None) -> Template | None:
     prefix = f"workers.{name}."
-    clean: dict[str, Any] = {}
     before = len(problems.items)
-    for key, raw in table.items():
-        parse = WORKER_KEYS.get(key)
-        if parse is None:
-            problems.unknown(prefix, key, WORKER_KEYS)
-            continue
-        try:
-            clean[key] = parse(raw)
-        except ValueError as exc:
-            problems.add(prefix + key, str(exc))
+    clean = problems.parsed(prefix, table, WORKER_KEYS)
     if "command" not in clean and "target" not in clean and "command" not in table and "target" not in table:
         problems.add(f"workers.{name}", "missing 'command' (or 'target' for a Python worker)")
     if "command" in clean and "target" in clean:
@@ -368,15 +350,8 @@ def _policy(clean: dict, prefix: str, settings: Settings, problems: Problems) ->
 def _make_policy(clean: dict, prefix: str, settings: Settings, problems: Problems) -> Policy | None:
     values: dict[str, Any] = dict(_policy_defaults(settings))
     for table_key, keys in SUB_TABLES.items():
-        for key, raw in clean.get(table_key, {}).items():
-            parse = keys.get(key)
-            if parse is None:
-                problems.unknown(f"{prefix}{table_key}.", key, keys)
-                continue
-            try:
-                values[f"{table_key}_{key}"] = parse(raw)
-            except ValueError as exc:
-                problems.add(f"{prefix}{table_key}.{key}", str(exc))
+        sub = problems.parsed(f"{prefix}{table_key}.", clean.get(table_key, {}), keys)
+        values.update((f"{table_key}_{key}", value) for key, value in sub.items())
     for k in POLICY_SUB_KEYS:
         if k.attr not in values:  # a table or array default (not among the cached ones)
             values[k.attr] = k.value

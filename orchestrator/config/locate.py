@@ -38,6 +38,22 @@ class Problems:
             parts.pop()
         return None
 
+    def parsed(self, prefix: str, table: dict, parsers: dict[str, Any]) -> dict[str, Any]:
+        """Each value of `table` through its parser in `parsers` (key -> parse function): the
+        clean values; an unknown key or a value its parser refuses is a problem at
+        `prefix` + key, and is left out."""
+        clean: dict[str, Any] = {}
+        for key, raw in table.items():
+            parse = parsers.get(key)
+            if parse is None:
+                self.unknown(prefix, key, parsers)
+                continue
+            try:
+                clean[key] = parse(raw)
+            except ValueError as exc:
+                self.add(f"{prefix}{key}", str(exc))
+        return clean
+
     def unknown(self, prefix: str, key: str, known: Any) -> None:
         close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

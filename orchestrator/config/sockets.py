@@ -72,16 +72,7 @@ def _socket(name: str, body: object, folder: Path, problems: Problems) -> Socket
         problems.add(prefix, "expected a table with bind = \"HOST:PORT\" or \"unix:/path\"")
         return None
     before = len(problems.items)
-    clean: dict[str, object] = {}
-    for key, raw in body.items():
-        parse = SOCKET_KEYS.get(key)
-        if parse is None:
-            problems.unknown(prefix + ".", key, SOCKET_KEYS)
-            continue
-        try:
-            clean[key] = parse(raw)
-        except ValueError as exc:
-            problems.add(f"{prefix}.{key}", str(exc))
+    clean = problems.parsed(prefix + ".", body, SOCKET_KEYS)
     if "bind" not in body:
         problems.add(prefix, "missing 'bind' (like \"127.0.0.1:8000\", \"[::1]:8000\" or \"unix:/run/app.sock\")")
     if len(problems.items) > before:
