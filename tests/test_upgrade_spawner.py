@@ -13,6 +13,8 @@ import psutil
 import pytest
 
 from conftest import orch, wait_for
+from orchestrator.handover.state import HandoverError, check_protocol, spawner_protocol
+from orchestrator.spawn.request import CORE
 from test_upgrade import PRELOADED, assert_every_line_once, fleet, package_copy, set_version, ticker_config
 
 GUARD = "read -r line"  # the guard's shell script (spawn/guard.py: SCRIPT)
@@ -24,6 +26,29 @@ PRELOADED_WORKER = """
         """
 
 
+# --- which running spawner a new orch can take over (pure) ---------------------------------------
+OTHER = [0, "token"]  # a protocol this orch does not speak
+
+
+@pytest.mark.parametrize("spawner, master, rollouts, refused", [
+    ({"protocol": None}, {}, [], None),  # a master from before protocols were recorded
+    ({"protocol": spawner_protocol()}, {"cgroups": {"made": True}}, [{"code": [1, "x"]}], None),  # the same one
+    ({"protocol": OTHER}, {}, [], None),  # another: a new spawner beside it
+    ({"protocol": OTHER, "core": CORE}, {"cgroups": {"made": False}}, [{"code": None}], None),
+    ({"protocol": OTHER, "core": CORE + 1}, {}, [], "not even the core"),
+    ({"protocol": OTHER}, {"cgroups": {"made": True}}, [], 'cgroup = "auto"'),
+    ({"protocol": OTHER}, {}, [{"code": [3, "code"]}], "new code is rolling"),
+])
+def test_a_spawner_of_another_protocol_is_kept_beside_unless_it_cannot_be(spawner, master, rollouts, refused):
+    record = {"spawner": {"version": "0.1.0", **spawner}, "master": master, "rollouts": rollouts}
+    if refused is None:
+        check_protocol(record)
+    else:
+        with pytest.raises(HandoverError, match=refused):
+            check_protocol(record)
+
+
+# --- real masters --------------------------------------------------------------------------------
 def new_protocol(tree: Path) -> None:
     """The package copy becomes version 2.0.0, speaking protocol 2: a request field the old spawner lacks."""
     set_version(tree, "2.0.0")
