@@ -169,3 +169,30 @@ def test_an_old_spawner_killed_from_outside_takes_only_its_own_children(start_ma
     assert status["versions"]["old_spawner"] is None
     assert {r["name"]: r["last_exit"] for r in status["instances"]}["ticker-1"] == "SIGKILL"
     assert master.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_new_spawner_that_dies_brings_every_instance_back_on_a_third(start_master, tmp_path, monkeypatch):
+    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    os.kill(before["ticker"][0], signal.SIGKILL)
+    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
+             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    moved = master.pids()["ticker"]
+    new.kill()  # as when the only spawner dies: every instance starts again, on a fresh spawner
+
+    def again() -> dict | None:
+        try:
+            rows = master.status()
+        except TimeoutError:  # the master ends the dead spawner's leftovers first (a /proc scan: slow when loaded)
+            return None
+        fresh = all(r["state"] == "running" and r["pid"] not in (moved, before["ticker-1"][0]) for r in rows.values())
+        return rows if fresh else None
+    wait_for(again, 30, message="both instances running again")
+    third = wait_for(lambda: next((p for p in spawners(master) if p.pid not in (old.pid, new.pid)), None), 5,
+                     message="a third spawner")
+    for pid in master.pids().values():
+        assert psutil.Process(pid).ppid() == third.pid
+    gone, left = psutil.wait_procs([old, old_guard], timeout=10)
+    assert not left, "the old spawner outlived its last child"
+    assert master.call("status")["versions"]["old_spawner"] is None
+    assert master.terminate() == 0
