@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 
 from ..config import find_config
 from ..control.client import ControlError
@@ -16,6 +17,7 @@ from ..errors import ConfigError, NoMasterError, OrchError
 from .commands import COMMANDS, OFFLINE, build_parser, command_in  # noqa: F401 - the CLI's declarations
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
+ENDS_AT_ONCE = frozenset({"status"})  # commands whose process may skip the interpreter's teardown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +32,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orch: {problem}", file=sys.stderr)
         return EXIT_USAGE
     path = find_config(getattr(args, "config", None))
+    code = _run(args, path)
+    if argv is None and args.command in ENDS_AT_ONCE:  # the process's own command line: `orch status`
+        end_now(code)
+    return code
+
+
+def end_now(code: int) -> None:
+    """Flush what was printed and end the process without the interpreter's teardown (a
+    final garbage collection and every module's dict cleared one object at a time): for
+    `orch status` that teardown was 10-25 ms of CPU (load 10-40; min of 8 straces: 10 ms)
+    of a 60-100 ms call, for nothing a reader of its output sees. Only for commands in
+    ENDS_AT_ONCE, whose work is done once they return: no thread, no atexit handler, no
+    file but stdout and stderr."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`orch status --json | head -1`): as main() does
+        pass
+    try:
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    os._exit(code)
+
+
+def _run(args: argparse.Namespace, path: Path) -> int:
+    """The command, its errors mapped to exit codes and one line on stderr."""
     try:
         return COMMANDS[args.command].run(args, path)
     except ConfigError as exc:
