@@ -5,16 +5,19 @@ live beside it in this package."""
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
-from pathlib import Path
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
 
 from ..config import find_config
 from ..control.client import ControlError
 from ..errors import ConfigError, NoMasterError, OrchError
-from .commands import COMMANDS, OFFLINE, build_parser, command_in  # noqa: F401 - the CLI's declarations
+from .quick import Args, status_args
+
+DECLARATIONS = ("COMMANDS", "OFFLINE", "build_parser", "command_in")  # commands.py's, imported when asked
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
 ENDS_AT_ONCE = frozenset({"status"})  # commands whose process may skip the interpreter's teardown
@@ -26,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
               "child subreapers", file=sys.stderr)
         return EXIT_FAILED
     words = sys.argv[1:] if argv is None else argv
-    args = build_parser(command_in(words)).parse_args(words)
-    problem = _bad_arguments(args)
+    args = status_args(words)  # `orch status` without argparse (cli/quick.py), else argparse
+    if args is None:
+        from .commands import build_parser, command_in
+        args = build_parser(command_in(words)).parse_args(words)
+    problem = None if isinstance(args, Args) else _bad_arguments(args)
     if problem:
         print(f"orch: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -56,9 +62,21 @@ def end_now(code: int) -> None:
     os._exit(code)
 
 
-def _run(args: argparse.Namespace, path: Path) -> int:
+def __getattr__(name: str) -> object:
+    """The CLI's declarations (commands.py), imported on first use: `orch status` needs none."""
+    if name in DECLARATIONS:
+        from . import commands
+        return getattr(commands, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _run(args: argparse.Namespace | Args, path: Path) -> int:
     """The command, its errors mapped to exit codes and one line on stderr."""
     try:
+        if isinstance(args, Args):  # read by cli/quick.py: the handler commands.py names for status
+            from .client_commands import cmd_status
+            return cmd_status(args, path)  # type: ignore[arg-type]
+        from .commands import COMMANDS
         return COMMANDS[args.command].run(args, path)
     except ConfigError as exc:
         if "config" not in args and not os.environ.get("ORCH_CONFIG") and not os.path.lexists(path):
@@ -84,6 +102,8 @@ def _run(args: argparse.Namespace, path: Path) -> int:
 
 def _bad_arguments(args: argparse.Namespace) -> str | None:
     """What argparse's types let through but no command can use, as one line (exit 2)."""
+    import math
+    from .commands import OFFLINE
     if "socket" in args and args.command in OFFLINE:  # `orch --socket X check`
         return f"{args.command} does not talk to a master: --socket is for client commands"
     timeout = getattr(args, "timeout", None)

@@ -3,13 +3,13 @@ restart, signal, inspect, logs and top (declared in commands.py)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: 3-6 ms of every `orch` call
 if TYPE_CHECKING:
+    import argparse  # annotations only: its import is 5 ms of `orch status` (cli/quick.py)
     from typing import Any, Callable
 
 from ..control.client import ControlError

@@ -3,11 +3,11 @@ the record a running master wrote, then the file; and never another config's mas
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: 3-6 ms of every `orch` call
 if TYPE_CHECKING:
+    import argparse  # annotations only: its import is 5 ms of `orch status` (cli/quick.py)
     from typing import Any
 
 from ..control.client import ControlClient
