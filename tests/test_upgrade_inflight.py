@@ -7,40 +7,85 @@ Real masters, real exec, real HTTP clients."""
 
 from __future__ import annotations
 
+import compileall
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
+
+import orchestrator
 
 from conftest import orch, wait_for
 from servers import free_port
 
 PY = sys.executable
-# Tens of ms of rendering per value (test_render_budget.py): three values an instance, 40
-# instances, seconds of expansion in 20 ms slices: still going while the upgrade runs.
+# Tens of ms of rendering per value (test_render_budget.py): three values an instance, 50
+# instances, seconds of expansion in 20 ms slices. The upgrade is held after its proof by a
+# hook waiting on a gate file (an upgrade waits for hooks), the slow work is started, then
+# the gate opens: the master execs while that work is surely still going.
 SLOW = "{% for i in range(300) %}{% for j in range(300) %}{% endfor %}{% endfor %}"
 KEEP = """
     [orchestrator]
-    watch = false
-    {extra}
+    watch = {watch}
     [workers.keep]
     command = "sleep 300"
     stop_timeout = "2s"
+    [workers.gater]
+    command = "sleep 300"
+    [[hooks]]
+    on = ["stopped"]
+    command = ["sh", "-c", "while [ ! -e {gate} ]; do sleep 0.02; done"]
+    timeout = "60s"
     """
 SLOW_TEMPLATE = f"""
     [workers.slow]
     command = "sleep 300"
-    matrix = {{ n = "{{{{ range(40) | list }}}}" }}
+    matrix = {{ n = "{{{{ range(50) | list }}}}" }}
     env = {{ A = "{SLOW}", B = "{SLOW}", C = "{SLOW}" }}
     stop_timeout = "2s"
     """
+
+
+def _keep(tmp_path: Path, watch: bool = False) -> str:
+    return KEEP.format(watch=str(watch).lower(), gate=tmp_path / "gate")
+
+
+def package_copy(tmp_path: Path) -> Path:
+    """A byte-compiled copy of the orchestrator package under test (put first on PYTHONPATH):
+    the proof then loads .pyc files instead of compiling every module (as test_upgrade.py's)."""
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(orchestrator.__file__).parent, tree / "orchestrator",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(str(tree / "orchestrator"), quiet=1)
+    return tree
+
+
+def _upgrade_around(master, tmp_path: Path, during: Callable[[], None]) -> None:
+    """SIGUSR2; once proven, the upgrade waits for the gate's hook; `during` starts what
+    must be in flight at the exec; then the gate opens and the master execs."""
+    os.kill(master.pid, signal.SIGUSR2)
+    wait_for(lambda: "upgrade requested" in master.stderr(), 10, message="the upgrade to begin")
+    master.call("stop", patterns=["gater"])  # its hook holds the upgrade once proven
+    wait_for(lambda: "can take over" in master.stderr() or not master.call("status")["versions"]["upgrading"],
+             60, message="the proof")
+    assert "can take over" in master.stderr(), f"the upgrade ended before its exec:\n{master.stderr()[-2000:]}"
+    assert "(upgrade 1)" not in master.stderr(), "the hook did not hold the upgrade"
+    during()
+    (tmp_path / "gate").touch()
+    wait_for(lambda: "(upgrade 1)" in master.stderr() or "refused" in master.stderr(), 60,
+             message="the upgrade")
+    assert "(upgrade 1)" in master.stderr(), master.stderr()[-2000:]
 
 
 def _log_order(text: str, *marks: str) -> list[int]:
@@ -50,76 +95,88 @@ def _log_order(text: str, *marks: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_reload_being_expanded_crosses_the_upgrade_and_its_client_is_answered(start_master):
+def test_a_reload_being_expanded_crosses_the_upgrade_and_its_client_is_answered(start_master, tmp_path,
+                                                                                 monkeypatch):
     """An `orch reload` of a saved file whose expansion takes seconds: the upgrade neither
-    waits for it nor refuses the changed file; the new master adopts exactly the one
-    instance the old one ran, then reloads and answers the waiting `orch reload`."""
-    master = start_master(KEEP.format(extra=""))
-    keep = master.wait_running(1)["keep"]
-    master.write(KEEP.format(extra="") + SLOW_TEMPLATE)
-    config = str(master.config)
-    reload = subprocess.Popen([PY, "-m", "orchestrator", "reload", "-c", config],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    waits for it nor refuses the changed file; the new master adopts exactly the two
+    instances the old one ran, then reloads and answers the waiting `orch reload`."""
+    monkeypatch.setenv("PYTHONPATH", str(package_copy(tmp_path)))
+    master = start_master(_keep(tmp_path))
+    keep = master.wait_running(2)["keep"]
+    reload: list[subprocess.Popen] = []
+
+    def during() -> None:
+        master.write(_keep(tmp_path) + SLOW_TEMPLATE)
+        reload.append(subprocess.Popen([PY, "-m", "orchestrator", "reload", "-c", str(master.config)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         wait_for(lambda: master.call("status")["reloading"], 10, message="the slow reload to start")
-        upgrade = orch("upgrade", "-c", config, timeout=60)
-        assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-        assert reload.wait(60) == 0, reload.stdout.read()
+    try:
+        _upgrade_around(master, tmp_path, during)
+        assert reload[0].wait(60) == 0, reload[0].stdout.read()
     finally:
-        if reload.poll() is None:
-            reload.kill()
-    said = reload.stdout.read()
-    assert "+40" in said or "40" in said, said
+        if reload and reload[0].poll() is None:
+            reload[0].kill()
+    said = reload[0].stdout.read()
+    assert "applied: 50 started" in said, said
     log = master.stderr()
-    took, applied = _log_order(log, "took over 1 instances", "reload (orch reload): +40")
+    took, applied = _log_order(log, "took over 2 instances", "reload (orch reload): +50")
     assert took < applied, "the reload was applied before the upgrade, not after it"
-    assert "a reload is being expanded" not in log
     rows = master.status()
     assert rows["keep"]["pid"] == keep and rows["keep"]["restarts"] == 0
-    assert len(rows) == 41 and all(r["restarts"] == 0 for r in rows.values()), rows
-    assert master.call("status")["versions"]["upgrades"] == 1
+    assert len(rows) == 52 and all(r["restarts"] == 0 for r in rows.values()), rows
 
 
 @pytest.mark.slow
-def test_a_saved_file_being_reloaded_is_applied_after_the_upgrade(start_master):
+def test_a_saved_file_being_reloaded_is_applied_after_the_upgrade(start_master, tmp_path, monkeypatch):
     """The same with the watcher's reload (no client): the upgrade carries it as a queued
     reload, and the new master applies the saved file once it has taken over."""
-    master = start_master(KEEP.format(extra="").replace("watch = false", "watch = true"))
-    keep = master.wait_running(1)["keep"]
-    master.write(KEEP.format(extra="").replace("watch = false", "watch = true") + SLOW_TEMPLATE)
-    wait_for(lambda: master.call("status")["reloading"], 10, message="the save's reload to start")
-    upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-    wait_for(lambda: len(master.pids()) == 41, 30, message="the saved file applied by the new master")
-    log = master.stderr()
-    took, applied = _log_order(log, "took over 1 instances", ", queued): +40")
+    monkeypatch.setenv("PYTHONPATH", str(package_copy(tmp_path)))
+    master = start_master(_keep(tmp_path, watch=True))
+    keep = master.wait_running(2)["keep"]
+
+    def during() -> None:
+        master.write(_keep(tmp_path, watch=True) + SLOW_TEMPLATE)
+        wait_for(lambda: master.call("status")["reloading"], 10, message="the save's reload to start")
+    _upgrade_around(master, tmp_path, during)
+    wait_for(lambda: len(master.pids()) == 52, 30, message="the saved file applied by the new master")
+    took, applied = _log_order(master.stderr(), "took over 2 instances", ", queued): +50")
     assert took < applied
     assert master.pids()["keep"] == keep
 
 
 @pytest.mark.slow
-def test_an_orch_diff_owed_its_answer_is_answered_by_the_new_master(start_master):
-    """`orch diff` of a file that takes seconds to expand, asked just before the upgrade:
-    the upgrade does not wait for it, and the same connection gets the diff's answer
-    from the new master (not EOF)."""
-    master = start_master(KEEP.format(extra=""))
-    master.wait_running(1)
-    master.write(KEEP.format(extra="") + SLOW_TEMPLATE)
+def test_an_orch_diff_owed_its_answer_is_answered_by_the_new_master(start_master, tmp_path, monkeypatch):
+    """`orch diff` of a file that takes seconds to expand, asked just before the exec: the
+    upgrade does not wait for it, and the same connection gets the diff's answer from the
+    new master (not EOF)."""
+    monkeypatch.setenv("PYTHONPATH", str(package_copy(tmp_path)))
+    master = start_master(_keep(tmp_path))
+    master.wait_running(2)
+    master.write(_keep(tmp_path) + SLOW_TEMPLATE)
+    answer: list = []
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(60)
         sock.connect(str(master.socket))
-        sock.sendall(json.dumps({"cmd": "diff", "args": {}}).encode() + b"\n")
-        upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
-        upgraded = time.monotonic()
-        assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-        line = sock.makefile("rb").readline()
-        answered = time.monotonic()
+
+        def read() -> None:
+            line = sock.makefile("rb").readline()
+            answer.extend([line, time.time()])
+
+        def during() -> None:
+            sock.sendall(json.dumps({"cmd": "diff", "args": {}}).encode() + b"\n")
+            master.call("ping")  # after the diff's request was read: its expansion has begun
+            threading.Thread(target=read, daemon=True).start()
+        _upgrade_around(master, tmp_path, during)
+        wait_for(lambda: answer, 60, message="the diff's answer")
+    line, arrived = answer
     assert line, "the diff's client saw EOF"
     reply = json.loads(line)
-    assert reply["ok"] and reply["result"]["start"] == 40, reply
-    assert upgraded <= answered
+    assert reply["ok"] and reply["result"]["start"] == 50, reply
+    execs = re.search(r"^(\S+ \S+),(\d+) orch INFO upgrade: master \d+ re-executes", master.stderr(), re.M)
+    assert execs, master.stderr()[-2000:]
+    execed = time.mktime(time.strptime(execs[1], "%Y-%m-%d %H:%M:%S")) + int(execs[2]) / 1000
+    assert arrived > execed, "the old master answered the diff: the upgrade waited for it"
     assert "control commands are waiting" not in master.stderr()
-    assert master.call("status")["versions"]["upgrades"] == 1
 
 
 # --- the dashboard ----------------------------------------------------------------------------

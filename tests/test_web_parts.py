@@ -117,7 +117,7 @@ class _Conn:
         self.backlog = 0
         self.on_close = None
 
-    def stream(self, on_close, on_drained=None) -> None:
+    def stream(self, on_close, on_drained=None, head=True) -> None:
         self.on_close = on_close
         self.on_drained = on_drained
 
