@@ -69,7 +69,7 @@ def guard_of(spawner: psutil.Process) -> psutil.Process:
 
 def upgraded(start_master, tmp_path: Path, monkeypatch, extra: str = "") -> tuple:
     """A master running two tickers, upgraded into protocol 2: (master, its fleet before,
-    the old spawner, its guard, the new spawner)."""
+    the old spawner, its guard, the new spawner, the package copy)."""
     tree = package_copy(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tree))
     master = start_master(ticker_config(tmp_path) + extra)
@@ -83,24 +83,29 @@ def upgraded(start_master, tmp_path: Path, monkeypatch, extra: str = "") -> tupl
     assert "now runs orch 2.0.0 (was 0.1.0)" in result.stdout, result.stdout
     new = wait_for(lambda: next((p for p in spawners(master) if p.pid != old.pid), None), 10,
                    message="the new spawner")
-    return master, before, old, old_guard, new
+    return master, before, old, old_guard, new, tree
 
 
 @pytest.mark.slow
 def test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_exits(
         start_master, tmp_path, monkeypatch):
-    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     assert fleet(master) == before, "an instance was restarted by the upgrade"
     assert {p.pid for p in old.children()} >= {pid for pid, _ in before.values()}, "the old spawner lost its children"
     for log in ("ticker.log", "ticker-1.log"):  # only numbers: no ticker saw a signal
         assert_every_line_once(master.log_dir / log)
     versions = master.call("status")["versions"]
     assert versions["master"] == versions["spawner"] == "2.0.0"
-    assert versions["old_spawner"] == {"version": "0.1.0", "pid": old.pid, "instances": 2}
+    assert versions["old_spawners"] == [{"version": "0.1.0", "pid": old.pid, "instances": 2}]
     text = orch("status", "-c", str(master.config)).stdout
     assert f"spawner: orch 2.0.0, and spawner {old.pid} of orch 0.1.0 for its 2 instances" in text, text
-    refused = orch("upgrade", "-c", str(master.config), timeout=60)
-    assert refused.returncode == 1 and "still runs 2 instances" in refused.stderr, refused.stderr
+    # a further upgrade (same protocol) carries both spawners on
+    set_version(tree, "3.0.0")
+    again = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert again.returncode == 0 and "now runs orch 3.0.0 (was 2.0.0)" in again.stdout, again.stderr
+    assert {p.pid for p in spawners(master)} == {old.pid, new.pid}, "a spawner was replaced"
+    assert master.call("status")["versions"]["old_spawners"] == [{"version": "0.1.0", "pid": old.pid, "instances": 2}]
+    assert fleet(master) == before, "an instance was restarted by the second upgrade"
 
     # a killed old instance comes back on the new spawner; the old one keeps the other
     os.kill(before["ticker"][0], signal.SIGKILL)
@@ -108,7 +113,7 @@ def test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_
              and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
     replaced = master.status()["ticker"]["pid"]
     wait_for(lambda: psutil.Process(replaced).ppid() == new.pid, 5, message="the new spawner to be its parent")
-    assert old.is_running() and master.call("status")["versions"]["old_spawner"]["instances"] == 1
+    assert old.is_running() and master.call("status")["versions"]["old_spawners"][0]["instances"] == 1
 
     # the last old instance, stopped through the old spawner: it exits, and its guard with it
     restarted = orch("restart", "ticker-1", "-c", str(master.config))
@@ -118,13 +123,13 @@ def test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_
     assert not left, f"the old spawner or its guard still runs: {left}"
     assert psutil.Process(master.status()["ticker-1"]["pid"]).ppid() == new.pid
     status = master.call("status")
-    assert status["versions"]["old_spawner"] is None and status["pid"] == master.pid
+    assert status["versions"]["old_spawners"] == [] and status["pid"] == master.pid
     assert master.terminate() == 0
 
 
 @pytest.mark.slow
 def test_a_sigkilled_master_with_children_on_both_spawners_leaves_nothing(start_master, tmp_path, monkeypatch):
-    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     os.kill(before["ticker"][0], signal.SIGKILL)
     wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
              and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
@@ -140,7 +145,7 @@ def test_a_sigkilled_master_with_children_on_both_spawners_leaves_nothing(start_
 @pytest.mark.slow
 def test_a_graceful_stop_with_children_on_both_spawners_ends_them_all(start_master, tmp_path, monkeypatch):
     (tmp_path / "prew.py").write_text(PRELOADED)
-    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch, PRELOADED_WORKER)
+    master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch, PRELOADED_WORKER)
     os.kill(before["pre"][0], signal.SIGKILL)  # a zygote's worker: its exit comes through the old spawner
     wait_for(lambda: master.status()["pre"]["pid"] not in (None, before["pre"][0])
              and master.status()["pre"]["state"] == "running", 15, message="pre to be replaced")
@@ -153,7 +158,7 @@ def test_a_graceful_stop_with_children_on_both_spawners_ends_them_all(start_mast
 
 @pytest.mark.slow
 def test_an_old_spawner_killed_from_outside_takes_only_its_own_children(start_master, tmp_path, monkeypatch):
-    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     os.kill(before["ticker"][0], signal.SIGKILL)
     wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
              and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
@@ -166,14 +171,14 @@ def test_an_old_spawner_killed_from_outside_takes_only_its_own_children(start_ma
     assert not psutil.pid_exists(before["ticker-1"][0]) or psutil.Process(before["ticker-1"][0]).status() == "zombie"
     old_guard.wait(10)
     status = master.call("status")
-    assert status["versions"]["old_spawner"] is None
+    assert status["versions"]["old_spawners"] == []
     assert {r["name"]: r["last_exit"] for r in status["instances"]}["ticker-1"] == "SIGKILL"
     assert master.terminate() == 0
 
 
 @pytest.mark.slow
 def test_a_new_spawner_that_dies_brings_every_instance_back_on_a_third(start_master, tmp_path, monkeypatch):
-    master, before, old, old_guard, new = upgraded(start_master, tmp_path, monkeypatch)
+    master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     os.kill(before["ticker"][0], signal.SIGKILL)
     wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
              and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
@@ -194,5 +199,5 @@ def test_a_new_spawner_that_dies_brings_every_instance_back_on_a_third(start_mas
         assert psutil.Process(pid).ppid() == third.pid
     gone, left = psutil.wait_procs([old, old_guard], timeout=10)
     assert not left, "the old spawner outlived its last child"
-    assert master.call("status")["versions"]["old_spawner"] is None
+    assert master.call("status")["versions"]["old_spawners"] == []
     assert master.terminate() == 0

@@ -41,13 +41,13 @@ def run_resumed() -> int:
     lock.fd = taken.plain(record["fds"]["lock"])
     sock = taken.sock(record["fds"]["spawner"])
     assert sock is not None
-    spawner, beside = spawners(record, sock, config.settings)  # a new one beside an old protocol's
+    spawner, olds = spawners(record, taken, sock, config.settings)  # a new one beside an old protocol's
     listeners = listeners_from(record, taken, config)
     set_title(f"orch: master {config.settings.name} [{config.path}]")
     master = Master(config, specs, spawner, lock, quiet=record["quiet"], listeners=listeners, templates=templates)
     master.loop.before_wait.append(log_handler.flush)
     try:
-        handover = Handover(record, taken) if beside is None else BesideHandover(record, taken, beside)
+        handover = BesideHandover(record, taken, olds) if olds else Handover(record, taken)
         code = master.run(handover=handover)
     finally:
         remove_record(config.path)

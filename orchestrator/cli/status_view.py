@@ -14,10 +14,11 @@ def _versions(reply: dict[str, Any]) -> str:
     """Which orch the master runs, and its helpers when an upgrade left them on another."""
     versions = reply.get("versions") or {"master": reply.get("version", "?")}
     text = f"orch {versions['master']}"
-    old = versions.get("old_spawner")  # an upgrade across spawner protocols: two spawners run
-    if old:
-        text += (f" (spawner: orch {versions.get('spawner')}, and spawner {old['pid']} of orch {old['version']}"
-                 f" for its {old['instances']} instances until they exit)")
+    olds = versions.get("old_spawners")  # upgrades across spawner protocols: older spawners run beside
+    if olds:
+        text += f" (spawner: orch {versions.get('spawner')}" + "".join(
+            f", and spawner {old['pid']} of orch {old['version']} for its {old['instances']} instances"
+            for old in olds) + " until they exit)"
     elif versions.get("spawner") and versions["spawner"] != versions["master"]:
         text += f" (spawner and zygotes: orch {versions['spawner']} until replaced)"
     if versions.get("upgrades"):

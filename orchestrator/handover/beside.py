@@ -8,7 +8,9 @@ it starts a spawner of its own code (its own guard, a new run cookie) for every 
 restart from then on, and keeps the old one only for the processes it already runs: their
 signals go to it (Launcher.divert), their exits come from it, and once the last has exited
 it is told to exit (it stops its guard). A SIGKILLed master closes both sockets: each
-spawner ends its own children, as when it was the only one.
+spawner ends its own children, as when it was the only one. An upgrade while old spawners
+still run carries them (the record lists each, and its socket crosses exec as the spawner's
+does): the next master keeps them beside its own too.
 
 Why a new cookie: each guard then sweeps only what its own spawner started (the old guard
 finds the state file naming the new run and goes by its cookie alone), so an old spawner
@@ -23,7 +25,7 @@ import signal
 from typing import Any
 
 from ..procfs import start_time
-from ..spawn.orphans import end_record, state_path
+from ..spawn.orphans import state_path
 from ..spawn.spawner import SpawnerClient
 from .resume import Handover
 from .state import spawner_protocol
@@ -32,58 +34,83 @@ log = logging.getLogger("orch")
 KILLED = int(signal.SIGKILL)  # the wait status of a process SIGKILLed (the old spawner's guard ends them)
 
 
-def spawners(record: dict[str, Any], sock: Any, settings: Any) -> tuple[SpawnerClient, SpawnerClient | None]:
-    """(the spawner the new master starts and signals through, the old one kept beside it or
-    None): the running spawner itself when it speaks this code's protocol."""
-    old = record["spawner"]
-    running = SpawnerClient(old["pid"], sock, old["run"])
-    if old.get("protocol") in (None, spawner_protocol()):
-        return running, None
+Olds = list[tuple[SpawnerClient, dict[str, Any]]]  # (client, {"version", "core", "pids"}) of each old spawner
+
+
+def spawners(record: dict[str, Any], taken: Any, sock: Any, settings: Any) -> tuple[SpawnerClient, Olds]:
+    """(the spawner the new master starts and signals through, the old ones kept beside it):
+    the running spawner itself when it speaks this code's protocol, else a fresh one and the
+    running one among the old; those an earlier upgrade kept beside stay beside."""
+    running_row = record["spawner"]
+    running = SpawnerClient(running_row["pid"], sock, running_row["run"])
+    olds: Olds = [(SpawnerClient(row["pid"], taken.sock(row["fd"]), row["run"]), row)
+                  for row in running_row.get("beside", [])]
+    if running_row.get("protocol") in (None, spawner_protocol()):
+        return running, olds
     limit = record["master"].get("fd_limit")
     # posix_spawn, before any thread of this master starts: a fresh interpreter of this code
     fresh = SpawnerClient.start(f"orch: spawner {settings.name}", fd_limit=tuple(limit) if limit else None,
                                 state=str(state_path(settings.pidfile)))
     log.info("upgrade: the running spawner (pid %d, orch %s) speaks another protocol: spawner %d runs "
              "every start from now on, and the old one only until its last child exits",
-             old["pid"], old.get("version"), fresh.pid)
-    return fresh, running
+             running.pid, running_row.get("version"), fresh.pid)
+    theirs = {(pid, started) for _, row in olds for pid, started in row["pids"]}
+    pids = [[row["pid"], row.get("started_at")] for row in record["instances"]
+            if row.get("pid") is not None and (row["pid"], row.get("started_at")) not in theirs]
+    return fresh, [*olds, (running, {"version": running_row.get("version"), "core": running_row.get("core", 1),
+                                     "pids": pids})]
 
 
 class BesideHandover(Handover):
-    """A handover that keeps the old spawner beside the new one (cli/resume.py)."""
+    """A handover that keeps old spawners beside the new master's (cli/resume.py)."""
 
-    def __init__(self, record: dict[str, Any], taken: Any, old: SpawnerClient):
+    def __init__(self, record: dict[str, Any], taken: Any, olds: Olds):
         super().__init__(record, taken)
-        self.old = old
+        self.olds = olds
 
     def restore(self, master: Any) -> Any:
         plan = super().restore(master)
-        OldSpawner(master, self.old, self.record)
+        if master.spawner.pid != self.record["spawner"]["pid"]:  # a fresh one: it starts from now on
+            master.spawner.send_sockets(master.listeners.items())
+            master.upgrader.spawner_replaced()  # the spawner that starts is this code's
+            master.journal.record("spawner_replaced", old_pid=self.record["spawner"]["pid"], pid=master.spawner.pid)
+        for client, row in self.olds:
+            OldSpawner(master, client, row)
         return plan
 
 
-class OldSpawner:
-    """The old spawner, for the processes it runs: their signals and exits, then its retirement."""
+def divert_all(olds: list["OldSpawner"]) -> Any:
+    """Launcher.divert over every old spawner: each takes the orders about its processes."""
+    def divert(orders: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+        for old in list(olds):
+            orders = old.divert(orders)
+        return orders
+    return divert
 
-    def __init__(self, master: Any, client: SpawnerClient, record: dict[str, Any]):
+
+class OldSpawner:
+    """An old spawner, for the processes it runs: their signals and exits, then its retirement."""
+
+    def __init__(self, master: Any, client: SpawnerClient, row: dict[str, Any]):
         self.master, self.client, self.sup = master, client, master.supervisor
-        self.version = record["spawner"].get("version")
+        self.version, self.core = row.get("version"), row.get("core", 1)
         # main pid -> its start (monotonic): a pid the new spawner reuses is no longer this one's
-        self.pids: dict[int, float | None] = {row["pid"]: row.get("started_at")
-                                              for row in record["instances"] if row.get("pid") is not None}
-        client.adopted = master.spawner.adopted  # one map of orphans: status sees both spawners'
-        master.spawner.send_sockets(master.listeners.items())  # the new spawner starts from now on
-        master.upgrader.spawner_replaced()  # the spawner that starts is this code's
-        master.upgrader.beside = self
-        self.sup.launcher.divert = self.divert
+        self.pids: dict[int, float | None] = {pid: started for pid, started in row["pids"]}
+        client.adopted = master.spawner.adopted  # one map of orphans: status sees every spawner's
+        master.upgrader.beside.append(self)
+        self.sup.launcher.divert = divert_all(master.upgrader.beside)
         master.loop.add_reader(client.fileno(), self._readable)
-        master.journal.record("spawner_replaced", old_pid=client.pid, pid=master.spawner.pid)
         if not self.pids:
             self.retire()
 
     def status(self) -> dict[str, Any]:
         """For `orch status`: the old spawner's version, pid and how many processes it still runs."""
         return {"version": self.version, "pid": self.client.pid, "instances": len(self.pids)}
+
+    def handover(self, kept: Any) -> dict[str, Any]:
+        """For the next upgrade's record (capture.py): it stays beside the next master too."""
+        return {"pid": self.client.pid, "run": self.client.run, "version": self.version, "core": self.core,
+                "fd": kept(self.client.fileno()), "pids": [[pid, started] for pid, started in self.pids.items()]}
 
     def owns(self, pid: int) -> bool:
         """The old spawner runs this main pid (not a new process that got the same pid)."""
@@ -129,14 +156,20 @@ class OldSpawner:
         self._close(exit=True)
 
     def _lost(self) -> None:
-        """It died (killed from outside): its guard ends its children; they count as SIGKILLed."""
+        """It died (killed from outside): its guard ends its children (by its cookie); they
+        count as SIGKILLed. Their sessions are SIGKILLed here too, so that no replacement
+        starts beside a process still running; no look over every process (end_record's),
+        which blocked the loop for seconds on a loaded machine."""
         log.error("the spawner of orch %s (pid %d) died, and its %d instances with it", self.version,
                   self.client.pid, len(self.pids))
         self._close(exit=False)
-        groups = [[pid, inst.start_ticks] for pid in self.pids
-                  if (inst := self.sup.by_pid.get(pid)) is not None and inst.start_ticks is not None]
-        end_record({"run": self.client.run, "run_start": start_time(os.getpid()), "groups": groups},
-                   "by the dead spawner", 0.5)
+        for pid in self.pids:
+            inst = self.sup.by_pid.get(pid)
+            if inst is not None and inst.start_ticks is not None and start_time(pid) == inst.start_ticks:
+                try:
+                    os.killpg(pid, signal.SIGKILL)  # its own session and process group (spawner.py)
+                except OSError:
+                    pass
         for pid in list(self.pids):
             self._exited(pid, KILLED)
         self.sup.flush()
@@ -146,7 +179,8 @@ class OldSpawner:
         if exit:
             self.client.exit()
         self.client.sock.close()
-        if self.sup.launcher.divert == self.divert:
+        olds = self.master.upgrader.beside
+        if self in olds:
+            olds.remove(self)
+        if not olds:
             self.sup.launcher.divert = None
-        if self.master.upgrader.beside is self:
-            self.master.upgrader.beside = None

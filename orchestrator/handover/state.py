@@ -12,7 +12,8 @@ from typing import Any, Iterable
 
 from ..errors import OrchError
 
-VERSION = 4  # of the record's format; 1 had no per-instance deadlines, 2 no rollouts, 3 no code rolls
+VERSION = 5  # of the record's format; 1 had no per-instance deadlines, 2 no rollouts, 3 no code rolls,
+# 4 no old spawners beside the spawner
 KEPT = ("restarts", "failures", "last_exit", "last_reason", "limit_kills", "held", "ready", "requests",
         "counts_requests", "notify_status", "pid", "started_at", "start_ticks", "tracked")
 STATES = ("running", "stopping", "stopped", "exited", "backoff", "crash-looping", "waiting")
@@ -88,6 +89,9 @@ def migrate(record: Any) -> dict[str, Any]:
         for inst in record.get("instances", []):
             inst.setdefault("spec", None)
         record["version"] = 4
+    if record["version"] == 4 and isinstance(record.get("spawner"), dict):  # one spawner, no older one beside
+        record["spawner"].setdefault("beside", [])
+        record["version"] = 5
     for key in ("config", "fds", "instances", "pipes", "spawner", "master"):
         if key not in record:
             raise HandoverError(f"the handed-over state has no {key!r}")
@@ -110,6 +114,11 @@ def check_protocol(record: dict[str, Any]) -> None:
     the core every protocol keeps (spawn/request.py: CORE) and nothing the core lacks."""
     from ..spawn.request import CORE
     spawner = record["spawner"]
+    for old in spawner.get("beside", []):  # kept beside it by an earlier upgrade
+        if old.get("core", 1) != CORE:
+            raise HandoverError(f"the spawner of orch {old.get('version')} still running beside the master's "
+                                "speaks another core than this orch (spawn/request.py: CORE): upgrade once its "
+                                f"{len(old['pids'])} instances have exited (`orch restart` moves them)")
     if spawner.get("protocol") in (None, spawner_protocol()):
         return
     why = None

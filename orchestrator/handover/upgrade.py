@@ -43,7 +43,7 @@ class Upgrader:
         self.previous: str | None = None  # the orch version before the last upgrade
         self.spawner_version = __version__  # the code the current spawner (and its zygotes) run
         self.spawner_protocol = spawner_protocol()  # and the protocol it speaks
-        self.beside: Any = None  # beside.OldSpawner: an older orch's spawner, until its last child exits
+        self.beside: list[Any] = []  # beside.OldSpawner: older orchs' spawners, each until its last child exits
         self.proof: Proof | None = None
         self.drain: Drain | None = None  # the servers paused for the exec
         self._job: dict[str, Any] | None = None
@@ -79,7 +79,7 @@ class Upgrader:
         """The versions `orch status` shows: the master's and its helpers'."""
         return {"master": __version__, "spawner": self.spawner_version, "zygotes": self.spawner_version,
                 "upgrades": self.count, "previous": self.previous, "upgrading": self._job is not None,
-                "old_spawner": self.beside.status() if self.beside is not None else None}
+                "old_spawners": [old.status() for old in self.beside]}
 
     # --- steps ---------------------------------------------------------------------------
     def _refused(self) -> str | None:
@@ -88,9 +88,6 @@ class Upgrader:
             return "an upgrade is already in progress"
         if master.stopping:
             return "the master is stopping"
-        if self.beside is not None:  # the record has room for one spawner
-            return (f"the spawner of orch {self.beside.version} still runs {len(self.beside.pids)} instances "
-                    "beside this one's: upgrade again once they have exited (`orch restart` moves them)")
         if master.last_reload_error:
             return f"the config does not load ({master.last_reload_error}); fix it and reload first"
         return None  # a saved file is not: the next master adopts the fleet as applied, then reloads
