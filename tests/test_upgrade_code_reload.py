@@ -258,6 +258,8 @@ def test_a_spec_crosses_the_record_as_it_was_and_an_older_record_gets_the_new_fi
     for spec in specs:
         again = decode(json.loads(json.dumps(encode(spec))))
         assert again == spec and again.process_hash == spec.process_hash, spec.name
+    both = decode(json.loads(json.dumps(encode(specs))))  # one table of parts: shared parts stay shared
+    assert both == specs and both[0].policy is both[1].policy
     old = migrate({"version": 3, "orch": "0.1.0", "config": "/x", "quiet": True, "master": {}, "spawner": {},
                    "fds": {}, "pipes": [], "reply": None, "instances": [{"name": "a", "state": "running"}],
                    "rollouts": [{"label": "x", "batch": 1, "total": 1, "waiting": [], "in_flight": []}]})

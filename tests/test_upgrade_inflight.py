@@ -291,3 +291,39 @@ def test_dashboard_pages_and_actions_cross_two_upgrades(start_master):
     seqs = page.flat()
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"records lost or doubled: {seqs}"
     assert "dropped" not in page.kinds and page.kinds.count("page") >= 2, page.kinds
+
+
+@pytest.mark.slow
+def test_a_real_browser_page_stays_live_through_two_upgrades(start_master, tmp_path):
+    """Chromium on the dashboard through two upgrades: its EventSource never errs (the page
+    never shows "reconnecting"), and a restart clicked after each upgrade shows live."""
+    from browser import chromium
+    port = free_port()
+    master = start_master(_dashboard_config(port))
+    master.wait_running(3)
+    url = orch("dashboard", "-c", str(master.config)).stdout.strip()
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(url)
+
+        def row(name: str):
+            return driver.find_element("css selector", f'tr[data-name="{name}"]')
+        wait_for(lambda: driver.find_elements("css selector", 'tr[data-name="w-1"]'), 20, message="w-1's row")
+        wait_for(lambda: driver.find_element("id", "conn").text == "live", 10, message="the page to be live")
+        driver.execute_script("""
+            window.conn = [];
+            const c = document.getElementById('conn');
+            new MutationObserver(() => window.conn.push(c.textContent))
+              .observe(c, {childList: true, characterData: true, subtree: true});""")
+        for round in range(2):
+            upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
+            assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+            before = master.pids()["w-1"]
+            row("w-1").find_element("css selector", 'button[data-action="restart"]').click()
+            wait_for(lambda: row("w-1").get_attribute("data-pid") not in ("", str(before))
+                     and row("w-1").get_attribute("data-state") == "running", 20,
+                     message=f"w-1's new pid after upgrade {round + 1}")
+            assert master.pids()["w-1"] == int(row("w-1").get_attribute("data-pid"))
+        changes = driver.execute_script("return window.conn")
+        assert changes == [], f"the page's stream broke: {changes}"
+        assert driver.find_element("id", "conn").text == "live"
+    assert master.call("status")["versions"]["upgrades"] == 2

@@ -46,6 +46,8 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
     upgrader, reloader = master.upgrader, master.reloader
     onto_new = {inst.name for rollout in master.supervisor.rolling.rollouts
                 for inst, spec in rollout.waiting if spec is not None}  # a rollout's, not restarted yet
+    from .specs import SpecWriter
+    writer = SpecWriter()
     record = build(
         orch=__version__, config=str(master.config.path), quiet=master.supervisor.echo is None,
         master={"started": master.started, "applied_at": master.applied_at, "reloads": reloader.count,
@@ -61,21 +63,22 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
                  "protocol": upgrader.spawner_protocol, "core": CORE,  # the core: see spawn/request.py
                  "beside": [old.handover(kept) for old in upgrader.beside],  # older spawners (beside.py)
                  "adopted": [[leader, sorted(orphans)] for leader, orphans in spawner.adopted.items()]},
-        fds=fds, instances=[instance_record(inst, master.probes.handover(inst), old_spec(inst, onto_new))
+        fds=fds, instances=[instance_record(inst, master.probes.handover(inst), old_spec(inst, onto_new, writer))
                             for inst in master.supervisor.instances.values()],
         pipes=pipes, reply=kept(conn.sock.fileno()) if conn is not None else None,
         rollouts=[rollout_record(rollout, master.code.carried(master.supervisor.rolling.on_halt.get(rollout)))
                   for rollout in master.supervisor.rolling.rollouts])
+    record["specs"] = writer.parts  # the parts of the specs kept (specs.py)
     return record, keep
 
 
-def old_spec(inst: Any, onto_new: set[str]) -> Any:
-    """The spec `inst` runs, encoded, if the config (as the successor expands it) no longer
-    has it: it is stopping to restart onto a new one, or a rollout will restart it onto one."""
+def old_spec(inst: Any, onto_new: set[str], writer: Any) -> Any:
+    """The spec `inst` runs (written into the record's "specs"), if the config (as the
+    successor expands it) no longer has it: it is stopping to restart onto a new one, or a
+    rollout will restart it onto one."""
     if inst.next_spec is None and inst.name not in onto_new:
         return None
-    from .specs import encode
-    return {"runs": encode(inst.spec), "next": inst.next_spec is not None}
+    return {"runs": writer.ref(inst.spec), "next": inst.next_spec is not None}
 
 
 def streams(master: Any) -> list[Any]:

@@ -129,10 +129,11 @@ def check() -> int:  # pragma: no cover - runs in the proof child
         missing = missing_names(record, (spec.name for spec in specs))
         if missing:
             raise HandoverError(f"the config, expanded by the new code, has no instance {', '.join(missing[:5])}")
-        from .specs import decode
+        from .specs import SpecReader
+        kept = SpecReader(record.get("specs") or [])
         for row in record["instances"]:  # the specs kept of instances a rollout has not restarted yet
             if row.get("spec"):
-                decode(row["spec"]["runs"])
+                kept.read(row["spec"]["runs"])
     except Exception as exc:  # noqa: BLE001 - whatever it is, it is the answer
         print(json.dumps({"ok": False, "error": _why(exc)}))
         return 1

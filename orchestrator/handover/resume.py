@@ -26,7 +26,7 @@ from ..spawn.listeners import Listeners
 from ..supervise.events import HandedOver
 from ..supervise.states import State, Then
 from .carry import Taken, release_signals
-from .specs import decode
+from .specs import SpecReader
 from .state import KEPT, removing
 
 if TYPE_CHECKING:
@@ -63,11 +63,12 @@ class Handover:
         client. Returns the plan for anything the config has that the record had not."""
         record, sup = self.record, master.supervisor
         specs = {spec.name: spec for spec in master._initial_specs}
+        kept = SpecReader(record.get("specs") or [])  # the specs instances run that the config has not
         self._cgroups(master.kernel_memory)
         master.journal.take_over(record["master"].get("journal") or {})
         for row in record["instances"]:
             if row["name"] in specs:
-                restore_instance(master, specs[row["name"]], row)
+                restore_instance(master, specs[row["name"]], row, kept)
             elif removing(row):
                 finish_removal(master, row)
             else:  # the proof expanded it; an expansion that differs now cannot supervise it
@@ -192,12 +193,12 @@ def applied_sources(record: dict[str, Any]) -> dict[str, bytes] | None:
     return {name: text.encode("latin-1") for name, text in kept.items()} if kept else None
 
 
-def restore_instance(master: Any, spec: ProcessSpec, row: dict[str, Any]) -> None:
+def restore_instance(master: Any, spec: ProcessSpec, row: dict[str, Any], kept: SpecReader) -> None:
     """One instance back as the record has it: with the spec it runs, kept in the record when
     the config (`spec`) no longer has it, until it restarts onto the config's."""
     sup, loop = master.supervisor, master.loop
     old = row.get("spec")
-    inst = sup._new_instance(decode(old["runs"]) if old else spec)
+    inst = sup._new_instance(kept.read(old["runs"]) if old else spec)
     if old and old["next"]:  # stopping to restart onto the config's (a rollout's are in its items)
         inst.next_spec = spec
     for key in KEPT:
