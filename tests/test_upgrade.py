@@ -281,9 +281,12 @@ def test_a_tree_that_cannot_take_over_is_refused_and_nothing_changes(start_maste
     refused = orch("upgrade", "-c", str(master.config), timeout=60, env={"PYTHONPATH": str(ROOT)})
     assert refused.returncode == 1 and "SyntaxError" in refused.stderr, refused.stderr
 
-    master.config.write_text(master.config.read_text().replace("replicas = 2", "replicas = 3"))
+    # a saved file is carried (test_upgrade_inflight.py), a config whose last reload failed is not
+    master.config.write_text(master.config.read_text() + "\n[workers.bad]\nreplicas = 1\n")
+    failed = orch("reload", "-c", str(master.config), env={"PYTHONPATH": str(ROOT)})
+    assert failed.returncode == 2, failed.stdout + failed.stderr
     refused = orch("upgrade", "-c", str(master.config), timeout=60, env={"PYTHONPATH": str(ROOT)})
-    assert refused.returncode == 1 and "changed since it was last applied" in refused.stderr
+    assert refused.returncode == 1 and "does not load" in refused.stderr, refused.stderr
 
     status = master.call("status")
     assert status["pid"] == master.pid and status["versions"]["master"] == "0.1.0"
