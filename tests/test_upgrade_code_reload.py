@@ -264,3 +264,39 @@ def test_a_spec_crosses_the_record_as_it_was_and_an_older_record_gets_the_new_fi
                    "fds": {}, "pipes": [], "reply": None, "instances": [{"name": "a", "state": "running"}],
                    "rollouts": [{"label": "x", "batch": 1, "total": 1, "waiting": [], "in_flight": []}]})
     assert old["version"] == VERSION and old["rollouts"][0]["code"] is None and old["instances"][0]["spec"] is None
+
+
+@pytest.mark.slow
+def test_an_instance_stopping_to_restart_onto_a_new_spec_carries_both(start_master, tmp_path):
+    """A reload changed a (not rolling) template's env and its process takes its time to stop
+    (until `go` exists) when the master upgrades: it shows the spec it runs while it stops,
+    and restarts once, onto the new one."""
+    script = (f"trap 'while [ ! -e {tmp_path / 'go'} ]; do sleep 0.05; done; exit 0' TERM; "
+              "echo up $RELEASE; while :; do sleep 0.05; done")
+
+    def config(release: str) -> str:
+        return f"""
+            [orchestrator]
+            watch = false
+            [workers.slowstop]
+            command = ["sh", "-c", "{script}"]
+            env = {{ RELEASE = "{release}" }}
+            stop_timeout = 60
+            """
+    master = start_master(config("one"))
+    master.wait_running(1)
+    log = master.log_dir / "slowstop.log"
+    wait_for(lambda: "up one" in text_of(log), 10, message="its trap set")
+    old = master.status()["slowstop"]
+    master.config.write_text(textwrap.dedent(config("two")))
+    assert orch("reload", "-c", str(master.config)).returncode == 0
+    assert master.status()["slowstop"]["state"] == "stopping"
+    upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    row = master.status()["slowstop"]
+    assert (row["state"], row["pid"], row["hash"]) == ("stopping", old["pid"], old["hash"]), row
+    (tmp_path / "go").touch()
+    wait_for(lambda: "up two" in text_of(log), 20, message="the restart onto the new spec")
+    row = master.status()["slowstop"]
+    assert row["state"] == "running" and row["hash"] != old["hash"] and row["restarts"] == 1, row
+    assert [line for line in text_of(log).splitlines() if line.startswith("up")] == ["up one", "up two"], text_of(log)
