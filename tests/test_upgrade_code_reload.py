@@ -130,6 +130,10 @@ def test_sigusr2_mid_code_reload_carries_the_roll_onto_the_new_code(start_master
         carried = re.search(r"rolling restart of template:w onto new code goes on: (\d) of 4 instances left", log)
         assert carried and 1 <= int(carried[1]) <= (4 if importing else 3), log
         assert not importing or log.index("new code imported") < log.index("re-executes into"), log
+        # the new master knows where the roll stands: one instance on the new code, one held
+        wait_for(lambda: master.call("status")["rollouts"][0]["done"] == 1, 10, message="one instance rolled")
+        text = orch("status", "-c", str(master.config)).stdout
+        assert "rolling restart of template:w onto new code: 1 of 4 done" in text, text
         (tmp_path / "go").touch()
         out, err = reload.communicate(timeout=60)
     finally:
