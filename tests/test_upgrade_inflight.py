@@ -179,6 +179,26 @@ def test_an_orch_diff_owed_its_answer_is_answered_by_the_new_master(start_master
     assert "control commands are waiting" not in master.stderr()
 
 
+@pytest.mark.slow
+def test_a_control_request_half_sent_at_the_upgrade_is_answered_by_the_new_master(start_master, tmp_path):
+    """A client that sent half its request line when the upgrade came is not closed after
+    the drain's second: the new master reads on and answers it on the same connection."""
+    master = start_master(_keep(tmp_path))
+    master.wait_running(2)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(60)
+        sock.connect(str(master.socket))
+        sock.sendall(b'{"cmd": "status", ')
+        master.call("ping")  # the half line was read by now
+        upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
+        assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+        sock.sendall(b'"args": {}}\n')
+        line = sock.makefile("rb").readline()
+    assert line, "the half-sent request's client saw EOF"
+    reply = json.loads(line)
+    assert reply["ok"] and reply["result"]["versions"]["upgrades"] == 1, reply
+
+
 # --- the dashboard ----------------------------------------------------------------------------
 def _dashboard_config(port: int) -> str:
     return f"""

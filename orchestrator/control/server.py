@@ -99,8 +99,9 @@ class Connection:
 
     @property
     def carriable(self) -> bool:
-        """An upgrade can hand it to the next master: idle, nothing half-read, not a stream."""
-        return self.idle and not self.inbuf and self.drained is None
+        """An upgrade can hand it to the next master: owed no answer, not a stream (what it
+        has not sent of an answer, and a request half-read, go with it: `carry_on`)."""
+        return not (self.keep_open or self.owed or self.closed) and self.drained is None
 
     def on_readable(self) -> None:
         try:
@@ -181,6 +182,14 @@ class Connection:
         """Handle requests a master before an upgrade had taken but not answered, as if just sent."""
         for cmd, args in requests:
             self._handle(json.dumps({"cmd": cmd, "args": args}).encode())
+
+    def carry_on(self, unsent: bytes, unread: bytes) -> None:
+        """Go on where the master before an upgrade left this connection: send what it had
+        not sent, then serve what it had read (a request, whole or half)."""
+        self.inbuf[:0] = unread
+        self.resume_output(unsent)
+        if not self.outbuf:
+            self._serve()
 
     def send(self, message: dict[str, Any], tail: bytes = b"") -> None:
         if self.closed:

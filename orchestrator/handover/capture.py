@@ -32,7 +32,10 @@ def capture(master: Any, conn: Any) -> tuple[dict[str, Any], list[int]]:
         "adopted": {name: kept(sock.fileno()) for name, sock in listeners.adopted.items()},
         "unix_files": {key: [str(path), inode] for key, (path, inode) in listeners._unix_files.items()},
         "retired": sorted(listeners.retired),
-        "clients": [kept(c.sock.fileno()) for c in clients],
+        "clients": [kept(c.sock.fileno()) for c in clients if not (c.outbuf or c.inbuf)],
+        # an answer not all sent yet (a slow reader), a request not all read: carried on
+        "partial": [{"fd": kept(c.sock.fileno()), "unsent": c.outbuf.decode("latin-1"),
+                     "unread": c.inbuf.decode("latin-1")} for c in clients if c.outbuf or c.inbuf],
         "feeds": [{"fd": kept(c.sock.fileno()), **c.stream.handover()} for c in streams(master)],
         "waiting": [{"fd": kept(c.sock.fileno()), "waits": [master.control.handler.waits.handover(w) for w in found]}
                     for c, found in waiting.items() if c is not conn],

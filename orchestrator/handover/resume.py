@@ -90,6 +90,10 @@ class Handover:
         release_signals()  # handlers are in place: what arrived during the exec is handled now
         for fd in record["fds"].get("clients", []):
             master.control.adopt(self.taken.sock(fd))
+        for client in record["fds"].get("partial", []):
+            conn = master.control.adopt(self.taken.sock(client["fd"]))
+            if conn is not None:
+                conn.carry_on(client["unsent"].encode("latin-1"), client["unread"].encode("latin-1"))
         for feed in record["fds"].get("feeds", []):
             self._feed(master, feed)
         for client in record["fds"].get("waiting", []):
