@@ -97,11 +97,13 @@ class Upgrader:
         job = self._job
         if job is None:
             return
+        if self._importing():  # it ends by itself (IMPORT_TIMEOUT); then the roll it starts has QUIET_WAIT
+            job["until"] = max(job["until"], time.monotonic() + QUIET_WAIT)
         if not busy:
             then()
         elif self.master.stopping:
             self._finish("upgrade refused: the master is stopping")
-        elif time.monotonic() > job["until"] and not self._importing():  # an import ends by itself
+        elif time.monotonic() > job["until"]:
             self._finish(f"the fleet did not settle within {QUIET_WAIT:.0f}s ({busy}); try again")
         else:
             self.master.loop.call_later(POLL, lambda: self._when_quiet(then))
