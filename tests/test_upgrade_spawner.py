@@ -128,14 +128,31 @@ def test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_
 
 
 @pytest.mark.slow
-def test_a_sigkilled_master_with_children_on_both_spawners_leaves_nothing(start_master, tmp_path, monkeypatch):
+def test_a_sigkilled_master_with_children_on_three_spawners_leaves_nothing(start_master, tmp_path, monkeypatch):
     master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     os.kill(before["ticker"][0], signal.SIGKILL)
     wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
              and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
-    watched = [old, old_guard, new, guard_of(new), *(psutil.Process(pid) for pid in master.pids().values())]
     assert psutil.Process(master.pids()["ticker"]).ppid() == new.pid
     assert psutil.Process(master.pids()["ticker-1"]).ppid() == old.pid
+    # the protocol changes again: the running spawner joins the old one beside a third
+    request = tree / "orchestrator" / "spawn" / "request.py"
+    request.write_text(request.read_text().replace("PROTOCOL = 2\n", "PROTOCOL = 3\n"))
+    set_version(tree, "3.0.0")
+    again = orch("upgrade", "-c", str(master.config), timeout=60)
+    assert again.returncode == 0 and "now runs orch 3.0.0 (was 2.0.0)" in again.stdout, again.stderr
+    third = wait_for(lambda: next((p for p in spawners(master) if p.pid not in (old.pid, new.pid)), None), 10,
+                     message="a third spawner")
+    assert [(o["version"], o["pid"], o["instances"]) for o in master.call("status")["versions"]["old_spawners"]] \
+        == [("0.1.0", old.pid, 1), ("2.0.0", new.pid, 1)]
+    new_guard = guard_of(new)
+    os.kill(master.pids()["ticker"], signal.SIGKILL)  # its exit comes through the second spawner, its last
+    wait_for(lambda: (pid := master.pids()["ticker"]) and psutil.Process(pid).ppid() == third.pid, 10,
+             message="ticker on the third spawner")
+    gone, left = psutil.wait_procs([new, new_guard], timeout=10)
+    assert not left, "the second spawner outlived its last child"
+    assert [o["pid"] for o in master.call("status")["versions"]["old_spawners"]] == [old.pid]
+    watched = [old, old_guard, third, guard_of(third), *(psutil.Process(pid) for pid in master.pids().values())]
     os.kill(master.pid, signal.SIGKILL)
     master.proc.wait(5)
     gone, left = psutil.wait_procs(watched, timeout=15)
