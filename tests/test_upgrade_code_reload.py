@@ -1,7 +1,9 @@
 """`orch upgrade` (SIGUSR2) while `orch reload --code` rolls preloaded workers onto a fresh
 zygote (issue 30): the roll crosses the exec and goes on under the new master, each instance
-rolled exactly once onto the new code, and the old zygote goes with its last worker. Real
-masters, a copy of the package with another version first on PYTHONPATH."""
+rolled exactly once onto the new code, and the old zygote goes with its last worker; a halt
+under the new master still sends new processes back to the old code. And instances a carried
+rollout (or a reload's restart) has not restarted yet show the spec they run, not the new
+one. Real masters, a copy of the package with another version first on PYTHONPATH."""
 
 from __future__ import annotations
 
