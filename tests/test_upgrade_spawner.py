@@ -6,6 +6,7 @@ protocol revision and SpawnRequest differ, real exec."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 
 from conftest import orch, wait_for
 from orchestrator.handover.state import HandoverError, check_protocol, spawner_protocol
-from orchestrator.spawn.request import CORE
+from orchestrator.spawn.request import CORE, SpawnRequest
+from orchestrator.spawn.spawner import SpawnerClient
 from test_upgrade import PRELOADED, assert_every_line_once, fleet, package_copy, set_version, ticker_config
 
 GUARD = "read -r line"  # the guard's shell script (spawn/guard.py: SCRIPT)
@@ -46,6 +48,36 @@ def test_a_spawner_of_another_protocol_is_kept_beside_unless_it_cannot_be(spawne
     else:
         with pytest.raises(HandoverError, match=refused):
             check_protocol(record)
+
+
+def test_a_spawner_answers_the_core_as_request_py_spells_it():
+    """The messages a newer master sends an older spawner kept beside it (spawn/request.py:
+    CORE), sent raw as pickled tuples: if this fails, the core changed, and CORE (with
+    PROTOCOL) must be bumped, or upgrades from this orch will misread its spawners."""
+    client = SpawnerClient.start("orch: spawner (core test)")
+    events: list = []
+
+    def seen(kind: str) -> tuple | None:
+        events.extend(client.receive())
+        return next((e for e in events if e[0] == kind), None)
+    try:
+        read_end, write_end = os.pipe()
+        assert client.spawn([SpawnRequest(1, ("sleep", "30"), {}, True, "/")], [(write_end,)]) == []
+        os.close(write_end)
+        os.close(read_end)
+        [(token, pid)] = wait_for(lambda: seen("spawned"), 10, 0.01, "the spawn's answer")[1]
+        client.sock.send(pickle.dumps(("signal", [(pid, int(signal.SIGTERM), True)])))
+        [(ended, status)] = wait_for(lambda: seen("exited"), 10, 0.01, "the exit report")[1]
+        assert (token, ended) == (1, pid) and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        client.sock.send(pickle.dumps(("close_sockets", ["none"])))
+        client.sock.send(pickle.dumps(("exit",)))
+        wait_for(lambda: seen("eof"), 10, 0.01, "the spawner's EOF after exit")
+        assert os.waitpid(client.pid, 0)[0] == client.pid
+    finally:
+        if psutil.pid_exists(client.pid):
+            os.kill(client.pid, signal.SIGKILL)  # its guard ends the child
+            os.waitpid(client.pid, 0)
+        client.sock.close()
 
 
 # --- real masters --------------------------------------------------------------------------------
