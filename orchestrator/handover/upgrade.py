@@ -1,15 +1,16 @@
 """The old master's side of `orch upgrade` and SIGUSR2: refuse what cannot be carried, wait
 for a quiet moment, prove the new code can take over, then exec into it (handover/).
 
-Quiet means nothing is half-sent: no spawn waiting for its pid, no config being expanded,
-no new code importing, no hook running, no control command waiting for its answer (but
-those waiting on instances, which are carried). Those last milliseconds (an expansion:
-seconds), so the upgrade waits up to QUIET_WAIT for them, and for an import of new code as
+Quiet means nothing is half-sent: no spawn waiting for its pid, no new code importing, no
+hook running, no control command waiting for its answer (but those waiting on instances,
+and `orch diff` and `orch reload` owed theirs, which are carried: capture.py). Those last
+milliseconds, so the upgrade waits up to QUIET_WAIT for them, and for an import of new code as
 long as that import may take (code_reload.py gives it up at its IMPORT_TIMEOUT). Everything
 else is carried as it is: stops and restarts in progress, rolling restarts and code reloads'
 rolls (the next master goes on with the batch where it stood: nothing restarts twice), a
-reload's removals (their SIGKILL deadlines), a
-reload queued behind them, backoffs, crash loops and held instances. Once quiet, the servers
+reload's removals (their SIGKILL deadlines), a reload being expanded (abandoned at the
+exec: the next master adopts the fleet from the config bytes this one applied, then runs
+it again), a reload queued behind them, backoffs, crash loops and held instances. Once quiet, the servers
 stop accepting and answer what they had accepted (drain.py), then the master execs.
 """
 
