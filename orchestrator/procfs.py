@@ -162,20 +162,6 @@ def tree_usage(pid: int) -> tuple[int, int, int]:
     return size, ticks, count
 
 
-def _tree_total(fields: list[bytes], below: list, extra: tuple[int, ...]) -> tuple[int, int, int]:
-    """(RSS bytes, CPU ticks, processes) of a leader (its stat `fields` after the name) with
-    the trees under its children `below` and under `extra` (pure but for those trees)."""
-    total = int(fields[21]) * PAGE_SIZE
-    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    if not below and not extra:  # a lone process: the usual worker
-        return total, ticks, 1
-    count = 1
-    for root in (*map(int, below), *extra):
-        size, cpu, members = tree_usage(root)
-        total, ticks, count = total + size, ticks + cpu, count + members
-    return total, ticks, count
-
-
 def kept_fd_ceiling() -> int:
     """The lowest fd number a kept /proc fd may not have: the last fds below the limit are
     left to what needs them more (control connections, new instances' pipes and logs)."""
@@ -263,32 +249,16 @@ class TreeSampler:
         read = self._read_leader(pid)
         if read is None:
             return 0, 0, 0
-        return _tree_total(read[0], read[1], extra)
-
-    def usages(self, pids: list[int], orphans: Callable[[int], tuple[int, ...]]) -> list[tuple[int, int, int]]:
-        """`usage(pid, orphans(pid))` of each pid, in one loop: the kept fds read inline, no
-        call per leader but `orphans`, and `usage` itself only for what is not the usual
-        single-threaded leader with kept fds. At 5,000 sleeps (load ~20, min of 15) 63 -> 62 ms
-        against a call of `usage` per leader: the kernel's two reads are most of it (stat
-        7.4 us, children 1.3 us each), the Python around them is what this saves."""
-        fds_of, pread, page = self._fds, os.pread, PAGE_SIZE
-        found = []
-        for pid in pids:
-            fds, extra = fds_of.get(pid), orphans(pid)
-            if fds is not None and fds[0] >= 0 and fds[1] >= 0:
-                try:
-                    stat = pread(fds[0], 4096, 0)
-                    fields = stat[stat.rindex(b")") + 2:].split(None, 22)
-                    if fields[17] == b"1" and len(fields) > 21:  # one thread: its children file is all of them
-                        below = pread(fds[1], 4096, 0)
-                        found.append((int(fields[21]) * page, int(fields[11]) + int(fields[12]) + int(fields[13])
-                                      + int(fields[14]), 1) if not below and not extra
-                                     else _tree_total(fields, below.split(), extra))
-                        continue
-                except (OSError, IndexError, ValueError):
-                    pass  # gone or odd: `usage` reads it again, and forgets it if it is gone
-            found.append(self.usage(pid, extra))
-        return found
+        fields, below = read
+        total = int(fields[21]) * PAGE_SIZE
+        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        if not below and not extra:  # a lone process: the usual worker
+            return total, ticks, 1
+        count = 1
+        for root in (*map(int, below), *extra):
+            size, cpu, members = tree_usage(root)
+            total, ticks, count = total + size, ticks + cpu, count + members
+        return total, ticks, count
 
     def memory(self, pid: int, extra: tuple[int, ...] = (), look: bool = True) -> int:
         """RSS in bytes of the tree under `pid` plus the trees under `extra` (0 if the leader

@@ -13,7 +13,6 @@ import math
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any, Iterable
 
-from ..expand.spec import ProcessSpec
 from ..supervise.instance import Instance, _user, sample_usage
 from ..supervise.states import State
 from ..supervise.supervisor import Supervisor
@@ -26,14 +25,8 @@ def status_text(supervisor: Supervisor, names: Iterable[str] | None, cells: list
     """The instances (all, or `names`) with fresh usage, then the autoscaled cells as rows
     of kind "cell": a JSON array, one row per line."""
     chosen = list(supervisor.instances.values()) if names is None else [supervisor.instances[n] for n in names]
-    pids = [inst.pid for inst in chosen if inst.pid is not None]
-    found = dict(zip(pids, supervisor.trees.usages(pids, supervisor.spawner.orphans)))
-    sample_usage(chosen, found.__getitem__, supervisor.loop.time())  # what supervisor.tree_usage reads
+    sample_usage(chosen, supervisor.tree_usage, supervisor.loop.time())
     rows = [row_text(inst) for inst in chosen] + [_encode({"kind": "cell", **cell}) for cell in cells]
-    if names is None and len(_fixed) > len(chosen):  # drop the parts of instances gone since
-        live = {inst.spec.name for inst in chosen}
-        for name in [name for name in _fixed if name not in live]:
-            del _fixed[name]
     if not rows:
         return "[]"
     text = ",\n".join(rows)
@@ -57,47 +50,28 @@ def _value(value: Any) -> str:
     return _encode(value)  # NaN and infinities, dicts, lists
 
 
-_fixed: dict[str, tuple[ProcessSpec, str, str, str]] = {}  # name -> (spec, its row's parts)
-
-
-def _parts(spec: ProcessSpec) -> tuple[ProcessSpec, str, str, str]:
-    """The text of a row that its spec alone decides (name, template, memory measure, hash,
-    user), kept while the instance runs that very spec."""
-    kept = _fixed.get(spec.name)
-    if kept is None or kept[0] is not spec:
-        measure = spec.policy.memory_measure
-        kept = _fixed[spec.name] = (
-            spec, f'{{"name": {_string(spec.name)}, "template": {_string(spec.template)}, "state": ',
-            f'"memory_measure": {_string(measure)}, "measured": ',
-            f'"hash": {_string(spec.process_hash)}, "user": {_value(_user(spec))}}}')
-    return kept
-
-
 def row_text(inst: Instance) -> str:
     """`json.dumps(inst.status())`, without the dict. Counters are ints, flags bools, uptime
     and CPU finite floats (as Instance keeps them), written with the repr json uses; the
-    optional strings and the rest go through `_value`; what the spec decides is kept
-    (`_parts`)."""
+    optional strings and the rest go through `_value`."""
     spec, pid, state = inst.spec, inst.pid, inst.state
-    _, head, measure, tail = _parts(spec)
-    if state is State.WAITING:
-        reason, waiting = _string(f"waiting for {inst.waiting or 'its dependencies'}"), _value(inst.waiting)
-    else:
-        reason, waiting = "null" if inst.last_reason is None else _value(inst.last_reason), "null"
-    last_exit, probes, note = inst.last_exit, inst.probes, inst.notify_status
+    measure = spec.policy.memory_measure
+    waiting = state is State.WAITING
+    reason = f"waiting for {inst.waiting or 'its dependencies'}" if waiting else inst.last_reason
     if pid:
         live = (f'"pid": {pid}, "uptime": {round(inst.uptime(), 3)!r}, "restarts": {inst.restarts}, '
-                f'"last_exit": {"null" if last_exit is None else _value(last_exit)}, "reason": {reason}, '
-                f'"waiting": {waiting}, "rss": {inst.rss}, {measure}'
-                f'{inst.measured if spec.policy.memory_measure != "rss" else "null"}, '
+                f'"last_exit": {_value(inst.last_exit)}, "reason": {_value(reason)}, '
+                f'"waiting": {_value(inst.waiting) if waiting else "null"}, "rss": {inst.rss}, '
+                f'"memory_measure": {_string(measure)}, "measured": {inst.measured if measure != "rss" else "null"}, '
                 f'"cpu": {round(inst.cpu_percent, 1)!r}, "processes": {inst.processes}')
     else:
         live = (f'"pid": null, "uptime": null, "restarts": {inst.restarts}, '
-                f'"last_exit": {"null" if last_exit is None else _value(last_exit)}, "reason": {reason}, '
-                f'"waiting": {waiting}, "rss": null, {measure}null, "cpu": null, "processes": null')
-    return (f'{head}{_string(state._value_)}, {live}, "requests": {inst.requests}, '
-            f'"ready": {"true" if inst.ready else "false"}, '
-            f'"probes": {"null" if probes is None else _value(probes.status())}, '
-            f'"held": {"true" if inst.held else "false"}, '
-            f'"notify_status": {"null" if note is None else _value(note)}, '
-            f'"limit_kills": {_encode(inst.limit_kills) if inst.limit_kills else "{}"}, {tail}')
+                f'"last_exit": {_value(inst.last_exit)}, "reason": {_value(reason)}, '
+                f'"waiting": {_value(inst.waiting) if waiting else "null"}, "rss": null, '
+                f'"memory_measure": {_string(measure)}, "measured": null, "cpu": null, "processes": null')
+    return (f'{{"name": {_string(spec.name)}, "template": {_string(spec.template)}, "state": {_string(state.value)}, '
+            f'{live}, "requests": {inst.requests}, "ready": {"true" if inst.ready else "false"}, '
+            f'"probes": {_value(inst.probes.status()) if inst.probes is not None else "null"}, '
+            f'"held": {"true" if inst.held else "false"}, "notify_status": {_value(inst.notify_status)}, '
+            f'"limit_kills": {_encode(inst.limit_kills) if inst.limit_kills else "{}"}, '
+            f'"hash": {_string(spec.process_hash)}, "user": {_value(_user(spec))}}}')
