@@ -25,6 +25,9 @@ COSTS = {  # test function name -> seconds under -n 4
     "test_a_notify_flood_from_processes_that_are_no_instances_leaves_the_master_small": 17,
     "test_sigkills_while_scaling_up_and_down_lose_nothing": 12,
     "test_upgrade_under_wrk_keeps_every_child_and_every_line": 12,
+    # two upgrades each (estimated: 27 s each alone at load 65, 10-12 s at load 30)
+    "test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_exits": 10,
+    "test_a_sigkilled_master_with_children_on_three_spawners_leaves_nothing": 10,
     "test_fd_counts_of_master_and_helpers_stay_flat_under_a_sigkill_storm": 12,
     "test_a_burst_scales_up_within_up_after_and_idle_back_to_min": 11,
     "test_supervisord_runs_stops_and_starts_the_whole_fleet": 11,
