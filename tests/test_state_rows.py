@@ -99,3 +99,4 @@ def test_the_record_is_json_with_or_without_groups(tmp_path, spawner):
     record = read_state(state_path(pidfile))
     assert record is not None and record["stopped"] == ["a", "b"]
     assert record.get("groups") == (None if spawner is None else [[1, 2], [3, None]])
+

@@ -30,6 +30,8 @@ from ..units import format_size
 log = logging.getLogger("orch")
 SOFT_SAMPLES = 2
 LOOK_EVERY = 5  # samples between looks for a tree's new descendants
+SAMPLE_SLICE = 100  # instances sampled per loop turn (see Limits._sample_slice)
+SLICE_GAP = 0.001  # s between slices: a timer due later than this turn's, so exits are read between
 # Notify messages from a process group the master does not know yet wait for its "spawned"
 # this long, this many in all and per group: a flood from a process that never becomes an
 # instance costs a fixed amount of memory (it grew the master by 352 MiB before).
@@ -131,6 +133,7 @@ class Limits:
         self.check_interval = check_interval
         self._sampler: Timer | None = None
         self._round = 0  # samples taken: staggers the looks for new descendants
+        self.sampled = 0  # instance samples taken in all (a round goes in slices)
         self._early = EarlyNotes()
         self._early_purge: Timer | None = None
         self._strangers: dict[int, float] = {}  # pid -> until when its messages are dropped unread
@@ -313,34 +316,45 @@ class Limits:
                    for i in self.supervisor.instances.values())
 
     def _sample(self) -> None:
-        self._sampler = None
-        watched = 0
         self._round += 1
+        self._sample_slice(list(self.supervisor.instances.values()), 0, 0)
+
+    def _sample_slice(self, fleet: list[Instance], start: int, watched: int) -> None:
+        """SAMPLE_SLICE instances of this round, then the next slice on the next loop turn:
+        a crash's exit waits for one slice, never for the whole fleet (at 5,000 a round in one
+        callback held the loop 10-20 ms, and a replacement landing then waited for it)."""
+        self._sampler = None
         turn = self._round % LOOK_EVERY
-        memory, orphans = self.supervisor.trees.memory, self.supervisor.spawner.orphans
-        sampled = (State.RUNNING, State.STOPPING)
-        for inst in list(self.supervisor.instances.values()):
-            pid, policy = inst.pid, inst.spec.policy
-            # STOPPING too: a worker that ignores the stop signal must not grow past `hard`
-            # for the whole stop_timeout.
-            if pid is None or not (policy.memory_soft or policy.memory_hard) or inst.state not in sampled \
-                    or self.kernel_watched(inst):
-                continue
-            watched += 1
-            if policy.memory_measure == "rss":
-                size = inst.rss = memory(pid, orphans(pid), pid % LOOK_EVERY == turn)
-            else:
-                size = inst.measured = shared_memory(self.supervisor.tree_pids(pid), policy.memory_measure)
-            soft, hard = policy.memory_soft, policy.memory_hard
-            if (not soft or size <= soft) and (not hard or size <= hard) and not inst.over_soft:
-                continue  # the usual sample: under every limit, nothing to count down
-            verdict, inst.over_soft = memory_verdict(policy, size, inst.over_soft)
-            if verdict is not None:
-                limit = policy.memory_hard if verdict == "memory_hard" else policy.memory_soft
-                self.enforce(inst, verdict, f"{policy.memory_measure.upper()} {format_size(size)} "
-                             f"over {format_size(limit or 0)}")
-        if watched or self._any_memory_limit():
+        for inst in fleet[start:start + SAMPLE_SLICE]:
+            watched += self._sample_one(inst, turn)
+        self.sampled += len(fleet[start:start + SAMPLE_SLICE])
+        if start + SAMPLE_SLICE < len(fleet):
+            self._sampler = self.loop.call_later(SLICE_GAP, lambda: self._sample_slice(fleet, start + SAMPLE_SLICE, watched))
+        elif watched or self._any_memory_limit():
             self._sampler = self.loop.call_later(self.check_interval, self._sample)
+
+    def _sample_one(self, inst: Instance, turn: int) -> bool:
+        """Sample one instance's memory and act on its limits; whether it has one to sample."""
+        pid, policy = inst.pid, inst.spec.policy
+        # STOPPING too: a worker that ignores the stop signal must not grow past `hard`
+        # for the whole stop_timeout.
+        if pid is None or not (policy.memory_soft or policy.memory_hard) \
+                or inst.state not in (State.RUNNING, State.STOPPING) or self.kernel_watched(inst):
+            return False
+        if policy.memory_measure == "rss":
+            size = inst.rss = self.supervisor.trees.memory(pid, self.supervisor.spawner.orphans(pid),
+                                                           pid % LOOK_EVERY == turn)
+        else:
+            size = inst.measured = shared_memory(self.supervisor.tree_pids(pid), policy.memory_measure)
+        soft, hard = policy.memory_soft, policy.memory_hard
+        if (not soft or size <= soft) and (not hard or size <= hard) and not inst.over_soft:
+            return True  # the usual sample: under every limit, nothing to count down
+        verdict, inst.over_soft = memory_verdict(policy, size, inst.over_soft)
+        if verdict is not None:
+            limit = policy.memory_hard if verdict == "memory_hard" else policy.memory_soft
+            self.enforce(inst, verdict, f"{policy.memory_measure.upper()} {format_size(size)} "
+                         f"over {format_size(limit or 0)}")
+        return True
 
     # --- acting ---------------------------------------------------------------------------
     def enforce(self, inst: Instance, reason: str, detail: str) -> None:
