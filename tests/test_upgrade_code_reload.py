@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.handover.specs import decode, encode
-from orchestrator.handover.state import VERSION, migrate
+from orchestrator.handover.state import VERSION, HandoverError, migrate
 
 from conftest import orch, text_of, wait_for
 from test_code_reload import _zygotes
@@ -266,6 +266,12 @@ def test_a_spec_crosses_the_record_as_it_was_and_an_older_record_gets_the_new_fi
         assert again == spec and again.process_hash == spec.process_hash, spec.name
     both = decode(json.loads(json.dumps(encode(specs))))  # one table of parts: shared parts stay shared
     assert both == specs and both[0].policy is both[1].policy
+    saved = encode(specs[0])
+    saved["parts"][-1]["gone"] = 1  # the spec itself, written last: a field this orch lacks
+    with pytest.raises(HandoverError, match="ProcessSpec does not fit this orch's"):  # the proof refuses it
+        decode(saved)
+    with pytest.raises(HandoverError, match="unknown kind 'os:stat_result'"):
+        decode({"value": {"@ref": 0}, "parts": [{"@class": "os:stat_result"}]})
     old = migrate({"version": 3, "orch": "0.1.0", "config": "/x", "quiet": True, "master": {}, "spawner": {},
                    "fds": {}, "pipes": [], "reply": None, "instances": [{"name": "a", "state": "running"}],
                    "rollouts": [{"label": "x", "batch": 1, "total": 1, "waiting": [], "in_flight": []}]})

@@ -96,7 +96,10 @@ class SpecReader:
         cls = _class(name) if isinstance(name, str) else None
         if cls is None:
             raise HandoverError(f"the handed-over state holds a spec part of unknown kind {name!r}")
-        return cls(**{key: self.read(item) for key, item in part.items() if key != CLASS})
+        try:
+            return cls(**{key: self.read(item) for key, item in part.items() if key != CLASS})
+        except TypeError as exc:  # a field this orch's class no longer has, or lacks a value for
+            raise HandoverError(f"a kept spec's {name} does not fit this orch's: {exc}") from None
 
 
 def encode(value: Any) -> dict[str, Any]:
