@@ -23,12 +23,11 @@ from .expand.spec import ProcessSpec
 from .handover.upgrade import Upgrader
 from .loop import Coalesced, EventLoop
 from .observe.logs import Echo
-from .procfs import start_time
 from .supervise.service import ServiceNotifier
 from .plan import reconcile
 from .spawn.child import reaped
 from .spawn.listeners import Listeners
-from .spawn.orphans import StateRecorder, end_record, state_path
+from .spawn.orphans import StateRecorder, kill_groups, state_path
 from .spawn.pidfile import PidLock
 from .spawn.spawner import SpawnerClient
 from .supervise.applying import apply_first
@@ -310,12 +309,10 @@ class Master:
         except ChildProcessError:
             pass
         log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
-        # Its guard ends its children, but the fleet must not come back before they are
-        # gone: end them here too, by the run's cookie and their sessions (rare: one /proc
-        # scan; the guard's sweep spares what starts after the spawner died).
-        groups = [[i.pid, i.start_ticks] for i in self.supervisor.by_pid.values() if i.start_ticks is not None]
-        end_record({"run": old.run, "run_start": start_time(os.getpid()), "groups": groups},
-                   "by the dead spawner", 0.5)
+        # Its guard ends its children (by the run's cookie; its sweep spares what starts
+        # after the spawner died), but the fleet must not come back beside them: their
+        # groups are SIGKILLed here too, without a look over every process.
+        kill_groups((i.pid, i.start_ticks) for i in self.supervisor.by_pid.values())
         # posix_spawn: the config watcher's threads are running, and no Python may run
         # between fork and exec in a process with threads.
         self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,

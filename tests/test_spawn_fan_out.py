@@ -109,8 +109,12 @@ def test_a_sigkill_in_the_middle_of_a_shared_start_leaves_nothing_behind(start_m
     wait_for(lambda: _sleeps(marker), 30, interval=0.005, message="the first sleeps")
     if victims == "spawner":
         spawner_of(master).kill()
-        rows = master.wait_running(300, timeout=60)
-        wait_for(lambda: sorted(_sleeps(marker)) == sorted(rows.values()), 10,
+        master.wait_running(300, timeout=60)  # perhaps still the first fleet: its death not yet read
+
+        def one_sleep_per_instance() -> bool:
+            pids = [row["pid"] for row in master.status().values() if row["state"] == "running"]
+            return len(pids) == 300 and sorted(_sleeps(marker)) == sorted(pids)
+        wait_for(one_sleep_per_instance, 30, interval=0.1,
                  message="exactly the fleet's 300 sleeps: none left from the killed spawner")
         assert master.terminate() == 0
     else:

@@ -20,12 +20,10 @@ killed from outside takes only its own children with it.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from typing import Any
 
-from ..procfs import start_time
-from ..spawn.orphans import state_path
+from ..spawn.orphans import kill_groups, state_path
 from ..spawn.spawner import SpawnerClient
 from .resume import Handover
 from .state import spawner_protocol
@@ -163,13 +161,7 @@ class OldSpawner:
         log.error("the spawner of orch %s (pid %d) died, and its %d instances with it", self.version,
                   self.client.pid, len(self.pids))
         self._close(exit=False)
-        for pid in self.pids:
-            inst = self.sup.by_pid.get(pid)
-            if inst is not None and inst.start_ticks is not None and start_time(pid) == inst.start_ticks:
-                try:
-                    os.killpg(pid, signal.SIGKILL)  # its own session and process group (spawner.py)
-                except OSError:
-                    pass
+        kill_groups((pid, inst.start_ticks) for pid in self.pids if (inst := self.sup.by_pid.get(pid)) is not None)
         for pid in list(self.pids):
             self._exited(pid, KILLED)
         self.sup.flush()

@@ -312,6 +312,25 @@ def end_record(record: dict, by: str, timeout: float, until: int | None = None) 
     return len(victims)
 
 
+def kill_groups(groups: Iterable[tuple[int, int | None]]) -> int:
+    """SIGKILL the process group of each (leader pid, its start ticks) whose leader is still
+    that process: what a master does itself when its spawner dies, so no replacement starts
+    beside a process still running. The dead spawner's guard sweeps the rest by the run's
+    cookie (a descendant in another group, an escaped daemon): the master never looks over
+    every process (end_record's scan, with one /proc/PID/environ read per process, held the
+    master's loop for seconds on a loaded host with thousands of processes)."""
+    count = 0
+    for pid, ticks_then in groups:
+        if ticks_then is None or start_time(pid) != ticks_then:
+            continue  # ended, and perhaps its pid reused: never signal another's group
+        try:
+            os.killpg(pid, signal.SIGKILL)  # an instance leads its own session and group
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
 def _wait_ended(procs: list[Any], timeout: float) -> list[Any]:
     """Wait up to `timeout` for `procs` to end; those still running. A zombie has ended: its
     parent (not us, not reaping) keeps the pid, and psutil.wait_procs counted it as running,
