@@ -177,7 +177,11 @@ def _copy_shipped(path: Path, tmp: Path, redis_port: int | None = None) -> Path:
     with the `app` package its workers import, and its Redis on the test's own server: a
     worker that exited at once (no handler to import, no Redis to reach) made the runners
     stop the others before the test had seen them all."""
-    folder = tmp / "fleet"
+    # "f", not a longer name: the control socket's default path (.orch/<stem>/orch.sock) must
+    # stay within the 107 bytes of a Unix socket path under pytest's numbered temp folders
+    # (/tmp/pytest-of-root/pytest-1142/popen-gw3/<test name, 30 chars>0/ in a long-lived
+    # machine's checkout: "fleet" made redis-queues.toml's 108).
+    folder = tmp / "f"
     folder.mkdir()
     shutil.copytree(path.parent / "app", folder / "app")
     target = folder / path.name

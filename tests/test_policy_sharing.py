@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from orchestrator.config.load import ConfigError, _make_policy, load_config
+from orchestrator.config.locate import Problems
 
 
 def load(tmp_path, text):
@@ -49,7 +50,9 @@ def test_a_shared_policy_is_the_one_each_template_would_get_alone(tmp_path):
     path = tmp_path / "workers.toml"
     config = load_config(path)
     clean = {"command": ("sleep", "1"), "memory": {"soft": "100MiB", "hard": "200MiB"}}
-    alone = _make_policy(clean, "workers.a.", config.settings, None)
+    problems = Problems(path, path.read_text())
+    alone = _make_policy(clean, "workers.a.", config.settings, problems)
+    assert not problems.items
     assert templates["a"].policy is templates["b"].policy
     assert templates["a"].policy == alone and alone.log_max_size == 3 * 2**20
 
