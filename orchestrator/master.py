@@ -228,6 +228,7 @@ class Master:
                 log.info("orch %s master %d: %d instances from %s", __version__, os.getpid(),
                          len(plan.start), self.config.path)
             gc.freeze()  # what exists now lives as long as the master: no collection walks it again
+            gc.enable()  # off while it imported and set up (cli/__init__.py: main)
             loop.run()
         finally:
             self._cleanup()
@@ -325,14 +326,14 @@ class Master:
         self.state_file.changed()
 
     def _metrics_text(self) -> str:
-        from .observe.metrics import render_metrics
+        from .observe.metrics import gc_values, render_metrics
         from .observe.scaling_metrics import render_scaling
         rows = self.supervisor.status(usage=True)
         return render_metrics(rows, {**self.upgrader.counters(), "orch_reloads_total": self.reloader.count,
                                      "orch_reload_failures_total": self.reloader.failures,
                                      "orch_last_reload_seconds": self.reloader.last_seconds,
                                      "orch_notify_dropped_total": self.limits.notify_dropped,
-                                     "orch_instances": len(rows)}) + render_scaling(self.scaler.status())
+                                     "orch_instances": len(rows), **gc_values()}) + render_scaling(self.scaler.status())
 
     def _reopen_logs(self, signum: int) -> None:
         for inst in self.supervisor.instances.values():

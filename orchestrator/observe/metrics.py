@@ -10,6 +10,7 @@ the listen backlog."""
 
 from __future__ import annotations
 
+import gc
 import socket
 from typing import Callable
 
@@ -36,6 +37,8 @@ MASTER_HELP = {
     "orch_notify_dropped_total": "notify messages dropped: from no instance, or kept too long before one started",
     "orch_metrics_renders_total": "times this text was rendered (at most once a second; scrapes between share it)",
     "orch_metrics_connections_dropped_total": "metrics connections closed for the connection cap or a timeout",
+    "orch_master_gc_enabled": "1 when the master's cyclic garbage collector is on (off only during start-up)",
+    "orch_master_gc_collections_total": "the master's cyclic garbage collections, every generation",
 }
 
 
@@ -103,6 +106,13 @@ def scalar_lines(values: dict[str, float]) -> list[str]:
         text = MASTER_HELP.get(name, name.removeprefix("orch_").replace("_", " "))
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     return lines
+
+
+def gc_values() -> dict[str, float]:
+    """The master's own cyclic garbage collector: on (it is off only while an orch process
+    imports and sets up, cli/__init__.py), and its collections so far, every generation."""
+    return {"orch_master_gc_enabled": int(gc.isenabled()),
+            "orch_master_gc_collections_total": sum(stats["collections"] for stats in gc.get_stats())}
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import gc
 import os
 import pickle
 import selectors
@@ -77,6 +78,8 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
             pass
         self.selector.register(self.sock, selectors.EVENT_READ, "master")
         self.selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+        gc.freeze()  # its start-up objects live as long as it: never walked again (off until now)
+        gc.enable()
         while True:
             for key, _ in self.selector.select(self._scan_timeout()):
                 if self.selector.get_map().get(key.fd) is not key:

@@ -228,7 +228,8 @@ def helper_argv(title: str, fd: int, run: str, state: str | None,
     return [sys.executable, "-c", _HELPER_MAIN, title, str(fd), run, state or "", limit, paths]
 
 
-_HELPER_MAIN = ("import os, sys; sys.argv.pop(0); sys.path[:] = sys.argv.pop().split(os.pathsep); "
+_HELPER_MAIN = ("import gc; gc.disable(); "  # on again once it serves (helper.py: Spawner.run)
+                "import os, sys; sys.argv.pop(0); sys.path[:] = sys.argv.pop().split(os.pathsep); "
                 "from orchestrator.spawn.helper import main; main()")
 
 
