@@ -466,7 +466,10 @@ def test_when_exec_fails_everything_is_as_it_was():
 
 @pytest.mark.slow
 def test_an_exit_during_the_exec_reaches_the_new_master(start_master, tmp_path):
-    quitter = json.dumps([PY, "-c", "import os, time\nwhile not os.path.exists('quit'): time.sleep(0.005)"])
+    # it exits once a "quit" written after its own start exists: its replacement runs on
+    # (the same file made the replacement exit too, and the count read 1 or 2 by timing)
+    quitter = json.dumps([PY, "-c", "import os, time\nt0 = time.time()\n"
+                          "while not (os.path.exists('quit') and os.path.getmtime('quit') >= t0): time.sleep(0.005)"])
     master = start_master(ticker_config(tmp_path, replicas=1) + f"""
         [workers.quitter]
         command = {quitter}
