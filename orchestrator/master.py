@@ -310,20 +310,22 @@ class Master:
         except ChildProcessError:
             pass
         log.error("the spawner (pid %d) died, and every instance with it; starting a new one", old.pid)
-        # Its guard ends its children (by the run's cookie; its sweep spares what starts
-        # after the spawner died), but the fleet must not come back beside them: their
-        # groups are SIGKILLed here too, without a look over every process.
+        # Its guard ends its children by the run's cookie; no replacement may start beside
+        # them, so their groups are SIGKILLed here too (no look over every process).
         kill_groups((i.pid, i.start_ticks) for i in self.supervisor.by_pid.values())
-        # posix_spawn: the config watcher's threads are running, and no Python may run
-        # between fork and exec in a process with threads.
+        # posix_spawn: the watcher's threads run, and no Python may run between fork and exec
         self.spawner = SpawnerClient.start(f"orch: spawner {self.settings.name}", run=old.run,
                                            fd_limit=self._fd_limit,
                                            state=str(state_path(self.settings.pidfile)))
-        self.spawner.send_sockets(self.listeners.items())
-        self.upgrader.spawner_replaced()  # it runs this master's code
-        self.journal.record("spawner_replaced", old_pid=old.pid, pid=self.spawner.pid)
+        self.spawner_took_over(old.pid)
         self.supervisor.replace_spawner(self.spawner)
         self.state_file.changed()
+
+    def spawner_took_over(self, old_pid: int) -> None:
+        """A new spawner of this code took over from `old_pid` (dead, or of another protocol)."""
+        self.spawner.send_sockets(self.listeners.items())
+        self.upgrader.spawner_replaced()  # it runs this master's code
+        self.journal.record("spawner_replaced", old_pid=old_pid, pid=self.spawner.pid)
 
     def _metrics_text(self) -> str:
         from .observe.metrics import gc_values, render_metrics

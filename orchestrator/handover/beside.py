@@ -69,9 +69,7 @@ class BesideHandover(Handover):
     def restore(self, master: Any) -> Any:
         plan = super().restore(master)
         if master.spawner.pid != self.record["spawner"]["pid"]:  # a fresh one: it starts from now on
-            master.spawner.send_sockets(master.listeners.items())
-            master.upgrader.spawner_replaced()  # the spawner that starts is this code's
-            master.journal.record("spawner_replaced", old_pid=self.record["spawner"]["pid"], pid=master.spawner.pid)
+            master.spawner_took_over(self.record["spawner"]["pid"])
         for client, row in self.olds:
             OldSpawner(master, client, row)
         return plan
