@@ -325,9 +325,9 @@ class Limits:
         callback held the loop 10-20 ms, and a replacement landing then waited for it)."""
         self._sampler = None
         turn = self._round % LOOK_EVERY
-        for inst in fleet[start:start + SAMPLE_SLICE]:
-            watched += self._sample_one(inst, turn)
-        self.sampled += len(fleet[start:start + SAMPLE_SLICE])
+        chunk = fleet[start:start + SAMPLE_SLICE]
+        watched += sum(self._sample_one(inst, turn) for inst in chunk)
+        self.sampled += len(chunk)
         if start + SAMPLE_SLICE < len(fleet):
             self._sampler = self.loop.call_later(SLICE_GAP, lambda: self._sample_slice(fleet, start + SAMPLE_SLICE, watched))
         elif watched or self._any_memory_limit():
