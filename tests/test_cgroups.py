@@ -89,7 +89,10 @@ def require_cgroups() -> cgroups.Layout:
 
 
 def run_dirs(master) -> list[str]:
-    record = json.loads((master.pidfile.with_name(master.pidfile.name + ".state")).read_text())
+    """The run's cgroup directories, named by its state file: written about 50 ms after a
+    start, so it is waited for (a test read it before the first write)."""
+    state = master.pidfile.with_name(master.pidfile.name + ".state")
+    record = wait_for(lambda: state.exists() and json.loads(state.read_text()), 5, message="the state file")
     return cgroups.run_paths(cgroups.detect(), record["run"])
 
 
