@@ -4,6 +4,8 @@ restart, signal, inspect, logs and top (declared in commands.py)."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import sys
 import time
 from pathlib import Path
@@ -91,13 +93,35 @@ def _status_text(args: argparse.Namespace, path: Path) -> bytes:
         client.close()
 
 
+def _exit_watch(pid: int) -> int | None:
+    """A pidfd of the master, or None if it is gone already (or not ours to watch)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _ended(pidfd: int | None, timeout: float | None) -> bool:
+    """Whether the process has exited within `timeout`: the master closes the control
+    connection in its clean-up, a moment before the process itself is gone."""
+    if pidfd is None:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], None if timeout is None else max(0.0, timeout))[0])
+    finally:
+        os.close(pidfd)
+
+
 def cmd_down(args: argparse.Namespace, path: Path) -> int:
     from .progress import follow
     client = client_for(args, path)
     try:
         with follow(client.path, "stopping every instance", "gone"):
+            began = time.monotonic()
             result = client.call("down")
-            closed = client.wait_closed(args.timeout)
+            exited = _exit_watch(result["pid"])  # opened while it still runs: never another process
+            left = None if args.timeout is None else args.timeout - (time.monotonic() - began)
+            closed = client.wait_closed(args.timeout) and _ended(exited, left)
         if not closed:
             print(f"orch: master {result['pid']} is still stopping after {args.timeout}s", file=sys.stderr)
             return EXIT_FAILED
