@@ -684,7 +684,8 @@ def test_a_reloads_removal_in_progress_carries_over_with_its_sigkill_deadline(st
     assert reloaded.returncode == 0 and master.status()["stubborn"]["state"] == "stopping", reloaded.stderr
     upgrade = orch("upgrade", "-c", str(master.config), timeout=60)
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-    assert re.search(r"stubborn\[\d+\] \(removed from the config\) is still stopping", master.stderr())
+    wait_for(lambda: re.search(r"stubborn\[\d+\] \(removed from the config\) is still stopping", master.stderr()),
+             5, message="the new master's word on the removal (its log is written at the end of its turn)")
     assert alive(stubborn)
     wait_for(lambda: not alive(stubborn), 15, message="the removal's SIGKILL, from the new master")
     assert time.monotonic() - asked >= 5.5 and "stubborn" not in master.status()
