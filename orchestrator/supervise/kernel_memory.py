@@ -30,6 +30,7 @@ from ..procfs import is_running, start_time
 from ..spawn import cgroups
 from ..units import format_size
 from .events import Event, PolicyChanged, StateChanged
+from .grace_writes import GraceWrites, write_registration
 from .limits import SOFT_SAMPLES
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def under_oom(oom_control: str) -> bool:
 class Watch:
     """One running instance's cgroups and its eventfd."""
 
-    __slots__ = ("dirs", "memory", "efd", "over_soft", "timer", "tries")
+    __slots__ = ("dirs", "memory", "efd", "over_soft", "timer", "tries", "gen")
 
     def __init__(self, dirs: tuple[str, ...], memory: str | None):
         self.dirs = dirs
@@ -69,6 +70,7 @@ class Watch:
         self.over_soft = 0
         self.timer: Timer | None = None
         self.tries = 0
+        self.gen = 0  # counts registrations: an answer from the pool is for the latest only
 
 
 class KernelMemory:
@@ -85,6 +87,7 @@ class KernelMemory:
         self.watches: dict[str, Watch] = {}  # instance name -> its running process's cgroups
         self.run_id = ""
         self.made: bool | None = None  # the run's cgroups: not tried yet, made, or not possible
+        self.writes = GraceWrites(loop)
         supervisor.events.subscribe(self.on_event)
 
     @classmethod
@@ -164,11 +167,9 @@ class KernelMemory:
         """An eventfd for the group's usage crossing `soft` and for its OOM state."""
         soft = inst.spec.policy.memory_soft
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        control = os.path.join(watch.memory, "cgroup.event_control")
         try:
-            control = os.path.join(watch.memory, "cgroup.event_control")
-            if soft:
-                _register(control, efd, os.path.join(watch.memory, "memory.usage_in_bytes"), str(soft))
-            _register(control, efd, os.path.join(watch.memory, "memory.oom_control"), "")
+            write_registration(control, efd, os.path.join(watch.memory, "memory.oom_control"), "")
         except FileNotFoundError:  # the child has not made it yet
             os.close(efd)
             if watch.tries < len(REGISTER_RETRIES) and self.watches.get(inst.name) is watch:
@@ -182,9 +183,23 @@ class KernelMemory:
             os.close(efd)
             self._fall_back(inst, watch, exc.strerror or str(exc))
             return
-        watch.efd = efd
+        watch.efd, watch.gen = efd, watch.gen + 1
         self.loop.add_reader(efd, lambda: self._woken(inst, watch))
-        self._check(inst, watch)  # over `soft` already: a threshold fires only when crossed
+        if soft:  # waits for an RCU grace period in the kernel: off the loop (grace_writes.py)
+            self.writes.register(control, efd, os.path.join(watch.memory, "memory.usage_in_bytes"),
+                                 str(soft), lambda error, gen=watch.gen: self._threshold_set(inst, watch, gen, error))
+        else:
+            self._check(inst, watch)
+
+    def _threshold_set(self, inst: "Instance", watch: Watch, gen: int, error: OSError | None) -> None:
+        """The `soft` threshold is registered (or not): read once, since it fires only when
+        crossed and the instance may be over it already."""
+        if self.watches.get(inst.name) is not watch or watch.gen != gen or watch.efd < 0:
+            return  # ended, or registered again since (a reload changed its limits)
+        if error is not None and not isinstance(error, FileNotFoundError):
+            self._fall_back(inst, watch, error.strerror or str(error))
+            return
+        self._check(inst, watch)
 
     def _policy_changed(self, inst: "Instance") -> None:
         """A reload changed the limits in place: the cgroup's limit and threshold follow."""
@@ -277,21 +292,13 @@ class KernelMemory:
 
     def close(self) -> None:
         """The master is exiting (the spawner has ended every tree): remove every cgroup."""
+        self.writes.close()
         for name in list(self.watches):
             watch = self.watches.pop(name)
             if watch.efd >= 0:
                 os.close(watch.efd)
         paths = [p for p in self.run if p is not None]
         cgroups.sweep(paths, 1.0)
-
-
-def _register(control: str, efd: int, target: str, args: str) -> None:
-    fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with open(control, "w") as f:
-            f.write(f"{efd} {fd} {args}".strip())
-    finally:
-        os.close(fd)
 
 
 def _read(path: str) -> str:
