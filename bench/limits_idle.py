@@ -18,7 +18,7 @@ from typing import Any
 
 from . import fleet as fleets
 from .idle import Rows, by_size, interleaved, median, sleeping, spread, stop
-from .procfs import Scanner, cpu_percent
+from .procfs import Scanner, cpu_percent, quiet
 from .report import write_section
 from .scenarios import SETTLE
 from .tools.orch import Orch
@@ -54,22 +54,12 @@ def run_dirs(tool: Orch) -> list[str]:
     return cgroups.run_paths(cgroups.detect(), run)
 
 
-def quiet(helpers: list, deadline: float) -> float:
-    """Wait until the daemon and its helpers use under 1 % of a core over 2 s (the start's
-    aftermath is over: under load, at 5,000, spawns the master gave up on and their
-    restarts); the seconds waited."""
-    began = time.monotonic()
-    while time.monotonic() < deadline and cpu_percent(helpers, 2.0)[0] >= 1.0:
-        pass
-    return time.monotonic() - began
-
-
 def session(mode: str, n: int, seconds: float) -> dict[str, Any]:
     tool = LimitedOrch(mode)
     with sleeping(tool, f"orchbench-limits-{mode}-", n) as (fleet, start):
         time.sleep(SETTLE)
         helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
-        settled = quiet(helpers, time.monotonic() + 180)
+        settled = quiet(helpers, 180)
         roots = run_dirs(tool)
         made = instance_cgroups(roots)
         cpu, rss = cpu_percent(helpers, seconds)

@@ -284,6 +284,15 @@ def cpu_percent(procs: list[Proc], window: float) -> tuple[float, int]:
     return 100.0 * (c1 - c0) / (time.perf_counter() - start), rss
 
 
+def quiet(procs: list[Proc], cap: float, window: float = 2.0, share: float = 1.0) -> float:
+    """Wait until `procs` use under `share` % of a core over `window` seconds (a start's
+    aftermath is over), or `cap` seconds passed; the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < cap and cpu_percent(procs, window)[0] >= share:
+        pass
+    return time.monotonic() - began
+
+
 def kill_all(root: int | None, tag: int) -> None:
     """SIGKILL the daemon's process group, every descendant's group, and every process of `tag`."""
     snap = Scanner(tag, root).snapshot()

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from . import fleet as fleets
 from . import procfs
-from .procfs import pss, Scanner, Snapshot, cpu_percent
+from .procfs import pss, quiet, Scanner, Snapshot, cpu_percent
 from .tools import Tool, Unsupported, tool_class
 
 # key -> (unit, what it measures). Times are in seconds, shown in ms.
@@ -58,6 +58,8 @@ FLOOR_SKIPS = {"idle_cpu": "the floor is a blocking waitpid(): nothing to measur
 POLL = 0.005        # /proc poll interval (s) for start, reload, shutdown
 CRASH_POLL = 0.001  # and for crash replacement
 SETTLE = 1.0        # pause after start / before counting collateral restarts (s)
+QUIET_CAP = 15.0    # idle windows begin once the daemon is quiet (under 1 % of a core over
+QUIET_WINDOW = 1.0  # 1 s), or this long after the settle: a window must not time the start's tail
 STATUS_QUERIES = 5  # status queries per repetition (the figure is their median)
 
 
@@ -310,6 +312,7 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def _idle(tool: Tool, fleet: fleets.Fleet, window: float) -> dict[str, float]:
     helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
+    quiet(helpers, QUIET_CAP, QUIET_WINDOW)
     cpu, rss = cpu_percent(helpers, window)
     return {"idle_cpu": cpu, "idle_rss": rss / 2**20, "idle_pss": pss(helpers) / 2**20}
 
@@ -441,6 +444,7 @@ def limits_session(results: Results, tool: Tool, n: int, opts: Options, workdir:
             launch(tool, fleet, s.timeout(30 + 0.1 * n))
             time.sleep(SETTLE)
             helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
+            quiet(helpers, QUIET_CAP, QUIET_WINDOW)
             cpu, _ = cpu_percent(helpers, opts.idle_seconds)
             return {"limits_cpu": cpu}
         s.measure(["limits_cpu"], run)
