@@ -49,7 +49,7 @@ def options(args: argparse.Namespace) -> Options:
     idle = args.idle_seconds if args.idle_seconds is not None else (5.0 if args.quick else 20.0)
     tools = ([] if args.no_floor else ["floor"]) + [t for t in TOOLS if t in args.tools.split(",")]
     small = max(sizes) if args.n else None  # a tiny --n run scales the orch-only fleets down too
-    return Options(sizes=sizes, tools=tools, reps=args.reps, idle_seconds=idle,
+    return Options(sizes=sizes, tools=tools, reps=args.reps, idle_seconds=idle, quiet_cap=min(15.0, 3 * idle),
                    crash_kills=args.crash_kills, py_workers=min(100, small or 100),
                    log_writers=min(50, small or 50), log_seconds=min(idle, 10.0), budget_seconds=args.budget,
                    step_cap=args.step_cap)

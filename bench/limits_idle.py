@@ -43,24 +43,13 @@ def instance_cgroups(run_root: list[str]) -> int:
     return sum(1 for root in run_root if os.path.isdir(root) for name in os.listdir(root) if name.startswith("i-"))
 
 
-def run_dirs(tool: Orch) -> list[str]:
-    import json
-    from orchestrator.spawn import cgroups
-    state = tool.workdir / ".orch" / "orch.pid.state"
-    try:
-        run = json.loads(state.read_text())["run"]
-    except (OSError, ValueError, KeyError):
-        return []
-    return cgroups.run_paths(cgroups.detect(), run)
-
-
 def session(mode: str, n: int, seconds: float) -> dict[str, Any]:
     tool = LimitedOrch(mode)
     with sleeping(tool, f"orchbench-limits-{mode}-", n) as (fleet, start):
         time.sleep(SETTLE)
         helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
         settled = quiet(helpers, 180)
-        roots = run_dirs(tool)
+        roots = tool.cgroup_dirs()
         made = instance_cgroups(roots)
         cpu, rss = cpu_percent(helpers, seconds)
         stop(tool)

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .scenarios import (FIGURES, FLEET_KEYS, MATRIX_KEYS, ORCH_KEYS, POLL, CRASH_POLL, SETTLE, QUIET_CAP,
-                        QUIET_WINDOW, Figure, Options, Results)
+from .scenarios import (FIGURES, FLEET_KEYS, MATRIX_KEYS, ORCH_KEYS, POLL, CRASH_POLL, SETTLE, QUIET_WINDOW,
+                        Figure, Options, Results)
 from .tools import Tool
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -218,7 +218,7 @@ def render_notes(opts: Options, tools: dict[str, Tool]) -> str:
         f"Method: fleet = N × `/bin/sleep <unique arg>`, the same for every tool. {opts.reps} repetition(s) "
         f"per tool and N (a fresh daemon each); tools interleaved within a repetition. Idle window "
         f"{opts.idle_seconds:g} s (first repetition, after a {SETTLE:g} s settle, from when the daemon first used "
-        f"under 1 % of a core over {QUIET_WINDOW:g} s, at most {QUIET_CAP:g} s later; the same for the limits "
+        f"under 1 % of a core over {QUIET_WINDOW:g} s, at most {opts.quiet_cap:g} s later; the same for the limits "
         "window); crash: "
         f"{opts.crash_kills} SIGKILLs of distinct children in the first repetition. Collateral restarts "
         f"are counted {SETTLE:g} s after convergence. /proc polled every {POLL * 1000:g} ms "

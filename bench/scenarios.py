@@ -58,8 +58,8 @@ FLOOR_SKIPS = {"idle_cpu": "the floor is a blocking waitpid(): nothing to measur
 POLL = 0.005        # /proc poll interval (s) for start, reload, shutdown
 CRASH_POLL = 0.001  # and for crash replacement
 SETTLE = 1.0        # pause after start / before counting collateral restarts (s)
-QUIET_CAP = 15.0    # idle windows begin once the daemon is quiet (under 1 % of a core over
-QUIET_WINDOW = 1.0  # 1 s), or this long after the settle: a window must not time the start's tail
+QUIET_WINDOW = 1.0  # idle windows begin once the daemon used under 1 % of a core over this
+# long, or Options.quiet_cap after the settle: a window must not time the start's tail
 STATUS_QUERIES = 5  # status queries per repetition (the figure is their median)
 
 
@@ -71,6 +71,7 @@ class Options:
     tools: list[str]
     reps: int = 3
     idle_seconds: float = 20.0
+    quiet_cap: float = 15.0      # see QUIET_WINDOW
     crash_kills: int = 50
     py_workers: int = 100
     log_writers: int = 50
@@ -255,7 +256,7 @@ def fleet_session(results: Results, tool: Tool, n: int, rep: int, opts: Options,
                     s.skip([key], f"not measured: {why}")
             else:
                 s.measure(["idle_cpu", "idle_rss", "idle_pss"],
-                          lambda: _idle(tool, state["fleet"], opts.idle_seconds))
+                          lambda: _idle(tool, state["fleet"], opts))
             s.measure(["crash"], crash)
         s.measure(["status"], lambda: {"status": _status_queries(tool)})
         s.measure(["reload_one", "reload_one_collateral"],
@@ -310,9 +311,10 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _idle(tool: Tool, fleet: fleets.Fleet, window: float) -> dict[str, float]:
+def _idle(tool: Tool, fleet: fleets.Fleet, opts: Options) -> dict[str, float]:
     helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
-    quiet(helpers, QUIET_CAP, QUIET_WINDOW)
+    quiet(helpers, opts.quiet_cap, QUIET_WINDOW)
+    window = opts.idle_seconds
     cpu, rss = cpu_percent(helpers, window)
     return {"idle_cpu": cpu, "idle_rss": rss / 2**20, "idle_pss": pss(helpers) / 2**20}
 
@@ -444,7 +446,7 @@ def limits_session(results: Results, tool: Tool, n: int, opts: Options, workdir:
             launch(tool, fleet, s.timeout(30 + 0.1 * n))
             time.sleep(SETTLE)
             helpers = Scanner(fleet.tag, tool.pid).snapshot().helpers()
-            quiet(helpers, QUIET_CAP, QUIET_WINDOW)
+            quiet(helpers, opts.quiet_cap, QUIET_WINDOW)
             cpu, _ = cpu_percent(helpers, opts.idle_seconds)
             return {"limits_cpu": cpu}
         s.measure(["limits_cpu"], run)

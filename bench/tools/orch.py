@@ -82,6 +82,24 @@ class Orch(Tool):
     def status_argv(self) -> list[str]:
         return python_module("orchestrator", "status", "-c", str(self.config_path), "--json")
 
+    def cgroup_dirs(self) -> list[str]:
+        """The run's cgroup directories (cgroup = "auto"), named by its state file."""
+        from orchestrator.spawn import cgroups
+        try:
+            run = json.loads((self.workdir / ".orch" / "orch.pid.state").read_text())["run"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return cgroups.run_paths(cgroups.detect(), run)
+
+    def kill(self) -> None:
+        """SIGKILL everything, the guard included: nobody is left to remove the run's cgroups
+        (the next master sweeps only dead runs beside its own), so the bench does."""
+        dirs = self.cgroup_dirs() if self.proc is not None else []
+        super().kill()
+        if dirs:
+            from orchestrator.spawn import cgroups
+            cgroups.sweep(dirs, 5.0)
+
 
 def _matrix_table(fleet: Fleet) -> str:
     """One template over a matrix of the sleep tokens; the name is `s` + the token's index
