@@ -141,8 +141,7 @@ def test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_
 
     # a killed old instance comes back on the new spawner; the old one keeps the other
     os.kill(before["ticker"][0], signal.SIGKILL)
-    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
-             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    wait_replaced(master, "ticker", before["ticker"][0], 10)
     replaced = master.status()["ticker"]["pid"]
     wait_for(lambda: psutil.Process(replaced).ppid() == new.pid, 5, message="the new spawner to be its parent")
     assert old.is_running() and master.call("status")["versions"]["old_spawners"][0]["instances"] == 1
@@ -159,6 +158,12 @@ def test_an_upgrade_across_protocols_keeps_the_old_spawner_until_its_last_child_
     assert master.terminate() == 0
 
 
+def wait_replaced(master, name: str, old: int, timeout: float) -> None:
+    """Wait until `name` runs again under a pid other than `old`."""
+    wait_for(lambda: master.status()[name]["pid"] not in (None, old) and master.status()[name]["state"] == "running",
+             timeout, message=f"{name} to be replaced")
+
+
 def parent_of(pid: int | None) -> int | None:
     """The parent of a running `pid`; None for no pid or one that has already ended."""
     try:
@@ -171,8 +176,7 @@ def parent_of(pid: int | None) -> int | None:
 def test_a_sigkilled_master_with_children_on_three_spawners_leaves_nothing(start_master, tmp_path, monkeypatch):
     master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     os.kill(before["ticker"][0], signal.SIGKILL)
-    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
-             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    wait_replaced(master, "ticker", before["ticker"][0], 10)
     assert psutil.Process(master.pids()["ticker"]).ppid() == new.pid
     assert psutil.Process(master.pids()["ticker-1"]).ppid() == old.pid
     # the protocol changes again: the running spawner joins the old one beside a third
@@ -204,8 +208,7 @@ def test_a_graceful_stop_with_children_on_both_spawners_ends_them_all(start_mast
     (tmp_path / "prew.py").write_text(PRELOADED)
     master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch, PRELOADED_WORKER)
     os.kill(before["pre"][0], signal.SIGKILL)  # a zygote's worker: its exit comes through the old spawner
-    wait_for(lambda: master.status()["pre"]["pid"] not in (None, before["pre"][0])
-             and master.status()["pre"]["state"] == "running", 15, message="pre to be replaced")
+    wait_replaced(master, "pre", before["pre"][0], 15)
     assert new.pid in [p.pid for p in psutil.Process(master.pids()["pre"]).parents()]
     watched = [old, old_guard, new, guard_of(new), *(psutil.Process(pid) for pid in master.pids().values())]
     assert master.terminate() == 0
@@ -217,12 +220,10 @@ def test_a_graceful_stop_with_children_on_both_spawners_ends_them_all(start_mast
 def test_an_old_spawner_killed_from_outside_takes_only_its_own_children(start_master, tmp_path, monkeypatch):
     master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     os.kill(before["ticker"][0], signal.SIGKILL)
-    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
-             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    wait_replaced(master, "ticker", before["ticker"][0], 10)
     moved = master.pids()["ticker"]
     old.kill()  # its guard ends ticker-1; the master counts it as SIGKILLed and starts it anew
-    wait_for(lambda: master.status()["ticker-1"]["pid"] not in (None, before["ticker-1"][0])
-             and master.status()["ticker-1"]["state"] == "running", 10, message="ticker-1 to be replaced")
+    wait_replaced(master, "ticker-1", before["ticker-1"][0], 10)
     assert psutil.Process(master.pids()["ticker-1"]).ppid() == new.pid
     assert master.pids()["ticker"] == moved, "the new spawner's child was taken too"
     assert not psutil.pid_exists(before["ticker-1"][0]) or psutil.Process(before["ticker-1"][0]).status() == "zombie"
@@ -237,15 +238,14 @@ def test_an_old_spawner_killed_from_outside_takes_only_its_own_children(start_ma
 def test_a_new_spawner_that_dies_brings_every_instance_back_on_a_third(start_master, tmp_path, monkeypatch):
     master, before, old, old_guard, new, tree = upgraded(start_master, tmp_path, monkeypatch)
     os.kill(before["ticker"][0], signal.SIGKILL)
-    wait_for(lambda: master.status()["ticker"]["pid"] not in (None, before["ticker"][0])
-             and master.status()["ticker"]["state"] == "running", 10, message="ticker to be replaced")
+    wait_replaced(master, "ticker", before["ticker"][0], 10)
     moved = master.pids()["ticker"]
     new.kill()  # as when the only spawner dies: every instance starts again, on a fresh spawner
 
     def again() -> dict | None:
         try:
             rows = master.status()
-        except TimeoutError:  # the master ends the dead spawner's leftovers first (a /proc scan: slow when loaded)
+        except TimeoutError:  # a loaded machine: the master is busy bringing the fleet back
             return None
         fresh = all(r["state"] == "running" and r["pid"] not in (moved, before["ticker-1"][0]) for r in rows.values())
         return rows if fresh else None

@@ -117,14 +117,16 @@ class OldSpawner:
 
     def divert(self, orders: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
         """Send the old spawner the orders about its processes; return the others."""
-        mine = [order for order in orders if self.owns(order[0])]
-        if not mine:
-            return orders
-        try:
-            self.client.signal(mine)
-        except OSError:
-            pass  # it is gone: its EOF says so, and its guard ends its children
-        return [order for order in orders if not self.owns(order[0])]
+        mine: list[tuple[int, int, bool]] = []
+        rest: list[tuple[int, int, bool]] = []
+        for order in orders:
+            (mine if self.owns(order[0]) else rest).append(order)
+        if mine:
+            try:
+                self.client.signal(mine)
+            except OSError:
+                pass  # it is gone: its EOF says so, and its guard ends its children
+        return rest
 
     def _readable(self) -> None:
         for event in self.client.receive():

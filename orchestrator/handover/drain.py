@@ -12,10 +12,11 @@ upgrade). So:
   milliseconds; only a client that connected and sends nothing is waited out);
 - what is left (a client still silent after DRAIN) is closed with FIN after its queued
   bytes, its unread input read and dropped (acceptor.part), never with RST. Control
-  clients owed nothing (idle, or with a request half-read or an answer half-sent), those of commands waiting on instances (`orch restart` until ready), `orch
-  events -f` streams, `orch diff` and `orch reload` owed answers (asked again by the next
-  master) and every dashboard connection (pages' streams, a request still arriving, an
-  answer still being sent) are not closed: they cross exec.
+  clients owed nothing (idle, or with a request half-read or an answer half-sent), those
+  of commands waiting on instances (`orch restart` until ready), `orch events -f` streams,
+  `orch diff` and `orch reload` owed answers (asked again by the next master) and every
+  dashboard connection (pages' streams, a request still arriving, an answer still being
+  sent) are not closed: they cross exec.
 """
 
 from __future__ import annotations

@@ -82,6 +82,24 @@ def exec_error(exc: BaseException, program: str, cwd: str) -> bytes:  # pragma: 
     return detail.encode(errors="replace")[:1000]
 
 
+def exec_or_report(err_w: int, prepare: Callable[[int], None], program: str, argv: Sequence[str],
+                   env: dict[str, str], cwd: str, above: int = 0) -> None:  # pragma: no cover - in children
+    """In a just-forked child: `prepare(err_w)` it (the error pipe's fd to keep; moved to
+    `above` or higher first when given, out of the range sockets go to), then exec; whatever
+    fails is written to that close-on-exec error pipe (exec_error) and the child exits 127.
+    Never returns."""
+    try:
+        if above:
+            err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, above)
+        prepare(err_w)
+        os.execve(program, list(argv), env)
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent reads why
+        try:
+            os.write(err_w, exec_error(exc, argv[0], cwd))
+        finally:
+            os._exit(127)
+
+
 def pass_sockets(fds: Sequence[int]) -> None:  # pragma: no cover - in children
     """Put `fds` at 3, 4, ... in order, without CLOEXEC so they survive exec. Each is first
     moved above the target range, so a source that sits at a target number is never

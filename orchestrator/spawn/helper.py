@@ -4,7 +4,6 @@ whole process tree (see spawner.py for why it is a separate process, and its pro
 from __future__ import annotations
 
 import bisect
-import fcntl
 import gc
 import os
 import pickle
@@ -15,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, exec_error,
+from .child import (_COORDINATED, MAX_EVENTS_PER_MESSAGE, PR_SET_CHILD_SUBREAPER, close_fds, exec_or_report,
                     kill_group, listen_env, prctl, prepare_child, reaped, receive)
 from .cgroups import sweep_run
 from .guard import start_guard
@@ -270,20 +269,15 @@ class Spawner:  # pragma: no cover - runs in the helper process; covered by inte
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            try:
-                if sockets:  # keep the exec-error pipe out of the range the sockets go to
-                    err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3 + len(sockets))
-                setup = request.setup
-                prepare_child(parent, self.devnull, out, request.cwd, sockets, keep=err_w, err=err,
+            setup = request.setup
+
+            def prepare(keep: int) -> None:
+                prepare_child(parent, self.devnull, out, request.cwd, sockets, keep=keep, err=err,
                               before_cwd=joining(request.cgroup, None if setup is None else lambda: apply_setup(setup, parent)))
                 if request.sockets:
                     env.update(listen_env([name for name, _ in request.sockets]))
-                os.execve(program, list(request.argv), env)
-            except BaseException as exc:  # noqa: BLE001
-                try:
-                    os.write(err_w, exec_error(exc, request.argv[0], request.cwd))
-                finally:
-                    os._exit(127)
+            above = 3 + len(sockets) if sockets else 0  # the exec-error pipe out of the sockets' range
+            exec_or_report(err_w, prepare, program, request.argv, env, request.cwd, above)
         os.close(err_w)
         os.set_blocking(err_r, False)
         self.errpipes[err_r] = pid

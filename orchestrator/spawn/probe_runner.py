@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from .child import exec_error, kill_group, prepare_child
+from .child import exec_or_report, kill_group, prepare_child
 from .identity import apply_setup
 from .posix import PosixStarter
 
@@ -69,16 +69,10 @@ class ProbeRunner:  # pragma: no cover - runs in the spawner; covered by integra
         err_r, err_w = os.pipe()  # close-on-exec: it holds words only if exec never happened
         try:
             pid = os.fork()
-            if pid == 0:
-                try:
-                    prepare_child(parent, source, 2 if output else self.devnull, cwd, keep=err_w,
-                                  before_cwd=None if setup is None else lambda: apply_setup(setup, parent))
-                    os.execve(program, list(argv), env)
-                except BaseException as exc:  # noqa: BLE001 - the probe fails with exit 127 and why
-                    try:
-                        os.write(err_w, exec_error(exc, argv[0], cwd))
-                    finally:
-                        os._exit(127)
+            if pid == 0:  # the probe fails with exit 127 and why, if it cannot run
+                exec_or_report(err_w, lambda keep: prepare_child(
+                    parent, source, 2 if output else self.devnull, cwd, keep=keep,
+                    before_cwd=None if setup is None else lambda: apply_setup(setup, parent)), program, argv, env, cwd)
         except BaseException:
             os.close(err_r)
             raise
