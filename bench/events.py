@@ -12,6 +12,7 @@ is measured here, on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import selectors
@@ -56,15 +57,23 @@ class Follower:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ)
         self.partial = b""
+        self.unread: collections.deque[tuple[bytes, float]] = collections.deque()  # (line, when it was read)
 
     def until(self, wanted: Any, timeout: float) -> float:
-        """The time the first line `wanted(row)` accepts was read."""
+        """The time the first line `wanted(row)` accepts was read (the lines after it in the
+        same read wait for the next call: the exit and the replacement's start often come
+        in one read)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self._lines(deadline - time.monotonic()):
+        while True:
+            while self.unread:
+                line, read_at = self.unread.popleft()
                 if wanted(json.loads(line)):
-                    return time.monotonic()
-        raise TimeoutError("the follower did not tell of it")
+                    return read_at
+            if time.monotonic() >= deadline:
+                raise TimeoutError("the follower did not tell of it")
+            lines = self._lines(deadline - time.monotonic())
+            now = time.monotonic()
+            self.unread.extend((line, now) for line in lines)
 
     def _lines(self, wait: float) -> list[bytes]:
         if not self.selector.select(max(0.0, wait)):

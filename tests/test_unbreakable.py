@@ -197,7 +197,7 @@ def test_out_of_fds_for_pipes_backs_off_instead_of_wedging(start_master, tmp_pat
         waiting = {State.BACKOFF.value, State.CRASHLOOP.value}
         wait_for(lambda: any(r["state"] in waiting for r in status() or ()), 10,
                  message="instances without a pipe to back off")
-        assert not any(r["state"] == "starting" and r["pid"] is None and r.get("uptime", 0) > 35
+        assert not any(r["state"] == "starting" and r["pid"] is None and (r.get("uptime") or 0) > 35
                        for r in status())
         assert rows
         down = orch("down", "-c", str(config), "--timeout", "20", timeout=30)
