@@ -29,16 +29,22 @@ def _program(name: str) -> str:
     return path
 
 
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 10.0) -> None:
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 10.0,
+               ready=lambda sock: True) -> None:
+    """Wait until the server accepts on `port` and `ready(connected socket)` says it serves:
+    a redis-server listens before it has replayed its append-only file, and answers LOADING
+    until then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                if ready(sock):
+                    return
         except OSError:
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     raise AssertionError(f"server on port {port} did not answer within {timeout}s")
 
 
@@ -54,7 +60,10 @@ class Server:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, cwd=self.folder, stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_port(self.port, self.proc, self.log)
+        _wait_port(self.port, self.proc, self.log, ready=self.ready)
+
+    def ready(self, sock: socket.socket) -> bool:
+        return True
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -79,6 +88,10 @@ class Redis(Server):
                 "--dir", str(folder), "--save", "", "--appendonly", "yes" if appendonly else "no",
                 "--appendfsync", "always" if appendonly else "everysec", "--daemonize", "no"]
         super().__init__(argv, port, folder, "redis")
+
+    def ready(self, sock: socket.socket) -> bool:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith(b"+PONG")  # "-LOADING ..." while the AOF replays
 
     @property
     def url(self) -> str:

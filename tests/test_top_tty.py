@@ -257,10 +257,14 @@ def test_patterns_limit_the_rows_and_a_long_list_scrolls_and_fits_a_resized_term
     master = start_master(CONFIG + f"\n[workers.many]\n{many}name = \"many-{{{{ replica }}}}\"\nreplicas = 40\n")
     master.wait_running(45, timeout=20)
     tmux.start(top_command(master, "template:many", "alpha-3"), width=120, height=20)
-    screen = tmux.wait(lambda s: "many-0 " in s, message="the first rows")
+
+    def rows(screen: str) -> list[str]:
+        return [line.split()[0] for line in screen.splitlines() if line.startswith(("alpha-", "many-"))]
+    # A capture may land in the middle of the first paint: wait for the picture with its rows,
+    # 20 - 5 of them (4 header lines and the help line around the rows); more or fewer times out.
+    screen = tmux.wait(lambda s: "many-0 " in s and len(rows(s)) == 20 - 5,
+                       message="the first screenful of rows (15)")
     assert "alpha-1" not in screen and "filter: template:many alpha-3 (41 of 45)" in screen
-    shown = [line.split()[0] for line in screen.splitlines() if line.startswith(("alpha-", "many-"))]
-    assert len(shown) == 20 - 5  # 4 header lines and the help line around the rows
     tmux.keys("End")
 
     def last_row(screen: str) -> str:
