@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import time
 from pathlib import Path
 
+from . import host
 from .report import (RESULTS_MD, from_json, machine_info, render_machine, render_notes, render_table,
                      render_targets, to_json, write_results)
 from .scenarios import Options, run
@@ -32,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds after which remaining steps are skipped (default 560)")
     parser.add_argument("--step-cap", type=float, default=120.0,
                         help="seconds one step may wait before it is reported over the cap (default 120)")
+    parser.add_argument("--pause-damon", action="store_true",
+                        help="turn the host's DAMON memory monitor off for the run, and back on after (root; see bench/host.py)")
     parser.add_argument("--json", metavar="FILE", help="also dump every figure and sample as JSON")
     parser.add_argument("--write-results", action="store_true", help=f"rewrite {RESULTS_MD.name} with the table")
     parser.add_argument("--from-json", metavar="FILE", help="re-render a run saved with --json; run nothing")
@@ -75,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"bench: tools {', '.join(opts.tools)}; N = {', '.join(map(str, opts.sizes))}; "
           f"{opts.reps} rep(s); idle window {opts.idle_seconds:g} s", file=sys.stderr)
-    results = run(opts, lambda line: print(f"  {time.monotonic() - started:5.0f}s  {line}", file=sys.stderr,
-                                           flush=True))
+    before = host.damon()
+    with host.paused_damon() if args.pause_damon else contextlib.nullcontext([]) as paused:
+        results = run(opts, lambda line: print(f"  {time.monotonic() - started:5.0f}s  {line}", file=sys.stderr,
+                                               flush=True))
     tools = {name: tool_class(name)() for name in opts.tools}
     info = machine_info(tools)
+    info["damon"] = f"paused for the run ({before})" if paused else before
     table = render_table(results, opts)
     notes = render_notes(opts, tools)
     targets = render_targets(results, opts) if "orch" in opts.tools else ""

@@ -241,8 +241,9 @@ def render_notes(opts: Options, tools: dict[str, Tool]) -> str:
 
 def render_machine(info: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    damon = f" Host memory monitor: {info['damon']}." if info.get("damon") else ""
     return (f"Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}, "
-            f"Python {info['python']}; {versions}. Date: {info['date']}.")
+            f"Python {info['python']}; {versions}. Date: {info['date']}.{damon}")
 
 
 SECTION_PREFIX = "<!-- bench section: "
