@@ -162,11 +162,14 @@ MACHINE_TARGETS = {
           ("crash", 0.005, "max", "crash replacement median under 5 ms"),
           ("crash_p99", 0.020, "max", "crash replacement p99 under 20 ms"),
           ("reload_one", 0.050, "max", "reload-one (SIGHUP) under 50 ms"),
+          ("reload_save", 0.300, "max", "a save alone: within its 250 ms burst window + 50 ms"),
           ("status", 0.100, "max", "`orch status --json` under 100 ms")],
     5000: [("start", 3.5, "max", "start under 3.5 s"),
+           ("start_matrix", 3.5, "max", "start under 3.5 s (one matrix template)"),
            ("crash", 0.005, "max", "crash replacement median under 5 ms"),
            ("crash_p99", 0.020, "max", "crash replacement p99 under 20 ms"),
            ("reload_one", 0.100, "max", "reload-one (SIGHUP) under 100 ms"),
+           ("reload_save", 0.300, "max", "a save alone: within its 250 ms burst window + 50 ms"),
            ("status", 0.200, "max", "`orch status --json` under 200 ms")],
 }
 

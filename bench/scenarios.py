@@ -46,10 +46,12 @@ FIGURES: dict[str, tuple[str, str]] = {
     "start_matrix": ("s", "start, the fleet as one template times an N-cell matrix (orch; the floor's "
                           "start is the same N sleeps)"),
     "reload_one_matrix": ("s", "reload-one in the matrix fleet: one cell's command edited (orch)"),
+    "reload_save": ("s", "a save alone, no SIGHUP: that cell edited again -> new process runs "
+                         "(orch's watcher; a save is applied once the 250 ms burst window is quiet)"),
 }
 FLEET_KEYS = ["start", "harness_cpu", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "crash_p99", "reload_one",
               "reload_one_collateral", "reload_10pct", "reload_10pct_collateral", "shutdown"]
-MATRIX_KEYS = ["start_matrix", "reload_one_matrix"]
+MATRIX_KEYS = ["start_matrix", "reload_one_matrix", "reload_save"]
 ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
 FLOOR_SKIPS = {"idle_cpu": "the floor is a blocking waitpid(): nothing to measure",
                "idle_rss": "the floor is a blocking waitpid(): nothing to measure",
@@ -289,6 +291,9 @@ def matrix_session(results: Results, tool: Tool, n: int, rep: int, opts: Options
             time.sleep(SETTLE)
             s.measure(["reload_one_matrix"], lambda: {
                 "reload_one_matrix": _reload_one(tool, state, s.timeout(30 + 0.1 * n))["reload_one"]})
+            time.sleep(SETTLE)
+            s.measure(["reload_save"], lambda: {
+                "reload_save": _reload_one(tool, state, s.timeout(30 + 0.1 * n), save_only=True)["reload_one"]})
     finally:
         tool.kill()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -335,8 +340,10 @@ def _crashes(tool: Tool, fleet: fleets.Fleet, victims: list[str], timeout: float
     return times
 
 
-def _reload(tool: Tool, old: fleets.Fleet, new: fleets.Fleet, timeout: float) -> tuple[float, int]:
-    """Apply `new`; (seconds until /proc matches it, restarts among the untouched)."""
+def _reload(tool: Tool, old: fleets.Fleet, new: fleets.Fleet, timeout: float,
+            save_only: bool = False) -> tuple[float, int]:
+    """Apply `new` (`save_only`: write the config and let the tool find it); (seconds until
+    /proc matches it, restarts among the untouched)."""
     old_tokens, new_tokens = old.tokens(), new.tokens()  # once: each call builds a dict of N
     gone = [t for t in old_tokens if t not in new_tokens]
     wanted = [t for t in new_tokens if t not in old_tokens]
@@ -348,7 +355,10 @@ def _reload(tool: Tool, old: fleets.Fleet, new: fleets.Fleet, timeout: float) ->
     ending = {pid for t in gone for pid in present.get(t, ())}
     since = procfs.last_pid()
     start = time.perf_counter()
-    tool.apply_reload(new)
+    if save_only:
+        tool.write_config(new)
+    else:
+        tool.apply_reload(new)
     procfs.wait_changed(set(wanted), ending, since, timeout, POLL)
     elapsed = time.perf_counter() - start
     time.sleep(SETTLE)
@@ -356,10 +366,11 @@ def _reload(tool: Tool, old: fleets.Fleet, new: fleets.Fleet, timeout: float) ->
     return elapsed, sum(1 for name in kept if after[name] != before[name])
 
 
-def _reload_one(tool: Tool, state: dict[str, fleets.Fleet], timeout: float) -> dict[str, float]:
+def _reload_one(tool: Tool, state: dict[str, fleets.Fleet], timeout: float,
+                save_only: bool = False) -> dict[str, float]:
     old = state["fleet"]
     state["fleet"] = new = fleets.change_one(old, old.instances[-1].name)
-    elapsed, collateral = _reload(tool, old, new, timeout)
+    elapsed, collateral = _reload(tool, old, new, timeout, save_only)
     return {"reload_one": elapsed, "reload_one_collateral": collateral}
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEET_KEYS = ["start", "idle_cpu", "idle_rss", "idle_pss", "status", "crash", "reload_one", "reload_one_collateral",
-              "reload_10pct", "reload_10pct_collateral", "shutdown", "limits_cpu"]
+              "reload_10pct", "reload_10pct_collateral", "shutdown", "limits_cpu", "start_matrix",
+              "reload_one_matrix", "reload_save"]
 ORCH_KEYS = ["py_start_plain", "py_start_preload", "log_cpu", "log_rate"]
-ORCH_MUST_MEASURE = ["start", "crash", "shutdown", "reload_one", "reload_10pct", "limits_cpu"]
+ORCH_MUST_MEASURE = ["start", "crash", "shutdown", "reload_one", "reload_10pct", "limits_cpu", "start_matrix",
+                     "reload_one_matrix", "reload_save"]
 
 
 pytestmark = pytest.mark.slow  # real programs or servers, or seconds of waiting
