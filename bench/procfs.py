@@ -72,6 +72,9 @@ def _pids_after(since: int, last: int) -> range | list[int]:
     return [*range(since + 1, _PID_MAX), *range(_FIRST_PID_AFTER_WRAP, last + 1)]  # wrapped
 
 
+UNBORN = 1.0  # seconds a pid handed out is looked for in /proc before it counts as gone
+
+
 def wait_changed(wanted: set[str], gone: set[int], since: int, timeout: float, poll: float) -> float:
     """Wait until, for every token in `wanted`, a process handed a pid after `since` runs
     with it in its argv (exec'd), and every pid in `gone` has ended; returns the time it
@@ -86,15 +89,28 @@ def wait_changed(wanted: set[str], gone: set[int], since: int, timeout: float, p
     missing = {token.encode() for token in wanted}
     gone = set(gone)
     pending: set[int] = set()  # forked, not yet exec'd into a fleet command
+    # A pid is counted in ns_last_pid before its process shows in /proc (the kernel hands
+    # the number out early in fork): one read too soon must not drop it for good, so a pid
+    # not there yet is looked at again for UNBORN seconds.
+    unborn: dict[int, float] = {}
     while True:
         last = last_pid()
-        for pid in (*pending, *_pids_after(since, last)):
+        now = time.perf_counter()
+        for pid in (*pending, *unborn, *_pids_after(since, last)):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     words = f.read().replace(b"\0", b" ").split()  # before exec: the tool's argv
+            except FileNotFoundError:
+                if pid not in pending and now - unborn.setdefault(pid, now) < UNBORN:
+                    continue
+                pending.discard(pid)
+                unborn.pop(pid, None)
+                continue
             except OSError:
                 pending.discard(pid)
+                unborn.pop(pid, None)
                 continue
+            unborn.pop(pid, None)
             found = missing.intersection(words)
             if found:
                 missing -= found
