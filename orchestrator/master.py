@@ -242,8 +242,8 @@ class Master:
 
     def _start_watcher(self) -> None:
         from .control.watch import ConfigWatcher
-        self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload, self.settings.settle)
-        self.watcher.set_files(self.config.files, self.config.include_patterns)
+        self.watcher = ConfigWatcher(self.loop, self.config.files, self.request_reload, self.settings.settle,
+                                     self.config.include_patterns, self.reloader.prepare, self.reloader.drop_prepared)
         self.watcher.start()
 
     def _graceful(self, signum: int) -> None:

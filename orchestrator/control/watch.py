@@ -24,6 +24,7 @@ from .saves import FINISHED, GONE, IGNORE, WRITING, classify, lookup_chain
 
 log = logging.getLogger("orch")
 BURST = 0.25  # a finished save is applied once no other save followed for this long
+AHEAD = 0.05  # ...and read and expanded ahead once none followed for this long (Reloader.prepare)
 DEFAULT_SETTLE = 2.0
 
 
@@ -31,16 +32,22 @@ class ConfigWatcher:
     """Calls `on_change(origin)` in the loop once a save of any of `files` is finished."""
 
     def __init__(self, loop: EventLoop, files: Iterable[Path], on_change: Callable[[str], Any],
-                 settle: float = DEFAULT_SETTLE):
+                 settle: float = DEFAULT_SETTLE, patterns: Iterable[str] = (),
+                 on_quiet: Callable[[], Any] | None = None, on_event: Callable[[], Any] | None = None):
+        """`on_quiet()`: a finished save has had no event after it for AHEAD seconds (the
+        reload may start its work then); `on_event()`: any event that touches the config,
+        which makes such early work stale."""
         self.loop = loop
         self.on_change = on_change
+        self.on_quiet, self.on_event = on_quiet, on_event
+        self._ahead: Timer | None = None
         self.settle = settle
         self.files: tuple[str, ...] = ()
         self.patterns: tuple[str, ...] = ()
         self.watched: set[str] = set()  # every name a lookup of a source passes through
         self.inotify = FolderWatch(loop, self._event, self._relevant)
         self._timer: Timer | None = None
-        self.set_files(files)
+        self.set_files(files, patterns)
 
     def set_files(self, files: Iterable[Path], patterns: Iterable[str] = ()) -> None:
         """Watch these files, and any file matching `patterns` (includes created later)."""
@@ -85,6 +92,8 @@ class ConfigWatcher:
 
     def _event(self, kind: str, src: str, dest: str | None) -> None:
         if kind == OVERFLOW:  # events were lost: follow the folders again, and read the file
+            if self.on_event is not None:
+                self.on_event()
             self._rewatch()
             self._arm(BURST, "file events overflowed", "another save follows")
             return
@@ -92,10 +101,14 @@ class ConfigWatcher:
         verdict = classify(kind, src, dest, watched, kind == "created" and os.path.islink(src))
         if verdict == IGNORE:
             return
+        if self.on_event is not None:
+            self.on_event()
         if kind in ("moved", "created", "deleted"):
             self._rewatch()
         if verdict == FINISHED:
             self._arm(BURST, f"file {kind}", "another save follows")
+            if self.on_quiet is not None:
+                self._ahead = self.loop.call_later(AHEAD, self._quiet)
         elif verdict == WRITING:
             self._arm(self.settle, "file modified", "the writer writes on")
         elif verdict == GONE and all(os.path.exists(f) for f in self.files):
@@ -113,6 +126,13 @@ class ConfigWatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+
+    def _quiet(self) -> None:
+        self._ahead = None
+        self.on_quiet()
 
     def _fire(self, origin: str) -> None:
         self._timer = None

@@ -72,6 +72,7 @@ class Reloader:
         # and their bytes: an upgrade hands them over, so the next master adopts the fleet
         # this config made before it reloads a save still being expanded (handover/)
         self.applied_sources: dict[str, bytes] | None = None
+        self.ahead: _Ahead | None = None  # a finished save, read and expanded ahead (prepare)
 
     def _remember_file(self) -> None:
         self.applied_sources = read_sources(self.host.config.files, self.host.config.include_patterns)
@@ -133,10 +134,52 @@ class Reloader:
                 self.host.loop.call_later(0, next_slice)
         next_slice()
 
+    def prepare(self) -> None:
+        """Read and expand a finished save while its burst window runs (ConfigWatcher calls
+        this once the save has been quiet for AHEAD seconds): if the window then ends with
+        no event after it and the same bytes on disk, the reload applies this expansion
+        instead of doing that work after the window. At 5,000 templates the work is 50-80 ms,
+        which a save alone used to wait for on top of the window.
+
+        Nothing is applied or reported here: a file that does not load is left for the
+        reload, which reads it again and reports what it finds."""
+        self.drop_prepared()
+        if self.host.stopping or self.host.supervisor.pending_ops or self.expanding is not None:
+            return
+        digest = self._read_sources()  # before the load: a save in between cannot match it
+        if digest is None or digest == self.config_bytes:
+            return
+        try:
+            config = load_config(self.host.config.path, self.host.templates)
+        except Exception:  # noqa: BLE001 - the reload at the window's end reads and reports it
+            return
+        cache = copy.copy(self.host.expansions)  # becomes the baseline only if it is applied
+        cache.templates = dict(cache.templates)
+        ahead = self.ahead = _Ahead(digest, config, Expansion(config, cache, STEP_SECONDS), cache)
+
+        def expanded(job: Expansion) -> None:
+            ahead.done = True
+            log.debug("config save read ahead: applied as read if the file is unchanged when its window ends")
+        self._step(ahead.job, expanded)
+
+    def drop_prepared(self) -> None:
+        """Another event touched the config: what was read ahead may not be what is applied."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and not ahead.done:
+            ahead.job.force_end()  # its remaining slices find it ended and stop
+
     def reload(self, origin: str, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
         """Read the config now, expand it in steps, apply the plan: the outcome, or None
-        (then `on_done` gets it) when the expansion takes more than one step."""
+        (then `on_done` gets it) when the expansion takes more than one step. A save read
+        and expanded ahead (prepare) is applied as it is if the file still holds its bytes."""
         began = time.perf_counter()
+        ahead, self.ahead = self.ahead, None
+        if (ahead is not None and ahead.done and origin.startswith("file")
+                and ahead.digest == self._read_sources()):
+            self.host.expansions = ahead.cache
+            return self._apply_expansion(f"{origin}, read ahead", ahead.config, ahead.job, began)
+        if ahead is not None and not ahead.done:
+            ahead.job.force_end()
         try:
             config = load_config(self.host.config.path, self.host.templates)
         except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
@@ -243,6 +286,14 @@ class Reloader:
         self.host.settings = Settings(**{**old.__dict__, **live})
         return notes
 
+
+
+class _Ahead:
+    """A save read and expanded before its burst window ended (Reloader.prepare)."""
+
+    def __init__(self, digest: str, config: Config, job: Expansion, cache: ExpansionCache) -> None:
+        self.digest, self.config, self.job, self.cache = digest, config, job, cache
+        self.done = False
 
 
 def _outcome(job: Expansion, config: Config) -> tuple[Config, list[ProcessSpec]] | ConfigError:
