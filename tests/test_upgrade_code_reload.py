@@ -199,6 +199,8 @@ def test_instances_a_carried_reload_has_not_rolled_yet_show_the_spec_they_run(st
     (tmp_path / "slow.py").write_text(SLOW_TO_READY)
     master = start_master(slow_config(tmp_path, "one", gate=True))
     before = master.wait_running(4)
+    starts = tmp_path / "starts"  # running is spawned: each process writes its line a moment later
+    wait_for(lambda: len(starts.read_text().split()) == 4 if starts.exists() else False, 10, message="4 starts")
     old = {row["hash"] for row in master.status().values()}
     assert len(old) == 1
     master.config.write_text(textwrap.dedent(slow_config(tmp_path, "two", gate=True)))
@@ -218,7 +220,7 @@ def test_instances_a_carried_reload_has_not_rolled_yet_show_the_spec_they_run(st
     rows = master.status()
     assert len({r["hash"] for r in rows.values()}) == 1 and not {r["hash"] for r in rows.values()} & old, rows
     assert {n: r["restarts"] for n, r in rows.items()} == {n: 1 for n in before}, rows
-    started = (tmp_path / "starts").read_text().split()
+    started = starts.read_text().split()
     assert [line.split(":")[1] for line in started] == ["one"] * 4 + ["two"] * 4, started
 
 
