@@ -100,14 +100,11 @@ def wait_changed(wanted: set[str], gone: set[int], since: int, timeout: float, p
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     words = f.read().replace(b"\0", b" ").split()  # before exec: the tool's argv
-            except FileNotFoundError:
-                if pid not in pending and now - unborn.setdefault(pid, now) < UNBORN:
-                    continue
-                pending.discard(pid)
-                unborn.pop(pid, None)
-                continue
-            except OSError:
-                pending.discard(pid)
+            except OSError as exc:
+                if (isinstance(exc, FileNotFoundError) and pid not in pending
+                        and now - unborn.setdefault(pid, now) < UNBORN):
+                    continue  # not in /proc yet: looked at again next time
+                pending.discard(pid)  # gone
                 unborn.pop(pid, None)
                 continue
             unborn.pop(pid, None)

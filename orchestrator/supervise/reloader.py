@@ -95,9 +95,10 @@ class Reloader:
                 self.queued = origin  # an explicit request outranks a file save
             log.info("reload (%s) queued: the previous reload is still being applied", origin)
             return {"applied": False, "queued": True}
-        if not force and origin.startswith("file") and self._read_sources() == self.config_bytes:
+        digest = self._read_sources() if origin.startswith("file") else None
+        if not force and origin.startswith("file") and digest == self.config_bytes:
             return {"applied": False, "reason": "unchanged"}
-        return self.reload(origin, on_done)
+        return self.reload(origin, on_done, digest)
 
     def idle(self) -> None:
         if self.queued is not None and self.expanding is None:
@@ -115,9 +116,14 @@ class Reloader:
         except ConfigError as exc:
             on_done(exc)
             return
-        cache = copy.copy(self.host.expansions)  # a diff must not become the next reload's baseline
+        self._step(Expansion(config, self._scratch(), STEP_SECONDS), lambda job: on_done(_outcome(job, config)))
+
+    def _scratch(self) -> ExpansionCache:
+        """The expansion cache to expand into without making the result the next reload's
+        baseline (a diff; a save read ahead, until it is applied)."""
+        cache = copy.copy(self.host.expansions)
         cache.templates = dict(cache.templates)
-        self._step(Expansion(config, cache, STEP_SECONDS), lambda job: on_done(_outcome(job, config)))
+        return cache
 
     def _step(self, job: Expansion, then: Callable[[Expansion], None]) -> None:
         """Run `job` one slice per loop turn (timers run after the fds are polled), then `then`."""
@@ -153,8 +159,7 @@ class Reloader:
             config = load_config(self.host.config.path, self.host.templates)
         except Exception:  # noqa: BLE001 - the reload at the window's end reads and reports it
             return
-        cache = copy.copy(self.host.expansions)  # becomes the baseline only if it is applied
-        cache.templates = dict(cache.templates)
+        cache = self._scratch()
         ahead = self.ahead = _Ahead(digest, config, Expansion(config, cache, STEP_SECONDS), cache)
 
         def expanded(job: Expansion) -> None:
@@ -168,18 +173,19 @@ class Reloader:
         if ahead is not None and not ahead.done:
             ahead.job.force_end()  # its remaining slices find it ended and stop
 
-    def reload(self, origin: str, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    def reload(self, origin: str, on_done: Callable[[dict[str, Any]], None] | None = None,
+               digest: str | None = None) -> dict[str, Any] | None:
         """Read the config now, expand it in steps, apply the plan: the outcome, or None
         (then `on_done` gets it) when the expansion takes more than one step. A save read
-        and expanded ahead (prepare) is applied as it is if the file still holds its bytes."""
+        and expanded ahead (prepare) is applied as it is if the file still holds its bytes
+        (`digest`: the sources' digest, when the caller has just read it)."""
         began = time.perf_counter()
-        ahead, self.ahead = self.ahead, None
+        ahead = self.ahead
+        self.drop_prepared()
         if (ahead is not None and ahead.done and origin.startswith("file")
-                and ahead.digest == self._read_sources()):
+                and ahead.digest == (digest if digest is not None else self._read_sources())):
             self.host.expansions = ahead.cache
             return self._apply_expansion(f"{origin}, read ahead", ahead.config, ahead.job, began)
-        if ahead is not None and not ahead.done:
-            ahead.job.force_end()
         try:
             config = load_config(self.host.config.path, self.host.templates)
         except Exception as exc:  # noqa: BLE001 - a reload never takes the master down
